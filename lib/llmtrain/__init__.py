@@ -1,0 +1,16 @@
+"""llmtrain: the runnable companion to the chapter 预训练之训练技术 of 《大语言模型》.
+
+Each module mirrors a topic of the chapter and of the notebooks:
+
+- ``shapes``  model sizes (ModelShape) and presets of the Llama family
+- ``params``  parameter counts, per component, and their SymPy formula (模型参数量估计)
+- ``llama``   a from-scratch reference LLaMA whose weights load into transformers
+- ``device``  which device and 16-bit dtype to use here
+- ``plots``   one figure style; ``save`` writes figures/
+- ``show``    display the source of what runs, so notebooks never copy library code
+"""
+
+from .show import show
+
+__version__ = "0.1.0"
+__all__ = ["show", "__version__"]

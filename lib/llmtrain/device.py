@@ -1,0 +1,89 @@
+"""Which device and which 16-bit dtype to use on this machine.
+
+Order: CUDA > Apple MPS > CPU; the environment variable ``LLMTRAIN_DEVICE`` (``cpu``,
+``cuda``, ``cuda:1``, ``mps``) overrides it. The 16-bit dtype is bfloat16 where the
+hardware computes it natively (CUDA compute capability ≥ 8.0: A100, H100, RTX 30xx+;
+CPUs; MPS) and float16 otherwise (T4, V100), which needs loss scaling: fp16's range
+ends at 65504 and small gradients underflow (notebook 04).
+
+Everything the choice depends on can be passed in, so tests can play a T4 on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+__all__ = ["Choice", "choose", "report"]
+
+ENV_VAR = "LLMTRAIN_DEVICE"
+
+
+@dataclass(frozen=True)
+class Choice:
+    device: torch.device
+    dtype: torch.dtype  # the 16-bit training dtype for this device
+    name: str  # human-readable device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu (x86_64)"
+    note: str  # one line on the dtype choice
+
+    @property
+    def needs_loss_scaling(self) -> bool:
+        return self.dtype == torch.float16
+
+
+def choose(env: Mapping[str, str] | None = None, *, cuda: bool | None = None,
+           mps: bool | None = None, capability: tuple[int, int] | None = None,
+           gpu_name: str | None = None) -> Choice:
+    """Pick device and 16-bit dtype. Arguments left as None are read from this machine."""
+    env = os.environ if env is None else env
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    mps = _mps_available() if mps is None else mps
+    wanted = env.get(ENV_VAR, "").strip()
+    if wanted:
+        try:
+            device = torch.device(wanted)
+        except RuntimeError:
+            raise ValueError(f"{ENV_VAR}={wanted!r} is not a device name (try cpu, cuda, mps)") from None
+        if device.type == "cuda" and not cuda:
+            raise ValueError(f"{ENV_VAR}={wanted!r} but CUDA is not available on this machine")
+        if device.type == "mps" and not mps:
+            raise ValueError(f"{ENV_VAR}={wanted!r} but MPS is not available on this machine")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"{ENV_VAR}={wanted!r}: only cpu, cuda and mps are supported")
+    elif cuda:
+        device = torch.device("cuda")
+    elif mps:
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+
+    if device.type == "cuda":
+        if capability is None:
+            capability = torch.cuda.get_device_capability(device)
+        name = gpu_name or torch.cuda.get_device_name(device)
+        if tuple(capability) >= (8, 0):
+            return Choice(device, torch.bfloat16, name,
+                          f"bf16: compute capability {capability[0]}.{capability[1]} has native bf16")
+        return Choice(device, torch.float16, name,
+                      f"fp16 with loss scaling: compute capability {capability[0]}.{capability[1]} "
+                      "has no fast bf16")
+    if device.type == "mps":
+        return Choice(device, torch.bfloat16, "Apple MPS", "bf16 on MPS")
+    return Choice(device, torch.bfloat16, f"cpu ({platform.machine()})",
+                  "bf16 on CPU: same range as fp32, no loss scaling needed")
+
+
+def report(choice: Choice | None = None) -> str:
+    """One line: device, dtype, torch version. Printed by every notebook's setup cell."""
+    c = choose() if choice is None else choice
+    dt = str(c.dtype).removeprefix("torch.")
+    return f"device: {c.device} [{c.name}] · 16-bit dtype: {dt} ({c.note}) · torch {torch.__version__}"
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())

@@ -1,0 +1,110 @@
+"""Parameter counts of LLaMA-family models (slides: 模型参数量估计).
+
+The slides count
+
+    P = 2VH + H + L(4H² + 3HH' + 2H)
+        ─┬─   ┬    ─┬─   ─┬──   ┬
+    embed+out │  attention │  2 norms per layer
+          final norm      SwiGLU FFN
+
+which is exact for multi-head attention. With grouped-query attention (GQA) the key and
+value projections are H × (N_kv·d) with d = H/N, so the attention term becomes
+2H² + 2H²·N_kv/N. Tied embeddings drop one VH; Qwen2's q/k/v biases add H + 2d·N_kv per
+layer. ``count`` is the integer truth for any ``ModelShape``; ``formula`` is the same thing
+as a SymPy expression built term by term; tests check both against transformers' models.
+"""
+
+from __future__ import annotations
+
+from .shapes import ModelShape
+
+__all__ = ["count", "breakdown", "terms", "formula", "symbols", "subs", "slides_count", "COMPONENTS"]
+
+COMPONENTS = ("embedding", "attention", "mlp", "norms", "lm_head")
+
+
+def breakdown(shape: ModelShape) -> dict[str, int]:
+    """Parameters per component (ints). Sums to ``count(shape)``.
+
+    embedding VH · attention L(H·Nd + 2H·N_kv·d + Nd·H + biases) · mlp L·3HH' (+ biases)
+    · norms (2L+1)H · lm_head VH, or 0 when tied. Source: slides; measured equal to
+    transformers' LlamaForCausalLM/Qwen2ForCausalLM, see tests/test_params.py.
+    """
+    H, V, L, Hff = shape.hidden_size, shape.vocab_size, shape.num_layers, shape.intermediate_size
+    q, kv = shape.q_size, shape.kv_size
+    attn = H * q + 2 * H * kv + q * H  # W^Q, W^K, W^V, W^O
+    if shape.attention_bias:
+        attn += q + 2 * kv
+    if shape.o_bias:
+        attn += H
+    mlp = 3 * H * Hff  # W^G, W^U, W^D
+    if shape.mlp_bias:
+        mlp += 2 * Hff + H
+    return {
+        "embedding": V * H,
+        "attention": L * attn,
+        "mlp": L * mlp,
+        "norms": (2 * L + 1) * H,
+        "lm_head": 0 if shape.tie_embeddings else V * H,
+    }
+
+
+def count(shape: ModelShape) -> int:
+    """Total number of parameters: sum of ``breakdown(shape)``."""
+    return sum(breakdown(shape).values())
+
+
+def slides_count(shape: ModelShape) -> int:
+    """The slides' formula 2VH + H + L(4H² + 3HH' + 2H), whatever the shape really is.
+
+    Right for MHA without biases or tied embeddings; it ignores N_kv, so it overcounts GQA.
+    """
+    V, H, L, Hff = shape.vocab_size, shape.hidden_size, shape.num_layers, shape.intermediate_size
+    return 2 * V * H + H + L * (4 * H * H + 3 * H * Hff + 2 * H)
+
+
+# --- symbolic -----------------------------------------------------------------------
+
+def symbols() -> dict:
+    """The chapter's symbols as SymPy positive integers: V, H, H' (key "Hp"), L, N, N_kv."""
+    import sympy as sp
+
+    names = {"V": "V", "H": "H", "Hp": "H'", "L": "L", "N": "N", "N_kv": "N_kv"}
+    return {k: sp.Symbol(v, positive=True, integer=True) for k, v in names.items()}
+
+
+def terms(*, gqa: bool = False, tied: bool = False, bias: bool = False) -> dict:
+    """One SymPy term per component, as the slides add them up.
+
+    ``gqa``: keys/values use N_kv heads of width d = H/N (the slides assume N_kv = N).
+    ``tied``: the output layer reuses the input embedding. ``bias``: q/k/v biases (Qwen2).
+    """
+    s = symbols()
+    V, H, Hp, L, N, Nkv = s["V"], s["H"], s["Hp"], s["L"], s["N"], s["N_kv"]
+    kv = H / N * Nkv if gqa else H  # width of the K (and V) projection output
+    attn = H * H + 2 * H * kv + H * H
+    if bias:
+        attn += H + 2 * kv
+    return {
+        "embedding": V * H,
+        "attention": L * attn,
+        "mlp": L * 3 * H * Hp,
+        "norms": (2 * L + 1) * H,
+        "lm_head": 0 if tied else V * H,
+    }
+
+
+def formula(*, gqa: bool = False, tied: bool = False, bias: bool = False):
+    """The total count as a SymPy expression over V, H, H', L, N, N_kv (sum of ``terms``).
+
+    With the defaults it is the slides' 2VH + H + L(4H² + 3HH' + 2H).
+    """
+    return sum(terms(gqa=gqa, tied=tied, bias=bias).values())
+
+
+def subs(shape: ModelShape) -> dict:
+    """Substitution dict {symbol: value} for a shape, for ``formula(...).subs(subs(shape))``."""
+    s = symbols()
+    values = {"V": shape.vocab_size, "H": shape.hidden_size, "Hp": shape.intermediate_size,
+              "L": shape.num_layers, "N": shape.num_heads, "N_kv": shape.num_kv_heads}
+    return {s[k]: v for k, v in values.items()}

@@ -1,0 +1,236 @@
+"""Model shapes: the handful of integers that fix a LLaMA-family transformer.
+
+The chapter's symbols map to fields like this (slides, "模型参数量估计"):
+
+    L  -> num_layers          H  -> hidden_size        H' -> intermediate_size
+    N  -> num_heads           T  -> max_seq_len        V  -> vocab_size
+
+plus what the slides leave out: ``num_kv_heads`` (GQA), ``head_dim`` (usually H/N),
+tied embeddings and biases (Qwen2 puts biases on q/k/v).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+__all__ = ["ModelShape", "get", "names", "PRESETS"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of a LLaMA-family decoder (RMSNorm, RoPE, SwiGLU, optional GQA)."""
+
+    vocab_size: int  # V
+    hidden_size: int  # H
+    num_layers: int  # L
+    num_heads: int  # N
+    num_kv_heads: int  # N_kv (= N for multi-head attention)
+    intermediate_size: int  # H'
+    max_seq_len: int  # T, the context window
+    tie_embeddings: bool = False  # lm_head shares the input embedding matrix
+    attention_bias: bool = False  # biases on q, k, v (Qwen2)
+    name: str = "custom"
+    head_dim: int | None = None  # None means H / N
+    o_bias: bool = False  # bias on the output projection (Llama attention_bias=True)
+    mlp_bias: bool = False  # biases on gate, up, down (Llama mlp_bias=True)
+    norm_eps: float = 1e-6  # RMSNorm epsilon (does not change any count)
+    rope_theta: float = 10000.0  # RoPE base (does not change any count)
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                  "intermediate_size", "max_seq_len"):
+            _check_positive_int(f, getattr(self, f))
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size} "
+                    "(or give head_dim explicitly)")
+        else:
+            _check_positive_int("head_dim", self.head_dim)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
+        if self.d_head % 2:
+            raise ValueError(f"head_dim={self.d_head} must be even (RoPE rotates pairs)")
+        for f in ("tie_embeddings", "attention_bias", "o_bias", "mlp_bias"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f} must be True or False, got {getattr(self, f)!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
+        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
+            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+
+    # --- derived sizes -------------------------------------------------------------
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head, d (H/N unless the config says otherwise)."""
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def q_size(self) -> int:
+        """Output width of the query projection, N·d (= H for most models)."""
+        return self.num_heads * self.d_head
+
+    @property
+    def kv_size(self) -> int:
+        """Output width of the key (and of the value) projection, N_kv·d."""
+        return self.num_kv_heads * self.d_head
+
+    @property
+    def is_gqa(self) -> bool:
+        return self.num_kv_heads != self.num_heads
+
+    def replace(self, **changes: Any) -> "ModelShape":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # --- from Hugging Face configs -------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, config: Any, name: str | None = None) -> "ModelShape":
+        """Read a Llama, Mistral or Qwen2 config: a transformers config object, a dict,
+        or a path to a ``config.json``. No network access."""
+        cfg = _config_as_dict(config)
+        model_type = cfg.get("model_type", "llama")
+        if model_type not in _HF_TYPES:
+            raise ValueError(
+                f"model_type={model_type!r} is not supported; supported: {', '.join(_HF_TYPES)}")
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size"):
+            if cfg.get(key) is None:
+                raise ValueError(f"config has no {key!r}")
+        heads = cfg["num_attention_heads"]
+        kv = cfg.get("num_key_value_heads") or heads
+        bias = bool(cfg.get("attention_bias") or False)
+        if model_type == "llama":
+            qkv_bias, o_bias, mlp_bias = bias, bias, bool(cfg.get("mlp_bias") or False)
+        elif model_type == "qwen2":  # q/k/v always carry a bias, o_proj never
+            qkv_bias, o_bias, mlp_bias = True, False, False
+        else:  # mistral: no biases
+            qkv_bias, o_bias, mlp_bias = False, False, False
+        head_dim = cfg.get("head_dim")
+        if head_dim is not None and head_dim * heads == cfg["hidden_size"]:
+            head_dim = None  # the usual H/N: keep the shape canonical
+        rope = cfg.get("rope_parameters") or {}
+        theta = rope.get("rope_theta") if isinstance(rope, Mapping) else None
+        theta = theta or cfg.get("rope_theta") or 10000.0
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=kv,
+            intermediate_size=cfg["intermediate_size"],
+            max_seq_len=cfg.get("max_position_embeddings") or 2048,
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=qkv_bias,
+            o_bias=o_bias,
+            mlp_bias=mlp_bias,
+            head_dim=head_dim,
+            norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
+            rope_theta=float(theta),
+            name=name or cfg.get("_name_or_path") or model_type,
+        )
+
+    def to_hf_config(self, **overrides: Any):
+        """The matching transformers config: ``Qwen2Config`` for q/k/v-bias-only shapes,
+        ``MistralConfig`` for bias-free shapes whose N does not divide H (explicit head_dim),
+        else ``LlamaConfig``. Needs transformers; used by notebooks and cross-check tests."""
+        import transformers
+
+        common = dict(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size, num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
+            max_position_embeddings=self.max_seq_len, rms_norm_eps=self.norm_eps,
+            tie_word_embeddings=self.tie_embeddings, head_dim=self.d_head,
+        )
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            common["rope_parameters"] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        else:
+            common["rope_theta"] = self.rope_theta
+        common.update(overrides)
+        if self.attention_bias and not self.o_bias and not self.mlp_bias:
+            return transformers.Qwen2Config(**common)
+        if self.attention_bias != self.o_bias:
+            raise ValueError("Llama configs put a bias on q, k, v and o together or on none: "
+                             f"attention_bias={self.attention_bias}, o_bias={self.o_bias}")
+        if self.hidden_size % self.num_heads:
+            if self.attention_bias or self.mlp_bias:
+                raise ValueError("no transformers config has biases and num_heads not dividing "
+                                 f"hidden_size ({self.num_heads} ∤ {self.hidden_size})")
+            return transformers.MistralConfig(**common)
+        return transformers.LlamaConfig(attention_bias=self.attention_bias,
+                                        mlp_bias=self.mlp_bias, **common)
+
+
+_HF_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _check_positive_int(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{field} must be a positive integer, got {value}")
+
+
+def _config_as_dict(config: Any) -> dict:
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"config file {path!r} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path!r} is not valid JSON: {e}") from None
+        if not isinstance(data, Mapping):
+            raise ValueError(f"config file {path!r} does not hold a JSON object")
+        return dict(data)
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        d = config.to_dict()
+        d.setdefault("model_type", getattr(config, "model_type", "llama"))
+        return d
+    raise ValueError(f"config must be a dict, a path or a transformers config, got {type(config).__name__}")
+
+
+def _llama(name, V, H, L, N, Nkv, Hff, T, eps=1e-6, theta=10000.0):
+    return ModelShape(vocab_size=V, hidden_size=H, num_layers=L, num_heads=N, num_kv_heads=Nkv,
+                      intermediate_size=Hff, max_seq_len=T, name=name, norm_eps=eps,
+                      rope_theta=theta)
+
+
+# The slides' table (Llama, Llama 2, Llama 3) plus the released configs.json of each model.
+PRESETS: dict[str, ModelShape] = {s.name: s for s in [
+    _llama("llama-7b", 32000, 4096, 32, 32, 32, 11008, 2048),
+    _llama("llama-13b", 32000, 5120, 40, 40, 40, 13824, 2048),
+    _llama("llama-33b", 32000, 6656, 60, 52, 52, 17920, 2048),
+    _llama("llama-65b", 32000, 8192, 80, 64, 64, 22016, 2048),
+    _llama("llama2-7b", 32000, 4096, 32, 32, 32, 11008, 4096, eps=1e-5),
+    _llama("llama2-13b", 32000, 5120, 40, 40, 40, 13824, 4096, eps=1e-5),
+    _llama("llama2-70b", 32000, 8192, 80, 64, 8, 28672, 4096, eps=1e-5),
+    _llama("llama3-8b", 128256, 4096, 32, 32, 8, 14336, 8192, eps=1e-5, theta=500000.0),
+    _llama("llama3-70b", 128256, 8192, 80, 64, 8, 28672, 8192, eps=1e-5, theta=500000.0),
+    # A toy for CPU demos and tests: same architecture, laptop size.
+    _llama("tiny", 256, 64, 2, 4, 2, 176, 64),
+]}
+
+
+def names() -> list[str]:
+    """Names of the presets."""
+    return list(PRESETS)
+
+
+def get(name: str) -> ModelShape:
+    """A preset by name, e.g. ``get("llama-7b")``."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model name {name!r}; known: {', '.join(PRESETS)}") from None

@@ -1,0 +1,99 @@
+"""The command line, run as a user runs it: a separate process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import hf_numel
+from llmtrain import params, shapes
+
+SCRIPT = Path(sys.executable).with_name("llmtrain")  # the console script in this venv
+
+
+def run(*args, script=False):
+    cmd = [str(SCRIPT), *args] if script else [sys.executable, "-m", "llmtrain", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_preset_human_readable():
+    r = run("params", "llama-7b")
+    assert r.returncode == 0, r.stderr
+    assert "llama-7b: 6,738,415,616 parameters" in r.stdout
+    assert "mlp" in r.stdout and "slides" not in r.stdout  # MHA: the slides' formula agrees
+
+
+def test_gqa_preset_mentions_the_slides_formula():
+    r = run("params", "llama3-8b")
+    assert r.returncode == 0 and "8,030,261,248" in r.stdout and "8,835,567,616" in r.stdout
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (run through make)")
+def test_console_script_json():
+    r = run("params", "llama2-70b", "--json", script=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"total": 68_976_648_192, "breakdown": params.breakdown(shapes.get("llama2-70b"))}
+
+
+CONFIGS = {
+    # not among the presets: a Llama-3.2-1B-like tied model, a Mistral with head_dim != H/N,
+    # a Qwen2 with biases and tied embeddings, a Llama with attention and MLP biases
+    "llama": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+              "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "tie_word_embeddings": True, "max_position_embeddings": 131072},
+    "mistral": {"model_type": "mistral", "vocab_size": 131072, "hidden_size": 5120, "intermediate_size": 14336,
+                "num_hidden_layers": 4, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},
+    "qwen2": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+              "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+              "tie_word_embeddings": True},
+    "llama-bias": {"model_type": "llama", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 512,
+                   "num_hidden_layers": 2, "num_attention_heads": 8, "attention_bias": True, "mlp_bias": True},
+}
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_hf_config_json_equals_transformers(kind, tmp_path):
+    from transformers import AutoConfig
+
+    cfg = CONFIGS[kind]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    r = run("params", "--hf-config", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    expected = hf_numel(AutoConfig.for_model(**cfg))
+    assert out["total"] == expected
+    assert sum(out["breakdown"].values()) == expected
+
+
+def test_models_lists_presets():
+    r = run("models")
+    assert r.returncode == 0 and r.stdout.split() == shapes.names()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["params", "llama-8b"], "unknown model name 'llama-8b'"),
+    (["params"], "one of the arguments"),
+    (["params", "llama-7b", "--hf-config", "x.json"], "not allowed with"),
+    (["params", "--hf-config", "/no/such/config.json"], "does not exist"),
+    (["frobnicate"], "invalid choice"),
+    ([], "required"),
+])
+def test_bad_input_one_line_exit_2(args, needle):
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmtrain: error:") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_impossible_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**CONFIGS["llama-bias"], "num_key_value_heads": 3}))
+    r = run("params", "--hf-config", str(path))
+    assert r.returncode == 2 and "num_kv_heads=3 must divide num_heads=8" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

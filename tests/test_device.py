@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from llmtrain.device import choose, report
+
+
+def test_cpu_only_machine_uses_bf16_without_loss_scaling():
+    c = choose({}, cuda=False, mps=False)
+    assert c.device == torch.device("cpu") and c.dtype == torch.bfloat16
+    assert not c.needs_loss_scaling
+
+
+@pytest.mark.parametrize("capability,dtype", [((7, 5), torch.float16),   # Colab T4
+                                              ((7, 0), torch.float16),   # V100
+                                              ((8, 0), torch.bfloat16),  # A100
+                                              ((9, 0), torch.bfloat16)]) # H100
+def test_cuda_dtype_follows_capability(capability, dtype):
+    c = choose({}, cuda=True, mps=False, capability=capability, gpu_name="GPU")
+    assert c.device.type == "cuda" and c.dtype == dtype
+    assert c.needs_loss_scaling == (dtype == torch.float16)
+    if c.needs_loss_scaling:
+        assert "loss scaling" in c.note
+
+
+def test_order_cuda_then_mps_then_cpu():
+    assert choose({}, cuda=True, mps=True, capability=(8, 0), gpu_name="x").device.type == "cuda"
+    assert choose({}, cuda=False, mps=True).device.type == "mps"
+
+
+def test_env_override():
+    assert choose({"LLMTRAIN_DEVICE": "cpu"}, cuda=True, mps=False, capability=(9, 0)).device.type == "cpu"
+    c = choose({"LLMTRAIN_DEVICE": "cuda:1"}, cuda=True, capability=(7, 5), gpu_name="T4")
+    assert c.device == torch.device("cuda:1") and c.dtype == torch.float16
+
+
+@pytest.mark.parametrize("value,message", [("cuda", "CUDA is not available"),
+                                           ("mps", "MPS is not available"),
+                                           ("gpu", "not a device name"),
+                                           ("meta", "only cpu, cuda and mps")])
+def test_env_override_errors_name_the_variable(value, message):
+    with pytest.raises(ValueError, match=f"LLMTRAIN_DEVICE='{value}'.*{message}"):
+        choose({"LLMTRAIN_DEVICE": value}, cuda=False, mps=False)
+
+
+def test_report_is_one_line():
+    line = report(choose({}, cuda=False, mps=False))
+    assert "\n" not in line and line.startswith("device: cpu") and torch.__version__ in line
