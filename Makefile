@@ -3,6 +3,9 @@
 
 PYTHON ?= python3
 VENV   := .venv
+# Notebook kernels must use Jupyter's inline backend: a MPLBACKEND from the environment
+# (Agg, say) would silently drop every figure from the outputs nbval compares.
+unexport MPLBACKEND
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
