@@ -168,7 +168,16 @@ for name in shapes.names():
     print(f"{name:<11} {slides:>16,} {ours:>16,} {hf:>16,} {ref:>16,}{flag}")
 
 # %% [markdown]
-# Three columns agree everywhere. The slides' formula agrees for LLaMA-1 and Llama-2 7B/13B —
+# In the reference model the attention term is four `nn.Linear`s — $W^Q, W^K, W^V, W^O$ —
+# whose output widths already allow GQA (`kv_size` = $N_{kv} d$):
+
+# %%
+from llmtrain.llama import Attention
+
+show(Attention.__init__)
+
+# %% [markdown]
+# Three columns of the table agree everywhere. The slides' formula agrees for LLaMA-1 and Llama-2 7B/13B —
 # and overcounts Llama-2 70B and both Llama-3 models by 10–14 %.
 #
 # ## 4. Where the formula fails: grouped-query attention (GQA)

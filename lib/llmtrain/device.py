@@ -27,7 +27,7 @@ ENV_VAR = "LLMTRAIN_DEVICE"
 class Choice:
     device: torch.device
     dtype: torch.dtype  # the 16-bit training dtype for this device
-    name: str  # human-readable device name, e.g. "NVIDIA H100 80GB HBM3" or "cpu (x86_64)"
+    name: str  # human-readable device name, e.g. "NVIDIA H100 80GB HBM3" or "x86_64 CPU"
     note: str  # one line on the dtype choice
 
     @property
@@ -73,7 +73,7 @@ def choose(env: Mapping[str, str] | None = None, *, cuda: bool | None = None,
                       "has no fast bf16")
     if device.type == "mps":
         return Choice(device, torch.bfloat16, "Apple MPS", "bf16 on MPS")
-    return Choice(device, torch.bfloat16, f"cpu ({platform.machine()})",
+    return Choice(device, torch.bfloat16, f"{platform.machine()} CPU",
                   "bf16 on CPU: same range as fp32, no loss scaling needed")
 
 
