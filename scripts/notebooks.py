@@ -117,7 +117,8 @@ def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
         nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     else:
         nb = nbformat.read(src, as_version=4)
-    client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
+    # no per-cell timestamps: stored notebooks change only when their outputs change
+    client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     t0 = time.perf_counter()
     ok, err = True, ""
@@ -126,6 +127,7 @@ def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
     except CellExecutionError as e:
         ok, err = False, str(e).strip().splitlines()[-1] if str(e).strip() else "error"
     seconds = time.perf_counter() - t0
+    nb.metadata.pop("widgets", None)  # widget state holds random model ids; Jupyter rebuilds it
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)
     return ok, seconds, err
