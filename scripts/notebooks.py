@@ -125,7 +125,8 @@ def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
     try:
         client.execute()
     except CellExecutionError as e:
-        ok, err = False, str(e).strip().splitlines()[-1] if str(e).strip() else "error"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # drop terminal colours
+        ok, err = False, text.splitlines()[-1] if text else "error"
     seconds = time.perf_counter() - t0
     nb.metadata.pop("widgets", None)  # widget state holds random model ids; Jupyter rebuilds it
     dst.parent.mkdir(parents=True, exist_ok=True)
