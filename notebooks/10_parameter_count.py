@@ -126,15 +126,7 @@ for name, claimed in chapter_says.items():
 # embeddings and norms are small at this vocabulary.
 
 # %%
-def print_breakdown(shape):
-    parts = params.breakdown(shape)
-    total = sum(parts.values())
-    print(f"{shape.name}: {total:,} parameters")
-    for k, v in parts.items():
-        print(f"  {k:<10} {v:>15,}  {100 * v / total:5.1f} %")
-
-
-print_breakdown(shapes.get("llama-7b"))
+print(params.describe(shapes.get("llama-7b")))
 
 # %% [markdown]
 # ## 3. Checked against real implementations
@@ -237,9 +229,8 @@ qwen_cfg = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "in
 qwen = shapes.ModelShape.from_hf_config(qwen_cfg, name="qwen2.5-0.5b-like")
 with torch.device("meta"):
     hf_count = numel_of(Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in qwen_cfg.items() if k != "model_type"})))
-print_breakdown(qwen)
+print(params.describe(qwen))
 print(f"transformers Qwen2ForCausalLM: {hf_count:,}  (equal: {hf_count == params.count(qwen)})")
-print(f"slides' formula: {params.slides_count(qwen):,}")
 
 # %% [markdown]
 # The same count is one command away for any Llama, Mistral or Qwen2 `config.json`:
@@ -314,8 +305,7 @@ def explore(H=4096, L=32, Hp=11008, N=32, N_kv=32, V=32000):
     except ValueError as e:
         print("invalid shape:", e)
         return
-    print_breakdown(shape)
-    print(f"the slides' formula: {params.slides_count(shape):,}")
+    print(params.describe(shape))
 
 
 explore()  # the defaults are LLaMA-7B

@@ -92,3 +92,12 @@ def test_biases_on_every_projection():
     assert params.count(s) == hf_numel(s.to_hf_config())
     no_bias = s.replace(attention_bias=False, o_bias=False, mlp_bias=False)
     assert params.count(s) - params.count(no_bias) == 2 * ((32 + 2 * 16) + 32 + (2 * 40 + 32))
+
+
+def test_describe_lists_components_and_flags_the_slides_formula_only_when_wrong():
+    mha = params.describe(shapes.get("llama-7b"))
+    assert mha.splitlines()[0] == "llama-7b: 6,738,415,616 parameters (6.74 B)"
+    assert [line.split()[0] for line in mha.splitlines()[1:]] == list(params.COMPONENTS)
+    assert "slides" not in mha
+    gqa = params.describe(shapes.get("llama3-8b"))
+    assert "gives 8,835,567,616: +805,306,368" in gqa

@@ -40,18 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _params(args) -> str:
     shape = shapes.ModelShape.from_hf_config(args.hf_config) if args.hf_config else shapes.get(args.model)
-    parts = params.breakdown(shape)
-    total = sum(parts.values())
     if args.json:
-        return json.dumps({"total": total, "breakdown": parts})
-    rows = [f"{shape.name}: {total:,} parameters ({total / 1e9:.2f} B)"]
-    for k, v in parts.items():
-        rows.append(f"  {k:<10} {v:>16,}  {100 * v / total:5.1f} %")
-    slides = params.slides_count(shape)
-    if slides != total:
-        rows.append(f"  (the slides' 2VH + H + L(4H² + 3HH' + 2H) gives {slides:,}: "
-                    f"{slides - total:+,}; it assumes N_kv = N, untied embeddings, no biases)")
-    return "\n".join(rows)
+        parts = params.breakdown(shape)
+        return json.dumps({"total": sum(parts.values()), "breakdown": parts})
+    return params.describe(shape)
 
 
 def main(argv: list[str] | None = None) -> int:

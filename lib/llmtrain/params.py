@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from .shapes import ModelShape
 
-__all__ = ["count", "breakdown", "terms", "formula", "symbols", "subs", "slides_count", "COMPONENTS"]
+__all__ = ["count", "breakdown", "describe", "terms", "formula", "symbols", "subs", "slides_count",
+           "COMPONENTS"]
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "lm_head")
 
@@ -61,6 +62,21 @@ def slides_count(shape: ModelShape) -> int:
     """
     V, H, L, Hff = shape.vocab_size, shape.hidden_size, shape.num_layers, shape.intermediate_size
     return 2 * V * H + H + L * (4 * H * H + 3 * H * Hff + 2 * H)
+
+
+def describe(shape: ModelShape) -> str:
+    """A small table: the total, each component with its share, and the slides' formula
+    where it disagrees. Printed by ``llmtrain params`` and by the notebooks."""
+    parts = breakdown(shape)
+    total = sum(parts.values())
+    rows = [f"{shape.name}: {total:,} parameters ({total / 1e9:.2f} B)"]
+    for k, v in parts.items():
+        rows.append(f"  {k:<10} {v:>16,}  {100 * v / total:5.1f} %")
+    slides = slides_count(shape)
+    if slides != total:
+        rows.append(f"  (the slides' 2VH + H + L(4H² + 3HH' + 2H) gives {slides:,}: "
+                    f"{slides - total:+,}; it assumes N_kv = N, untied embeddings, no biases)")
+    return "\n".join(rows)
 
 
 # --- symbolic -----------------------------------------------------------------------
