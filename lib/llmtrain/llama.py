@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .shapes import ModelShape
 
@@ -93,6 +94,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(H, shape.kv_size, bias=shape.attention_bias)  # W^K
         self.v_proj = nn.Linear(H, shape.kv_size, bias=shape.attention_bias)  # W^V
         self.o_proj = nn.Linear(shape.q_size, H, bias=shape.o_bias)  # W^O
+        self.recompute_core = False  # set by llmtrain.recompute.apply(model, "selective")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -101,18 +103,26 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.recompute_core:  # selective recomputation: keep q, k, v; redo the rest in backward
+            y = checkpoint(self.core, q, k, v, use_reentrant=False)
+        else:
+            y = self.core(q, k, v)
+        # MHA = Concat(head_1, ..., head_N) W^O
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.d))
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(QKᵀ/√d + causal mask) V for q (B, N, T, d) and k, v (B, N_kv, T, d)."""
+        T = q.shape[2]
         # GQA: each group of N/N_kv query heads shares one key/value head.
         k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         if self.attn_impl == "sdpa":  # one fused call, same math as below
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # eager: softmax(QKᵀ/√d + causal mask) V, the softmax in fp32
-            scores = (q @ k.transpose(-2, -1)) * self.d ** -0.5  # (B, N, T, T)
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
-            y = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
-        # MHA = Concat(head_1, ..., head_N) W^O
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.d))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # eager: the explicit softmax, in fp32
+        scores = (q @ k.transpose(-2, -1)) * self.d ** -0.5  # (B, N, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+        return F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
 class MLP(nn.Module):
@@ -153,13 +163,31 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(shape, attn_impl) for _ in range(shape.num_layers))
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.rotary_emb = RotaryEmbedding(shape.d_head, shape.rope_theta)  # no parameters
+        # Activation recomputation (notebook 09), set by llmtrain.recompute.apply: each range
+        # of layers keeps only its input in forward and is run again in backward.
+        self.recompute_segments: list[range] = []
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(input_ids.shape[1], x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        segments = {seg.start: seg for seg in self.recompute_segments}
+        i = 0
+        while i < len(self.layers):
+            if i in segments:  # one checkpoint around the whole segment
+                seg = segments[i]
+                x = checkpoint(self.run_layers, x, cos, sin, seg, use_reentrant=False)
+                i = seg.stop
+            else:
+                x = self.layers[i](x, cos, sin)
+                i += 1
         return self.norm(x)
+
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   layers: range) -> torch.Tensor:
+        """Run the decoder layers with the given indices, in order."""
+        for i in layers:
+            x = self.layers[i](x, cos, sin)
+        return x
 
 
 class Output(NamedTuple):
