@@ -28,18 +28,65 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pp = sub.add_parser("params", help="count the parameters of a model (模型参数量估计)")
-    src = pp.add_mutually_exclusive_group(required=True)
-    src.add_argument("model", nargs="?", help=f"a preset: {', '.join(shapes.names())}")
-    src.add_argument("--hf-config", metavar="PATH",
-                     help="a Hugging Face config.json (Llama, Mistral or Qwen2), or its folder")
+    _model_args(pp)
     pp.add_argument("--json", action="store_true", help='print {"total": int, "breakdown": {...}}')
+
+    pm = sub.add_parser("memory", help="per-GPU training memory (训练显存估计)")
+    _model_args(pm)
+    pm.add_argument("--gpus", type=int, default=1, help="number of GPUs, dp·tp·pp (default 1)")
+    pm.add_argument("--batch", type=int, default=1, help="micro-batch per GPU, B (default 1)")
+    pm.add_argument("--seq", type=int, default=None, help="sequence length T (default: the context)")
+    pm.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage (default 3)")
+    pm.add_argument("--recompute", default=None, choices=["none", "full", "selective"],
+                    help="activation recomputation (default: the activation model's own)")
+    pm.add_argument("--impl", default="textbook",
+                    help="activation model: textbook (default: the slides' 2BTH per layer + 4BTV), "
+                         "korthikanti, reference, hf-eager, hf-sdpa")
+    pm.add_argument("--dtype", default="bf16", help="activation dtype: fp32, bf16, fp16 (default bf16)")
+    pm.add_argument("--precision", default="mixed", help="mixed (default), fp32 or bf16")
+    pm.add_argument("--optimizer", default="adamw", help="adamw (default), adam, sgd, adamw8bit, adafactor")
+    pm.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    pm.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    pm.add_argument("--sp", action="store_true", help="sequence parallel (with --tp > 1)")
+    pm.add_argument("--no-overheads", action="store_true",
+                    help="leave out the slides' framework / ZeRO runtime / fragmentation constants")
+    pm.add_argument("--json", action="store_true", help="print parts and total in bytes, GB and GiB")
 
     sub.add_parser("models", help="list the presets")
     return p
 
 
+def _memory():
+    from . import memory  # imports torch: only for the commands that need it
+
+    return memory
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("model", nargs="?", help=f"a preset: {', '.join(shapes.names())}")
+    src.add_argument("--hf-config", metavar="PATH",
+                     help="a Hugging Face config.json (Llama, Mistral or Qwen2), or its folder")
+
+
+def _shape(args) -> shapes.ModelShape:
+    return shapes.ModelShape.from_hf_config(args.hf_config) if args.hf_config else shapes.get(args.model)
+
+
+def _memory_cmd(args) -> str:
+    memory = _memory()
+    est = memory.estimate(_shape(args), gpus=args.gpus, batch=args.batch, seq=args.seq,
+                          zero=args.zero, recompute=args.recompute, dtype=args.dtype,
+                          impl=args.impl, precision=args.precision, optimizer=args.optimizer,
+                          tp=args.tp, pp=args.pp, sp=args.sp, overheads=not args.no_overheads)
+    if args.json:
+        return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
+                           "model_states": est.details["model states"], "dp": est.details["dp"]})
+    return est.table()
+
+
 def _params(args) -> str:
-    shape = shapes.ModelShape.from_hf_config(args.hf_config) if args.hf_config else shapes.get(args.model)
+    shape = _shape(args)
     if args.json:
         parts = params.breakdown(shape)
         return json.dumps({"total": sum(parts.values()), "breakdown": parts})
@@ -51,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         if args.command == "params":
             print(_params(args))
+        elif args.command == "memory":
+            print(_memory_cmd(args))
         elif args.command == "models":
             for name in shapes.names():
                 print(name)

@@ -1,0 +1,191 @@
+"""Training-memory estimators and the CPU peak tracker."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from llmtrain import memory, params, shapes
+from llmtrain.llama import Llama
+from llmtrain.memory import GB, GIB
+
+S7 = shapes.get("llama-7b")
+
+
+@pytest.mark.parametrize("precision,optimizer,total", [
+    ("mixed", "adamw", 16), ("fp32", "adamw", 16), ("bf16", "adamw", 8),
+    ("mixed", "sgd", 12), ("mixed", "adamw8bit", 10), ("fp32", "sgd", 12)])
+def test_bytes_per_param(precision, optimizer, total):
+    assert sum(memory.state_bytes_per_param(precision, optimizer).values()) == total
+
+
+def test_slides_112_gb():
+    # the slides: 16 * 7B = 112 GB, with a nominal 7e9 and decimal GB
+    assert sum(memory.model_state_bytes(7 * 10**9).values()) / GB == 112
+
+
+def test_zero_paper_numbers():
+    # Rajbhandari et al. SC'20, Fig. 1: 7.5B parameters, N_d = 64, K = 12
+    P = 7_500_000_000
+    got = [sum(memory.model_state_bytes(P, zero=z, dp=64).values()) / GB for z in range(4)]
+    assert [round(g, 1) for g in got] == [120.0, 31.4, 16.6, 1.9]
+
+
+@given(P=st.integers(1, 10**6), N=st.integers(1, 64))
+def test_zero_stage_formulas(P, N):
+    P *= N  # divisible: the formulas are then exact
+    total = [sum(memory.model_state_bytes(P, zero=z, dp=N).values()) for z in range(4)]
+    assert total == [16 * P, 4 * P + 12 * P // N, 2 * P + 14 * P // N, 16 * P // N]
+
+
+def test_real_optimizer_states_match():
+    # AdamW keeps m and v (fp32, 8 bytes per parameter); Adafactor factors matrices
+    torch.manual_seed(0)
+    shape = shapes.get("tiny")
+    for opt_cls, name in [(torch.optim.AdamW, "adamw"), (torch.optim.Adafactor, "adafactor"),
+                          (torch.optim.SGD, "sgd")]:
+        model = Llama(shape)
+        kw = {"momentum": 0.9} if name == "sgd" else {}
+        opt = opt_cls(model.parameters(), lr=1e-3, **kw)
+        x = torch.randint(0, shape.vocab_size, (1, 8))
+        model(x, labels=x).loss.backward()
+        opt.step()
+        state = sum(v.numel() * v.element_size() for s in opt.state.values()
+                    for k, v in s.items() if k != "step")
+        expected = memory.model_state_bytes(shape, precision="fp32", optimizer=name)["optimizer"]
+        assert state == expected, name
+
+
+def test_params_per_gpu():
+    assert memory.params_per_gpu(S7) == params.count(S7)
+    b = params.breakdown(S7)
+    tp8 = memory.params_per_gpu(S7, tp=8)
+    assert tp8 == (b["attention"] + b["mlp"] + b["embedding"] + b["lm_head"]) // 8 + b["norms"]
+    # pipeline: every stage holds ceil(L/pp) layers; the last also the head and final norm
+    per_layer = (b["attention"] + b["mlp"]) // 32 + 2 * 4096
+    assert memory.params_per_gpu(S7, pp=4) == 8 * per_layer + b["lm_head"] + 4096
+    with pytest.raises(ValueError, match="tp=3 must divide num_heads=32"):
+        memory.params_per_gpu(S7, tp=3)
+    with pytest.raises(ValueError, match="pp=33"):
+        memory.params_per_gpu(S7, pp=33)
+
+
+def test_textbook_activations():
+    B, T, H, L, V = 8, 2048, 4096, 32, 32000
+    assert memory.activation_bytes(S7, B, T) == 2 * L * B * T * H + 4 * B * T * V
+    assert memory.activation_bytes(S7, B, T, dtype=torch.float32) == 4 * L * B * T * H + 4 * B * T * V
+    with pytest.raises(ValueError, match="recompute='full'"):
+        memory.activation_bytes(S7, B, T, impl="textbook", recompute="none")
+
+
+def test_korthikanti_family():
+    s, b, h, a, L, v = 2048, 1, 4096, 32, 32, 32000
+    sbh = s * b * h
+    out = 4 * sbh * (1 + v / h)
+    none = memory.activation_bytes(S7, b, s, impl="korthikanti")
+    assert none == round(L * sbh * (34 + 5 * a * s / h) + out)
+    sel = memory.activation_bytes(S7, b, s, impl="korthikanti", recompute="selective")
+    assert sel == round(L * 34 * sbh + out)
+    t = 4
+    tp = memory.activation_bytes(S7, b, s, impl="korthikanti", tp=t)
+    assert tp == round(L * sbh * (10 + 24 / t + 5 * a * s / (h * t)) + out / t)
+    sp = memory.activation_bytes(S7, b, s, impl="korthikanti", tp=t, sp=True)
+    assert sp == round(L * sbh / t * (34 + 5 * a * s / h) + out / t)
+    full = memory.activation_bytes(S7, b, s, impl="korthikanti", recompute="full")
+    assert full == round(L * 2 * sbh + out)
+    with pytest.raises(ValueError, match="16-bit"):
+        memory.activation_bytes(S7, b, s, impl="korthikanti", dtype="fp32")
+
+
+def test_slides_worked_example():
+    # 2×A100-80G, LLaMA-7B, B=8: 模型与优化器 50GB, 激活值 6.2GB, 其他 10GB, 单卡总计 66GB
+    est = memory.estimate(S7, gpus=2, batch=8, seq=2048, zero=3)
+    gib = est.gib
+    assert round(gib["model states"]) == 50            # 53.9 GB: the slide's "GB" is GiB here
+    assert round(gib["activations"], 2) == 5.95        # not 6.2 in any unit (6.39 in GB)
+    assert round(est.gb["activations"], 2) == 6.39
+    other = gib["softmax extra"] + gib["framework"] + gib["ZeRO runtime"] + gib["fragmentation"]
+    assert round(other) == 10                          # 6 + 8BTV (3.91 GiB)
+    assert round(gib["total"]) == 66
+
+
+def test_slides_formula_as_written():
+    P = params.count(S7)
+    f = memory.slides_formula(P, 2, 32, 8, 2048, 4096, 32000)
+    assert f.parts == {"model states": 8 * P, "activations": 2 * 32 * 8 * 2048 * 4096 + 12 * 8 * 2048 * 32000,
+                       "other": 6 * GB}
+    assert memory.slides_formula(P, 2, 32, 8, 2048, 4096, 32000, other_unit=GIB).parts["other"] == 6 * GIB
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(gpus=0), "gpus must be a positive integer"),
+    (dict(gpus=3, tp=2), "gpus=3 must be a multiple of tp·pp=2"),
+    (dict(zero=4), "zero must be 0, 1, 2 or 3"),
+    (dict(batch=-1), "batch must be a positive integer"),
+    (dict(dtype="int8"), "dtype must be fp32, bf16 or fp16"),
+    (dict(impl="magic"), "impl must be one of"),
+    (dict(recompute="some"), "recompute must be"),
+    (dict(precision="fp8"), "precision must be one of"),
+    (dict(optimizer="lion"), "optimizer must be one of"),
+    (dict(sp=True), "sp=True"),
+])
+def test_estimate_validation(kw, message):
+    with pytest.raises(ValueError, match=message):
+        memory.estimate(S7, **kw)
+
+
+def test_adafactor_needs_a_shape():
+    with pytest.raises(ValueError, match="adafactor.*ModelShape"):
+        memory.model_state_bytes(10**9, optimizer="adafactor")
+
+
+# --- the CPU tracker -----------------------------------------------------------------
+
+def test_measure_peak_sees_allocations_and_frees():
+    def fn():
+        a = torch.ones(1000)            # 4000 B
+        b = torch.ones(500)             # +2000 B -> 6000 B
+        v = a[10:20]                    # a view: no new storage
+        del a, b, v
+        c = torch.ones(100, dtype=torch.float64)  # 800 B after the others are freed
+        return c.sum()
+
+    peak = memory.measure_peak(fn)
+    assert peak.peak_bytes == 6000  # later c (800 B) and its sum (8 B) never reach it
+    assert peak.start_bytes == 0 and peak.end_bytes == 0
+
+
+def test_measure_peak_keeps_live_tensors():
+    kept = []
+
+    def fn():
+        kept.append(torch.zeros(256))  # 1024 B that outlives fn
+        torch.zeros(1024)              # 4096 B temporary
+
+    peak = memory.measure_peak(fn)
+    assert peak.peak_bytes == 1024 + 4096 and peak.end_bytes == 1024
+
+
+def test_measure_peak_include_and_training_step():
+    torch.manual_seed(0)
+    model = Llama(shapes.get("tiny"))
+    P = params.count(shapes.get("tiny"))
+    x = torch.randint(0, 256, (2, 16))
+    peak = memory.measure_peak(lambda: model(x, labels=x).loss.backward(), include=model)
+    assert peak.start_bytes == 4 * P + 4 * (shapes.get("tiny").d_head // 2)  # weights + inv_freq
+    assert peak.end_bytes == peak.start_bytes + 4 * P  # gradients stay
+    assert peak.peak_bytes > peak.end_bytes
+    with pytest.raises(ValueError, match="include"):
+        memory.measure_peak(lambda: None, include=[42])
+
+
+def test_measure_peak_ignores_views_and_in_place_ops_on_outside_tensors():
+    outside = torch.zeros(1000)
+
+    def fn():
+        outside[1:5].add_(1.0)       # a view and an in-place op: no allocation
+        outside.mul_(2.0)
+        return outside.view(10, 100)
+
+    assert memory.measure_peak(fn).peak_bytes == 0
