@@ -97,3 +97,36 @@ def test_impossible_config_file(tmp_path):
     r = run("params", "--hf-config", str(path))
     assert r.returncode == 2 and "num_kv_heads=3 must divide num_heads=8" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_memory_slides_example_json():
+    r = run("memory", "llama-7b", "--gpus", "2", "--batch", "8", "--seq", "2048", "--zero", "3",
+            "--recompute", "full", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["total"] == sum(out["parts"].values())
+    assert out["parts"]["model states"] == 8 * params.count(shapes.get("llama-7b"))  # 16P/N, N=2
+    assert round(out["gib"]["total"]) == 66 and out["dp"] == 2
+
+
+def test_memory_table_has_gb_and_gib():
+    r = run("memory", "llama2-70b", "--gpus", "16", "--tp", "8", "--batch", "1", "--impl", "korthikanti",
+            "--recompute", "selective", "--sp")
+    assert r.returncode == 0, r.stderr
+    assert "GB" in r.stdout and "GiB" in r.stdout and "total" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["memory", "llama-7b", "--gpus", "3", "--tp", "2"], "gpus=3 must be a multiple of tp·pp=2"),
+    (["memory", "llama-7b", "--tp", "3", "--gpus", "3"], "tp=3 must divide num_heads=32"),
+    (["memory", "llama-7b", "--batch", "0"], "batch must be a positive integer"),
+    (["memory", "llama-7b", "--impl", "textbook", "--recompute", "none"], "recompute='full'"),
+    (["memory", "llama-7b", "--dtype", "int8"], "dtype must be fp32, bf16 or fp16"),
+    (["memory", "llama-7b", "--zero", "5"], "invalid choice"),
+    (["memory", "llama-7b", "--batch", "two"], "invalid int value"),
+])
+def test_memory_bad_input(args, needle):
+    r = run(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
