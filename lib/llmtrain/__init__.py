@@ -5,6 +5,10 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``shapes``  model sizes (ModelShape) and presets of the Llama family
 - ``params``  parameter counts, per component, and their SymPy formula (模型参数量估计)
 - ``llama``   a from-scratch reference LLaMA whose weights load into transformers
+- ``recompute`` activation recomputation strategies for it (激活重计算)
+- ``activations`` what autograd saves for backward, measured exactly (and at 7B with fake tensors)
+- ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
+- ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
 - ``device``  which device and 16-bit dtype to use here
 - ``plots``   one figure style; ``save`` writes figures/
 - ``show``    display the source of what runs, so notebooks never copy library code

@@ -24,6 +24,7 @@ from .shapes import ModelShape
 
 __all__ = ["GB", "GIB", "dtype_bytes", "dtype_name", "state_bytes_per_param", "params_per_gpu",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "slides_formula",
+           "llmbox_activation_bytes",
            "Peak", "measure_peak", "PRECISIONS", "OPTIMIZERS", "ACTIVATION_IMPLS"]
 
 GB, GIB = 10**9, 2**30
@@ -295,6 +296,14 @@ def slides_formula(num_params: int, gpus: int, L: int, B: int, T: int, H: int, V
     return Estimate({"model states": math.ceil(16 * num_params / gpus),
                      "activations": 2 * L * B * T * H + 12 * B * T * V,
                      "other": 6 * other_unit})
+
+
+def llmbox_activation_bytes(L: int, B: int, T: int, H: int, V: int) -> int:
+    """The book authors' own calculator (RUCAIBox/LLMBox, training/gpu_calculator.py):
+    (12 + 2L)·BTH + 12·BTV bytes of activations — the slides' 2LBTH + 12BTV plus 12BTH."""
+    for name, v in dict(L=L, B=B, T=T, H=H, V=V).items():
+        _check_pos(name, v)
+    return (12 + 2 * L) * B * T * H + 12 * B * T * V
 
 
 # --- measuring ----------------------------------------------------------------------------

@@ -5,7 +5,9 @@ runs parts of forward again during backward (``torch.utils.checkpoint``, non-ree
 
 - ``"none"``      keep everything;
 - ``"full"``      checkpoint every decoder layer: each keeps only its input (the slides' 2BTH
-                  per layer in 16-bit), one extra forward of every layer in backward;
+                  per layer in 16-bit), about one extra forward of every layer in backward
+                  (torch's checkpoint stops early, skipping each segment's last matmul:
+                  ``llmtrain.flops.recompute_flops`` gives the exact count);
 - ``"every"``     checkpoint every k-th layer (``k=``): a knob between none and full;
 - ``"sqrt"``      ⌈√L⌉ segments of consecutive layers, each keeping only its input (Chen et al.
                   2016, arXiv 1604.06174): O(√L) memory for one extra forward;
