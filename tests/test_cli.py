@@ -130,3 +130,25 @@ def test_memory_bad_input(args, needle):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_flops_json_equals_library():
+    from llmtrain import flops
+
+    r = run("flops", "llama-7b", "--seq", "2048", "--attention", "sdpa", "--recompute", "full", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    s = shapes.get("llama-7b")
+    assert out["total"] == flops.training_flops(s, 1, 2048, attention="sdpa", recompute="full")
+    assert out["total"] == sum(out["parts"].values())
+    assert out["six_p_tokens"] == 6 * params.count(s) * 2048
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["flops", "llama-7b", "--attention", "flash"], "attention must be one of"),
+    (["flops", "llama-7b", "--recompute", "half"], "recompute"),
+    (["flops", "llama-7b", "--seq", "-1"], "seq"),
+])
+def test_flops_bad_input(args, needle):
+    r = run(*args)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -52,8 +52,36 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="leave out the slides' framework / ZeRO runtime / fragmentation constants")
     pm.add_argument("--json", action="store_true", help="print parts and total in bytes, GB and GiB")
 
+    pf = sub.add_parser("flops", help="FLOPs of one training step (forward + backward)")
+    _model_args(pf)
+    pf.add_argument("--batch", type=int, default=1, help="batch B (default 1)")
+    pf.add_argument("--seq", type=int, default=None, help="sequence length T (default: the context)")
+    pf.add_argument("--attention", default="eager", help="eager (default) or sdpa")
+    pf.add_argument("--recompute", default="none", help="none (default), full, sqrt, selective")
+    pf.add_argument("--json", action="store_true", help="print the parts as JSON")
+
     sub.add_parser("models", help="list the presets")
     return p
+
+
+def _flops_cmd(args) -> str:
+    from . import flops
+
+    shape = _shape(args)
+    B, T = args.batch, shape.max_seq_len if args.seq is None else args.seq
+    kw = dict(attention=args.attention)
+    total = flops.training_flops(shape, B, T, recompute=args.recompute, **kw)
+    parts = {"forward": flops.forward_flops(shape, B, T),
+             "backward": flops.backward_flops(shape, B, T, **kw),
+             "recompute": flops.recompute_flops(shape, B, T, recompute=args.recompute, **kw)}
+    rule = flops.six_p_tokens(shape, B * T)
+    if args.json:
+        return json.dumps({"total": total, "parts": parts, "six_p_tokens": rule})
+    rows = [f"{shape.name}, B={B}, T={T}, {args.attention} attention, recompute={args.recompute}"]
+    rows += [f"  {k:<10} {v:>26,} FLOPs" for k, v in parts.items()]
+    rows.append(f"  {'total':<10} {total:>26,} FLOPs")
+    rows.append(f"  6·P·tokens {rule:>26,} FLOPs ({100 * (rule / total - 1):+.1f} %)")
+    return "\n".join(rows)
 
 
 def _memory():
@@ -100,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_params(args))
         elif args.command == "memory":
             print(_memory_cmd(args))
+        elif args.command == "flops":
+            print(_flops_cmd(args))
         elif args.command == "models":
             for name in shapes.names():
                 print(name)
