@@ -1,0 +1,249 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Activation recomputation · 激活重计算
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/llmtrain/llmtrain/blob/main/notebooks/09_activation_recomputation.ipynb)
+#
+# > - 激活值是前向传播的结果，需要在反向传播时参与梯度计算 — activations are results of the
+# >   forward pass that the backward pass needs to compute gradients;
+# > - 保存激活值需要占用大量显存 — keeping them takes a lot of GPU memory;
+# > - 激活重计算：保留部分激活值，反向传播时重新计算其他激活值 — recomputation keeps some of
+# >   them and computes the others again during backward.
+#
+# After this notebook you can list, tensor by tensor, what a LLaMA layer keeps for backward; apply
+# the usual recomputation strategies (full, every k-th layer, √L segments, selective) to a real
+# model; and weigh what each saves in bytes against what it costs in FLOPs and seconds — all
+# measured, and checked against closed forms in `llmtrain.activations` and `llmtrain.flops`.
+
+# %% tags=["setup", "nbval-ignore-output"]
+# Setup. On Colab: install llmtrain from the repository (Colab's own torch is kept).
+# Elsewhere `make venv` has installed it already; this cell only reports the device.
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "llmtrain[hf] @ git+https://github.com/llmtrain/llmtrain"], check=True)
+
+import llmtrain
+from llmtrain.device import report
+
+print(report())
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from llmtrain import activations, flops, memory, plots, recompute, show
+from llmtrain.llama import Llama
+from llmtrain.shapes import ModelShape
+
+plots.use_style()
+torch.manual_seed(0)
+MiB = 2**20
+
+# %% [markdown]
+# ## 1. What an activation is, and why backward needs it
+#
+# Take $y = W_2\,\mathrm{SiLU}(W_1 x)$. The gradient of a weight needs the *input* of its layer:
+# $\partial \ell/\partial W_1 = \delta_1 x^\top$ and $\partial \ell/\partial W_2 = \delta_2 h^\top$ with
+# $h = \mathrm{SiLU}(W_1 x)$; and $\delta_1$ needs $\mathrm{SiLU}'$ at $W_1 x$. So autograd keeps $x$,
+# $W_1 x$ and $h$ — the activations — from the forward pass until backward. `activations.measure`
+# lists them, exactly, with a `saved_tensors_hooks` pack hook (parameters are not counted: they are
+# kept anyway).
+
+# %%
+two_layers = nn.Sequential(nn.Linear(4, 8), nn.SiLU(), nn.Linear(8, 2))
+x = torch.randn(3, 4)
+saved = activations.measure(two_layers, x)
+print(saved.table("tensor"))
+
+# %% [markdown]
+# Three tensors: the input $x$ (3×4) kept by the first Linear for $\partial\ell/\partial W_1$, the
+# pre-activation $W_1x$ (3×8) kept by SiLU for its derivative, and $h$ (3×8) kept by the second
+# Linear. Here is the code that counts them:
+
+# %%
+show(activations.measure)
+
+# %% [markdown]
+# ## 2. Everything one LLaMA decoder layer keeps
+#
+# A small LLaMA from the reference implementation (`llmtrain.llama`), in bf16 as in training,
+# with the loss (labels = inputs). Per module, then per operation:
+
+# %%
+shape = ModelShape(vocab_size=512, hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=8,
+                   intermediate_size=688, max_seq_len=128, name="small")
+B, T = 2, 128
+model = Llama(shape, attn_impl="eager").to(torch.bfloat16)
+ids = torch.randint(0, shape.vocab_size, (B, T))
+saved = activations.measure(model, ids, labels=ids)
+layer0 = {k: v for k, v in saved.by_module.items() if k.startswith("model.layers.0")}
+BTH = B * T * shape.hidden_size
+for name, b in layer0.items():
+    print(f"{name:<40} {b:>10,} B = {b / BTH:5.2f} × BTH")
+print(f"{'layer 0 in all':<40} {saved.by_layer[0]:>10,} B = {saved.by_layer[0] / BTH:5.2f} × BTH")
+
+# %%
+print(saved.table("op"))
+
+# %% [markdown]
+# The layer keeps far more than its input: the fp32 copies made by RMSNorm, Q, K, V, the
+# $T\times T$ attention probabilities (the eager kernel keeps them in fp32 *and* bf16), the SwiGLU
+# intermediates of width $H'$. The closed form in `llmtrain.activations.saved_bytes` adds the same
+# terms; it equals the measurement to the byte (tests check it on random shapes):
+
+# %%
+closed = activations.saved_bytes(shape, B, T, dtype="bf16", impl="reference", attention="eager")
+print(f"measured {saved.total_bytes:,} B, closed form {closed:,} B, equal: {closed == saved.total_bytes}")
+print(f"the slides' 2BTH per layer would be {2 * BTH:,} B; one layer really keeps "
+      f"{saved.by_layer[0] / (2 * BTH):.1f}× that")
+
+# %% [markdown]
+# ## 3. The strategies side by side
+#
+# `llmtrain.recompute.apply` sets a strategy on the reference model; it wraps layers (or the attention
+# core) in `torch.utils.checkpoint` (non-reentrant):
+
+# %%
+show(recompute.segments)
+
+# %% [markdown]
+# A 16-layer model, fp32 on this machine. For each strategy: bytes kept after forward (exact), the
+# peak during the whole step (exact CPU tracker, `memory.measure_peak`), FLOPs of the step
+# (`FlopCounterMode`, equal to `flops.training_flops`), and seconds (measured; they vary by machine).
+
+# %%
+deep = ModelShape(vocab_size=512, hidden_size=128, num_layers=16, num_heads=4, num_kv_heads=4,
+                  intermediate_size=352, max_seq_len=256, name="deep")
+B, T = 2, 256
+torch.manual_seed(0)
+net = Llama(deep, attn_impl="eager")
+ids = torch.randint(0, deep.vocab_size, (B, T))
+STRATS = [("none", None), ("every", 4), ("every", 2), ("sqrt", None), ("full", None), ("selective", None)]
+
+
+def label(strategy, k):
+    return f"every {k}" if strategy == "every" else strategy
+
+
+def step():
+    net(ids, labels=ids).loss.backward()
+    net.zero_grad(set_to_none=True)
+
+
+rows = {}
+for strategy, k in STRATS:
+    recompute.apply(net, strategy, k=k)
+    kept = activations.measure(net, ids, labels=ids).total_bytes
+    peak = memory.measure_peak(step, include=net).peak_bytes
+    counted = flops.measured_flops(net, ids)
+    formula = flops.training_flops(deep, B, T, attention="eager", recompute=strategy, k=k)
+    assert counted == formula, (strategy, counted, formula)
+    rows[label(strategy, k)] = dict(kept=kept, peak=peak, flops=counted)
+base = rows["none"]
+print(f"{'strategy':<10} {'kept (MiB)':>10} {'peak (MiB)':>10} {'FLOPs vs none':>14}")
+for name, r in rows.items():
+    print(f"{name:<10} {r['kept'] / MiB:>10.2f} {r['peak'] / MiB:>10.2f} {r['flops'] / base['flops']:>13.3f}×")
+
+# %% tags=["nbval-ignore-output"]
+# wall-clock seconds per step: machine-dependent
+for strategy, k in STRATS:
+    recompute.apply(net, strategy, k=k)
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(3):
+        step()
+    rows[label(strategy, k)]["seconds"] = (time.perf_counter() - t0) / 3
+    print(f"{label(strategy, k):<10} {rows[label(strategy, k)]['seconds'] * 1000:7.1f} ms per step")
+_ = recompute.apply(net, "none")
+
+# %% [markdown]
+# ## 4. Full recomputation keeps exactly the layer inputs — the slides' 2BTH
+#
+# > Transformer训练常保留每一层的输入作为激活值；批次大小为B，则需要 $2BTH$ 字节保存每层输入
+#
+# With every layer checkpointed, each layer keeps only its input: $b\cdot BTH$ bytes with $b = 2$ in
+# 16-bit — the slides' $2BTH$ — and $4BTH$ in fp32. Measured per layer, in bf16:
+
+# %%
+model16 = recompute.apply(Llama(deep).to(torch.bfloat16), "full")
+full = activations.measure(model16, ids, labels=ids)
+two_BTH = 2 * B * T * deep.hidden_size
+rope = 2 * T * deep.d_head * 2  # cos and sin, (T, d) each, bf16: computed once, used by all layers
+print(f"2BTH = {two_BTH:,} B")
+for i, b in full.by_layer.items():
+    note = "  = 2BTH + RoPE cos/sin (the first checkpoint keeps them)" if b == two_BTH + rope else ""
+    print(f"layer {i:>2}: {b:>9,} B{'  = 2BTH' if b == two_BTH else ''}{note}")
+print("outside the layers:", full.outside_layers)
+
+# %% [markdown]
+# Outside the layers remain what the slides' $4BTV$ stands for (the fp32 log-softmax of the loss),
+# plus small items the slides leave out: RoPE's cos/sin, the final norm's input, the label indices.
+#
+# ## 5. What recomputation costs in FLOPs
+#
+# The rule of thumb: full recomputation is one extra forward pass, so a step costs 4 forwards instead
+# of 3 (+33 %). `FlopCounterMode` counts it exactly (table above). It is a little less than +33 %:
+# the lm_head and loss are never recomputed, and torch's checkpoint stops recomputing as soon as the
+# last saved tensor is rebuilt, skipping each segment's final `down_proj` matmul:
+
+# %%
+for strategy, k in STRATS[1:]:
+    extra = flops.recompute_flops(deep, B, T, attention="eager", recompute=strategy, k=k)
+    fwd = flops.forward_flops(deep, B, T)
+    print(f"{label(strategy, k):<10} recomputes {extra / fwd:6.1%} of a forward pass; step +"
+          f"{extra / flops.training_flops(deep, B, T, attention='eager'):6.1%}")
+
+# %% [markdown]
+# Selective recomputation (Korthikanti et al. 2022) recomputes only softmax$(QK^\top)V$: it costs a
+# few per cent of the FLOPs yet removes the $O(T^2)$ attention probabilities, the largest item of
+# section 2 at long context.
+#
+# ## 6. Memory against compute: √L checkpointing
+#
+# Chen et al. (2016) split $L$ layers into $\sqrt{L}$ segments and keep only segment inputs: memory
+# $O(\sqrt{L})$ for one extra forward. What matters for fitting on a card is the *peak* during
+# backward, when one segment at a time is recomputed:
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4.2))
+for name, r in rows.items():
+    ax.scatter(r["flops"] / base["flops"], r["peak"] / MiB, s=50)
+    ax.annotate(name, (r["flops"] / base["flops"], r["peak"] / MiB), textcoords="offset points",
+                xytext=(6, 4), fontsize=9)
+ax.set_xlabel("FLOPs per step, relative to no recomputation")
+ax.set_ylabel("peak memory of a step (MiB, measured)")
+ax.set_title(f"{deep.num_layers}-layer LLaMA, B={B}, T={T}, fp32")
+plots.save(fig, "09_memory_vs_compute")
+plt.show()
+
+# %% [markdown]
+# **Exercise.** With $L = 16$, how many layer inputs does the √L strategy keep after forward, and
+# how many layers' full activations are alive at most during backward?
+#
+# <details><summary>Answer</summary>
+#
+# `recompute.segments(16, "sqrt")` gives 4 segments of 4 layers: 4 segment inputs are kept; during
+# backward one segment (4 layers) is recomputed and its activations are alive, so about
+# 4 + 4 = 8 "layers' worth" instead of 16 (none) or 1 + 1 (full, which recomputes more).
+# </details>
+
+# %%
+print(recompute.segments(16, "sqrt"))
