@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,7 +37,7 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "llmtrain[hf] @ git+https://github.com/llmtrain/llmtrain"], check=True)
 
-import llmtrain
+import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)
 from llmtrain.device import report
 
 print(report())

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,7 +39,7 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "llmtrain[hf] @ git+https://github.com/llmtrain/llmtrain"], check=True)
 
-import llmtrain
+import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)
 from llmtrain.device import report
 
 print(report())
@@ -49,7 +51,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from llmtrain import activations, flops, memory, plots, recompute, show
+from llmtrain import activation_formulas, activations, flops, memory, plots, recompute, show
 from llmtrain.llama import Llama
 from llmtrain.shapes import ModelShape
 
@@ -106,11 +108,11 @@ print(saved.table("op"))
 # %% [markdown]
 # The layer keeps far more than its input: the fp32 copies made by RMSNorm, Q, K, V, the
 # $T\times T$ attention probabilities (the eager kernel keeps them in fp32 *and* bf16), the SwiGLU
-# intermediates of width $H'$. The closed form in `llmtrain.activations.saved_bytes` adds the same
+# intermediates of width $H'$. The closed form in `llmtrain.activation_formulas.saved_bytes` adds the same
 # terms; it equals the measurement to the byte (tests check it on random shapes):
 
 # %%
-closed = activations.saved_bytes(shape, B, T, dtype="bf16", impl="reference", attention="eager")
+closed = activation_formulas.saved_bytes(shape, B, T, dtype="bf16", impl="reference", attention="eager")
 print(f"measured {saved.total_bytes:,} B, closed form {closed:,} B, equal: {closed == saved.total_bytes}")
 print(f"the slides' 2BTH per layer would be {2 * BTH:,} B; one layer really keeps "
       f"{saved.by_layer[0] / (2 * BTH):.1f}× that")

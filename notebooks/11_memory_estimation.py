@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -42,7 +44,7 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "llmtrain[hf] @ git+https://github.com/llmtrain/llmtrain"], check=True)
 
-import llmtrain
+import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)
 from llmtrain.device import report
 
 print(report())
@@ -142,7 +144,7 @@ for z in range(4):
     ax.plot(gpus, [sum(memory.model_state_bytes(P7, zero=z, dp=n).values()) / GIB for n in gpus],
             marker="o", label=f"ZeRO-{z}" if z else "plain data parallel")
 ax.axhline(80 * GB / GIB, color="gray", ls="--", lw=1)
-ax.text(1.05, 80 * GB / GIB + 3, "A100/H100 80 GB", color="gray", fontsize=8)
+ax.text(64, 80 * GB / GIB + 2, "A100/H100 80 GB", color="gray", fontsize=8, ha="right")
 ax.set_xscale("log", base=2)
 ax.set_xticks(gpus, [str(g) for g in gpus])
 ax.set_xlabel("data-parallel GPUs N")

@@ -56,7 +56,7 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "llmtrain[hf] @ git+{url}"], check=True)
 
-import llmtrain
+import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)
 from llmtrain.device import report
 
 print(report())'''

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmtrain import activations as act
+from llmtrain import activation_formulas as act
 from llmtrain import shapes
-from llmtrain.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure, saved_bytes
+from llmtrain.activation_formulas import saved_bytes
+from llmtrain.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure
 from llmtrain.llama import Llama
 from llmtrain.shapes import ModelShape
 

@@ -1,6 +1,5 @@
 """Training-memory estimators and the CPU peak tracker."""
 
-import math
 
 import pytest
 import torch

@@ -7,6 +7,7 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``llama``   a from-scratch reference LLaMA whose weights load into transformers
 - ``recompute`` activation recomputation strategies for it (激活重计算)
 - ``activations`` what autograd saves for backward, measured exactly (and at 7B with fake tensors)
+- ``activation_formulas`` the same bytes in closed form, for the reference and transformers' LLaMA
 - ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
 - ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
 - ``device``  which device and 16-bit dtype to use here

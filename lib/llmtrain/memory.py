@@ -22,7 +22,7 @@ import torch
 from . import params as _params
 from .shapes import ModelShape
 
-__all__ = ["GB", "GIB", "dtype_bytes", "dtype_name", "state_bytes_per_param", "params_per_gpu",
+__all__ = ["GB", "GIB", "torch_dtype", "dtype_bytes", "dtype_name", "state_bytes_per_param", "params_per_gpu",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "slides_formula",
            "llmbox_activation_bytes",
            "Peak", "measure_peak", "PRECISIONS", "OPTIMIZERS", "ACTIVATION_IMPLS"]
@@ -33,18 +33,23 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-def dtype_name(dtype: Any, arg: str = "dtype") -> str:
-    """'fp32', 'bf16' or 'fp16' for a torch dtype or one of its names."""
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
+def torch_dtype(dtype: Any) -> torch.dtype:
+    """torch.float32, bfloat16 or float16 from a torch dtype or a name ("fp32", "bf16", ...)."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
     if isinstance(dtype, str) and dtype in _DTYPES:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[_DTYPES[dtype]]
-    raise ValueError(f"{arg} must be fp32, bf16 or fp16 (or the torch dtype), got {dtype!r}")
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype must be fp32, bf16 or fp16 (or the torch dtype), got {dtype!r}")
+
+
+def dtype_name(dtype: Any) -> str:
+    """'fp32', 'bf16' or 'fp16' for a torch dtype or one of its names."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[torch_dtype(dtype)]
 
 
 def dtype_bytes(dtype: Any) -> int:
     """Bytes per element: 4 for fp32, 2 for bf16/fp16."""
-    return 4 if dtype_name(dtype) == "fp32" else 2
+    return torch_dtype(dtype).itemsize
 
 
 # --- model states: weights, gradients, master weights, optimizer states ---------------
@@ -169,7 +174,7 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
       cross entropy: 4sbh(1 + v/h)/t.
     - "reference", "hf-eager", "hf-sdpa": exact closed forms for ``llmtrain.llama.Llama``
       (``attention`` picks its kernel) and transformers' LlamaForCausalLM at the pinned
-      release; see ``llmtrain.activations.saved_bytes``. tp must be 1.
+      release; see ``llmtrain.activation_formulas.saved_bytes``. tp must be 1.
     recompute: "none", "full" or "selective"; None means the impl's own default.
     """
     if impl not in ACTIVATION_IMPLS:
@@ -207,7 +212,7 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
         return round(L * layer + output)
     if tp != 1 or sp:
         raise ValueError(f"impl={impl!r} is exact for one device: tp must be 1 and sp False")
-    from .activations import saved_bytes
+    from .activation_formulas import saved_bytes
 
     kw = {"attention": attention} if impl == "reference" else {}
     return saved_bytes(shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute, **kw)
