@@ -103,7 +103,12 @@ for name, b in layer0.items():
 print(f"{'layer 0 in all':<40} {saved.by_layer[0]:>10,} B = {saved.by_layer[0] / BTH:5.2f} × BTH")
 
 # %%
-print(saved.table("op"))
+by_op = {}
+for row in saved.tensors:
+    if row.module.startswith("model.layers.0"):
+        by_op[row.op] = by_op.get(row.op, 0) + row.bytes
+for op, b in sorted(by_op.items(), key=lambda kv: -kv[1]):
+    print(f"{op:<22} {b:>10,} B = {b / BTH:5.2f} × BTH")
 
 # %% [markdown]
 # The layer keeps far more than its input: the fp32 copies made by RMSNorm, Q, K, V, the

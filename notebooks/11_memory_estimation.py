@@ -174,7 +174,9 @@ plt.show()
 # - **reference**, **hf-eager**, **hf-sdpa** — closed forms, exact to the byte, for our reference
 #   LLaMA and for transformers' `LlamaForCausalLM` with eager or SDPA attention (notebook 09 lists
 #   every tensor; `tests/test_activations.py` checks the closed forms against measurements on random
-#   shapes). They hold for the transformers release pinned in `requirements/constraints.txt`.
+#   shapes). The `hf-*` forms were verified on transformers 5.24.0 with torch 2.13.0, the releases
+#   pinned in `requirements/constraints.txt`; another release may save other tensors (re-run
+#   `tests/test_activations.py` to find out).
 
 # %%
 import transformers
