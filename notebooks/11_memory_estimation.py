@@ -400,22 +400,27 @@ print(f"weights + Adam states + activations + 8BTV = {at_backward_start:,} B: {e
 assert abs(error) < 0.05
 
 # %% [markdown]
-# Where the parts are exact, they match exactly: the memory live before the step is the weights (plus
-# RoPE's tiny buffer) and Adam's two states; one forward pass adds exactly the saved activations plus
-# the logits and the loss it returns.
+# Where the parts are exact, they match exactly. Before the step: the weights ($4P$), Adam's $m$ and
+# $v$ ($8P$), Adam's scalar step counter (one fp32 per parameter tensor) and RoPE's small buffer.
+# One forward pass then adds the saved activations — except the input ids, which existed before —
+# plus the logits and the loss it returns.
 
 # %%
 P_small = params.count(small)
-rope = 4 * small.d_head // 2
-print("before the step:", measured.start_bytes, "= 4P + 8P + RoPE buffer:",
-      measured.start_bytes == 12 * P_small + rope)
+n_tensors = len(list(net.parameters()))
+rope = net.model.rotary_emb.inv_freq.numel() * 4
+before = 12 * P_small + 4 * n_tensors + rope
+print(f"before the step: {measured.start_bytes:,} B; 12P + 4·{n_tensors} + {rope} = {before:,} B; "
+      f"equal: {measured.start_bytes == before}")
 kept = []
 fwd = memory.measure_peak(lambda: kept.append(net(batch, labels=batch)), include=[net, opt])
 acts = memory.activation_bytes(small, B6, T6, dtype="fp32", impl="reference", recompute="none",
                                attention="sdpa")
+ids_bytes = batch.numel() * batch.element_size()
+logits = 4 * B6 * T6 * small.vocab_size
 added = fwd.end_bytes - fwd.start_bytes
-print("after forward  :", added, "= activations + logits 4BTV + loss 4 B:",
-      added == acts + 4 * B6 * T6 * small.vocab_size + 4)
+print(f"after forward  : {added:,} B; activations − input ids + logits + loss = "
+      f"{acts - ids_bytes + logits + 4:,} B; equal: {added == acts - ids_bytes + logits + 4}")
 kept.clear()
 
 # %% [markdown]
