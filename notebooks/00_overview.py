@@ -53,9 +53,9 @@ from pathlib import Path
 
 CHAPTER_MAP = [
     # (notebook, slide section, English topic)
-    ("01_optimizer_settings", "现有大语言模型的预训练优化设置", "optimisation settings of real LLMs"),
-    ("02_batch_size", "动态批次调整", "batch-size schedules"),
-    ("03_learning_rate", "学习率预热与衰减", "learning-rate warmup and decay"),
+    ("01_pretraining_settings", "现有大语言模型的预训练优化设置", "optimisation settings of real LLMs"),
+    ("02_batch_schedules", "动态批次调整", "batch-size schedules"),
+    ("03_lr_schedules", "学习率预热与衰减", "learning-rate warmup and decay"),
     ("04_mixed_precision", "混合精度训练", "mixed precision, loss scaling, FP8"),
     ("05_data_parallel_zero", "数据并行 · 零冗余优化器 (ZeRO)", "data parallel and ZeRO-1/2/3"),
     ("06_tensor_parallel", "张量并行", "tensor parallel"),
@@ -63,7 +63,7 @@ CHAPTER_MAP = [
     ("08_3d_parallel", "3D 并行训练", "combining data, tensor and pipeline parallel"),
     ("09_activation_recomputation", "激活重计算", "activation recomputation"),
     ("10_parameter_count", "模型参数量估计", "parameter count"),
-    ("11_training_memory", "训练显存估计", "training memory"),
+    ("11_memory_estimation", "训练显存估计", "training memory"),
 ]
 here = Path.cwd()
 print(f"{'notebook':<30} {'status':<9} slide section · topic")

@@ -108,7 +108,7 @@ def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
     """Execute notebook src (cwd notebooks/) and write it to dst. Returns ok, seconds, error."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     if src.suffix == ".py":  # the reviewed source; outputs come from this run
         import jupytext
@@ -124,6 +124,8 @@ def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
     ok, err = True, ""
     try:
         client.execute()
+    except DeadKernelError:
+        ok, err = False, "the kernel died (out of memory? a crash in native code?)"
     except CellExecutionError as e:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # drop terminal colours
         ok, err = False, text.splitlines()[-1] if text else "error"

@@ -2,6 +2,10 @@
 
 Each module mirrors a topic of the chapter and of the notebooks:
 
+- ``settings`` the slides' table of how twelve real LLMs were trained (预训练优化设置)
+- ``schedules`` learning-rate schedules: warmup → peak → decay (学习率预热与衰减)
+- ``batch``   batch-size schedules, gradient accumulation, gradient noise scale (动态批次调整)
+- ``train``   a tiny deterministic training loop on a generated Markov corpus
 - ``shapes``  model sizes (ModelShape) and presets of the Llama family
 - ``params``  parameter counts, per component, and their SymPy formula (模型参数量估计)
 - ``llama``   a from-scratch reference LLaMA whose weights load into transformers
