@@ -1,0 +1,374 @@
+"""Number formats and FP8 (slides: 混合精度训练): fp32, tf32, fp16, bf16, FP8 E4M3 / E5M2.
+
+A binary float with E exponent bits and M mantissa bits stores sign s, biased exponent e and
+mantissa m; its value is
+
+    (-1)^s · 2^(e - bias) · (1 + m/2^M)     for 0 < e   (normal),   bias = 2^(E-1) - 1
+    (-1)^s · 2^(1 - bias) · (m/2^M)         for e = 0   (subnormal)
+
+so every property of a format (max, smallest normal, smallest subnormal, eps) follows from
+(E, M) alone. ``format_info`` derives them exactly (``fractions.Fraction``); the tests
+compare them with ``torch.finfo``. One format is not IEEE-like: FP8 E4M3 as
+``torch.float8_e4m3fn`` (OCP FP8 spec; Micikevicius et al. 2022, arXiv 2209.05433) has no
+infinity and uses the all-ones exponent for normal numbers, only mantissa all-ones being
+NaN, so its max is 2^8 · 1.75 = 448 instead of 240.
+
+The second half is FP8 quantisation as DeepSeek-V3 trains with it (arXiv 2412.19437 §3.3):
+a scale per group maps the group's absolute maximum onto the format's max, with groups of
+1×128 elements (a tile, for activations) or 128×128 (a block, for weights), so that one
+outlier only costs precision to the 128 or 16384 values that share its scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+__all__ = ["FORMATS", "FormatInfo", "format_info", "decode", "round_exact", "bits_of",
+           "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
+           "quantization_error", "fp8_matmul", "realistic_activations"]
+
+# name: (exponent bits, mantissa bits, IEEE-like?, torch dtype name or None)
+_LAYOUTS = {
+    "fp32": (8, 23, True, "float32"),
+    "tf32": (8, 10, True, None),
+    "fp16": (5, 10, True, "float16"),
+    "bf16": (8, 7, True, "bfloat16"),
+    "fp8_e4m3": (4, 3, False, "float8_e4m3fn"),
+    "fp8_e5m2": (5, 2, True, "float8_e5m2"),
+}
+FORMATS = tuple(_LAYOUTS)
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A float format's bit layout and the numbers derived from it (exact ``Fraction``s).
+
+    ``max``, ``smallest_normal``, ``smallest_subnormal``, ``eps`` are floats; the same with
+    ``_exact`` appended are ``Fraction``s. ``bits`` = 1 + E + M (tf32: 19 bits used, stored
+    in ``storage_bits`` = 32). ``torch_dtype`` is None for tf32, which torch has no dtype for.
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    ieee_like: bool          # False: no infinity, all-ones exponent holds normal numbers (E4M3fn)
+    torch_dtype: torch.dtype | None
+    storage_bits: int
+
+    @property
+    def bits(self) -> int:
+        """1 + E + M."""
+        return 1 + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def bias(self) -> int:
+        """2^(E-1) - 1."""
+        return 2 ** (self.exponent_bits - 1) - 1
+
+    @property
+    def has_inf(self) -> bool:
+        return self.ieee_like
+
+    @property
+    def max_exponent_field(self) -> int:
+        """Largest biased exponent of a finite number: 2^E - 2 (IEEE; all-ones is inf/NaN), 2^E - 1 (E4M3fn)."""
+        return 2 ** self.exponent_bits - (2 if self.ieee_like else 1)
+
+    @property
+    def max_mantissa_field(self) -> int:
+        """Largest mantissa at the largest exponent: 2^M - 1 (IEEE), 2^M - 2 (E4M3fn: all-ones is NaN)."""
+        return 2 ** self.mantissa_bits - (1 if self.ieee_like else 2)
+
+    @property
+    def max_magnitude_code(self) -> int:
+        """The largest finite value's bits without the sign, as an integer (e << M | m)."""
+        return (self.max_exponent_field << self.mantissa_bits) | self.max_mantissa_field
+
+    @property
+    def max_exact(self) -> Fraction:
+        """2^(e_max - bias) · (1 + m_max/2^M); IEEE: (2 - 2^-M) · 2^bias; E4M3fn: 1.75 · 2^8 = 448."""
+        return decode(self.max_magnitude_code, self)
+
+    @property
+    def smallest_normal_exact(self) -> Fraction:
+        """2^(1 - bias)."""
+        return Fraction(2) ** (1 - self.bias)
+
+    @property
+    def smallest_subnormal_exact(self) -> Fraction:
+        """2^(1 - bias - M)."""
+        return Fraction(2) ** (1 - self.bias - self.mantissa_bits)
+
+    @property
+    def eps_exact(self) -> Fraction:
+        """2^-M: the gap between 1 and the next number (unit roundoff u = eps/2)."""
+        return Fraction(1, 2 ** self.mantissa_bits)
+
+    max = property(lambda self: float(self.max_exact))
+    smallest_normal = property(lambda self: float(self.smallest_normal_exact))
+    smallest_subnormal = property(lambda self: float(self.smallest_subnormal_exact))
+    eps = property(lambda self: float(self.eps_exact))
+
+
+def format_info(name: str) -> FormatInfo:
+    """The ``FormatInfo`` of ``name``, one of ``FORMATS``, derived from (E, M) (IEEE 754-2019 §3.3; OCP FP8 v1.0)."""
+    if name not in _LAYOUTS:
+        raise ValueError(f"name must be one of {FORMATS}, got {name!r}")
+    e, m, ieee, dt = _LAYOUTS[name]
+    return FormatInfo(name, e, m, ieee, getattr(torch, dt) if dt else None,
+                      32 if name == "tf32" else 1 + e + m)
+
+
+def _info(name) -> FormatInfo:
+    return name if isinstance(name, FormatInfo) else format_info(name)
+
+
+def decode(magnitude_code: int, name) -> Fraction:
+    """Exact value of the bits e << M | m (sign dropped): 2^(e-bias)(1 + m/2^M), or 2^(1-bias) m/2^M if e = 0."""
+    f = _info(name)
+    e, m = magnitude_code >> f.mantissa_bits, magnitude_code & (2 ** f.mantissa_bits - 1)
+    if e == 0:
+        return m * f.smallest_subnormal_exact
+    return Fraction(2) ** (e - f.bias) * (1 + Fraction(m, 2 ** f.mantissa_bits))
+
+
+def _encode_magnitude(v: Fraction, f: FormatInfo) -> int:
+    """Magnitude code of v ≥ 0 rounded to nearest, ties to even; may exceed the max code (overflow)."""
+    M = f.mantissa_bits
+    if v < f.smallest_normal_exact:
+        return round(v / f.smallest_subnormal_exact)            # round() on Fraction: ties to even
+    e = v.numerator.bit_length() - v.denominator.bit_length()   # floor(log2 v), off by at most one
+    if Fraction(2) ** e > v:
+        e -= 1
+    n = round(v / Fraction(2) ** (e - M))                       # in [2^M, 2^(M+1)]; 2^(M+1) carries
+    return ((e + f.bias) << M) + (n - 2 ** M)
+
+
+def round_exact(value: float | Fraction, name) -> tuple[int, int]:
+    """(sign, magnitude code) of ``value`` rounded to nearest, ties to even (IEEE 754 §4.3.1).
+
+    Overflow: IEEE-like formats go to infinity (magnitude code of inf); E4M3fn saturates to ±448,
+    as torch's cast does, and NaN has code 0b1111111 in E4M3fn, the quiet NaN in the others.
+    """
+    f = _info(name)
+    inf_code = (2 ** f.exponent_bits - 1) << f.mantissa_bits
+    nan_code = inf_code | (1 << (f.mantissa_bits - 1)) if f.ieee_like else (2 ** (f.bits - 1) - 1)
+    if isinstance(value, float) and math.isnan(value):
+        return 0, nan_code
+    if isinstance(value, float) and math.isinf(value):
+        return int(value < 0), inf_code if f.ieee_like else f.max_magnitude_code
+    v = Fraction(value)
+    sign = int(v < 0 or (v == 0 and math.copysign(1.0, float(value)) < 0))
+    code = _encode_magnitude(abs(v), f)
+    if code > f.max_magnitude_code:
+        code = inf_code if f.ieee_like else f.max_magnitude_code
+    return sign, code
+
+
+def _torch_bits(value: float, f: FormatInfo) -> int:
+    """Bits of ``value`` cast by torch (float64 → dtype, one rounding), as an unsigned int."""
+    t = torch.tensor(value, dtype=torch.float64).to(f.torch_dtype)
+    as_int = {8: torch.uint8, 16: torch.int16, 32: torch.int32}[f.bits]
+    return int(t.reshape(1).view(as_int)[0]) & (2 ** f.bits - 1)
+
+
+def bits_of(value: float, name: str) -> str:
+    """'s|eeee|mmm': the bits of ``value`` rounded to ``name`` (torch's cast where torch has the dtype).
+
+    tf32 (no torch dtype) is rounded exactly from the Python float, ties to even. Example:
+    ``bits_of(1.0, "fp16") == "0|01111|0000000000"``.
+    """
+    f = format_info(name)
+    if f.torch_dtype is not None:
+        code = _torch_bits(float(value), f)
+    else:
+        sign, mag = round_exact(float(value), f)
+        code = (sign << (f.bits - 1)) | mag
+    s = format(code, f"0{f.bits}b")
+    return f"{s[0]}|{s[1:1 + f.exponent_bits]}|{s[1 + f.exponent_bits:]}"
+
+
+def _value(sign: int, code: int, f: FormatInfo) -> float:
+    if code > f.max_magnitude_code:   # only inf (IEEE) reaches here; NaN handled by callers
+        return -math.inf if sign else math.inf
+    v = float(decode(code, f))
+    return -v if sign else v
+
+
+def neighbours(value: float, name: str) -> tuple[float, float, float]:
+    """(below, nearest, above): ``value`` rounded to ``name`` and the representable numbers either side.
+
+    below < value < above whenever |value| < max; above the max the next number is ±inf
+    (also for E4M3fn, which has none, to keep the tuple ordered). Exact: from ``round_exact``.
+    """
+    f = format_info(name)
+    if math.isnan(value):
+        raise ValueError("value must not be NaN")
+    sign, code = round_exact(float(value), f)
+    nearest = _value(sign, code, f)
+    # signed position on the number line: magnitude codes mirrored for negatives (-0 = +0)
+    pos = -code if sign else code
+    top = f.max_magnitude_code
+
+    def at(p: int) -> float:
+        if abs(p) > top:
+            return math.copysign(math.inf, p)
+        return _value(int(p < 0), abs(p), f)
+
+    if code > top:   # rounded to ±inf
+        return (at(top) if not sign else -math.inf, nearest, math.inf if not sign else at(-top))
+    return at(pos - 1), nearest, at(pos + 1)
+
+
+def _round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 → tf32: keep 10 of 23 mantissa bits, round to nearest even on the 13 dropped bits."""
+    i = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    sign, mag = i & 0x80000000, i & 0x7FFFFFFF
+    lsb = (mag >> 13) & 1
+    mag = (mag + 0xFFF + lsb) & ~0x1FFF          # carries into the exponent; max + half ulp → inf
+    out = sign | mag
+    out = torch.where(out >= 2**31, out - 2**32, out).to(torch.int32).view(torch.float32)
+    return torch.where(torch.isnan(x), x, out)
+
+
+def round_to(x: torch.Tensor, name: str) -> torch.Tensor:
+    """float32 ``x`` rounded to ``name`` (nearest, ties to even), returned as float32 values.
+
+    torch dtypes: cast there and back. tf32: mantissa rounded to 10 bits in the integer view.
+    """
+    f = format_info(name)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+        raise ValueError(f"x must be a float32 tensor, got {getattr(x, 'dtype', type(x))}")
+    if f.torch_dtype is None:
+        return _round_tf32(x)
+    return x.to(f.torch_dtype).to(torch.float32)
+
+
+# ---------------------------------------------------------------- FP8 quantisation
+
+GRANULARITIES = ("tensor", "tile", "block")
+
+
+def _check_groups(x: torch.Tensor, granularity: str, tile: int) -> None:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    if granularity == "tile" and (x.dim() < 1 or x.shape[-1] % tile):
+        raise ValueError(f"x: last dimension must be divisible by tile={tile} for 1×{tile} tiles, "
+                         f"got shape {tuple(x.shape)} (pad it first)")
+    if granularity == "block" and (x.dim() < 2 or x.shape[-1] % tile or x.shape[-2] % tile):
+        raise ValueError(f"x: last two dimensions must be divisible by tile={tile} for {tile}×{tile} "
+                         f"blocks, got shape {tuple(x.shape)} (pad it first)")
+
+
+def _grouped(x: torch.Tensor, granularity: str, tile: int) -> torch.Tensor:
+    """View with the group's elements on dims that ``_amax`` reduces."""
+    if granularity == "tile":
+        return x.reshape(*x.shape[:-1], x.shape[-1] // tile, tile)
+    if granularity == "block":
+        *lead, m, n = x.shape
+        return x.reshape(*lead, m // tile, tile, n // tile, tile)
+    return x
+
+
+def _expand(scales: torch.Tensor, shape: torch.Size, granularity: str, tile: int) -> torch.Tensor:
+    """Scales broadcast back to ``shape``: one per element."""
+    if granularity == "tensor":
+        return scales
+    if granularity == "tile":
+        return scales.repeat_interleave(tile, dim=-1)
+    return scales.repeat_interleave(tile, dim=-1).repeat_interleave(tile, dim=-2)
+
+
+def quantize(x: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "tensor", tile: int = 128,
+             pow2_scales: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scales) with x ≈ q · scale per group, scale = amax(|group|) / format max.
+
+    Groups: the whole tensor ("tensor"), 1×``tile`` along the last dim ("tile": DeepSeek-V3's
+    activations), ``tile``×``tile`` over the last two dims ("block": its weights) (arXiv
+    2412.19437 §3.3). q is in the format's torch dtype (float32 on the tf32 grid for tf32);
+    scales are float32 of shape () / (..., K/tile) / (..., M/tile, N/tile). An all-zero
+    group gets scale 1. ``pow2_scales`` rounds each scale up to a power of two, so that
+    scaling is exact (as MX formats do). Shapes not divisible by ``tile`` raise: pad first.
+    """
+    f = format_info(name)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    _check_groups(x, granularity, tile)
+    x = x.to(torch.float32)
+    g = _grouped(x, granularity, tile)
+    dims = {"tensor": tuple(range(x.dim())), "tile": (-1,), "block": (-3, -1)}[granularity]
+    amax = g.abs().amax(dim=dims) if x.numel() else torch.zeros(())
+    if not torch.isfinite(amax).all():
+        raise ValueError("x must be finite")
+    scales = torch.where(amax > 0, amax / f.max, torch.ones_like(amax))
+    if pow2_scales:
+        scales = torch.exp2(torch.ceil(torch.log2(scales)))
+    scaled = (x / _expand(scales, x.shape, granularity, tile)).clamp(-f.max, f.max)
+    q = _round_tf32(scaled) if f.torch_dtype is None else scaled.to(f.torch_dtype)
+    return q, scales
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, granularity: str = "tensor",
+               tile: int = 128) -> torch.Tensor:
+    """float32 q · scale, each element times its group's scale (inverse of ``quantize``)."""
+    _check_groups(q, granularity, tile)
+    return q.to(torch.float32) * _expand(scales, q.shape, granularity, tile)
+
+
+def quantization_error(x: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "tensor",
+                       tile: int = 128, pow2_scales: bool = False) -> float:
+    """‖x − dequantize(quantize(x))‖_F / ‖x‖_F (0 for x = 0)."""
+    q, s = quantize(x, name, granularity, tile, pow2_scales)
+    x = x.to(torch.float32)
+    norm = x.norm().item()
+    return (x - dequantize(q, s, granularity, tile)).norm().item() / norm if norm else 0.0
+
+
+def fp8_matmul(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "fine",
+               tile: int = 128) -> torch.Tensor:
+    """Emulated FP8 GEMM a @ b: quantise, dequantise, multiply in fp32.
+
+    granularity "fine": a (M, K) by 1×tile tiles, b (K, N) by tile×tile blocks (DeepSeek-V3,
+    arXiv 2412.19437 §3.3, Fig. 7); "tensor": one scale each. Real kernels multiply the FP8
+    values on tensor cores, accumulate in limited precision (~14 bits on H800 per the paper)
+    and promote partial sums to fp32 CUDA-core registers every N_C = 128 elements, applying
+    the scales there; mathematically that is Σ_k (s_a q_a)(s_b q_b), which we compute in fp32.
+    """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"a, b must be (M, K) and (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if granularity not in ("fine", "tensor"):
+        raise ValueError(f"granularity must be 'fine' or 'tensor', got {granularity!r}")
+    ga, gb = ("tile", "block") if granularity == "fine" else ("tensor", "tensor")
+    qa, sa = quantize(a, name, ga, tile)
+    qb, sb = quantize(b, name, gb, tile)
+    return dequantize(qa, sa, ga, tile) @ dequantize(qb, sb, gb, tile)
+
+
+def realistic_activations(shape: tuple[int, ...], outlier_fraction: float = 0.01,
+                          outlier_scale: float = 100.0, seed: int = 0) -> torch.Tensor:
+    """float32 N(0, 1) activations whose few outlier channels (last dim) are ``outlier_scale`` times larger.
+
+    A fraction ``outlier_fraction`` of the channels (at least one if > 0) is scaled, as the
+    systematic large-magnitude feature dimensions of LLM activations (Dettmers et al. 2022,
+    LLM.int8(), arXiv 2208.07339 §4; Xiao et al. 2023, SmoothQuant, arXiv 2211.10438).
+    """
+    shape = tuple(shape)
+    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    if not 0 <= outlier_fraction <= 1:
+        raise ValueError(f"outlier_fraction must be in [0, 1], got {outlier_fraction!r}")
+    if not outlier_scale > 0:
+        raise ValueError(f"outlier_scale must be > 0, got {outlier_scale!r}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    channels = shape[-1]
+    n = 0 if outlier_fraction == 0 else max(1, round(outlier_fraction * channels))
+    idx = torch.randperm(channels, generator=gen)[:n]
+    x[..., idx] *= outlier_scale
+    return x
