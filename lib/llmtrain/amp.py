@@ -1,0 +1,221 @@
+"""Mixed-precision training from scratch (混合精度训练).
+
+Micikevicius et al., "Mixed Precision Training", ICLR 2018 (arXiv 1710.03740), three tricks:
+
+1. fp32 master weights: forward and backward run on a 16-bit copy of the weights; the optimizer
+   updates an fp32 copy, which is rounded back into the 16-bit model after every step (§3.1).
+   Without it, updates smaller than half a 16-bit ulp of the weight are lost
+   (``lost_update_fraction``).
+2. Loss scaling: multiply the loss by S before backward so small fp16 gradients do not flush
+   to 0 (``gradient_underflow``); divide the gradients by S before the step (§3.2). ``LossScaler``
+   picks S dynamically exactly as ``torch.amp.GradScaler`` does: halve S and skip the step on
+   inf/NaN gradients, double S after ``growth_interval`` good steps in a row.
+3. fp32 accumulation of products, reductions (norms, softmax, loss) — here done by the
+   model itself (RMSNorm and the loss in fp32), as by ``torch.autocast``.
+
+bf16 has fp32's exponent range, so it needs no loss scaling, but its 8-bit significand makes
+the master copy even more necessary. Checked in tests/test_amp.py: ``LossScaler`` against
+``torch.amp.GradScaler`` bit for bit, ``MixedPrecisionTrainer`` against ``torch.autocast``.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["LossScaler", "MixedPrecisionTrainer", "lost_update_fraction", "gradient_underflow"]
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _fp32(x: float) -> float:
+    """x rounded to the nearest float32 (GradScaler keeps its scale in a float32 tensor)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+class LossScaler:
+    """Dynamic loss scaling with the arguments and call pattern of ``torch.amp.GradScaler``:
+
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)        # optional: grads /= S, and look for inf/NaN
+        scaler.step(opt)            # opt.step() unless an inf/NaN was found
+        scaler.update()             # S *= backoff_factor on inf/NaN; S *= growth_factor after
+                                    # growth_interval good steps in a row
+
+    Same arithmetic as torch (S a float32, 1/S rounded to float32), so the two give the same
+    scales, skips and parameters (tests/test_amp.py::test_loss_scaler_matches_grad_scaler).
+    For teaching it also counts ``skipped_steps`` and records ``scales`` (S after each update).
+    """
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True):
+        if enabled and not growth_factor > 1.0:
+            raise ValueError(f"growth_factor must be > 1.0, got {growth_factor}")
+        if enabled and not backoff_factor < 1.0:
+            raise ValueError(f"backoff_factor must be < 1.0, got {backoff_factor}")
+        self.enabled = enabled
+        self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
+        self.growth_interval = growth_interval
+        self._scale = _fp32(init_scale)
+        self._good_steps = 0  # consecutive steps without inf/NaN (GradScaler's growth tracker)
+        self._found_inf: dict[int, bool] = {}  # id(optimizer) -> inf/NaN seen, this iteration
+        self._stepped: set[int] = set()
+        self.skipped_steps = 0
+        self.scales: list[float] = []
+
+    def get_scale(self) -> float:
+        """The current scale S (1.0 when disabled)."""
+        return self._scale if self.enabled else 1.0
+
+    def scale(self, outputs):
+        """outputs · S: a tensor, or a list/tuple of tensors."""
+        if not self.enabled:
+            return outputs
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(self.scale(o) for o in outputs)
+        return outputs * self._scale
+
+    @torch.no_grad()
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """grad /= S for every gradient of ``optimizer`` (once per step), noting any inf/NaN."""
+        if not self.enabled:
+            return
+        key = id(optimizer)
+        if key in self._stepped:
+            raise RuntimeError("unscale_() is being called after step().")
+        if key in self._found_inf:
+            raise RuntimeError("unscale_() has already been called on this optimizer "
+                               "since the last update().")
+        inv_scale = _fp32(1.0 / self._scale)
+        found_inf = False
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.dtype == torch.float16:  # as torch: unscale fp32 (master) grads
+                    raise ValueError("Attempting to unscale FP16 gradients.")
+                found_inf |= not bool(torch.isfinite(p.grad).all())
+                p.grad.mul_(inv_scale)
+        self._found_inf[key] = found_inf
+
+    def step(self, optimizer: torch.optim.Optimizer, *args, **kwargs):
+        """Unscale (unless done), then ``optimizer.step()`` unless an inf/NaN was found.
+        Returns what ``optimizer.step`` returns, or None when the step is skipped (as torch)."""
+        if not self.enabled:
+            return optimizer.step(*args, **kwargs)
+        key = id(optimizer)
+        if key in self._stepped:
+            raise RuntimeError("step() has already been called since the last update().")
+        if key not in self._found_inf:
+            self.unscale_(optimizer)
+        self._stepped.add(key)
+        if self._found_inf[key]:
+            return None
+        return optimizer.step(*args, **kwargs)
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        """Set S for the next iteration: ``new_scale`` if given (the good-step count is kept,
+        as torch), else back off on any inf/NaN this iteration, or grow after
+        ``growth_interval`` good steps in a row."""
+        if not self.enabled:
+            return
+        if new_scale is not None:
+            self._scale = _fp32(float(new_scale))
+        elif not self._found_inf:
+            raise RuntimeError("No inf checks were recorded prior to update().")
+        elif any(self._found_inf.values()):
+            self._scale = _fp32(self._scale * self.backoff_factor)
+            self._good_steps = 0
+            self.skipped_steps += 1
+        else:
+            self._good_steps += 1
+            if self._good_steps == self.growth_interval:
+                grown = _fp32(self._scale * self.growth_factor)
+                if grown != float("inf"):  # torch keeps S if S·growth overflows float32
+                    self._scale = grown
+                self._good_steps = 0
+        self._found_inf, self._stepped = {}, set()
+        self.scales.append(self._scale)
+
+
+class MixedPrecisionTrainer:
+    """One training step = forward/backward in 16 bits, AdamW update in fp32 (§3 of the paper).
+
+    ``model`` is converted in place to ``dtype`` (bf16 or fp16) and becomes the working copy;
+    the trainer keeps fp32 master weights and fp32 AdamW states. A ``LossScaler`` scales the
+    loss for fp16 (bf16 has fp32's exponent range and needs none); pass ``scaler`` to choose it.
+
+    ``master_weights=False`` is pure 16-bit training: AdamW updates the 16-bit weights and keeps
+    its moments in 16 bits, without loss scaling — what makes small updates vanish
+    (see ``lost_update_fraction``).
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, *,
+                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.0, grad_clip: float | None = None,
+                 master_weights: bool = True, scaler: LossScaler | None = None):
+        if dtype not in HALF_DTYPES:
+            raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+        self.model, self.dtype, self.grad_clip = model, dtype, grad_clip
+        self.params16 = [p for p in model.parameters() if p.requires_grad]
+        if master_weights:  # fp32 master copy, before rounding the model's weights
+            self.master = [p.detach().float().clone().requires_grad_() for p in self.params16]
+        for p in self.params16:  # parameters only: buffers (RoPE frequencies) stay fp32
+            p.data = p.data.to(dtype)
+        if not master_weights:
+            self.master = self.params16  # the optimizer updates the 16-bit weights directly
+        self.optimizer = torch.optim.AdamW(self.master, lr=lr, betas=betas, eps=eps,
+                                           weight_decay=weight_decay)
+        use_scaling = dtype == torch.float16 and master_weights
+        self.scaler = scaler if scaler is not None else LossScaler(enabled=use_scaling)
+
+    def step(self, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimizer step on a batch; returns the (unscaled) loss."""
+        loss = self.model(input_ids, labels).loss
+        self.scaler.scale(loss).backward()  # 16-bit gradients of S·loss
+        if self.master is not self.params16:
+            for m, p in zip(self.master, self.params16):
+                m.grad = None if p.grad is None else p.grad.float()  # fp32 master grads
+                p.grad = None
+        self.scaler.unscale_(self.optimizer)  # master grads /= S, inf/NaN check
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.master, self.grad_clip)
+        self.scaler.step(self.optimizer)  # skipped on inf/NaN
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.master is not self.params16:
+            with torch.no_grad():
+                for m, p in zip(self.master, self.params16):
+                    p.copy_(m)  # round the fp32 master back into the 16-bit model
+        return float(loss.detach())
+
+
+def lost_update_fraction(weights: torch.Tensor, update: torch.Tensor) -> float:
+    """Fraction of the nonzero updates u with round(w + u) == w in the weights' dtype (e.g.
+    bf16): the update is lost. For w = 1 in bf16 the ulp is 2⁻⁷, so any |u| < 2⁻⁸ is lost.
+    Source: Micikevicius et al. 2018, §3.1 (their fp16 example: updates < 2⁻¹¹·|w|)."""
+    if weights.shape != update.shape:
+        raise ValueError(f"weights {tuple(weights.shape)} and update {tuple(update.shape)} "
+                         "must have the same shape")
+    nonzero = update != 0
+    if not nonzero.any():
+        return 0.0
+    new = (weights.float() + update.float()).to(weights.dtype)
+    return float((new == weights)[nonzero].float().mean())
+
+
+def gradient_underflow(grads: Iterable[torch.Tensor], dtype: torch.dtype,
+                       scale: float = 1.0) -> float:
+    """Fraction of the nonzero fp32 gradient elements g with (g·scale) cast to ``dtype`` == 0:
+    flushed to zero. fp16's smallest subnormal is 2⁻²⁴ ≈ 6e-8; bf16's is 2⁻¹³³.
+    Source: Micikevicius et al. 2018, §3.2 and Fig. 3 (loss scaling shifts grads up)."""
+    nonzero = lost = 0
+    for g in grads:
+        g = g.detach().float()
+        nz = g != 0
+        nonzero += int(nz.sum())
+        lost += int(((g * scale).to(dtype) == 0)[nz].sum())
+    return lost / nonzero if nonzero else 0.0
