@@ -6,6 +6,8 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``schedules`` learning-rate schedules: warmup → peak → decay (学习率预热与衰减)
 - ``batch``   batch-size schedules, gradient accumulation, gradient noise scale (动态批次调整)
 - ``train``   a tiny deterministic training loop on a generated Markov corpus
+- ``precision`` float formats from their bits (fp32 … FP8), FP8 quantisation with block scaling
+- ``amp``     a from-scratch loss scaler and mixed-precision training step (混合精度训练)
 - ``shapes``  model sizes (ModelShape) and presets of the Llama family
 - ``params``  parameter counts, per component, and their SymPy formula (模型参数量估计)
 - ``llama``   a from-scratch reference LLaMA whose weights load into transformers
