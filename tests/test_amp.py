@@ -174,7 +174,7 @@ def test_bf16_master_weights_match_autocast():
     weights and update an fp32 master. Same data, same init, same AdamW: the curves differ only
     by bf16 rounding noise (~2⁻⁸ relative per op). Measured on the mean of the last five losses
     (from 5.540): autocast 3.3664, ours 3.3664 (3.3684 vs 3.3664 with 2 threads), i.e. <0.1%;
-    we allow 2%, still below the gap to pure bf16 (3.488, +3.6%)."""
+    we allow 0.5% (5× the largest gap seen), far below the gap to pure bf16 (3.488, +3.6%)."""
     ref = _autocast_losses(torch.bfloat16)
     ours, trainer = _our_losses(torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in trainer.params16)
@@ -182,7 +182,7 @@ def test_bf16_master_weights_match_autocast():
     assert all(v.dtype == torch.float32 for st_ in trainer.optimizer.state.values()
                for v in (st_["exp_avg"], st_["exp_avg_sq"]))
     assert abs(ours[0] - ref[0]) < 0.01 * ref[0]  # same init: same first loss up to rounding
-    assert abs(_tail(ours) - _tail(ref)) < 0.02 * _tail(ref)
+    assert abs(_tail(ours) - _tail(ref)) < 0.005 * _tail(ref)
     assert _tail(ours) < 0.7 * ours[0] and _tail(ref) < 0.7 * ref[0]  # both learn
     for m, p in zip(trainer.master, trainer.params16):  # the model is the rounded master
         assert torch.equal(m.to(torch.bfloat16), p)
@@ -195,7 +195,7 @@ def test_fp16_with_loss_scaling_matches_autocast_and_grad_scaler():
     assert trainer.scaler.enabled and len(trainer.scaler.scales) == STEPS
     assert all(math.isfinite(v) for v in ours)
     assert all(torch.isfinite(p).all() for p in trainer.params16 + trainer.master)
-    assert abs(_tail(ours) - _tail(ref)) < 0.02 * _tail(ref)
+    assert abs(_tail(ours) - _tail(ref)) < 0.005 * _tail(ref)
 
 
 def test_fp16_overflow_is_skipped_and_scale_backs_off():
