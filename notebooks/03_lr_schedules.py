@@ -246,17 +246,25 @@ for ax in (a, b):
 plots.save(fig, "03_training_runs")
 plt.show()
 
+# %%
+hi_cold, hi_warm = final(warmup_runs[(1e-1, 0)]), final(warmup_runs[(1e-1, 30)])
+lo_cold, lo_warm = final(warmup_runs[(1e-2, 0)]), final(warmup_runs[(1e-2, 30)])
+print(f"peak 0.1 : warmup saves {hi_cold - hi_warm:.3f} nats ({hi_cold:.3f} → {hi_warm:.3f})")
+print(f"peak 0.01: warmup saves {lo_cold - lo_warm:.3f} nats ({lo_cold:.3f} → {lo_warm:.3f})")
+finals = {name: final(h) for name, h in decay_runs.items()}
+print("decay, best to worst:", " < ".join(f"{n} {v:.3f}" for n, v in sorted(finals.items(), key=lambda kv: kv[1])))
+
 # %% [markdown]
-# **What these runs show** (numbers above):
+# **What these runs show** (the numbers are the cell above):
 #
 # - At a very high peak (0.1), starting at full speed costs dearly: the run without warmup ends about
-#   1 nat worse than the run with 30 warmup steps. At 10⁻² warmup changes little here — at this size
+#   a nat worse than the run with 30 warmup steps. At 10⁻² warmup changes little here — at this size
 #   and with clipping at 1.0 the model survives a cold start. Warmup is insurance against early
 #   instability, and its value grows with the learning rate.
-# - Decay matters at the end: cosine (1.280) and WSD (1.330) both finish below the constant learning
-#   rate (1.419). WSD keeps the peak for 80 % of the run and wins back most of the gap in its short
-#   final decay; in this short run the cosine, which starts lowering the rate early, stays ahead
-#   (the dashed line is the corpus's entropy, the best any model can do).
+# - Decay matters at the end: cosine and WSD both finish below the constant learning rate. WSD keeps
+#   the peak for 80 % of the run and wins back most of the gap in its short final decay; in this
+#   short run the cosine, which starts lowering the rate early, stays ahead (the dashed line is the
+#   corpus's entropy, the best any model can do).
 #
 # **Exercise.** GPT-3 175B warmed up over 375M tokens and decayed over 260B with batches of 3.2M
 # tokens. Roughly what fraction of its optimizer steps were warmup?

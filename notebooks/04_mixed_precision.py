@@ -151,9 +151,9 @@ for scale in (1.0, 2.0**8, 2.0**16):
           f"bf16 flushes {amp.gradient_underflow(grads, torch.bfloat16, scale):.2%}")
 
 # %% [markdown]
-# In this small model only a few gradients (0.004 %) fall all the way to zero in fp16, but about 9 %
-# land in fp16's subnormal range, where precision thins out bit by bit; a scale of 2⁸ lifts nearly all
-# of them back into the normal range. Larger models and longer sequences push gradients lower — activation gradients of a
+# In this small model only a tiny share of the gradients falls all the way to zero in fp16, but a
+# sizeable share lands in fp16's subnormal range, where precision thins out bit by bit; a scale of 2⁸
+# lifts nearly all of them back into the normal range (numbers above). Larger models and longer sequences push gradients lower — activation gradients of a
 # mean loss shrink with the number of tokens — and Micikevicius et al. (2018) found a large part of
 # the activation gradients of real networks below fp16's range. bf16's range is fp32's: it needs no
 # scaling.
