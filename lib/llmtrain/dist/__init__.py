@@ -1,0 +1,16 @@
+"""Distributed training by hand on ``torch.distributed`` (3D 并行训练: 数据并行, ZeRO).
+
+- ``launch``        start N ranks (gloo on CPU, NCCL on GPUs), run a function, return results
+- ``comm``          the collectives, each counted: op, buffer bytes, bytes sent per rank
+- ``data_parallel`` hand-written data parallelism: broadcast, bucketed gradient all-reduce
+- ``zero``          hand-written ZeRO stage 1/2/3 around any torch optimizer; bytes held per rank
+- ``demos``         what the ranks run in notebook 05, the tests and under torchrun
+
+The submodules are imported on use, so ``python -m llmtrain.dist.zero`` runs cleanly.
+"""
+
+from .launch import (LaunchTimeout, RankError, default_backend, device, init_from_env, launch,
+                     rank, shutdown, world_size)
+
+__all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown",
+           "default_backend", "rank", "world_size", "device"]

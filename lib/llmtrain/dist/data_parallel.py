@@ -1,0 +1,142 @@
+"""Data parallelism by hand (数据并行): copy the model, split the data, average the gradients.
+
+The slides: 将模型复制、数据平均分配，分别计算后合并梯度，统一更新 — replicate the model,
+give each rank an equal share of the batch, compute separately, merge the gradients, update
+identically. Three collectives make it:
+
+1. at the start, ``broadcast`` rank 0's weights, so every replica starts equal;
+2. during backward, ``all_reduce`` (average) the gradients — in buckets of parameters, each
+   launched as soon as all its gradients exist, so communication overlaps the rest of backward
+   (what DDP does, torch/nn/parallel/distributed.py);
+3. nothing else: every rank then runs the same optimizer step on the same averaged gradients,
+   so the replicas stay equal without ever sending weights again.
+
+If each rank's loss is the mean over its B/N examples, the average of the N gradients is the
+gradient of the mean loss over all B: the same step as one process on the whole batch.
+
+    python -m llmtrain.dist.data_parallel            # 2 ranks here, or under torchrun
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import comm
+
+__all__ = ["wrap", "broadcast_module", "GradReducer"]
+
+
+def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True) -> nn.Module:
+    """Make ``model`` data parallel in place and return it; call inside every rank.
+
+    After ``loss.backward()`` each ``p.grad`` holds the average over the ranks. Gradients are
+    all-reduced in buckets of about ``bucket_bytes`` (DDP's default is 25 MiB; 0 means one
+    parameter per bucket), asynchronously when ``overlap``. A parameter that gets no gradient
+    on some rank is reduced as zeros there, so every rank runs the same collectives.
+    """
+    _require_process_group("data_parallel.wrap")
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 0:
+        raise ValueError(f"bucket_bytes must be an int >= 0, got {bucket_bytes!r}")
+    broadcast_module(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    pending: list = []
+
+    def reduce(bucket: list[nn.Parameter]) -> None:  # all of its grads exist: send it
+        for p in bucket:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        pending.append((comm.all_reduce(flat, "avg", tag="grads", async_op=overlap), flat, bucket))
+
+    def finish() -> None:  # end of backward: wait, then copy the averages back into .grad
+        for work, flat, bucket in pending:
+            if work is not None:
+                work.wait()
+            for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
+                p.grad.copy_(g.view_as(p.grad))
+        pending.clear()
+
+    model.grad_reducer = GradReducer(params[::-1], bucket_bytes, reduce, finish)
+    return model
+
+
+def broadcast_module(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (in place)."""
+    with torch.no_grad():
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            buf = t.data if t.data.is_contiguous() else t.data.contiguous()
+            comm.broadcast(buf, src, tag="init")
+            if buf is not t.data:
+                t.data.copy_(buf)
+
+
+class GradReducer:
+    """Call ``reduce(bucket)`` during backward as soon as every gradient of a bucket exists.
+
+    ``params`` are split, in the order given (reverse registration order ≈ the order backward
+    produces gradients), into buckets of at most ``bucket_bytes`` (at least one parameter, one
+    dtype each). Buckets are reduced strictly in order, so every rank issues the same
+    collectives in the same order even if its gradients arrive in another; at the end of
+    backward the buckets still waiting (parameters this rank did not use) are reduced too,
+    then ``finish()`` runs. DDP does the same (its Reducer, in C++).
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], bucket_bytes: int,
+                 reduce: Callable[[list[nn.Parameter]], None], finish: Callable[[], None]):
+        self.buckets = _buckets(params, bucket_bytes)
+        self.reduce, self.finish = reduce, finish
+        self._ready: set[int] = set()
+        self._next = 0
+        self._armed = False
+        self.handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+
+    def _on_grad(self, p: nn.Parameter) -> None:
+        if not self._armed:  # first gradient of this backward: run _end when backward ends
+            self._armed = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end)
+        self._ready.add(id(p))
+        self._launch(force=False)
+
+    def _launch(self, force: bool) -> None:
+        while self._next < len(self.buckets):
+            bucket = self.buckets[self._next]
+            if not force and any(id(p) not in self._ready for p in bucket):
+                return
+            self._next += 1
+            self.reduce(bucket)
+
+    def _end(self) -> None:
+        self._launch(force=True)
+        self._ready.clear()
+        self._next, self._armed = 0, False
+        self.finish()
+
+
+def _buckets(params: Sequence[nn.Parameter], bucket_bytes: int) -> list[list[nn.Parameter]]:
+    buckets: list[list[nn.Parameter]] = []
+    size = 0
+    for p in params:
+        nbytes = p.numel() * p.element_size()
+        if not buckets or size + nbytes > bucket_bytes or buckets[-1][-1].dtype != p.dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += nbytes
+    return buckets
+
+
+def _require_process_group(what: str) -> None:
+    if not dist.is_initialized():
+        raise RuntimeError(f"{what} must be called inside a rank: torch.distributed is not "
+                           "initialised (use llmtrain.dist.launch, or torchrun + init_from_env)")
+
+
+if __name__ == "__main__":
+    from .demos import main_data_parallel
+
+    main_data_parallel()

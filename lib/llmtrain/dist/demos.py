@@ -1,0 +1,219 @@
+"""What each rank runs in notebook 05, in the tests and under torchrun.
+
+``launch`` needs importable functions, so they live here. ``train`` trains one strategy
+(single process, hand-written DP, DDP, ZeRO stage 0–3, FSDP2) for a few steps on the
+Markov corpus of ``llmtrain.train`` and returns losses, final weights, the bytes this rank
+held after the first backward and the collectives of the first step; ``compare`` also
+trains the single-process reference on rank 0, for the command-line demos:
+
+    python -m llmtrain.dist.data_parallel                          # launches 2 CPU ranks
+    torchrun --nproc-per-node=4 -m llmtrain.dist.zero --stage 3    # GPUs or many machines
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .. import shapes
+from ..llama import Llama
+from ..train import batches, corpus
+from . import comm, data_parallel, zero
+from .launch import device, init_from_env, launch, shutdown
+
+__all__ = ["STRATEGIES", "make_model", "make_batches", "lm_loss", "train", "compare",
+           "memory_by_stage", "main_data_parallel", "main_zero"]
+
+STRATEGIES = ("single", "dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def make_model(model: str = "tiny", dtype: str = "float32", seed: int = 0) -> nn.Module:
+    """"tiny": the reference LLaMA of the ``tiny`` preset; "mlp": embedding → MLP → logits,
+    sizes chosen so some weights do not split evenly over 4 ranks (padding shows)."""
+    torch.manual_seed(seed)
+    if model == "tiny":
+        m = Llama(shapes.get("tiny"))
+    elif model == "mlp":
+        m = nn.Sequential(nn.Embedding(256, 30), nn.Linear(30, 50), nn.GELU(), nn.Linear(50, 256))
+    else:
+        raise ValueError(f"model must be 'tiny' or 'mlp', got {model!r}")
+    return m.to(DTYPES[dtype])
+
+
+def make_batches(steps: int, batch: int, seq: int, seed: int = 0) -> list[torch.Tensor]:
+    """``steps`` full batches (batch × seq token ids), the same on every rank."""
+    it = batches(corpus(20_000, seed=seed), batch, seq, seed=seed)
+    return [next(it) for _ in range(steps)]
+
+
+def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy, mean over tokens, in the model's own dtype."""
+    out = model(ids)
+    logits = out.logits if hasattr(out, "logits") else out
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten().to(logits.device))
+
+
+def _optimizer(name: str, lr: float):
+    if name == "adamw":
+        return torch.optim.AdamW, {"lr": lr, "weight_decay": 0.1}
+    if name == "sgd":
+        return torch.optim.SGD, {"lr": lr}
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
+
+
+def _units(model: nn.Module, units: str):
+    if units == "root":
+        return None
+    if units == "layers":
+        return list(model.model.layers) if isinstance(model, Llama) else list(model.children())
+    raise ValueError(f"units must be 'root' or 'layers', got {units!r}")
+
+
+def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "float32",
+          optimizer: str = "adamw", lr: float = 1e-2, batch: int = 8, seq: int = 32,
+          units: str = "layers", seed: int = 0) -> dict[str, Any]:
+    """Train ``strategy`` for ``steps`` steps on this rank's share of each batch.
+
+    Returns {"losses": global mean loss per step, "weights": every weight whole (name →
+    tensor), "memory": bytes held after the second backward (``zero.memory_report``; the optimizer's states exist from
+    the first step on), "comm": the first step's collectives (``comm.Record``\\ s), "numels": parameter sizes}.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    n = dist.get_world_size() if strategy != "single" else 1
+    r = dist.get_rank() if strategy != "single" else 0
+    if batch % n:
+        raise ValueError(f"batch={batch} must be divisible by the {n} ranks")
+    dev = device() if strategy != "single" else torch.device("cpu")
+    net = make_model(model, dtype, seed).to(dev)
+    cls, kw = _optimizer(optimizer, lr)
+    numels = [p.numel() for p in net.parameters()]
+    if strategy.startswith("zero"):
+        units_ = _units(net, units) if strategy == "zero3" else None
+        net, opt = zero.wrap(net, int(strategy[-1]), cls, units=units_, **kw)
+    else:
+        if strategy == "dp":
+            net = data_parallel.wrap(net)
+        elif strategy == "ddp":
+            net = nn.parallel.DistributedDataParallel(net)
+        elif strategy == "fsdp2":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+            mesh = init_device_mesh(dev.type, (n,))
+            for unit in _units(net, units) or []:
+                fully_shard(unit, mesh=mesh)
+            fully_shard(net, mesh=mesh)
+        opt = cls(net.parameters(), **kw)
+
+    losses, memory, log0 = [], None, None
+    b = batch // n
+    for step, ids in enumerate(make_batches(steps, batch, seq, seed)):
+        with comm.counting() as log:
+            loss = lm_loss(net, ids[r * b:(r + 1) * b].to(dev))
+            loss.backward()
+            if step == min(1, steps - 1):  # AdamW creates its states in the first step
+                memory = zero.memory_report(net, opt)
+            opt.step()
+            opt.zero_grad()
+        log0 = log0 or log
+        loss = loss.detach().double()
+        if strategy != "single":
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # reporting only: not counted
+        losses.append(loss.item())
+
+    if strategy == "fsdp2":
+        weights = {k: v.full_tensor() for k, v in net.named_parameters()}
+    elif strategy == "ddp":
+        weights = {k: v.detach().clone() for k, v in net.module.named_parameters()}
+    else:
+        weights = zero.full_state_dict(net, opt)
+    return {"losses": losses, "weights": weights, "memory": memory,
+            "comm": list(log0.records), "numels": numels}
+
+
+def compare(strategy: str, **cfg) -> dict[str, Any]:
+    """``train(strategy)`` on every rank; rank 0 also trains one process on the whole batch."""
+    out = train(strategy, **cfg)
+    if dist.get_rank() == 0:
+        ref = train("single", **cfg)
+        out["reference_losses"] = ref["losses"]
+        out["max_weight_diff"] = max((out["weights"][k].cpu() - w).abs().max().item()
+                                     for k, w in ref["weights"].items())
+    return out
+
+
+def memory_by_stage(model: str = "tiny", dtype: str = "bfloat16",
+                    stages=(0, 1, 2, 3)) -> dict[int, dict[str, int]]:
+    """{stage: ``zero.memory_report`` after the second backward} on this rank."""
+    out = {}
+    for stage in stages:
+        net, opt = zero.wrap(make_model(model, dtype).to(device()), stage, torch.optim.AdamW, lr=1e-3)
+        ids = make_batches(1, 4 * dist.get_world_size(), 16)[0].to(device())
+        for _ in range(2):  # the report follows the second backward: AdamW's states exist
+            opt.zero_grad()
+            lm_loss(net, ids[dist.get_rank()::dist.get_world_size()]).backward()
+            out[stage] = zero.memory_report(net, opt)
+            opt.step()
+    return out
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _parse(prog: str, zero_stage: bool) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=prog, description="train a tiny LLaMA with "
+                                 + ("ZeRO" if zero_stage else "data parallelism")
+                                 + " and compare with one process on the whole batch")
+    if zero_stage:
+        ap.add_argument("--stage", type=int, default=3, choices=zero.STAGES)
+    ap.add_argument("--nproc", type=int, default=2, help="ranks to launch when not under torchrun")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    ap.add_argument("--batch", type=int, default=8)
+    return ap.parse_args()
+
+
+def _run(strategy: str, args: argparse.Namespace) -> None:
+    cfg = dict(steps=args.steps, optimizer=args.optimizer, batch=args.batch)
+    if "RANK" in os.environ:  # under torchrun: this process is one rank
+        init_from_env()
+        try:
+            out = compare(strategy, **cfg)
+            if dist.get_rank() == 0:
+                _report(strategy, dist.get_world_size(), out)
+        finally:
+            shutdown()
+    else:
+        _report(strategy, args.nproc, launch(_compare_kw, args.nproc, strategy, cfg)[0])
+
+
+def _compare_kw(strategy: str, cfg: dict) -> dict[str, Any]:
+    return compare(strategy, **cfg)
+
+
+def _report(strategy: str, n: int, out: dict) -> None:
+    print(f"{strategy} on {n} ranks vs one process on the whole batch")
+    print(f"{'step':>4}  {'single':>10}  {strategy:>10}")
+    for i, (a, b) in enumerate(zip(out["reference_losses"], out["losses"])):
+        print(f"{i:>4}  {a:>10.6f}  {b:>10.6f}")
+    print(f"largest weight difference after {len(out['losses'])} steps: {out['max_weight_diff']:.1e}")
+    m = out["memory"]
+    print("bytes held by rank 0 after backward: "
+          + ", ".join(f"{k} {v:,}" for k, v in m.items()))
+    sent = sum(rec.sent_bytes for rec in out["comm"])
+    print(f"rank 0 sent {float(sent):,.0f} bytes in step 0 ({len(out['comm'])} collectives)")
+
+
+def main_data_parallel() -> None:
+    _run("dp", _parse("python -m llmtrain.dist.data_parallel", zero_stage=False))
+
+
+def main_zero() -> None:
+    args = _parse("python -m llmtrain.dist.zero", zero_stage=True)
+    _run(f"zero{args.stage}", args)
