@@ -72,7 +72,9 @@ def _units(model: nn.Module, units: str):
     if units == "root":
         return None
     if units == "layers":
-        return list(model.model.layers) if isinstance(model, Llama) else list(model.children())
+        if isinstance(model, Llama):
+            return list(model.model.layers)
+        return [m for m in model.children() if any(True for _ in m.parameters())]
     raise ValueError(f"units must be 'root' or 'layers', got {units!r}")
 
 

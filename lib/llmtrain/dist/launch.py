@@ -6,9 +6,9 @@ code calls under ``torchrun``, which starts the processes itself (on one machine
 
 Why it is written this way (each line of facts.md §8 is a pitfall measured on this CPU):
 
-- **spawn, importable targets.** Each rank is a fresh interpreter (start method ``spawn``), which
-  unpickles ``target`` by its module and name: a function defined in a notebook cannot be found
-  there, so ``launch`` refuses it up front with a message saying what to do.
+- **Fresh processes, importable targets.** Each rank is a new ``python`` (as with torchrun or
+  ``mp.spawn``) that unpickles ``target`` by its module and name: a function defined in a
+  notebook cannot be found there, so ``launch`` refuses it up front, saying what to do.
 - **A free port per launch.** The launcher itself hosts the rendezvous store on a port the OS
   picks (``TCPStore(port=0)``), so two launches at once never collide.
 - **One thread per rank on CPU.** Otherwise every rank grabs all cores: 7–8× slower on 2 cores.
@@ -17,7 +17,8 @@ Why it is written this way (each line of facts.md §8 is a pitfall measured on t
 - **A failing rank surfaces at once.** A rank that raises sends its traceback; the launcher
   kills the others (they would wait forever in their next collective) and raises ``RankError``.
 - **No orphans.** Every rank is terminated, then killed, before ``launch`` returns or raises;
-  each rank also exits by itself if the launcher dies (a pipe it watches closes).
+  each rank also exits by itself if the launcher dies (its stdin, which the launcher holds
+  open, closes). Plain subprocesses: no multiprocessing helper process stays behind.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import queue
+import selectors
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -33,7 +36,6 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 __all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
            "rank", "world_size", "device"]
@@ -64,38 +66,80 @@ def launch(target: Callable[..., Any], world_size: int, *args: Any, timeout: flo
 
     Inside ``target``, ``torch.distributed`` is initialised (``dist.get_rank()``,
     ``dist.get_world_size()``); ``device()`` is this rank's device. Results are pickled back
-    (tensors come back on the CPU). Raises ``RankError`` with the traceback of the first rank
-    that fails, ``LaunchTimeout`` if the ranks are not all done after ``timeout`` seconds.
+    (tensors come back on the CPU); what a rank prints appears here as ``[rank r] …``.
+    Raises ``RankError`` with the traceback of the first rank that fails, ``LaunchTimeout``
+    if the ranks are not all done after ``timeout`` seconds.
     """
     _check_target(target)
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     backend = backend or default_backend(world_size)
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
 
-    ctx = mp.get_context("spawn")
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=timeout))
-    results_q = ctx.Queue()
-    alive_r, alive_w = ctx.Pipe(duplex=False)  # closes when the launcher goes: ranks then exit
-    procs = [ctx.Process(target=_rank_main, daemon=True, name=f"llmtrain-rank{r}",
-                         args=(r, world_size, backend, store.port, timeout, target, args,
-                               results_q, alive_r))
-             for r in range(world_size)]
+    ranks = []
     try:
-        for p in procs:
-            p.start()
-        alive_r.close()
-        return _collect(procs, results_q, world_size, timeout)
+        for r in range(world_size):
+            ranks.append(_Rank(r, world_size, backend, store.port, timeout, target, args))
+        return _collect(ranks, timeout)
     finally:
-        _stop(procs)
-        alive_w.close()
-        results_q.close()
-        results_q.join_thread()
+        for rk in ranks:
+            rk.stop()
         del store
+
+
+class _Rank:
+    """One rank: a fresh ``python`` process, fed its job on stdin, answering on its own pipe."""
+
+    def __init__(self, r, world_size, backend, port, timeout, target, args):
+        self.rank, self.result, self.stderr = r, b"", b""
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(world_size), LOCAL_RANK=str(r),
+                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        if backend == "gloo":
+            env["OMP_NUM_THREADS"] = "1"  # one thread per rank: ranks share the cores
+        job = pickle.dumps((r, world_size, backend, port, timeout, target, args))
+        read_fd, write_fd = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from llmtrain.dist.launch import _rank_main; _rank_main()",
+                 str(write_fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(write_fd,), env=env, cwd=os.getcwd())
+        finally:
+            os.close(write_fd)
+        self.result_pipe = os.fdopen(read_fd, "rb", buffering=0)
+        # the job; stdin then stays open: when this process dies, the rank sees EOF and exits
+        self.proc.stdin.write(len(job).to_bytes(8, "little") + job)
+        self.proc.stdin.flush()
+        self._line = b""
+
+    def stop(self) -> None:
+        """Terminate (then kill) the process if it still runs; close every pipe; reap it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr, self.result_pipe):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def relay(self, data: bytes) -> None:
+        """Print the rank's output here, one ``[rank r]`` line at a time."""
+        self._line += data
+        *lines, self._line = self._line.split(b"\n")
+        for line in lines:
+            print(f"[rank {self.rank}] {line.decode(errors='replace')}", flush=True)
 
 
 def _check_target(target) -> None:
@@ -110,80 +154,79 @@ def _check_target(target) -> None:
             "(e.g. llmtrain.dist.demos) and import it.")
 
 
-def _collect(procs, results_q, world_size: int, timeout: float) -> list[Any]:
+def _collect(ranks: list[_Rank], timeout: float) -> list[Any]:
     deadline = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    for rk in ranks:
+        sel.register(rk.result_pipe, selectors.EVENT_READ, (rk, "result"))
+        sel.register(rk.proc.stdout, selectors.EVENT_READ, (rk, "stdout"))
+        sel.register(rk.proc.stderr, selectors.EVENT_READ, (rk, "stderr"))
     results: dict[int, Any] = {}
-    while len(results) < world_size:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pending = sorted(set(range(world_size)) - set(results))
-            raise LaunchTimeout(f"ranks {pending} did not finish within timeout={timeout:g} s "
-                                f"(ranks {sorted(results)} did); all ranks were stopped")
-        try:
-            r, status, payload = results_q.get(timeout=min(0.2, left))
-        except queue.Empty:
-            for r, p in enumerate(procs):
-                if r not in results and p.exitcode is not None:
-                    try:  # it may have reported just before exiting
-                        r2, status, payload = results_q.get(timeout=1.0)
-                    except queue.Empty:
-                        raise RankError(r, f"process exited with code {p.exitcode} "
-                                           "without reporting a result") from None
-                    _take(results, r2, status, payload)
-                    break
-            continue
-        _take(results, r, status, payload)
-    return [results[r] for r in range(world_size)]
+    try:
+        while len(results) < len(ranks):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pending = [rk.rank for rk in ranks if rk.rank not in results]
+                raise LaunchTimeout(f"ranks {pending} did not finish within timeout={timeout:g} s "
+                                    f"(ranks {sorted(results)} did); all ranks were stopped")
+            for key, _ in sel.select(timeout=min(left, 1.0)):
+                rk, kind = key.data
+                data = os.read(key.fileobj.fileno(), 1 << 16)
+                if kind == "stdout":
+                    rk.relay(data) if data else sel.unregister(key.fileobj)
+                elif kind == "stderr":
+                    rk.stderr = (rk.stderr + data)[-20_000:] if data else rk.stderr
+                    if not data:
+                        sel.unregister(key.fileobj)
+                elif data:
+                    rk.result += data
+                else:  # the rank closed its result pipe: it is done, one way or another
+                    sel.unregister(key.fileobj)
+                    results[rk.rank] = _result(rk)
+    finally:
+        sel.close()
+    return [results[r] for r in range(len(ranks))]
 
 
-def _take(results: dict, r: int, status: str, payload) -> None:
+def _result(rk: _Rank) -> Any:
+    if len(rk.result) < 8:
+        code = rk.proc.wait(timeout=5)
+        tail = rk.stderr.decode(errors="replace")[-4000:]
+        raise RankError(rk.rank, f"process exited with code {code} without reporting a result"
+                                 + (f"; its stderr ends with:\n{tail}" if tail else ""))
+    status, payload = pickle.loads(rk.result[8:])
     if status == "error":
-        raise RankError(r, payload)
-    results[r] = pickle.loads(payload)
-
-
-def _stop(procs) -> None:
-    """Terminate every rank still running, then kill what did not stop; reap them all."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        if p.pid is not None:
-            p.join(timeout=3)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=3)
+        raise RankError(rk.rank, payload)
+    return pickle.loads(payload)
 
 
 # ----------------------------------------------------------------------------- inside a rank
 
-def _rank_main(r, world_size, backend, port, timeout, target, args, results_q, alive_r) -> None:
-    threading.Thread(target=_exit_with_launcher, args=(alive_r,), daemon=True).start()
-    os.environ.update(RANK=str(r), WORLD_SIZE=str(world_size), LOCAL_RANK=str(r),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _rank_main() -> None:
+    """Entry point of a rank process started by ``launch``: read the job, run it, answer."""
+    out = os.fdopen(int(sys.argv[1]), "wb")
+    stdin = sys.stdin.buffer
+    n = int.from_bytes(stdin.read(8), "little")
+    job = stdin.read(n)
+    threading.Thread(target=_exit_with_launcher, args=(stdin,), daemon=True).start()
     try:
+        r, world_size, backend, port, timeout, target, args = pickle.loads(job)
         _init(backend, r, world_size, timeout,
               store=dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
                                   timeout=datetime.timedelta(seconds=timeout)))
-        result = target(*args)
-        payload = pickle.dumps(_to_cpu(result))
+        answer = ("ok", pickle.dumps(_to_cpu(target(*args))))
     except BaseException:  # noqa: BLE001 - everything goes back to the launcher
-        results_q.put((r, "error", traceback.format_exc()))
-        results_q.close()
-        results_q.join_thread()
+        answer = ("error", traceback.format_exc())
+    data = pickle.dumps(answer)
+    out.write(len(data).to_bytes(8, "little") + data)
+    out.close()
+    if answer[0] == "error":
         os._exit(1)  # do not wait in destroy_process_group for ranks that may be stuck
-    results_q.put((r, "ok", payload))
-    results_q.close()
-    results_q.join_thread()
-    dist.destroy_process_group()
+    shutdown()
 
 
-def _exit_with_launcher(alive_r) -> None:
-    try:
-        alive_r.recv()
-    except BaseException:  # noqa: BLE001 - EOF: the launcher is gone
-        pass
+def _exit_with_launcher(stdin) -> None:
+    stdin.read()  # returns at EOF: the launcher is gone (or done)
     os._exit(1)
 
 
@@ -219,7 +262,10 @@ def init_from_env(timeout: float = 300.0, backend: str | None = None) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: wait for every rank, then destroy it (a rank that
+    tears down while another still talks to it can abort)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

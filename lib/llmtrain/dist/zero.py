@@ -18,12 +18,12 @@ owns shard r of every parameter (as FSDP2 does, per parameter). One step:
 - stage 2: the same, but each gradient is reduce-scattered during backward as soon as it
   exists and its full copy freed at once.
 - stage 3: weights live only as shards. Each *unit* (a module; the root by default, or e.g.
-  every transformer block) ``all_gather``\ s its weights just before its forward, frees them
+  every transformer block) all-gathers its weights just before its forward, frees them
   after, gathers them again just before its backward, and frees them when its gradients are
   reduce-scattered: Ψ more communication than DP (3Ψ vs 2Ψ: ×1.5).
 
-fp32 models step their shard in place (the shard is a view of the weights: no master copy);
-16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
+fp32 (and fp64) models step their shard in place (the shard is a view of the weights: no
+master copy); 16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
 
     python -m llmtrain.dist.zero --stage 3           # 2 ranks here, or under torchrun
 """
@@ -68,6 +68,11 @@ def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, 
     return model, ZeroOptimizer(model, stage, optimizer_cls, units, optimizer_kwargs)
 
 
+def _low(p: torch.Tensor) -> bool:
+    """16-bit weights get an fp32 master copy; fp32 and fp64 weights are their own master."""
+    return p.dtype in (torch.float16, torch.bfloat16)
+
+
 class _Unit:
     """Modules whose weights stage 3 gathers and frees together."""
 
@@ -108,8 +113,7 @@ class ZeroOptimizer:
     def _shard(self, p: nn.Parameter, s: int) -> None:
         if self.stage == 0:  # nothing sharded: the optimizer steps the weight (or its master)
             self.buffers.append(p.data.view(-1))
-            own = p.data.view(-1) if p.dtype == torch.float32 else p.detach().reshape(-1)
-            self.masters.append(p if p.dtype == torch.float32 else own.float().clone())
+            self.masters.append(p.detach().reshape(-1).float().clone() if _low(p) else p)
             return
         buf = torch.zeros(self.world * s, dtype=p.dtype, device=p.device)
         buf[: p.numel()].copy_(p.detach().reshape(-1))
@@ -120,7 +124,7 @@ class ZeroOptimizer:
             own = own.clone()             # the only copy that persists
             self.shards.append(own)
             buf.untyped_storage().resize_(0)  # free the full weight until it is needed
-        self.masters.append(own if p.dtype == torch.float32 else own.float().clone())
+        self.masters.append(own.float().clone() if _low(p) else own)
 
     def _padded(self, i: int, t: torch.Tensor | None) -> torch.Tensor:
         flat = torch.zeros(self.world * self.shard_numel[i], dtype=self.params[i].dtype,
