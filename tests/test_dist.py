@@ -416,3 +416,64 @@ def test_entry_points_run_alone_and_under_torchrun(module, args):
     assert under.returncode == 0, under.stderr
     assert plain.stdout == under.stdout  # same ranks, same numbers, whoever starts them
     assert "largest weight difference" in plain.stdout
+
+
+# ---------------------------------------------------------------- a model the demos never use
+
+class Odd(torch.nn.Module):
+    """Tied input/output embedding used outside its module, a frozen weight, a buffer, a
+    dict output, sizes that do not split evenly over 2 or 3 ranks."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(13, 7)
+        self.mix = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.Tanh(), torch.nn.Linear(11, 7))
+        self.norm = torch.nn.LayerNorm(7)
+        self.frozen = torch.nn.Linear(7, 7, bias=False)
+        self.frozen.weight.requires_grad_(False)
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.scale * self.mix(h) + self.frozen(h)
+        return {"logits": torch.nn.functional.linear(self.norm(h), self.emb.weight)}
+
+
+def train_odd(stage, world=None, steps=3, accumulate=2):
+    """SGD with momentum, float64, gradient accumulation over 2 micro-batches; ``stage`` None
+    is one process on the whole batch of ``world`` ranks."""
+    torch.manual_seed(dist.get_rank() if dist.is_initialized() else 0)
+    model = Odd().double()  # different on every rank: wrap must broadcast rank 0's
+    n = dist.get_world_size() if stage is not None else world
+    r = dist.get_rank() if stage is not None else 0
+    if stage is None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    elif stage == "dp":
+        model = data_parallel.wrap(model, bucket_bytes=200)
+        opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    else:
+        model, opt = zero.wrap(model, stage, torch.optim.SGD, lr=0.3, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        ids = torch.randint(0, 13, (accumulate, 6 * n, 5), generator=g)  # 6 per rank per micro
+        total = 0.0
+        for micro in ids:
+            mine = micro[r * 6:(r + 1) * 6] if stage is not None else micro
+            out = model(mine)["logits"]
+            loss = torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), mine[:, 1:].flatten())
+            (loss / accumulate).backward()
+            total += loss.item() / accumulate
+        opt.step()
+        opt.zero_grad()
+        losses.append(total)
+    weights = zero.full_state_dict(model, opt if stage not in (None, "dp") else None)
+    return losses, weights
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_an_unseen_model_trains_the_same(n, no_orphans):
+    ref_losses, ref_weights = train_odd(None, n)
+    for stage in ("dp", 0, 1, 2, 3):
+        for losses, weights in launch(train_odd, n, stage):  # losses: this rank's share only
+            assert _max_diff(weights, ref_weights) < 1e-12, (n, stage)
