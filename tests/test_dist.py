@@ -60,10 +60,6 @@ def pid_then_hang(folder):
     time.sleep(3600)
 
 
-def train_all(strategies, cfg):
-    return {s: demos.train(s, **cfg) for s in strategies}
-
-
 def comm_demo():
     t = torch.arange(6.0) * (dist.get_rank() + 1)
     with comm.counting() as log:
@@ -234,14 +230,14 @@ ZERO = ["zero0", "zero1", "zero2", "zero3"]
 def sgd64():
     """3 SGD steps of the tiny LLaMA in float64 on 2 ranks, every strategy, and one process."""
     cfg = dict(model="tiny", dtype="float64", optimizer="sgd", lr=0.5, steps=3, units="layers")
-    return launch(train_all, 2, ["dp", *ZERO], cfg), demos.train("single", **cfg)
+    return launch(demos.train_all, 2, ["dp", *ZERO], cfg), demos.train("single", **cfg)
 
 
 @pytest.fixture(scope="module")
 def adamw32():
     """4 AdamW steps of the odd-sized MLP in float32 on 2 ranks, with DDP and FSDP2."""
     cfg = dict(model="mlp", optimizer="adamw", lr=1e-2, steps=4, units="layers")
-    return launch(train_all, 2, ["dp", "ddp", *ZERO, "fsdp2"], cfg), demos.train("single", **cfg)
+    return launch(demos.train_all, 2, ["dp", "ddp", *ZERO, "fsdp2"], cfg), demos.train("single", **cfg)
 
 
 @pytest.mark.parametrize("strategy", ["dp", *ZERO])
@@ -348,7 +344,7 @@ def test_communication_equals_the_formulas(adamw32):
 def test_four_ranks(no_orphans):
     cfg = dict(model="mlp", dtype="float64", optimizer="sgd", lr=0.5, steps=2, batch=8)
     single = demos.train("single", **cfg)
-    ranks = launch(train_all, 4, ["dp", *ZERO], cfg, timeout=180)
+    ranks = launch(demos.train_all, 4, ["dp", *ZERO], cfg, timeout=180)
     for res in ranks:
         for s in ["dp", *ZERO]:
             assert res[s]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)

@@ -27,8 +27,8 @@ from ..train import batches, corpus
 from . import comm, data_parallel, zero
 from .launch import device, init_from_env, launch, shutdown
 
-__all__ = ["STRATEGIES", "make_model", "make_batches", "lm_loss", "train", "compare",
-           "memory_by_stage", "main_data_parallel", "main_zero"]
+__all__ = ["STRATEGIES", "make_model", "make_batches", "lm_loss", "train", "train_all", "compare",
+           "memory_by_stage", "phases", "collectives", "main_data_parallel", "main_zero"]
 
 STRATEGIES = ("single", "dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -140,6 +140,11 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
             "comm": list(log0.records), "numels": numels}
 
 
+def train_all(strategies, cfg: dict) -> dict[str, dict[str, Any]]:
+    """``train`` each of ``strategies`` in turn with the same ``cfg``: one launch, many runs."""
+    return {s: train(s, **cfg) for s in strategies}
+
+
 def compare(strategy: str, **cfg) -> dict[str, Any]:
     """``train(strategy)`` on every rank; rank 0 also trains one process on the whole batch."""
     out = train(strategy, **cfg)
@@ -163,6 +168,51 @@ def memory_by_stage(model: str = "tiny", dtype: str = "bfloat16",
             lm_loss(net, ids[dist.get_rank()::dist.get_world_size()]).backward()
             out[stage] = zero.memory_report(net, opt)
             opt.step()
+    return out
+
+
+def phases(stage: int, model: str = "tiny", dtype: str = "bfloat16") -> dict[str, dict[str, int]]:
+    """``zero.memory_report`` at three moments of a step (after one warm-up step, so AdamW's
+    states exist): inside the forward of the first layer, after backward, after the update.
+    Stage 3 gathers weights per transformer layer (``units=layers``)."""
+    net = make_model(model, dtype).to(device())
+    units = _units(net, "layers") if stage == 3 else None
+    net, opt = zero.wrap(net, stage, torch.optim.AdamW, units=units, lr=1e-3)
+    ids = make_batches(1, 2 * dist.get_world_size(), 16)[0].to(device())
+    mine = ids[dist.get_rank()::dist.get_world_size()]
+    out: dict[str, dict[str, int]] = {}
+    first = _units(net, "layers")[0]
+    for step in range(2):
+        opt.zero_grad()
+        hook = first.register_forward_pre_hook(  # runs after zero's own pre-hook has gathered
+            lambda m, a: out.__setitem__("forward", zero.memory_report(net, opt)))
+        loss = lm_loss(net, mine)
+        hook.remove()
+        loss.backward()
+        out["backward"] = zero.memory_report(net, opt)
+        opt.step()
+        out["step"] = zero.memory_report(net, opt)
+    return out
+
+
+def collectives() -> dict[str, torch.Tensor]:
+    """Each collective once, on tiny tensors, so a reader can see what it does: rank r
+    starts with [r·10 + 0, r·10 + 1, …]."""
+    r, n = dist.get_rank(), dist.get_world_size()
+    mine = torch.arange(2.0 * n) + 10 * r
+    out = {"start": mine.clone()}
+    t = mine.clone()
+    comm.all_reduce(t, "sum")
+    out["all_reduce (sum)"] = t
+    shard = torch.empty(2)
+    comm.reduce_scatter(shard, mine.clone(), "sum")
+    out["reduce_scatter (sum)"] = shard
+    full = torch.empty(2 * n)
+    comm.all_gather(full, shard)
+    out["all_gather of those"] = full
+    b = mine.clone()
+    comm.broadcast(b, src=0)
+    out["broadcast from 0"] = b
     return out
 
 
