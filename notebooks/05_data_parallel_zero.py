@@ -242,7 +242,7 @@ for z in range(4):
 # ## 5. Bytes per rank against the formula, N = 1, 2, 4
 #
 # The same tiny LLaMA in bf16 with AdamW, on 1, 2 and 4 ranks; `demos.memory_by_stage` reports
-# after the second backward (AdamW creates its states in the first step):
+# after the first step, before `zero_grad()` (AdamW creates its states in its first step):
 
 # %%
 measured = {N_: launch(demos.memory_by_stage, N_)[0] for N_ in (1, 2, 4)}
@@ -251,16 +251,17 @@ print(f"Ψ = {psi:,} parameters; bytes held by rank 0 (weights + grads + master 
 print(f"{'N':>2} {'stage':>5} {'measured':>12} {'formula':>12}  formula")
 for N_, by_stage in measured.items():
     for z, rep in by_stage.items():
-        got = rep["total"] - rep["other"]
+        got = rep["total"]
         formula = held[z].subs({K: 12, n: N_, Psi: psi})
         print(f"{N_:>2} {z:>5} {got:>12,} {int(formula):>12,}  {sp.expand(held[z].subs(K, 12))}")
-        assert got == formula and rep["other"] == 4 * len(numels)
+        assert got == formula == sum(memory.model_state_bytes(psi, zero=z, dp=N_).values())
+        assert rep["other"] == 4 * len(numels)
 
 # %% [markdown]
 # Equal to the byte (the tiny LLaMA's tensors all split evenly in 4; the tests also run 3 ranks,
 # where each tensor is padded to a multiple of 3: `zero.expected_bytes` adds that padding, at most
-# $N-1$ elements per tensor). Not in the formula, and left out of "measured": AdamW's step
-# counter, one 4-byte fp32 scalar per tensor it steps (`other` in the report):
+# $N-1$ elements per tensor). Not in the formula, and reported apart from `total`: AdamW's step
+# counter, one 4-byte fp32 scalar per tensor it steps (`other`):
 
 # %%
 print(f"{len(numels)} tensors → other = {measured[2][3]['other']} bytes on every rank and stage")
@@ -269,7 +270,7 @@ print(f"{len(numels)} tensors → other = {measured[2][3]['other']} bytes on eve
 fig, ax = plt.subplots(figsize=(7, 3.6))
 width = 0.25
 for i, N_ in enumerate(measured):
-    got = [(measured[N_][z]["total"] - measured[N_][z]["other"]) / 1e6 for z in range(4)]
+    got = [measured[N_][z]["total"] / 1e6 for z in range(4)]
     ax.bar([z + (i - 1) * width for z in range(4)], got, width, label=f"N = {N_}", color=plots.PALETTE[i])
     ax.scatter([z + (i - 1) * width for z in range(4)],
                [float(held[z].subs({K: 12, n: N_, Psi: psi})) / 1e6 for z in range(4)],

@@ -473,3 +473,33 @@ def test_an_unseen_model_trains_the_same(n, no_orphans):
     for stage in ("dp", 0, 1, 2, 3):
         for losses, weights in launch(train_odd, n, stage):  # losses: this rank's share only
             assert _max_diff(weights, ref_weights) < 1e-12, (n, stage)
+
+
+def zero3_state_dict():
+    torch.manual_seed(dist.get_rank())
+    model, opt = zero.wrap(Odd().double(), 3, torch.optim.SGD, lr=0.1)
+    freed_before = all(p.untyped_storage().nbytes() == 0 for p in opt.params)
+    sd = model.state_dict()
+    freed_after = all(p.untyped_storage().nbytes() == 0 for p in opt.params)
+    return sd, freed_before, freed_after
+
+
+def test_zero3_state_dict_is_whole_and_weights_stay_freed(no_orphans):
+    torch.manual_seed(0)
+    ref = Odd().double().state_dict()
+    for sd, freed_before, freed_after in launch(zero3_state_dict, 3):
+        assert freed_before and freed_after
+        assert sd.keys() == ref.keys()
+        assert all(torch.equal(sd[k], ref[k]) for k in ref)
+
+
+def test_a_function_of_a_script_runs_on_ranks(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text("import torch.distributed as dist\n"
+                      "from llmtrain.dist import launch\n\n"
+                      "def work(x):\n    return dist.get_rank() * x\n\n"
+                      "if __name__ == '__main__':\n    print(launch(work, 3, 10))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 10, 20]"

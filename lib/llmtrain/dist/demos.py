@@ -84,8 +84,8 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
     """Train ``strategy`` for ``steps`` steps on this rank's share of each batch.
 
     Returns {"losses": global mean loss per step, "weights": every weight whole (name →
-    tensor), "memory": bytes held after the second backward (``zero.memory_report``; the optimizer's states exist from
-    the first step on), "comm": the first step's collectives (``comm.Record``\\ s), "numels": parameter sizes}.
+    tensor), "memory": bytes held after the first step, before ``zero_grad`` (``zero.memory_report``), "comm": the
+    first step's collectives (``comm.Record``\\ s), "numels": parameter sizes}.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -120,9 +120,9 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
         with comm.counting() as log:
             loss = lm_loss(net, ids[r * b:(r + 1) * b].to(dev))
             loss.backward()
-            if step == min(1, steps - 1):  # AdamW creates its states in the first step
-                memory = zero.memory_report(net, opt)
             opt.step()
+            if step == 0:  # after the step (AdamW's states exist), before zero_grad
+                memory = zero.memory_report(net, opt)
             opt.zero_grad()
         log0 = log0 or log
         loss = loss.detach().double()
@@ -158,16 +158,14 @@ def compare(strategy: str, **cfg) -> dict[str, Any]:
 
 def memory_by_stage(model: str = "tiny", dtype: str = "bfloat16",
                     stages=(0, 1, 2, 3)) -> dict[int, dict[str, int]]:
-    """{stage: ``zero.memory_report`` after the second backward} on this rank."""
+    """{stage: ``zero.memory_report`` after one step, before ``zero_grad``} on this rank."""
     out = {}
     for stage in stages:
         net, opt = zero.wrap(make_model(model, dtype).to(device()), stage, torch.optim.AdamW, lr=1e-3)
         ids = make_batches(1, 4 * dist.get_world_size(), 16)[0].to(device())
-        for _ in range(2):  # the report follows the second backward: AdamW's states exist
-            opt.zero_grad()
-            lm_loss(net, ids[dist.get_rank()::dist.get_world_size()]).backward()
-            out[stage] = zero.memory_report(net, opt)
-            opt.step()
+        lm_loss(net, ids[dist.get_rank()::dist.get_world_size()]).backward()
+        opt.step()
+        out[stage] = zero.memory_report(net, opt)  # after the step, before zero_grad
     return out
 
 

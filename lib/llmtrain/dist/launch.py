@@ -103,7 +103,8 @@ class _Rank:
                    PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         if backend == "gloo":
             env["OMP_NUM_THREADS"] = "1"  # one thread per rank: ranks share the cores
-        job = pickle.dumps((r, world_size, backend, port, timeout, target, args))
+        main = _main_script() if getattr(target, "__module__", None) == "__main__" else None
+        job = pickle.dumps(main) + pickle.dumps((r, world_size, backend, port, timeout, target, args))
         read_fd, write_fd = os.pipe()
         try:
             self.proc = subprocess.Popen(
@@ -146,12 +147,32 @@ def _check_target(target) -> None:
     if not callable(target):
         raise ValueError(f"target must be a function, got {type(target).__name__}")
     module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+    if module == "__main__" and _main_script():
+        module = "__mp_main__"  # a script's function: each rank re-runs the script, as spawn does
     if module in (None, "__main__") or "<locals>" in qualname or "<lambda>" in qualname:
         raise ValueError(
             f"target {qualname or target!r} must be importable (a top-level function of a module): "
             "each rank is a new process that imports it by name. Functions defined in a notebook "
             "or inside another function cannot be found there; put it in a .py module "
             "(e.g. llmtrain.dist.demos) and import it.")
+
+
+def _main_script() -> str | None:
+    """The file of the script run as ``python script.py`` (None in notebooks and ``-c``)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return os.path.abspath(path) if path and path.endswith(".py") and os.path.exists(path) else None
+
+
+def _load_main(path: str) -> None:
+    """Make the launcher's script importable as ``__main__`` here (what multiprocessing's spawn
+    does): it runs with ``__name__ == "__mp_main__"``, so its ``if __name__ == "__main__":``
+    block does not run again."""
+    import runpy
+    import types
+
+    module = types.ModuleType("__mp_main__")
+    module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
 
 def _collect(ranks: list[_Rank], timeout: float) -> list[Any]:
@@ -210,7 +231,13 @@ def _rank_main() -> None:
     job = stdin.read(n)
     threading.Thread(target=_exit_with_launcher, args=(stdin,), daemon=True).start()
     try:
-        r, world_size, backend, port, timeout, target, args = pickle.loads(job)
+        import io
+
+        buf = io.BytesIO(job)
+        main = pickle.load(buf)  # the launcher's script, when target is defined in it
+        if main:
+            _load_main(main)
+        r, world_size, backend, port, timeout, target, args = pickle.load(buf)
         _init(backend, r, world_size, timeout,
               store=dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
                                   timeout=datetime.timedelta(seconds=timeout)))

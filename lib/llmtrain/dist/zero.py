@@ -107,6 +107,9 @@ class ZeroOptimizer:
             GradReducer(self.params[::-1], 0, self._reduce_scatter, self._end_of_backward)
         if stage == 3:
             self._make_units(units)
+            # model.state_dict() (on every rank: it gathers) returns whole weights, as copies
+            model.register_state_dict_pre_hook(lambda m, prefix, keep_vars: self._gather_all())
+            model.register_state_dict_post_hook(lambda m, sd, prefix, meta: self._copy_and_free(sd))
 
     # ------------------------------------------------------------------ sharding
 
@@ -213,14 +216,25 @@ class ZeroOptimizer:
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[None]:
-        """Stage 3: every weight whole inside the block (e.g. to read or save them)."""
-        for unit in self.units:
-            self._gather(unit, "gather")
+        """Stage 3: every weight whole inside the block (e.g. to read or save them). Every
+        rank must enter it: it all-gathers."""
+        self._gather_all()
         try:
             yield
         finally:
             for unit in self.units:
                 self._free(unit)
+
+    def _gather_all(self) -> None:
+        for unit in self.units:
+            self._gather(unit, "gather")
+
+    def _copy_and_free(self, state_dict: dict) -> None:
+        for k, v in state_dict.items():
+            if isinstance(v, torch.Tensor):
+                state_dict[k] = v.detach().clone()
+        for unit in self.units:
+            self._free(unit)
 
     # ------------------------------------------------------------------ the step
 
@@ -230,11 +244,14 @@ class ZeroOptimizer:
         for i, (p, master) in enumerate(zip(self.params, self.masters)):
             if self.stage == 1:  # every rank reduces every gradient (zeros if it has none)
                 self._scatter_grad(i)
+            if master is p:  # stage 0, fp32: p.grad is already the averaged gradient
+                continue
             g = p.grad.reshape(-1) if self.stage == 0 and p.grad is not None else self.grad_shards[i]
             master.grad = None if g is None else g.view_as(master).to(master.dtype)
         self.inner.step()
         for i, (p, master) in enumerate(zip(self.params, self.masters)):
-            master.grad = None
+            if master is not p:
+                master.grad = None  # an fp32 copy, or a view of the shard we keep anyway
             if self.stage == 0:
                 if master is not p:
                     p.copy_(master.view_as(p))
@@ -264,12 +281,14 @@ class ZeroOptimizer:
 # ---------------------------------------------------------------------- accounting
 
 def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | ZeroOptimizer) -> dict[str, int]:
-    """Bytes this rank holds now: weights, gradients, master weights, optimizer states, other.
+    """Bytes this rank holds now: weights, gradients, master weights, optimizer states.
 
-    Measured, not computed: the storage behind every tensor, each storage counted once
-    (a shard that is a view of a weight is counted as weight). ``other`` is the optimizer's
-    per-tensor scalars (Adam's step counters, 4 bytes each). Call it after ``backward()``:
-    stage 0–1 then hold full gradients, stage 2–3 only their shards.
+    Measured, not computed: the storage behind every tensor, each storage counted once (a
+    shard that is a view of a weight is counted as weight). ``total`` is their sum, the model
+    states the ZeRO formulas count; ``other`` (not in ``total``) is the optimizer's per-tensor
+    scalars, e.g. AdamW's step counters, 4 bytes each. Call it after ``optimizer.step()`` and
+    before ``zero_grad()``: then everything a step needs is alive (AdamW creates its states in
+    its first step; stage 0–1 hold full gradients, stage 2–3 only their shards).
     """
     seen: set[tuple[int, int]] = set()
     out = dict.fromkeys(("weights", "gradients", "master", "optimizer", "other"), 0)
@@ -301,7 +320,7 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | ZeroOptim
         for v in state.values():
             if isinstance(v, torch.Tensor):
                 add("optimizer" if v.dim() else "other", v)
-    out["total"] = sum(out.values())
+    out["total"] = sum(v for k, v in out.items() if k != "other")
     return out
 
 
