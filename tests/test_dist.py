@@ -503,3 +503,49 @@ def test_a_function_of_a_script_runs_on_ranks(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0, 10, 20]"
+
+
+class Checkpointed(torch.nn.Module):
+    """Two blocks, each recomputed in backward (activation checkpointing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(13, 8)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(8, 9), torch.nn.GELU(), torch.nn.Linear(9, 8))
+            for _ in range(2))
+        self.out = torch.nn.Linear(8, 13)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        for block in self.blocks:
+            h = h + torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+        return self.out(h)
+
+
+def train_checkpointed(distributed, early_stop=True):
+    torch.manual_seed(0)
+    model = Checkpointed().double()
+    if distributed:
+        model, opt = zero.wrap(model, 3, torch.optim.SGD, units=list(model.blocks), lr=0.5)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    n, r = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    ids = torch.randint(0, 13, (4, 6), generator=torch.Generator().manual_seed(2))
+    # early_stop=False: backward recomputes each block whole, so its forward hooks run again
+    with torch.utils.checkpoint.set_checkpoint_early_stop(early_stop):
+        for _ in range(2):
+            mine = ids[r * 4 // n:(r + 1) * 4 // n]
+            logits = model(mine)
+            torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
+                                              mine[:, 1:].flatten()).backward()
+            opt.step()
+            opt.zero_grad()
+    return zero.full_state_dict(model, opt if distributed else None)
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_zero3_with_activation_recomputation(early_stop, no_orphans):
+    ref = train_checkpointed(False)
+    for weights in launch(train_checkpointed, 2, True, early_stop):
+        assert _max_diff(weights, ref) < 1e-13

@@ -55,16 +55,25 @@ def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, 
 
     Call inside every rank, then train as usual: ``loss.backward(); opt.step(); opt.zero_grad()``.
     Stage 0 is plain data parallelism with the same bookkeeping (the baseline). ``units`` are
-    the modules whose weights stage 3 gathers together (default: the whole model at once);
-    ``optimizer_kwargs`` go to ``optimizer_cls``.
+    the modules whose weights stage 3 gathers together (default: the whole model at once; a
+    weight must only be used inside the forward of the unit that owns it — the smallest unit
+    containing it — as with FSDP2); ``optimizer_kwargs`` go to ``optimizer_cls``. Frozen
+    weights (``requires_grad=False``) are not sharded. Stage 3 weights are whole only inside
+    their unit's forward and backward: read them with ``model.state_dict()``,
+    ``full_state_dict`` or ``with optimizer.gathered():`` (on every rank: they all-gather).
     """
     _require_process_group("zero.wrap")
     if isinstance(stage, bool) or stage not in STAGES:
         raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer class, got {optimizer_cls!r}")
-    if units is not None and stage != 3:
-        raise ValueError(f"units only apply to stage 3 (it gathers weights per unit); stage={stage}")
+    if units is not None:
+        if stage != 3:
+            raise ValueError(f"units only apply to stage 3 (it gathers weights per unit); stage={stage}")
+        units = list(units)
+        inside = {id(m) for m in model.modules()}
+        if any(not isinstance(m, nn.Module) or id(m) not in inside for m in units):
+            raise ValueError("units must be submodules of the model being wrapped")
     return model, ZeroOptimizer(model, stage, optimizer_cls, units, optimizer_kwargs)
 
 
@@ -171,11 +180,6 @@ class ZeroOptimizer:
 
     def _make_units(self, units) -> None:
         modules = [] if units is None else list(units)
-        if any(not isinstance(m, nn.Module) for m in modules):
-            raise ValueError("units must be nn.Modules inside the model")
-        inside = {id(m) for m in self.model.modules()}
-        if any(id(m) not in inside for m in modules):
-            raise ValueError("units must be submodules of the model being wrapped")
         self.units = [_Unit(m) for m in dict.fromkeys([self.model, *modules])]
         owners = {}
         for unit in self.units:  # a weight belongs to the smallest unit that contains it
@@ -207,6 +211,8 @@ class ZeroOptimizer:
             unit.gathered = False
 
     def _after_forward(self, unit: _Unit, output) -> None:
+        if torch._C._current_graph_task_id() != -1:
+            return  # a forward run again inside backward (activation recomputation): keep them
         self._free(unit)
         tensors = [t for t in tree_flatten(output)[0]
                    if isinstance(t, torch.Tensor) and t.requires_grad]
