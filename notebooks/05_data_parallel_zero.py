@@ -123,7 +123,10 @@ show(data_parallel.wrap)
 # in the same order) from `register_post_accumulate_grad_hook`, and waits for them in a callback at
 # the end of backward. PyTorch's `DistributedDataParallel` does the same in C++, with 25 MiB buckets
 # in reverse parameter order so that the last layers' gradients — produced first — are on the wire
-# while backward still works on the first layers: communication overlaps computation.
+# while backward still works on the first layers: communication overlaps computation. With
+# gradient accumulation (notebook 02) only the last micro-batch needs to communicate: run the other
+# backwards inside `data_parallel.no_sync(model)` (DDP's `no_sync`), one all-reduce per step instead
+# of one per micro-batch, same result (`tests/test_dist.py` checks both).
 #
 # Now train the tiny LLaMA for 5 AdamW steps: one process on the whole batch
 # of 8 sequences, then on 2 ranks with 4 each — by hand, with DDP, with ZeRO 0–3 and with FSDP2.

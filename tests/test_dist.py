@@ -4,6 +4,7 @@ tests marked ``slow`` use 4 (run them alone with ``pytest -m slow``)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -549,3 +550,34 @@ def test_zero3_with_activation_recomputation(early_stop, no_orphans):
     ref = train_checkpointed(False)
     for weights in launch(train_checkpointed, 2, True, early_stop):
         assert _max_diff(weights, ref) < 1e-13
+
+
+def accumulate_with_no_sync(use_no_sync):
+    """4 micro-batches per step; with no_sync only the last backward communicates."""
+    torch.manual_seed(0)
+    model = data_parallel.wrap(Odd().double(), bucket_bytes=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    g = torch.Generator().manual_seed(3)
+    calls = []
+    for _ in range(2):
+        with comm.counting() as log:
+            for k, micro in enumerate(torch.randint(0, 13, (4, 2 * dist.get_world_size(), 5), generator=g)):
+                mine = micro[2 * dist.get_rank():2 * dist.get_rank() + 2]
+                ctx = data_parallel.no_sync(model) if use_no_sync and k < 3 else contextlib.nullcontext()
+                with ctx:
+                    logits = model(mine)["logits"]
+                    (torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
+                                                       mine[:, 1:].flatten()) / 4).backward()
+        opt.step()
+        opt.zero_grad()
+        calls.append(log.calls())
+    return calls, {k: v.clone() for k, v in model.named_parameters()}
+
+
+def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
+    every = launch(accumulate_with_no_sync, 2, False)
+    once = launch(accumulate_with_no_sync, 2, True)
+    trainable = sum(p.requires_grad for p in Odd().parameters())
+    for (calls_every, w_every), (calls_once, w_once) in zip(every, once):
+        assert calls_every == [4 * trainable] * 2 and calls_once == [trainable] * 2
+        assert _max_diff(w_every, w_once) < 1e-14

@@ -19,8 +19,9 @@ gradient of the mean loss over all B: the same step as one process on the whole 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from torch import nn
 
 from . import comm
 
-__all__ = ["wrap", "broadcast_module", "GradReducer"]
+__all__ = ["wrap", "no_sync", "broadcast_module", "GradReducer"]
 
 
 def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True) -> nn.Module:
@@ -65,6 +66,22 @@ def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True)
     return model
 
 
+@contextlib.contextmanager
+def no_sync(model: nn.Module) -> Iterator[None]:
+    """Inside the block, backward only accumulates gradients locally: no communication.
+
+    Gradient accumulation (notebook 02) over k micro-batches then costs one all-reduce, not k:
+    run the first k−1 backwards inside ``no_sync``, the last outside; averaging is linear, so
+    the result is the same. ``DistributedDataParallel.no_sync`` does this.
+    """
+    reducer = model.grad_reducer
+    reducer.enabled = False
+    try:
+        yield
+    finally:
+        reducer.enabled = True
+
+
 def broadcast_module(model: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers to every rank (in place)."""
     with torch.no_grad():
@@ -90,12 +107,15 @@ class GradReducer:
                  reduce: Callable[[list[nn.Parameter]], None], finish: Callable[[], None]):
         self.buckets = _buckets(params, bucket_bytes)
         self.reduce, self.finish = reduce, finish
+        self.enabled = True  # False: gradients only accumulate locally (no_sync)
         self._ready: set[int] = set()
         self._next = 0
         self._armed = False
         self.handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
 
     def _on_grad(self, p: nn.Parameter) -> None:
+        if not self.enabled:
+            return
         if not self._armed:  # first gradient of this backward: run _end when backward ends
             self._armed = True
             torch.autograd.Variable._execution_engine.queue_callback(self._end)
