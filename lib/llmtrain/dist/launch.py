@@ -81,14 +81,17 @@ def launch(target: Callable[..., Any], world_size: int, *args: Any, timeout: flo
 
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=timeout))
-    ranks = []
+    ranks, grace = [], 0.0
     try:
         for r in range(world_size):
             ranks.append(_Rank(r, world_size, backend, store.port, timeout, target, args))
-        return _collect(ranks, timeout)
+        results = _collect(ranks, timeout)
+        grace = 5.0  # all answered: let them leave the process group together
+        return results
     finally:
+        deadline = time.monotonic() + grace
         for rk in ranks:
-            rk.stop()
+            rk.stop(max(0.0, deadline - time.monotonic()))
         del store
 
 
@@ -120,8 +123,13 @@ class _Rank:
         self.proc.stdin.flush()
         self._line = b""
 
-    def stop(self) -> None:
-        """Terminate (then kill) the process if it still runs; close every pipe; reap it."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Give the process ``grace`` seconds to exit, then terminate (then kill) it; close
+        every pipe; reap it."""
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -250,6 +258,9 @@ def _rank_main() -> None:
     if answer[0] == "error":
         os._exit(1)  # do not wait in destroy_process_group for ranks that may be stuck
     shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter's slow teardown: the answer is sent, the group left
 
 
 def _exit_with_launcher(stdin) -> None:
