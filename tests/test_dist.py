@@ -581,3 +581,12 @@ def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
     for (calls_every, w_every), (calls_once, w_once) in zip(every, once):
         assert calls_every == [4 * trainable] * 2 and calls_once == [trainable] * 2
         assert _max_diff(w_every, w_once) < 1e-14
+
+
+@pytest.mark.parametrize("args, message", [(["--batch", "7"], "--batch 7 must be divisible by the 2"),
+                                           (["--nproc", "0"], "--nproc: must be a positive"),
+                                           (["--stage", "4"], "--stage: invalid choice")])
+def test_entry_point_rejects_bad_arguments(args, message):
+    out = subprocess.run([sys.executable, "-m", "llmtrain.dist.zero", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr

@@ -3,7 +3,7 @@
 ``launch`` needs importable functions, so they live here. ``train`` trains one strategy
 (single process, hand-written DP, DDP, ZeRO stage 0–3, FSDP2) for a few steps on the
 Markov corpus of ``llmtrain.train`` and returns losses, final weights, the bytes this rank
-held after the first backward and the collectives of the first step; ``compare`` also
+held after the first step and the collectives of the first step; ``compare`` also
 trains the single-process reference on rank 0, for the command-line demos:
 
     python -m llmtrain.dist.data_parallel                          # launches 2 CPU ranks
@@ -222,11 +222,23 @@ def _parse(prog: str, zero_stage: bool) -> argparse.Namespace:
                                  + " and compare with one process on the whole batch")
     if zero_stage:
         ap.add_argument("--stage", type=int, default=3, choices=zero.STAGES)
-    ap.add_argument("--nproc", type=int, default=2, help="ranks to launch when not under torchrun")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--nproc", type=_positive, default=2,
+                    help="ranks to launch when not under torchrun")
+    ap.add_argument("--steps", type=_positive, default=5)
     ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    ap.add_argument("--batch", type=int, default=8)
-    return ap.parse_args()
+    ap.add_argument("--batch", type=_positive, default=8, help="sequences per step, all ranks")
+    args = ap.parse_args()
+    n = int(os.environ.get("WORLD_SIZE", args.nproc))
+    if args.batch % n:
+        ap.error(f"--batch {args.batch} must be divisible by the {n} ranks")
+    return args
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _run(strategy: str, args: argparse.Namespace) -> None:
@@ -254,7 +266,7 @@ def _report(strategy: str, n: int, out: dict) -> None:
         print(f"{i:>4}  {a:>10.6f}  {b:>10.6f}")
     print(f"largest weight difference after {len(out['losses'])} steps: {out['max_weight_diff']:.1e}")
     m = out["memory"]
-    print("bytes held by rank 0 after backward: "
+    print("bytes held by rank 0 after the first step: "
           + ", ".join(f"{k} {v:,}" for k, v in m.items()))
     sent = sum(rec.sent_bytes for rec in out["comm"])
     print(f"rank 0 sent {float(sent):,.0f} bytes in step 0 ({len(out['comm'])} collectives)")
