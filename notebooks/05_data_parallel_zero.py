@@ -62,6 +62,7 @@ from llmtrain.dist import comm, data_parallel, demos, launch, zero
 
 plots.use_style()
 _ = torch.manual_seed(0)
+RANKS = 2  # processes per demo; set 4 (or 8: the batch of 8 must split evenly) to see more
 
 # %% [markdown]
 # ## 1. Why averaging gradients is the same as one big batch
@@ -86,11 +87,11 @@ print("their average − full-batch gradient =", sp.simplify(sum(per_rank) / N -
 # ## 2. The collectives, one by one
 #
 # Data parallelism and ZeRO need four collective operations. `llmtrain.dist.comm` calls
-# `torch.distributed` and counts each call. Here they run on 2 real processes, rank $r$ starting
-# with $[10r, 10r+1, 10r+2, 10r+3]$ (the rank function is `demos.collectives`):
+# `torch.distributed` and counts each call. Here they run on `RANKS` real processes, rank $r$
+# starting with $[10r, 10r+1, …]$ (the rank function is `demos.collectives`):
 
 # %%
-for r, res in enumerate(launch(demos.collectives, 2)):
+for r, res in enumerate(launch(demos.collectives, RANKS)):
     print(f"rank {r}: " + "   ".join(f"{k}: {v.int().tolist()}" for k, v in res.items()))
 
 # %% [markdown]
@@ -129,7 +130,8 @@ show(data_parallel.wrap)
 # of one per micro-batch, same result (`tests/test_dist.py` checks both).
 #
 # Now train the tiny LLaMA for 5 AdamW steps: one process on the whole batch
-# of 8 sequences, then on 2 ranks with 4 each — by hand, with DDP, with ZeRO 0–3 and with FSDP2.
+# of 8 sequences, then on `RANKS` ranks with an equal share each — by hand, with DDP, with ZeRO
+# 0–3 and with FSDP2.
 # One launch runs them all (`demos.train_all`); each returns its losses, its final weights, the
 # bytes it held and what it sent.
 
@@ -137,7 +139,7 @@ show(data_parallel.wrap)
 cfg = dict(model="tiny", optimizer="adamw", lr=1e-2, steps=5)
 strategies = ["dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2"]
 single = demos.train("single", **cfg)
-runs = launch(demos.train_all, 2, strategies, cfg)
+runs = launch(demos.train_all, RANKS, strategies, cfg)
 rank0 = runs[0]
 
 
@@ -149,9 +151,9 @@ print(f"{'step':>4} {'one process':>12} " + " ".join(f"{s:>9}" for s in strategi
 for i, loss in enumerate(single["losses"]):
     print(f"{i:>4} {loss:12.6f} " + " ".join(f"{rank0[s]['losses'][i]:9.6f}" for s in strategies))
 for s in strategies:
-    same = max_diff(runs[0][s]["weights"], runs[1][s]["weights"]) == 0
+    same = all(max_diff(run_[s]["weights"], rank0[s]["weights"]) == 0 for run_ in runs)
     print(f"{s:6s}: largest weight difference from one process {max_diff(rank0[s]['weights'], single['weights']):.1e}"
-          f"; the 2 ranks hold identical weights: {same}")
+          f"; all {RANKS} ranks hold identical weights: {same}")
 
 # %% [markdown]
 # Equal to one process up to float rounding: the ranks sum their gradients in another order
@@ -204,16 +206,16 @@ show(zero.ZeroOptimizer._after_forward)
 
 # %% [markdown]
 # Which rank holds what, measured (`zero.memory_report` counts the storage behind every tensor a
-# rank holds) on 2 ranks at three moments of a step — inside the forward of layer 0, after backward,
-# after the update — for the tiny LLaMA in bf16. A full bar is the whole of that state; ½ is one
-# shard:
+# rank holds) on `RANKS` ranks at three moments of a step — inside the forward of layer 0, after
+# backward, after the update — for the tiny LLaMA in bf16. A full bar is the whole of that state;
+# 1/N is one shard:
 
 # %%
 numels = single["numels"]
 whole = zero.expected_bytes(numels, 1, 0)  # one replica's bf16 weights, grads, fp32 master, m+v
 kinds = ["weights", "gradients", "master", "optimizer"]
 moments = {"forward": "inside layer 0's forward", "backward": "after backward", "step": "after the update"}
-phase = {z: launch(demos.phases, 2, z)[0] for z in range(4)}
+phase = {z: launch(demos.phases, RANKS, z)[0] for z in range(4)}
 
 fig, axes = plt.subplots(1, 4, figsize=(11, 3.2), sharey=True)
 for z, ax in enumerate(axes):
@@ -222,11 +224,11 @@ for z, ax in enumerate(axes):
         ax.barh([y * 4 + j for y in range(4)], fractions, height=0.9,
                 color=plots.PALETTE[j], label=label if z == 0 else None)
     ax.set_yticks([y * 4 + 1 for y in range(4)], ["bf16 weights", "bf16 grads", "fp32 master", "Adam m, v"])
-    ax.set_xticks([0, 0.5, 1], ["0", "½", "1"])
+    ax.set_xticks([0, 1 / RANKS, 1], ["0", f"1/{RANKS}", "1"])
     ax.set_title(f"ZeRO-{z}" if z else "plain DP (stage 0)")
 axes[0].invert_yaxis()  # shared y axis: weights on top
 axes[0].legend(loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3, frameon=False)
-fig.suptitle("Fraction of each model state held by one of 2 ranks (measured)", y=1.06)
+fig.suptitle(f"Fraction of each model state held by one of {RANKS} ranks (measured)", y=1.06)
 plots.save(fig, "05_zero_what_each_rank_holds")
 plt.show()
 
@@ -296,31 +298,34 @@ plt.show()
 # ## 6. What each stage sends
 #
 # The collectives of the first training step of §3, counted on rank 0 (fp32, so $4\Psi$ bytes of
-# weights; N = 2):
+# weights, N = `RANKS`):
 
 # %%
 bytes_ = 4 * psi
+ring = Fraction(RANKS - 1, RANKS)
 print(f"{'strategy':8s} {'op':15s} {'for':9s} {'calls':>5} {'sent by rank 0':>15}")
 for s in ["dp", "zero0", "zero1", "zero2", "zero3"]:
     log = comm.Log(rank0[s]["comm"])
     for (op, tag), row in log.summary().items():
         print(f"{s:8s} {op:15s} {tag:9s} {row['calls']:>5} {float(row['sent_bytes']):>15,.0f}")
-    ratio = log.sent_bytes() / Fraction(bytes_)
-    print(f"{'':8s} total {float(log.sent_bytes()):,.0f} bytes = {ratio} × 4Ψ")
+    ratio = log.sent_bytes() / (ring * bytes_)
+    print(f"{'':8s} total {float(log.sent_bytes()):,.0f} bytes = {ratio} × (N−1)/N · 4Ψ")
 
 # %% [markdown]
-# Per rank, with $\Psi$ the bytes of the weights and $N = 2$, so $(N-1)/N = 1/2$:
+# Per rank, with $\Psi$ the bytes of the weights:
 #
 # | strategy | collectives per step | bytes sent per rank |
 # |---|---|---|
-# | DP, ZeRO-0 | all-reduce of the gradients | $2\frac{N-1}{N}\Psi = \Psi$ |
-# | ZeRO-1, ZeRO-2 | reduce-scatter gradients + all-gather weights | $2\frac{N-1}{N}\Psi = \Psi$: the same |
+# | DP, ZeRO-0 | all-reduce of the gradients | $2\frac{N-1}{N}\Psi$ |
+# | ZeRO-1, ZeRO-2 | reduce-scatter gradients + all-gather weights | $2\frac{N-1}{N}\Psi$: the same |
 # | ZeRO-3 | all-gather (forward) + all-gather (backward) + reduce-scatter | $3\frac{N-1}{N}\Psi$: **1.5×** |
 #
-# The printed totals say the same: ZeRO-1 and -2 save memory for free, ZeRO-3 pays 50 % more
-# traffic for its weights (the ZeRO paper, §7). The hand-written DP sends one bucket (the tiny
-# model's gradients fit in DDP's 25 MiB default); ZeRO here sends one collective per tensor — real implementations
-# group them into buckets too, which changes the count of calls, not the bytes.
+# The printed totals say the same (2, 2, 2, 2 and 3 × $\frac{N-1}{N}\cdot 4\Psi$): ZeRO-1 and -2
+# save memory for free, ZeRO-3 pays 50 % more traffic for its weights (the ZeRO paper, §7). The
+# hand-written DP sends one bucket (the tiny model's gradients fit in DDP's 25 MiB default); ZeRO
+# here sends one collective per tensor — real implementations group them into buckets too, which
+# changes the count of calls, not the bytes. (With a world size that does not divide every tensor,
+# ZeRO's collectives also carry the padding.)
 # `tests/test_dist.py::test_communication_equals_the_formulas` asserts these equalities.
 #
 # ## 7. FSDP2: the real engine
@@ -362,11 +367,11 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 # python -m llmtrain.dist.data_parallel --nproc 4                         # no torchrun: uses launch
 # ```
 #
-# Here, on this CPU, with 2 ranks (its output is rank 0's report):
+# Here, on this CPU, with `RANKS` ranks (its output is rank 0's report):
 
 # %%
 torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
-run = subprocess.run([*torchrun, "--nproc-per-node=2", "-m", "llmtrain.dist.zero", "--stage", "3",
+run = subprocess.run([*torchrun, f"--nproc-per-node={RANKS}", "-m", "llmtrain.dist.zero", "--stage", "3",
                       "--steps", "3"], capture_output=True, text=True, timeout=300)
 print(run.stdout if run.returncode == 0 else run.stderr[-3000:])
 
@@ -380,7 +385,7 @@ print(run.stdout if run.returncode == 0 else run.stderr[-3000:])
 
 # %%
 try:
-    launch(lambda: 1, 2)
+    launch(lambda: 1, RANKS)
 except ValueError as e:
     print("ValueError:", e)
 
