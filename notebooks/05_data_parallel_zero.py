@@ -373,7 +373,9 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
 run = subprocess.run([*torchrun, f"--nproc-per-node={RANKS}", "-m", "llmtrain.dist.zero", "--stage", "3",
                       "--steps", "3"], capture_output=True, text=True, timeout=300)
-print(run.stdout if run.returncode == 0 else run.stderr[-3000:])
+if run.returncode:  # a failed `!torchrun` would not stop a notebook: make it
+    raise RuntimeError(f"torchrun failed:\n{run.stderr[-3000:]}")
+print(run.stdout)
 
 # %% [markdown]
 # ## 9. When things go wrong
