@@ -590,3 +590,15 @@ def test_entry_point_rejects_bad_arguments(args, message):
     out = subprocess.run([sys.executable, "-m", "llmtrain.dist.zero", *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr
+
+
+def test_bf16_with_fp32_master_weights_is_the_same_in_every_stage(no_orphans):
+    # 16-bit weights and gradients, fp32 master + Adam states: every stage does the same
+    # element-wise arithmetic on the same numbers, so all four agree bit for bit
+    cfg = dict(model="mlp", dtype="bfloat16", optimizer="adamw", lr=1e-2, steps=3)
+    for res in launch(demos.train_all, 2, ZERO, cfg):
+        for s in ZERO[1:]:
+            assert res[s]["losses"] == res["zero0"]["losses"]
+            assert _max_diff(res[s]["weights"], res["zero0"]["weights"]) == 0
+        assert all(w.dtype == torch.bfloat16 for w in res["zero3"]["weights"].values())
+        assert res["zero0"]["losses"][-1] < res["zero0"]["losses"][0]
