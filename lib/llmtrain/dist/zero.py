@@ -13,14 +13,14 @@ owns shard r of every parameter (as FSDP2 does, per parameter). One step:
 
 - stage 1: backward as usual (full gradients); at the step ``reduce_scatter`` them, so rank
   r gets the *averaged* gradient of its shard only; update its shard; ``all_gather`` the
-  updated weights. Communication: Ψ + Ψ = DP's all-reduce (an all-reduce *is* a
-  reduce-scatter followed by an all-gather).
+  updated weights. Bytes sent per rank: (N−1)/N·Ψ twice = DP's all-reduce (an all-reduce
+  *is* a reduce-scatter followed by an all-gather).
 - stage 2: the same, but each gradient is reduce-scattered during backward as soon as it
   exists and its full copy freed at once.
 - stage 3: weights live only as shards. Each *unit* (a module; the root by default, or e.g.
   every transformer block) all-gathers its weights just before its forward, frees them
   after, gathers them again just before its backward, and frees them when its gradients are
-  reduce-scattered: Ψ more communication than DP (3Ψ vs 2Ψ: ×1.5).
+  reduce-scattered: three times (N−1)/N·Ψ instead of DP's two, ×1.5.
 
 fp32 (and fp64) models step their shard in place (the shard is a view of the weights: no
 master copy); 16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
