@@ -142,10 +142,7 @@ single = demos.train("single", **cfg)
 runs = launch(demos.train_all, RANKS, strategies, cfg)
 rank0 = runs[0]
 
-
-def max_diff(a, b):
-    return max((a[k] - b[k]).abs().max().item() for k in a)
-
+max_diff = demos.max_weight_diff  # largest |a − b| over all weights
 
 print(f"{'step':>4} {'one process':>12} " + " ".join(f"{s:>9}" for s in strategies))
 for i, loss in enumerate(single["losses"]):

@@ -105,11 +105,6 @@ def no_orphans():
     assert _children() <= before, "a launch left processes behind"
 
 
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-
-
 # ---------------------------------------------------------------- launch
 
 def test_launch_returns_results_by_rank(no_orphans):
@@ -246,8 +241,8 @@ def test_sgd_equals_one_process_up_to_float_reassociation(sgd64, strategy):
     ranks, single = sgd64
     for res in ranks:  # every rank holds the same weights, equal to the single process's
         assert res[strategy]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)
-        assert _max_diff(res[strategy]["weights"], single["weights"]) < 1e-13
-    assert _max_diff(ranks[0][strategy]["weights"], ranks[1][strategy]["weights"]) == 0
+        assert demos.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-13
+    assert demos.max_weight_diff(ranks[0][strategy]["weights"], ranks[1][strategy]["weights"]) == 0
 
 
 @pytest.mark.parametrize("strategy", ["dp", "ddp", *ZERO, "fsdp2"])
@@ -258,21 +253,21 @@ def test_adamw_close_to_one_process(adamw32, strategy):
     ranks, single = adamw32
     for res in ranks:
         assert res[strategy]["losses"] == pytest.approx(single["losses"], rel=1e-6)
-        assert _max_diff(res[strategy]["weights"], single["weights"]) < 1e-5
+        assert demos.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-5
 
 
 def test_hand_written_dp_equals_ddp(adamw32):
     ranks, _ = adamw32
     for res in ranks:
         assert res["dp"]["losses"] == res["ddp"]["losses"]  # measured: bitwise equal on gloo
-        assert _max_diff(res["dp"]["weights"], res["ddp"]["weights"]) <= 1e-7
+        assert demos.max_weight_diff(res["dp"]["weights"], res["ddp"]["weights"]) <= 1e-7
 
 
 def test_hand_written_zero3_equals_fsdp2(adamw32):
     ranks, _ = adamw32
     for res in ranks:
         assert res["zero3"]["losses"] == res["fsdp2"]["losses"]
-        assert _max_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) <= 1e-7
+        assert demos.max_weight_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) <= 1e-7
         # and holds the same bytes: FSDP2 shards by rows, we by flat elements; with no
         # padding (every tensor of the MLP splits evenly in 2) the two are the same size
         assert res["zero3"]["memory"] == res["fsdp2"]["memory"]
@@ -350,7 +345,7 @@ def test_four_ranks(no_orphans):
     for res in ranks:
         for s in ["dp", *ZERO]:
             assert res[s]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)
-            assert _max_diff(res[s]["weights"], single["weights"]) < 1e-13
+            assert demos.max_weight_diff(res[s]["weights"], single["weights"]) < 1e-13
     numels = [p.numel() for p in demos.make_model("mlp").parameters()]
     _check_memory(launch(demos.memory_by_stage, 4, "mlp", "bfloat16"), numels, 4)
 
@@ -474,7 +469,7 @@ def test_an_unseen_model_trains_the_same(n, no_orphans):
     ref_losses, ref_weights = train_odd(None, n)
     for stage in ("dp", 0, 1, 2, 3):
         for losses, weights in launch(train_odd, n, stage):  # losses: this rank's share only
-            assert _max_diff(weights, ref_weights) < 1e-12, (n, stage)
+            assert demos.max_weight_diff(weights, ref_weights) < 1e-12, (n, stage)
 
 
 def zero3_state_dict():
@@ -550,7 +545,7 @@ def train_checkpointed(distributed, early_stop=True):
 def test_zero3_with_activation_recomputation(early_stop, no_orphans):
     ref = train_checkpointed(False)
     for weights in launch(train_checkpointed, 2, True, early_stop):
-        assert _max_diff(weights, ref) < 1e-13
+        assert demos.max_weight_diff(weights, ref) < 1e-13
 
 
 def accumulate_with_no_sync(use_no_sync):
@@ -581,7 +576,7 @@ def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
     trainable = sum(p.requires_grad for p in Odd().parameters())
     for (calls_every, w_every), (calls_once, w_once) in zip(every, once):
         assert calls_every == [4 * trainable] * 2 and calls_once == [trainable] * 2
-        assert _max_diff(w_every, w_once) < 1e-14
+        assert demos.max_weight_diff(w_every, w_once) < 1e-14
 
 
 @pytest.mark.parametrize("args, message", [(["--batch", "7"], "--batch 7 must be divisible by the 2"),
@@ -600,6 +595,13 @@ def test_bf16_with_fp32_master_weights_is_the_same_in_every_stage(no_orphans):
     for res in launch(demos.train_all, 2, ZERO, cfg):
         for s in ZERO[1:]:
             assert res[s]["losses"] == res["zero0"]["losses"]
-            assert _max_diff(res[s]["weights"], res["zero0"]["weights"]) == 0
+            assert demos.max_weight_diff(res[s]["weights"], res["zero0"]["weights"]) == 0
         assert all(w.dtype == torch.bfloat16 for w in res["zero3"]["weights"].values())
         assert res["zero0"]["losses"][-1] < res["zero0"]["losses"][0]
+
+
+def test_max_weight_diff():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+    assert demos.max_weight_diff(a, {"w": torch.tensor([1.0, 2.5]), "b": torch.tensor([0.25])}) == 0.5
+    with pytest.raises(ValueError, match="names"):
+        demos.max_weight_diff(a, {"w": a["w"]})

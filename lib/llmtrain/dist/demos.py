@@ -27,7 +27,8 @@ from ..train import batches, corpus
 from . import comm, data_parallel, zero
 from .launch import device, init_from_env, launch, shutdown
 
-__all__ = ["STRATEGIES", "make_model", "make_batches", "lm_loss", "train", "train_all", "compare",
+__all__ = ["STRATEGIES", "make_model", "make_batches", "lm_loss", "train", "train_all",
+           "max_weight_diff", "compare",
            "memory_by_stage", "phases", "collectives", "main_data_parallel", "main_zero"]
 
 STRATEGIES = ("single", "dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2")
@@ -124,7 +125,8 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
             if step == 0:  # after the step (AdamW's states exist), before zero_grad
                 memory = zero.memory_report(net, opt)
             opt.zero_grad()
-        log0 = log0 or log
+        if step == 0:
+            log0 = log
         loss = loss.detach().double()
         if strategy != "single":
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # reporting only: not counted
@@ -145,14 +147,20 @@ def train_all(strategies, cfg: dict) -> dict[str, dict[str, Any]]:
     return {s: train(s, **cfg) for s in strategies}
 
 
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest |a − b| over all weights of two {name: tensor} dicts with the same names."""
+    if a.keys() != b.keys():
+        raise ValueError(f"the two sets of weights differ in names: {sorted(a.keys() ^ b.keys())}")
+    return max((a[k].double().cpu() - b[k].double().cpu()).abs().max().item() for k in a)
+
+
 def compare(strategy: str, **cfg) -> dict[str, Any]:
     """``train(strategy)`` on every rank; rank 0 also trains one process on the whole batch."""
     out = train(strategy, **cfg)
     if dist.get_rank() == 0:
         ref = train("single", **cfg)
         out["reference_losses"] = ref["losses"]
-        out["max_weight_diff"] = max((out["weights"][k].cpu() - w).abs().max().item()
-                                     for k, w in ref["weights"].items())
+        out["max_weight_diff"] = max_weight_diff(out["weights"], ref["weights"])
     return out
 
 
