@@ -256,18 +256,21 @@ def test_adamw_close_to_one_process(adamw32, strategy):
         assert demos.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-5
 
 
+# On 2 ranks averaging is exact whichever way it is done ((a + b)/2 = a/2 + b/2 in binary
+# floating point), so the hand-written versions must equal PyTorch's engines bit for bit.
+
 def test_hand_written_dp_equals_ddp(adamw32):
     ranks, _ = adamw32
     for res in ranks:
-        assert res["dp"]["losses"] == res["ddp"]["losses"]  # measured: bitwise equal on gloo
-        assert demos.max_weight_diff(res["dp"]["weights"], res["ddp"]["weights"]) <= 1e-7
+        assert res["dp"]["losses"] == res["ddp"]["losses"]
+        assert demos.max_weight_diff(res["dp"]["weights"], res["ddp"]["weights"]) == 0
 
 
 def test_hand_written_zero3_equals_fsdp2(adamw32):
     ranks, _ = adamw32
     for res in ranks:
         assert res["zero3"]["losses"] == res["fsdp2"]["losses"]
-        assert demos.max_weight_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) <= 1e-7
+        assert demos.max_weight_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) == 0
         # and holds the same bytes: FSDP2 shards by rows, we by flat elements; with no
         # padding (every tensor of the MLP splits evenly in 2) the two are the same size
         assert res["zero3"]["memory"] == res["fsdp2"]["memory"]
