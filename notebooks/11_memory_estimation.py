@@ -55,6 +55,7 @@ import sympy as sp
 import torch
 
 from llmtrain import memory, params, plots, shapes, show
+from llmtrain.dist import zero
 from llmtrain.memory import GB, GIB
 
 plots.use_style()
@@ -119,12 +120,12 @@ for opt in ["adamw", "adafactor"]:
 # ZeRO (Rajbhandari et al., SC'20) partitions the model states over the $N$ data-parallel ranks in
 # three stages: optimizer states (stage 1, $P_{os}$), then gradients (stage 2, $P_{os+g}$), then
 # the weights themselves (stage 3, $P_{os+g+p}$). With $K = 12$ bytes of optimizer state (master
-# copy + $m$ + $v$):
+# copy + $m$ + $v$), `llmtrain.dist.zero.formula` (derived term by term in notebook 05, which also
+# runs the stages on real processes and measures these bytes):
 
 # %%
 P, N = sp.symbols("P N", positive=True)
-stages = {0: 2 * P + 2 * P + 12 * P, 1: 2 * P + 2 * P + 12 * P / N,
-          2: 2 * P + (2 * P + 12 * P) / N, 3: (2 * P + 2 * P + 12 * P) / N}
+stages = {z: zero.formula(z, P, N) for z in range(4)}
 for z, expr in stages.items():
     print(f"ZeRO-{z}: {sp.simplify(expr)}")
 

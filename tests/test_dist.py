@@ -608,3 +608,22 @@ def test_max_weight_diff():
     assert demos.max_weight_diff(a, {"w": torch.tensor([1.0, 2.5]), "b": torch.tensor([0.25])}) == 0.5
     with pytest.raises(ValueError, match="names"):
         demos.max_weight_diff(a, {"w": a["w"]})
+
+
+def test_formula_is_the_zero_papers_and_the_memory_modules():
+    import sympy as sp
+
+    psi, n = sp.symbols("Psi N", positive=True)
+    assert [sp.simplify(zero.formula(z) - f) for z, f in enumerate(
+        [16 * psi, 4 * psi + 12 * psi / n, 2 * psi + 14 * psi / n, 16 * psi / n])] == [0] * 4
+    for z in range(4):
+        for P, N in [(7_500_000_000, 64), (125_248, 4), (6_738_415_616, 8)]:
+            exact = sum(memory.model_state_bytes(P, zero=z, dp=N).values())
+            assert abs(zero.formula(z, P, N) - exact) < 16  # model_state_bytes rounds shards up
+            if P % N == 0:  # no padding: the measured-bytes formula is the paper's
+                assert zero.formula(z, P, N) == sum(zero.expected_bytes([P], N, z).values())
+    # the ZeRO paper's Figure 1: 7.5B parameters, N_d = 64
+    assert [round(float(zero.formula(z, 7.5e9, 64)) / 1e9, 1) for z in range(4)] == \
+        [120.0, 31.4, 16.6, 1.9]
+    with pytest.raises(ValueError, match="stage"):
+        zero.formula(4)

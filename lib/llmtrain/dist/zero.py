@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 from . import comm
 from .data_parallel import GradReducer, _require_process_group, broadcast_module
 
-__all__ = ["wrap", "ZeroOptimizer", "memory_report", "expected_bytes", "full_state_dict"]
+__all__ = ["wrap", "ZeroOptimizer", "memory_report", "formula", "expected_bytes", "full_state_dict"]
 
 STAGES = (0, 1, 2, 3)
 
@@ -328,6 +328,27 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | ZeroOptim
                 add("optimizer" if v.dim() else "other", v)
     out["total"] = sum(v for k, v in out.items() if k != "other")
     return out
+
+
+def formula(stage: int, psi: Any = None, n: Any = None, k: Any = 12, *, weight_bytes: Any = 2,
+            grad_bytes: Any = 2):
+    """Bytes per rank of the model states under ZeRO ``stage``, as a SymPy expression.
+
+    Rajbhandari et al., SC'20, §5.1 and Figure 1: Ψ parameters, N data-parallel ranks,
+    2 bytes per 16-bit weight and gradient, K bytes of optimizer state per parameter (fp32
+    master + Adam m, v: K = 12). Stage 1 divides the K by N, stage 2 also the gradients,
+    stage 3 also the weights: 16Ψ, 4Ψ + 12Ψ/N, 2Ψ + 14Ψ/N, 16Ψ/N.
+    """
+    import sympy as sp
+
+    if isinstance(stage, bool) or stage not in STAGES:
+        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
+    psi = sp.Symbol("Psi", positive=True) if psi is None else psi
+    n = sp.Symbol("N", positive=True) if n is None else n
+    weights = weight_bytes * psi / (n if stage >= 3 else 1)
+    grads = grad_bytes * psi / (n if stage >= 2 else 1)
+    optimizer = k * psi / (n if stage >= 1 else 1)
+    return weights + grads + optimizer
 
 
 def expected_bytes(numels: Iterable[int], world_size: int, stage: int, *, weight_bytes: int = 2,
