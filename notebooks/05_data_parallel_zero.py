@@ -57,7 +57,7 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import memory, plots, show
+from llmtrain import memory, params, plots, shapes, show
 from llmtrain.dist import comm, data_parallel, demos, launch, zero
 
 plots.use_style()
@@ -175,11 +175,13 @@ print("hand-written ZeRO-3 vs FSDP2:", max_diff(rank0["zero3"]["weights"], rank0
 # *same* copy of everything: ZeRO keeps $1/N$ of it per rank.
 
 # %%
+show(zero.formula)
+
+# %%
 Psi, K = sp.symbols("Psi K", positive=True)
-held = {0: 2 * Psi + 2 * Psi + K * Psi, 1: 2 * Psi + 2 * Psi + K * Psi / n,
-        2: 2 * Psi + (2 * Psi + K * Psi) / n, 3: (2 * Psi + 2 * Psi + K * Psi) / n}
+held = {z: zero.formula(z, Psi, n, K) for z in range(4)}
 for z, expr in held.items():
-    print(f"ZeRO-{z}: {sp.expand(expr.subs(K, 12))}")
+    print(f"ZeRO-{z}: {expr}   with K = 12: {sp.expand(expr.subs(K, 12))}")
 
 # %% [markdown]
 # Stage 3's $16\Psi/N$ is the slides' $\frac{16P}{N}$. How `llmtrain.dist.zero` does it: each
@@ -240,9 +242,20 @@ for z in range(4):
 # full copy dropped), where stage 1 still holds them whole until the update; stage 3 also the
 # weights — except while a unit computes. Inside layer 0's forward a stage-3 rank holds its shards
 # *and* whole copies of layer 0 and of the root unit (embedding, final norm, output layer): more
-# than one replica's weights here, because in a 2-layer toy the embedding and output layers are a
-# third of the model. In a 32-layer 7B model one layer is ~3 % of the weights, and that transient
-# is small: that is why the unit is a transformer layer.
+# than one replica's weights in this toy, whose layers are few and small. The share of a whole
+# model that is gathered at once, for the toy and for LLaMA-7B:
+
+# %%
+for name in ("tiny", "llama-7b"):
+    shape = shapes.get(name)
+    b, total = params.breakdown(shape), params.count(shape)
+    root = b["embedding"] + b["lm_head"] + shape.hidden_size  # + the final norm's γ
+    layer = (total - root) // shape.num_layers
+    print(f"{name:9s}: one layer {layer / total:6.1%} of the weights, the root unit {root / total:6.1%}")
+
+# %% [markdown]
+# In a 32-layer 7B model one layer is a few per cent of the weights, so the transient is small:
+# that is why the unit is a transformer layer.
 #
 # ## 5. Bytes per rank against the formula, N = 1, 2, 4
 #
