@@ -18,7 +18,7 @@ from llmtrain.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure
 from llmtrain.llama import Llama
 from llmtrain.shapes import ModelShape
 
-pytest.importorskip("transformers")
+import transformers  # noqa: E402,F401  (a test dependency: missing, these tests must fail, not skip)
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -30,8 +30,8 @@ def test_gqa_preset_mentions_the_slides_formula():
     assert r.returncode == 0 and "8,030,261,248" in r.stdout and "8,835,567,616" in r.stdout
 
 
-@pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (run through make)")
 def test_console_script_json():
+    assert SCRIPT.exists(), f"the console script {SCRIPT} is not installed: pip install -e ."
     r = run("params", "llama2-70b", "--json", script=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

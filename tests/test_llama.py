@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a test dependency: missing, these tests must fail, not skip)
 
 from llmtrain.llama import Llama, Output  # noqa: E402
 from llmtrain.shapes import ModelShape, get  # noqa: E402
