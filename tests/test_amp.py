@@ -181,7 +181,9 @@ def test_bf16_master_weights_match_autocast():
     assert all(m.dtype == torch.float32 for m in trainer.master)
     assert all(v.dtype == torch.float32 for st_ in trainer.optimizer.state.values()
                for v in (st_["exp_avg"], st_["exp_avg_sq"]))
-    assert abs(ours[0] - ref[0]) < 0.01 * ref[0]  # same init: same first loss up to rounding
+    # same init, same batch: the first losses differ by rounding only (measured 1.5e-5
+    # relative); 1e-3 is a quarter of one bf16 rounding step (2⁻⁸), not the 1 % allowed before
+    assert abs(ours[0] - ref[0]) < 1e-3 * ref[0]
     assert abs(_tail(ours) - _tail(ref)) < 0.005 * _tail(ref)
     assert _tail(ours) < 0.7 * ours[0] and _tail(ref) < 0.7 * ref[0]  # both learn
     for m, p in zip(trainer.master, trainer.params16):  # the model is the rounded master
