@@ -35,6 +35,8 @@ def whoami(tag):
 
 def say_hello():
     print(f"hello from {dist.get_rank()}")
+    print("x" * 100_000)  # more than one read of the pipe
+    print("last words", end="")  # no newline: still shown
     return None
 
 
@@ -115,6 +117,8 @@ def test_launch_relays_what_ranks_print(capsys, no_orphans):
     launch(say_hello, 2)
     out = capsys.readouterr().out
     assert "[rank 0] hello from 0" in out and "[rank 1] hello from 1" in out
+    assert out.count("[rank 1] " + "x" * 100_000 + "\n") == 1
+    assert "[rank 0] last words\n" in out and "[rank 1] last words\n" in out
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -24,6 +24,7 @@ Why it is written this way (each line of facts.md §8 is a pitfall measured on t
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import pickle
 import selectors
@@ -144,8 +145,9 @@ class _Rank:
                 pass
 
     def relay(self, data: bytes) -> None:
-        """Print the rank's output here, one ``[rank r]`` line at a time."""
-        self._line += data
+        """Print the rank's output here, one ``[rank r]`` line at a time (``data`` empty: the
+        output ended; print what is left of the last line)."""
+        self._line += data if data else (b"\n" if self._line else b"")
         *lines, self._line = self._line.split(b"\n")
         for line in lines:
             print(f"[rank {self.rank}] {line.decode(errors='replace')}", flush=True)
@@ -198,27 +200,34 @@ def _collect(ranks: list[_Rank], timeout: float) -> list[Any]:
                 pending = [rk.rank for rk in ranks if rk.rank not in results]
                 raise LaunchTimeout(f"ranks {pending} did not finish within timeout={timeout:g} s "
                                     f"(ranks {sorted(results)} did); all ranks were stopped")
-            for key, _ in sel.select(timeout=min(left, 1.0)):
-                rk, kind = key.data
-                data = os.read(key.fileobj.fileno(), 1 << 16)
-                if kind == "stdout":
-                    rk.relay(data) if data else sel.unregister(key.fileobj)
-                elif kind == "stderr":
-                    rk.stderr = (rk.stderr + data)[-20_000:] if data else rk.stderr
-                    if not data:
-                        sel.unregister(key.fileobj)
-                elif data:
-                    rk.result += data
-                else:  # the rank closed its result pipe: it is done, one way or another
-                    sel.unregister(key.fileobj)
-                    results[rk.rank] = _result(rk)
+            _read(sel, min(left, 1.0), results)
+        drain = time.monotonic() + 2.0  # all answered: print what they wrote last, then go
+        while sel.get_map() and time.monotonic() < drain:
+            _read(sel, 0.1, results)
     finally:
         sel.close()
     return [results[r] for r in range(len(ranks))]
 
 
+def _read(sel: selectors.BaseSelector, timeout: float, results: dict[int, Any]) -> None:
+    """Read what the ranks' pipes hold: relay stdout, keep stderr, collect answers."""
+    for key, _ in sel.select(timeout=timeout):
+        rk, kind = key.data
+        data = os.read(key.fileobj.fileno(), 1 << 16)
+        if not data:  # end of file
+            sel.unregister(key.fileobj)
+        if kind == "stdout":
+            rk.relay(data)
+        elif kind == "stderr":
+            rk.stderr = (rk.stderr + data)[-20_000:]  # shown only if the rank dies
+        elif data:
+            rk.result += data
+        else:  # the rank closed its answer pipe: it is done, one way or another
+            results[rk.rank] = _result(rk)
+
+
 def _result(rk: _Rank) -> Any:
-    if len(rk.result) < 8:
+    if len(rk.result) < 8 or len(rk.result) != 8 + int.from_bytes(rk.result[:8], "little"):
         code = rk.proc.wait(timeout=5)
         tail = rk.stderr.decode(errors="replace")[-4000:]
         raise RankError(rk.rank, f"process exited with code {code} without reporting a result"
@@ -239,8 +248,6 @@ def _rank_main() -> None:
     job = stdin.read(n)
     threading.Thread(target=_exit_with_launcher, args=(stdin,), daemon=True).start()
     try:
-        import io
-
         buf = io.BytesIO(job)
         main = pickle.load(buf)  # the launcher's script, when target is defined in it
         if main:
