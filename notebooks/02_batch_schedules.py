@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -28,13 +30,15 @@
 #   batches early, on a real training run — and see what it does at this scale.
 
 # %% tags=["setup", "nbval-ignore-output"]
-# Setup. On Colab: install llmtrain from the repository (Colab's own torch is kept).
+# Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
+# and ipywidgets are kept when they satisfy llmtrain's ranges (pip upgrades only if needed).
 # Elsewhere `make venv` has installed it already; this cell only reports the device.
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "--upgrade-strategy", "only-if-needed",
                     "llmtrain[hf] @ git+https://github.com/llmtrain/llmtrain"], check=True)
 
 import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)

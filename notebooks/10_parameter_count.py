@@ -32,13 +32,15 @@
 # both built on PyTorch's *meta* device (shapes only, no memory, no download).
 
 # %% tags=["setup", "nbval-ignore-output"]
-# Setup. On Colab: install llmtrain from the repository (Colab's own torch is kept).
+# Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
+# and ipywidgets are kept when they satisfy llmtrain's ranges (pip upgrades only if needed).
 # Elsewhere `make venv` has installed it already; this cell only reports the device.
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "--upgrade-strategy", "only-if-needed",
                     "llmtrain[hf] @ git+https://github.com/llmtrain/llmtrain"], check=True)
 
 import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)

@@ -45,15 +45,23 @@ def badge(stem: str, url: str | None = None) -> str:
 
 
 def setup_source(url: str | None = None) -> str:
-    """The first code cell of every notebook."""
+    """The first code cell of every notebook.
+
+    The Colab install uses pip's default upgrade strategy, stated: a requirement that the
+    runtime already satisfies (Colab's own torch, transformers, ipywidgets, within llmtrain's
+    ranges in pyproject.toml) is kept, never upgraded. tests/test_build.py runs this very pip
+    command as a dry run against fake newer releases to check it.
+    """
     url = url or repo_url()
-    return f'''# Setup. On Colab: install llmtrain from the repository (Colab's own torch is kept).
+    return f'''# Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
+# and ipywidgets are kept when they satisfy llmtrain's ranges (pip upgrades only if needed).
 # Elsewhere `make venv` has installed it already; this cell only reports the device.
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "--upgrade-strategy", "only-if-needed",
                     "llmtrain[hf] @ git+{url}"], check=True)
 
 import llmtrain  # noqa: F401  (fails here, not later, if the install did not work)
@@ -84,9 +92,28 @@ def canonical_header(nb, stem: str) -> bool:
     return changed
 
 
+NOTEBOOK_LIST = ROOT / "lib" / "llmtrain" / "_notebooks.py"
+
+
+def notebook_list_source() -> str:
+    """lib/llmtrain/_notebooks.py: the notebooks of this copy, shipped inside the package so the
+    overview's chapter map is right on Colab too (where the current folder has no notebooks)."""
+    stems = "".join(f'    "{p.stem}",\n' for p in pairs())
+    return ('"""The notebooks that exist in this copy of llmtrain (generated: do not edit).\n\n'
+            'Written by `python scripts/notebooks.py sync` from notebooks/; tests/test_build.py\n'
+            'checks that it matches. Used by llmtrain.chapter for the chapter map."""\n\n'
+            f"NOTEBOOKS: tuple[str, ...] = (\n{stems})\n")
+
+
 def sync() -> None:
-    """Make every .py canonical, then bring each .ipynb's sources up to date (outputs kept)."""
+    """Make every .py canonical, then bring each .ipynb's sources up to date (outputs kept);
+    write the package's list of notebooks."""
     import jupytext
+
+    want = notebook_list_source()
+    if not NOTEBOOK_LIST.exists() or NOTEBOOK_LIST.read_text(encoding="utf-8") != want:
+        NOTEBOOK_LIST.write_text(want, encoding="utf-8")
+        print(f"rewrote {NOTEBOOK_LIST.relative_to(ROOT)}")
 
     for py in pairs():
         nb = jupytext.read(py)
