@@ -47,7 +47,7 @@ def test_unknown_preset_lists_known_names():
     ("head_dim", 0, "head_dim must be a positive integer"),
     ("head_dim", 15, "head_dim=15 must be even"),
     ("tie_embeddings", 1, "tie_embeddings must be True or False"),
-    ("norm_eps", 0.0, "norm_eps must be a positive number"),
+    ("norm_eps", 0.0, "norm_eps must be a positive finite number"),
 ])
 def test_validation_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -26,6 +26,9 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from . import check
+from .check import integer as _check_int  # _check_int(name, value, minimum)
+
 __all__ = ["linear_ramp", "stepwise", "PALM_SEQ_LEN", "PALM_STAGES", "PALM_TOTAL_TOKENS",
            "Step", "steps_and_tokens", "accumulation_steps", "accumulate_gradients",
            "per_example_grads", "noise_terms", "noise_scale", "noise_terms_from_norms",
@@ -107,6 +110,7 @@ class Step(NamedTuple):
 def steps_and_tokens(schedule: Callable[[int], int], total_tokens: int) -> list[Step]:
     """Replay a batch schedule: step s uses b_s = schedule(t_s) tokens, t_{s+1} = t_s + b_s,
     from t_0 = 0 while t_s < total_tokens (the last step may overshoot total_tokens)."""
+    check.function("schedule", schedule)
     _check_int("total_tokens", total_tokens, 0)
     steps, seen = [], 0
     while seen < total_tokens:
@@ -153,6 +157,8 @@ def accumulate_gradients(model: nn.Module, batches: Sequence, *,
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check.module("model", model)
+    batches = check.sequence("batches", batches, nonempty=True, item=_micro_batch)
     pairs = [(b, b) if isinstance(b, torch.Tensor) else tuple(b) for b in batches]
     if not pairs:
         raise ValueError("batches must hold at least one micro-batch")
@@ -183,10 +189,15 @@ def per_example_grads(model: nn.Module, input_ids: torch.Tensor,
     one batched backward. ``method="loop"``: B separate backwards, for checking the former
     (tests/test_batch.py::test_per_example_grads_vmap_equals_loop).
     """
+    check.module("model", model)
+    check.one_of("method", method, ("vmap", "loop"))
+    check.tensor("input_ids", input_ids, dim=2, floating=False)
     if labels is None:
         labels = input_ids
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError("input_ids must be a 2-D tensor (batch, seq)")
+    check.tensor("labels", labels, dim=2, floating=False)
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(labels.shape)}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if method == "loop":
         rows = []
@@ -250,6 +261,8 @@ def noise_terms_from_norms(*, b_small: int, sq_norm_small: float, b_big: int,
     """
     _check_int("b_small", b_small, 1)
     _check_int("b_big", b_big, 1)
+    check.number("sq_norm_small", sq_norm_small, 0)
+    check.number("sq_norm_big", sq_norm_big, 0)
     if b_big <= b_small:
         raise ValueError(f"b_big={b_big} must be larger than b_small={b_small}")
     g2 = (b_big * sq_norm_big - b_small * sq_norm_small) / (b_big - b_small)
@@ -267,17 +280,22 @@ def noise_scale_from_norms(*, b_small: int, sq_norm_small: float, b_big: int,
 
 # --- checks ---------------------------------------------------------------------------------
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
+def _micro_batch(name: str, b):
+    """A micro-batch of ``accumulate_gradients``: input_ids, or an (input_ids, labels) pair."""
+    if isinstance(b, torch.Tensor):
+        return check.tensor(name, b, dim=2, floating=False)
+    if not isinstance(b, (tuple, list)) or len(b) != 2:
+        check.fail(name, "a 2-D tensor of token ids or an (input_ids, labels) pair", b)
+    return (check.tensor(f"{name}[0] (input_ids)", b[0], dim=2, floating=False),
+            check.tensor(f"{name}[1] (labels)", b[1], dim=2, floating=False))
 
 
 def _check_stages(stages) -> None:
     if not stages:
         raise ValueError("stages must hold at least one (from_tokens, batch_tokens) pair")
+    check.sequence("stages", stages)
     for i, stage in enumerate(stages):
-        if len(stage) != 2:
+        if not isinstance(stage, (tuple, list)) or len(stage) != 2:
             raise ValueError(f"stages[{i}] must be a (from_tokens, batch_tokens) pair, "
                              f"got {stage!r}")
         _check_int(f"stages[{i}] from_tokens", stage[0], 0)

@@ -16,6 +16,7 @@ as a SymPy expression built term by term; tests check both against transformers'
 
 from __future__ import annotations
 
+from . import check
 from .shapes import ModelShape
 
 __all__ = ["count", "breakdown", "describe", "terms", "formula", "symbols", "subs", "slides_count",
@@ -31,6 +32,7 @@ def breakdown(shape: ModelShape) -> dict[str, int]:
     · norms (2L+1)H · lm_head VH, or 0 when tied. Source: slides; measured equal to
     transformers' LlamaForCausalLM/Qwen2ForCausalLM, see tests/test_params.py.
     """
+    shape = check.shape("shape", shape)
     H, V, L, Hff = shape.hidden_size, shape.vocab_size, shape.num_layers, shape.intermediate_size
     q, kv = shape.q_size, shape.kv_size
     attn = H * q + 2 * H * kv + q * H  # W^Q, W^K, W^V, W^O
@@ -60,6 +62,7 @@ def slides_count(shape: ModelShape) -> int:
 
     Right for MHA without biases or tied embeddings; it ignores N_kv, so it overcounts GQA.
     """
+    shape = check.shape("shape", shape)
     V, H, L, Hff = shape.vocab_size, shape.hidden_size, shape.num_layers, shape.intermediate_size
     return 2 * V * H + H + L * (4 * H * H + 3 * H * Hff + 2 * H)
 
@@ -67,9 +70,10 @@ def slides_count(shape: ModelShape) -> int:
 def describe(shape: ModelShape) -> str:
     """A small table: the total, each component with its share, and the slides' formula
     where it disagrees. Printed by ``llmtrain params`` and by the notebooks."""
+    shape = check.shape("shape", shape)
     parts = breakdown(shape)
     total = sum(parts.values())
-    rows = [f"{shape.name}: {total:,} parameters ({total / 1e9:.2f} B)"]
+    rows = [f"{shape.name}: {total:,} parameters ({_short(total)})"]
     for k, v in parts.items():
         rows.append(f"  {k:<10} {v:>16,}  {100 * v / total:5.1f} %")
     slides = slides_count(shape)
@@ -77,6 +81,14 @@ def describe(shape: ModelShape) -> str:
         rows.append(f"  (the slides' 2VH + H + L(4H² + 3HH' + 2H) gives {slides:,}: "
                     f"{slides - total:+,}; it assumes N_kv = N, untied embeddings, no biases)")
     return "\n".join(rows)
+
+
+def _short(n: int) -> str:
+    """6.74 B, 1.24 M, 912 K: the count in the largest unit (10⁹, 10⁶, 10³) it reaches."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n}"
 
 
 # --- symbolic -----------------------------------------------------------------------
@@ -115,11 +127,14 @@ def formula(*, gqa: bool = False, tied: bool = False, bias: bool = False):
 
     With the defaults it is the slides' 2VH + H + L(4H² + 3HH' + 2H).
     """
+    for name, value in (("gqa", gqa), ("tied", tied), ("bias", bias)):
+        check.boolean(name, value)
     return sum(terms(gqa=gqa, tied=tied, bias=bias).values())
 
 
 def subs(shape: ModelShape) -> dict:
     """Substitution dict {symbol: value} for a shape, for ``formula(...).subs(subs(shape))``."""
+    shape = check.shape("shape", shape)
     s = symbols()
     values = {"V": shape.vocab_size, "H": shape.hidden_size, "Hp": shape.intermediate_size,
               "L": shape.num_layers, "N": shape.num_heads, "N_kv": shape.num_kv_heads}

@@ -21,8 +21,9 @@ against torch's and transformers' schedulers driving a real optimizer.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import TYPE_CHECKING, Callable, Sequence
+
+from . import check
 
 if TYPE_CHECKING:
     import torch
@@ -37,18 +38,12 @@ DECAYS = ("linear", "cosine", "sqrt")  # shapes of the decay phase of warmup_sta
 # --- validation -----------------------------------------------------------------------
 
 def _int(name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check.integer(name, value, minimum)
 
 
 def _lrs(peak_lr: float, min_lr: float = 0.0) -> None:
-    if not (isinstance(peak_lr, numbers.Real) and math.isfinite(peak_lr) and peak_lr > 0):
-        raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
-    if not (isinstance(min_lr, numbers.Real) and 0 <= min_lr <= peak_lr):
-        raise ValueError(f"min_lr must satisfy 0 <= min_lr <= peak_lr = {peak_lr}, got {min_lr!r}")
+    check.positive_number("peak_lr", peak_lr)
+    check.number("min_lr", min_lr, 0, peak_lr)  # 0 <= min_lr <= peak_lr
 
 
 def _warmup_decay_args(step, peak_lr, warmup_steps, total_steps, min_lr) -> tuple[int, int, int]:
@@ -115,8 +110,7 @@ def inverse_sqrt(step: int, *, peak_lr: float, warmup_steps: int,
     """
     step, W = _int("step", step), _int("warmup_steps", warmup_steps, minimum=1)
     _lrs(peak_lr)
-    if warmup not in ("constant", "linear"):
-        raise ValueError(f"warmup must be 'constant' (PaLM) or 'linear', got {warmup!r}")
+    check.one_of("warmup", warmup, ("constant", "linear"))  # constant: PaLM
     if step < W:
         return peak_lr * (step / W) if warmup == "linear" else float(peak_lr)
     return peak_lr * math.sqrt(W / step)
@@ -169,6 +163,7 @@ def step_decay(step: int, *, peak_lr: float, drops: Sequence[tuple[int, float]],
     """
     step, W = _int("step", step), _int("warmup_steps", warmup_steps)
     _lrs(peak_lr)
+    check.sequence("drops", drops)
     previous = W - 1
     for i, drop in enumerate(drops):
         if not (isinstance(drop, (tuple, list)) and len(drop) == 2):
@@ -177,8 +172,7 @@ def step_decay(step: int, *, peak_lr: float, drops: Sequence[tuple[int, float]],
         if s <= previous:
             raise ValueError(f"drops must have strictly increasing steps >= warmup_steps = {W}; "
                              f"drops[{i}] has step {s}")
-        if not (isinstance(f, numbers.Real) and math.isfinite(f) and f > 0):
-            raise ValueError(f"drops[{i}] factor must be a finite number > 0, got {f!r}")
+        check.positive_number(f"drops[{i}] factor", f)
         previous = s
     if step < W:
         return peak_lr * (step / W)
@@ -194,6 +188,7 @@ def step_decay(step: int, *, peak_lr: float, drops: Sequence[tuple[int, float]],
 def lr_lambda(fn: Callable[..., float], *, peak_lr: float, **kw) -> Callable[[int], float]:
     """The multiplier t ↦ fn(t, peak_lr=peak_lr, **kw)/peak_lr for torch's ``LambdaLR``,
     which sets lr = base_lr·multiplier(t); the arguments are checked now, not at step 0."""
+    check.function("fn", fn)
     fn(0, peak_lr=peak_lr, **kw)  # raises ValueError on bad arguments
 
     def multiplier(step: int) -> float:
@@ -210,8 +205,10 @@ def scheduler(optimizer: torch.optim.Optimizer, fn: Callable[..., float], *, pea
     Sets every param group's lr (and ``initial_lr``, LambdaLR's base) to peak_lr first, so the
     optimizer's own lr does not matter. Use: ``opt.step(); sched.step()`` once per step.
     """
+    import torch
     from torch.optim.lr_scheduler import LambdaLR
 
+    check.module("optimizer", optimizer, torch.optim.Optimizer)
     multiplier = lr_lambda(fn, peak_lr=peak_lr, **kw)
     for group in optimizer.param_groups:
         if hasattr(group["lr"], "fill_"):  # a tensor lr (capturable/fused optimizers)
@@ -248,7 +245,7 @@ def _pieces(decay: str) -> tuple:
     elif decay == "linear":
         down = eta_min + (eta - eta_min) * (T - t) / (T - W)
     else:
-        raise ValueError(f"decay must be 'cosine' or 'linear', got {decay!r}")
+        check.one_of("decay", decay, ("cosine", "linear"))
     return warm, down, s
 
 

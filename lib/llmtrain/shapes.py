@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from . import check
 __all__ = ["ModelShape", "get", "names", "PRESETS"]
 
 
@@ -43,26 +44,25 @@ class ModelShape:
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                   "intermediate_size", "max_seq_len"):
-            _check_positive_int(f, getattr(self, f))
+            check.positive_int(f, getattr(self, f))
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(
                     f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size} "
                     "(or give head_dim explicitly)")
         else:
-            _check_positive_int("head_dim", self.head_dim)
+            check.positive_int("head_dim", self.head_dim)
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}")
         if self.d_head % 2:
             raise ValueError(f"head_dim={self.d_head} must be even (RoPE rotates pairs)")
         for f in ("tie_embeddings", "attention_bias", "o_bias", "mlp_bias"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{f} must be True or False, got {getattr(self, f)!r}")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise ValueError(f"norm_eps must be a positive number, got {self.norm_eps!r}")
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            raise ValueError(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+            check.boolean(f, getattr(self, f))
+        check.positive_number("norm_eps", self.norm_eps)
+        check.positive_number("rope_theta", self.rope_theta)
+        if not isinstance(self.name, str):
+            check.fail("name", "a string", self.name)
 
     # --- derived sizes -------------------------------------------------------------
     @property
@@ -102,8 +102,14 @@ class ModelShape:
                     "intermediate_size"):
             if cfg.get(key) is None:
                 raise ValueError(f"config has no {key!r}")
+            check.positive_int(f"config[{key!r}]", cfg[key])
+        for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+            check.optional(check.positive_int, f"config[{key!r}]", cfg.get(key))  # 0 is no default
+        for key in ("rms_norm_eps", "rope_theta"):
+            check.optional(check.positive_number, f"config[{key!r}]", cfg.get(key))
         heads = cfg["num_attention_heads"]
-        kv = cfg.get("num_key_value_heads") or heads
+        kv = cfg.get("num_key_value_heads")
+        kv = heads if kv is None else kv  # absent: multi-head attention
         bias = bool(cfg.get("attention_bias") or False)
         if model_type == "llama":
             qkv_bias, o_bias, mlp_bias = bias, bias, bool(cfg.get("mlp_bias") or False)
@@ -116,6 +122,7 @@ class ModelShape:
             head_dim = None  # the usual H/N: keep the shape canonical
         rope = cfg.get("rope_parameters") or {}
         theta = rope.get("rope_theta") if isinstance(rope, Mapping) else None
+        check.optional(check.positive_number, "config['rope_parameters']['rope_theta']", theta)
         theta = theta or cfg.get("rope_theta") or 10000.0
         return cls(
             vocab_size=cfg["vocab_size"],
@@ -124,13 +131,13 @@ class ModelShape:
             num_heads=heads,
             num_kv_heads=kv,
             intermediate_size=cfg["intermediate_size"],
-            max_seq_len=cfg.get("max_position_embeddings") or 2048,
+            max_seq_len=_default(cfg.get("max_position_embeddings"), 2048),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=mlp_bias,
             head_dim=head_dim,
-            norm_eps=float(cfg.get("rms_norm_eps") or 1e-6),
+            norm_eps=float(_default(cfg.get("rms_norm_eps"), 1e-6)),
             rope_theta=float(theta),
             name=name or cfg.get("_name_or_path") or model_type,
         )
@@ -170,11 +177,8 @@ class ModelShape:
 _HF_TYPES = ("llama", "mistral", "qwen2")
 
 
-def _check_positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{field} must be a positive integer, got {value}")
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _config_as_dict(config: Any) -> dict:
@@ -189,6 +193,11 @@ def _config_as_dict(config: Any) -> dict:
             raise ValueError(f"config file {path!r} does not exist") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path!r} is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config file {path!r} is not UTF-8 text (a config.json): "
+                             f"byte {e.start} is {e.object[e.start:e.start + 1]!r}") from None
+        except OSError as e:
+            raise ValueError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
         if not isinstance(data, Mapping):
             raise ValueError(f"config file {path!r} does not hold a JSON object")
         return dict(data)
@@ -198,7 +207,7 @@ def _config_as_dict(config: Any) -> dict:
         d = config.to_dict()
         d.setdefault("model_type", getattr(config, "model_type", "llama"))
         return d
-    raise ValueError(f"config must be a dict, a path or a transformers config, got {type(config).__name__}")
+    check.fail("config", "a dict, a path or a transformers config", config)
 
 
 def _llama(name, V, H, L, N, Nkv, Hff, T, eps=1e-6, theta=10000.0):
@@ -230,6 +239,8 @@ def names() -> list[str]:
 
 def get(name: str) -> ModelShape:
     """A preset by name, e.g. ``get("llama-7b")``."""
+    if not isinstance(name, str):
+        check.fail("name", f"a preset name ({', '.join(PRESETS)})", name)
     try:
         return PRESETS[name]
     except KeyError:
