@@ -232,10 +232,18 @@ class Estimate:
 
     parts: dict[str, int]
     details: dict[str, Any] = field(default_factory=dict)
+    # the peak of one training step, phase by phase (llmtrain.step_peak.StepPeak); None for
+    # slides_formula. ``total`` is the sum of every part, an upper bound of that peak.
+    step_peak: Any = None
 
     @property
     def total(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The peak of one training step (``step_peak.peak_bytes``), or None."""
+        return None if self.step_peak is None else self.step_peak.peak_bytes
 
     @property
     def gb(self) -> dict[str, float]:
@@ -259,7 +267,8 @@ def estimate(shape: ModelShape, gpus: int = 1, batch: int = 1, seq: int | None =
              zero: int = 3, recompute: str | None = "full", dtype: Any = "bf16",
              impl: str = "textbook", precision: str = "mixed", optimizer: str = "adamw",
              tp: int = 1, pp: int = 1, sp: bool = False, attention: str = "sdpa",
-             softmax_extra: bool = True, overheads: bool = True) -> Estimate:
+             softmax_extra: bool = True, overheads: bool = True, set_to_none: bool = True,
+             optimizer_impl: str = "single-tensor") -> Estimate:
     """Per-GPU training memory: model states + activations + other.
 
     ``gpus`` = dp·tp·pp; the data-parallel degree dp = gpus/(tp·pp) is what ZeRO divides by.
@@ -267,6 +276,8 @@ def estimate(shape: ModelShape, gpus: int = 1, batch: int = 1, seq: int | None =
     (one micro-batch in flight; 1F1B keeps up to pp of them, see notebook 07).
     Other: transformers' extra 8BTV in the softmax (``softmax_extra``), and the slides'
     framework (1 GiB), ZeRO runtime (4 GiB) and fragmentation (1 GiB) (``overheads``).
+    ``.step_peak``: the peak of one training step, which phase, what is live then
+    (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW).
     """
     _check_pos("gpus", gpus)
     seq = shape.max_seq_len if seq is None else seq
@@ -286,7 +297,15 @@ def estimate(shape: ModelShape, gpus: int = 1, batch: int = 1, seq: int | None =
         if zero:
             parts["ZeRO runtime"] = ZERO_RUNTIME_BYTES
         parts["fragmentation"] = FRAGMENTATION_BYTES
-    return Estimate(parts, {"model states": states, "dp": dp})
+    from . import step_peak as _sp
+
+    peak = _sp.phases(shape, batch, seq, states=states,
+                      activations=act, dp=dp, zero=zero, recompute=recompute, dtype=dtype,
+                      impl=impl, precision=precision, optimizer=optimizer, tp=tp, pp=pp, sp=sp,
+                      attention=attention, set_to_none=set_to_none, optimizer_impl=optimizer_impl,
+                      other={k: v for k, v in parts.items()
+                             if k not in ("model states", "activations", "softmax extra")})
+    return Estimate(parts, {"model states": states, "dp": dp}, peak)
 
 
 def slides_formula(num_params: int, gpus: int, L: int, B: int, T: int, H: int, V: int, *,
