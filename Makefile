@@ -9,11 +9,22 @@ unexport MPLBACKEND
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test notebooks lab clean help
+# The nbval pass, on the notebooks only. Figures go to a temporary folder and are compared
+# with figures/ at the end (conftest.py).
+NBVAL  := -m pytest notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+# Other CPUs, imitated on this one: torch's, MKL's and oneDNN's kernels for AVX2 and for
+# plain SSE4 (vector widths change rounding). Stored outputs must hold under both.
+ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+ISA_BASE := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+# Jupyter refuses to start as root (containers, Colab-like boxes) unless told it may.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+
+.PHONY: venv run test test-portable notebooks lab clean help
 
 help:
 	@echo "make run        execute every notebook headless -> build/notebooks, build/html/index.html, figures/"
 	@echo "make test       unit tests, cross-checks, CLI tests, notebook pair checks, nbval"
+	@echo "make test-portable  nbval again under AVX2 and under SSE4 kernels (other CPUs)"
 	@echo "make venv       create .venv and install the project (idempotent)"
 	@echo "make notebooks  re-execute notebooks in place (refresh stored outputs)"
 	@echo "make lab        start JupyterLab"
@@ -32,11 +43,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 
+test-portable: $(STAMP)
+	@status=0; \
+	for isa in "$(ISA_AVX2)" "$(ISA_BASE)"; do \
+	    echo "== nbval with $$isa"; \
+	    env $$isa $(BIN)/python $(NBVAL) -q || status=1; \
+	done; \
+	exit $$status
+
 notebooks: $(STAMP)
 	$(BIN)/python scripts/notebooks.py refresh
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks
 
 clean:
 	rm -rf build .pytest_cache

@@ -4,6 +4,7 @@
     python scripts/notebooks.py run       # make run: execute into build/, HTML, figures, table
     python scripts/notebooks.py refresh   # make notebooks: sync headers, re-execute in place
     python scripts/notebooks.py sync      # only rewrite badges/setup cells and sync the pairs
+    python scripts/notebooks.py figures-diff DIR   # figures written to DIR == figures/ ?
 
 Each notebook is a pair: notebooks/NN_topic.py (jupytext percent, what reviewers diff) and
 notebooks/NN_topic.ipynb (with outputs, what readers see). The repository address lives
@@ -23,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
-TIMEOUT_S = 300  # per cell: every notebook is meant to run in about a minute
+# Per-cell timeout, seconds. The slowest cell measured here (2 shared cores, see README) takes
+# about 25 s; 600 s is a margin of ~20x for a loaded or slower machine. A cell that hangs
+# still ends: the notebook is marked failed in one line and the remaining ones run.
+TIMEOUT_S = 600
 
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 SETUP_TAG = "setup"
@@ -131,11 +135,51 @@ def sync() -> None:
         jupytext.write(nb, ipynb)
 
 
-def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
-    """Execute notebook src (cwd notebooks/) and write it to dst. Returns ok, seconds, error."""
+def kernel_manager():
+    """A kernel manager for one notebook run (asynchronous, as nbclient's own default).
+
+    ipykernel >= 7 warns "Kernel is running over TCP without encryption" when the client
+    gives it no CurveZMQ keys. jupyter_client >= 8.10 provisions them itself where the
+    kernelspec declares support (ipykernel's does): transport_encryption="auto". Older
+    versions have no such option and their kernels do not warn.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    if "transport_encryption" in AsyncKernelManager.class_trait_names():
+        return AsyncKernelManager(kernel_name="python3", transport_encryption="auto")
+    return AsyncKernelManager(kernel_name="python3")
+
+
+def _cell_seconds(cell) -> float:
+    t = cell.metadata.get("execution", {})
+    try:
+        from datetime import datetime
+
+        start = datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+        return (end - start).total_seconds()
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def one_line(e: BaseException) -> str:
+    """An execution error as one line: the exception's last line, without terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    last = text.splitlines()[-1].strip() if text else ""
+    name = type(e).__name__
+    return last if last.startswith(name) or ":" in last[:40] else f"{name}: {last or 'no message'}"
+
+
+def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float, str, float]:
+    """Execute notebook src (cwd: its folder) and write it to dst.
+
+    Returns ok, seconds, error (one line, "" if ok), seconds of the slowest cell. Any failure
+    (a cell's error, a cell over `timeout`, a dead kernel) is caught and reported in one line:
+    the caller runs the remaining notebooks.
+    """
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, DeadKernelError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     if src.suffix == ".py":  # the reviewed source; outputs come from this run
         import jupytext
@@ -144,23 +188,28 @@ def execute(src: Path, dst: Path) -> tuple[bool, float, str]:
         nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     else:
         nb = nbformat.read(src, as_version=4)
-    # no per-cell timestamps: stored notebooks change only when their outputs change
-    client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(nb, km=kernel_manager(), timeout=timeout, record_timing=True,
+                            resources={"metadata": {"path": str(src.parent)}})
     t0 = time.perf_counter()
     ok, err = True, ""
     try:
         client.execute()
+    except CellTimeoutError:
+        ok, err = False, f"CellTimeoutError: a cell ran longer than {timeout} s (the per-cell timeout)"
     except DeadKernelError:
-        ok, err = False, "the kernel died (out of memory? a crash in native code?)"
+        ok, err = False, "DeadKernelError: the kernel died (out of memory? a crash in native code?)"
     except CellExecutionError as e:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # drop terminal colours
-        ok, err = False, text.splitlines()[-1] if text else "error"
+        ok, err = False, one_line(e)
+    except Exception as e:  # noqa: BLE001  (a kernel that never started, a broken notebook, ...)
+        ok, err = False, one_line(e)
     seconds = time.perf_counter() - t0
+    slowest = max((_cell_seconds(c) for c in nb.cells if c.cell_type == "code"), default=0.0)
+    for cell in nb.cells:  # no per-cell timestamps: stored notebooks change only with their outputs
+        cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)  # widget state holds random model ids; Jupyter rebuilds it
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)
-    return ok, seconds, err
+    return ok, seconds, err, slowest
 
 
 def title_of(nb_path: Path) -> str:
@@ -175,27 +224,80 @@ def title_of(nb_path: Path) -> str:
     return nb_path.stem
 
 
+# Offline HTML. nbconvert's pages load MathJax and require.js from a CDN: offline every formula
+# shows as raw $...$. The pages here load MathJax 2.7 from mathjax/ beside them, copied from the
+# jupyter-server-mathjax package (a dev dependency), and drop require.js and the Mermaid loader
+# (no output needs them; widget state is not stored). The package ships only the STIX-Web fonts
+# (as Jupyter's classic notebook configured it), so the pages tell MathJax to use those.
+# tests/test_build.py checks that no page loads an external script.
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
+                                 imageFont: null}, SVG: {font: "STIX-Web"}});
+</script>
+{{ super() }}
+{%- endblock html_head_js_mathjax -%}
+"""
+
+
+def mathjax_source() -> Path:
+    """The folder holding MathJax.js, from the installed jupyter-server-mathjax."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError as e:
+        raise SystemExit("the offline HTML build needs jupyter-server-mathjax: run `make venv`") from e
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (static / "MathJax.js").is_file():
+        raise SystemExit(f"no MathJax.js in {static}")
+    return static
+
+
+def copy_mathjax(html_dir: Path) -> Path:
+    """Copy MathJax into html_dir/mathjax (once; kept when already there and complete)."""
+    import shutil
+
+    dst = html_dir / "mathjax"
+    if not (dst / "MathJax.js").is_file():
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(mathjax_source(), dst)
+    return dst
+
+
 def to_html(nb_path: Path, out: Path) -> None:
+    """Render a notebook as a page that works offline (MathJax from ./mathjax, no CDN)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_path, as_version=4))
     out.parent.mkdir(parents=True, exist_ok=True)
+    copy_mathjax(out.parent)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"llmtrain_offline.html.j2": OFFLINE_TEMPLATE})],
+                            template_file="llmtrain_offline.html.j2",
+                            mathjax_url=f"mathjax/MathJax.js?config={MATHJAX_CONFIG}")
+    body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
     out.write_text(body, encoding="utf-8")
 
 
 def write_index(rows: list[dict], out: Path, device: str) -> None:
     items = "\n".join(
         f'<tr><td><a href="{r["stem"]}.html">{html.escape(r["stem"])}</a></td>'
-        f'<td>{html.escape(r["title"])}</td><td>{r["status"]}</td><td>{r["seconds"]:.1f}</td></tr>'
+        f'<td>{html.escape(r["title"])}</td><td>{html.escape(r["status"])}</td>'
+        f'<td>{r["seconds"]:.1f}</td><td>{r["slowest"]:.1f}</td>'
+        f'<td>{html.escape(r["error"])}</td></tr>'
         for r in rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>llmtrain notebooks</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
 td,th{{padding:.3em .8em;text-align:left}}tr:nth-child(even){{background:#f4f4f4}}</style></head>
 <body><h1>llmtrain · 预训练之训练技术</h1>
 <p>Executed notebooks. Device: {html.escape(device)}</p>
-<table><tr><th>notebook</th><th>title</th><th>status</th><th>seconds</th></tr>
+<table><tr><th>notebook</th><th>title</th><th>status</th><th>seconds</th><th>slowest cell (s)</th><th>error</th></tr>
 {items}
 </table></body></html>
 """, encoding="utf-8")
@@ -211,40 +313,89 @@ def device_line() -> str:
         return f"unknown ({e})"
 
 
+def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int = TIMEOUT_S) -> int:
+    """Execute each source notebook; one failing notebook (an error, a timeout, a dead kernel)
+    is reported in one line and the rest still run. Unless in place, also write the HTML pages
+    and build/html/index.html. Prints the table; returns 0 if every notebook ran, else 1."""
+    device = device_line()
+    rows = []
+    for src in sources:
+        dst = src if in_place else build / "notebooks" / f"{src.stem}.ipynb"
+        print(f"executing {src.relative_to(ROOT) if src.is_relative_to(ROOT) else src} ...", flush=True)
+        ok, seconds, err, slowest = execute(src, dst, timeout=timeout)
+        if not ok:
+            print(f"FAILED {src.stem}: {err}", flush=True)
+        row = {"stem": src.stem, "title": src.stem, "status": "ok" if ok else "FAILED",
+               "seconds": seconds, "slowest": slowest, "error": err}
+        try:
+            row["title"] = title_of(dst)
+            if not in_place:
+                to_html(dst, build / "html" / f"{src.stem}.html")
+        except Exception as e:  # noqa: BLE001  (the table and the index still get written)
+            row["status"], row["error"] = "FAILED", f"HTML: {one_line(e)}"
+            print(f"FAILED {src.stem}: {row['error']}", flush=True)
+        rows.append(row)
+    if not in_place:
+        write_index(rows, build / "html" / "index.html", device)
+    w = max([len(r["stem"]) for r in rows] + [8])
+    print()
+    print(f"{'notebook':<{w}}  status  seconds  slowest cell  device")
+    for r in rows:
+        print(f"{r['stem']:<{w}}  {r['status']:<6}  {r['seconds']:7.1f}  {r['slowest']:10.1f} s  {device}")
+        if r["error"]:
+            print(f"{'':<{w}}  {r['error']}")
+    if not in_place:
+        index = build / "html" / "index.html"
+        print(f"\nHTML: {index.relative_to(ROOT) if index.is_relative_to(ROOT) else index} · figures: figures/")
+    failed = [r["stem"] for r in rows if r["status"] != "ok"]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} notebooks failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
 def run_all(in_place: bool, only: list[str]) -> int:
     sources = pairs() if not in_place else [p.with_suffix(".ipynb") for p in pairs()]
     if only:
         sources = [p for p in sources if any(o in p.stem for o in only)]
-    device = device_line()
-    rows = []
-    for src in sources:
-        dst = src if in_place else BUILD / "notebooks" / f"{src.stem}.ipynb"
-        print(f"executing {src.relative_to(ROOT)} ...", flush=True)
-        ok, seconds, err = execute(src, dst)
-        row = {"stem": src.stem, "title": title_of(dst), "status": "ok" if ok else "FAILED",
-               "seconds": seconds, "error": err}
-        rows.append(row)
-        if not in_place:
-            to_html(dst, BUILD / "html" / f"{src.stem}.html")
-    if not in_place:
-        write_index(rows, BUILD / "html" / "index.html", device)
-    w = max([len(r["stem"]) for r in rows] + [8])
-    print()
-    print(f"{'notebook':<{w}}  status  seconds  device")
-    for r in rows:
-        print(f"{r['stem']:<{w}}  {r['status']:<6}  {r['seconds']:7.1f}  {device}")
-        if r["error"]:
-            print(f"{'':<{w}}  {r['error']}")
-    if not in_place:
-        print(f"\nHTML: {(BUILD / 'html' / 'index.html').relative_to(ROOT)} · figures: figures/")
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    if not sources:
+        print(f"no notebook matches {only}")
+        return 1
+    return run(sources, in_place)
+
+
+FIGURES = ROOT / "figures"
+
+
+def compare_figures(written: Path, tracked: Path = FIGURES, since: float | None = None) -> list[str]:
+    """Figures in `written` (files modified at or after `since`, if given) that are not
+    byte-identical to the tracked file of the same name: one line each, empty if all agree.
+
+    Every figure must come out the same on every CPU (drawn from robust numbers), so that a
+    run of the notebooks anywhere leaves figures/ unchanged."""
+    bad = []
+    for f in sorted(written.glob("*")):
+        if not f.is_file() or (since is not None and f.stat().st_mtime < since):
+            continue
+        ref = tracked / f.name
+        if not ref.is_file():
+            bad.append(f"{f.name}: written by a notebook but not in {tracked.name}/ (new? commit it)")
+        elif ref.read_bytes() != f.read_bytes():
+            bad.append(f"{f.name}: differs from {tracked.name}/{f.name}")
+    return bad
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["run", "refresh", "sync"])
-    p.add_argument("only", nargs="*", help="run only notebooks whose name contains one of these")
+    p.add_argument("command", choices=["run", "refresh", "sync", "figures-diff"])
+    p.add_argument("only", nargs="*", help="run only notebooks whose name contains one of these "
+                   "(figures-diff: the folder the notebooks wrote their figures to)")
     args = p.parse_args(argv)
+    if args.command == "figures-diff":
+        if len(args.only) != 1 or not Path(args.only[0]).is_dir():
+            p.error("figures-diff takes one argument: the folder the figures were written to")
+        bad = compare_figures(Path(args.only[0]))
+        print("\n".join(bad) if bad else f"every figure in {args.only[0]} equals figures/")
+        return 1 if bad else 0
     if args.command == "sync":
         sync()
         return 0

@@ -67,3 +67,94 @@ def test_readme_lists_every_notebook(root):
         assert f"notebooks/{stem}.ipynb" in readme, f"README.md does not list {stem}"
         assert nbtool.badge(stem) in readme, f"README.md: Colab badge of {stem} missing or stale"
     assert "make run" in readme and "make test" in readme
+
+
+# ---------------------------------------------------------------------------------------------
+# Links, 导读, 要点 and bilingual headings (the conventions every notebook follows; README)
+
+CJK = re.compile(r"[\u3400-\u9fff]")
+LATIN = re.compile(r"[A-Za-z]")
+LINK_RE = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HREF_RE = re.compile(r"""\b(?:href|src)\s*=\s*["']([^"']+)["']""")
+
+
+def _markdown_texts(stem):
+    """(where, text) of every markdown cell of the .py and the .ipynb, and of every markdown or
+    HTML output the .ipynb stores (what a reader sees rendered)."""
+    py = jupytext.read(nbtool.NOTEBOOKS / f"{stem}.py")
+    ipynb = nbformat.read(nbtool.NOTEBOOKS / f"{stem}.ipynb", as_version=4)
+    for kind, nb in (("py", py), ("ipynb", ipynb)):
+        for i, c in enumerate(nb.cells):
+            if c.cell_type == "markdown":
+                yield f"{stem}.{kind} cell {i}", c.source
+    for i, c in enumerate(ipynb.cells):
+        for o in c.get("outputs", []):
+            for mime in ("text/markdown", "text/html"):
+                if mime in o.get("data", {}):
+                    yield f"{stem}.ipynb cell {i} output", o["data"][mime]
+
+
+def _without_code(text):
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def relative_links(text):
+    text = _without_code(text)
+    for target in LINK_RE.findall(text) + HREF_RE.findall(text):
+        if re.match(r"^([a-z][a-z0-9+.-]*:|//|#)", target, re.I):
+            continue  # web addresses, data: URIs, anchors in the same page
+        yield target
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_relative_links_resolve(stem):
+    root = nbtool.ROOT.resolve()
+    broken = []
+    for where, text in _markdown_texts(stem):
+        for target in relative_links(text):
+            path = (nbtool.NOTEBOOKS / target.split("#")[0].split("?")[0]).resolve()
+            if not path.exists() or not path.is_relative_to(root):
+                broken.append(f"{where}: {target}")
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_link_check_finds_a_broken_link():
+    assert list(relative_links("see [02](02_batch_size.ipynb), [web](https://x.org), `[no](a.md)`")) \
+        == ["02_batch_size.ipynb"]
+
+
+def _headings(text):
+    return [line for line in _without_code(text).splitlines() if re.match(r"#{2,3} ", line)]
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_guide_comes_second_in_chinese(stem):
+    nb = jupytext.read(nbtool.NOTEBOOKS / f"{stem}.py")
+    cell = nb.cells[1]
+    lines = cell.source.strip().splitlines()
+    assert cell.cell_type == "markdown" and lines[0].strip() == "> **导读**", \
+        f"{stem}: the second cell must be the 导读, first line '> **导读**'"
+    assert all(line.startswith(">") for line in lines), f"{stem}: every line of the 导读 is quoted ('> ')"
+    body = " ".join(line.lstrip("> ") for line in lines[1:])
+    sentences = len(re.findall(r"[。！？]", body))
+    assert CJK.search(body) and 3 <= sentences <= 5, f"{stem}: 导读 has {sentences} Chinese sentences, not 3–5"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_key_points_close_the_notebook_in_chinese(stem):
+    nb = jupytext.read(nbtool.NOTEBOOKS / f"{stem}.py")
+    cell = nb.cells[-1]
+    lines = cell.source.strip().splitlines()
+    assert cell.cell_type == "markdown" and lines[0].strip() == "## 要点 · Key points", \
+        f"{stem}: the last cell must be '## 要点 · Key points'"
+    bullets = [line for line in lines[1:] if line.startswith("- ")]
+    assert bullets and all(CJK.search(b) for b in bullets), f"{stem}: 要点 is a list of Chinese bullets"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_section_headings_are_bilingual(stem):
+    nb = jupytext.read(nbtool.NOTEBOOKS / f"{stem}.py")
+    bad = [h for c in nb.cells if c.cell_type == "markdown" for h in _headings(c.source)
+           if not (CJK.search(h) and LATIN.search(h))]
+    assert not bad, f"{stem}: headings need English and 中文: {bad}"
