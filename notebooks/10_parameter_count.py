@@ -31,6 +31,13 @@
 # implementations: `transformers`' `LlamaForCausalLM` and our from-scratch `llmtrain.llama.Llama`,
 # both built on PyTorch's *meta* device (shapes only, no memory, no download).
 
+# %% [markdown]
+# > **导读**
+# > 本笔记本逐项推导幻灯片中 LLaMA 的参数量公式 $2VH + H + L(4H^2 + 3HH' + 2H)$，并复现书中的两个数字（7B 为 6,738,415,616，65B 为 65,285,660,672）。
+# > 每个数字都由 `llmtrain.params` 计算，并与 Hugging Face `transformers` 的 `LlamaForCausalLM` 和我们从零实现的参考模型逐一对照（在 meta 设备上构建，不占内存、无需下载）。
+# > 公式只对多头注意力（MHA）成立：对采用分组查询注意力（GQA）的 Llama-2 70B 和 Llama-3，它会多算 10–14 %，笔记本给出修正后的一般公式。
+# > 最后处理共享词嵌入与偏置（以 Qwen2.5-0.5B 为例），并比较 Llama 系列各部分参数的占比。
+
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
 # and ipywidgets are kept when they satisfy llmtrain's ranges (pip upgrades only if needed).
@@ -61,7 +68,7 @@ sym = params.symbols()
 V, H, Hp, L, N, N_kv = (sym[k] for k in ("V", "H", "Hp", "L", "N", "N_kv"))
 
 # %% [markdown]
-# ## 1. The chapter's formula, term by term
+# ## 1. The chapter's formula, term by term · 书中公式，逐项推导
 #
 # The slides list the symbols — Transformer 层数 $L$ (layers), 隐含层维度 $H$ (hidden size),
 # 中间状态维度 $H'$ (FFN intermediate size), 注意力头数 $N$ (heads), 上下文窗口长度 $T$
@@ -111,7 +118,7 @@ print("llmtrain.params.formula()   − slide formula =", sp.simplify(params.form
 show(params.terms)
 
 # %% [markdown]
-# ## 2. The chapter's two numbers
+# ## 2. The chapter's two numbers · 书中的两个数字
 #
 # > LLaMA 7B: $V = 32000, L = 32, H = 4096, H' = 11008$ → 参数量为 6,738,415,616
 # >
@@ -133,7 +140,7 @@ for name, claimed in chapter_says.items():
 print(params.describe(shapes.get("llama-7b")))
 
 # %% [markdown]
-# ## 3. Checked against real implementations
+# ## 3. Checked against real implementations · 与真实实现对照
 #
 # A formula is only as good as its agreement with the code people train. For every preset we
 # build two models on the meta device and count `numel()` of their parameters:
@@ -176,7 +183,7 @@ show(Attention.__init__)
 # Three columns of the table agree everywhere. The slides' formula agrees for LLaMA-1 and Llama-2 7B/13B —
 # and overcounts Llama-2 70B and both Llama-3 models by 10–14 %.
 #
-# ## 4. Where the formula fails: grouped-query attention (GQA)
+# ## 4. Where the formula fails: grouped-query attention (GQA) · 公式失效之处：分组查询注意力
 #
 # The slides' own table lists `# kv heads` = 8 for Llama-2 70B and Llama-3 (GQA), but the
 # formula assumes $W^K, W^V \in \mathbb{R}^{H\times H}$. With GQA, the $N$ query heads share
@@ -210,7 +217,7 @@ for name in ["llama2-70b", "llama3-8b", "llama3-70b"]:
 # > Evidence: the table above (transformers and the reference model agree with the corrected
 # > formula on all presets; the slides' version is 13.6 % high for Llama-2 70B).
 #
-# ## 5. Tied embeddings and biases
+# ## 5. Tied embeddings and biases · 共享词嵌入与偏置
 #
 # Small models often *tie* the output layer to the input embedding (one $V\times H$ matrix
 # used twice), and Qwen2 adds biases to $W^Q, W^K, W^V$. `params.formula` has a switch for each:
@@ -250,7 +257,7 @@ from llmtrain.cli import main as llmtrain_cli
 exit_status = llmtrain_cli(["params", "llama2-70b"])
 
 # %% [markdown]
-# ## 6. Where the parameters live, across the Llama family
+# ## 6. Where the parameters live, across the Llama family · Llama 系列的参数分布
 
 # %%
 import matplotlib.pyplot as plt
@@ -346,3 +353,13 @@ print(f"{params.count(mha):,}", params.count(mha) == params.slides_count(shapes.
 # >   released, so it has no published configuration.
 # > - The table's `# kv heads` row (8 for Llama-2 70B and Llama-3) is what breaks the slides'
 # >   formula above.
+
+# %% [markdown]
+# ## 要点 · Key points
+#
+# - 按矩阵形状逐项相加（SymPy）与幻灯片的 $2VH + H + L(4H^2 + 3HH' + 2H)$ 完全相同（差为 0）；代入 LLaMA-7B 与 65B 得到 6,738,415,616 和 65,285,660,672，与书中一致。
+# - 对每个预设，`llmtrain.params`、`transformers` 的 `LlamaForCausalLM` 与参考模型 `llmtrain.llama.Llama` 数出的参数量逐个相等；RoPE 没有参数，所以 $T$ 不出现在公式里。
+# - 书中公式假设 $N_{kv} = N$（多头注意力）。对分组查询注意力（GQA）它多算 $2LH^2(N - N_{kv})/N$：Llama-2 70B 多 9,395,240,960 个（+13.6 %），Llama-3 8B +10.0 %，Llama-3 70B +13.3 %。一般公式为 $P = 2VH + H + L(2H^2 + 2H\,d\,N_{kv} + 3HH' + 2H)$，$d = H/N$。
+# - Llama-3 70B 若改用多头注意力（$N_{kv} = 64$）会有 79,948,947,456 个参数，恰是书中公式对它给出的值。
+# - 共享词嵌入和 q/k/v 偏置各需一项修正：Qwen2.5-0.5B 式的模型有 494,032,768 个参数（与 `Qwen2ForCausalLM` 相同），词嵌入占 27.6 %；书中公式给出 663,169,920。
+# - LLaMA-7B 的参数 64.2 % 在前馈网络、31.9 % 在注意力；Llama-3 8B 的词表为 128,256，词嵌入与输出层占 13.1 %。
