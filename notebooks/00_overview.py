@@ -20,12 +20,20 @@
 #
 # This is the runnable companion to the lecture "预训练之训练技术" (training techniques for
 # pretraining) of the textbook 《大语言模型》. Each topic of the slides has a notebook in which
-# its formulas are derived (SymPy), its numbers computed, checked against real implementations
-# (Hugging Face `transformers`, PyTorch's own engines) and drawn. Where the slides are wrong or
-# ambiguous, the notebook shows the evidence and says so in a boxed **Erratum**.
+# its numbers are computed, its formulas derived (with SymPy where the slides give a formula),
+# checked against real implementations where one exists (Hugging Face `transformers`, PyTorch's
+# own schedulers, `GradScaler`, `FlopCounterMode`, DDP and FSDP2) and drawn. Where the slides are
+# wrong or ambiguous, the notebook shows the evidence and says so in a boxed **Erratum**.
 #
 # After this notebook you know which notebook covers which slide, what the slides' Chinese terms
 # mean in English, and how to run everything on a laptop, on a GPU machine, or on Colab.
+
+# %% [markdown]
+# > **导读**
+# > 这是《大语言模型》教材“预训练之训练技术”一章的配套笔记本的总览。
+# > 本笔记给出章节地图：幻灯片的每一节由哪个笔记本讲解，哪些已经完成、哪些还在计划中。
+# > 术语表把幻灯片中的中文术语对应到笔记本使用的英文术语，并注明在哪个笔记本出现。
+# > 最后说明如何在笔记本电脑、GPU 服务器或 Colab 上运行全部笔记本，以及本机将使用的设备。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -45,33 +53,18 @@ from llmtrain.device import report
 print(report())
 
 # %% [markdown]
-# ## 1. The chapter, slide by slide
+# ## 1. The chapter, slide by slide · 章节地图
 #
-# The slides' sections, in their order, and the notebook for each. The table is computed from
-# the files in `notebooks/`, so it says which notebooks exist in this copy of the repository.
+# The slides' sections, in their order, and the notebook for each (`llmtrain.chapter`). Which
+# notebooks exist is shipped inside the package (written by `scripts/notebooks.py sync`, checked
+# against `notebooks/` by the tests), so the map is right in a clone and on Colab alike.
 
 # %%
-from pathlib import Path
+from llmtrain import chapter
 
-CHAPTER_MAP = [
-    # (notebook, slide section, English topic)
-    ("01_pretraining_settings", "现有大语言模型的预训练优化设置", "optimisation settings of real LLMs"),
-    ("02_batch_schedules", "动态批次调整", "batch-size schedules"),
-    ("03_lr_schedules", "学习率预热与衰减", "learning-rate warmup and decay"),
-    ("04_mixed_precision", "混合精度训练", "mixed precision, loss scaling, FP8"),
-    ("05_data_parallel_zero", "数据并行 · 零冗余优化器 (ZeRO)", "data parallel and ZeRO-1/2/3"),
-    ("06_tensor_parallel", "张量并行", "tensor parallel"),
-    ("07_pipeline_parallel", "流水线并行", "pipeline parallel, GPipe and 1F1B"),
-    ("08_3d_parallel", "3D 并行训练", "combining data, tensor and pipeline parallel"),
-    ("09_activation_recomputation", "激活重计算", "activation recomputation"),
-    ("10_parameter_count", "模型参数量估计", "parameter count"),
-    ("11_memory_estimation", "训练显存估计", "training memory"),
-]
-here = Path.cwd()
-print(f"{'notebook':<30} {'status':<9} slide section · topic")
-for stem, section, topic in CHAPTER_MAP:
-    status = "ready" if (here / f"{stem}.ipynb").exists() else "planned"
-    print(f"{stem:<30} {status:<9} {section} · {topic}")
+print(chapter.table())
+ready = [stem for stem, _, _ in chapter.CHAPTER_MAP if chapter.status(stem) == "ready"]
+print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their notebook")
 
 # %% [markdown]
 # ## 2. Glossary · 术语表
@@ -93,12 +86,12 @@ for stem, section, topic in CHAPTER_MAP:
 # | 权重衰减 | weight decay | 01 |
 # | 梯度裁剪 | gradient clipping (max global norm) | 01 |
 # | 混合精度训练 | mixed-precision training | 04 |
-# | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08 |
+# | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08 (planned) |
 # | 数据并行 | data parallelism (DP) | 05 |
 # | 零冗余优化器 (ZeRO) | Zero Redundancy Optimizer (ZeRO-1/2/3, FSDP) | 05 |
-# | 张量并行 | tensor parallelism (TP, Megatron-style) | 06 |
-# | 流水线并行 | pipeline parallelism (PP) | 07 |
-# | 梯度累积 | gradient accumulation (micro-batches) | 07 |
+# | 张量并行 | tensor parallelism (TP, Megatron-style) | 06 (planned) |
+# | 流水线并行 | pipeline parallelism (PP) | 07 (planned) |
+# | 梯度累积 | gradient accumulation (micro-batches) | 02, 05 |
 # | 激活值 | activations (tensors saved for the backward pass) | 09, 11 |
 # | 激活重计算 | activation recomputation (gradient checkpointing) | 09 |
 # | 前向传播 / 反向传播 | forward pass / backward pass | 09 |
@@ -126,14 +119,15 @@ for stem, section, topic in CHAPTER_MAP:
 # write "GB" for both (see notebook 11).
 
 # %% [markdown]
-# ## 3. Running the notebooks
+# ## 3. Running the notebooks · 如何运行
 #
 # **On a laptop or server (CPU is enough).** With Python ≥ 3.10:
 #
 # ```
 # make run     # set up .venv, execute every notebook into build/, write build/html/index.html
 # make test    # every test: library, cross-checks with transformers, CLI, nbval on the notebooks
-# make lab     # JupyterLab on notebooks/
+# make test-portable  # nbval again with the kernels of two other CPUs (AVX2, SSE4)
+# make lab     # JupyterLab on notebooks/ (adds --allow-root when run as root)
 # ```
 #
 # Every notebook runs top to bottom in about a minute on a 2-core CPU. Parts that need a GPU
@@ -159,7 +153,7 @@ print(f"LLaMA-7B: {params.count(shapes.get('llama-7b')):,} parameters")
 # %% [markdown]
 # The same from a shell: `llmtrain params llama-7b` (or `python -m llmtrain params llama-7b`).
 #
-# ## 4. This machine
+# ## 4. This machine · 本机环境
 #
 # Which device the notebooks will use, and the 16-bit format they pick for it
 # (`llmtrain.device.choose`; set `LLMTRAIN_DEVICE=cpu` to force the CPU).
@@ -181,3 +175,11 @@ if choice.device.type == "cuda":
     print(f"GPU memory : {total / 2**30:.1f} GiB total, {free / 2**30:.1f} GiB free")
 else:
     print("GPU        : none found; GPU-only parts of the notebooks will be skipped with a note")
+
+# %% [markdown]
+# ## 要点 · Key points
+#
+# - 章节地图来自 `llmtrain.chapter`：幻灯片的 11 节中，上面的表格列出了哪些已有笔记本（ready）、哪些还在计划中（planned）；这份清单随软件包一起安装，所以在 Colab 上同样正确。
+# - 术语表把幻灯片的中文术语对应到英文术语；单位一律区分 GB（10⁹ 字节）和 GiB（2³⁰ 字节）。
+# - 笔记本运行的代码都在 `llmtrain` 软件包中并有测试，笔记本用 `llmtrain.show` 展示源码：例如 LLaMA-7B 的参数量 `params.count` 算出 6,738,415,616。
+# - `make run` 执行全部笔记本，`make test` 运行全部测试；`make test-portable` 再用 AVX2 和 SSE4 两种 CPU 内核各跑一遍 nbval，保证存储的输出在任何 CPU 上都成立。

@@ -32,6 +32,13 @@
 # The table lives in `llmtrain.settings` as data (`Setting` records, tested cell by cell against
 # the slides in `tests/test_settings.py`); everything below is computed from it.
 
+# %% [markdown]
+# > **导读**
+# > 本章开篇的表格列出了十二个大语言模型预训练时所用的批次大小、学习率（预热 → 峰值 → 衰减）、优化器、精度类型、权重衰减和梯度裁剪。
+# > 本笔记把这张表存为数据（`llmtrain.settings`），逐列解释每个单元格的含义，并各用几行 PyTorch 代码演示。
+# > 我们把峰值学习率对模型规模和批次大小作图，并从表中统计出多数模型共用的训练配方。
+# > 最后对照原始论文，指出幻灯片中 DeepSeek 学习率衰减方式的一处错误。
+
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
 # and ipywidgets are kept when they satisfy llmtrain's ranges (pip upgrades only if needed).
@@ -65,7 +72,7 @@ TABLE = settings.TABLE
 print(f"{len(TABLE)} models in the slides' table:", ", ".join(settings.names()))
 
 # %% [markdown]
-# ## 1. The slides' table
+# ## 1. The slides' table · 幻灯片中的表格
 #
 # > 模型 | 批次大小 | 学习率 (预热 → 峰值 → 衰减) | 优化器 | 精度类型 | 权重衰减 | 梯度裁剪
 #
@@ -101,7 +108,7 @@ for name in ["LLaMA-2", "Qwen-1.5"]:
     print(f"{name}: {settings.get(name).notes}\n")
 
 # %% [markdown]
-# ## 2. Peak learning rate against model size and batch size
+# ## 2. Peak learning rate against model size and batch size · 峰值学习率与模型规模、批次大小
 
 # %%
 def label(ax, name, x, y, where):
@@ -181,13 +188,13 @@ plots.save(fig, "01_peak_lr_vs_batch")
 plt.show()
 
 # %% [markdown]
-# ## 3. What the columns mean
+# ## 3. What the columns mean · 各列的含义
 #
-# ### 3.1 批次大小 — batch size, in tokens
+# ### 3.1 Batch size, in tokens · 批次大小
 #
 # A batch is counted in tokens per optimizer step: sequences × sequence length. "32K → 3.2M" is a
 # batch that grows during training (动态批次调整, dynamic batch size: notebook
-# [02](02_batch_size.ipynb)); "预热 → 4M" (Falcon) a ramp whose start the slide does not give.
+# [02](02_batch_schedules.ipynb)); "预热 → 4M" (Falcon) a ramp whose start the slide does not give.
 #
 # The slides do not say whether "M" is 10⁶ or 2²⁰. `llmtrain.settings` stores what is printed,
 # reading M as 10⁶; where the paper gives sequences and sequence length, the exact batch is in
@@ -202,13 +209,13 @@ for s in TABLE:
               f" = {exact / 2**20:g} × 2²⁰ = {exact / 1e6:.2f} × 10⁶")
 
 # %% [markdown]
-# ### 3.2 学习率 — warmup → peak → decay
+# ### 3.2 Learning rate: warmup → peak → decay · 学习率：预热 → 峰值 → 衰减
 #
 # Eleven rows warm the learning rate up to its peak, then decay it; the decay is cosine in ten of
 # them. PaLM has no warmup: 10⁻² for 10,000 steps, then $10^{-2}\sqrt{10^4/k} = 1/\sqrt{k}$ at
 # step $k$ (平方根倒数, inverse square root). OPT planned a linear decay and then lowered the rate
 # by hand mid-run (手动, manual). Schedules, warmup and their reasons are notebook
-# [03](03_learning_rate.ipynb).
+# [03](03_lr_schedules.ipynb).
 
 # %%
 def palm_lr(step):
@@ -220,7 +227,7 @@ for k in [1, 10_000, 40_000, 100_000, 250_000]:
     print(f"step {k:>7,}: lr = {palm_lr(k):.2e}")
 
 # %% [markdown]
-# ### 3.3 优化器 — Adam vs AdamW
+# ### 3.3 Optimizer: Adam vs AdamW · 优化器
 #
 # Adam with "weight decay" in the classic sense adds $\lambda\theta$ to the gradient, which then
 # goes through Adam's normalisation $\hat m / \sqrt{\hat v}$. AdamW (Loshchilov & Hutter, "Decoupled
@@ -247,7 +254,7 @@ print(f"AdamW (decoupled)         : 1.0 -> {one_step(torch.optim.AdamW):.6f}   (
 # AdamW; a paper that says "Adam" together with weight decay 0.1 (GPT-3, BLOOM, YuLan) does not by
 # itself tell which of the two its code ran.
 #
-# ### 3.4 Adafactor
+# ### 3.4 Adafactor · Adafactor 优化器
 #
 # Adafactor (Shazeer & Stern 2018, arXiv 1804.04235) keeps, for each $n \times m$ weight matrix, a
 # row vector and a column vector of second-moment statistics ($n + m$ numbers) instead of Adam's
@@ -270,7 +277,7 @@ for opt in ["adamw", "adafactor"]:
 print(settings.get("PaLM").notes)
 
 # %% [markdown]
-# ### 3.5 权重衰减 — weight decay, and PaLM's $lr^2$
+# ### 3.5 Weight decay, and PaLM's $lr^2$ · 权重衰减
 #
 # Eleven rows use $\lambda = 0.1$. PaLM uses a *dynamic* weight decay equal to the square of the
 # current learning rate (Chowdhery et al. 2022, §5): with its schedule, $\lambda_k = 10^{-4}$ for
@@ -283,7 +290,7 @@ for k in [1, 10_000, 40_000, 100_000, 250_000]:
     print(f"step {k:>7,}: lr = {lr:.2e}   weight decay lr² = {lr ** 2:.2e}")
 
 # %% [markdown]
-# ### 3.6 梯度裁剪 — gradient clipping to a global norm
+# ### 3.6 Gradient clipping to a global norm · 梯度裁剪
 #
 # Before each step, all gradients are treated as one vector $g$; if $\|g\|_2 > c$ they are all
 # scaled by $c / \|g\|_2$, so the direction is kept and the length is at most $c$. PyTorch's
@@ -311,7 +318,7 @@ print(f"norm {before.item():.2f} ≤ 1.0: grads unchanged {[round(x, 4) for x in
       f"{b.grad.tolist()}")
 
 # %% [markdown]
-# ### 3.7 精度类型 — FP16 vs BF16
+# ### 3.7 Precision: FP16 vs BF16 · 精度类型
 #
 # Both are 16-bit. FP16 spends 5 bits on the exponent and 10 on the mantissa; BF16 spends 8 and 7:
 # the range of fp32 with less precision. `torch.finfo` gives the numbers:
@@ -336,7 +343,7 @@ for dt in [torch.float16, torch.bfloat16]:
 # Mixed precision, loss scaling and FP8 are notebook [04](04_mixed_precision.ipynb); the memory a
 # 16-bit recipe takes (the $16P$ bytes) is notebook [11](11_memory_estimation.ipynb).
 #
-# ## 4. The common recipe, counted
+# ## 4. The common recipe, counted · 共同的训练配方
 #
 # Shares over the rows where the slide gives the value ("of n" says how many do):
 
@@ -366,7 +373,7 @@ peaks = sorted(s.peak_lr for s in TABLE if s.optimizer != "Adafactor")
 print(f"peak lr, Adam/AdamW rows: {settings.format_lr(peaks[0])} … {settings.format_lr(peaks[-1])}")
 
 # %% [markdown]
-# ## 5. Where the slide and the paper disagree
+# ## 5. Where the slide and the paper disagree · 幻灯片与论文的出入
 #
 # DeepSeek LLM's paper (DeepSeek-AI 2024, arXiv 2401.02954, §2.3) describes its schedule: a
 # multi-step scheduler "instead of the typical cosine scheduler" — 2000 warmup steps to the peak,
@@ -410,7 +417,7 @@ for s in TABLE:
         print(f"{s.model}: {s.notes}\n")
 
 # %% [markdown]
-# ## 6. Try it
+# ## 6. Try it · 动手试一试
 #
 # 1. Which rows would a "10⁻⁴ ≤ peak lr ≤ 3×10⁻⁴, AdamW, clip 1.0" filter keep? Write it with
 #    `settings.TABLE` in one line.
@@ -433,7 +440,18 @@ for s in TABLE:
 #
 # </details>
 #
-# Next: how the batch grows (notebook [02](02_batch_size.ipynb)), how the learning rate is warmed up
-# and decayed (notebook [03](03_learning_rate.ipynb)), mixed precision in practice (notebook
+# Next: how the batch grows (notebook [02](02_batch_schedules.ipynb)), how the learning rate is warmed up
+# and decayed (notebook [03](03_lr_schedules.ipynb)), mixed precision in practice (notebook
 # [04](04_mixed_precision.ipynb)), and what these recipes cost in memory (notebook
 # [11](11_memory_estimation.ipynb)).
+
+# %% [markdown]
+# ## 要点 · Key points
+#
+# - 表中 12 个模型：11 个使用学习率预热，10 个使用余弦衰减，8 个使用 AdamW，11 个的权重衰减为 0.1；给出精度的 10 行中 7 行是 BF16（FP16 只有 GPT-3、OPT 和 GLM-130B），给出梯度裁剪的 10 行中 8 行裁剪到 1.0。
+# - 除 PaLM 外，11 个 Adam/AdamW 模型的峰值学习率在 6e-5 到 3.2e-4 之间，对数坐标下的最小二乘拟合为 peak lr ∝ params^-0.42：模型越大，峰值学习率越小（这是趋势，不是规律）。
+# - PaLM 的 1e-2 是 Adafactor 的相对学习率：乘以初始化时权重矩阵的均方根 1/sqrt(18432)，约为 7.4e-05，与 GPT-3、BLOOM 的 6.0e-05 同一量级。
+# - 批次大小以 token 计；论文给出序列数和序列长度的 4 行里，幻灯片的 "M" 都是 2²⁰，例如 GLM-130B 的 8.25M = 4224 × 2048 = 8,650,752 个 token。
+# - AdamW 把权重衰减与梯度解耦：梯度为零时，一步把 θ = 1.0 变为 0.990000；Adam 把衰减项放进梯度再归一化，得到 0.900000。
+# - 梯度裁剪把全局范数为 13.0 的梯度整体缩放到 max_norm（1.0、0.5、0.4），方向不变；范数本来就小于阈值时梯度不变。
+# - 勘误：DeepSeek LLM 67B 的学习率在预热后分阶段下降（80 % 的 token 后降到峰值的 31.6 %，90 % 后降到 10 %），不是幻灯片所写的余弦衰减。

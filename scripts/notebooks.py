@@ -135,19 +135,21 @@ def sync() -> None:
         jupytext.write(nb, ipynb)
 
 
-def kernel_manager():
-    """A kernel manager for one notebook run (asynchronous, as nbclient's own default).
+def kernel_config():
+    """Configuration for the kernel manager nbclient creates (and shuts down) per notebook.
 
     ipykernel >= 7 warns "Kernel is running over TCP without encryption" when the client
     gives it no CurveZMQ keys. jupyter_client >= 8.10 provisions them itself where the
-    kernelspec declares support (ipykernel's does): transport_encryption="auto". Older
-    versions have no such option and their kernels do not warn.
+    kernelspec declares support (ipykernel's does): transport_encryption = "auto". Older
+    versions have no such option, and their kernels do not warn.
     """
-    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
 
-    if "transport_encryption" in AsyncKernelManager.class_trait_names():
-        return AsyncKernelManager(kernel_name="python3", transport_encryption="auto")
-    return AsyncKernelManager(kernel_name="python3")
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names():
+        config.KernelManager.transport_encryption = "auto"
+    return config
 
 
 def _cell_seconds(cell) -> float:
@@ -188,7 +190,9 @@ def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float
         nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     else:
         nb = nbformat.read(src, as_version=4)
-    client = NotebookClient(nb, km=kernel_manager(), timeout=timeout, record_timing=True,
+    # shutdown "immediate": a kernel whose cell timed out is killed, not left running its cell
+    client = NotebookClient(nb, kernel_name="python3", config=kernel_config(), timeout=timeout,
+                            record_timing=True, shutdown_kernel="immediate",
                             resources={"metadata": {"path": str(src.parent)}})
     t0 = time.perf_counter()
     ok, err = True, ""

@@ -297,3 +297,25 @@ def test_compare_figures_lists_each_differing_file(tmp_path):
     bad = nbtool.compare_figures(written, tracked)
     assert [line.split(":")[0] for line in bad] == ["b.svg", "c.png"]
     assert nbtool.compare_figures(written, tracked, since=os.path.getmtime(written / "c.png") + 10) == []
+
+
+def test_a_run_that_writes_a_differing_figure_fails_with_its_name(tmp_path):
+    """The session check of conftest.py, end to end: a figure that differs from figures/ fails
+    the run (exit 1) and is named; the tracked file is untouched."""
+    tracked = nbtool.ROOT / "figures" / "01_peak_lr_vs_params.png"
+    before = tracked.read_bytes()
+    (tmp_path / "test_fig.py").write_text(
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "from llmtrain import plots\n\n"
+        "def test_draw():\n"
+        "    fig, ax = plt.subplots()\n"
+        "    ax.plot([0, 1], [1, 0])\n"
+        "    plots.save(fig, '01_peak_lr_vs_params')\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "LLMTRAIN_FIGURES"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",
+                        "-q", str(tmp_path / "test_fig.py")], cwd=nbtool.ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "1 passed" in r.stdout
+    assert "01_peak_lr_vs_params.png: differs from figures/01_peak_lr_vs_params.png" in r.stdout
+    assert tracked.read_bytes() == before
