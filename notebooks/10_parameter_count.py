@@ -300,7 +300,7 @@ for n in family:
 # Llama-3's vocabulary of 128,256 (4× Llama-2's) puts 13 % of the 8B model in the embedding and
 # output layer; GQA moved parameters from attention into a wider FFN (14,336 instead of 11,008).
 #
-# ## 7. Explore
+# ## 7. Explore · 动手探索
 #
 # Move the sliders; impossible shapes (heads not dividing $H$, KV heads not dividing heads) are
 # rejected with the message `ModelShape` gives.
