@@ -47,7 +47,7 @@ test-portable: $(STAMP)
 	@status=0; \
 	for isa in "$(ISA_AVX2)" "$(ISA_BASE)"; do \
 	    echo "== nbval with $$isa"; \
-	    env $$isa $(BIN)/python $(NBVAL) -q || status=1; \
+	    env $$isa $(BIN)/python $(NBVAL) || status=1; \
 	done; \
 	exit $$status
 

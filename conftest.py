@@ -5,8 +5,8 @@ points ``llmtrain.plots.save`` at a temporary folder (nbval's kernels inherit th
 At the end of the session every figure a notebook wrote there must be byte-identical to the
 tracked file in figures/: figures are drawn from numbers that hold on every CPU, so a run on
 any machine leaves the tree clean. A differing figure fails the session with the list of files.
-Set LLMTRAIN_FIGURES yourself to keep the figures (they are still compared, unless it is
-figures/ itself).
+The temporary folder is removed when every figure agrees, kept otherwise. Set LLMTRAIN_FIGURES
+yourself to keep the figures (they are still compared, unless it is figures/ itself).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 _START = time.time() - 1.0  # file times may be rounded down to the second
-if not os.environ.get("LLMTRAIN_FIGURES"):
+_OWN = not os.environ.get("LLMTRAIN_FIGURES")  # our temporary folder: removed if all agree
+if _OWN:
     os.environ["LLMTRAIN_FIGURES"] = tempfile.mkdtemp(prefix="llmtrain-figures-")
 FIGURES_OUT = Path(os.environ["LLMTRAIN_FIGURES"])
 _differing: list[str] = []
@@ -49,6 +50,10 @@ def pytest_sessionfinish(session, exitstatus):
     _differing[:] = notebooks.compare_figures(FIGURES_OUT, tracked, since=_START)
     if _differing and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if _OWN and not _differing:
+        import shutil
+
+        shutil.rmtree(FIGURES_OUT, ignore_errors=True)  # kept when a figure differs, to look at
 
 
 def pytest_terminal_summary(terminalreporter):
