@@ -39,6 +39,9 @@ def test_outputs_fresh_and_clean(stem):
     assert not errors, f"{stem}: stored outputs contain an error"
     streams = [o.text for c in code for o in c.outputs if o.output_type == "stream" and o.name == "stderr"]
     assert not any("Traceback" in s for s in streams)
+    shown = [o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in code for o in c.outputs]
+    reprs = [s for s in shown if re.search(r"<[\w.]+ (object )?at 0x[0-9a-f]+>", s)]
+    assert not reprs, f"{stem}: an object's repr with its address is stored (end the line with ';'): {reprs[:2]}"
 
 
 @pytest.mark.parametrize("stem", STEMS)
