@@ -400,6 +400,8 @@ def test_demo_rejects_bad_arguments():
         demos.train("tp")
     with pytest.raises(ValueError, match="model"):
         demos.make_model("gpt")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        demos.make_model("tiny", dtype="fp8")
 
 
 # ---------------------------------------------------------------- the command line
@@ -588,7 +590,8 @@ def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
 
 @pytest.mark.parametrize("args, message", [(["--batch", "7"], "--batch 7 must be divisible by the 2"),
                                            (["--nproc", "0"], "--nproc: must be a positive"),
-                                           (["--stage", "4"], "--stage: invalid choice")])
+                                           (["--stage", "4"], "--stage: invalid choice"),
+                                           (["--dtype", "fp16"], "--dtype: invalid choice")])
 def test_entry_point_rejects_bad_arguments(args, message):
     out = subprocess.run([sys.executable, "-m", "llmtrain.dist.zero", *args],
                          capture_output=True, text=True, timeout=60)

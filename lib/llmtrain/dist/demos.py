@@ -38,6 +38,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 def make_model(model: str = "tiny", dtype: str = "float32", seed: int = 0) -> nn.Module:
     """"tiny": the reference LLaMA of the ``tiny`` preset; "mlp": embedding → MLP → logits,
     sizes chosen so some weights do not split evenly over 4 ranks (padding shows)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     torch.manual_seed(seed)
     if model == "tiny":
         m = Llama(shapes.get("tiny"))
@@ -235,6 +237,8 @@ def _parse(prog: str, zero_stage: bool) -> argparse.Namespace:
     ap.add_argument("--steps", type=_positive, default=5)
     ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     ap.add_argument("--batch", type=_positive, default=8, help="sequences per step, all ranks")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                    help="of the model and its training (float64: differences are rounding only)")
     args = ap.parse_args()
     n = int(os.environ.get("WORLD_SIZE", args.nproc))
     if args.batch % n:
@@ -250,7 +254,7 @@ def _positive(text: str) -> int:
 
 
 def _run(strategy: str, args: argparse.Namespace) -> None:
-    cfg = dict(steps=args.steps, optimizer=args.optimizer, batch=args.batch)
+    cfg = dict(steps=args.steps, optimizer=args.optimizer, batch=args.batch, dtype=args.dtype)
     if "RANK" in os.environ:  # under torchrun: this process is one rank
         init_from_env()
         try:
