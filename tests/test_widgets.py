@@ -71,8 +71,12 @@ def test_params_explorer_shows_the_breakdown(name):
         assert (bar.get_x(), bar.get_width()) == (left, parts[part] / 1e9)
         left += parts[part] / 1e9
     assert list(e._slides.get_xdata()) == [params.slides_count(shape) / 1e9] * 2
-    # the text is params.describe of the same shape (the name aside: the widget's is "custom")
-    assert e.text.split("\n", 1)[1] == params.describe(shape).split("\n", 1)[1]
+    # the text is params.describe of the same shape, named by its settings
+    first, rest = e.text.split("\n", 1)
+    assert rest == params.describe(shape).split("\n", 1)[1]
+    assert first.startswith(f"H={shape.hidden_size}, L={shape.num_layers}, "
+                            f"H'={shape.intermediate_size}, N={shape.num_heads}, "
+                            f"N_kv={shape.num_kv_heads}, V={shape.vocab_size}: {total:,} parameters")
     assert e.headline.startswith(f"{total:,} parameters")
     assert e.ax.get_xlim()[1] >= max(total, params.slides_count(shape)) / 1e9
 

@@ -309,7 +309,8 @@ class ParamsExplorer(Explorer):
 
     def compute(self, *, H, L, Hp, N, N_kv, V) -> dict:
         shape = shapes.ModelShape(vocab_size=V, hidden_size=H, num_layers=L, num_heads=N,
-                                  num_kv_heads=N_kv, intermediate_size=Hp, max_seq_len=4096)
+                                  num_kv_heads=N_kv, intermediate_size=Hp, max_seq_len=4096,
+                                  name=f"H={H}, L={L}, H'={Hp}, N={N}, N_kv={N_kv}, V={V}")
         parts = params.breakdown(shape)
         return dict(shape=shape, parts=parts, total=sum(parts.values()),
                     slides=params.slides_count(shape))
