@@ -261,7 +261,7 @@ def test_llama7b_reference_fake_mode_and_full_recompute():
     (dict(impl="hf-sdpa", recompute="selective"), "recompute"),
     (dict(batch=0), "batch"), (dict(seq=1.5), "seq"), (dict(batch=True), "batch"),
     (dict(attention="flash"), "attention"), (dict(impl="hf-eager", attention="eager"), "attention"),
-    (dict(shape="llama-7b"), "shape"),
+    (dict(shape="llama-8b"), "shape: unknown model name"), (dict(shape=7), "shape must be"),
 ])
 def test_errors_name_the_argument(kwargs, name):
     args = dict(shape=shapes.get("tiny"), batch=1, seq=4)

@@ -99,6 +99,32 @@ def test_impossible_config_file(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_config_file_that_is_not_text(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    r = run("params", "--hf-config", str(path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr
+    assert f"config file {str(path)!r} is not UTF-8 text" in lines[0]
+
+
+@pytest.mark.parametrize("key,value", [("num_key_value_heads", 0), ("num_key_value_heads", -4),
+                                       ("max_position_embeddings", 0), ("head_dim", 0),
+                                       ("hidden_size", "256"), ("rms_norm_eps", 0)])
+def test_config_zero_is_refused_not_defaulted(tmp_path, key, value):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**CONFIGS["llama-bias"], key: value}))
+    r = run("params", "--hf-config", str(path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert f"config['{key}'] must be a positive" in r.stderr, r.stderr
+
+
+def test_params_unit_for_a_small_model():
+    r = run("params", "tiny")
+    assert r.returncode == 0 and "tiny: 125,248 parameters (125.25 K)" in r.stdout
+    assert "(0.00 B)" not in r.stdout
+
+
 def test_memory_slides_example_json():
     r = run("memory", "llama-7b", "--gpus", "2", "--batch", "8", "--seq", "2048", "--zero", "3",
             "--recompute", "full", "--json")
@@ -123,7 +149,18 @@ def test_memory_table_has_gb_and_gib():
     (["memory", "llama-7b", "--impl", "textbook", "--recompute", "none"], "recompute='full'"),
     (["memory", "llama-7b", "--dtype", "int8"], "dtype must be fp32, bf16 or fp16"),
     (["memory", "llama-7b", "--zero", "5"], "invalid choice"),
-    (["memory", "llama-7b", "--batch", "two"], "invalid int value"),
+    (["memory", "llama-7b", "--batch", "two"], "argument --batch: batch must be a positive integer, got 'two'"),
+    # issue 10 §6: a zero degree divided by zero; a negative one was reported as dp
+    (["memory", "llama-7b", "--pp", "0"], "argument --pp: pp must be a positive integer, got 0"),
+    (["memory", "llama-7b", "--tp", "0"], "argument --tp: tp must be a positive integer, got 0"),
+    (["memory", "llama-7b", "--tp", "-1"], "argument --tp: tp must be a positive integer, got -1"),
+    (["memory", "llama-7b", "--pp", "-2", "--gpus", "2"], "argument --pp: pp must be a positive"),
+    (["memory", "llama-7b", "--gpus", "0"], "argument --gpus: gpus must be a positive integer"),
+    (["memory", "llama-7b", "--seq", "0"], "argument --seq: seq must be a positive integer"),
+    (["memory", "llama-7b", "--impl", "texbook"], "impl must be one of"),
+    (["memory", "llama-7b", "--precision", "fp8"], "precision must be one of"),
+    (["memory", "llama-7b", "--optimizer", "lion"], "optimizer must be one of"),
+    (["memory", "llama-7b", "--impl", "reference", "--attention", "flash"], "attention must be one of"),
 ])
 def test_memory_bad_input(args, needle):
     r = run(*args)
@@ -147,7 +184,10 @@ def test_flops_json_equals_library():
 @pytest.mark.parametrize("args,needle", [
     (["flops", "llama-7b", "--attention", "flash"], "attention must be one of"),
     (["flops", "llama-7b", "--recompute", "half"], "recompute"),
-    (["flops", "llama-7b", "--seq", "-1"], "seq"),
+    (["flops", "llama-7b", "--seq", "-1"], "argument --seq: seq must be a positive integer"),
+    (["flops", "llama-7b", "--batch", "0"], "argument --batch: batch must be a positive integer"),
+    (["flops", "llama-7b", "--recompute", "every"], "k must be a positive integer"),
+    (["flops", "llama-7b", "--recompute", "every", "--k", "0"], "argument --k: k must be a positive"),
 ])
 def test_flops_bad_input(args, needle):
     r = run(*args)

@@ -175,7 +175,8 @@ def test_llama_7b_rule_of_thumb():
     (dict(batch=0), "batch"), (dict(seq=-1), "seq"), (dict(seq=2.0), "seq"),
     (dict(batch=True), "batch"), (dict(attention="flash"), "attention"),
     (dict(recompute="half"), "recompute"), (dict(recompute="every"), "k"),
-    (dict(recompute="full", k=2), "k"), (dict(shape="llama-7b"), "shape"),
+    (dict(recompute="full", k=2), "k"), (dict(shape="llama-8b"), "shape: unknown model name"),
+    (dict(shape=7), "shape must be a ModelShape or a preset name"),
 ])
 def test_bad_input_raises(kwargs, name):
     args = dict(shape=get("tiny"), batch=1, seq=8)
@@ -184,3 +185,7 @@ def test_bad_input_raises(kwargs, name):
         flops.training_flops(args.pop("shape"), args.pop("batch"), args.pop("seq"), **args)
     with pytest.raises(ValueError, match="tokens"):
         flops.six_p_tokens(get("tiny"), 0)
+
+
+def test_a_preset_name_is_its_shape():
+    assert flops.training_flops("tiny", 2, 8) == flops.training_flops(get("tiny"), 2, 8)

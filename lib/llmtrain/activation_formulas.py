@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import check
 from .activations import Saved, measure
 from .memory import torch_dtype
 
@@ -54,7 +55,7 @@ def saved_bytes_terms(shape, batch: int, seq: int, *, dtype: Any = "bf16",
 
     b = bytes per element of ``dtype``, BT = batch·seq tokens, q = N·d, kv = N_kv·d.
     """
-    _check_sizes(batch, seq, shape)
+    shape = _check_sizes(batch, seq, shape)
     b = torch_dtype(dtype).itemsize
     attention = _check_impl(impl, recompute, attention)
     B, T, H, Hf, V = batch, seq, shape.hidden_size, shape.intermediate_size, shape.vocab_size
@@ -112,22 +113,18 @@ def saved_bytes_terms(shape, batch: int, seq: int, *, dtype: Any = "bf16",
     }
 
 
-def _check_sizes(batch: Any, seq: Any, shape: Any) -> None:
-    from .shapes import ModelShape
-
-    if not isinstance(shape, ModelShape):
-        raise ValueError(f"shape must be a ModelShape, got {type(shape).__name__}")
-    for name, v in (("batch", batch), ("seq", seq)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+def _check_sizes(batch: Any, seq: Any, shape: Any):
+    """The shape (a preset name resolved), after checking batch and seq."""
+    shape = check.shape("shape", shape)
+    check.positive_int("batch", batch)
+    check.positive_int("seq", seq)
+    return shape
 
 
 def _check_impl(impl: str, recompute: str, attention: str | None) -> str:
     """The reference's attention kernel after checking impl, recompute and attention."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if recompute not in RECOMPUTE:
-        raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
+    check.one_of("impl", impl, IMPLS)
+    check.one_of("recompute", recompute, RECOMPUTE)
     if impl != "reference":
         if recompute == "selective":
             raise ValueError(f"recompute='selective' needs impl='reference', got impl={impl!r}")
@@ -136,8 +133,7 @@ def _check_impl(impl: str, recompute: str, attention: str | None) -> str:
         return impl[3:]
     if attention is None:
         return "sdpa"
-    if attention not in ("sdpa", "eager"):
-        raise ValueError(f"attention must be 'sdpa' or 'eager', got {attention!r}")
+    check.one_of("attention", attention, ("sdpa", "eager"))
     return attention
 
 
@@ -147,6 +143,7 @@ def build(shape, *, dtype: Any = "bf16", impl: str = "reference", recompute: str
 
     ``device="meta"`` builds it without memory (for ``measure(..., fake=True)``).
     """
+    shape = check.shape("shape", shape)
     attention = _check_impl(impl, recompute, attention)
     dt = torch_dtype(dtype)
     with torch.device(device if device is not None else "cpu"):
@@ -177,7 +174,8 @@ def measure_shape(shape, batch: int, seq: int, *, dtype: Any = "bf16", impl: str
     ``fake=False`` builds real weights and runs real arithmetic (small shapes only). A seq
     longer than ``shape.max_seq_len`` raises that limit (it changes no saved tensor).
     """
-    _check_sizes(batch, seq, shape)
+    shape = _check_sizes(batch, seq, shape)
+    check.boolean("fake", fake)
     if seq > shape.max_seq_len:
         shape = shape.replace(max_seq_len=seq)
     model = build(shape, dtype=dtype, impl=impl, recompute=recompute, attention=attention,

@@ -93,7 +93,10 @@ def number(name: str, value: Any, minimum: float | None = None, maximum: float |
         rule += f" <= {maximum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         fail(name, rule, value)
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float's range
+        v = math.inf if value > 0 else -math.inf
     if (math.isnan(v) or (finite and math.isinf(v)) or (positive and not v > 0)
             or (minimum is not None and v < minimum) or (maximum is not None and v > maximum)):
         fail(name, rule, value)
@@ -173,17 +176,18 @@ def shape(name: str, value: Any):
     fail(name, f"a ModelShape or a preset name ({', '.join(PRESETS)})", value)
 
 
-def module(name: str, value: Any, cls: type | None = None):
-    """A ``torch.nn.Module`` (or an instance of ``cls``). A list of parameters, a common slip
-    for "the model", gets a hint."""
+def module(name: str, value: Any, cls: type | None = None, what: str | None = None):
+    """A ``torch.nn.Module`` (or an instance of ``cls``; ``what`` says it in the message). A
+    list of parameters, a common slip for "the model", gets a hint."""
     import torch
 
     want = torch.nn.Module if cls is None else cls
     if isinstance(value, want):
         return value
-    what = "a torch.nn.Module" if cls is None else f"an {want.__module__}.{want.__qualname__}"
+    if what is None:
+        what = "a torch.nn.Module" if cls is None else f"a {want.__module__}.{want.__qualname__}"
     hint = ""
-    if isinstance(value, (list, tuple)) and value and all(
+    if issubclass(want, torch.nn.Module) and isinstance(value, (list, tuple)) and value and all(
             isinstance(v, torch.Tensor) for v in value):
         hint = " (pass the model itself, not its parameters)"
     raise ValueError(f"{name} must be {what}, got {describe(value)}{hint}")

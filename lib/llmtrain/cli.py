@@ -1,6 +1,9 @@
 """Command line: ``llmtrain params llama-7b``, ``llmtrain params --hf-config config.json --json``.
 
-Bad input prints one line to stderr and exits with status 2, never a traceback.
+Bad input prints one line to stderr and exits with status 2, never a traceback. Every flag is
+checked by ``llmtrain.check``, as the library checks its arguments: integer flags when parsed
+(``argument --pp: pp must be a positive integer, got 0``), the others by the function that
+takes them (``impl must be one of (...), got 'x'``).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import argparse
 import json
 import sys
 
-from . import params, shapes
+from . import check, params, shapes
 
 __all__ = ["main"]
 
@@ -23,6 +26,22 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def _int_flag(name: str, minimum: int = 1):
+    """argparse ``type=`` for an integer flag, checked by ``check.integer``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = text
+        try:
+            return check.integer(name, value, minimum)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmtrain", description="llmtrain: companion to 预训练之训练技术 (training techniques for pretraining)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -33,9 +52,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     pm = sub.add_parser("memory", help="per-GPU training memory (训练显存估计)")
     _model_args(pm)
-    pm.add_argument("--gpus", type=int, default=1, help="number of GPUs, dp·tp·pp (default 1)")
-    pm.add_argument("--batch", type=int, default=1, help="micro-batch per GPU, B (default 1)")
-    pm.add_argument("--seq", type=int, default=None, help="sequence length T (default: the context)")
+    pm.add_argument("--gpus", type=_int_flag("gpus"), default=1,
+                    help="number of GPUs, dp·tp·pp (default 1)")
+    pm.add_argument("--batch", type=_int_flag("batch"), default=1,
+                    help="micro-batch per GPU, B (default 1)")
+    pm.add_argument("--seq", type=_int_flag("seq"), default=None,
+                    help="sequence length T (default: the context)")
     pm.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage (default 3)")
     pm.add_argument("--recompute", default=None, choices=["none", "full", "selective"],
                     help="activation recomputation (default: the activation model's own)")
@@ -45,8 +67,10 @@ def _build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--dtype", default="bf16", help="activation dtype: fp32, bf16, fp16 (default bf16)")
     pm.add_argument("--precision", default="mixed", help="mixed (default), fp32 or bf16")
     pm.add_argument("--optimizer", default="adamw", help="adamw (default), adam, sgd, adamw8bit, adafactor")
-    pm.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    pm.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    pm.add_argument("--attention", default="sdpa",
+                    help="attention kernel of --impl reference: sdpa (default) or eager")
+    pm.add_argument("--tp", type=_int_flag("tp"), default=1, help="tensor-parallel degree")
+    pm.add_argument("--pp", type=_int_flag("pp"), default=1, help="pipeline-parallel degree")
     pm.add_argument("--sp", action="store_true", help="sequence parallel (with --tp > 1)")
     pm.add_argument("--no-overheads", action="store_true",
                     help="leave out the slides' framework / ZeRO runtime / fragmentation constants")
@@ -54,10 +78,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     pf = sub.add_parser("flops", help="FLOPs of one training step (forward + backward)")
     _model_args(pf)
-    pf.add_argument("--batch", type=int, default=1, help="batch B (default 1)")
-    pf.add_argument("--seq", type=int, default=None, help="sequence length T (default: the context)")
+    pf.add_argument("--batch", type=_int_flag("batch"), default=1, help="batch B (default 1)")
+    pf.add_argument("--seq", type=_int_flag("seq"), default=None,
+                    help="sequence length T (default: the context)")
     pf.add_argument("--attention", default="eager", help="eager (default) or sdpa")
-    pf.add_argument("--recompute", default="none", help="none (default), full, sqrt, selective")
+    pf.add_argument("--recompute", default="none",
+                    help="none (default), full, every (with --k), sqrt, selective")
+    pf.add_argument("--k", type=_int_flag("k"), default=None,
+                    help="with --recompute every: checkpoint every k-th layer")
     pf.add_argument("--json", action="store_true", help="print the parts as JSON")
 
     sub.add_parser("models", help="list the presets")
@@ -70,10 +98,11 @@ def _flops_cmd(args) -> str:
     shape = _shape(args)
     B, T = args.batch, shape.max_seq_len if args.seq is None else args.seq
     kw = dict(attention=args.attention)
-    total = flops.training_flops(shape, B, T, recompute=args.recompute, **kw)
+    total = flops.training_flops(shape, B, T, recompute=args.recompute, k=args.k, **kw)
     parts = {"forward": flops.forward_flops(shape, B, T),
              "backward": flops.backward_flops(shape, B, T, **kw),
-             "recompute": flops.recompute_flops(shape, B, T, recompute=args.recompute, **kw)}
+             "recompute": flops.recompute_flops(shape, B, T, recompute=args.recompute, k=args.k,
+                                                **kw)}
     rule = flops.six_p_tokens(shape, B * T)
     if args.json:
         return json.dumps({"total": total, "parts": parts, "six_p_tokens": rule})
@@ -106,7 +135,8 @@ def _memory_cmd(args) -> str:
     est = memory.estimate(_shape(args), gpus=args.gpus, batch=args.batch, seq=args.seq,
                           zero=args.zero, recompute=args.recompute, dtype=args.dtype,
                           impl=args.impl, precision=args.precision, optimizer=args.optimizer,
-                          tp=args.tp, pp=args.pp, sp=args.sp, overheads=not args.no_overheads)
+                          tp=args.tp, pp=args.pp, sp=args.sp, attention=args.attention,
+                          overheads=not args.no_overheads)
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
                            "model_states": est.details["model states"], "dp": est.details["dp"]})

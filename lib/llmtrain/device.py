@@ -18,6 +18,8 @@ from typing import Mapping
 
 import torch
 
+from . import check
+
 __all__ = ["Choice", "choose", "report"]
 
 ENV_VAR = "LLMTRAIN_DEVICE"
@@ -39,6 +41,15 @@ def choose(env: Mapping[str, str] | None = None, *, cuda: bool | None = None,
            mps: bool | None = None, capability: tuple[int, int] | None = None,
            gpu_name: str | None = None) -> Choice:
     """Pick device and 16-bit dtype. Arguments left as None are read from this machine."""
+    if env is not None and not isinstance(env, Mapping):
+        check.fail("env", "a mapping of environment variables (like os.environ)", env)
+    check.optional(check.boolean, "cuda", cuda)
+    check.optional(check.boolean, "mps", mps)
+    if capability is not None and (
+            len(check.sequence("capability", capability, item=check.integer)) != 2):
+        check.fail("capability", "a pair (major, minor) such as (8, 0)", capability)
+    if gpu_name is not None and not isinstance(gpu_name, str):
+        check.fail("gpu_name", "a string", gpu_name)
     env = os.environ if env is None else env
     cuda = torch.cuda.is_available() if cuda is None else cuda
     mps = _mps_available() if mps is None else mps
@@ -79,6 +90,8 @@ def choose(env: Mapping[str, str] | None = None, *, cuda: bool | None = None,
 
 def report(choice: Choice | None = None) -> str:
     """One line: device, dtype, torch version. Printed by every notebook's setup cell."""
+    if choice is not None and not isinstance(choice, Choice):
+        check.fail("choice", "a Choice from choose()", choice)
     c = choose() if choice is None else choice
     dt = str(c.dtype).removeprefix("torch.")
     return f"device: {c.device} [{c.name}] · 16-bit dtype: {dt} ({c.note}) · torch {torch.__version__}"

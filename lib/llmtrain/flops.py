@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils import flop_counter as _fc
 
-from . import params
+from . import check, params
 from .recompute import STRATEGIES, segments
 from .shapes import ModelShape
 
@@ -61,6 +61,9 @@ def measured_flops(model: torch.nn.Module, input_ids: torch.Tensor, *,
     """FLOPs counted by ``flop_counter()`` for ``model(input_ids=ids, labels=ids)`` and, with
     ``backward``, ``loss.backward()``. Works for ``llmtrain.llama.Llama`` and transformers'
     causal LMs, on real or meta tensors."""
+    check.module("model", model)
+    check.tensor("input_ids", input_ids, dim=2, floating=False)
+    check.boolean("backward", backward)
     with flop_counter() as counter:
         out = model(input_ids=input_ids, labels=input_ids)
         if backward:
@@ -70,17 +73,15 @@ def measured_flops(model: torch.nn.Module, input_ids: torch.Tensor, *,
 
 # --- formulas -----------------------------------------------------------------------
 
-def _check(shape, batch, seq, attention="eager", recompute="none", k=None) -> None:
-    if not isinstance(shape, ModelShape):
-        raise ValueError(f"shape must be a ModelShape, got {type(shape).__name__}")
-    for name, value in (("batch", batch), ("seq", seq)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    if recompute not in STRATEGIES:
-        raise ValueError(f"recompute must be one of {STRATEGIES}, got {recompute!r}")
+def _check(shape, batch, seq, attention="eager", recompute="none", k=None) -> ModelShape:
+    """The shape (a preset name resolved), after checking every argument."""
+    shape = check.shape("shape", shape)
+    check.positive_int("batch", batch)
+    check.positive_int("seq", seq)
+    check.one_of("attention", attention, ATTENTIONS)
+    check.one_of("recompute", recompute, STRATEGIES)
     segments(shape.num_layers, recompute, k)  # ValueError naming k when k does not fit
+    return shape
 
 
 def _layer_params(shape: ModelShape) -> int:
@@ -93,7 +94,7 @@ def matmul_params(shape: ModelShape) -> int:
     """P_mm = L(2H·Nd + 2H·N_kv·d + 3HH') + VH: weights that take part in matmuls (lm_head
     yes, even when tied; input embedding, norms and biases no). Source: facts §3; measured:
     see tests/test_flops.py::test_matmul_params."""
-    _check(shape, 1, 1)
+    shape = _check(shape, 1, 1)
     return shape.num_layers * _layer_params(shape) + shape.vocab_size * shape.hidden_size
 
 
@@ -106,7 +107,7 @@ def forward_flops(shape: ModelShape, batch: int, seq: int) -> int:
     """2·P_mm·BT + 4·BT²·Nd·L, eager and SDPA alike. Source: Kaplan et al. 2020 (2P per
     token), attention term as in Narayanan et al. 2021 (arXiv 2104.04473, FLOPs appendix);
     measured: see tests/test_flops.py::test_reference_llama_matches_counter."""
-    _check(shape, batch, seq)
+    shape = _check(shape, batch, seq)
     return (2 * matmul_params(shape) * batch * seq
             + shape.num_layers * _core_flops(shape, batch, seq))
 
@@ -116,7 +117,7 @@ def backward_flops(shape: ModelShape, batch: int, seq: int, *, attention: str = 
     QKᵀ), without recomputation. Source: Narayanan et al. 2021 (backward = 2 × forward), torch's
     sdpa_backward_flop_count; measured: see
     tests/test_flops.py::test_reference_llama_matches_counter."""
-    _check(shape, batch, seq, attention)
+    shape = _check(shape, batch, seq, attention)
     core = 2 * _core_flops(shape, batch, seq)
     if attention == "sdpa":
         core += 2 * batch * seq * seq * shape.q_size
@@ -135,7 +136,8 @@ def recompute_flops(shape: ModelShape, batch: int, seq: int, *, attention: str =
     al. 2016, Korthikanti et al. 2022; measured (with and without early stop): see
     tests/test_flops.py::test_reference_llama_matches_counter.
     """
-    _check(shape, batch, seq, attention, recompute, k)
+    shape = _check(shape, batch, seq, attention, recompute, k)
+    check.boolean("early_stop", early_stop)
     core = _core_flops(shape, batch, seq)
     if recompute == "selective":
         if early_stop and attention == "eager":
@@ -154,7 +156,9 @@ def training_flops(shape: ModelShape, batch: int, seq: int, *, attention: str = 
     SDPA 6·P_mm·BT + 14·BT²·Nd·L (with ``flop_counter()``), plus ``recompute_flops``.
     ``backward=False``: forward only. Source: Kaplan et al. 2020, Narayanan et al. 2021;
     measured: see tests/test_flops.py::test_reference_llama_matches_counter."""
-    _check(shape, batch, seq, attention, recompute, k)
+    shape = _check(shape, batch, seq, attention, recompute, k)
+    check.boolean("backward", backward)
+    check.boolean("early_stop", early_stop)
     if not backward:
         return forward_flops(shape, batch, seq)
     return (forward_flops(shape, batch, seq)
@@ -166,9 +170,8 @@ def training_flops(shape: ModelShape, batch: int, seq: int, *, attention: str = 
 def six_p_tokens(shape: ModelShape, tokens: int) -> int:
     """The rule of thumb 6·P·tokens with P = params.count(shape), all parameters (embedding,
     norms and biases included). Source: Kaplan et al. 2020 §2.1."""
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
-        raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
-    _check(shape, 1, 1)
+    check.positive_int("tokens", tokens)
+    shape = _check(shape, 1, 1)
     return 6 * params.count(shape) * tokens
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import check
 from .shapes import ModelShape
 
 __all__ = ["Llama", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm",
@@ -209,10 +210,8 @@ class Llama(nn.Module):
 
     def __init__(self, shape: ModelShape, attn_impl: str = "sdpa"):
         super().__init__()
-        if not isinstance(shape, ModelShape):
-            raise ValueError(f"shape must be a ModelShape, got {type(shape).__name__}")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        shape = check.shape("shape", shape)  # a preset name is its ModelShape
+        check.one_of("attn_impl", attn_impl, ATTN_IMPLS)
         self.shape, self.attn_impl = shape, attn_impl
         self.model = LlamaModel(shape, attn_impl)
         self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)  # W^out
@@ -224,6 +223,7 @@ class Llama(nn.Module):
     def init_weights(self, std: float = 0.02) -> None:
         """Linear and Embedding weights ~ N(0, std²), biases 0, RMSNorm γ = 1 (as transformers'
         initializer_range=0.02); also recomputes the RoPE frequencies."""
+        check.positive_number("std", std)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, mean=0.0, std=std)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import matplotlib
 
+from . import check
+
 __all__ = ["PALETTE", "use_style", "save", "figures_dir"]
 
 # Okabe & Ito (2008), colour-blind safe.
@@ -55,7 +57,9 @@ def figures_dir() -> Path:
 
 def save(fig, name: str) -> list[Path]:
     """Write ``figures/<name>.png`` and ``figures/<name>.svg``; returns the two paths."""
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
+    if not hasattr(fig, "savefig"):
+        check.fail("fig", "a matplotlib Figure", fig)
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ValueError(f"name must be a plain file stem like '10_params_by_component', got {name!r}")
     out = figures_dir()
     out.mkdir(parents=True, exist_ok=True)

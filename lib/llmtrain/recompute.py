@@ -12,13 +12,14 @@ runs parts of forward again during backward (``torch.utils.checkpoint``, non-ree
 - ``"sqrt"``      ⌈√L⌉ segments of consecutive layers, each keeping only its input (Chen et al.
                   2016, arXiv 1604.06174): O(√L) memory for one extra forward;
 - ``"selective"`` keep the projections, recompute only the attention core softmax(QKᵀ/√d)V
-                  (Korthikanti et al. 2022, arXiv 2205.05198): drops the O(T²) part cheaply.
+                  (Korthikanti et al., MLSys 2023, arXiv 2205.05198): drops the O(T²) part cheaply.
 """
 
 from __future__ import annotations
 
 import math
 
+from . import check
 from .llama import Llama
 
 __all__ = ["STRATEGIES", "apply", "segments"]
@@ -28,12 +29,10 @@ STRATEGIES = ("none", "full", "every", "sqrt", "selective")
 
 def segments(num_layers: int, strategy: str, k: int | None = None) -> list[range]:
     """The ranges of layers run under one checkpoint each, for a layered strategy."""
-    if not isinstance(num_layers, int) or num_layers <= 0:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check.positive_int("num_layers", num_layers)
+    check.one_of("strategy", strategy, STRATEGIES)
     if strategy == "every":
-        if not isinstance(k, int) or k <= 0:
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ValueError(f"k must be a positive integer for strategy 'every', got {k!r}")
     elif k is not None:
         raise ValueError(f"k is only used by strategy 'every', got k={k!r} with {strategy!r}")
@@ -53,8 +52,7 @@ def apply(model: Llama, strategy: str = "none", k: int | None = None) -> Llama:
 
     Calling it again replaces the previous strategy; ``"none"`` switches recomputation off.
     """
-    if not isinstance(model, Llama):
-        raise ValueError(f"model must be an llmtrain.llama.Llama, got {type(model).__name__}")
+    check.module("model", model, Llama, "an llmtrain.llama.Llama")
     model.model.recompute_segments = segments(len(model.model.layers), strategy, k)
     for layer in model.model.layers:
         layer.self_attn.recompute_core = strategy == "selective"

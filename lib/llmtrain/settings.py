@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from . import check
+
 __all__ = ["Setting", "TABLE", "get", "names", "as_rows", "format_table", "parse_tokens",
            "parse_batch", "format_lr", "HEADER", "DECAYS", "LR_SQUARED"]
 
@@ -115,6 +117,7 @@ def parse_tokens(text: str) -> int:
     K, M, B are 10³, 10⁶, 10⁹ (decimal; the slides write "M" for tokens). Exact: the
     mantissa is read as a decimal, so "8.25M" is 8_250_000, not a float rounding of it.
     """
+    _text(text)
     s = text.strip().replace(",", "").replace("_", "")
     m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMB]?)", s, flags=re.IGNORECASE)
     if not m:
@@ -134,6 +137,7 @@ def parse_batch(text: str) -> tuple[int | None, int | None]:
     "32K → 3.2M" -> (32_000, 3_200_000); "2M" -> (2_000_000, 2_000_000);
     "预热 → 4M" (or "warmup -> 4M") -> (None, 4_000_000); "-" or "" -> (None, None).
     """
+    _text(text)
     s = text.strip()
     if s in ("", "-"):
         return None, None
@@ -152,9 +156,24 @@ def parse_batch(text: str) -> tuple[int | None, int | None]:
 
 def format_lr(lr: float) -> str:
     """A learning rate the way the slides print it, in ASCII: 6e-5, 1.25e-4, 1e-2."""
+    check.positive_number("lr", lr)
     mantissa, exponent = f"{lr:e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
+
+
+def _text(text) -> None:
+    if not isinstance(text, str):
+        check.fail("text", "a string such as '32K', '3.2M' or '32K → 3.2M'", text)
+
+
+def _settings(settings) -> tuple:
+    """A sequence of ``Setting`` rows (e.g. ``TABLE`` or a slice of it)."""
+    def row(name, s):
+        if not isinstance(s, Setting):
+            check.fail(name, "a Setting", s)
+        return s
+    return tuple(check.sequence("settings", settings, item=row))
 
 
 def _format_tokens(n: int) -> str:
@@ -246,19 +265,23 @@ def names() -> list[str]:
 
 def get(name: str) -> Setting:
     """The row for ``name`` (case-insensitive: "llama-2" finds "LLaMA-2")."""
+    if not isinstance(name, str):
+        check.fail("name", f"a model name ({', '.join(names())})", name)
     for s in TABLE:
         if s.model.lower() == str(name).lower():
             return s
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}")
+    raise ValueError(f"name: unknown model {name!r}; known: {', '.join(names())}")
 
 
 def as_rows(settings: tuple[Setting, ...] = TABLE) -> list[tuple[str, ...]]:
     """The table as strings: ``HEADER`` first, then one row per setting."""
+    settings = _settings(settings)
     return [HEADER] + [s.row() for s in settings]
 
 
 def format_table(settings: tuple[Setting, ...] = TABLE) -> str:
     """An aligned plain-text table of ``as_rows``, for printing."""
+    settings = _settings(settings)
     rows = as_rows(settings)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

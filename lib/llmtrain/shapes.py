@@ -244,4 +244,4 @@ def get(name: str) -> ModelShape:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model name {name!r}; known: {', '.join(PRESETS)}") from None
+        raise ValueError(f"name: unknown model name {name!r}; known: {', '.join(PRESETS)}") from None

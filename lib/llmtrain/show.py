@@ -6,6 +6,8 @@ import inspect
 import textwrap
 from typing import Any
 
+from . import check
+
 __all__ = ["show", "source"]
 
 
@@ -25,9 +27,12 @@ def show(obj: Any, *, lines: tuple[int, int] | None = None):
     """
     text = source(obj)
     if lines is not None:
+        if (not isinstance(lines, (tuple, list)) or len(lines) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in lines)):
+            check.fail("lines", "(first, last) with 1 <= first <= last", lines)
         first, last = lines
         if not (1 <= first <= last):
-            raise ValueError(f"lines must be (first, last) with 1 <= first <= last, got {lines}")
+            check.fail("lines", "(first, last) with 1 <= first <= last", lines)
         text = "\n".join(text.splitlines()[first - 1:last]) + "\n"
     where = _where(obj)
     return _Source(text, where)

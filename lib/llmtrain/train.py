@@ -16,16 +16,17 @@ Everything is seeded: on CPU two runs give the same losses bit for bit
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from . import check
 from .batch import accumulate_gradients, accumulation_steps
+from .check import integer as _check_int  # _check_int(name, value, minimum)
 from .llama import Llama
-from .shapes import ModelShape, get
+from .shapes import ModelShape
 
 __all__ = ["DEFAULT_PROBS", "successor_table", "corpus", "entropy_rate_nats", "batches",
            "History", "train", "OPTIMIZERS", "CORPUS_TOKENS"]
@@ -41,6 +42,7 @@ def successor_table(vocab_size: int, seed: int = 0, k: int = len(DEFAULT_PROBS))
     random order). Rows are drawn 1024 at a time, so memory stays O(1024·V)."""
     _check_int("vocab_size", vocab_size, 1)
     _check_int("k", k, 1)
+    _check_int("seed", seed, 0)
     if k > vocab_size:
         raise ValueError(f"len(probs)={k} successors must not exceed vocab_size={vocab_size}")
     g = torch.Generator().manual_seed(seed)
@@ -61,6 +63,8 @@ def corpus(n_tokens: int, vocab_size: int = 256, seed: int = 0, *,
     Llama does in a few hundred steps. Deterministic given the seed.
     """
     _check_int("n_tokens", n_tokens, 1)
+    _check_int("vocab_size", vocab_size, 1)
+    _check_int("seed", seed, 0)
     p = _check_probs(probs)
     table = successor_table(vocab_size, seed, len(p)).tolist()
     g = torch.Generator().manual_seed(seed + 1)
@@ -90,12 +94,17 @@ def batches(tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0
     hold the same sequences in the same order — what makes gradient accumulation comparable
     with one big batch in ``train``.
     """
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
-        raise ValueError("tokens must be a 1-D tensor of token ids")
+    check.tensor("tokens", tokens, dim=1, floating=False)
     _check_int("batch_size", batch_size, 1)
     _check_int("seq_len", seq_len, 1)
+    _check_int("seed", seed, 0)
     if seq_len > tokens.numel():
         raise ValueError(f"seq_len={seq_len} must not exceed the {tokens.numel()} tokens")
+    return _windows(tokens, batch_size, seq_len, seed)  # arguments checked now, not at next()
+
+
+def _windows(tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int
+             ) -> Iterator[torch.Tensor]:
     starts = _starts(tokens.numel() - seq_len + 1, seed)
     offsets = torch.arange(seq_len)
     while True:
@@ -160,12 +169,16 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
     _check_int("seq_len", seq_len, 2)
     if lr_schedule is None and peak_lr is None:
         raise ValueError("give peak_lr (a constant learning rate) or lr_schedule (step -> lr)")
-    if peak_lr is not None and not (isinstance(peak_lr, (int, float)) and peak_lr > 0):
-        raise ValueError(f"peak_lr must be a positive number, got {peak_lr!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
+    check.optional(check.function, "lr_schedule", lr_schedule)
+    check.optional(check.positive_number, "peak_lr", peak_lr)
+    check.one_of("optimizer", optimizer, OPTIMIZERS)
+    check.number("weight_decay", weight_decay, 0)
+    check.optional(check.positive_number, "grad_clip", grad_clip)
+    check.optional(check.function, "batch_schedule", batch_schedule)
+    _check_int("seed", seed, 0)
+    check.boolean("progress", progress)
+    if tokens is not None:
+        check.tensor("tokens", tokens, dim=1, floating=False)
     micro = batch_size if micro_batch_size is None else micro_batch_size
     _check_int("micro_batch_size", micro, 1)
     if batch_size % micro:
@@ -219,22 +232,17 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
 def _model(shape_or_model, seed: int) -> nn.Module:
     if isinstance(shape_or_model, nn.Module):
         return shape_or_model
-    shape = get(shape_or_model) if isinstance(shape_or_model, str) else shape_or_model
-    if not isinstance(shape, ModelShape):
-        raise ValueError("shape_or_model must be a ModelShape, a preset name or an nn.Module, "
-                         f"got {type(shape_or_model).__name__}")
+    if not isinstance(shape_or_model, (str, ModelShape)):  # a list of parameters gets a hint
+        check.module("shape_or_model", shape_or_model,
+                     what="a ModelShape, a preset name or a torch.nn.Module")
+    shape = check.shape("shape_or_model", shape_or_model)
     with torch.random.fork_rng(devices=[]):  # seed the weights, leave the global RNG alone
         torch.manual_seed(seed)
         return Llama(shape)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
-
-
 def _check_probs(probs) -> torch.Tensor:
+    check.sequence("probs", probs, nonempty=True, item=check.number)
     p = torch.as_tensor(probs, dtype=torch.float64)
     if p.dim() != 1 or p.numel() == 0 or (p < 0).any() or abs(float(p.sum()) - 1) > 1e-9:
         raise ValueError(f"probs must be a non-empty list of probabilities summing to 1, "

@@ -38,6 +38,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from .. import check
+
 __all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
            "rank", "world_size", "device"]
 
@@ -72,13 +74,10 @@ def launch(target: Callable[..., Any], world_size: int, *args: Any, timeout: flo
     if the ranks are not all done after ``timeout`` seconds.
     """
     _check_target(target)
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check.positive_int("world_size", world_size)
+    check.positive_number("timeout", timeout)  # seconds
+    check.optional(check.one_of, "backend", backend, ("gloo", "nccl"))
     backend = backend or default_backend(world_size)
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
 
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=timeout))
