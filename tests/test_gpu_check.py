@@ -65,7 +65,8 @@ def test_a_dry_run_is_never_shown_as_a_measurement(dry_run):
 def fake(dry_results: dict, card: str, date: str, dry: bool = False) -> dict:
     r = json.loads(json.dumps(dry_results))
     r.update(dry_run=dry, card=card, date=date, device="cuda", cuda="12.8", torch="2.13.0+cu128")
-    r["sections"]["matmul"]["rows"] = [["bf16 8192×8192", "701.3", "2.10× tf32"]]
+    r["sections"]["matmul"]["rows"] = [["bf16 8192×8192", "701.3", "2.10× tf32"],
+                                       ["fp8 8192×8192", "1302", "3.90× tf32"]]
     return r
 
 
@@ -87,6 +88,8 @@ def test_the_newest_measurement_is_found_and_formatted(dry_run, tmp_path):
     assert "results/gpu/new.json" in first
     assert "bf16 8192×8192" in text and "701.3" in text
     assert gpu_results.section("framework", tmp_path).splitlines()[1].startswith("Framework constants")
+    fp8 = gpu_results.section("matmul", tmp_path, only="fp8")
+    assert "fp8 8192×8192" in fp8 and "bf16" not in fp8 and fp8.splitlines()[0] == first
 
 
 def test_results_dir_is_the_checkouts_or_the_environments(monkeypatch, tmp_path):
@@ -102,6 +105,8 @@ def test_bad_input_names_the_argument(dry_run, tmp_path):
     base = gpu_results.load(files[0])
     with pytest.raises(ValueError, match="name must be one of"):
         gpu_results.section("speed", tmp_path)
+    with pytest.raises(ValueError, match="only must be"):
+        gpu_results.format_section(base, "matmul", only="")
     with pytest.raises(ValueError, match="directory must be"):
         gpu_results.latest(3)
     with pytest.raises(ValueError, match="results must be a dict"):

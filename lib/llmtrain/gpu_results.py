@@ -107,34 +107,40 @@ def latest(directory: Any = None) -> tuple[Path, dict] | None:
     return path, results
 
 
-def format_section(results: dict, name: str, source: str | None = None) -> str:
-    """One section of ``results`` as text: a header line (card, torch, CUDA, date) and a table."""
+def format_section(results: dict, name: str, source: str | None = None,
+                   only: str | None = None) -> str:
+    """One section of ``results`` as text: a header line (card, torch, CUDA, date) and a table
+    (with ``only``: the rows whose quantity contains that text)."""
     results = validate(results)
     check.one_of("name", name, tuple(SECTIONS))
+    if only is not None and (not isinstance(only, str) or not only):
+        check.fail("only", "a non-empty string (text of the rows' quantity) or None", only)
     sec = results["sections"][name]
     where = f" ({source})" if source else ""
     kind = "DRY RUN on the CPU (tiny sizes, not a measurement)" if results["dry_run"] else "measured"
     head = (f"{kind} on {results['card']}, torch {results['torch']}, CUDA {results['cuda']}, "
             f"date {results['date']}{where}")
     lines = [head, f"{SECTIONS[name]}:"]
+    rows = [r for r in sec["rows"] if only is None or only in r[0]]
     if sec.get("skipped"):
         lines.append(f"  skipped: {sec['skipped']}")
-    w = max([len(r[0]) for r in sec["rows"]] + [8])
-    v = max([len(r[1]) for r in sec["rows"]] + [5])
-    for quantity, value, note in sec["rows"]:
+    w = max([len(r[0]) for r in rows] + [8])
+    v = max([len(r[1]) for r in rows] + [5])
+    for quantity, value, note in rows:
         lines.append(f"  {quantity:<{w}}  {value:>{v}}  {note}".rstrip())
     return "\n".join(lines)
 
 
-def section(name: str, directory: Any = None) -> str:
+def section(name: str, directory: Any = None, only: str | None = None) -> str:
     """What a GPU-only cell prints where no GPU is: the stored section ``name`` of the newest
-    measurement, or ``NO_RESULTS`` (one line)."""
+    measurement (``only``: its rows whose quantity contains that text), or ``NO_RESULTS``
+    (one line)."""
     check.one_of("name", name, tuple(SECTIONS))
     found = latest(directory)
     if found is None:
         return NO_RESULTS
     path, results = found
-    return format_section(results, name, source=f"results/gpu/{path.name}")
+    return format_section(results, name, source=f"results/gpu/{path.name}", only=only)
 
 
 def markdown(results: dict) -> str:
