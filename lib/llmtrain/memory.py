@@ -19,12 +19,14 @@ from typing import Any, Callable
 
 import torch
 
+from . import check
 from . import params as _params
+from .check import positive_int as _check_pos  # _check_pos(name, value)
 from .shapes import ModelShape
 
 __all__ = ["GB", "GIB", "torch_dtype", "dtype_bytes", "dtype_name", "state_bytes_per_param", "params_per_gpu",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "slides_formula",
-           "llmbox_activation_bytes",
+           "llmbox_activation_bytes", "llmbox_memory_bytes", "llmbox_gpus_needed",
            "Peak", "measure_peak", "PRECISIONS", "OPTIMIZERS", "ACTIVATION_IMPLS"]
 
 GB, GIB = 10**9, 2**30
@@ -86,6 +88,7 @@ def params_per_gpu(shape: ModelShape, tp: int = 1, pp: int = 1) -> int:
     the RMSNorm weights whole; PP gives each stage ⌈L/pp⌉ layers, the embedding to the first
     stage and the output layer and final norm to the last. Returns the larger stage.
     """
+    shape = check.shape("shape", shape)
     _check_pos("tp", tp)
     _check_pos("pp", pp)
     if shape.num_heads % tp or shape.num_kv_heads % tp:
@@ -115,10 +118,14 @@ def model_state_bytes(num_params: int | ModelShape, *, precision: str = "mixed",
     ``num_params`` is a count (tp·pp then split it evenly) or a ModelShape (then
     ``params_per_gpu`` splits it exactly; needed for adafactor's factored states).
     """
-    if zero not in (0, 1, 2, 3):
+    if isinstance(zero, bool) or zero not in (0, 1, 2, 3):
         raise ValueError(f"zero must be 0, 1, 2 or 3, got {zero!r}")
     _check_pos("dp", dp)
+    _check_pos("tp", tp)
+    _check_pos("pp", pp)
     per = state_bytes_per_param(precision, optimizer)
+    if isinstance(num_params, str):  # a preset name
+        num_params = check.shape("num_params", num_params)
     if isinstance(num_params, ModelShape):
         P = params_per_gpu(num_params, tp, pp)
         shape = num_params
@@ -177,8 +184,11 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
       release; see ``llmtrain.activation_formulas.saved_bytes``. tp must be 1.
     recompute: "none", "full" or "selective"; None means the impl's own default.
     """
+    shape = check.shape("shape", shape)
     if impl not in ACTIVATION_IMPLS:
         raise ValueError(f"impl must be one of {ACTIVATION_IMPLS}, got {impl!r}")
+    check.boolean("sp", sp)
+    check.one_of("attention", attention, ("sdpa", "eager"))
     _check_pos("batch", batch)
     _check_pos("seq", seq)
     _check_pos("tp", tp)
@@ -279,7 +289,12 @@ def estimate(shape: ModelShape, gpus: int = 1, batch: int = 1, seq: int | None =
     ``.step_peak``: the peak of one training step, which phase, what is live then
     (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW).
     """
-    _check_pos("gpus", gpus)
+    shape = check.shape("shape", shape)
+    for name, value in (("gpus", gpus), ("batch", batch), ("tp", tp), ("pp", pp)):
+        _check_pos(name, value)  # before gpus % (tp·pp): a zero degree is named, not divided by
+    check.optional(_check_pos, "seq", seq)
+    for name, value in (("sp", sp), ("softmax_extra", softmax_extra), ("overheads", overheads)):
+        check.boolean(name, value)
     seq = shape.max_seq_len if seq is None else seq
     if gpus % (tp * pp):
         raise ValueError(f"gpus={gpus} must be a multiple of tp·pp={tp * pp}")
@@ -315,7 +330,8 @@ def slides_formula(num_params: int, gpus: int, L: int, B: int, T: int, H: int, V
     The first terms are bytes; the "+6" is in the slide's unit, GB — pass other_unit=GIB
     to read it as GiB (which is how the slides' worked example adds up; notebook 11).
     """
-    for name, v in dict(num_params=num_params, gpus=gpus, L=L, B=B, T=T, H=H, V=V).items():
+    for name, v in dict(num_params=num_params, gpus=gpus, L=L, B=B, T=T, H=H, V=V,
+                        other_unit=other_unit).items():
         _check_pos(name, v)
     return Estimate({"model states": math.ceil(16 * num_params / gpus),
                      "activations": 2 * L * B * T * H + 12 * B * T * V,
@@ -328,6 +344,64 @@ def llmbox_activation_bytes(L: int, B: int, T: int, H: int, V: int) -> int:
     for name, v in dict(L=L, B=B, T=T, H=H, V=V).items():
         _check_pos(name, v)
     return (12 + 2 * L) * B * T * H + 12 * B * T * V
+
+
+LLMBOX_WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "int8": 1, "fp8": 1, "int4": 0.5}
+
+
+def llmbox_memory_bytes(num_params: int, gpus: int, L: int, B: int, T: int, H: int, V: int, *,
+                        zero: int = 3, model_dtype: str = "bf16") -> int:
+    """Per-GPU bytes, end to end, as the book authors' calculator computes them
+    (RUCAIBox/LLMBox, training/gpu_calculator.py, full-parameter training, no offload).
+
+    Weights w·P (w = 2 bytes for bf16/fp16) and 14 bytes per parameter (16-bit gradients 2,
+    fp32 master weights and Adam's m, v 12) split as ZeRO splits them, plus the **larger** of
+    the activations A = (12 + 2L)BTH + 12BTV and a 16-bit gradient buffer G, not their sum:
+
+    - ZeRO-0: wP + 14P + max(2P, A)
+    - ZeRO-1: wP + 2P + 12P/N + max(2P + 2P/N, A)
+    - ZeRO-2: wP + 14P/N + max(2P + 2P/N, A)
+    - ZeRO-3: wP/N + 14P/N + max(2P/N, A)
+
+    No framework constants (the slides' "+6"). Exact rational, rounded up to whole bytes.
+    """
+    from fractions import Fraction
+
+    for name, v in dict(num_params=num_params, gpus=gpus, L=L, B=B, T=T, H=H, V=V).items():
+        _check_pos(name, v)
+    check.one_of("zero", zero, (0, 1, 2, 3))
+    check.one_of("model_dtype", model_dtype, tuple(LLMBOX_WEIGHT_BYTES))
+    P, N = num_params, gpus
+    w = Fraction(LLMBOX_WEIGHT_BYTES[model_dtype])
+    A = llmbox_activation_bytes(L, B, T, H, V)
+    if zero == 0:
+        total = w * P + 14 * P + max(2 * P, A)
+    elif zero == 1:
+        total = w * P + 2 * P + Fraction(12 * P, N) + max(2 * P + Fraction(2 * P, N), A)
+    elif zero == 2:
+        total = w * P + Fraction(14 * P, N) + max(2 * P + Fraction(2 * P, N), A)
+    else:
+        total = w * P / N + Fraction(14 * P, N) + max(Fraction(2 * P, N), A)
+    return math.ceil(total)
+
+
+def llmbox_gpus_needed(num_params: int, L: int, B: int, T: int, H: int, V: int, *,
+                       zero: int = 3, model_dtype: str = "bf16", card_bytes: int = 80 * GIB,
+                       usable: float = 0.95, max_gpus: int = 99) -> tuple[int, int]:
+    """The LLMBox calculator's answer: the fewest GPUs N (1 to ``max_gpus``) with
+    ``llmbox_memory_bytes(..., N) <= usable · card_bytes``, and that memory.
+
+    Its defaults: an A100/H100 card is 80·2³⁰ bytes (80 GiB), of which 95 % is usable.
+    """
+    _check_pos("card_bytes", card_bytes)
+    _check_pos("max_gpus", max_gpus)
+    check.number("usable", usable, maximum=1, positive=True)
+    for n in range(1, max_gpus + 1):
+        need = llmbox_memory_bytes(num_params, n, L, B, T, H, V, zero=zero, model_dtype=model_dtype)
+        if need <= usable * card_bytes:
+            return n, need
+    raise ValueError(f"max_gpus={max_gpus} GPUs of card_bytes={card_bytes:,} are not enough "
+                     f"(usable={usable}): the setup does not fit")
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -351,7 +425,11 @@ def measure_peak(fn: Callable[[], Any], *, device: Any = None, include: Any = ()
     reference on its storage sees it freed (views counted once). Tensors that exist before
     ``fn`` runs are counted only if passed in ``include`` (modules, optimizers, tensors).
     """
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    check.function("fn", fn)
+    try:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError):
+        check.fail("device", "a device name (cpu, cuda, cuda:1) or a torch.device", device)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -425,8 +503,3 @@ def _tensors_of(obj: Any):
             yield from _tensors_of(o)
     else:
         raise ValueError(f"include must hold tensors, modules or optimizers, got {type(obj).__name__}")
-
-
-def _check_pos(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
