@@ -175,7 +175,8 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
     - "textbook" (the slides): each layer keeps its input, b·BTH (2BTH in 16-bit), plus
       4BTV for the fp32 softmax input: L·b·BTH + 4BTV. It *is* full recomputation, so
       recompute must be "full" (the default for this impl).
-    - "korthikanti" (Korthikanti et al. 2022, GPT layer, 16-bit, 4h MLP, dropout):
+    - "korthikanti" (Korthikanti et al., MLSys 2023, arXiv 2205.05198; GPT layer, 16-bit,
+      4h MLP, dropout):
       none: sbh(34 + 5as/h) per layer; with TP t: sbh(10 + 24/t + 5as/(ht)); with SP all /t;
       selective drops the 5as²b term; full keeps 2sbh (/t with SP). Output layer and
       cross entropy: 4sbh(1 + v/h)/t.
