@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 __all__ = ["LossScaler", "MixedPrecisionTrainer", "lost_update_fraction", "gradient_underflow"]
+from . import check
+
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -52,6 +54,11 @@ class LossScaler:
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True):
+        check.boolean("enabled", enabled)
+        check.positive_number("init_scale", init_scale)
+        check.positive_number("growth_factor", growth_factor)
+        check.positive_number("backoff_factor", backoff_factor)
+        check.positive_int("growth_interval", growth_interval)
         if enabled and not growth_factor > 1.0:
             raise ValueError(f"growth_factor must be > 1.0, got {growth_factor}")
         if enabled and not backoff_factor < 1.0:
@@ -157,8 +164,18 @@ class MixedPrecisionTrainer:
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.0, grad_clip: float | None = None,
                  master_weights: bool = True, scaler: LossScaler | None = None):
+        check.module("model", model)
         if dtype not in HALF_DTYPES:
             raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+        check.positive_number("lr", lr)
+        check.sequence("betas", betas, item=lambda n, b: check.number(n, b, 0, 1))
+        if len(betas) != 2 or not all(b < 1 for b in betas):
+            check.fail("betas", "a pair (beta1, beta2) with 0 <= beta < 1", betas)
+        check.positive_number("eps", eps)
+        check.number("weight_decay", weight_decay, 0)
+        check.optional(check.positive_number, "grad_clip", grad_clip)
+        check.boolean("master_weights", master_weights)
+        check.optional(check.module, "scaler", scaler, LossScaler, "a llmtrain.amp.LossScaler")
         self.model, self.dtype, self.grad_clip = model, dtype, grad_clip
         self.params16 = [p for p in model.parameters() if p.requires_grad]
         if master_weights:  # fp32 master copy, before rounding the model's weights
@@ -197,6 +214,8 @@ def lost_update_fraction(weights: torch.Tensor, update: torch.Tensor) -> float:
     """Fraction of the nonzero updates u with round(w + u) == w in the weights' dtype (e.g.
     bf16): the update is lost. For w = 1 in bf16 the ulp is 2⁻⁷, so any |u| < 2⁻⁸ is lost.
     Source: Micikevicius et al. 2018, §3.1 (their fp16 example: updates < 2⁻¹¹·|w|)."""
+    check.tensor("weights", weights, floating=True)
+    check.tensor("update", update, floating=True)
     if weights.shape != update.shape:
         raise ValueError(f"weights {tuple(weights.shape)} and update {tuple(update.shape)} "
                          "must have the same shape")
@@ -212,9 +231,16 @@ def gradient_underflow(grads: Iterable[torch.Tensor], dtype: torch.dtype,
     """Fraction of the nonzero fp32 gradient elements g with (g·scale) cast to ``dtype`` == 0:
     flushed to zero. fp16's smallest subnormal is 2⁻²⁴ ≈ 6e-8; bf16's is 2⁻¹³³.
     Source: Micikevicius et al. 2018, §3.2 and Fig. 3 (loss scaling shifts grads up)."""
+    if isinstance(grads, torch.Tensor):  # one gradient
+        grads = [grads]
+    if grads is None or isinstance(grads, (str, bytes)) or not hasattr(grads, "__iter__"):
+        check.fail("grads", "an iterable of gradient tensors (e.g. a list)", grads)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        check.fail("dtype", "a floating-point torch dtype (torch.float16, torch.bfloat16)", dtype)
+    check.positive_number("scale", scale)
     nonzero = lost = 0
-    for g in grads:
-        g = g.detach().float()
+    for i, g in enumerate(grads):
+        g = check.tensor(f"grads[{i}]", g, floating=True).detach().float()
         nz = g != 0
         nonzero += int(nz.sum())
         lost += int(((g * scale).to(dtype) == 0)[nz].sum())

@@ -19,7 +19,6 @@ Tested in tests/test_batch.py.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -114,10 +113,7 @@ def steps_and_tokens(schedule: Callable[[int], int], total_tokens: int) -> list[
     _check_int("total_tokens", total_tokens, 0)
     steps, seen = [], 0
     while seen < total_tokens:
-        b = schedule(seen)
-        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b <= 0:
-            raise ValueError(f"schedule({seen}) must be a positive int of tokens, got {b!r}")
-        b = int(b)
+        b = _check_int(f"schedule({seen})", schedule(seen), 1)  # tokens in the batch
         steps.append(Step(len(steps), b, seen))
         seen += b
     return steps

@@ -22,10 +22,13 @@ outlier only costs precision to the 128 or 16384 values that share its scale.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
+
+from . import check
 
 __all__ = ["FORMATS", "FormatInfo", "format_info", "decode", "round_exact", "bits_of",
            "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
@@ -116,8 +119,7 @@ class FormatInfo:
 
 def format_info(name: str) -> FormatInfo:
     """The ``FormatInfo`` of ``name``, one of ``FORMATS``, derived from (E, M) (IEEE 754-2019 §3.3; OCP FP8 v1.0)."""
-    if name not in _LAYOUTS:
-        raise ValueError(f"name must be one of {FORMATS}, got {name!r}")
+    check.one_of("name", name, FORMATS)
     e, m, ieee, dt = _LAYOUTS[name]
     return FormatInfo(name, e, m, ieee, getattr(torch, dt) if dt else None,
                       32 if name == "tf32" else 1 + e + m)
@@ -127,9 +129,16 @@ def _info(name) -> FormatInfo:
     return name if isinstance(name, FormatInfo) else format_info(name)
 
 
+def _real(name: str, value) -> None:
+    """A real number (int, float, Fraction; NaN and ±inf allowed), not a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        check.fail(name, "a real number", value)
+
+
 def decode(magnitude_code: int, name) -> Fraction:
     """Exact value of the bits e << M | m (sign dropped): 2^(e-bias)(1 + m/2^M), or 2^(1-bias) m/2^M if e = 0."""
     f = _info(name)
+    check.integer("magnitude_code", magnitude_code, 0, 2 ** (f.exponent_bits + f.mantissa_bits) - 1)
     e, m = magnitude_code >> f.mantissa_bits, magnitude_code & (2 ** f.mantissa_bits - 1)
     if e == 0:
         return m * f.smallest_subnormal_exact
@@ -155,6 +164,7 @@ def round_exact(value: float | Fraction, name) -> tuple[int, int]:
     as torch's cast does, and NaN has code 0b1111111 in E4M3fn, the quiet NaN in the others.
     """
     f = _info(name)
+    _real("value", value)
     inf_code = (2 ** f.exponent_bits - 1) << f.mantissa_bits
     nan_code = inf_code | (1 << (f.mantissa_bits - 1)) if f.ieee_like else (2 ** (f.bits - 1) - 1)
     if isinstance(value, float) and math.isnan(value):
@@ -183,6 +193,7 @@ def bits_of(value: float, name: str) -> str:
     ``bits_of(1.0, "fp16") == "0|01111|0000000000"``.
     """
     f = format_info(name)
+    _real("value", value)
     if f.torch_dtype is not None:
         code = _torch_bits(float(value), f)
     else:
@@ -206,6 +217,7 @@ def neighbours(value: float, name: str) -> tuple[float, float, float]:
     (also for E4M3fn, which has none, to keep the tuple ordered). Exact: from ``round_exact``.
     """
     f = format_info(name)
+    _real("value", value)
     if math.isnan(value):
         raise ValueError("value must not be NaN")
     sign, code = round_exact(float(value), f)
@@ -254,10 +266,8 @@ GRANULARITIES = ("tensor", "tile", "block")
 
 
 def _check_groups(x: torch.Tensor, granularity: str, tile: int) -> None:
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    check.one_of("granularity", granularity, GRANULARITIES)
+    check.positive_int("tile", tile)
     if granularity == "tile" and (x.dim() < 1 or x.shape[-1] % tile):
         raise ValueError(f"x: last dimension must be divisible by tile={tile} for 1×{tile} tiles, "
                          f"got shape {tuple(x.shape)} (pad it first)")
@@ -300,6 +310,7 @@ def quantize(x: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "tensor
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__}")
     _check_groups(x, granularity, tile)
+    check.boolean("pow2_scales", pow2_scales)
     x = x.to(torch.float32)
     g = _grouped(x, granularity, tile)
     dims = {"tensor": tuple(range(x.dim())), "tile": (-1,), "block": (-3, -1)}[granularity]
@@ -317,6 +328,8 @@ def quantize(x: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "tensor
 def dequantize(q: torch.Tensor, scales: torch.Tensor, granularity: str = "tensor",
                tile: int = 128) -> torch.Tensor:
     """float32 q · scale, each element times its group's scale (inverse of ``quantize``)."""
+    check.tensor("q", q)
+    check.tensor("scales", scales)
     _check_groups(q, granularity, tile)
     return q.to(torch.float32) * _expand(scales, q.shape, granularity, tile)
 
@@ -340,6 +353,8 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3", granula
     and promote partial sums to fp32 CUDA-core registers every N_C = 128 elements, applying
     the scales there; mathematically that is Σ_k (s_a q_a)(s_b q_b), which we compute in fp32.
     """
+    check.tensor("a", a, floating=True)
+    check.tensor("b", b, floating=True)
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"a, b must be (M, K) and (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
     if granularity not in ("fine", "tensor"):
@@ -358,13 +373,10 @@ def realistic_activations(shape: tuple[int, ...], outlier_fraction: float = 0.01
     systematic large-magnitude feature dimensions of LLM activations (Dettmers et al. 2022,
     LLM.int8(), arXiv 2208.07339 §4; Xiao et al. 2023, SmoothQuant, arXiv 2211.10438).
     """
-    shape = tuple(shape)
-    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    if not 0 <= outlier_fraction <= 1:
-        raise ValueError(f"outlier_fraction must be in [0, 1], got {outlier_fraction!r}")
-    if not outlier_scale > 0:
-        raise ValueError(f"outlier_scale must be > 0, got {outlier_scale!r}")
+    shape = tuple(check.sequence("shape", shape, nonempty=True, item=check.positive_int))
+    check.number("outlier_fraction", outlier_fraction, 0, 1)
+    check.positive_number("outlier_scale", outlier_scale)
+    check.integer("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen)
     channels = shape[-1]
