@@ -24,9 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
-# Per-cell timeout, seconds. The slowest cell measured here (2 shared cores, see README) takes
-# about 25 s; 600 s is a margin of ~20x for a loaded or slower machine. A cell that hangs
-# still ends: the notebook is marked failed in one line and the remaining ones run.
+# Per-cell timeout, seconds. The slowest cell takes about 25 s on the idle 2-core development
+# machine (03's training runs); 600 s is a margin of ~20x for a loaded or slower machine. With
+# the same 2 cores at a load average of 13-15, the slowest cells took 156 s (03) and 103 s (05):
+# still 4x inside. A cell that hangs still ends: its notebook is marked failed in one line and
+# the remaining ones run.
 TIMEOUT_S = 600
 
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
@@ -172,12 +174,18 @@ def one_line(e: BaseException) -> str:
     return last if last.startswith(name) or ":" in last[:40] else f"{name}: {last or 'no message'}"
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while a notebook ran: the whole run stops (not only that
+    notebook, which is what nbclient's own signal handler would make of it)."""
+
+
 def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float, str, float]:
     """Execute notebook src (cwd: its folder) and write it to dst.
 
     Returns ok, seconds, error (one line, "" if ok), seconds of the slowest cell. Any failure
     (a cell's error, a cell over `timeout`, a dead kernel) is caught and reported in one line:
-    the caller runs the remaining notebooks.
+    the caller runs the remaining notebooks. Raises Interrupted (after writing dst) when
+    SIGINT or SIGTERM arrived: nbclient then kills the kernel and the cell fails.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -207,12 +215,16 @@ def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float
     except Exception as e:  # noqa: BLE001  (a kernel that never started, a broken notebook, ...)
         ok, err = False, one_line(e)
     seconds = time.perf_counter() - t0
+    # nbclient handles SIGINT/SIGTERM itself while it runs: it kills the kernel and sets this
+    interrupted = getattr(client, "_async_cleanup_kernel_future", None) is not None
     slowest = max((_cell_seconds(c) for c in nb.cells if c.cell_type == "code"), default=0.0)
     for cell in nb.cells:  # no per-cell timestamps: stored notebooks change only with their outputs
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)  # widget state holds random model ids; Jupyter rebuilds it
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)
+    if interrupted:
+        raise Interrupted(f"interrupted (SIGINT or SIGTERM) after {seconds:.0f} s")
     return ok, seconds, err, slowest
 
 
@@ -326,7 +338,13 @@ def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int =
     for src in sources:
         dst = src if in_place else build / "notebooks" / f"{src.stem}.ipynb"
         print(f"executing {src.relative_to(ROOT) if src.is_relative_to(ROOT) else src} ...", flush=True)
-        ok, seconds, err, slowest = execute(src, dst, timeout=timeout)
+        try:
+            ok, seconds, err, slowest = execute(src, dst, timeout=timeout)
+        except Interrupted as e:
+            print(f"STOPPED at {src.stem}: {e}; the remaining notebooks do not run", flush=True)
+            rows.append({"stem": src.stem, "title": src.stem, "status": "STOPPED", "seconds": 0.0,
+                         "slowest": 0.0, "error": str(e)})
+            break
         if not ok:
             print(f"FAILED {src.stem}: {err}", flush=True)
         row = {"stem": src.stem, "title": src.stem, "status": "ok" if ok else "FAILED",
@@ -354,6 +372,8 @@ def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int =
     failed = [r["stem"] for r in rows if r["status"] != "ok"]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} notebooks failed: {', '.join(failed)}")
+    if rows and rows[-1]["status"] == "STOPPED":
+        return 130  # as a shell reports a run stopped by a signal
     return 1 if failed else 0
 
 

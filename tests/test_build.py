@@ -319,3 +319,30 @@ def test_a_run_that_writes_a_differing_figure_fails_with_its_name(tmp_path):
     assert "1 passed" in r.stdout
     assert "01_peak_lr_vs_params.png: differs from figures/01_peak_lr_vs_params.png" in r.stdout
     assert tracked.read_bytes() == before
+
+
+def test_a_signal_stops_the_whole_run(tmp_path):
+    """SIGTERM (or Ctrl-C) while a notebook runs stops the run: nbclient's own handler would only
+    fail that notebook and go on with the next."""
+    import signal
+    import time
+
+    code = nbformat.v4.new_code_cell
+    started = tmp_path / "started"
+    first = _nb(tmp_path / "a_sleeps.ipynb",
+                code(f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)"))
+    second = _nb(tmp_path / "b_never.ipynb", code("print('ran')"))
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import notebooks; from pathlib import Path; "
+              "sys.exit(notebooks.run([Path(a) for a in sys.argv[3:]], False, build=Path(sys.argv[2]), timeout=100))")
+    p = subprocess.Popen([sys.executable, "-c", script, str(nbtool.ROOT / "scripts"), str(tmp_path / "build"),
+                          str(first), str(second)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not started.exists() and time.monotonic() - t0 < 120:
+        time.sleep(0.2)  # the first notebook's cell is running
+    time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    assert "STOPPED at a_sleeps" in out and "executing" in out and "b_never" not in out.split("STOPPED")[0]
+    assert not (tmp_path / "build" / "notebooks" / "b_never.ipynb").exists()
+    assert (tmp_path / "build" / "html" / "index.html").is_file()
