@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
-# Per-cell timeout, seconds. The slowest cell takes about 25 s on the idle 2-core development
-# machine (03's training runs); 600 s is a margin of ~20x for a loaded or slower machine. With
+# Per-cell timeout, seconds. A new user's 2-core machine took about 25 s for the slowest cell
+# (issue 10); 600 s is a margin of ~20x for a loaded or slower machine. With
 # the same 2 cores at a load average of 13-15, the slowest cells took 156 s (03) and 103 s (05):
 # still 4x inside. A cell that hangs still ends: its notebook is marked failed in one line and
 # the remaining ones run.
