@@ -18,7 +18,8 @@ import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from llmtrain import (activation_formulas, activations, amp, batch, check, device, flops, llama,
-                      memory, params, plots, precision, recompute, schedules, shapes, show, train)
+                      memory, params, plots, precision, recompute, schedules, shapes, show,
+                      step_peak, train, widgets)
 from llmtrain import settings as slide_settings
 
 TINY = shapes.get("tiny")
@@ -130,7 +131,19 @@ CASES = [
      {"shape": "shape", "gpus": "pos", "batch": "pos", "seq": "pos?", "tp": "pos", "pp": "pos",
       "zero": _choice((0, 1, 2, 3)), "sp": "bool", "softmax_extra": "bool", "overheads": "bool",
       "impl": _choice(memory.ACTIVATION_IMPLS), "precision": _choice(memory.PRECISIONS),
-      "optimizer": _choice(memory.OPTIMIZERS)}),
+      "optimizer": _choice(memory.OPTIMIZERS), "set_to_none": "bool",
+      "optimizer_impl": _choice(("single-tensor", "foreach", "fused"))}),
+    ("step_peak.step_peak", step_peak.step_peak, dict(shape=TINY, batch=2, seq=16),
+     {"shape": "shape", "batch": "pos", "seq": "pos?", "gpus": "pos", "tp": "pos", "pp": "pos",
+      "set_to_none": "bool", "zero": _choice((0, 1, 2, 3))}),
+    ("memory.llmbox_memory_bytes", memory.llmbox_memory_bytes,
+     dict(num_params=7 * 10**9, gpus=2, L=32, B=8, T=2048, H=4096, V=32000),
+     {**{k: "pos" for k in ("num_params", "gpus", "L", "B", "T", "H", "V")},
+      "zero": _choice((0, 1, 2, 3)), "model_dtype": _choice(("bf16", "fp16", "int8", "fp8", "int4"))}),
+    ("memory.llmbox_gpus_needed", memory.llmbox_gpus_needed,
+     dict(num_params=7 * 10**9, L=32, B=8, T=2048, H=4096, V=32000),
+     {**{k: "pos" for k in ("num_params", "L", "B", "T", "H", "V", "card_bytes", "max_gpus")},
+      "usable": st.sampled_from([0, -0.5, 1.5, math.nan, None, "0.95"])}),
     ("memory.slides_formula", memory.slides_formula,
      dict(num_params=7 * 10**9, gpus=2, L=32, B=8, T=2048, H=4096, V=32000),
      {k: "pos" for k in ("num_params", "gpus", "L", "B", "T", "H", "V", "other_unit")}),
@@ -260,6 +273,7 @@ CASES = [
      {"shape": "shape", "attn_impl": _choice(llama.ATTN_IMPLS)}),
     ("Llama.forward", lambda **k: _NET(**k), dict(input_ids=IDS), {"input_ids": "tensor"}),
     ("Llama.init_weights", lambda **k: _NET.init_weights(**k), dict(), {"std": "posnum"}),
+    ("widgets.nice_limit", widgets.nice_limit, dict(x=3.7), {"x": "posnum"}),
     # settings, device, plots, show
     ("settings.get", slide_settings.get, dict(name="GPT-3"),
      {"name": st.sampled_from([None, 3, ["GPT-3"], "GPT-5"])}),
