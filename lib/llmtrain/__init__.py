@@ -21,6 +21,7 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``device``  which device and 16-bit dtype to use here
 - ``plots``   one figure style; ``save`` writes figures/
 - ``show``    display the source of what runs, so notebooks never copy library code
+- ``check``   one way to check arguments: ValueError "<name> must be <rule>, got <value>"
 """
 
 from .show import show
