@@ -103,7 +103,8 @@ def test_transformers_llama(impl, dtype):
     step()
     got = memory.measure_peak(step, include=[net, opt, ids]).peak_bytes
     assert step_peak.param_sizes(shape, "hf") == [p.numel() for p in net.parameters()]
-    est = step_peak.step_peak(shape, B, T, impl=impl, dtype=dtype, precision=dtype, set_to_none=False)
+    est = step_peak.step_peak(shape, B, T, impl=impl, dtype=dtype, precision=dtype,
+                              set_to_none=False)
     assert est.peak_bytes == got
 
 
@@ -172,7 +173,7 @@ def test_step_peak_random_shapes(case):
     shape, batch, seq, kw = case
     est = estimated(shape, batch, seq, **kw).peak_bytes
     got = measured_peak(shape, batch, seq, **kw)
-    assert abs(est / got - 1) <= 0.05  # the bar; on 300+ shapes tried by hand it was 0 (exact)
+    assert abs(est / got - 1) <= 0.05  # the bar; by hand, 85 of 95 random shapes exact
 
 
 def test_set_to_none_false_keeps_the_gradients_in_every_phase():
