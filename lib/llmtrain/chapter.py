@@ -8,6 +8,7 @@ Colab, where the current folder holds no notebooks.
 
 from __future__ import annotations
 
+from . import check
 from ._notebooks import NOTEBOOKS
 
 # (notebook, slide section, English topic), in the order of the slides
@@ -29,7 +30,7 @@ CHAPTER_MAP: tuple[tuple[str, str, str], ...] = (
 def status(stem: str) -> str:
     """'ready' if the notebook ``stem`` ships with this copy of llmtrain, else 'planned'."""
     if not isinstance(stem, str):
-        raise ValueError(f"stem must be a notebook name (str), got {type(stem).__name__}")
+        check.fail("stem", "a notebook name (str) like '02_batch_schedules'", stem)
     return "ready" if stem in NOTEBOOKS else "planned"
 
 
