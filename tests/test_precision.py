@@ -319,3 +319,49 @@ def test_realistic_activations_has_outlier_channels():
     std = x.std(dim=0)
     assert ((std > 20).sum().item(), x.dtype) == (10, torch.float32)
     assert torch.equal(x, P.realistic_activations((512, 1000), 0.01, 100.0, seed=5))
+
+
+def test_realistic_activations_outlier_scale_one_is_the_same_draw():
+    x = P.realistic_activations((64, 256), outlier_fraction=0.05, outlier_scale=1e3, seed=2)
+    base = P.realistic_activations((64, 256), outlier_fraction=0.05, outlier_scale=1.0, seed=2)
+    outlier = (x != base).any(dim=0)
+    assert outlier.sum().item() == round(0.05 * 256)
+    assert torch.equal(x[:, ~outlier], base[:, ~outlier])
+    assert torch.allclose(x[:, outlier], 1e3 * base[:, outlier])
+    # drawn in float64, then rounded: the values torch's float64 sampler gives on any CPU
+    g = torch.Generator().manual_seed(2)
+    assert torch.equal(base, torch.randn((64, 256), generator=g, dtype=torch.float64).float())
+
+
+def test_quantization_stats_by_hand():
+    # E4M3 per tensor, amax 448: scale 1. 2⁻¹⁰ is a tie between 0 and the smallest subnormal
+    # 2⁻⁹ (rounds to even: 0), 2⁻¹¹ flushes, 1.0 and 448 are exact.
+    x = torch.tensor([[448.0, 1.0, 2.0**-10, 2.0**-11, 0.0]])
+    s = P.quantization_stats(x, "fp8_e4m3")
+    assert (s.flushed, s.nonzero, s.flushed_fraction) == (2, 4, Fraction(1, 2))
+    expected = math.sqrt(2.0**-20 + 2.0**-22) / math.sqrt(448.0**2 + 1 + 2.0**-20 + 2.0**-22)
+    assert s.error == pytest.approx(expected, rel=1e-12)
+    ordinary = torch.tensor([False, True, True, True, True])  # a mask of the last dim
+    s = P.quantization_stats(x, "fp8_e4m3", where=ordinary)
+    assert (s.flushed, s.nonzero) == (2, 3)
+    assert s.error == pytest.approx(math.sqrt(2.0**-20 + 2.0**-22) / math.sqrt(1 + 2.0**-20 + 2.0**-22))
+    assert P.quantization_stats(torch.zeros(3), "fp8_e4m3") == (0.0, 0, 0)
+    assert P.quantization_stats(torch.zeros(3), "fp8_e4m3").flushed_fraction == 0
+    with pytest.raises(ValueError, match="^where must be broadcastable"):
+        P.quantization_stats(x, where=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="^where must be a bool tensor"):
+        P.quantization_stats(x, where=ordinary.float())
+
+
+def test_quantization_stats_agrees_with_quantization_error_and_shows_the_squeeze():
+    """On the whole tensor the error equals quantization_error; on the ordinary channels one
+    scale per tensor flushes many values once the outliers are 10⁴× larger, 1×128 tiles few."""
+    x = P.realistic_activations((128, 512), outlier_scale=1e4, seed=0)
+    ordinary = (x == P.realistic_activations((128, 512), outlier_scale=1.0, seed=0)).all(dim=0)
+    for g in P.GRANULARITIES:
+        whole = P.quantization_stats(x, "fp8_e4m3", g)
+        assert whole.error == pytest.approx(P.quantization_error(x, "fp8_e4m3", g), rel=1e-5)
+    tensor = P.quantization_stats(x, "fp8_e4m3", "tensor", where=ordinary)
+    tile = P.quantization_stats(x, "fp8_e4m3", "tile", where=ordinary)
+    assert tensor.flushed_fraction > 0.05 > 0.02 > tile.flushed_fraction
+    assert tensor.error > 1.5 * tile.error

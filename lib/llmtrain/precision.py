@@ -25,6 +25,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 import torch
 
@@ -32,7 +33,8 @@ from . import check
 
 __all__ = ["FORMATS", "FormatInfo", "format_info", "decode", "round_exact", "bits_of",
            "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
-           "quantization_error", "fp8_matmul", "realistic_activations"]
+           "quantization_error", "fp8_matmul", "realistic_activations",
+           "QuantStats", "quantization_stats"]
 
 # name: (exponent bits, mantissa bits, IEEE-like?, torch dtype name or None)
 _LAYOUTS = {
@@ -372,15 +374,62 @@ def realistic_activations(shape: tuple[int, ...], outlier_fraction: float = 0.01
     A fraction ``outlier_fraction`` of the channels (at least one if > 0) is scaled, as the
     systematic large-magnitude feature dimensions of LLM activations (Dettmers et al. 2022,
     LLM.int8(), arXiv 2208.07339 §4; Xiao et al. 2023, SmoothQuant, arXiv 2211.10438).
+    ``outlier_scale`` only multiplies those channels: the same ``seed`` with outlier_scale=1
+    gives the same numbers without outliers, so ``x != that`` marks the outlier channels.
+    The normals are drawn in float64 and rounded to float32: the same numbers on every CPU
+    (torch's float32 sampler takes another path on CPUs without AVX2 and draws others).
     """
     shape = tuple(check.sequence("shape", shape, nonempty=True, item=check.positive_int))
     check.number("outlier_fraction", outlier_fraction, 0, 1)
     check.positive_number("outlier_scale", outlier_scale)
     check.integer("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).float()
     channels = shape[-1]
     n = 0 if outlier_fraction == 0 else max(1, round(outlier_fraction * channels))
     idx = torch.randperm(channels, generator=gen)[:n]
     x[..., idx] *= outlier_scale
     return x
+
+
+class QuantStats(NamedTuple):
+    """What quantising a tensor does to the elements ``quantization_stats`` looked at."""
+
+    error: float  # ‖x − x̂‖_F / ‖x‖_F over those elements (0 if they are all 0)
+    flushed: int  # nonzero elements that quantise to 0
+    nonzero: int  # nonzero elements looked at
+
+    @property
+    def flushed_fraction(self) -> Fraction:
+        """flushed / nonzero, exact (0 if there are none)."""
+        return Fraction(self.flushed, self.nonzero) if self.nonzero else Fraction(0)
+
+
+def quantization_stats(x: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "tensor",
+                       tile: int = 128, *, where: torch.Tensor | None = None) -> QuantStats:
+    """Relative error and flush-to-zero count of ``dequantize(quantize(x))``, over the elements
+    ``where`` selects (a bool tensor broadcastable to x, e.g. a mask of the last dim's
+    channels; default: all).
+
+    Unlike ``quantization_error`` on the whole tensor, which a few outliers dominate (their
+    error is most of ‖x − x̂‖ and their size most of ‖x‖), this can look at the ordinary
+    elements alone: what one shared scale does to them. The norms are summed in float64, so
+    the error does not depend on the CPU's summation order beyond ~1e-15; the counts are exact.
+    """
+    check.tensor("x", x, floating=True)
+    if where is not None:
+        check.tensor("where", where, dtype=torch.bool)
+        try:
+            where = torch.broadcast_to(where, x.shape)
+        except RuntimeError:
+            raise ValueError(f"where must be broadcastable to x's shape {tuple(x.shape)}, "
+                             f"got shape {tuple(where.shape)}") from None
+    q, s = quantize(x, name, granularity, tile)
+    x64 = x.to(torch.float32).double()
+    xhat = dequantize(q, s, granularity, tile).double()
+    if where is not None:
+        x64, xhat = x64[where], xhat[where]
+    norm = float(torch.linalg.vector_norm(x64))
+    error = float(torch.linalg.vector_norm(x64 - xhat)) / norm if norm else 0.0
+    nz = x64 != 0
+    return QuantStats(error, int((xhat[nz] == 0).sum()), int(nz.sum()))
