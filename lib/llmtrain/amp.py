@@ -4,8 +4,8 @@ Micikevicius et al., "Mixed Precision Training", ICLR 2018 (arXiv 1710.03740), t
 
 1. fp32 master weights: forward and backward run on a 16-bit copy of the weights; the optimizer
    updates an fp32 copy, which is rounded back into the 16-bit model after every step (§3.1).
-   Without it, updates smaller than half a 16-bit ulp of the weight are lost
-   (``lost_update_fraction``).
+   Without it, updates of at most half a 16-bit ulp of the weight are lost, exactly half
+   too: a tie rounds to the even neighbour (``lost_update_fraction``).
 2. Loss scaling: multiply the loss by S before backward so small fp16 gradients do not flush
    to 0 (``gradient_underflow``); divide the gradients by S before the step (§3.2). ``LossScaler``
    picks S dynamically exactly as ``torch.amp.GradScaler`` does: halve S and skip the step on
@@ -26,9 +26,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["LossScaler", "MixedPrecisionTrainer", "lost_update_fraction", "gradient_underflow"]
 from . import check
 
+__all__ = ["LossScaler", "MixedPrecisionTrainer", "lost_update_fraction", "gradient_underflow",
+           "emulate_16bit_storage"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -212,7 +213,8 @@ class MixedPrecisionTrainer:
 
 def lost_update_fraction(weights: torch.Tensor, update: torch.Tensor) -> float:
     """Fraction of the nonzero updates u with round(w + u) == w in the weights' dtype (e.g.
-    bf16): the update is lost. For w = 1 in bf16 the ulp is 2⁻⁷, so any |u| < 2⁻⁸ is lost.
+    bf16): the update is lost. For w = 1 in bf16 the ulp above is 2⁻⁷, so any 0 < u ≤ 2⁻⁸ is
+    lost (2⁻⁸ is a tie and 1.0 the even neighbour); below 1 the ulp is 2⁻⁸, so u ≥ -2⁻⁹.
     Source: Micikevicius et al. 2018, §3.1 (their fp16 example: updates < 2⁻¹¹·|w|)."""
     check.tensor("weights", weights, floating=True)
     check.tensor("update", update, floating=True)
@@ -245,3 +247,79 @@ def gradient_underflow(grads: Iterable[torch.Tensor], dtype: torch.dtype,
         nonzero += int(nz.sum())
         lost += int(((g * scale).to(dtype) == 0)[nz].sum())
     return lost / nonzero if nonzero else 0.0
+
+
+def emulate_16bit_storage(model: nn.Module, batches: Iterable[torch.Tensor], *, steps: int,
+                          dtype: torch.dtype = torch.bfloat16, master_weights: bool = True,
+                          lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
+                          eps: float = 1e-8) -> list[float]:
+    """The losses of ``MixedPrecisionTrainer``'s experiment with exact arithmetic: every stored
+    tensor is rounded to its format, every computation runs in float64.
+
+    ``model`` must hold float64 parameters (build it under ``torch.set_default_dtype(
+    torch.float64)``, so that the initial draws are float64 too); its weights are rounded to
+    ``dtype`` in place. Each of ``steps`` steps, on the next batch b (``model(b, b)``):
+    forward and backward in float64, gradients rounded to ``dtype`` (what a 16-bit backward
+    stores), then AdamW, computed in float64:
+
+    - ``master_weights=True``: AdamW updates an fp32 master copy (master and moments rounded to
+      fp32 after the step), which is rounded to ``dtype`` into the model;
+    - ``master_weights=False``: pure 16-bit training; AdamW updates the model's weights, which
+      are rounded to ``dtype`` after the step, with its two moments.
+
+    What it keeps of mixed precision is the rounding of what is stored, which is what loses
+    small updates (``lost_update_fraction``); what it leaves out is the rounding inside the
+    16-bit kernels and of the activations. In exchange the losses are the same on every CPU
+    up to float64 rounding (~1e-12 after a few hundred steps), where 16-bit and fp32 kernels
+    differ with the instruction set. No loss scaling: meant for bf16 (fp16 gradients below
+    2⁻²⁴ flush to 0 here, as they would unscaled). Tested in tests/test_amp.py.
+    """
+    check.module("model", model)
+    if dtype not in HALF_DTYPES:
+        raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+    check.positive_int("steps", steps)
+    check.boolean("master_weights", master_weights)
+    check.positive_number("lr", lr)
+    check.positive_number("eps", eps)
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        check.fail("betas", "a pair (beta1, beta2) with 0 <= beta < 1", betas)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or any(p.dtype != torch.float64 for p in params):
+        dtypes = sorted({str(p.dtype) for p in params})
+        raise ValueError("model must have float64 parameters (build it under "
+                         f"torch.set_default_dtype(torch.float64)), got {dtypes}")
+
+    def rounded(t: torch.Tensor, to: torch.dtype) -> torch.Tensor:  # float64 → to → float64
+        return t.float().to(to).double()
+
+    with torch.no_grad():
+        master = [rounded(p, torch.float32).requires_grad_() for p in params] if master_weights else params
+        for p in params:
+            p.copy_(rounded(p, dtype))
+    optimizer = torch.optim.AdamW(master, lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0)
+    storage = torch.float32 if master_weights else dtype  # what the optimizer's tensors are kept in
+    losses, data = [], iter(batches)
+    for _ in range(steps):
+        batch = next(data)
+        loss = model(batch, batch).loss
+        loss.backward()
+        with torch.no_grad():
+            for m, p in zip(master, params):
+                if p.grad is not None:
+                    m.grad = rounded(p.grad, dtype)  # the 16-bit gradient (exact in fp32)
+                if m is not p:
+                    p.grad = None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for m, p in zip(master, params):
+                m.copy_(rounded(m, storage))
+                state = optimizer.state.get(m, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        state[key].copy_(rounded(state[key], storage))
+                if m is not p:
+                    p.copy_(rounded(m, dtype))
+        losses.append(float(loss.detach()))
+    return losses
