@@ -32,7 +32,18 @@
 # - redo the slides' worked example, and see which units make it add up;
 # - check an estimate against the measured peak of a real training step.
 #
-# Units: **GB** = 10⁹ bytes, **GiB** = 2³⁰ bytes, always said. The code is `llmtrain.memory`.
+# Units: **GB** = 10⁹ bytes, **GiB** = 2³⁰ bytes, always said. One convention for the slides: their
+# "GB" is read as **GiB** — the worked example (§4) adds up only that way, and the authors' own
+# calculator (§5) counts an "80G" card as 80·2³⁰ bytes — so "17GB" of activations (§3) is 17 GiB too.
+# The one exception is the slides' own arithmetic $16 \times 7B = 112GB$, decimal by construction
+# (§1). The code is `llmtrain.memory`.
+
+# %% [markdown]
+# > **导读**
+# > 本笔记本逐字节推导幻灯片中每张 GPU 的训练显存公式 $16P/N + 2LBTH + 12BTV + 6$：$16P$ 的来历、ZeRO 三个阶段如何切分它、激活值的四种算法（幻灯片、Korthikanti 等人、参考模型与 `transformers` 的精确闭式解）。
+# > 幻灯片中的 "GB" 统一按 GiB（$2^{30}$ 字节）理解（唯一例外是十进制算式 $16 \times 7B = 112GB$），因为只有这样，"2 张 A100 80G 训练 LLaMA-7B，单卡 66GB" 的算例才能对上；"激活值 6.2GB" 有两种读法，笔记本把两种算术都写出来。
+# > 书作者自己的计算器（LLMBox）取梯度与激活值中较大者、只用显存的 95 %，笔记本把它写成一个经过测试的函数，与幻灯片和 `llmtrain.memory.estimate` 端到端比较。
+# > 最后在 CPU 上精确跟踪一次训练步的显存峰值，看峰值落在哪个阶段，并与估计逐项核对。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -67,7 +78,7 @@ P7 = params.count(S7)
 print(f"LLaMA-7B: P = {P7:,} parameters (notebook 10)")
 
 # %% [markdown]
-# ## 1. Model states: where 16P comes from
+# ## 1. Model states: where 16P comes from · 模型参数与优化器：16P 从何而来
 #
 # > 模型参数量为 $P$，模型、梯度、优化器共计需要 $16P$ 字节显存；例如 7B 模型需要 $16 \times 7B = 112GB$
 #
@@ -115,7 +126,7 @@ for opt in ["adamw", "adafactor"]:
     print(f"LLaMA-7B optimizer states, {opt:<9}: {b / GB:6.2f} GB")
 
 # %% [markdown]
-# ## 2. ZeRO: dividing the 16P
+# ## 2. ZeRO: dividing the 16P · 零冗余优化器（ZeRO）：切分 16P
 #
 # > 配合 ZeRO 技术将模型参数与优化器占用分配到每个 GPU；N 张 GPU，使用 ZeRO-3 每张 GPU 显存占用 $\frac{16P}{N}$
 #
@@ -146,8 +157,9 @@ fig, ax = plt.subplots(figsize=(7, 4))
 for z in range(4):
     ax.plot(gpus, [sum(memory.model_state_bytes(P7, zero=z, dp=n).values()) / GIB for n in gpus],
             marker="o", label=f"ZeRO-{z}" if z else "plain data parallel")
-ax.axhline(80 * GB / GIB, color="gray", ls="--", lw=1)
-ax.text(64, 80 * GB / GIB + 2, "A100/H100 80 GB", color="gray", fontsize=8, ha="right")
+CARD = 80 * GIB  # an "80 GB" A100/H100 holds 80 GiB = 81,920 MiB (the LLMBox calculator: 80·2³⁰)
+ax.axhline(CARD / GIB, color="gray", ls="--", lw=1)
+ax.text(64, CARD / GIB + 2, "A100/H100 80 GB card (80 GiB)", color="gray", fontsize=8, ha="right")
 ax.set_xscale("log", base=2)
 ax.set_xticks(gpus, [str(g) for g in gpus])
 ax.set_xlabel("data-parallel GPUs N")
@@ -159,10 +171,11 @@ plt.show()
 
 # %% [markdown]
 # ZeRO-1 and -2 level off at $4P$ and $2P$ (the replicated 16-bit weights and gradients); only
-# stage 3 keeps falling like the slides' $16P/N$.
+# stage 3 keeps falling like the slides' $16P/N$. The dashed line is the card: an "80 GB" A100 or
+# H100 has 80 GiB (81,920 MiB), not 80·10⁹ B (74.5 GiB).
 
 # %% [markdown]
-# ## 3. Activations
+# ## 3. Activations · 激活值
 #
 # > 若保存所有激活值，7B 模型会产生 17GB 激活值占用（推导见教材）；Transformer训练常保留每一层的输入作为
 # > 激活值，批次大小为B，则需要 $2BTH$ 字节保存每层输入；还需要 $4BTV$ 字节保存输出层 softmax 输入
@@ -172,7 +185,8 @@ plt.show()
 #
 # - **textbook** — the slides: keep each layer's input, $L \cdot 2BTH + 4BTV$ (this *is* full
 #   recomputation);
-# - **korthikanti** — Korthikanti et al. (MLSys 2023), $sbh(34 + 5as/h)$ per layer, derived for a
+# - **korthikanti** — Korthikanti et al., "Reducing Activation Recomputation in Large Transformer
+#   Models" (MLSys 2023; arXiv 2205.05198, 2022), $sbh(34 + 5as/h)$ per layer, derived for a
 #   GPT layer (LayerNorm, GeLU MLP of width $4h$, dropout), not for LLaMA;
 # - **reference**, **hf-eager**, **hf-sdpa** — closed forms, exact to the byte, for our reference
 #   LLaMA and for transformers' `LlamaForCausalLM` with eager or SDPA attention (notebook 09 lists
@@ -221,22 +235,23 @@ for impl, m in built.items():
     print(f"{impl:<10} measured {measured:>15,} B   closed form {closed:>15,} B   equal: {measured == closed}")
 
 # %% [markdown]
-# Where could "17 GB" come from? The slides defer to the textbook. What is certain is what it depends
-# on: the batch $B$, the length $T$ (through the $T^2$ attention probabilities of an eager kernel),
-# the dtype and the attention kernel. The same 7B model keeps 12.6 GB with SDPA and 38.3 GB with the
-# eager kernel at $B = 1$, $T = 2048$; each curve crosses 17 GB somewhere:
+# Where could "17 GB" come from? The slides defer to the textbook. In this notebook's convention it is
+# 17 GiB ($17 \cdot 2^{30}$ B). What is certain is what it depends on: the batch $B$, the length $T$
+# (through the $T^2$ attention probabilities of an eager kernel), the dtype and the attention kernel.
+# The same 7B model keeps 11.69 GiB with SDPA and 35.68 GiB with the eager kernel at $B = 1$,
+# $T = 2048$ (the table above); each curve crosses 17 GiB somewhere:
 
 # %%
 Ts = [256 * i for i in range(1, 17)]
 fig, ax = plt.subplots(figsize=(7, 4))
 for impl, rc, kw in [("hf-eager", "none", {}), ("korthikanti", "none", {}), ("hf-sdpa", "none", {}),
                      ("korthikanti", "selective", {}), ("textbook", "full", {})]:
-    ys = [memory.activation_bytes(S7, 1, t, impl=impl, recompute=rc, **kw) / GB for t in Ts]
+    ys = [memory.activation_bytes(S7, 1, t, impl=impl, recompute=rc, **kw) / GIB for t in Ts]
     ax.plot(Ts, ys, marker=".", label=f"{impl} ({rc})")
 ax.axhline(17, color="gray", ls="--", lw=1)
-ax.text(Ts[0], 18, "the slides' 17 GB", color="gray", fontsize=8)
+ax.text(Ts[0], 18, "the slides' 17 GB, read as 17 GiB", color="gray", fontsize=8)
 ax.set_xlabel("sequence length T (B = 1)")
-ax.set_ylabel("activations (GB, 10⁹ B)")
+ax.set_ylabel("activations (GiB, 2³⁰ B)")
 ax.set_ylim(0, 80)
 ax.set_title("LLaMA-7B, bf16: activations kept for backward")
 ax.legend(fontsize=8)
@@ -246,19 +261,32 @@ plt.show()
 # %%
 for impl, rc in [("hf-sdpa", "none"), ("korthikanti", "selective"), ("korthikanti", "none"), ("hf-eager", "none")]:
     t17 = next((t for t in range(64, 32768, 64)
-                if memory.activation_bytes(S7, 1, t, impl=impl, recompute=rc) >= 17 * GB), None)
-    print(f"{impl:<12} {rc:<10} reaches 17 GB at T = {t17} (B = 1, bf16)")
-print(f"17 GB is also 2^34 B = {2**34 / GB:.2f} GB = 64·L·T·H bytes at B = 1, T = 2048: "
-      f"{64 * 32 * 2048 * 4096 == 2**34}")
+                if memory.activation_bytes(S7, 1, t, impl=impl, recompute=rc) >= 17 * GIB), None)
+    print(f"{impl:<12} {rc:<10} reaches 17 GiB at T = {t17} (B = 1, bf16)")
+
+# %% [markdown]
+# One reading lands on 17 GiB exactly. Korthikanti et al.'s layer keeps $34\,sbh$ bytes once the
+# $5as^2b$ attention scores are recomputed (selective recomputation, 16-bit); over the $L$ layers of
+# LLaMA-7B, for which batch size is that 17 GiB?
+
+# %%
+Bs, Ts_ = sp.symbols("B T", positive=True)
+layers_34 = 34 * Bs * Ts_ * S7.hidden_size * S7.num_layers  # 34·sbh per layer, L layers (bytes)
+print("34·B·T·H·L =", sp.factor(layers_34), "bytes")
+print("= 17 GiB at T = 2048 when B =", sp.solve(sp.Eq(layers_34.subs(Ts_, 2048), 17 * GIB), Bs))
+print("= 17 GiB at B = 1 when T =", sp.solve(sp.Eq(layers_34.subs(Bs, 1), 17 * GIB), Ts_))
 
 # %% [markdown]
 # > **Erratum (ambiguity) — 17GB.** "保存所有激活值，7B 模型会产生 17GB" states no batch size, sequence
-# > length, dtype or attention kernel, and the number moves by 3× with the kernel alone (12.6 GB with
-# > SDPA, 38.3 GB with eager attention, same model, $B = 1$, $T = 2048$, bf16). Read it as one point on
-# > the curves above, e.g. "about 64 bytes per hidden unit per token per layer".
+# > length, dtype or attention kernel, and the number moves by 3× with the kernel alone (11.69 GiB with
+# > SDPA, 35.68 GiB with eager attention, same model, $B = 1$, $T = 2048$, bf16). Read as GiB, like the
+# > rest of the slides, 17 GiB is exactly $34\,BTHL$ bytes at $B = 2$, $T = 2048$ (or $B = 1$,
+# > $T = 4096$): Korthikanti et al.'s per-layer activations with selective recomputation, without the
+# > output layer — a reading that fits the number, not one the slides state. (Read in decimal GB,
+# > 17 GB would sit near $2^{34}$ B, i.e. 16 GiB: that mixes the two conventions.)
 
 # %% [markdown]
-# ## 4. The slides' worked example, cell by cell
+# ## 4. The slides' worked example, cell by cell · 幻灯片算例，逐项核对
 #
 # > 以 2 张 A100 80G 训练 LLaMA 7B 为例 (B=8)：模型与优化器 50GB；激活值 6.2GB；其他 10GB；单卡总计 66GB
 #
@@ -295,26 +323,47 @@ est = memory.estimate(S7, gpus=2, batch=8, seq=2048, zero=3, recompute="full")
 print(est)
 
 # %% [markdown]
-# One reading does give 6.2: the two activation terms added in *different* units.
+# Neither unit gives the slides' 6.2 for $2LBTH + 4BTV$ (5.95 GiB, 6.39 GB). Two readings do, each
+# written out here in exact arithmetic (SymPy rationals):
+#
+# - **(a) mixed units**: the layer inputs in GB plus the softmax input in GiB;
+# - **(b) one unit (GiB), two more inputs**: full recomputation keeps, besides the $L$ layer inputs,
+#   the input of the final RMSNorm and the input of the output layer (`lm_head`), $2BTH$ each
+#   in 16-bit: $2(L+2)BTH + 4BTV$.
 
 # %%
-print(f"2LBTH in GB + 4BTV in GiB = {layer_inputs / GB:.2f} + {softmax_in / GIB:.2f} = "
-      f"{layer_inputs / GB + softmax_in / GIB:.2f}")
+gb, gib = sp.Integer(GB), sp.Integer(GIB)
+reading_a = sp.Rational(layer_inputs) / gb + sp.Rational(softmax_in) / gib
+L_plus_2 = 2 * (L + 2) * B * T * H
+reading_b = sp.Rational(L_plus_2 + softmax_in) / gib
+print(f"(a) 2LBTH/GB + 4BTV/GiB      = {layer_inputs / GB:.4f} + {softmax_in / GIB:.4f} = "
+      f"{reading_a} = {float(reading_a):.4f}")
+print(f"(b) (2(L+2)BTH + 4BTV)/GiB   = ({L_plus_2:,} + {softmax_in:,}) / 2^30 = "
+      f"{reading_b} = {float(reading_b):.4f} GiB")
+slides_total_b = (states + L_plus_2 + softmax_in + other) / GIB
+print(f"with (b), the example's total = {states / GIB:.2f} + {float(reading_b):.2f} + {other / GIB:.2f} "
+      f"= {slides_total_b:.2f} GiB   (slides: 66)")
+assert round(float(reading_a), 1) == round(float(reading_b), 1) == 6.2
 
 # %% [markdown]
-# > **Erratum — 训练显存估计, worked example.** The example's parts are in mixed units:
-# > - "模型与优化器 50GB" is $16P/N$ in **GiB** (50.2 GiB = 53.9 GB).
-# > - "激活值 6.2GB" is neither $2LBTH + 4BTV$ in GiB (5.95) nor in GB (6.39); 6.24 comes out only
-# >   when its two terms are added in different units.
+# > **Erratum — 训练显存估计, worked example.** The example's parts are not all in one unit, and
+# > its activations do not follow from its own formula:
+# > - "模型与优化器 50GB" is $16P/N$ in **GiB** (50.21 GiB = 53.91 GB).
+# > - "激活值 6.2GB" is neither $2LBTH + 4BTV$ in GiB (5.95) nor in GB (6.39). It comes out in two
+# >   ways (cell above): (a) the two terms added in different units, 4.2950 GB + 1.9531 GiB = 6.2481
+# >   (≈ 6.25; the rounded parts 4.29 + 1.95 would suggest 6.24); or
+# >   (b) in GiB throughout, when full recomputation also keeps the inputs of the final norm and of
+# >   the output layer: $2(L+2)BTH + 4BTV$ = 397/64 = 6.2031 GiB. Reading (b) is consistent with
+# >   the other parts' unit; reading (a) is not.
 # > - "其他 10GB" is the formula's 6 plus transformers' softmax extra $8BTV$ (3.91 GiB): the example
 # >   moves the $8BTV$ of the formula's $12BTV$ from activations to "other".
-# > - Read consistently in GiB, formula and example agree: 50.2 + 5.95 + 9.91 = 66.1 GiB
-# >   (= 71.0 GB), the slides' "66GB".
+# > - Read consistently in GiB, formula and example agree: `memory.estimate` gives 66.06 GiB
+# >   (= 70.94 GB) per card, the slides' "66GB".
 # >
 # > Evidence: the cells above.
 
 # %% [markdown]
-# ## 5. Other calculators on the same inputs
+# ## 5. Other calculators on the same inputs · 同一输入下的其他显存计算器
 #
 # The book's authors publish a calculator (RUCAIBox/LLMBox, `training/gpu_calculator.py`) whose
 # activation term is $(12 + 2L)BTH + 12BTV$ — the slides' formula plus $12BTH$:
@@ -327,6 +376,55 @@ slides = memory.slides_formula(P7, 2, L, B, T, H, V, other_unit=GIB)
 llmbox = memory.llmbox_activation_bytes(L, B, T, H, V)
 print(f"slides 2LBTH + 12BTV        : {slides.parts['activations'] / GIB:6.2f} GiB")
 print(f"LLMBox (12 + 2L)BTH + 12BTV : {llmbox / GIB:6.2f} GiB")
+
+# %% [markdown]
+# The activation term is not the only difference. End to end, that calculator (its functions
+# `calc_memory_usage` and `calc_gpu_num`) adds to the model states the **larger** of the activations
+# and a 16-bit gradient buffer — not their sum —, has no "+6", and accepts a number of GPUs when it
+# needs at most **95 %** of the card, counted as 80·2³⁰ B for an A100/H100. Written out as
+# `memory.llmbox_memory_bytes` and `memory.llmbox_gpus_needed` (tested in
+# `tests/test_memory_llmbox.py`):
+
+# %%
+show(memory.llmbox_memory_bytes)
+
+# %% [markdown]
+# The slides' example end to end (LLaMA-7B, two cards, $B = 8$, $T = 2048$, ZeRO-3), each with the
+# budget it compares against. `estimate` gives two numbers: the sum of its parts (an upper bound,
+# what the slides add up) and the modelled peak of one training step (§6), where the gradients are
+# fp32 for the update of the fp32 master weights (`llmtrain.step_peak`):
+
+# %%
+USABLE = 0.95  # the LLMBox calculator's usable share of the card
+box = memory.llmbox_memory_bytes(P7, 2, L, B, T, H, V, zero=3)
+rows = [("slides' formula as written (+6 GiB)", slides.total, CARD),
+        ("slides' worked example", 66 * GIB, CARD),
+        ("llmtrain.memory.estimate, sum of parts", est.total, CARD),
+        (f"llmtrain step peak ({est.step_peak.phase}; §6)", est.peak_bytes, CARD),
+        ("LLMBox: 16P/N + max(2P/N, activations)", box, USABLE * CARD)]
+print(f"{'per GPU':<42} {'GiB':>7}   budget (GiB)")
+for name, b, budget in rows:
+    print(f"{name:<42} {b / GIB:7.2f}   {budget / GIB:5.1f}  {'fits' if b <= budget else 'does not fit'}")
+print(f"LLMBox's max(): activations {llmbox / GIB:.2f} GiB vs gradient buffer 2P/N {P7 / GIB:.2f} GiB")
+
+# %% [markdown]
+# Both answer the question a user asks — how many cards? — and can disagree. The fewest 80 GiB cards
+# for ZeRO-3 at $T = 2048$ with full recomputation, from LLMBox's rule (≤ 95 % of the card) and from
+# `estimate` (its sum of parts ≤ the card):
+
+# %%
+def fewest_gpus(shape, batch, seq=2048, budget=CARD):
+    return next(n for n in range(1, 1000)
+                if memory.estimate(shape, gpus=n, batch=batch, seq=seq, zero=3).total <= budget)
+
+
+print(f"{'model':<10} {'B':>3} {'LLMBox':>7} {'llmtrain':>9}")
+for name in ["llama-7b", "llama-13b", "llama-65b", "llama3-8b"]:
+    s_ = shapes.get(name)
+    for b in [1, 8, 16]:
+        n_box, _ = memory.llmbox_gpus_needed(params.count(s_), s_.num_layers, b, 2048, s_.hidden_size,
+                                             s_.vocab_size, zero=3)
+        print(f"{name:<10} {b:>3} {n_box:>7} {fewest_gpus(s_, b):>9}")
 
 # %% [markdown]
 # Two widely used public calculators have known slips (facts checked by hand against their code):
@@ -350,7 +448,7 @@ for name, parts in [("llmtrain (dp = 4)", ours), ("shards over all 16 GPUs", ele
     print(f"{name:<28} {sum(parts.values()) / GIB:6.2f} GiB per GPU")
 
 # %% [markdown]
-# ## 6. Measured against estimated
+# ## 6. Measured against estimated · 实测与估计
 #
 # A training step of a small reference LLaMA (fp32 AdamW on this CPU), with every tensor tracked:
 # `memory.measure_peak` counts each storage an op creates and sees it freed (exact, repeatable).
@@ -375,7 +473,7 @@ def train_step():
 
 
 train_step()  # creates Adam's m and v
-measured = memory.measure_peak(train_step, include=[net, opt])
+measured = memory.measure_peak(train_step, include=[net, opt, batch])  # the input ids too
 print(measured)
 
 # %% [markdown]
@@ -392,19 +490,66 @@ print(f"\nmeasured peak {measured.peak_bytes:,} B; the sum of all parts {est.tot
       f"({est.total / measured.peak_bytes - 1:+.1%})")
 
 # %% [markdown]
-# The plain sum is an upper bound: it counts every gradient, but the peak comes at the start of
-# backward, when the activations and the logits' gradient are all alive and no parameter gradient
-# exists yet (`zero_grad(set_to_none=True)`). Leaving the gradients out of the peak:
+# The plain sum is an upper bound: no moment of the step holds every part at once. `estimate(...)
+# .step_peak` (`llmtrain.step_peak`) follows the step phase by phase — the forward pass up to the
+# loss, the backward pass, `optimizer.step()` with AdamW's temporaries — and lists what is live at
+# each phase's high point; the step's peak is the largest of them:
 
 # %%
-at_backward_start = est.total - est.details["model states"]["gradients"]
-error = at_backward_start / measured.peak_bytes - 1
-print(f"weights + Adam states + activations + 8BTV = {at_backward_start:,} B: {error:+.2%} of the measured peak")
+peak = est.step_peak
+print(f"{'phase (its high point)':<26} {'bytes live':>13}")
+for phase, total in peak.totals.items():
+    print(f"{phase:<26} {total:>13,}{'  ← the peak' if phase == peak.phase else ''}")
+print("\nlive at the peak:", ", ".join(f"{k} {v:,}" for k, v in peak.parts.items() if v))
+error = peak.peak_bytes / measured.peak_bytes - 1
+print(f"\nestimated step peak {peak.peak_bytes:,} B ({peak.phase}); measured {measured.peak_bytes:,} B: {error:+.2%}")
 assert abs(error) < 0.05
 
 # %% [markdown]
+# A shorter reading — "the peak is at the start of backward: everything but the gradients", since
+# `zero_grad(set_to_none=True)` freed them — happens to work for this model. It fails when the
+# embedding and output layer are a large part of the model: then the peak is inside
+# `optimizer.step()`, where weights, gradients, both Adam moments and AdamW's temporaries are live
+# together and the activations are gone. The same small model with a vocabulary of 16,384:
+
+# %%
+wide = small.replace(vocab_size=16384, name="small, V = 16384")
+B6w, T6w = 1, 128
+torch.manual_seed(0)
+wnet = Llama(wide, attn_impl="sdpa")
+wopt = torch.optim.AdamW(wnet.parameters(), lr=1e-3)
+wbatch = torch.randint(0, wide.vocab_size, (B6w, T6w))
+
+
+def wide_step():
+    wnet(wbatch, labels=wbatch).loss.backward()
+    wopt.step()
+    wopt.zero_grad(set_to_none=True)
+
+
+wide_step()
+w_measured = memory.measure_peak(wide_step, include=[wnet, wopt, wbatch])
+w_est = memory.estimate(wide, gpus=1, batch=B6w, seq=T6w, zero=0, recompute="none", dtype="fp32",
+                        impl="reference", attention="sdpa", precision="fp32", overheads=False)
+
+at_backward_start = est.total - est.details["model states"]["gradients"]  # the short reading
+print(f"{'model':<18} {'emb+head':>8} {'measured peak B':>16}   {'step peak':>9} {'in phase':<15} "
+      f"{'total − gradients':>17}")
+for name, shp, m_, e_ in [("small, V = 2048", small, measured, est), (wide.name, wide, w_measured, w_est)]:
+    parts_ = params.breakdown(shp)
+    share = (parts_["embedding"] + parts_["lm_head"]) / params.count(shp)
+    short = e_.total - e_.details["model states"]["gradients"]
+    print(f"{name:<18} {share:>8.1%} {m_.peak_bytes:>16,}   {e_.peak_bytes / m_.peak_bytes - 1:>+9.2%} "
+          f"{e_.step_peak.phase:<15} {short / m_.peak_bytes - 1:>+17.2%}")
+print("(step peak and total − gradients: error against the measured peak)")
+assert abs(w_est.peak_bytes / w_measured.peak_bytes - 1) < 0.05
+assert w_est.step_peak.phase == "optimizer step"
+assert (w_est.total - w_est.details["model states"]["gradients"]) / w_measured.peak_bytes - 1 < -0.15
+
+# %% [markdown]
 # Where the parts are exact, they match exactly. Before the step: the weights ($4P$), Adam's $m$ and
-# $v$ ($8P$), Adam's scalar step counter (one fp32 per parameter tensor) and RoPE's small buffer.
+# $v$ ($8P$), Adam's scalar step counter (one fp32 per parameter tensor), RoPE's small buffer and the
+# input ids (int64).
 # One forward pass then adds the saved activations — except the input ids, which existed before —
 # plus the logits and the loss it returns.
 
@@ -412,14 +557,14 @@ assert abs(error) < 0.05
 P_small = params.count(small)
 n_tensors = len(list(net.parameters()))
 rope = net.model.rotary_emb.inv_freq.numel() * 4
-before = 12 * P_small + 4 * n_tensors + rope
-print(f"before the step: {measured.start_bytes:,} B; 12P + 4·{n_tensors} + {rope} = {before:,} B; "
-      f"equal: {measured.start_bytes == before}")
+ids_bytes = batch.numel() * batch.element_size()
+before = 12 * P_small + 4 * n_tensors + rope + ids_bytes
+print(f"before the step: {measured.start_bytes:,} B; 12P + 4·{n_tensors} + {rope} + ids {ids_bytes:,} = "
+      f"{before:,} B; equal: {measured.start_bytes == before}")
 kept = []
 fwd = memory.measure_peak(lambda: kept.append(net(batch, labels=batch)), include=[net, opt])
 acts = memory.activation_bytes(small, B6, T6, dtype="fp32", impl="reference", recompute="none",
                                attention="sdpa")
-ids_bytes = batch.numel() * batch.element_size()
 logits = 4 * B6 * T6 * small.vocab_size
 added = fwd.end_bytes - fwd.start_bytes
 print(f"after forward  : {added:,} B; activations − input ids + logits + loss = "
@@ -448,47 +593,48 @@ if torch.cuda.is_available():
     print(f"max_memory_allocated {g.peak_bytes:,} B; CPU tracker {measured.peak_bytes:,} B; "
           f"estimate {at_backward_start:,} B ({at_backward_start / g.peak_bytes - 1:+.1%})")
 else:
-    print("skipped: no CUDA GPU here, so torch.cuda.max_memory_allocated cannot be compared")
+    from llmtrain import gpu_results
+    print("skipped here: no CUDA GPU, so torch.cuda.max_memory_allocated cannot be compared")
+    print(gpu_results.section("memory_peak"))  # what scripts/gpu_check.py measured on one
 
 # %% [markdown]
-# ## 7. Calculator
+# ## 7. Calculator · 显存计算器
 #
-# Pick a model and a setup; the bar shows each part per GPU (GiB).
+# Pick a model and a setup; the bar shows each part of `memory.estimate` per GPU (GiB), the dotted
+# line the peak of one training step (`estimate(...).peak_bytes`, §6), the dashed line the 80 GiB
+# of an "80G" card. Settings the library refuses (the textbook count with anything but full
+# recomputation, say) show its message. The widget is `llmtrain.widgets.MemoryCalculator`:
+
+# %%
+from llmtrain import widgets
+
+show(widgets.MemoryCalculator.compute)
 
 # %% tags=["nbval-ignore-output"]
-# widget output is routed through the front end, so its stored form depends on the runner
-import time
+# The live widget. Its stored output is widget state (random ids), so nbval does not compare it.
+calculator = widgets.MemoryCalculator()
+calculator.widget()
 
-import ipywidgets as widgets
+# %% [markdown]
+# Without a running kernel (on GitHub, in the HTML pages) the widget above is empty. Its default
+# state, the slides' worked example of §4, drawn once:
 
+# %%
+from IPython.display import Image
 
-def calculator(model="llama-7b", gpus=2, zero=3, batch=8, seq=2048, recompute="full",
-               impl="textbook", dtype="bf16"):
-    t0 = time.perf_counter()
-    try:
-        est = memory.estimate(shapes.get(model), gpus=gpus, batch=batch, seq=seq, zero=zero,
-                              recompute=recompute, impl=impl, dtype=dtype)
-    except ValueError as e:
-        print("invalid setup:", e)
-        return
-    ms = 1000 * (time.perf_counter() - t0)
-    fig, ax = plt.subplots(figsize=(7, 1.6))
-    left = 0.0
-    for part, value in est.gib.items():
-        if part != "total":
-            ax.barh([0], [value], left=left, label=part)
-            left += value
-    ax.axvline(80 * GB / GIB, color="gray", ls="--", lw=1)
-    ax.set_yticks([])
-    ax.set_xlabel("GiB per GPU (dashed: 80 GB card)")
-    ax.legend(ncols=3, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6))
-    plt.show()
-    print(est)
-    print(f"(estimated in {ms:.2f} ms)")
+view = widgets.MemoryCalculator.static()
+png, svg = plots.save(view.fig, "11_calculator_default")
+print(view.headline)
+print(view.text)
+Image(filename=png, width=650)  # the saved figure, as in figures/11_calculator_default.png
 
-
-widgets.interact(calculator, model=shapes.names(), gpus=widgets.IntSlider(2, 1, 64),
-                 zero=[0, 1, 2, 3], batch=widgets.IntSlider(8, 1, 64),
-                 seq=widgets.IntSlider(2048, 128, 8192, 128),
-                 recompute=["full", "none", "selective"],
-                 impl=list(memory.ACTIVATION_IMPLS), dtype=["bf16", "fp16", "fp32"]);
+# %% [markdown]
+# ## 要点 · Key points
+#
+# - 单位约定：幻灯片的 "GB" 按 GiB（$2^{30}$ 字节）理解（十进制算式 $16 \times 7B = 112GB$ 除外）；一张 "80G" 的 A100/H100 是 80 GiB（81,920 MiB），不是 $80 \times 10^9$ 字节。
+# - 混合精度 AdamW 每个参数 16 字节（16 位权重 2 + 16 位梯度 2 + fp32 主权重 4 + Adam 的 $m$、$v$ 各 4）。LLaMA-7B 的真实参数量给出 107.8 GB = 100.4 GiB；幻灯片的 112 GB 用的是名义上的 $7 \times 10^9$ 和十进制 GB。
+# - ZeRO-1/2/3 每卡分别为 $4P + 12P/N$、$2P + 14P/N$、$16P/N$；复现 ZeRO 论文的 7.5B、64 卡算例：120.000、31.406、16.641、1.875 GB。
+# - 激活值取决于批次、长度、数据类型和注意力内核：LLaMA-7B（bf16，$B = 1$，$T = 2048$）在 SDPA 下保存 11.69 GiB，eager 注意力下 35.68 GiB；闭式解与 7B 规模的实测逐字节相等。按 GiB 理解，"17GB" 恰为 $B = 2$、$T = 2048$ 时 Korthikanti 等人选择性重计算的 $34\,BTHL$ 字节。
+# - 幻灯片算例（2 张 A100 80G，LLaMA-7B，$B = 8$）：模型与优化器 50.21 GiB；$2LBTH + 4BTV$ 为 5.95 GiB（6.39 GB），"6.2" 有两种读法：混合单位 6.25，或统一用 GiB、再加上最终归一化层与输出层的输入 $2(L+2)BTH + 4BTV$ = 6.2031 GiB；其他 9.91 GiB；`memory.estimate` 合计 66.06 GiB（70.94 GB），即幻灯片的 "66GB"。
+# - 书作者的 LLMBox 计算器取激活值与梯度缓冲中的较大者、不加 "+6"、只用显存的 95 %：同一算例每卡 60.81 GiB（预算 76.0 GiB）；`memory.estimate` 的各部分之和为 66.06 GiB，模拟的单步峰值为 62.97 GiB（落在 optimizer step）；两者都得出 2 张卡，对 LLaMA-65B 两者所需卡数可以不同。
+# - 一个训练步的峰值由 `estimate(...).step_peak` 按阶段给出，在两个小模型上与精确跟踪的实测峰值相差 +0.00 %；词表 16,384（词嵌入与输出层占 74.3 %）时峰值落在 `optimizer.step()`，而 "总和减去梯度" 的读法低估 19.74 %。
