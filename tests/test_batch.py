@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import sympy as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from llmtrain import batch
 from llmtrain.batch import (PALM_STAGES, PALM_TOTAL_TOKENS, accumulate_gradients,
                             accumulation_steps, linear_ramp, noise_scale, noise_scale_from_norms,
                             noise_terms, noise_terms_from_norms, per_example_grads,
-                            steps_and_tokens, stepwise)
+                            linear_ramp_steps, steps_and_tokens, stepwise)
 from llmtrain.llama import Llama
 from llmtrain.shapes import get
 
@@ -90,6 +91,65 @@ def test_accumulation_steps():
         accumulation_steps(1000, 300)
     with pytest.raises(ValueError, match="micro_batch_tokens"):
         accumulation_steps(1000, 0)
+
+
+# --- steps under a linear ramp (continuum) --------------------------------------------------
+
+GPT3_RAMP = dict(start_tokens=32 * 1024, end_tokens=3_200_000)
+
+
+def test_linear_ramp_steps_gpt3_warmup():
+    # notebook 03's exercise: 375M warmup tokens inside a 4B (12B) ramp; 300B tokens in all
+    b_warm = linear_ramp(375 * 10**6, ramp_tokens=4 * 10**9, **GPT3_RAMP)
+    assert b_warm == 329_696  # about 0.33M, a tenth of the full 3.2M
+    warm4 = linear_ramp_steps(375 * 10**6, ramp_tokens=4 * 10**9, **GPT3_RAMP)
+    warm12 = linear_ramp_steps(375 * 10**6, ramp_tokens=12 * 10**9, **GPT3_RAMP)
+    total4 = linear_ramp_steps(300 * 10**9, ramp_tokens=4 * 10**9, **GPT3_RAMP)
+    # by hand: 4e9/3,167,232 · ln(329,696/32,768) = 1262.93 · 2.30869 = 2915.8
+    assert warm4 == pytest.approx(2915.8, abs=0.1)
+    assert warm12 == pytest.approx(5271.8, abs=0.1)  # 3788.81 · ln(131,744/32,768)
+    # 4.6289 × the 1,250 full-batch steps of the ramp, then 296e9/3.2e6 = 92,500
+    assert total4 == pytest.approx(1250 * 4.6289 + 92_500, abs=0.5)
+    assert 0.029 < warm4 / total4 < 0.030  # about 3 %, not 375M/3.2M / 81k ≈ 0.1 %
+
+
+def test_linear_ramp_steps_is_the_integral():
+    tau, R, b0, b1 = sp.symbols("tau R b_0 b_1", positive=True)
+    x = sp.symbols("x", positive=True)
+    S = sp.integrate(1 / (b0 + (b1 - b0) * x / R), (x, 0, tau))
+    vals = {tau: 3_000, R: 10_000, b0: 100, b1: 1_000}
+    kw = dict(start_tokens=100, end_tokens=1_000, ramp_tokens=10_000)
+    assert linear_ramp_steps(3_000, **kw) == pytest.approx(float(S.subs(vals)), rel=1e-12)
+    assert linear_ramp_steps(10_000, **kw) == pytest.approx(10_000 * math.log(10) / 900, rel=1e-12)
+    assert linear_ramp_steps(25_000, **kw) == pytest.approx(10_000 * math.log(10) / 900 + 15,
+                                                            rel=1e-12)
+    assert linear_ramp_steps(0, **kw) == 0
+    assert linear_ramp_steps(700, start_tokens=7, end_tokens=7, ramp_tokens=50) == 100
+    assert linear_ramp_steps(700, start_tokens=7, end_tokens=70, ramp_tokens=0) == 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(b0=st.integers(1, 500), extra=st.integers(0, 5_000), ramp=st.integers(1, 200_000),
+       total=st.integers(0, 400_000))
+def test_linear_ramp_steps_bounds_the_replay(b0, extra, ramp, total):
+    kw = dict(start_tokens=b0, end_tokens=b0 + extra, ramp_tokens=ramp)
+    n = len(steps_and_tokens(lambda t: linear_ramp(t, **kw), total))
+    s = linear_ramp_steps(total, **kw)
+    k = extra / ramp  # a step of b tokens grows the batch by at most the factor 1 + k
+    assert s <= n + 1e-9 * max(1, n)
+    if b0 > 1:
+        assert n < 1 + s * (1 + k) / (1 - 1 / b0) + 1e-9 * max(1, n)
+
+
+def test_linear_ramp_steps_validation():
+    with pytest.raises(ValueError, match="tokens"):
+        linear_ramp_steps(-1, start_tokens=1, end_tokens=5, ramp_tokens=1)
+    with pytest.raises(ValueError, match="end_tokens"):
+        linear_ramp_steps(1, start_tokens=10, end_tokens=5, ramp_tokens=1)
+    with pytest.raises(ValueError, match="start_tokens"):
+        linear_ramp_steps(1, start_tokens=0, end_tokens=5, ramp_tokens=1)
+    with pytest.raises(ValueError, match="ramp_tokens"):
+        linear_ramp_steps(1, start_tokens=1, end_tokens=5, ramp_tokens=1.5)
 
 
 # --- gradient accumulation ------------------------------------------------------------------

@@ -19,6 +19,7 @@ Tested in tests/test_batch.py.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -29,9 +30,9 @@ from . import check
 from .check import integer as _check_int  # _check_int(name, value, minimum)
 
 __all__ = ["linear_ramp", "stepwise", "PALM_SEQ_LEN", "PALM_STAGES", "PALM_TOTAL_TOKENS",
-           "Step", "steps_and_tokens", "accumulation_steps", "accumulate_gradients",
-           "per_example_grads", "noise_terms", "noise_scale", "noise_terms_from_norms",
-           "noise_scale_from_norms"]
+           "Step", "steps_and_tokens", "linear_ramp_steps", "accumulation_steps",
+           "accumulate_gradients", "per_example_grads", "noise_terms", "noise_scale",
+           "noise_terms_from_norms", "noise_scale_from_norms"]
 
 
 # --- schedules: tokens seen -> batch size in tokens ----------------------------------------
@@ -117,6 +118,39 @@ def steps_and_tokens(schedule: Callable[[int], int], total_tokens: int) -> list[
         steps.append(Step(len(steps), b, seen))
         seen += b
     return steps
+
+
+def linear_ramp_steps(tokens: int, *, start_tokens: int, end_tokens: int,
+                      ramp_tokens: int) -> float:
+    """S(τ) = ∫₀^τ dτ'/b(τ'): the optimizer steps that the first τ = ``tokens`` tokens take
+    under ``linear_ramp`` (each step consumes b tokens, so dS/dτ = 1/b), in the continuum
+    limit (no micro-batch flooring):
+
+        τ <= R:  S = R/(b1 − b0) · ln(b(τ)/b0),  b(τ) = b0 + (b1 − b0)·τ/R   (τ/b0 if b1 = b0)
+        τ >  R:  S = S(R) + (τ − R)/b1
+
+    with b0 = start_tokens, b1 = end_tokens, R = ramp_tokens (R = 0: no ramp, τ/b1). The
+    first line is the integral notebook 02 derives with SymPy. The replay
+    ``steps_and_tokens(lambda t: linear_ramp(t, ...), τ)`` counts whole steps, N of them:
+    S ≤ N < 1 + S·(1 + k)/(1 − 1/b0) with k = (b1 − b0)/R, the batch's relative growth
+    over one step (tests/test_batch.py::test_linear_ramp_steps_bounds_the_replay).
+    Example: GPT-3's warmup, its first 375M tokens, inside a 4B-token ramp from 32K to 3.2M
+    takes about 2,900 steps, not 375M/3.2M ≈ 117 (notebook 03).
+    """
+    _check_int("tokens", tokens, 0)
+    _check_int("start_tokens", start_tokens, 1)
+    _check_int("end_tokens", end_tokens, 1)
+    _check_int("ramp_tokens", ramp_tokens, 0)
+    if end_tokens < start_tokens:
+        raise ValueError(f"end_tokens={end_tokens} must be >= start_tokens={start_tokens} "
+                         "(the ramp grows the batch)")
+    b0, b1, R = start_tokens, end_tokens, ramp_tokens
+    in_ramp = min(tokens, R)
+    if b1 == b0:
+        s = in_ramp / b0
+    else:  # log1p: accurate for small τ/R; ln(b(τ)/b0) = ln(1 + (b1 − b0)τ/(R·b0))
+        s = R / (b1 - b0) * math.log1p((b1 - b0) * in_ramp / (R * b0)) if R else 0.0
+    return s + (tokens - in_ramp) / b1
 
 
 # --- gradient accumulation ----------------------------------------------------------------
