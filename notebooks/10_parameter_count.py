@@ -302,34 +302,32 @@ for n in family:
 #
 # ## 7. Explore · 动手探索
 #
-# Move the sliders; impossible shapes (heads not dividing $H$, KV heads not dividing heads) are
-# rejected with the message `ModelShape` gives.
+# Move the sliders: $H$, $L$, $H'$, $N$, $N_{kv}$, $V$ (the defaults are LLaMA-7B). The bar is
+# `params.breakdown` by component, the dashed line the slides' formula, which leaves the bar once
+# $N_{kv} < N$. Impossible shapes (heads not dividing $H$, KV heads not dividing heads) are
+# rejected with the message `ModelShape` gives. The widget is `llmtrain.widgets.ParamsExplorer`:
 
 # %%
-import ipywidgets as widgets
+from llmtrain import widgets
 
-
-def explore(H=4096, L=32, Hp=11008, N=32, N_kv=32, V=32000):
-    try:
-        shape = shapes.ModelShape(vocab_size=V, hidden_size=H, num_layers=L, num_heads=N,
-                                  num_kv_heads=N_kv, intermediate_size=Hp, max_seq_len=4096)
-    except ValueError as e:
-        print("invalid shape:", e)
-        return
-    print(params.describe(shape))
-
-
-explore()  # the defaults are LLaMA-7B
-
-# %% [markdown]
-# The sliders (live in Jupyter and Colab; a static page shows only their last state):
+show(widgets.ParamsExplorer.compute)
 
 # %% tags=["nbval-ignore-output"]
-# widget output is routed through the front end, so its stored form depends on the runner
-widgets.interact(explore,
-                 H=widgets.IntSlider(4096, 256, 16384, 256), L=widgets.IntSlider(32, 1, 128),
-                 Hp=widgets.IntSlider(11008, 256, 65536, 256), N=widgets.IntSlider(32, 1, 128),
-                 N_kv=widgets.IntSlider(32, 1, 128), V=widgets.IntSlider(32000, 1000, 256000, 1000));
+# The live widget. Its stored output is widget state (random ids), so nbval does not compare it.
+explorer = widgets.ParamsExplorer()
+explorer.widget()
+
+# %% [markdown]
+# Without a running kernel (on GitHub, in the HTML pages) the widget above is empty. Its default
+# state, LLaMA-7B, drawn once:
+
+# %%
+from IPython.display import Image
+
+view = widgets.ParamsExplorer.static()
+png, svg = plots.save(view.fig, "10_explore_default")
+print(view.text)
+Image(filename=png, width=650)  # the saved figure, as in figures/10_explore_default.png
 
 # %% [markdown]
 # **Exercise.** Llama-3 70B has $N = 64$ query heads and $N_{kv} = 8$. How many parameters would
