@@ -136,6 +136,11 @@ CASES = [
     ("step_peak.step_peak", step_peak.step_peak, dict(shape=TINY, batch=2, seq=16),
      {"shape": "shape", "batch": "pos", "seq": "pos?", "gpus": "pos", "tp": "pos", "pp": "pos",
       "set_to_none": "bool", "zero": _choice((0, 1, 2, 3))}),
+    ("step_peak.param_sizes", step_peak.param_sizes, dict(shape=TINY),
+     {"shape": "shape", "impl": _choice(("reference", "hf", "hf-eager", "hf-sdpa"))}),
+    ("step_peak.optimizer_temporary_bytes", step_peak.optimizer_temporary_bytes,
+     dict(sizes=[4, 8], element_bytes=4),
+     {"element_bytes": "pos", "impl": _choice(step_peak.OPTIMIZER_IMPLS)}),
     ("memory.llmbox_memory_bytes", memory.llmbox_memory_bytes,
      dict(num_params=7 * 10**9, gpus=2, L=32, B=8, T=2048, H=4096, V=32000),
      {**{k: "pos" for k in ("num_params", "gpus", "L", "B", "T", "H", "V")},
@@ -496,3 +501,10 @@ def test_launch_checks_before_starting_ranks(kwargs, message):
 
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         launch(check.integer, **kwargs)
+
+
+def test_step_peak_sizes_must_be_a_list_of_counts():
+    with pytest.raises(ValueError, match=r"^sizes must be a list or tuple, got None"):
+        step_peak.optimizer_temporary_bytes(None)
+    with pytest.raises(ValueError, match=r"^sizes\[1\] must be"):
+        step_peak.optimizer_temporary_bytes([4, -1])

@@ -133,7 +133,7 @@ def recompute_flops(shape: ModelShape, batch: int, seq: int, *, attention: str =
     early stop (torch's default: recomputation stops at the last saved tensor, the input of
     the segment's last down_proj, so that matmul never runs again). Selective: 4·BT²·Nd per
     layer; eager with early stop 2·BT²·Nd (softmax·V is the core's last op). Source: Chen et
-    al. 2016, Korthikanti et al. 2022; measured (with and without early stop): see
+    al. 2016, Korthikanti et al., MLSys 2023; measured (with and without early stop): see
     tests/test_flops.py::test_reference_llama_matches_counter.
     """
     shape = _check(shape, batch, seq, attention, recompute, k)

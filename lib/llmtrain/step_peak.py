@@ -59,6 +59,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from . import check
 from . import memory as _memory
 from .shapes import ModelShape
 
@@ -123,6 +124,8 @@ def param_sizes(shape: ModelShape, impl: str = "reference") -> list[int]:
     then its bias), post-attention norm, gate, up, down; final norm; lm_head (absent when tied).
     transformers' decoder layer registers attention and MLP before the two norms.
     """
+    shape = check.shape("shape", shape)
+    check.one_of("impl", impl, ("reference", "hf", "hf-eager", "hf-sdpa"))
     V, H = shape.vocab_size, shape.hidden_size
     sizes = [V * H] + _layer_sizes(shape, impl) * shape.num_layers + [H]
     return sizes if shape.tie_embeddings else sizes + [V * H]
@@ -149,8 +152,9 @@ def optimizer_temporary_bytes(sizes: list[int], element_bytes: int = 4,
     parameter's denom); foreach: Σ n_i·b (one sqrt of every second moment); fused: 0.
     Measured: see tests/test_step_peak.py::test_adamw_temporaries.
     """
-    if impl not in OPTIMIZER_IMPLS:
-        raise ValueError(f"optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {impl!r}")
+    sizes = check.sequence("sizes", sizes, item=lambda n, v: check.integer(n, v, 0))
+    check.positive_int("element_bytes", element_bytes)
+    check.one_of("impl", impl, OPTIMIZER_IMPLS)
     if impl == "fused" or not sizes:
         return 0
     if impl == "foreach":
