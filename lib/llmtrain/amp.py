@@ -262,8 +262,10 @@ def emulate_16bit_storage(model: nn.Module, batches: Iterable[torch.Tensor], *, 
     forward and backward in float64, gradients rounded to ``dtype`` (what a 16-bit backward
     stores), then AdamW, computed in float64:
 
-    - ``master_weights=True``: AdamW updates an fp32 master copy (master and moments rounded to
-      fp32 after the step), which is rounded to ``dtype`` into the model;
+    - ``master_weights=True``: AdamW updates a master copy, which is rounded to ``dtype`` into
+      the model. Master and moments stay float64: real training keeps them in fp32, whose
+      rounding (2⁻²⁴ relative) is far below the updates, and rounding them to fp32 would turn
+      float64's CPU-dependent last bits into fp32 ulps and change the curves from CPU to CPU;
     - ``master_weights=False``: pure 16-bit training; AdamW updates the model's weights, which
       are rounded to ``dtype`` after the step, with its two moments.
 
@@ -294,11 +296,11 @@ def emulate_16bit_storage(model: nn.Module, batches: Iterable[torch.Tensor], *, 
         return t.float().to(to).double()
 
     with torch.no_grad():
-        master = [rounded(p, torch.float32).requires_grad_() for p in params] if master_weights else params
+        master = [p.detach().clone().requires_grad_() for p in params] if master_weights else params
         for p in params:
             p.copy_(rounded(p, dtype))
     optimizer = torch.optim.AdamW(master, lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0)
-    storage = torch.float32 if master_weights else dtype  # what the optimizer's tensors are kept in
+    storage = torch.float64 if master_weights else dtype  # what the optimizer's tensors are kept in
     losses, data = [], iter(batches)
     for _ in range(steps):
         batch = next(data)
@@ -314,11 +316,12 @@ def emulate_16bit_storage(model: nn.Module, batches: Iterable[torch.Tensor], *, 
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for m, p in zip(master, params):
-                m.copy_(rounded(m, storage))
-                state = optimizer.state.get(m, {})
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in state:
-                        state[key].copy_(rounded(state[key], storage))
+                if storage != torch.float64:  # pure 16-bit: weights and moments rounded
+                    m.copy_(rounded(m, storage))
+                    state = optimizer.state.get(m, {})
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        if key in state:
+                            state[key].copy_(rounded(state[key], storage))
                 if m is not p:
                     p.copy_(rounded(m, dtype))
         losses.append(float(loss.detach()))
