@@ -16,11 +16,15 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``activation_formulas`` the same bytes in closed form, for the reference and transformers' LLaMA
 - ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
 - ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
+- ``step_peak`` the peak of one training step, phase by phase (forward, backward, optimizer step)
 - ``dist``    several processes on torch.distributed: launch, counted collectives, data
               parallelism and ZeRO stage 1/2/3 by hand (数据并行, 零冗余优化器)
 - ``device``  which device and 16-bit dtype to use here
 - ``plots``   one figure style; ``save`` writes figures/
 - ``show``    display the source of what runs, so notebooks never copy library code
+- ``widgets`` the notebooks' explorers and calculator: one figure updated in place, a static default
+- ``chapter`` the chapter map: which section has its notebook (right on Colab too)
+- ``gpu_results`` GPU measurements stored by scripts/gpu_check.py, for machines without a GPU
 - ``check``   one way to check arguments: ValueError "<name> must be <rule>, got <value>"
 """
 
