@@ -257,9 +257,10 @@ print(f"{odd.item():.8g} + 2^-8 in bf16 = {(odd + 2.0**-8).item():.8g}: the tie 
 # Adam's updates are about lr in size: with lr = 10⁻³ and weights near 1 (RMSNorm gains start at 1)
 # most updates vanish in pure bf16. Mixed precision applies them to an fp32 master copy instead and
 # rounds only the copy used for compute. The same run twice, 150 steps at lr 10⁻³, with
-# `amp.emulate_16bit_storage`: everything *stored* is rounded as in bf16 training (the weights and
-# gradients to bf16; the master copy and Adam's moments to fp32, or to bf16 in pure bf16), while the
-# arithmetic runs in float64. That isolates what this section is about, the rounding of the weights,
+# `amp.emulate_16bit_storage`: what is stored in 16 bits is rounded as in bf16 training (the model's
+# weights and the gradients; in pure bf16 also Adam's moments), while the arithmetic runs in float64
+# and the master copy and its moments stay float64 (fp32 in practice, whose rounding is far below
+# the updates). That isolates what this section is about, the rounding of the weights,
 # and gives the same curves on every CPU (real bf16 and fp32 kernels round differently from one
 # instruction set to the next). `MixedPrecisionTrainer` with real bf16 kernels, from the same weights,
 # ends within 0.5 % of the emulation (`tests/test_amp.py::test_emulated_storage_rounds_what_is_stored_and_master_weights_win`).
