@@ -207,6 +207,15 @@ def test_ring_bytes():
         comm.ring_bytes("scatter", M, 2)
 
 
+@pytest.mark.parametrize("args, name", [
+    (("all_reduce", 1200, 0), "world_size"), (("all_reduce", 1200, -2), "world_size"),
+    (("all_reduce", -1, 2), "buffer_bytes"), (("all_gather", 1.5, 2), "buffer_bytes"),
+    (("broadcast", 1200, 3, 3), "rank"), (("broadcast", 1200, 3, 0, -1), "src")])
+def test_ring_bytes_bad_input_names_the_argument(args, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
+        comm.ring_bytes(*args)
+
+
 def test_counted_collectives_compute_and_count(no_orphans):
     res = launch(comm_demo, 2)
     for r, (t, out, full, b, log) in enumerate(res):

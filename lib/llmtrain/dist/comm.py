@@ -27,6 +27,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from .. import check
+
 __all__ = ["Record", "Log", "counting", "all_reduce", "reduce_scatter", "all_gather", "broadcast",
            "ring_bytes"]
 
@@ -95,7 +97,11 @@ def counting() -> Iterator[Log]:
 def ring_bytes(op: str, buffer_bytes: int, world_size: int, rank: int = 0,
                src: int = 0) -> tuple[Fraction, Fraction]:
     """(sent, received) bytes of one rank for one collective on ``buffer_bytes`` (see above)."""
-    n, m = world_size, Fraction(buffer_bytes)
+    check.one_of("op", op, ("all_reduce", "reduce_scatter", "all_gather", "broadcast"))
+    n = check.positive_int("world_size", world_size)
+    m = Fraction(check.integer("buffer_bytes", buffer_bytes, 0))
+    check.integer("rank", rank, 0, n - 1)
+    check.integer("src", src, 0, n - 1)
     if n == 1:
         return Fraction(0), Fraction(0)
     if op == "all_reduce":
