@@ -265,7 +265,7 @@ print(f"{odd.item():.8g} + 2^-8 in bf16 = {(odd + 2.0**-8).item():.8g}: the tie 
 # the updates). That isolates what this section is about, the rounding of the weights,
 # and gives the same curves on every CPU (real bf16 and fp32 kernels round differently from one
 # instruction set to the next). `MixedPrecisionTrainer` with real bf16 kernels, from the same weights,
-# ends within 0.5 % of the emulation (`tests/test_amp.py::test_emulated_storage_rounds_what_is_stored_and_master_weights_win`).
+# ends within 0.1 % of the emulation (`tests/test_amp.py::test_emulated_storage_rounds_what_is_stored_and_master_weights_win`).
 
 # %%
 def run_16bit(master, steps=150):

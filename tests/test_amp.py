@@ -280,12 +280,12 @@ def test_emulated_storage_rounds_what_is_stored_and_master_weights_win():
     # the real trainer (bf16 kernels) from the same initial weights. Measured: first loss
     # 5.57380 vs 5.57388 emulated (1.4e-5 relative), tail 3.4212 vs 3.4206 (0.02 %; pure bf16
     # 3.5375); we allow
-    # a quarter of a bf16 step on the first and 0.5 % on the tail, as for autocast above
+    # a quarter of a bf16 step on the first and 0.1 % (5x the gap) on the tail
     trainer = MixedPrecisionTrainer(_model64().float(), torch.bfloat16, lr=LR, betas=(0.9, 0.95))
     data = batches(TOKENS, 8, 32, 0)
     ours = [trainer.step(x, x) for x in (next(data) for _ in range(STEPS))]
     assert abs(ours[0] - mixed[0]) < 1e-3 * mixed[0]
-    assert abs(_tail(ours) - _tail(mixed)) < 0.005 * _tail(mixed)
+    assert abs(_tail(ours) - _tail(mixed)) < 0.001 * _tail(mixed)
 
 
 def test_emulated_storage_is_deterministic_and_checks_its_arguments():
