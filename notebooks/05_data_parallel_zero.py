@@ -67,7 +67,7 @@ import sympy as sp
 import torch
 
 from llmtrain import memory, params, plots, shapes, show
-from llmtrain.dist import comm, data_parallel, demos, launch, zero
+from llmtrain.parallel import comm, data_parallel, demos, launch, zero
 
 plots.use_style()
 _ = torch.manual_seed(0)
@@ -95,7 +95,7 @@ print("their average − full-batch gradient =", sp.simplify(sum(per_rank) / N -
 #
 # ## 2. The collectives, one by one · 逐个看集合通信操作
 #
-# Data parallelism and ZeRO need four collective operations. `llmtrain.dist.comm` calls
+# Data parallelism and ZeRO need four collective operations. `llmtrain.parallel.comm` calls
 # `torch.distributed` and counts each call. Here they run on `RANKS` real processes, rank $r$
 # starting with $[10r, 10r+1, …]$ (the rank function is `demos.collectives`):
 
@@ -122,7 +122,7 @@ assert all(comm.ring_bytes(op, 1200, 4)[0] == expr.subs({M: 1200, n: 4}) for op,
 #
 # ## 3. Data parallelism by hand, and DDP · 手写数据并行与 DDP
 #
-# The whole of `llmtrain.dist.data_parallel.wrap`: broadcast rank 0's weights, then during backward
+# The whole of `llmtrain.parallel.data_parallel.wrap`: broadcast rank 0's weights, then during backward
 # average the gradients in buckets, each sent as soon as all of its gradients exist:
 
 # %%
@@ -136,7 +136,7 @@ show(data_parallel.wrap)
 # while backward still works on the first layers: communication overlaps computation. With
 # gradient accumulation (notebook 02) only the last micro-batch needs to communicate: run the other
 # backwards inside `data_parallel.no_sync(model)` (DDP's `no_sync`), one all-reduce per step instead
-# of one per micro-batch, same result (`tests/test_dist.py` checks both).
+# of one per micro-batch, same result (`tests/test_parallel.py` checks both).
 #
 # Now train the tiny LLaMA in float64 for 5 AdamW steps: one process on the whole batch
 # of 8 sequences, then on `RANKS` ranks with an equal share each — by hand, with DDP, with ZeRO
@@ -170,7 +170,7 @@ for s in strategies:
 # (floating-point addition is not associative), and AdamW's division by $\sqrt{v}$ amplifies such
 # differences on near-zero gradients; in float64 they stay below $10^{-10}$, the bound the cell
 # asserts. With SGD
-# in float64 the tests (`tests/test_dist.py`) get $< 10^{-13}$ for every strategy on 2, 3 and 4
+# in float64 the tests (`tests/test_parallel.py`) get $< 10^{-13}$ for every strategy on 2, 3 and 4
 # ranks. The losses are printed to 3 decimals because their later digits belong to the CPU, not to
 # the strategy: even in a float64 model, RMSNorm and the attention softmax compute in float32 (as
 # in `transformers`), and CPUs with other vector units round those float32 kernels differently.
@@ -205,7 +205,7 @@ for z, expr in held.items():
     print(f"ZeRO-{z}: {expr}   with K = 12: {sp.expand(expr.subs(K, 12))}")
 
 # %% [markdown]
-# Stage 3's $16\Psi/N$ is the slides' $\frac{16P}{N}$. How `llmtrain.dist.zero` does it: each
+# Stage 3's $16\Psi/N$ is the slides' $\frac{16P}{N}$. How `llmtrain.parallel.zero` does it: each
 # parameter is flattened, padded to a multiple of $N$ and cut in $N$ shards; rank $r$ owns shard
 # $r$ of every parameter, and an optimizer over those shards only. The step:
 
@@ -361,7 +361,7 @@ for s in ["dp", "zero0", "zero1", "zero2", "zero3"]:
 # here sends one collective per tensor — real implementations group them into buckets too, which
 # changes the count of calls, not the bytes. (With a world size that does not divide every tensor,
 # ZeRO's collectives also carry the padding.)
-# `tests/test_dist.py::test_communication_equals_the_formulas` asserts these equalities.
+# `tests/test_parallel.py::test_communication_equals_the_formulas` asserts these equalities.
 #
 # ## 7. FSDP2: the real engine · FSDP2：PyTorch 的实现
 #
@@ -393,13 +393,13 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 #
 # `launch` is for notebooks and tests. With real GPUs use PyTorch's launcher: every demo is also an
 # entry point. `torchrun` starts the ranks, sets `RANK`, `WORLD_SIZE`, `MASTER_ADDR`…, and the demo
-# joins with `llmtrain.dist.init_from_env()` — NCCL when each rank has a GPU, gloo otherwise.
+# joins with `llmtrain.parallel.init_from_env()` — NCCL when each rank has a GPU, gloo otherwise.
 #
 # ```bash
-# torchrun --nproc-per-node=8 -m llmtrain.dist.zero --stage 3             # one machine, 8 GPUs
+# torchrun --nproc-per-node=8 -m llmtrain.parallel.zero --stage 3             # one machine, 8 GPUs
 # torchrun --nnodes=2 --nproc-per-node=8 --node-rank=0 \
-#          --rdzv-endpoint=host0:29500 -m llmtrain.dist.zero --stage 3    # and node-rank=1 on host1
-# python -m llmtrain.dist.data_parallel --nproc 4                         # no torchrun: uses launch
+#          --rdzv-endpoint=host0:29500 -m llmtrain.parallel.zero --stage 3    # and node-rank=1 on host1
+# python -m llmtrain.parallel.data_parallel --nproc 4                         # no torchrun: uses launch
 # ```
 #
 # Here, on this CPU, with `RANKS` ranks and `--dtype float64` as in §3 (its output is rank 0's
@@ -412,7 +412,7 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 import re
 
 torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
-run = subprocess.run([*torchrun, f"--nproc-per-node={RANKS}", "-m", "llmtrain.dist.zero", "--stage", "3",
+run = subprocess.run([*torchrun, f"--nproc-per-node={RANKS}", "-m", "llmtrain.parallel.zero", "--stage", "3",
                       "--steps", "3", "--dtype", "float64"], capture_output=True, text=True, timeout=300)
 if run.returncode:  # a failed `!torchrun` would not stop a notebook: make it
     raise RuntimeError(f"torchrun failed:\n{run.stderr[-3000:]}")

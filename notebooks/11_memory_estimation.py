@@ -68,7 +68,7 @@ import sympy as sp
 import torch
 
 from llmtrain import memory, params, plots, shapes, show
-from llmtrain.dist import zero
+from llmtrain.parallel import zero
 from llmtrain.memory import GB, GIB
 
 plots.use_style()
@@ -133,7 +133,7 @@ for opt in ["adamw", "adafactor"]:
 # ZeRO (Rajbhandari et al., SC'20) partitions the model states over the $N$ data-parallel ranks in
 # three stages: optimizer states (stage 1, $P_{os}$), then gradients (stage 2, $P_{os+g}$), then
 # the weights themselves (stage 3, $P_{os+g+p}$). With $K = 12$ bytes of optimizer state (master
-# copy + $m$ + $v$), `llmtrain.dist.zero.formula` (derived term by term in notebook 05, which also
+# copy + $m$ + $v$), `llmtrain.parallel.zero.formula` (derived term by term in notebook 05, which also
 # runs the stages on real processes and measures these bytes):
 
 # %%

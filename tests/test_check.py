@@ -497,7 +497,7 @@ def test_check_does_not_import_torch():
     (dict(world_size=2, backend="mpi"), "backend must be one of ('gloo', 'nccl'), got 'mpi'"),
 ])
 def test_launch_checks_before_starting_ranks(kwargs, message):
-    from llmtrain.dist import launch
+    from llmtrain.parallel import launch
 
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         launch(check.integer, **kwargs)

@@ -17,8 +17,9 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
 - ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
 - ``step_peak`` the peak of one training step, phase by phase (forward, backward, optimizer step)
-- ``dist``    several processes on torch.distributed: launch, counted collectives, data
-              parallelism and ZeRO stage 1/2/3 by hand (数据并行, 零冗余优化器)
+- ``parallel`` several processes on torch.distributed: launch, the dp × tp × pp layout,
+              counted collectives, data parallelism, ZeRO 1/2/3 and tensor parallelism by hand
+              (数据并行, 零冗余优化器, 张量并行)
 - ``device``  which device and 16-bit dtype to use here
 - ``plots``   one figure style; ``save`` writes figures/
 - ``show``    display the source of what runs, so notebooks never copy library code

@@ -14,7 +14,7 @@ identically. Three collectives make it:
 If each rank's loss is the mean over its B/N examples, the average of the N gradients is the
 gradient of the mean loss over all B: the same step as one process on the whole batch.
 
-    python -m llmtrain.dist.data_parallel            # 2 ranks here, or under torchrun
+    python -m llmtrain.parallel.data_parallel            # 2 ranks here, or under torchrun
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _buckets(params: Sequence[nn.Parameter], bucket_bytes: int) -> list[list[nn.
 def _require_process_group(what: str) -> None:
     if not dist.is_initialized():
         raise RuntimeError(f"{what} must be called inside a rank: torch.distributed is not "
-                           "initialised (use llmtrain.dist.launch, or torchrun + init_from_env)")
+                           "initialised (use llmtrain.parallel.launch, or torchrun + init_from_env)")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Markov corpus of ``llmtrain.train`` and returns losses, final weights, the bytes
 held after the first step and the collectives of the first step; ``compare`` also
 trains the single-process reference on rank 0, for the command-line demos:
 
-    python -m llmtrain.dist.data_parallel                          # launches 2 CPU ranks
-    torchrun --nproc-per-node=4 -m llmtrain.dist.zero --stage 3    # GPUs or many machines
+    python -m llmtrain.parallel.data_parallel                          # launches 2 CPU ranks
+    torchrun --nproc-per-node=4 -m llmtrain.parallel.zero --stage 3    # GPUs or many machines
 """
 
 from __future__ import annotations
@@ -285,9 +285,9 @@ def _report(strategy: str, n: int, out: dict) -> None:
 
 
 def main_data_parallel() -> None:
-    _run("dp", _parse("python -m llmtrain.dist.data_parallel", zero_stage=False))
+    _run("dp", _parse("python -m llmtrain.parallel.data_parallel", zero_stage=False))
 
 
 def main_zero() -> None:
-    args = _parse("python -m llmtrain.dist.zero", zero_stage=True)
+    args = _parse("python -m llmtrain.parallel.zero", zero_stage=True)
     _run(f"zero{args.stage}", args)

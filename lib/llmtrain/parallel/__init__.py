@@ -6,7 +6,7 @@
 - ``zero``          hand-written ZeRO stage 1/2/3 around any torch optimizer; bytes held per rank
 - ``demos``         what the ranks run in notebook 05, the tests and under torchrun
 
-The submodules are imported on use, so ``python -m llmtrain.dist.zero`` runs cleanly.
+The submodules are imported on use, so ``python -m llmtrain.parallel.zero`` runs cleanly.
 """
 
 from .launch import (LaunchTimeout, RankError, default_backend, device, init_from_env, launch,

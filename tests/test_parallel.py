@@ -1,4 +1,4 @@
-"""llmtrain.dist: the launcher's guarantees, DP/ZeRO equal to one process and to DDP/FSDP2,
+"""llmtrain.parallel: the launcher's guarantees, DP/ZeRO equal to one process and to DDP/FSDP2,
 bytes held and bytes communicated equal to the formulas. Real gloo ranks, 2 by default; the
 tests marked ``slow`` use 4 (run them alone with ``pytest -m slow``)."""
 
@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 from llmtrain import memory
-from llmtrain.dist import LaunchTimeout, RankError, comm, demos, launch, zero
-from llmtrain.dist import data_parallel
+from llmtrain.parallel import LaunchTimeout, RankError, comm, demos, launch, zero
+from llmtrain.parallel import data_parallel
 
 HERE = Path(__file__).resolve().parent
 
@@ -172,8 +172,8 @@ def test_concurrent_launches_do_not_collide(no_orphans):
 
 
 def test_ranks_exit_when_the_launcher_is_killed(tmp_path):
-    code = ("import sys; sys.path.insert(0, %r); import test_dist; from llmtrain.dist import launch; "
-            "launch(test_dist.pid_then_hang, 2, %r, timeout=600)" % (str(HERE), str(tmp_path)))
+    code = ("import sys; sys.path.insert(0, %r); import test_parallel; from llmtrain.parallel import launch; "
+            "launch(test_parallel.pid_then_hang, 2, %r, timeout=600)" % (str(HERE), str(tmp_path)))
     launcher = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 60
@@ -415,8 +415,8 @@ def test_demo_rejects_bad_arguments():
 
 # ---------------------------------------------------------------- the command line
 
-@pytest.mark.parametrize("module, args", [("llmtrain.dist.data_parallel", []),
-                                          ("llmtrain.dist.zero", ["--stage", "2"])])
+@pytest.mark.parametrize("module, args", [("llmtrain.parallel.data_parallel", []),
+                                          ("llmtrain.parallel.zero", ["--stage", "2"])])
 def test_entry_points_run_alone_and_under_torchrun(module, args):
     plain = subprocess.run([sys.executable, "-m", module, "--steps", "2", *args],
                            capture_output=True, text=True, timeout=120)
@@ -511,7 +511,7 @@ def test_zero3_state_dict_is_whole_and_weights_stay_freed(no_orphans):
 def test_a_function_of_a_script_runs_on_ranks(tmp_path):
     script = tmp_path / "job.py"
     script.write_text("import torch.distributed as dist\n"
-                      "from llmtrain.dist import launch\n\n"
+                      "from llmtrain.parallel import launch\n\n"
                       "def work(x):\n    return dist.get_rank() * x\n\n"
                       "if __name__ == '__main__':\n    print(launch(work, 3, 10))\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -602,7 +602,7 @@ def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
                                            (["--stage", "4"], "--stage: invalid choice"),
                                            (["--dtype", "fp16"], "--dtype: invalid choice")])
 def test_entry_point_rejects_bad_arguments(args, message):
-    out = subprocess.run([sys.executable, "-m", "llmtrain.dist.zero", *args],
+    out = subprocess.run([sys.executable, "-m", "llmtrain.parallel.zero", *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr
 

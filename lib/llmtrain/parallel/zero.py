@@ -25,7 +25,7 @@ owns shard r of every parameter (as FSDP2 does, per parameter). One step:
 fp32 (and fp64) models step their shard in place (the shard is a view of the weights: no
 master copy); 16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
 
-    python -m llmtrain.dist.zero --stage 3           # 2 ranks here, or under torchrun
+    python -m llmtrain.parallel.zero --stage 3           # 2 ranks here, or under torchrun
 """
 
 from __future__ import annotations

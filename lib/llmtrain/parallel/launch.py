@@ -111,7 +111,7 @@ class _Rank:
         read_fd, write_fd = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from llmtrain.dist.launch import _rank_main; _rank_main()",
+                [sys.executable, "-c", "from llmtrain.parallel.launch import _rank_main; _rank_main()",
                  str(write_fd)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 pass_fds=(write_fd,), env=env, cwd=os.getcwd())
@@ -163,7 +163,7 @@ def _check_target(target) -> None:
             f"target {qualname or target!r} must be importable (a top-level function of a module): "
             "each rank is a new process that imports it by name. Functions defined in a notebook "
             "or inside another function cannot be found there; put it in a .py module "
-            "(e.g. llmtrain.dist.demos) and import it.")
+            "(e.g. llmtrain.parallel.demos) and import it.")
 
 
 def _main_script() -> str | None:
