@@ -1,7 +1,9 @@
-"""Distributed training by hand on ``torch.distributed`` (3D 并行训练: 数据并行, ZeRO).
+"""Distributed training by hand on ``torch.distributed`` (3D 并行训练: 数据并行, ZeRO, 张量并行).
 
 - ``launch``        start N ranks (gloo on CPU, NCCL on GPUs), run a function, return results
-- ``comm``          the collectives, each counted: op, buffer bytes, bytes sent per rank
+- ``mesh``          ``ParallelDims(dp, tp, pp)``: the layout of the ranks, checked; its groups
+- ``comm``          collectives and point-to-point messages on an explicit group, each counted:
+                    op, axis, buffer bytes, bytes sent per rank
 - ``data_parallel`` hand-written data parallelism: broadcast, bucketed gradient all-reduce
 - ``zero``          hand-written ZeRO stage 1/2/3 around any torch optimizer; bytes held per rank
 - ``demos``         what the ranks run in notebook 05, the tests and under torchrun

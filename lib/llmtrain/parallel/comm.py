@@ -1,7 +1,9 @@
-"""The collectives used by data parallelism and ZeRO, each one counted.
+"""The collectives (and point-to-point messages) of every parallelism here, each one counted.
 
-Every call goes straight to ``torch.distributed``; inside ``with counting() as log:`` it is
-also recorded: which op, how big its buffer is, and the bytes this rank sends and receives
+Every call goes straight to ``torch.distributed`` on an explicit ``group`` (default: the
+world); inside ``with counting() as log:`` it is also recorded: which op, on which group
+(its axis name — "dp", "tp", "pp" — when ``mesh.ParallelDims`` built it, else "world" or
+"group"), how big its buffer is, and the bytes this rank sends and receives
 under the bandwidth-optimal ring algorithm (NCCL's for large buffers). These are the cost
 model's bytes, computed from the real calls' sizes, not a wire capture: gloo may pick another
 algorithm, but the sizes handed to each collective are what the formulas are about.
@@ -12,6 +14,8 @@ Per rank, for a buffer of M bytes on N ranks (Patarasuk & Yuan 2009; ZeRO paper 
     reduce_scatter   sends  (N−1)/N · M   (M = the whole input; each rank keeps M/N)
     all_gather       sends  (N−1)/N · M   (M = the whole output)
     broadcast        root sends M, every other rank receives M (a pipelined chain)
+    send / recv      M to one peer / M from one peer (pipeline stages; also inside
+                     ``batch_isend_irecv``)
 
 and receives as much as it sends (broadcast: the root receives 0, the last rank sends 0 —
 counted here as M received, M sent, for every non-root rank but the last).
@@ -22,7 +26,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -30,7 +34,10 @@ import torch.distributed as dist
 from .. import check
 
 __all__ = ["Record", "Log", "counting", "all_reduce", "reduce_scatter", "all_gather", "broadcast",
-           "ring_bytes"]
+           "send", "recv", "isend", "irecv", "P2P", "batch_isend_irecv", "ring_bytes",
+           "name_group", "axis_of", "OPS"]
+
+OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv")
 
 _OPS = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM}
 
@@ -39,12 +46,14 @@ _OPS = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM}
 class Record:
     """One collective as this rank saw it."""
 
-    op: str            # all_reduce | reduce_scatter | all_gather | broadcast
+    op: str            # all_reduce | reduce_scatter | all_gather | broadcast | send | recv
     buffer_bytes: int  # M: the whole buffer (reduce_scatter: input; all_gather: output)
-    world_size: int
+    world_size: int    # ranks in the group it ran on
     sent_bytes: Fraction
     received_bytes: Fraction
     tag: str = ""      # what it was for: "grads", "forward", "backward", "step", "init", …
+    axis: str = "world"  # the group: "world", a ParallelDims axis ("dp", "tp", "pp"), or "group"
+    peer: int | None = None  # send/recv: the other rank (global rank)
 
 
 @dataclass
@@ -53,31 +62,37 @@ class Log:
 
     records: list[Record] = field(default_factory=list)
 
-    def sent_bytes(self, op: str | None = None, tag: str | None = None) -> Fraction:
-        return sum((r.sent_bytes for r in self._select(op, tag)), Fraction(0))
+    def sent_bytes(self, op: str | None = None, tag: str | None = None,
+                   axis: str | None = None) -> Fraction:
+        return sum((r.sent_bytes for r in self._select(op, tag, axis)), Fraction(0))
 
-    def received_bytes(self, op: str | None = None, tag: str | None = None) -> Fraction:
-        return sum((r.received_bytes for r in self._select(op, tag)), Fraction(0))
+    def received_bytes(self, op: str | None = None, tag: str | None = None,
+                       axis: str | None = None) -> Fraction:
+        return sum((r.received_bytes for r in self._select(op, tag, axis)), Fraction(0))
 
-    def buffer_bytes(self, op: str | None = None, tag: str | None = None) -> int:
-        return sum(r.buffer_bytes for r in self._select(op, tag))
+    def buffer_bytes(self, op: str | None = None, tag: str | None = None,
+                     axis: str | None = None) -> int:
+        return sum(r.buffer_bytes for r in self._select(op, tag, axis))
 
-    def calls(self, op: str | None = None, tag: str | None = None) -> int:
-        return len(self._select(op, tag))
+    def calls(self, op: str | None = None, tag: str | None = None, axis: str | None = None) -> int:
+        return len(self._select(op, tag, axis))
 
-    def summary(self) -> dict[tuple[str, str], dict[str, float | int]]:
-        """{(op, tag): {"calls", "buffer_bytes", "sent_bytes"}} in first-call order."""
-        out: dict[tuple[str, str], dict] = {}
+    def summary(self, by: tuple[str, ...] = ("op", "tag")) -> dict[tuple, dict[str, float | int]]:
+        """{(op, tag) (or the fields named in ``by``): {"calls", "buffer_bytes", "sent_bytes"}}
+        in first-call order; ``by=("axis",)`` gives the bytes per parallel axis."""
+        out: dict[tuple, dict] = {}
         for r in self.records:
-            s = out.setdefault((r.op, r.tag), {"calls": 0, "buffer_bytes": 0, "sent_bytes": 0})
+            key = tuple(getattr(r, f) for f in by)
+            s = out.setdefault(key, {"calls": 0, "buffer_bytes": 0, "sent_bytes": 0})
             s["calls"] += 1
             s["buffer_bytes"] += r.buffer_bytes
             s["sent_bytes"] += r.sent_bytes
         return out
 
-    def _select(self, op, tag) -> list[Record]:
+    def _select(self, op, tag, axis=None) -> list[Record]:
         return [r for r in self.records
-                if (op is None or r.op == op) and (tag is None or r.tag == tag)]
+                if (op is None or r.op == op) and (tag is None or r.tag == tag)
+                and (axis is None or r.axis == axis)]
 
 
 _ACTIVE: list[Log] = []  # the open counting() blocks of this process (usually zero or one)
@@ -97,11 +112,15 @@ def counting() -> Iterator[Log]:
 def ring_bytes(op: str, buffer_bytes: int, world_size: int, rank: int = 0,
                src: int = 0) -> tuple[Fraction, Fraction]:
     """(sent, received) bytes of one rank for one collective on ``buffer_bytes`` (see above)."""
-    check.one_of("op", op, ("all_reduce", "reduce_scatter", "all_gather", "broadcast"))
+    check.one_of("op", op, OPS)
     n = check.positive_int("world_size", world_size)
     m = Fraction(check.integer("buffer_bytes", buffer_bytes, 0))
     check.integer("rank", rank, 0, n - 1)
     check.integer("src", src, 0, n - 1)
+    if op == "send":
+        return m, Fraction(0)
+    if op == "recv":
+        return Fraction(0), m
     if n == 1:
         return Fraction(0), Fraction(0)
     if op == "all_reduce":
@@ -111,46 +130,131 @@ def ring_bytes(op: str, buffer_bytes: int, world_size: int, rank: int = 0,
     if op == "broadcast":  # chain src → src+1 → … ; the last one only receives
         pos = (rank - src) % n
         return (m if pos < n - 1 else Fraction(0)), (Fraction(0) if pos == 0 else m)
-    raise ValueError(f"op must be all_reduce, reduce_scatter, all_gather or broadcast, got {op!r}")
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
 
-def _record(op: str, tensor: torch.Tensor, tag: str, src: int = 0) -> None:
+# --- groups and their names ---------------------------------------------------------------
+
+_AXES: dict[Any, str] = {}  # process group -> axis name, filled by mesh.ParallelDims.build
+
+
+def name_group(group, axis: str) -> None:
+    """Record ``group`` as the ``axis`` ("dp", "tp", "pp", …) in this process's comm records."""
+    if not isinstance(axis, str) or not axis:
+        raise ValueError(f"axis must be a non-empty string, got {axis!r}")
+    _AXES[group] = axis
+
+
+def axis_of(group) -> str:
+    """The name records use for ``group``: "world" for None (the default group)."""
+    if group is None or group is dist.GroupMember.WORLD:
+        return "world"
+    return _AXES.get(group, "group")
+
+
+def _size_rank(group) -> tuple[int, int]:
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _record(op: str, tensor: torch.Tensor, tag: str, group, src: int = 0,
+            peer: int | None = None) -> None:
     if not _ACTIVE:
         return
-    n, r = dist.get_world_size(), dist.get_rank()
+    n, r = _size_rank(group)
     m = tensor.numel() * tensor.element_size()
     sent, received = ring_bytes(op, m, n, r, src)
+    rec = Record(op, m, n, sent, received, tag, axis_of(group), peer)
     for log in _ACTIVE:
-        log.records.append(Record(op, m, n, sent, received, tag))
+        log.records.append(rec)
 
 
-def all_reduce(tensor: torch.Tensor, op: str = "avg", *, tag: str = "", async_op: bool = False):
-    """In place: every rank ends with the average (or sum) of ``tensor`` over the ranks."""
-    _record("all_reduce", tensor, tag)
-    return dist.all_reduce(tensor, op=_OPS[op], async_op=async_op)
+# --- collectives ----------------------------------------------------------------------------
 
-
-def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op: str = "avg", *, tag: str = "",
-                   async_op: bool = False):
-    """Rank r gets chunk r of the average (or sum) of ``input``: ``output`` is input.numel()/N."""
-    if input.numel() != output.numel() * dist.get_world_size():
-        raise ValueError(f"reduce_scatter: input has {input.numel()} elements, output "
-                         f"{output.numel()}; input must be world_size × output")
-    _record("reduce_scatter", input, tag)
-    return dist.reduce_scatter_single(output, input, op=_OPS[op], async_op=async_op)
-
-
-def all_gather(output: torch.Tensor, input: torch.Tensor, *, tag: str = "",
+def all_reduce(tensor: torch.Tensor, op: str = "avg", *, group=None, tag: str = "",
                async_op: bool = False):
-    """``output`` = the ranks' ``input`` chunks concatenated in rank order (N × input)."""
-    if output.numel() != input.numel() * dist.get_world_size():
+    """In place: every rank of ``group`` ends with the average (or sum) of ``tensor``."""
+    _record("all_reduce", tensor, tag, group)
+    return dist.all_reduce(tensor, op=_OPS[op], group=group, async_op=async_op)
+
+
+def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op: str = "avg", *, group=None,
+                   tag: str = "", async_op: bool = False):
+    """Rank r of ``group`` gets chunk r of the average (or sum) of ``input``: ``output`` is
+    input.numel()/N."""
+    if input.numel() != output.numel() * dist.get_world_size(group):
+        raise ValueError(f"reduce_scatter: input has {input.numel()} elements, output "
+                         f"{output.numel()}; input must be group size × output")
+    _record("reduce_scatter", input, tag, group)
+    return dist.reduce_scatter_single(output, input, op=_OPS[op], group=group, async_op=async_op)
+
+
+def all_gather(output: torch.Tensor, input: torch.Tensor, *, group=None, tag: str = "",
+               async_op: bool = False):
+    """``output`` = the ``group``'s ``input`` chunks concatenated in group-rank order (N × input)."""
+    if output.numel() != input.numel() * dist.get_world_size(group):
         raise ValueError(f"all_gather: output has {output.numel()} elements, input "
-                         f"{input.numel()}; output must be world_size × input")
-    _record("all_gather", output, tag)
-    return dist.all_gather_single(output, input, async_op=async_op)
+                         f"{input.numel()}; output must be group size × input")
+    _record("all_gather", output, tag, group)
+    return dist.all_gather_single(output, input, group=group, async_op=async_op)
 
 
-def broadcast(tensor: torch.Tensor, src: int = 0, *, tag: str = "", async_op: bool = False):
-    """In place: every rank ends with rank ``src``'s ``tensor``."""
-    _record("broadcast", tensor, tag, src)
-    return dist.broadcast(tensor, src=src, async_op=async_op)
+def broadcast(tensor: torch.Tensor, src: int = 0, *, group=None, tag: str = "",
+              async_op: bool = False):
+    """In place: every rank of ``group`` ends with the ``tensor`` of global rank ``src``."""
+    if group is None:
+        local = src
+    else:
+        local = dist.get_group_rank(group, src)
+    _record("broadcast", tensor, tag, group, local)
+    return dist.broadcast(tensor, src=src, group=group, async_op=async_op)
+
+
+# --- point to point (pipeline stages) -----------------------------------------------------
+
+def send(tensor: torch.Tensor, dst: int, *, group=None, tag: str = "") -> None:
+    """Send ``tensor`` to global rank ``dst`` (blocking)."""
+    _record("send", tensor, tag, group, peer=dst)
+    dist.send(tensor, dst=dst, group=group)
+
+
+def recv(tensor: torch.Tensor, src: int, *, group=None, tag: str = "") -> None:
+    """Receive into ``tensor`` from global rank ``src`` (blocking)."""
+    _record("recv", tensor, tag, group, peer=src)
+    dist.recv(tensor, src=src, group=group)
+
+
+def isend(tensor: torch.Tensor, dst: int, *, group=None, tag: str = ""):
+    """Start sending ``tensor`` to ``dst``; returns the work to ``wait()`` on."""
+    _record("send", tensor, tag, group, peer=dst)
+    return dist.isend(tensor, dst=dst, group=group)
+
+
+def irecv(tensor: torch.Tensor, src: int, *, group=None, tag: str = ""):
+    """Start receiving into ``tensor`` from ``src``; returns the work to ``wait()`` on."""
+    _record("recv", tensor, tag, group, peer=src)
+    return dist.irecv(tensor, src=src, group=group)
+
+
+@dataclass(frozen=True)
+class P2P:
+    """One message of a ``batch_isend_irecv``: op "send" or "recv", the tensor, the peer."""
+
+    op: str
+    tensor: torch.Tensor
+    peer: int
+    group: Any = None
+    tag: str = ""
+
+
+def batch_isend_irecv(ops: list[P2P]) -> list:
+    """Start all ``ops`` at once (a stage sending forward while receiving backward, say, so
+    neither side waits for the other); returns the works to ``wait()`` on. Each is counted."""
+    if not ops:
+        return []
+    p2p = []
+    for o in ops:
+        check.one_of("op", o.op, ("send", "recv"))
+        _record(o.op, o.tensor, o.tag, o.group, peer=o.peer)
+        fn = dist.isend if o.op == "send" else dist.irecv
+        p2p.append(dist.P2POp(fn, o.tensor, o.peer, o.group))
+    return dist.batch_isend_irecv(p2p)

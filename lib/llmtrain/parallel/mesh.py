@@ -1,0 +1,164 @@
+"""The layout of dp × tp × pp ranks (3D 并行): one validated description, its process groups.
+
+``ParallelDims(dp, tp, pp)`` says how ``world = dp·tp·pp`` ranks are arranged. Global rank
+
+    rank = (pp_index · dp + dp_index) · tp + tp_index
+
+so tp is innermost (the tp ranks of a group are neighbours: one NVLink node), then dp, then
+pp outermost (stages may sit on different nodes: pipelines send the least). This is the
+row-major order of ``init_device_mesh(device, (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))``,
+and Megatron-LM's default order (tp-dp-pp, innermost first). Why this order: TP all-reduces
+activations twice per layer in forward and backward (the most bytes, latency-bound: needs
+NVLink), DP all-reduces gradients once per step (overlapped with backward), PP only sends one
+activation per micro-batch to one neighbour (the least).
+
+``dims.check(shape)`` refuses a layout the model cannot take, naming the field; ``dims.build()``
+(inside every rank) creates the groups and returns this rank's ``Groups``.
+
+    >>> d = ParallelDims(dp=2, tp=2, pp=2)
+    >>> d.coords(5)
+    Coords(pp=1, dp=0, tp=1)
+    >>> d.group_ranks("tp")[0], d.group_ranks("dp")[0], d.group_ranks("pp")[0]
+    ([0, 1], [0, 2], [0, 4])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .. import check
+
+__all__ = ["ParallelDims", "Coords", "Groups", "AXES"]
+
+AXES = ("pp", "dp", "tp")  # outermost first: the order of the ranks and of the device mesh
+
+
+class Coords(NamedTuple):
+    """Where a rank sits: its index along each axis."""
+
+    pp: int
+    dp: int
+    tp: int
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """dp data-parallel replicas × tp tensor-parallel shards × pp pipeline stages."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("dp", "tp", "pp"):
+            check.positive_int(name, getattr(self, name))
+
+    # --- arithmetic (no processes) -------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Sizes in ``AXES`` order (pp, dp, tp): the device mesh's shape."""
+        return (self.pp, self.dp, self.tp)
+
+    def size(self, axis: str) -> int:
+        check.one_of("axis", axis, AXES)
+        return getattr(self, axis)
+
+    def coords(self, rank: int) -> Coords:
+        """The (pp, dp, tp) indices of global ``rank``."""
+        check.integer("rank", rank, 0, self.world_size - 1)
+        tp = rank % self.tp
+        dp = rank // self.tp % self.dp
+        pp = rank // (self.tp * self.dp)
+        return Coords(pp, dp, tp)
+
+    def rank(self, pp: int = 0, dp: int = 0, tp: int = 0) -> int:
+        """The global rank at (pp, dp, tp)."""
+        check.integer("pp", pp, 0, self.pp - 1)
+        check.integer("dp", dp, 0, self.dp - 1)
+        check.integer("tp", tp, 0, self.tp - 1)
+        return (pp * self.dp + dp) * self.tp + tp
+
+    def group_ranks(self, axis: str) -> list[list[int]]:
+        """Every group along ``axis``: the global ranks that differ only in that index,
+        each list in increasing order (= rank order inside the group)."""
+        check.one_of("axis", axis, AXES)
+        groups = []
+        for r in range(self.world_size):
+            c = self.coords(r)._asdict()
+            if c[axis] == 0:
+                groups.append([self.rank(**{**c, axis: i}) for i in range(self.size(axis))])
+        return groups
+
+    def group_of(self, rank: int, axis: str) -> list[int]:
+        """The ranks of ``rank``'s group along ``axis``."""
+        c = self.coords(rank)._asdict()
+        return [self.rank(**{**c, axis: i}) for i in range(self.size(axis))]
+
+    def check(self, shape: Any) -> "ParallelDims":
+        """Refuse a layout ``shape`` (a ModelShape or preset name) cannot take; return self.
+
+        tp must divide num_heads and num_kv_heads (each rank keeps whole heads; with GQA the
+        key/value heads too), intermediate_size (the MLP's columns) and vocab_size (the
+        embedding's and output layer's rows); pp must not exceed num_layers.
+        """
+        shape = check.shape("shape", shape)
+        for field in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
+            value = getattr(shape, field)
+            if value % self.tp:
+                raise ValueError(f"tp must divide {field}={value}, got tp={self.tp}")
+        if self.pp > shape.num_layers:
+            raise ValueError(f"pp must be at most num_layers={shape.num_layers}, got pp={self.pp}")
+        return self
+
+    # --- process groups (inside a rank) ------------------------------------------------------
+
+    def build(self, rank: int | None = None) -> "Groups":
+        """Create the dp, tp and pp groups (every rank must call this, in the same order)
+        and return this rank's. torch.distributed must be initialised with world = dp·tp·pp."""
+        import torch.distributed as dist
+
+        from . import comm
+
+        if not dist.is_initialized():
+            raise RuntimeError("ParallelDims.build must be called inside a rank: torch.distributed "
+                               "is not initialised (use llmtrain.parallel.launch or torchrun)")
+        world = dist.get_world_size()
+        if world != self.world_size:
+            raise ValueError(f"dp·tp·pp = {self.dp}·{self.tp}·{self.pp} = {self.world_size} must "
+                             f"equal the world size {world}")
+        rank = dist.get_rank() if rank is None else rank
+        mine: dict[str, Any] = {}
+        for axis in AXES:
+            for ranks in self.group_ranks(axis):  # new_group is collective: all ranks, all groups
+                g = dist.new_group(ranks)
+                if rank in ranks:
+                    mine[axis] = g
+                    comm.name_group(g, axis)
+        return Groups(self, rank, self.coords(rank), mine["pp"], mine["dp"], mine["tp"])
+
+    def device_mesh(self, device_type: str = "cpu"):
+        """PyTorch's own: ``init_device_mesh(device_type, (pp, dp, tp), mesh_dim_names=AXES)``."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        return init_device_mesh(device_type, self.shape, mesh_dim_names=AXES)
+
+
+class Groups(NamedTuple):
+    """This rank's place in the layout and its three process groups."""
+
+    dims: ParallelDims
+    rank: int
+    coords: Coords
+    pp: Any
+    dp: Any
+    tp: Any
+
+    def group(self, axis: str):
+        check.one_of("axis", axis, AXES)
+        return getattr(self, axis)
