@@ -39,7 +39,7 @@ __all__ = ["Record", "Log", "counting", "all_reduce", "reduce_scatter", "all_gat
 
 OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv")
 
-_OPS = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM}
+_OPS = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _record(op: str, tensor: torch.Tensor, tag: str, group, src: int = 0,
 
 def all_reduce(tensor: torch.Tensor, op: str = "avg", *, group=None, tag: str = "",
                async_op: bool = False):
-    """In place: every rank of ``group`` ends with the average (or sum) of ``tensor``."""
+    """In place: every rank of ``group`` ends with the average (or sum, or max) of ``tensor``."""
     _record("all_reduce", tensor, tag, group)
     return dist.all_reduce(tensor, op=_OPS[op], group=group, async_op=async_op)
 
