@@ -28,7 +28,7 @@ input and all-gathers it again in backward (that is why every activation of Kort
 SP layer is divided by t): SP backward per layer = 2 reduce-scatters (the grads of the
 column-parallel inputs) + 2 all-gathers (conjugates of the forward reduce-scatters) + 2
 re-gathers. The replicated RMSNorm weights then see only their shard's tokens: their
-gradients are all-reduced (f on the weight), 2 all-reduces of h per layer.
+gradients are all-reduced (a gradient hook, f's backward), 2 all-reduces of h per layer.
 
 Every collective goes through ``comm`` on ``group``, tagged ``"tp-forward"`` or
 ``"tp-backward"`` (``"tp-state"`` for gathering weights), so a ``comm.counting()`` log splits
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import check
-from ..llama import MLP, Attention, Llama, Output, RMSNorm, apply_rope
+from ..llama import MLP, Attention, Llama, Output, apply_rope
 from . import comm
 from .mesh import ParallelDims
 
@@ -398,13 +398,9 @@ class ParallelMLP(MLP):
         return self.down_proj(F.silu(gate) * up)
 
 
-class SequenceParallelRMSNorm(RMSNorm):
-    """RMSNorm on a sequence shard (same arithmetic); γ's gradient all-reduced (f on γ)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return copy_to_tp(self.weight, self.group) * x32.to(x.dtype)
+def _sum_grad_over(group):
+    """A gradient hook: the sum over the group of each rank's partial gradient (f's backward)."""
+    return lambda grad: _all_reduce(grad, group, BACKWARD)
 
 
 class TensorParallelLlama(Llama):
@@ -440,11 +436,11 @@ def apply(model: Llama, group=None, sequence_parallel: bool = False) -> TensorPa
     for layer in body.layers:
         layer.self_attn = ParallelAttention(layer.self_attn, group, sp)
         layer.mlp = ParallelMLP(layer.mlp, group, sp)
-    if sp:
+    if sp:  # a norm on a sequence shard gives γ a partial gradient: sum it over the group
         for norm in [*(m for layer in body.layers for m in (layer.input_layernorm,
                                                             layer.post_attention_layernorm)),
                      body.norm]:
-            norm.__class__, norm.group = SequenceParallelRMSNorm, group
+            norm.weight.register_hook(_sum_grad_over(group))
     body.embed_tokens = VocabParallelEmbedding.from_embedding(body.embed_tokens, group,
                                                               sequence_parallel=sp)
     model.lm_head = ColumnParallelLinear.from_linear(model.lm_head, group, sequence_parallel=sp)
