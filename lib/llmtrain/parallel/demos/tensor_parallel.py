@@ -135,12 +135,12 @@ def dtensor_llama(model, mesh, sequence_parallel: bool = False):
         if sequence_parallel:
             plan["input_layernorm"] = SequenceParallel()
             plan["post_attention_layernorm"] = SequenceParallel()
+            # the block's input gathered once as a DTensor; its gradient, summed over q, k, v
+            # (gate, up) as a Partial DTensor, is reduce-scattered once (torchtitan's plan)
             plan["self_attn"] = PrepareModuleInput(input_layouts=(Shard(1), None, None),
-                                                   desired_input_layouts=(Replicate(), None, None),
-                                                   use_local_output=True)
+                                                   desired_input_layouts=(Replicate(), None, None))
             plan["mlp"] = PrepareModuleInput(input_layouts=(Shard(1),),
-                                             desired_input_layouts=(Replicate(),),
-                                             use_local_output=True)
+                                             desired_input_layouts=(Replicate(),))
         parallelize_module(layer, mesh, plan)
     top = {"model.embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=between),
            "lm_head": ColwiseParallel(input_layouts=between, output_layouts=Shard(-1),
