@@ -67,7 +67,9 @@ import sympy as sp
 import torch
 
 from llmtrain import memory, params, plots, shapes, show
-from llmtrain.parallel import comm, data_parallel, demos, launch, zero
+from llmtrain.parallel import comm, data_parallel, launch, zero
+from llmtrain.parallel.demos import data_parallel_zero as demos  # this notebook's rank functions
+from llmtrain.parallel.demos.harness import max_weight_diff
 
 plots.use_style()
 _ = torch.manual_seed(0)
@@ -151,7 +153,7 @@ single = demos.train("single", **cfg)
 runs = launch(demos.train_all, RANKS, strategies, cfg)
 rank0 = runs[0]
 
-max_diff = demos.max_weight_diff  # largest |a − b| over all weights
+max_diff = max_weight_diff  # largest |a − b| over all weights
 TOL = 1e-10  # float64 rounding, amplified by 5 AdamW steps, stays far below this
 
 print(f"{'step':>4} {'one process':>11} " + " ".join(f"{s:>6}" for s in strategies))

@@ -20,8 +20,11 @@ import torch
 import torch.distributed as dist
 
 from llmtrain import memory
-from llmtrain.parallel import LaunchTimeout, RankError, comm, demos, launch, zero
+from llmtrain.parallel import LaunchTimeout, RankError, comm, launch, zero
 from llmtrain.parallel import data_parallel
+from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.parallel.demos import data_parallel_zero as demos
+from llmtrain.parallel.demos import harness
 
 HERE = Path(__file__).resolve().parent
 
@@ -254,8 +257,8 @@ def test_sgd_equals_one_process_up_to_float_reassociation(sgd64, strategy):
     ranks, single = sgd64
     for res in ranks:  # every rank holds the same weights, equal to the single process's
         assert res[strategy]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)
-        assert demos.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-13
-    assert demos.max_weight_diff(ranks[0][strategy]["weights"], ranks[1][strategy]["weights"]) == 0
+        assert harness.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-13
+    assert harness.max_weight_diff(ranks[0][strategy]["weights"], ranks[1][strategy]["weights"]) == 0
 
 
 @pytest.mark.parametrize("strategy", ["dp", "ddp", *ZERO, "fsdp2"])
@@ -266,7 +269,7 @@ def test_adamw_close_to_one_process(adamw32, strategy):
     ranks, single = adamw32
     for res in ranks:
         assert res[strategy]["losses"] == pytest.approx(single["losses"], rel=1e-6)
-        assert demos.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-5
+        assert harness.max_weight_diff(res[strategy]["weights"], single["weights"]) < 1e-5
 
 
 # On 2 ranks averaging is exact whichever way it is done ((a + b)/2 = a/2 + b/2 in binary
@@ -276,14 +279,14 @@ def test_hand_written_dp_equals_ddp(adamw32):
     ranks, _ = adamw32
     for res in ranks:
         assert res["dp"]["losses"] == res["ddp"]["losses"]
-        assert demos.max_weight_diff(res["dp"]["weights"], res["ddp"]["weights"]) == 0
+        assert harness.max_weight_diff(res["dp"]["weights"], res["ddp"]["weights"]) == 0
 
 
 def test_hand_written_zero3_equals_fsdp2(adamw32):
     ranks, _ = adamw32
     for res in ranks:
         assert res["zero3"]["losses"] == res["fsdp2"]["losses"]
-        assert demos.max_weight_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) == 0
+        assert harness.max_weight_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) == 0
         # and holds the same bytes: FSDP2 shards by rows, we by flat elements; with no
         # padding (every tensor of the MLP splits evenly in 2) the two are the same size
         assert res["zero3"]["memory"] == res["fsdp2"]["memory"]
@@ -310,7 +313,7 @@ def _check_memory(reports, numels, n):
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_bytes_held_equal_the_zero_formulas(n, no_orphans):
-    numels = [p.numel() for p in demos.make_model("mlp").parameters()]
+    numels = [p.numel() for p in harness.make_model("mlp").parameters()]
     _check_memory(launch(demos.memory_by_stage, n, "mlp", "bfloat16"), numels, n)
 
 
@@ -351,19 +354,57 @@ def test_communication_equals_the_formulas(adamw32):
         assert res["ddp"]["comm"] == [] and res["fsdp2"]["comm"] == []  # not counted: not ours
 
 
-# ---------------------------------------------------------------- four ranks
+# ---------------------------------------------------------------- four ranks (one launch)
+
+FOUR = dict(model="mlp", dtype="float64", optimizer="sgd", lr=0.5, steps=2, batch=8)
+DP_TP = ["dp", "zero1", "zero3"]
+
+
+def four_rank_runs():
+    """Every strategy over the world; DP, ZeRO-1, ZeRO-3 over the dp groups of dp2×tp2; bytes
+    held per stage."""
+    return (demos.train_all(["dp", *ZERO], FOUR),
+            demos.train_all(DP_TP, {**FOUR, "dims": ParallelDims(dp=2, tp=2)}),
+            demos.memory_by_stage("mlp", "bfloat16"))
+
+
+@pytest.fixture(scope="module")
+def four_ranks():
+    return launch(four_rank_runs, 4, timeout=240), demos.train("single", **FOUR)
+
 
 @pytest.mark.slow
-def test_four_ranks(no_orphans):
-    cfg = dict(model="mlp", dtype="float64", optimizer="sgd", lr=0.5, steps=2, batch=8)
-    single = demos.train("single", **cfg)
-    ranks = launch(demos.train_all, 4, ["dp", *ZERO], cfg, timeout=180)
-    for res in ranks:
+def test_four_ranks(four_ranks):
+    ranks, single = four_ranks
+    for res, _, _ in ranks:
         for s in ["dp", *ZERO]:
             assert res[s]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)
-            assert demos.max_weight_diff(res[s]["weights"], single["weights"]) < 1e-13
-    numels = [p.numel() for p in demos.make_model("mlp").parameters()]
-    _check_memory(launch(demos.memory_by_stage, 4, "mlp", "bfloat16"), numels, 4)
+            assert harness.max_weight_diff(res[s]["weights"], single["weights"]) < 1e-13
+    numels = [p.numel() for p in harness.make_model("mlp").parameters()]
+    _check_memory([mem for _, _, mem in ranks], numels, 4)
+
+
+@pytest.mark.slow
+def test_dp_and_zero_over_the_dp_group_of_dp2_tp2(four_ranks):
+    # 4 ranks as dp=2 × tp=2: the two ranks of a tp group hold the same replica and take the
+    # same half of the batch; gradients and shards go over the dp group only ([0, 2], [1, 3]),
+    # each replica starting from its group's first rank (global rank 0 or 1)
+    ranks, single = four_ranks
+    psi = 8 * sum(single["numels"])  # float64 bytes
+    padded = 8 * sum(2 * math.ceil(x / 2) for x in single["numels"])
+    for _, res, _ in ranks:
+        for s in DP_TP:
+            assert res[s]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)
+            assert harness.max_weight_diff(res[s]["weights"], single["weights"]) < 1e-13
+            records = res[s]["comm"]
+            assert records and {(r.axis, r.world_size) for r in records} == {("dp", 2)}
+        # bytes of a 2-rank ring, not a 4-rank one: the group is the dp pair
+        assert comm.Log(res["dp"]["comm"]).sent_bytes() == psi
+        assert comm.Log(res["zero1"]["comm"]).sent_bytes() == padded
+        assert comm.Log(res["zero3"]["comm"]).sent_bytes() == Fraction(3, 2) * padded
+        assert res["zero3"]["memory"]["weights"] == padded // 2  # one of 2 shards
+    for s in DP_TP:  # tp peers: same replica, bit for bit
+        assert harness.max_weight_diff(ranks[0][1][s]["weights"], ranks[1][1][s]["weights"]) == 0
 
 
 # ---------------------------------------------------------------- bad input
@@ -408,9 +449,9 @@ def test_demo_rejects_bad_arguments():
     with pytest.raises(ValueError, match="strategy"):
         demos.train("tp")
     with pytest.raises(ValueError, match="model"):
-        demos.make_model("gpt")
+        harness.make_model("gpt")
     with pytest.raises(ValueError, match="dtype must be one of"):
-        demos.make_model("tiny", dtype="fp8")
+        harness.make_model("tiny", dtype="fp8")
 
 
 # ---------------------------------------------------------------- the command line
@@ -487,7 +528,7 @@ def test_an_unseen_model_trains_the_same(n, no_orphans):
     ref_losses, ref_weights = train_odd(None, n)
     for stage in ("dp", 0, 1, 2, 3):
         for losses, weights in launch(train_odd, n, stage):  # losses: this rank's share only
-            assert demos.max_weight_diff(weights, ref_weights) < 1e-12, (n, stage)
+            assert harness.max_weight_diff(weights, ref_weights) < 1e-12, (n, stage)
 
 
 def zero3_state_dict():
@@ -563,7 +604,7 @@ def train_checkpointed(distributed, early_stop=True):
 def test_zero3_with_activation_recomputation(early_stop, no_orphans):
     ref = train_checkpointed(False)
     for weights in launch(train_checkpointed, 2, True, early_stop):
-        assert demos.max_weight_diff(weights, ref) < 1e-13
+        assert harness.max_weight_diff(weights, ref) < 1e-13
 
 
 def accumulate_with_no_sync(use_no_sync):
@@ -594,7 +635,7 @@ def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
     trainable = sum(p.requires_grad for p in Odd().parameters())
     for (calls_every, w_every), (calls_once, w_once) in zip(every, once):
         assert calls_every == [4 * trainable] * 2 and calls_once == [trainable] * 2
-        assert demos.max_weight_diff(w_every, w_once) < 1e-14
+        assert harness.max_weight_diff(w_every, w_once) < 1e-14
 
 
 @pytest.mark.parametrize("args, message", [(["--batch", "7"], "--batch 7 must be divisible by the 2"),
@@ -614,16 +655,16 @@ def test_bf16_with_fp32_master_weights_is_the_same_in_every_stage(no_orphans):
     for res in launch(demos.train_all, 2, ZERO, cfg):
         for s in ZERO[1:]:
             assert res[s]["losses"] == res["zero0"]["losses"]
-            assert demos.max_weight_diff(res[s]["weights"], res["zero0"]["weights"]) == 0
+            assert harness.max_weight_diff(res[s]["weights"], res["zero0"]["weights"]) == 0
         assert all(w.dtype == torch.bfloat16 for w in res["zero3"]["weights"].values())
         assert res["zero0"]["losses"][-1] < res["zero0"]["losses"][0]
 
 
 def test_max_weight_diff():
     a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
-    assert demos.max_weight_diff(a, {"w": torch.tensor([1.0, 2.5]), "b": torch.tensor([0.25])}) == 0.5
+    assert harness.max_weight_diff(a, {"w": torch.tensor([1.0, 2.5]), "b": torch.tensor([0.25])}) == 0.5
     with pytest.raises(ValueError, match="names"):
-        demos.max_weight_diff(a, {"w": a["w"]})
+        harness.max_weight_diff(a, {"w": a["w"]})
 
 
 def test_formula_is_the_zero_papers_and_the_memory_modules():

@@ -6,7 +6,8 @@
                     op, axis, buffer bytes, bytes sent per rank
 - ``data_parallel`` hand-written data parallelism: broadcast, bucketed gradient all-reduce
 - ``zero``          hand-written ZeRO stage 1/2/3 around any torch optimizer; bytes held per rank
-- ``demos``         what the ranks run in notebook 05, the tests and under torchrun
+- ``demos/``        what the ranks run in the notebooks, the tests and under torchrun: a shared
+                    ``harness`` (models, batches, the command line) and one module per notebook
 
 The submodules are imported on use, so ``python -m llmtrain.parallel.zero`` runs cleanly.
 """

@@ -27,23 +27,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import check
 from . import comm
 
-__all__ = ["wrap", "no_sync", "broadcast_module", "GradReducer"]
+__all__ = ["wrap", "no_sync", "broadcast_module", "first_rank", "GradReducer"]
 
 
-def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True) -> nn.Module:
+def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True, *,
+         group=None) -> nn.Module:
     """Make ``model`` data parallel in place and return it; call inside every rank.
 
-    After ``loss.backward()`` each ``p.grad`` holds the average over the ranks. Gradients are
+    After ``loss.backward()`` each ``p.grad`` holds the average over the ranks of ``group``
+    (default: all ranks), whose first rank's weights every replica starts from. Gradients are
     all-reduced in buckets of about ``bucket_bytes`` (DDP's default is 25 MiB; 0 means one
     parameter per bucket), asynchronously when ``overlap``. A parameter that gets no gradient
     on some rank is reduced as zeros there, so every rank runs the same collectives.
     """
     _require_process_group("data_parallel.wrap")
-    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 0:
-        raise ValueError(f"bucket_bytes must be an int >= 0, got {bucket_bytes!r}")
-    broadcast_module(model)
+    check.integer("bucket_bytes", bucket_bytes, 0)
+    check.boolean("overlap", overlap)
+    broadcast_module(model, group=group)
     params = [p for p in model.parameters() if p.requires_grad]
     pending: list = []
 
@@ -52,7 +55,8 @@ def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True)
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in bucket])
-        pending.append((comm.all_reduce(flat, "avg", tag="grads", async_op=overlap), flat, bucket))
+        work = comm.all_reduce(flat, "avg", group=group, tag="grads", async_op=overlap)
+        pending.append((work, flat, bucket))
 
     def finish() -> None:  # end of backward: wait, then copy the averages back into .grad
         for work, flat, bucket in pending:
@@ -82,12 +86,15 @@ def no_sync(model: nn.Module) -> Iterator[None]:
         reducer.enabled = True
 
 
-def broadcast_module(model: nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers to every rank (in place)."""
+def broadcast_module(model: nn.Module, src: int | None = None, *, group=None) -> None:
+    """Copy global rank ``src``'s parameters and buffers to every rank of ``group`` (in
+    place); ``src`` defaults to the group's first rank (rank 0 for the world)."""
+    if src is None:
+        src = first_rank(group)
     with torch.no_grad():
         for t in itertools.chain(model.parameters(), model.buffers()):
             buf = t.data if t.data.is_contiguous() else t.data.contiguous()
-            comm.broadcast(buf, src, tag="init")
+            comm.broadcast(buf, src, group=group, tag="init")
             if buf is not t.data:
                 t.data.copy_(buf)
 
@@ -150,6 +157,11 @@ def _buckets(params: Sequence[nn.Parameter], bucket_bytes: int) -> list[list[nn.
     return buckets
 
 
+def first_rank(group=None) -> int:
+    """The global rank of ``group``'s rank 0 (0 for the world)."""
+    return 0 if group is None else dist.get_global_rank(group, 0)
+
+
 def _require_process_group(what: str) -> None:
     if not dist.is_initialized():
         raise RuntimeError(f"{what} must be called inside a rank: torch.distributed is not "
@@ -157,6 +169,6 @@ def _require_process_group(what: str) -> None:
 
 
 if __name__ == "__main__":
-    from .demos import main_data_parallel
+    from .demos.data_parallel_zero import main_data_parallel
 
     main_data_parallel()

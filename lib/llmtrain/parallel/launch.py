@@ -163,7 +163,7 @@ def _check_target(target) -> None:
             f"target {qualname or target!r} must be importable (a top-level function of a module): "
             "each rank is a new process that imports it by name. Functions defined in a notebook "
             "or inside another function cannot be found there; put it in a .py module "
-            "(e.g. llmtrain.parallel.demos) and import it.")
+            "(as in llmtrain.parallel.demos) and import it.")
 
 
 def _main_script() -> str | None:

@@ -22,6 +22,10 @@ owns shard r of every parameter (as FSDP2 does, per parameter). One step:
   after, gathers them again just before its backward, and frees them when its gradients are
   reduce-scattered: three times (N−1)/N·Ψ instead of DP's two, ×1.5.
 
+Every collective runs on ``group`` (default: the world): the N ranks that share the model
+states are a data-parallel group, e.g. ``ParallelDims(...).build().dp``, and "rank r" is the
+rank inside it.
+
 fp32 (and fp64) models step their shard in place (the shard is a view of the weights: no
 master copy); 16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
 
@@ -41,7 +45,7 @@ from torch.autograd.graph import register_multi_grad_hook
 from torch.utils._pytree import tree_flatten
 
 from . import comm
-from .data_parallel import GradReducer, _require_process_group, broadcast_module
+from .data_parallel import GradReducer, _require_process_group, broadcast_module, first_rank
 
 __all__ = ["wrap", "ZeroOptimizer", "memory_report", "formula", "expected_bytes", "full_state_dict"]
 
@@ -49,7 +53,7 @@ STAGES = (0, 1, 2, 3)
 
 
 def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, *,
-         units: Iterable[nn.Module] | None = None, **optimizer_kwargs: Any
+         units: Iterable[nn.Module] | None = None, group=None, **optimizer_kwargs: Any
          ) -> tuple[nn.Module, "ZeroOptimizer"]:
     """ZeRO stage 0–3 for ``model`` (changed in place) and an optimizer over this rank's shards.
 
@@ -57,7 +61,9 @@ def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, 
     Stage 0 is plain data parallelism with the same bookkeeping (the baseline). ``units`` are
     the modules whose weights stage 3 gathers together (default: the whole model at once; a
     weight must only be used inside the forward of the unit that owns it — the smallest unit
-    containing it — as with FSDP2); ``optimizer_kwargs`` go to ``optimizer_cls``. Frozen
+    containing it — as with FSDP2); ``group`` is the data-parallel group the states are
+    sharded over (default: all ranks; every replica starts from its first rank's weights);
+    ``optimizer_kwargs`` go to ``optimizer_cls``. Frozen
     weights (``requires_grad=False``) are not sharded. Stage 3 weights are whole only inside
     their unit's forward and backward: read them with ``model.state_dict()``,
     ``full_state_dict`` or ``with optimizer.gathered():`` (on every rank: they all-gather).
@@ -74,7 +80,7 @@ def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, 
         inside = {id(m) for m in model.modules()}
         if any(not isinstance(m, nn.Module) or id(m) not in inside for m in units):
             raise ValueError("units must be submodules of the model being wrapped")
-    return model, ZeroOptimizer(model, stage, optimizer_cls, units, optimizer_kwargs)
+    return model, ZeroOptimizer(model, stage, optimizer_cls, units, optimizer_kwargs, group)
 
 
 def _low(p: torch.Tensor) -> bool:
@@ -91,12 +97,14 @@ class _Unit:
 
 class ZeroOptimizer:
     """The optimizer ``wrap`` returns: ``step()``, ``zero_grad()``, and ``inner``, the real
-    torch optimizer over this rank's shards (give ``inner`` to an LR scheduler)."""
+    torch optimizer over this rank's shards (give ``inner`` to an LR scheduler). ``world``
+    and ``rank`` are the size of ``group`` and this rank's place in it."""
 
-    def __init__(self, model: nn.Module, stage: int, optimizer_cls: type, units, kwargs: dict):
-        self.model, self.stage = model, stage
-        self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        broadcast_module(model)
+    def __init__(self, model: nn.Module, stage: int, optimizer_cls: type, units, kwargs: dict,
+                 group=None):
+        self.model, self.stage, self.group = model, stage, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        broadcast_module(model, first_rank(group), group=group)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._index = {id(p): i for i, p in enumerate(self.params)}
         n = 1 if stage == 0 else self.world
@@ -151,7 +159,7 @@ class ZeroOptimizer:
         (p,) = bucket
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        comm.all_reduce(p.grad, "avg", tag="grads")
+        comm.all_reduce(p.grad, "avg", group=self.group, tag="grads")
 
     def _reduce_scatter(self, bucket: list[nn.Parameter]) -> None:  # stage 2/3, during backward
         (p,) = bucket
@@ -167,7 +175,8 @@ class ZeroOptimizer:
     def _scatter_grad(self, i: int) -> None:
         out = torch.empty(self.shard_numel[i], dtype=self.params[i].dtype,
                           device=self.params[i].device)
-        comm.reduce_scatter(out, self._padded(i, self.params[i].grad), "avg", tag="grads")
+        comm.reduce_scatter(out, self._padded(i, self.params[i].grad), "avg", group=self.group,
+                            tag="grads")
         g = self.grad_shards[i]
         self.grad_shards[i] = out if g is None else g.add_(out)  # accumulates micro-batches
 
@@ -201,7 +210,7 @@ class ZeroOptimizer:
         for i in unit.indices:
             buf = self.buffers[i]
             buf.untyped_storage().resize_(buf.numel() * buf.element_size())
-            comm.all_gather(buf, self.shards[i], tag=tag)
+            comm.all_gather(buf, self.shards[i], group=self.group, tag=tag)
         unit.gathered = True
 
     def _free(self, unit: _Unit) -> None:
@@ -264,7 +273,7 @@ class ZeroOptimizer:
             elif self.stage in (1, 2):
                 own = self.buffers[i][self.rank * self.shard_numel[i]:][: self.shard_numel[i]]
                 own.copy_(master)
-                comm.all_gather(self.buffers[i], own.clone(), tag="step")
+                comm.all_gather(self.buffers[i], own.clone(), group=self.group, tag="step")
             elif master is not self.shards[i]:
                 self.shards[i].copy_(master)
             if self.stage == 1:
@@ -376,13 +385,14 @@ def expected_bytes(numels: Iterable[int], world_size: int, stage: int, *, weight
 
 
 def full_state_dict(model: nn.Module, optimizer: ZeroOptimizer | None = None) -> dict[str, torch.Tensor]:
-    """Every weight whole (a copy), by name — gathering stage 3's shards first."""
+    """Every weight whole (a copy), by name — gathering stage 3's shards first (over the
+    optimizer's group: call it on every rank of that group)."""
     ctx = optimizer.gathered() if isinstance(optimizer, ZeroOptimizer) else contextlib.nullcontext()
     with ctx:
         return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 if __name__ == "__main__":
-    from .demos import main_zero
+    from .demos.data_parallel_zero import main_zero
 
     main_zero()

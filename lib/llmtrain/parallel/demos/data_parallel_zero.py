@@ -1,66 +1,32 @@
-"""What each rank runs in notebook 05, in the tests and under torchrun.
+"""Notebook 05's rank functions (data parallelism and ZeRO), and the command line of
+``python -m llmtrain.parallel.data_parallel`` and ``python -m llmtrain.parallel.zero``.
 
-``launch`` needs importable functions, so they live here. ``train`` trains one strategy
-(single process, hand-written DP, DDP, ZeRO stage 0–3, FSDP2) for a few steps on the
-Markov corpus of ``llmtrain.train`` and returns losses, final weights, the bytes this rank
-held after the first step and the collectives of the first step; ``compare`` also
-trains the single-process reference on rank 0, for the command-line demos:
-
-    python -m llmtrain.parallel.data_parallel                          # launches 2 CPU ranks
-    torchrun --nproc-per-node=4 -m llmtrain.parallel.zero --stage 3    # GPUs or many machines
+``train`` trains one strategy (single process, hand-written DP, DDP, ZeRO stage 0–3, FSDP2)
+for a few steps on the Markov corpus of ``llmtrain.train`` and returns losses, final weights,
+the bytes this rank held after the first step and the collectives of the first step. With
+``dims`` (a ``ParallelDims``) the data parallelism runs over its dp groups only: the ranks of
+a tp (or pp) group hold the same replica and see the same share of the batch. ``compare``
+also trains the single-process reference on rank 0, for the command lines.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from .. import shapes
-from ..llama import Llama
-from ..train import batches, corpus
-from . import comm, data_parallel, zero
-from .launch import device, init_from_env, launch, shutdown
+from ...llama import Llama
+from .. import comm, data_parallel, zero
+from ..launch import device
+from ..mesh import ParallelDims
+from .harness import lm_loss, main, make_batches, make_model, max_weight_diff, positive
 
-__all__ = ["STRATEGIES", "make_model", "make_batches", "lm_loss", "train", "train_all",
-           "max_weight_diff", "compare",
-           "memory_by_stage", "phases", "collectives", "main_data_parallel", "main_zero"]
+__all__ = ["STRATEGIES", "train", "train_all", "compare", "memory_by_stage", "phases",
+           "collectives", "main_data_parallel", "main_zero"]
 
 STRATEGIES = ("single", "dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-def make_model(model: str = "tiny", dtype: str = "float32", seed: int = 0) -> nn.Module:
-    """"tiny": the reference LLaMA of the ``tiny`` preset; "mlp": embedding → MLP → logits,
-    sizes chosen so some weights do not split evenly over 4 ranks (padding shows)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    torch.manual_seed(seed)
-    if model == "tiny":
-        m = Llama(shapes.get("tiny"))
-    elif model == "mlp":
-        m = nn.Sequential(nn.Embedding(256, 30), nn.Linear(30, 50), nn.GELU(), nn.Linear(50, 256))
-    else:
-        raise ValueError(f"model must be 'tiny' or 'mlp', got {model!r}")
-    return m.to(DTYPES[dtype])
-
-
-def make_batches(steps: int, batch: int, seq: int, seed: int = 0) -> list[torch.Tensor]:
-    """``steps`` full batches (batch × seq token ids), the same on every rank."""
-    it = batches(corpus(20_000, seed=seed), batch, seq, seed=seed)
-    return [next(it) for _ in range(steps)]
-
-
-def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross entropy, mean over tokens, in the model's own dtype."""
-    out = model(ids)
-    logits = out.logits if hasattr(out, "logits") else out
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten().to(logits.device))
 
 
 def _optimizer(name: str, lr: float):
@@ -83,35 +49,43 @@ def _units(model: nn.Module, units: str):
 
 def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "float32",
           optimizer: str = "adamw", lr: float = 1e-2, batch: int = 8, seq: int = 32,
-          units: str = "layers", seed: int = 0) -> dict[str, Any]:
+          units: str = "layers", seed: int = 0, dims: ParallelDims | None = None
+          ) -> dict[str, Any]:
     """Train ``strategy`` for ``steps`` steps on this rank's share of each batch.
 
     Returns {"losses": global mean loss per step, "weights": every weight whole (name →
-    tensor), "memory": bytes held after the first step, before ``zero_grad`` (``zero.memory_report``), "comm": the
-    first step's collectives (``comm.Record``\\ s), "numels": parameter sizes}.
+    tensor), "memory": bytes held after the first step, before ``zero_grad``
+    (``zero.memory_report``), "comm": the first step's collectives (``comm.Record``\\ s),
+    "numels": parameter sizes}. ``dims``: data parallel over ``dims``' dp group (the batch
+    is split dims.dp ways, by the rank's dp index); default: over the whole world.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    n = dist.get_world_size() if strategy != "single" else 1
-    r = dist.get_rank() if strategy != "single" else 0
+    group, n, r = None, 1, 0
+    if strategy != "single":
+        if dims is not None:
+            groups = dims.build()
+            group, n, r = groups.dp, dims.dp, groups.coords.dp
+        else:
+            n, r = dist.get_world_size(), dist.get_rank()
     if batch % n:
-        raise ValueError(f"batch={batch} must be divisible by the {n} ranks")
+        raise ValueError(f"batch={batch} must be divisible by the {n} data-parallel ranks")
     dev = device() if strategy != "single" else torch.device("cpu")
     net = make_model(model, dtype, seed).to(dev)
     cls, kw = _optimizer(optimizer, lr)
     numels = [p.numel() for p in net.parameters()]
     if strategy.startswith("zero"):
         units_ = _units(net, units) if strategy == "zero3" else None
-        net, opt = zero.wrap(net, int(strategy[-1]), cls, units=units_, **kw)
+        net, opt = zero.wrap(net, int(strategy[-1]), cls, units=units_, group=group, **kw)
     else:
         if strategy == "dp":
-            net = data_parallel.wrap(net)
+            net = data_parallel.wrap(net, group=group)
         elif strategy == "ddp":
-            net = nn.parallel.DistributedDataParallel(net)
+            net = nn.parallel.DistributedDataParallel(net, process_group=group)
         elif strategy == "fsdp2":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
-            mesh = init_device_mesh(dev.type, (n,))
+            mesh = dims.device_mesh(dev.type)["dp"] if dims else init_device_mesh(dev.type, (n,))
             for unit in _units(net, units) or []:
                 fully_shard(unit, mesh=mesh)
             fully_shard(net, mesh=mesh)
@@ -131,7 +105,7 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
             log0 = log
         loss = loss.detach().double()
         if strategy != "single":
-            dist.all_reduce(loss, op=dist.ReduceOp.AVG)  # reporting only: not counted
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG, group=group)  # reporting: not counted
         losses.append(loss.item())
 
     if strategy == "fsdp2":
@@ -147,13 +121,6 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
 def train_all(strategies, cfg: dict) -> dict[str, dict[str, Any]]:
     """``train`` each of ``strategies`` in turn with the same ``cfg``: one launch, many runs."""
     return {s: train(s, **cfg) for s in strategies}
-
-
-def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """Largest |a − b| over all weights of two {name: tensor} dicts with the same names."""
-    if a.keys() != b.keys():
-        raise ValueError(f"the two sets of weights differ in names: {sorted(a.keys() ^ b.keys())}")
-    return max((a[k].double().cpu() - b[k].double().cpu()).abs().max().item() for k in a)
 
 
 def compare(strategy: str, **cfg) -> dict[str, Any]:
@@ -226,52 +193,33 @@ def collectives() -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------- command line
 
-def _parse(prog: str, zero_stage: bool) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=prog, description="train a tiny LLaMA with "
-                                 + ("ZeRO" if zero_stage else "data parallelism")
-                                 + " and compare with one process on the whole batch")
-    if zero_stage:
-        ap.add_argument("--stage", type=int, default=3, choices=zero.STAGES)
-    ap.add_argument("--nproc", type=_positive, default=2,
-                    help="ranks to launch when not under torchrun")
-    ap.add_argument("--steps", type=_positive, default=5)
-    ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    ap.add_argument("--batch", type=_positive, default=8, help="sequences per step, all ranks")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                    help="of the model and its training (float64: differences are rounding only)")
-    args = ap.parse_args()
-    n = int(os.environ.get("WORLD_SIZE", args.nproc))
-    if args.batch % n:
-        ap.error(f"--batch {args.batch} must be divisible by the {n} ranks")
-    return args
+def cli_compare(options: dict) -> dict[str, Any]:
+    """The command lines' rank function: ``compare`` the strategy the flags name."""
+    cfg = dict(options)
+    stage = cfg.pop("stage", None)
+    strategy = "dp" if stage is None else f"zero{stage}"
+    return {**compare(strategy, **cfg), "strategy": strategy}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _options(zero_stage: bool):
+    def add(ap) -> None:
+        if zero_stage:
+            ap.add_argument("--stage", type=int, default=3, choices=zero.STAGES)
+        ap.add_argument("--steps", type=positive, default=5)
+        ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+        ap.add_argument("--batch", type=positive, default=8, help="sequences per step, all ranks")
+        ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="of the model and its training (float64: differences are rounding only)")
+    return add
 
 
-def _run(strategy: str, args: argparse.Namespace) -> None:
-    cfg = dict(steps=args.steps, optimizer=args.optimizer, batch=args.batch, dtype=args.dtype)
-    if "RANK" in os.environ:  # under torchrun: this process is one rank
-        init_from_env()
-        try:
-            out = compare(strategy, **cfg)
-            if dist.get_rank() == 0:
-                _report(strategy, dist.get_world_size(), out)
-        finally:
-            shutdown()
-    else:
-        _report(strategy, args.nproc, launch(_compare_kw, args.nproc, strategy, cfg)[0])
+def _validate(options: dict, n: int) -> None:
+    if options["batch"] % n:
+        raise ValueError(f"--batch {options['batch']} must be divisible by the {n} ranks")
 
 
-def _compare_kw(strategy: str, cfg: dict) -> dict[str, Any]:
-    return compare(strategy, **cfg)
-
-
-def _report(strategy: str, n: int, out: dict) -> None:
+def _report(out: dict, n: int) -> None:
+    strategy = out["strategy"]
     print(f"{strategy} on {n} ranks vs one process on the whole batch")
     print(f"{'step':>4}  {'single':>10}  {strategy:>10}")
     for i, (a, b) in enumerate(zip(out["reference_losses"], out["losses"])):
@@ -284,10 +232,18 @@ def _report(strategy: str, n: int, out: dict) -> None:
     print(f"rank 0 sent {float(sent):,.0f} bytes in step 0 ({len(out['comm'])} collectives)")
 
 
+def _main(prog: str, zero_stage: bool) -> None:
+    what = "ZeRO" if zero_stage else "data parallelism"
+    main(prog, cli_compare, _report, options=_options(zero_stage), validate=_validate,
+         description=f"train a tiny LLaMA with {what} and compare with one process on the "
+                     "whole batch")
+
+
 def main_data_parallel() -> None:
-    _run("dp", _parse("python -m llmtrain.parallel.data_parallel", zero_stage=False))
+    """``python -m llmtrain.parallel.data_parallel``."""
+    _main("python -m llmtrain.parallel.data_parallel", zero_stage=False)
 
 
 def main_zero() -> None:
-    args = _parse("python -m llmtrain.parallel.zero", zero_stage=True)
-    _run(f"zero{args.stage}", args)
+    """``python -m llmtrain.parallel.zero``."""
+    _main("python -m llmtrain.parallel.zero", zero_stage=True)
