@@ -197,6 +197,15 @@ def subgroup_comm():
         ParallelDims(dp=3).build()
     except ValueError as e:
         out["mismatch"] = str(e)
+    out["refused"] = []  # checked before any message is sent: no rank waits for the others
+    for bad in (lambda: comm.all_reduce(torch.ones(2), "min", group=g.tp),
+                lambda: comm.reduce_scatter(torch.empty(2), torch.ones(6), group=g.dp),
+                lambda: comm.all_gather(torch.empty(6), torch.ones(2), group=g.tp),
+                lambda: comm.batch_isend_irecv([comm.P2P("sendrecv", torch.ones(1), peer)])):
+        try:
+            bad()
+        except ValueError as e:
+            out["refused"].append(str(e))
     return out
 
 
@@ -283,3 +292,12 @@ def test_messages_between_stages_arrive_and_are_counted(four):
 def test_build_refuses_a_layout_of_another_world_size(four):
     for _, res in four:
         assert res["mismatch"] == "dp·tp·pp = 3·1·1 = 3 must equal the world size 4"
+
+
+def test_bad_comm_calls_name_the_argument(four):
+    for _, res in four:
+        assert res["refused"] == [
+            "op must be one of ('avg', 'sum', 'max'), got 'min'",
+            "input must be group size × output's = 2 × 2 elements (reduce_scatter), got 6",
+            "output must be group size × input's = 2 × 2 elements (all_gather), got 6",
+            "op must be one of ('send', 'recv'), got 'sendrecv'"]

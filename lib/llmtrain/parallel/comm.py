@@ -173,6 +173,7 @@ def _record(op: str, tensor: torch.Tensor, tag: str, group, src: int = 0,
 def all_reduce(tensor: torch.Tensor, op: str = "avg", *, group=None, tag: str = "",
                async_op: bool = False):
     """In place: every rank of ``group`` ends with the average (or sum, or max) of ``tensor``."""
+    check.one_of("op", op, tuple(_OPS))
     _record("all_reduce", tensor, tag, group)
     return dist.all_reduce(tensor, op=_OPS[op], group=group, async_op=async_op)
 
@@ -181,9 +182,11 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op: str = "avg", *
                    tag: str = "", async_op: bool = False):
     """Rank r of ``group`` gets chunk r of the average (or sum) of ``input``: ``output`` is
     input.numel()/N."""
-    if input.numel() != output.numel() * dist.get_world_size(group):
-        raise ValueError(f"reduce_scatter: input has {input.numel()} elements, output "
-                         f"{output.numel()}; input must be group size × output")
+    check.one_of("op", op, tuple(_OPS))
+    n = dist.get_world_size(group)
+    if input.numel() != output.numel() * n:
+        raise ValueError(f"input must be group size × output's = {n} × {output.numel()} elements "
+                         f"(reduce_scatter), got {input.numel()}")
     _record("reduce_scatter", input, tag, group)
     return dist.reduce_scatter_single(output, input, op=_OPS[op], group=group, async_op=async_op)
 
@@ -191,9 +194,10 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op: str = "avg", *
 def all_gather(output: torch.Tensor, input: torch.Tensor, *, group=None, tag: str = "",
                async_op: bool = False):
     """``output`` = the ``group``'s ``input`` chunks concatenated in group-rank order (N × input)."""
-    if output.numel() != input.numel() * dist.get_world_size(group):
-        raise ValueError(f"all_gather: output has {output.numel()} elements, input "
-                         f"{input.numel()}; output must be group size × input")
+    n = dist.get_world_size(group)
+    if output.numel() != input.numel() * n:
+        raise ValueError(f"output must be group size × input's = {n} × {input.numel()} elements "
+                         f"(all_gather), got {output.numel()}")
     _record("all_gather", output, tag, group)
     return dist.all_gather_single(output, input, group=group, async_op=async_op)
 
