@@ -229,9 +229,15 @@ class ColumnParallelLinear(nn.Module):
                                 gather_output=gather_output)
 
     @classmethod
-    def from_linears(cls, linears: list[nn.Linear], group=None, *, names: tuple[str, ...] = ("",),
-                     sequence_parallel: bool = False,
+    def from_linears(cls, linears: list[nn.Linear], group=None, *,
+                     names: tuple[str, ...] | None = None, sequence_parallel: bool = False,
                      gather_output: bool = False) -> "ColumnParallelLinear":
+        """One column-parallel matmul for ``linears`` (same input) named ``names`` (the full
+        state_dict's module names, e.g. ("q_proj", "k_proj", "v_proj"))."""
+        linears = check.sequence("linears", linears, nonempty=True)
+        names = ("",) if names is None and len(linears) == 1 else names
+        if names is None or len(names) != len(linears):
+            raise ValueError(f"names must name each of the {len(linears)} linears, got {names!r}")
         n, r = _group_size(group)
         for i, lin in enumerate(linears):
             check.module(f"linears[{i}]", lin, nn.Linear)
@@ -316,8 +322,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, target, group, ignore_index):
-        n, r = dist.get_world_size(group), dist.get_rank(group)
-        Vt = z.shape[-1]
+        r, Vt = dist.get_rank(group), z.shape[-1]
         z = z - _all_reduce(z.max(-1).values, group, FORWARD, "max").unsqueeze(-1)
         outside = (target < r * Vt) | (target >= (r + 1) * Vt)
         local = (target - r * Vt).masked_fill(outside, 0)
@@ -343,6 +348,11 @@ def vocab_parallel_cross_entropy(logits_shard: torch.Tensor, labels: torch.Tenso
     """Mean cross entropy over the labels ≠ ignore_index, from this rank's vocabulary shard of
     the logits (..., V/t): 3 all-reduces of one number per token (max, target logit, Σ exp);
     the logits are never gathered. Computed in at least fp32 (float64 stays float64)."""
+    check.tensor("logits_shard", logits_shard, floating=True)
+    check.tensor("labels", labels, floating=False)
+    if tuple(labels.shape) != tuple(logits_shard.shape[:-1]):
+        raise ValueError(f"labels must have the shape of logits_shard without its last dimension "
+                         f"{tuple(logits_shard.shape[:-1])}, got {tuple(labels.shape)}")
     z = logits_shard.flatten(0, -2).to(torch.promote_types(logits_shard.dtype, torch.float32))
     target = labels.flatten()
     loss = _VocabParallelCrossEntropy.apply(z, target, group, ignore_index)
