@@ -201,7 +201,7 @@ def _peak_once(shape: ModelShape, B: int, T: int, dev: torch.device) -> dict:
     peak = memory.measure_peak(step, device=dev, include=() if cuda else [net, opt, ids])
     reserved = torch.cuda.max_memory_reserved(dev) if cuda else None  # same window (reset by measure_peak)
     impl = "foreach" if cuda else "single-tensor"
-    est = memory.estimate(shape, gpus=1, batch=B, seq=T, zero=0, recompute="none", dtype="fp32",
+    est = memory.estimate(shape, 1, batch=B, seq=T, zero=0, recompute="none", dtype="fp32",
                           impl="reference", attention="sdpa", precision="fp32", overheads=False,
                           optimizer_impl=impl)
     at_backward_start = est.total - est.details["model states"]["gradients"]

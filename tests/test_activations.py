@@ -14,7 +14,8 @@ from torch.utils.checkpoint import checkpoint
 from llmtrain import activation_formulas as act
 from llmtrain import shapes
 from llmtrain.activation_formulas import saved_bytes
-from llmtrain.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure
+from llmtrain.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure, measure_shape
+from llmtrain.recompute import MODELLED
 from llmtrain.llama import Llama
 from llmtrain.shapes import ModelShape
 
@@ -125,7 +126,7 @@ def test_fake_equals_real_and_allocates_nothing():
 
 
 def test_table_and_str():
-    s = act.measure_shape(shapes.get("tiny"), 1, 8)
+    s = measure_shape(shapes.get("tiny"), 1, 8)
     assert "layer 0" in str(s) and "total" in str(s)
     for by in ("module", "layer", "op", "tensor"):
         assert f"{s.total_bytes:,}" in s.table(by)
@@ -155,7 +156,7 @@ def small_shapes(draw) -> ModelShape:
 
 def _check_against_measure(shape, B, T, dtype, impl, recompute, attention=None):
     kw = dict(dtype=dtype, impl=impl, recompute=recompute, attention=attention)
-    real = act.measure_shape(shape, B, T, fake=False, **kw)
+    real = measure_shape(shape, B, T, fake=False, **kw)
     _consistent(real)
     assert real.total_bytes == saved_bytes(shape, B, T, **kw)
     # term by term: each decoder layer, RoPE in layer 0 (its first user), the rest outside
@@ -174,7 +175,7 @@ def _check_against_measure(shape, B, T, dtype, impl, recompute, attention=None):
                                              ("hf-eager", None), ("hf-sdpa", None)])
 @SETTINGS
 @given(shape=small_shapes(), B=st.integers(1, 3), T=st.integers(1, 16),
-       dtype=st.sampled_from(["fp32", "bf16"]), recompute=st.sampled_from(act.RECOMPUTE))
+       dtype=st.sampled_from(["fp32", "bf16"]), recompute=st.sampled_from(MODELLED))
 def test_closed_form_equals_measure(impl, attention, shape, B, T, dtype, recompute):
     if impl != "reference" and recompute == "selective":
         recompute = "none"  # transformers has no selective recomputation
@@ -190,8 +191,8 @@ def test_closed_form_equals_measure(impl, attention, shape, B, T, dtype, recompu
 def test_fake_mode_equals_real_mode(shape, B, T, dtype, impl_recompute):
     impl, recompute = impl_recompute
     kw = dict(dtype=dtype, impl=impl, recompute=recompute)
-    real = act.measure_shape(shape, B, T, fake=False, **kw)
-    assert act.measure_shape(shape, B, T, fake=True, **kw) == real
+    real = measure_shape(shape, B, T, fake=False, **kw)
+    assert measure_shape(shape, B, T, fake=True, **kw) == real
     assert real.total_bytes == saved_bytes(shape, B, T, **kw)
 
 
@@ -199,7 +200,7 @@ def test_fake_mode_equals_real_mode(shape, B, T, dtype, impl_recompute):
 def test_full_recomputation_keeps_2BTH_per_layer_in_bf16(impl):
     shape = shapes.get("tiny")  # GQA, H = 64
     B, T = 3, 10
-    s = act.measure_shape(shape, B, T, dtype="bf16", impl=impl, recompute="full", fake=False)
+    s = measure_shape(shape, B, T, dtype="bf16", impl=impl, recompute="full", fake=False)
     rope = 2 * T * shape.d_head * 2 if impl == "reference" else 0  # the reference passes cos, sin
     assert s.by_layer == {0: 2 * B * T * 64 + rope, 1: 2 * B * T * 64}
     assert set(s.by_op) >= {CHECKPOINT_INPUTS}
@@ -213,7 +214,7 @@ def test_large_head_dim_gqa_repeats_kv_in_hf_sdpa():
         shape = ModelShape(vocab_size=16, hidden_size=8, num_layers=1, num_heads=4,
                            num_kv_heads=kv, intermediate_size=8, max_seq_len=8, head_dim=258)
         for B, T in [(1, 1), (2, 3)]:
-            assert (act.measure_shape(shape, B, T, impl=impl).total_bytes
+            assert (measure_shape(shape, B, T, impl=impl).total_bytes
                     == saved_bytes(shape, B, T, impl=impl))
 
 
@@ -248,7 +249,7 @@ def test_llama7b_reference_fake_mode_and_full_recompute():
     ids = torch.zeros(1, 2048, dtype=torch.long)
     s = measure(model, ids, labels=ids, fake=True)
     assert s.total_bytes == saved_bytes(shape, 1, 2048) == 12_552_924_164
-    full = act.measure_shape(shape, 1, 2048, recompute="full")
+    full = measure_shape(shape, 1, 2048, recompute="full")
     assert full.by_layer[5] == 2 * 2048 * 4096  # the slides' 2BTH, exact
     assert full.total_bytes == saved_bytes(shape, 1, 2048, recompute="full")
 

@@ -21,6 +21,7 @@ from llmtrain import (activation_formulas, activations, amp, batch, check, devic
                       memory, params, plots, precision, recompute, schedules, shapes, show,
                       step_peak, train, widgets)
 from llmtrain import settings as slide_settings
+from llmtrain.parallel.mesh import ParallelDims
 
 TINY = shapes.get("tiny")
 
@@ -111,30 +112,35 @@ CASES = [
     ("flops.measured_flops", lambda **k: flops.measured_flops(**k),
      dict(model=None, input_ids=IDS), {"model": "module", "input_ids": "tensor",
                                        "backward": "bool"}),
-    # memory
-    ("memory.torch_dtype", memory.torch_dtype, dict(dtype="bf16"),
-     {"dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))}),
-    ("memory.dtype_bytes", memory.dtype_bytes, dict(dtype="fp32"),
-     {"dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))}),
+    # precision: dtype names
+    *[(f"precision.{f.__name__}", f, dict(dtype="bf16"),
+       {"dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))})
+      for f in (precision.torch_dtype, precision.dtype_bytes, precision.dtype_name)],
+    # memory; the layout
+    ("ParallelDims", ParallelDims, dict(dp=2, tp=2, pp=2), {"dp": "pos", "tp": "pos", "pp": "pos"}),
+    ("memory.parallel_dims", memory.parallel_dims, dict(gpus=8, tp=2, pp=2),
+     {"gpus": "pos", "tp": "pos", "pp": "pos"}),
     ("memory.state_bytes_per_param", memory.state_bytes_per_param, dict(),
      {"precision": _choice(memory.PRECISIONS), "optimizer": _choice(memory.OPTIMIZERS)}),
-    ("memory.params_per_gpu", memory.params_per_gpu, dict(shape=TINY, tp=2, pp=2),
-     {"shape": "shape", "tp": "pos", "pp": "pos"}),
-    ("memory.model_state_bytes", memory.model_state_bytes, dict(num_params=10**6, dp=4),
-     {"num_params": "pos", "zero": _choice((0, 1, 2, 3)), "dp": "pos", "tp": "pos", "pp": "pos",
+    ("memory.params_per_gpu", memory.params_per_gpu, dict(shape=TINY, dims=ParallelDims(tp=2, pp=2)),
+     {"shape": "shape", "dims": "pos"}),
+    ("memory.model_state_bytes", memory.model_state_bytes, dict(num_params=10**6, dims=4),
+     {"num_params": "pos", "zero": _choice((0, 1, 2, 3)), "dims": "pos",
       "precision": _choice(memory.PRECISIONS), "optimizer": _choice(memory.OPTIMIZERS)}),
     ("memory.activation_bytes", memory.activation_bytes, dict(shape=TINY, batch=2, seq=8),
      {"shape": "shape", "batch": "pos", "seq": "pos", "tp": "pos", "sp": "bool",
-      "impl": _choice(memory.ACTIVATION_IMPLS), "attention": _choice(("sdpa", "eager")),
+      "impl": _choice(activation_formulas.IMPLS), "attention": _choice(llama.ATTN_IMPLS),
+      "recompute": _choice(recompute.MODELLED, none_ok=True),
       "dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))}),
-    ("memory.estimate", memory.estimate, dict(shape="llama-7b", gpus=8, batch=2, seq=512),
-     {"shape": "shape", "gpus": "pos", "batch": "pos", "seq": "pos?", "tp": "pos", "pp": "pos",
+    ("memory.estimate", memory.estimate, dict(shape="llama-7b", dims=8, batch=2, seq=512),
+     {"shape": "shape", "dims": "pos", "batch": "pos", "seq": "pos?",
       "zero": _choice((0, 1, 2, 3)), "sp": "bool", "softmax_extra": "bool", "overheads": "bool",
-      "impl": _choice(memory.ACTIVATION_IMPLS), "precision": _choice(memory.PRECISIONS),
+      "impl": _choice(activation_formulas.IMPLS), "precision": _choice(memory.PRECISIONS),
       "optimizer": _choice(memory.OPTIMIZERS), "set_to_none": "bool",
-      "optimizer_impl": _choice(("single-tensor", "foreach", "fused"))}),
-    ("step_peak.step_peak", step_peak.step_peak, dict(shape=TINY, batch=2, seq=16),
-     {"shape": "shape", "batch": "pos", "seq": "pos?", "gpus": "pos", "tp": "pos", "pp": "pos",
+      "attention": _choice(llama.ATTN_IMPLS), "recompute": _choice(recompute.MODELLED, none_ok=True),
+      "optimizer_impl": _choice(step_peak.OPTIMIZER_IMPLS)}),
+    ("memory.step_peak", memory.step_peak, dict(shape=TINY, batch=2, seq=16),
+     {"shape": "shape", "batch": "pos", "seq": "pos?", "dims": "pos",
       "set_to_none": "bool", "zero": _choice((0, 1, 2, 3))}),
     ("step_peak.param_sizes", step_peak.param_sizes, dict(shape=TINY),
      {"shape": "shape", "impl": _choice(("reference", "hf", "hf-eager", "hf-sdpa"))}),
@@ -156,22 +162,34 @@ CASES = [
      dict(L=32, B=8, T=2048, H=4096, V=32000), {k: "pos" for k in ("L", "B", "T", "H", "V")}),
     ("memory.measure_peak", memory.measure_peak, dict(fn=lambda: torch.ones(3)),
      {"fn": "callable"}),
-    # activations
+    # activations: measured; the models; the closed forms
     ("activations.measure", lambda model: activations.measure(model, IDS, labels=IDS),
      dict(model=None), {"model": "module"}),
+    ("activations.build", activations.build, dict(shape=TINY, device="meta"),
+     {"shape": "shape", "impl": _choice(activations.MODELS),
+      "recompute": _choice(recompute.MODELLED), "attention": _choice(llama.ATTN_IMPLS, none_ok=True),
+      "dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))}),
+    ("activations.measure_shape", activations.measure_shape,
+     dict(shape=TINY, batch=1, seq=4),
+     {"shape": "shape", "batch": "pos", "seq": "pos", "fake": "bool"}),
+    ("activation_formulas.textbook_bytes", activation_formulas.textbook_bytes,
+     dict(shape=TINY, batch=2, seq=8),
+     {"shape": "shape", "batch": "pos", "seq": "pos", "tp": "pos", "sp": "bool",
+      "dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))}),
+    ("activation_formulas.korthikanti_bytes", activation_formulas.korthikanti_bytes,
+     dict(shape=TINY, batch=2, seq=8),
+     {"shape": "shape", "batch": "pos", "seq": "pos", "tp": "pos", "sp": "bool",
+      "recompute": _choice(recompute.MODELLED)}),
     ("activation_formulas.saved_bytes", activation_formulas.saved_bytes,
      dict(shape=TINY, batch=2, seq=8),
      {"shape": "shape", "batch": "pos", "seq": "pos",
-      "impl": _choice(activation_formulas.IMPLS),
-      "recompute": _choice(activation_formulas.RECOMPUTE)}),
+      "impl": _choice(activations.MODELS),
+      "recompute": _choice(recompute.MODELLED)}),
     ("activation_formulas.saved_bytes_terms", activation_formulas.saved_bytes_terms,
      dict(shape=TINY, batch=2, seq=8),
      {"shape": "shape", "batch": "pos", "seq": "pos",
-      "impl": _choice(activation_formulas.IMPLS),
-      "attention": _choice(("sdpa", "eager"), none_ok=True)}),
-    ("activation_formulas.measure_shape", activation_formulas.measure_shape,
-     dict(shape=TINY, batch=1, seq=4),
-     {"shape": "shape", "batch": "pos", "seq": "pos", "fake": "bool"}),
+      "impl": _choice(activations.MODELS),
+      "attention": _choice(llama.ATTN_IMPLS, none_ok=True)}),
     # batch
     ("batch.linear_ramp", batch.linear_ramp,
      dict(tokens_seen=10, start_tokens=32, end_tokens=3200, ramp_tokens=1000),
@@ -369,16 +387,18 @@ def test_bad_value_names_the_argument(label, call, kwargs, arg, kind, data, tmp_
 
 # --- the ten cases of issue 10 §6 ----------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(pp=0), "pp must be a positive integer, got 0"),
-    (dict(tp=0), "tp must be a positive integer, got 0"),
-    (dict(tp=-2), "tp must be a positive integer, got -2"),  # was reported as dp
-    (dict(pp=-1, gpus=2), "pp must be a positive integer, got -1"),
-    (dict(gpus=0), "gpus must be a positive integer, got 0"),
+@pytest.mark.parametrize("make,message", [
+    (lambda: ParallelDims(pp=0), "pp must be a positive integer, got 0"),
+    (lambda: ParallelDims(tp=0), "tp must be a positive integer, got 0"),
+    (lambda: ParallelDims(tp=-2), "tp must be a positive integer, got -2"),  # was reported as dp
+    (lambda: memory.parallel_dims(2, pp=-1), "pp must be a positive integer, got -1"),
+    (lambda: memory.parallel_dims(0), "gpus must be a positive integer, got 0"),
+    (lambda: memory.estimate(TINY, 0),
+     "dims must be a ParallelDims or a positive integer (= ParallelDims(dp=dims)), got 0"),
 ])
-def test_zero_or_negative_degree_is_named(kwargs, message):
-    with pytest.raises(ValueError, match=f"^{message}$"):
-        memory.estimate(TINY, **kwargs)
+def test_zero_or_negative_degree_is_named(make, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make()
 
 
 def test_a_preset_name_is_its_model_shape():
@@ -487,6 +507,86 @@ def test_check_does_not_import_torch():
     code = "import sys, llmtrain.check, llmtrain.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def _imports_of(path, module: str) -> set[str]:
+    """The llmtrain modules ``path`` (module ``module``) imports, at any depth of its code
+    (functions too: a lazy import is still an edge). Aside: ``if TYPE_CHECKING:`` (never run)
+    and ``if __name__ == "__main__":`` (``python -m``: the module then runs as ``__main__``, a
+    module of its own, so what it imports may import the library module back)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and any(k in ast.unparse(node.test)
+                                            for k in ("TYPE_CHECKING", "__main__")):
+            node.body = []
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[:len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # ``from . import memory``
+    return found
+
+
+# The one import against the layers, at call time only: check is the bottom layer (every module
+# imports it, shapes at import time), and ``check.shape`` looks up the presets when called.
+_CALL_TIME_ONLY = {("llmtrain.check", "llmtrain.shapes")}
+
+
+def test_no_import_cycle():
+    """The llmtrain modules import each other in one direction only (issue 11 §1: memory ->
+    step_peak -> activation_formulas -> activations -> precision, never the reverse), lazy
+    imports in functions included. Importing a module imports its packages' ``__init__`` too."""
+    from pathlib import Path
+
+    import llmtrain
+
+    root = Path(llmtrain.__file__).parent
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for target in _imports_of(path, name):
+            while target and target not in modules:  # ``from .mesh import ParallelDims``
+                target = target.rpartition(".")[0]
+            parts = target.split(".")
+            for i in range(1, len(parts) + 1):  # the module and the packages above it
+                t = ".".join(parts[:i])
+                if (t and t != name and not name.startswith(t + ".")  # not its own packages
+                        and (name, t) not in _CALL_TIME_ONLY):
+                    edges.add(t)
+        graph[name] = edges
+    assert {"llmtrain.memory", "llmtrain.activation_formulas"} <= set(graph)
+    assert "llmtrain.activation_formulas" in graph["llmtrain.memory"]
+    done: set[str] = set()
+    cycles = []
+
+    def visit(name, path):
+        if name in path:
+            cycles.append(" -> ".join(path[path.index(name):] + [name]))
+            return
+        if name in done:
+            return
+        for t in sorted(graph[name]):
+            visit(t, path + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
 @pytest.mark.parametrize("kwargs,message", [

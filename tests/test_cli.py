@@ -142,9 +142,22 @@ def test_memory_table_has_gb_and_gib():
     assert "GB" in r.stdout and "GiB" in r.stdout and "total" in r.stdout
 
 
+def test_memory_flags_build_the_layout():
+    from llmtrain import memory
+    from llmtrain.parallel.mesh import ParallelDims
+
+    r = run("memory", "llama2-70b", "--gpus", "64", "--tp", "8", "--pp", "4", "--zero", "1",
+            "--impl", "korthikanti", "--recompute", "selective", "--sp", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    est = memory.estimate(shapes.get("llama2-70b"), ParallelDims(dp=2, tp=8, pp=4), zero=1,
+                          impl="korthikanti", recompute="selective", sp=True)
+    assert out["dp"] == 2 and out["parts"] == est.parts and out["total"] == est.total
+
+
 @pytest.mark.parametrize("args,needle", [
-    (["memory", "llama-7b", "--gpus", "3", "--tp", "2"], "gpus=3 must be a multiple of tp·pp=2"),
-    (["memory", "llama-7b", "--tp", "3", "--gpus", "3"], "tp=3 must divide num_heads=32"),
+    (["memory", "llama-7b", "--gpus", "3", "--tp", "2"], "gpus must be a multiple of tp·pp=2, got 3"),
+    (["memory", "llama-7b", "--tp", "3", "--gpus", "3"], "tp must divide num_heads=32, got tp=3"),
     (["memory", "llama-7b", "--batch", "0"], "batch must be a positive integer"),
     (["memory", "llama-7b", "--impl", "textbook", "--recompute", "none"], "recompute='full'"),
     (["memory", "llama-7b", "--dtype", "int8"], "dtype must be fp32, bf16 or fp16"),

@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 from llmtrain import memory, params, shapes
 from llmtrain.llama import Llama
 from llmtrain.memory import GB, GIB
+from llmtrain.parallel.mesh import ParallelDims
 
 S7 = shapes.get("llama-7b")
 
@@ -27,14 +28,14 @@ def test_slides_112_gb():
 def test_zero_paper_numbers():
     # Rajbhandari et al. SC'20, Fig. 1: 7.5B parameters, N_d = 64, K = 12
     P = 7_500_000_000
-    got = [sum(memory.model_state_bytes(P, zero=z, dp=64).values()) / GB for z in range(4)]
+    got = [sum(memory.model_state_bytes(P, zero=z, dims=ParallelDims(dp=64)).values()) / GB for z in range(4)]
     assert [round(g, 1) for g in got] == [120.0, 31.4, 16.6, 1.9]
 
 
 @given(P=st.integers(1, 10**6), N=st.integers(1, 64))
 def test_zero_stage_formulas(P, N):
     P *= N  # divisible: the formulas are then exact
-    total = [sum(memory.model_state_bytes(P, zero=z, dp=N).values()) for z in range(4)]
+    total = [sum(memory.model_state_bytes(P, zero=z, dims=N).values()) for z in range(4)]  # int: dp
     assert total == [16 * P, 4 * P + 12 * P // N, 2 * P + 14 * P // N, 16 * P // N]
 
 
@@ -59,15 +60,35 @@ def test_real_optimizer_states_match():
 def test_params_per_gpu():
     assert memory.params_per_gpu(S7) == params.count(S7)
     b = params.breakdown(S7)
-    tp8 = memory.params_per_gpu(S7, tp=8)
+    tp8 = memory.params_per_gpu(S7, ParallelDims(tp=8))
     assert tp8 == (b["attention"] + b["mlp"] + b["embedding"] + b["lm_head"]) // 8 + b["norms"]
     # pipeline: every stage holds ceil(L/pp) layers; the last also the head and final norm
     per_layer = (b["attention"] + b["mlp"]) // 32 + 2 * 4096
-    assert memory.params_per_gpu(S7, pp=4) == 8 * per_layer + b["lm_head"] + 4096
-    with pytest.raises(ValueError, match="tp=3 must divide num_heads=32"):
-        memory.params_per_gpu(S7, tp=3)
-    with pytest.raises(ValueError, match="pp=33"):
-        memory.params_per_gpu(S7, pp=33)
+    assert memory.params_per_gpu(S7, ParallelDims(pp=4)) == 8 * per_layer + b["lm_head"] + 4096
+    # data parallelism replicates: dp changes nothing here
+    assert memory.params_per_gpu(S7, ParallelDims(dp=8, tp=8)) == tp8
+    with pytest.raises(ValueError, match=r"^tp must divide num_heads=32, got tp=3$"):
+        memory.params_per_gpu(S7, ParallelDims(tp=3))
+    with pytest.raises(ValueError, match=r"^pp must be at most num_layers=32, got pp=33$"):
+        memory.params_per_gpu(S7, ParallelDims(pp=33))
+
+
+def test_model_state_bytes_by_layout():
+    # TP 2 × PP 2 × DP 4 (notebook 11): tp·pp split the parameters, ZeRO shards over dp only
+    s8 = shapes.get("llama3-8b")
+    dims = ParallelDims(dp=4, tp=2, pp=2)
+    P = memory.params_per_gpu(s8, dims)
+    parts = memory.model_state_bytes(s8, zero=1, dims=dims)
+    assert parts == {"weights": 2 * P, "gradients": 2 * P, "master": -(-4 * P // 4),
+                     "optimizer": -(-8 * P // 4)}
+    # a count is split evenly by tp·pp; an int dims is the data-parallel degree
+    assert memory.model_state_bytes(10**9, zero=3, dims=ParallelDims(dp=2, tp=5)) == \
+        memory.model_state_bytes(2 * 10**8, zero=3, dims=2)
+    with pytest.raises(ValueError, match=r"^dims must be a ParallelDims or a positive integer"):
+        memory.model_state_bytes(10**9, dims=(4, 2, 2))
+    odd_vocab = shapes.get("tiny").replace(vocab_size=255)
+    with pytest.raises(ValueError, match=r"^tp must divide vocab_size=255, got tp=2$"):
+        memory.model_state_bytes(odd_vocab, dims=ParallelDims(tp=2))
 
 
 def test_textbook_activations():
@@ -99,7 +120,8 @@ def test_korthikanti_family():
 
 def test_slides_worked_example():
     # 2×A100-80G, LLaMA-7B, B=8: 模型与优化器 50GB, 激活值 6.2GB, 其他 10GB, 单卡总计 66GB
-    est = memory.estimate(S7, gpus=2, batch=8, seq=2048, zero=3)
+    est = memory.estimate(S7, ParallelDims(dp=2), batch=8, seq=2048, zero=3)
+    assert est.total == memory.estimate(S7, 2, batch=8, seq=2048, zero=3).total  # int = dp
     gib = est.gib
     assert round(gib["model states"]) == 50            # 53.9 GB: the slide's "GB" is GiB here
     assert round(gib["activations"], 2) == 5.95        # not 6.2 in any unit (6.39 in GB)
@@ -118,9 +140,9 @@ def test_slides_formula_as_written():
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(gpus=0), "gpus must be a positive integer"),
-    (dict(gpus=3, tp=2), "gpus=3 must be a multiple of tp·pp=2"),
-    (dict(zero=4), "zero must be 0, 1, 2 or 3"),
+    (dict(dims=0), "dims must be a ParallelDims or a positive integer"),
+    (dict(dims=ParallelDims(tp=3)), "tp must divide num_heads=32, got tp=3"),
+    (dict(zero=4), r"zero must be one of \(0, 1, 2, 3\), got 4"),
     (dict(batch=-1), "batch must be a positive integer"),
     (dict(dtype="int8"), "dtype must be fp32, bf16 or fp16"),
     (dict(impl="magic"), "impl must be one of"),
@@ -132,6 +154,15 @@ def test_slides_formula_as_written():
 def test_estimate_validation(kw, message):
     with pytest.raises(ValueError, match=message):
         memory.estimate(S7, **kw)
+
+
+def test_parallel_dims_from_a_gpu_count():
+    assert memory.parallel_dims(16, 2, 2) == ParallelDims(dp=4, tp=2, pp=2)
+    assert memory.parallel_dims(3) == ParallelDims(dp=3)
+    with pytest.raises(ValueError, match=r"^gpus must be a multiple of tp·pp=4, got 6$"):
+        memory.parallel_dims(6, 2, 2)
+    with pytest.raises(ValueError, match=r"^pp must be a positive integer, got 0$"):
+        memory.parallel_dims(6, 2, 0)
 
 
 def test_adafactor_needs_a_shape():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from llmtrain import memory, recompute as rc, step_peak
+from llmtrain import activation_formulas, memory, recompute as rc, step_peak
 from llmtrain.amp import MixedPrecisionTrainer
 from llmtrain.llama import Llama
 from llmtrain.shapes import ModelShape
@@ -46,9 +46,9 @@ def measured_peak(shape, batch, seq, *, mode="fp32", set_to_none=True, attention
 
 def estimated(shape, batch, seq, *, mode="fp32", set_to_none=True, attention="sdpa",
               recompute="none", optimizer_impl="single-tensor"):
-    return step_peak.step_peak(shape, batch, seq, dtype="fp32" if mode == "fp32" else "bf16",
-                               precision=mode, set_to_none=set_to_none, attention=attention,
-                               recompute=recompute, optimizer_impl=optimizer_impl)
+    return memory.step_peak(shape, batch, seq, dtype="fp32" if mode == "fp32" else "bf16",
+                            precision=mode, set_to_none=set_to_none, attention=attention,
+                            recompute=recompute, optimizer_impl=optimizer_impl)
 
 
 def shape_of(V, H, L, N, kv, Hf, **kw):
@@ -87,7 +87,7 @@ def test_step_peak_named_cases(shape, batch, seq, kw, phase):
 
 @pytest.mark.parametrize("impl,dtype", [("hf-sdpa", "fp32"), ("hf-eager", "bf16")])
 def test_transformers_llama(impl, dtype):
-    from llmtrain.activation_formulas import build
+    from llmtrain.activations import build
 
     shape, B, T = shape_of(1000, 32, 2, 4, 2, 40, tie_embeddings=True), 2, 12
     torch.manual_seed(0)
@@ -103,8 +103,8 @@ def test_transformers_llama(impl, dtype):
     step()
     got = memory.measure_peak(step, include=[net, opt, ids]).peak_bytes
     assert step_peak.param_sizes(shape, "hf") == [p.numel() for p in net.parameters()]
-    est = step_peak.step_peak(shape, B, T, impl=impl, dtype=dtype, precision=dtype,
-                              set_to_none=False)
+    est = memory.step_peak(shape, B, T, impl=impl, dtype=dtype, precision=dtype,
+                           set_to_none=False)
     assert est.peak_bytes == got
 
 
@@ -178,8 +178,8 @@ def test_step_peak_random_shapes(case):
 
 def test_set_to_none_false_keeps_the_gradients_in_every_phase():
     shape = shape_of(2048, 256, 4, 8, 4, 688)
-    a = step_peak.step_peak(shape, 4, 256)
-    b = step_peak.step_peak(shape, 4, 256, set_to_none=False)
+    a = memory.step_peak(shape, 4, 256)
+    b = memory.step_peak(shape, 4, 256, set_to_none=False)
     grads = memory.model_state_bytes(shape, precision="fp32")["gradients"]
     assert b.totals["forward"] - a.totals["forward"] == grads
     assert b.totals["optimizer step"] == a.totals["optimizer step"]
@@ -189,16 +189,34 @@ def test_estimate_carries_the_step_peak():
     shape = shape_of(2048, 256, 4, 8, 4, 688)
     est = memory.estimate(shape, batch=4, seq=256, zero=0, recompute="none", dtype="fp32",
                           impl="reference", precision="fp32", overheads=False)
-    direct = step_peak.step_peak(shape, 4, 256)
+    direct = memory.step_peak(shape, 4, 256)
     assert est.peak_bytes == est.step_peak.peak_bytes == direct.peak_bytes
     assert set(est.step_peak.phases) <= set(step_peak.PHASES)
     assert est.step_peak.phase in est.step_peak.table()
     assert memory.slides_formula(10**9, 1, 1, 1, 1, 1, 1).peak_bytes is None
     # the defaults (slides' setup) and every impl give a step peak
-    for impl in memory.ACTIVATION_IMPLS:
+    for impl in activation_formulas.IMPLS:
         kw = {} if impl == "textbook" else {"recompute": "none"}
         tiny = shape_of(256, 64, 2, 4, 2, 172)
         assert memory.estimate(tiny, batch=2, seq=16, impl=impl, **kw).peak_bytes > 0
+
+
+def test_step_peak_takes_the_layout():
+    # dims divides the states as model_state_bytes does: tp·pp the parameters, ZeRO by dp
+    from llmtrain.parallel.mesh import ParallelDims
+
+    shape = shape_of(2048, 256, 4, 8, 4, 688)
+    dims = ParallelDims(dp=4, tp=2, pp=2)
+    kw = dict(zero=1, impl="textbook", recompute="full", dtype="bf16", precision="mixed")
+    peak = memory.step_peak(shape, 4, 256, dims=dims, **kw)  # the exact impls are for tp = 1
+    P = memory.params_per_gpu(shape, dims)
+    assert P < memory.params_per_gpu(shape) // 3  # tp·pp = 4 splits, norms and a stage's extra
+    opt = peak.phases["optimizer step"]
+    assert opt["weights"] == 2 * P and opt["optimizer states"] == 8 * P // 4
+    assert peak.phases == memory.estimate(shape, dims, 4, 256, overheads=False,
+                                          **kw).step_peak.phases
+    with pytest.raises(ValueError, match=r"^tp must divide num_heads=8, got tp=3$"):
+        memory.step_peak(shape, 4, 256, dims=ParallelDims(tp=3), **kw)
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -210,4 +228,4 @@ def test_bad_arguments(kw, message):
     with pytest.raises(ValueError, match=message):
         memory.estimate(shape_of(64, 16, 1, 2, 1, 8), **kw)
     with pytest.raises(ValueError, match=message):
-        step_peak.step_peak(shape_of(64, 16, 1, 2, 1, 8), 1, 8, **kw)
+        memory.step_peak(shape_of(64, 16, 1, 2, 1, 8), 1, 8, **kw)

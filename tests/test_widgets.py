@@ -17,6 +17,7 @@ from PIL import Image
 
 from llmtrain import memory, params, schedules, shapes, widgets
 from llmtrain.memory import GIB
+from llmtrain.parallel.mesh import ParallelDims
 from llmtrain.widgets import MemoryCalculator, ParamsExplorer, ScheduleExplorer
 
 
@@ -90,11 +91,13 @@ def test_params_explorer_defaults_are_llama_7b():
     dict(impl="reference", recompute="selective", dtype="fp32"),
     dict(impl="korthikanti", recompute="none", model="llama-13b", gpus=8, zero=1),
     dict(impl="hf-sdpa", recompute="none", model="tiny", gpus=1, batch=3, seq=128),
+    dict(model="llama2-70b", gpus=64, tp=8, pp=4, zero=1, batch=1, seq=4096),
 ])
 def test_memory_calculator_shows_the_estimate(setting):
     e = MemoryCalculator(**setting)
     s = {**MemoryCalculator.DEFAULTS, **setting}
-    est = memory.estimate(shapes.get(s["model"]), gpus=s["gpus"], batch=s["batch"], seq=s["seq"],
+    dims = ParallelDims(dp=s["gpus"] // (s["tp"] * s["pp"]), tp=s["tp"], pp=s["pp"])
+    est = memory.estimate(shapes.get(s["model"]), dims, batch=s["batch"], seq=s["seq"],
                           zero=s["zero"], recompute=s["recompute"], impl=s["impl"],
                           dtype=s["dtype"])
     assert e.values.parts == est.parts
@@ -111,14 +114,15 @@ def test_memory_calculator_shows_the_estimate(setting):
     assert e.text == est.table()
     assert f"{est.total / GIB:.2f} GiB per GPU" in e.headline
     assert ("does not fit" in e.headline) == (est.total > widgets.CARD_GIB * GIB)
+    assert (f"(TP {s['tp']} × PP {s['pp']})" in e.headline) == (s["tp"] * s["pp"] > 1)
 
 
 def test_memory_calculator_default_is_the_slides_example():
     e = MemoryCalculator()
-    assert e.settings == dict(model="llama-7b", gpus=2, zero=3, batch=8, seq=2048,
+    assert e.settings == dict(model="llama-7b", gpus=2, tp=1, pp=1, zero=3, batch=8, seq=2048,
                               recompute="full", impl="textbook", dtype="bf16")
-    assert e.values.total == memory.estimate(shapes.get("llama-7b"), gpus=2, batch=8,
-                                             seq=2048).total
+    assert e.values.total == memory.estimate(shapes.get("llama-7b"), ParallelDims(dp=2),
+                                             batch=8, seq=2048).total
 
 
 def test_memory_calculator_bar_colours_do_not_depend_on_history():
@@ -148,7 +152,10 @@ def test_memory_calculator_bar_colours_do_not_depend_on_history():
     (MemoryCalculator, dict(zero=True), "zero must be one of (0, 1, 2, 3), got True"),
     (MemoryCalculator, dict(recompute="none"), "impl='textbook' keeps each layer's input"),
     (MemoryCalculator, dict(dtype="int8"),
-     "dtype must be one of ('bf16', 'fp16', 'fp32'), got 'int8'"),
+     "dtype must be one of ('fp32', 'bf16', 'fp16'), got 'int8'"),
+    (MemoryCalculator, dict(tp=4), "gpus must be a multiple of tp·pp=4, got 2"),
+    (MemoryCalculator, dict(pp=0), "pp must be a positive integer, got 0"),
+    (MemoryCalculator, dict(tp=4, gpus=4, model="tiny"), "tp must divide num_kv_heads=2, got tp=4"),
 ])
 def test_a_bad_setting_shows_the_message_and_keeps_the_last_good_state(cls, bad, message):
     e = cls()

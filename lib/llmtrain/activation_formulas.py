@@ -1,29 +1,73 @@
-"""Exact closed forms for the bytes a LLaMA keeps for backward (激活值, 训练显存估计).
+"""Closed forms for the bytes kept for backward (激活值, 训练显存估计), from the slides' to exact.
 
-``saved_bytes(shape, batch, seq, ...)`` is, to the byte, what ``llmtrain.activations.measure``
-counts for one ``model(ids, labels=ids)`` of our reference LLaMA (``llmtrain.llama``) or of
-transformers' LlamaForCausalLM / Qwen2ForCausalLM (eager or SDPA attention), in fp32, bf16 or
-fp16, with or without recomputation. Each term names the tensor it counts; the quirks of real
-kernels (which copies exist, which are views) are measured facts of the pinned torch and
-transformers releases, checked in tests/test_activations.py on random shapes.
+Three models of one forward pass ``model(ids, labels=ids)`` of batch B, sequence T:
+
+- ``textbook_bytes`` (the slides): each layer keeps only its input, b·BTH, plus 4BTV for the
+  fp32 softmax input of the loss: L·b·BTH + 4BTV; it *is* full recomputation.
+- ``korthikanti_bytes`` (Korthikanti et al., MLSys 2023, arXiv 2205.05198): their GPT layer
+  in 16-bit, with tensor parallelism t and sequence parallelism.
+- ``saved_bytes`` (exact): to the byte, what ``llmtrain.activations.measure`` counts for our
+  reference LLaMA (``llmtrain.llama``) or transformers' LlamaForCausalLM / Qwen2ForCausalLM
+  (eager or SDPA attention; ``activations.MODELS``, built by ``activations.build``), in fp32,
+  bf16 or fp16, with or without recomputation. Each term names the tensor it counts; the
+  quirks of real kernels (which copies exist, which are views) are measured facts of the
+  pinned torch and transformers releases, checked in tests/test_activations.py on random
+  shapes.
+
+``memory.activation_bytes(shape, batch, seq, impl=...)`` picks one of them by name (``IMPLS``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
 from . import check
-from .activations import Saved, measure
-from .memory import torch_dtype
+from .activations import MODELS, check_model
+from .precision import torch_dtype
+from .recompute import MODELLED
 
-__all__ = ["saved_bytes", "saved_bytes_terms", "build", "measure_shape", "IMPLS", "RECOMPUTE"]
+__all__ = ["textbook_bytes", "korthikanti_bytes", "saved_bytes", "saved_bytes_terms", "IMPLS",
+           "MODELS"]
+
+IMPLS = ("textbook", "korthikanti", *MODELS)  # every activation model, by name
 
 
-IMPLS = ("reference", "hf-eager", "hf-sdpa")
-RECOMPUTE = ("none", "full", "selective")
+def textbook_bytes(shape, batch: int, seq: int, *, dtype: Any = "bf16", tp: int = 1,
+                   sp: bool = False) -> int:
+    """The slides' count: L·b·BTH + 4BTV (b bytes per element of ``dtype``).
+
+    Each layer keeps its input (full recomputation), the loss the fp32 softmax input. With
+    tensor parallelism tp the logits are split: 4BTV/tp; sequence parallelism (``sp``) also
+    splits each layer's input: L·b·BTH/tp.
+    """
+    shape = _check_sizes(batch, seq, shape)
+    _check_tp(shape, tp, sp)
+    b = torch_dtype(dtype).itemsize
+    B, T, H, L, V = batch, seq, shape.hidden_size, shape.num_layers, shape.vocab_size
+    return L * (b * B * T * H // (tp if sp else 1)) + 4 * B * T * V // tp
+
+
+def korthikanti_bytes(shape, batch: int, seq: int, *, recompute: str = "none", tp: int = 1,
+                      sp: bool = False) -> int:
+    """Korthikanti et al. (MLSys 2023, arXiv 2205.05198, Table 2 and §4): a GPT layer in 16-bit
+    (4h MLP, dropout), s = seq, b = batch, h = hidden, a = heads, t = tp, v = vocab.
+
+    Per layer, recompute "none": sbh(34 + 5as/h); with TP: sbh(10 + 24/t + 5as/(ht)); with SP
+    all of it /t: (sbh/t)(34 + 5as/h). "selective" drops the 5as²b attention term, "full"
+    keeps the layer input 2sbh (/t with SP). Output layer and cross entropy: 4sbh(1 + v/h)/t.
+    Rounded to whole bytes.
+    """
+    shape = _check_sizes(batch, seq, shape)
+    check.one_of("recompute", recompute, MODELLED)
+    _check_tp(shape, tp, sp)
+    a, s, h, t, L, v = shape.num_heads, seq, shape.hidden_size, tp, shape.num_layers, shape.vocab_size
+    sbh = s * batch * h
+    if recompute == "full":
+        layer = 2 * sbh / (t if sp else 1)
+    else:
+        attn_scores = 5 * a * s * s * batch / t if recompute == "none" else 0
+        layer = (34 * sbh / t if sp else sbh * (10 + 24 / t)) + attn_scores
+    return round(L * layer + 4 * sbh * (1 + v / h) / t)
 
 
 def saved_bytes(shape, batch: int, seq: int, *, dtype: Any = "bf16", impl: str = "reference",
@@ -57,7 +101,7 @@ def saved_bytes_terms(shape, batch: int, seq: int, *, dtype: Any = "bf16",
     """
     shape = _check_sizes(batch, seq, shape)
     b = torch_dtype(dtype).itemsize
-    attention = _check_impl(impl, recompute, attention)
+    attention = check_model(impl, recompute, attention)
     B, T, H, Hf, V = batch, seq, shape.hidden_size, shape.intermediate_size, shape.vocab_size
     N, d, q, kv = shape.num_heads, shape.d_head, shape.q_size, shape.kv_size
     BT = B * T
@@ -121,68 +165,11 @@ def _check_sizes(batch: Any, seq: Any, shape: Any):
     return shape
 
 
-def _check_impl(impl: str, recompute: str, attention: str | None) -> str:
-    """The reference's attention kernel after checking impl, recompute and attention."""
-    check.one_of("impl", impl, IMPLS)
-    check.one_of("recompute", recompute, RECOMPUTE)
-    if impl != "reference":
-        if recompute == "selective":
-            raise ValueError(f"recompute='selective' needs impl='reference', got impl={impl!r}")
-        if attention is not None:
-            raise ValueError(f"attention is only for impl='reference' (impl={impl!r} fixes it)")
-        return impl[3:]
-    if attention is None:
-        return "sdpa"
-    check.one_of("attention", attention, ("sdpa", "eager"))
-    return attention
-
-
-def build(shape, *, dtype: Any = "bf16", impl: str = "reference", recompute: str = "none",
-          attention: str | None = None, device: Any = None) -> nn.Module:
-    """The model ``saved_bytes`` describes, in ``dtype``, recomputation set, in train mode.
-
-    ``device="meta"`` builds it without memory (for ``measure(..., fake=True)``).
-    """
-    shape = check.shape("shape", shape)
-    attention = _check_impl(impl, recompute, attention)
-    dt = torch_dtype(dtype)
-    with torch.device(device if device is not None else "cpu"):
-        if impl == "reference":
-            from . import recompute as rc
-            from .llama import Llama
-
-            model = rc.apply(Llama(shape, attn_impl=attention), recompute)
-        else:
-            import transformers
-
-            config = shape.to_hf_config(attn_implementation=attention)
-            model = transformers.AutoModelForCausalLM.from_config(config)
-            if recompute == "full":
-                enable = getattr(model, "activation_checkpointing_enable", None)
-                if enable is None:  # transformers < 5.24
-                    enable = model.gradient_checkpointing_enable
-                enable()  # torch.utils.checkpoint, use_reentrant=False by default
-    return model.to(dt).train()  # HF checkpoints only in train mode
-
-
-def measure_shape(shape, batch: int, seq: int, *, dtype: Any = "bf16", impl: str = "reference",
-                  recompute: str = "none", attention: str | None = None,
-                  fake: bool = True) -> Saved:
-    """``measure`` the model ``saved_bytes`` describes on ``model(ids, labels=ids)``.
-
-    ``fake=True`` (default) builds it on the meta device and measures with fake tensors;
-    ``fake=False`` builds real weights and runs real arithmetic (small shapes only). A seq
-    longer than ``shape.max_seq_len`` raises that limit (it changes no saved tensor).
-    """
-    shape = _check_sizes(batch, seq, shape)
-    check.boolean("fake", fake)
-    if seq > shape.max_seq_len:
-        shape = shape.replace(max_seq_len=seq)
-    model = build(shape, dtype=dtype, impl=impl, recompute=recompute, attention=attention,
-                  device="meta" if fake else None)
-    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta" if fake else None)
-    if not fake:
-        ids = torch.randint(0, shape.vocab_size, (batch, seq))
-    if impl == "reference":
-        return measure(model, ids, labels=ids, fake=fake)
-    return measure(model, input_ids=ids, labels=ids, fake=fake)
+def _check_tp(shape, tp: Any, sp: Any) -> None:
+    """tp a positive integer dividing the heads; sp a boolean, True only with tp > 1."""
+    check.positive_int("tp", tp)
+    check.boolean("sp", sp)
+    if shape.num_heads % tp:
+        raise ValueError(f"tp must divide num_heads={shape.num_heads}, got tp={tp}")
+    if sp and tp == 1:
+        raise ValueError("sp=True (sequence parallel) needs tp > 1")

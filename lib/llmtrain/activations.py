@@ -22,6 +22,10 @@ How ``measure`` counts (see tests/test_activations.py):
 With ``fake=True`` the pass runs under ``FakeTensorMode`` on fake CPU tensors: no memory,
 no arithmetic, the same bytes. A model built on the meta device (LLaMA-7B in a second) can
 be measured that way. (On the meta device itself SDPA takes the math path and saves more.)
+
+``build(shape, impl=...)`` makes the models the closed forms describe (``MODELS``: our
+reference LLaMA, transformers' LlamaForCausalLM with eager or SDPA attention) in a dtype, with
+a recomputation strategy, and ``measure_shape`` measures one ``model(ids, labels=ids)`` of it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["Saved", "Row", "measure", "ROOT", "CHECKPOINT_INPUTS"]
+from . import check
+from . import recompute as _recompute
+from .llama import ATTN_IMPLS, Llama
+from .precision import torch_dtype
+
+__all__ = ["Saved", "Row", "measure", "ROOT", "CHECKPOINT_INPUTS", "MODELS", "check_model",
+           "build", "measure_shape"]
 
 ROOT = "(top level)"  # by_module key of what the model's own forward saves outside submodules
 CHECKPOINT_INPUTS = "checkpoint inputs"  # by_op key of what a non-reentrant checkpoint keeps
@@ -301,3 +311,77 @@ def _tree_map(fn, obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_tree_map(fn, v) for v in obj)
     return obj
+
+
+# --- the models the closed forms describe -------------------------------------------------
+
+MODELS = ("reference", "hf-eager", "hf-sdpa")  # llmtrain.llama.Llama; transformers' LLaMA
+
+
+def check_model(impl: str, recompute: str = "none", attention: str | None = None) -> str:
+    """The attention kernel of model ``impl`` (one of ``MODELS``), after checking ``impl``,
+    ``recompute`` (one of ``recompute.MODELLED``; "selective" only for the reference) and
+    ``attention`` (the reference's ``attn_impl``, "sdpa" by default; None for transformers',
+    whose impl names it)."""
+    check.one_of("impl", impl, MODELS)
+    check.one_of("recompute", recompute, _recompute.MODELLED)
+    if impl != "reference":
+        if recompute == "selective":
+            raise ValueError(f"recompute='selective' needs impl='reference', got impl={impl!r}")
+        if attention is not None:
+            raise ValueError(f"attention is only for impl='reference' (impl={impl!r} fixes it)")
+        return impl[3:]
+    if attention is None:
+        return "sdpa"
+    return check.one_of("attention", attention, ATTN_IMPLS)
+
+
+def build(shape, *, dtype: Any = "bf16", impl: str = "reference", recompute: str = "none",
+          attention: str | None = None, device: Any = None) -> nn.Module:
+    """Model ``impl`` of ``shape`` in ``dtype``, recomputation set, in train mode.
+
+    ``device="meta"`` builds it without memory (for ``measure(..., fake=True)``).
+    """
+    shape = check.shape("shape", shape)
+    attention = check_model(impl, recompute, attention)
+    dt = torch_dtype(dtype)
+    with torch.device(device if device is not None else "cpu"):
+        if impl == "reference":
+            model = _recompute.apply(Llama(shape, attn_impl=attention), recompute)
+        else:
+            import transformers
+
+            config = shape.to_hf_config(attn_implementation=attention)
+            model = transformers.AutoModelForCausalLM.from_config(config)
+            if recompute == "full":
+                enable = getattr(model, "activation_checkpointing_enable", None)
+                if enable is None:  # transformers < 5.24
+                    enable = model.gradient_checkpointing_enable
+                enable()  # torch.utils.checkpoint, use_reentrant=False by default
+    return model.to(dt).train()  # HF checkpoints only in train mode
+
+
+def measure_shape(shape, batch: int, seq: int, *, dtype: Any = "bf16", impl: str = "reference",
+                  recompute: str = "none", attention: str | None = None,
+                  fake: bool = True) -> Saved:
+    """``measure`` the model ``build`` makes on ``model(ids, labels=ids)``, ids (batch, seq).
+
+    ``fake=True`` (default) builds it on the meta device and measures with fake tensors;
+    ``fake=False`` builds real weights and runs real arithmetic (small shapes only). A seq
+    longer than ``shape.max_seq_len`` raises that limit (it changes no saved tensor).
+    ``activation_formulas.saved_bytes`` with the same arguments is its closed form.
+    """
+    shape = check.shape("shape", shape)
+    check.positive_int("batch", batch)
+    check.positive_int("seq", seq)
+    check.boolean("fake", fake)
+    if seq > shape.max_seq_len:
+        shape = shape.replace(max_seq_len=seq)
+    model = build(shape, dtype=dtype, impl=impl, recompute=recompute, attention=attention,
+                  device="meta" if fake else None)
+    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta" if fake else None)
+    if not fake:
+        ids = torch.randint(0, shape.vocab_size, (batch, seq))
+    if impl == "reference":
+        return measure(model, ids, labels=ids, fake=fake)
+    return measure(model, input_ids=ids, labels=ids, fake=fake)

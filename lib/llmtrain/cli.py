@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from . import check, params, shapes
+from . import check, params, recompute, shapes
 
 __all__ = ["main"]
 
@@ -59,7 +59,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--seq", type=_int_flag("seq"), default=None,
                     help="sequence length T (default: the context)")
     pm.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage (default 3)")
-    pm.add_argument("--recompute", default=None, choices=["none", "full", "selective"],
+    pm.add_argument("--recompute", default=None, choices=recompute.MODELLED,
                     help="activation recomputation (default: the activation model's own)")
     pm.add_argument("--impl", default="textbook",
                     help="activation model: textbook (default: the slides' 2BTH per layer + 4BTV), "
@@ -132,11 +132,11 @@ def _shape(args) -> shapes.ModelShape:
 
 def _memory_cmd(args) -> str:
     memory = _memory()
-    est = memory.estimate(_shape(args), gpus=args.gpus, batch=args.batch, seq=args.seq,
+    dims = memory.parallel_dims(args.gpus, args.tp, args.pp)  # a ParallelDims(dp, tp, pp)
+    est = memory.estimate(_shape(args), dims, batch=args.batch, seq=args.seq,
                           zero=args.zero, recompute=args.recompute, dtype=args.dtype,
                           impl=args.impl, precision=args.precision, optimizer=args.optimizer,
-                          tp=args.tp, pp=args.pp, sp=args.sp, attention=args.attention,
-                          overheads=not args.no_overheads)
+                          sp=args.sp, attention=args.attention, overheads=not args.no_overheads)
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
                            "model_states": est.details["model states"], "dp": est.details["dp"]})

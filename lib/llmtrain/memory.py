@@ -5,9 +5,11 @@ Per GPU, the slides write
     16P/N  +  2LBTH + 12BTV  +  6        (模型与优化器 + 激活值 + 其他, "GB")
 
 Here each part is a function with its assumptions as arguments: precision and optimizer
-(the 16 of 16P), the ZeRO stage and data-parallel degree (the /N), tensor and pipeline
-parallel degrees, and several activation models, from the slides' to exact ones.
+(the 16 of 16P), the ZeRO stage, the layout of the GPUs as one
+``llmtrain.parallel.mesh.ParallelDims(dp, tp, pp)`` (``dims=``; the /N is dp), and several
+activation models, from the slides' to exact ones (``llmtrain.activation_formulas``).
 Everything is in bytes (ints); ``Estimate`` converts to GB (10⁹) or GiB (2³⁰) for display.
+``estimate(...).step_peak`` follows one training step phase by phase (``llmtrain.step_peak``).
 """
 
 from __future__ import annotations
@@ -19,39 +21,46 @@ from typing import Any, Callable
 
 import torch
 
+from . import activation_formulas as _af
 from . import check
 from . import params as _params
-from .check import positive_int as _check_pos  # _check_pos(name, value)
+from . import step_peak as _step_peak
+from .llama import ATTN_IMPLS
+from .parallel.mesh import ParallelDims
+from .precision import dtype_bytes
+from .recompute import MODELLED
 from .shapes import ModelShape
 
-__all__ = ["GB", "GIB", "torch_dtype", "dtype_bytes", "dtype_name", "state_bytes_per_param", "params_per_gpu",
-           "model_state_bytes", "activation_bytes", "Estimate", "estimate", "slides_formula",
-           "llmbox_activation_bytes", "llmbox_memory_bytes", "llmbox_gpus_needed",
-           "Peak", "measure_peak", "PRECISIONS", "OPTIMIZERS", "ACTIVATION_IMPLS"]
+__all__ = ["GB", "GIB", "state_bytes_per_param", "parallel_dims", "params_per_gpu",
+           "model_state_bytes", "activation_bytes", "Estimate", "estimate", "step_peak",
+           "slides_formula", "llmbox_activation_bytes", "llmbox_memory_bytes",
+           "llmbox_gpus_needed", "Peak", "measure_peak", "PRECISIONS", "OPTIMIZERS"]
 
 GB, GIB = 10**9, 2**30
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+# --- the layout: dp × tp × pp GPUs ----------------------------------------------------------
+
+def _dims(dims: Any) -> ParallelDims:
+    """A ParallelDims as given, or ParallelDims(dp=dims) for a positive integer."""
+    if isinstance(dims, ParallelDims):
+        return dims
+    try:
+        return ParallelDims(dp=check.positive_int("dims", dims))
+    except ValueError:
+        check.fail("dims", "a ParallelDims or a positive integer (= ParallelDims(dp=dims))", dims)
 
 
-def torch_dtype(dtype: Any) -> torch.dtype:
-    """torch.float32, bfloat16 or float16 from a torch dtype or a name ("fp32", "bf16", ...)."""
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype must be fp32, bf16 or fp16 (or the torch dtype), got {dtype!r}")
+def parallel_dims(gpus: int, tp: int = 1, pp: int = 1) -> ParallelDims:
+    """The layout of ``gpus`` GPUs as tp × pp model-parallel groups: dp = gpus/(tp·pp).
 
-
-def dtype_name(dtype: Any) -> str:
-    """'fp32', 'bf16' or 'fp16' for a torch dtype or one of its names."""
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[torch_dtype(dtype)]
-
-
-def dtype_bytes(dtype: Any) -> int:
-    """Bytes per element: 4 for fp32, 2 for bf16/fp16."""
-    return torch_dtype(dtype).itemsize
+    What ``llmtrain memory --gpus --tp --pp`` and the notebook 11 calculator build.
+    """
+    for name, value in (("gpus", gpus), ("tp", tp), ("pp", pp)):
+        check.positive_int(name, value)  # before gpus % (tp·pp): a zero degree is named
+    if gpus % (tp * pp):
+        raise ValueError(f"gpus must be a multiple of tp·pp={tp * pp}, got {gpus}")
+    return ParallelDims(dp=gpus // (tp * pp), tp=tp, pp=pp)
 
 
 # --- model states: weights, gradients, master weights, optimizer states ---------------
@@ -68,10 +77,8 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
     states in bf16. sgd: one momentum buffer. adamw8bit (Dettmers et al. 2022): m, v in
     1 byte each (block scales ignored). adafactor is per matrix, see ``model_state_bytes``.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    check.one_of("precision", precision, PRECISIONS)
+    check.one_of("optimizer", optimizer, OPTIMIZERS)
     w = 4 if precision == "fp32" else 2
     state = 2 if precision == "bf16" else 4  # bytes per optimizer-state element
     n_states = {"adamw": 2, "adam": 2, "sgd": 1, "adamw8bit": 2, "adafactor": 1}[optimizer]
@@ -81,21 +88,17 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
             "optimizer": float(n_states * state)}
 
 
-def params_per_gpu(shape: ModelShape, tp: int = 1, pp: int = 1) -> int:
-    """Parameters held by the busiest GPU of a tp × pp model-parallel group.
+def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims()) -> int:
+    """Parameters held by the busiest GPU of a tp × pp model-parallel group (dp replicates).
 
     TP (Megatron) splits every matrix, the embedding and the output layer by tp and keeps
     the RMSNorm weights whole; PP gives each stage ⌈L/pp⌉ layers, the embedding to the first
     stage and the output layer and final norm to the last. Returns the larger stage.
+    ``dims.check(shape)`` refuses a layout the shape cannot take (tp | heads, pp ≤ L, ...).
     """
     shape = check.shape("shape", shape)
-    _check_pos("tp", tp)
-    _check_pos("pp", pp)
-    if shape.num_heads % tp or shape.num_kv_heads % tp:
-        raise ValueError(f"tp={tp} must divide num_heads={shape.num_heads} and "
-                         f"num_kv_heads={shape.num_kv_heads}")
-    if pp > shape.num_layers:
-        raise ValueError(f"pp={pp} must not exceed num_layers={shape.num_layers}")
+    dims = _dims(dims).check(shape)
+    tp, pp = dims.tp, dims.pp
     b = _params.breakdown(shape)
     H, L = shape.hidden_size, shape.num_layers
     per_layer = (b["attention"] + b["mlp"]) // L
@@ -107,45 +110,40 @@ def params_per_gpu(shape: ModelShape, tp: int = 1, pp: int = 1) -> int:
     return max(n * layer + emb, n * layer + head + H)
 
 
-def model_state_bytes(num_params: int | ModelShape, *, precision: str = "mixed",
-                      optimizer: str = "adamw", zero: int = 0, dp: int = 1, tp: int = 1,
-                      pp: int = 1) -> dict[str, int]:
+def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int = ParallelDims(),
+                      zero: int = 0, precision: str = "mixed",
+                      optimizer: str = "adamw") -> dict[str, int]:
     """Bytes per GPU of weights, gradients, master weights and optimizer states.
 
-    ZeRO (Rajbhandari et al., SC'20) partitions over the dp data-parallel ranks:
+    ZeRO (Rajbhandari et al., SC'20) partitions over the dp = ``dims.dp`` data-parallel ranks:
     stage 1 the optimizer states (and master weights), stage 2 also the gradients,
     stage 3 also the weights: with mixed AdamW 4P + 12P/N, 2P + 14P/N, 16P/N.
     ``num_params`` is a count (tp·pp then split it evenly) or a ModelShape (then
     ``params_per_gpu`` splits it exactly; needed for adafactor's factored states).
+    ``dims``: a ParallelDims, or an int = ParallelDims(dp=dims).
     """
-    if isinstance(zero, bool) or zero not in (0, 1, 2, 3):
-        raise ValueError(f"zero must be 0, 1, 2 or 3, got {zero!r}")
-    _check_pos("dp", dp)
-    _check_pos("tp", tp)
-    _check_pos("pp", pp)
+    check.one_of("zero", zero, (0, 1, 2, 3))
+    dims = _dims(dims)
     per = state_bytes_per_param(precision, optimizer)
     if isinstance(num_params, str):  # a preset name
         num_params = check.shape("num_params", num_params)
     if isinstance(num_params, ModelShape):
-        P = params_per_gpu(num_params, tp, pp)
-        shape = num_params
+        P, shape = params_per_gpu(num_params, dims), num_params
     else:
-        _check_pos("num_params", num_params)
-        _check_pos("tp", tp)
-        _check_pos("pp", pp)
-        P, shape = math.ceil(num_params / (tp * pp)), None
+        check.positive_int("num_params", num_params)
+        P, shape = math.ceil(num_params / (dims.tp * dims.pp)), None
     state_elems = P
     if optimizer == "adafactor":
         if shape is None:
             raise ValueError("optimizer='adafactor' needs a ModelShape: its second moment is "
                              "factored per matrix (rows + columns)")
-        if tp != 1 or pp != 1:
+        if dims.tp != 1 or dims.pp != 1:
             raise ValueError("optimizer='adafactor' is modelled for tp=1, pp=1 only")
         state_elems = _adafactor_elements(shape)
     parts = {"weights": P * per["weights"], "gradients": P * per["gradients"],
              "master": P * per["master"], "optimizer": math.ceil(state_elems * per["optimizer"])}
     shard = {"weights": zero >= 3, "gradients": zero >= 2, "master": zero >= 1, "optimizer": zero >= 1}
-    return {k: math.ceil(v / dp) if shard[k] else int(v) for k, v in parts.items()}
+    return {k: math.ceil(v / dims.dp) if shard[k] else int(v) for k, v in parts.items()}
 
 
 def _adafactor_elements(shape: ModelShape) -> int:
@@ -163,70 +161,46 @@ def _adafactor_elements(shape: ModelShape) -> int:
 
 # --- activations ------------------------------------------------------------------------
 
-ACTIVATION_IMPLS = ("textbook", "korthikanti", "reference", "hf-eager", "hf-sdpa")
-
-
 def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "bf16",
                      impl: str = "textbook", recompute: str | None = None, tp: int = 1,
                      sp: bool = False, attention: str = "sdpa") -> int:
-    """Bytes of activations kept for backward in one forward pass (with the loss).
+    """Bytes of activations kept for backward in one forward pass (with the loss), by the
+    activation model ``impl`` (one of ``activation_formulas.IMPLS``):
 
-    impl:
-    - "textbook" (the slides): each layer keeps its input, b·BTH (2BTH in 16-bit), plus
-      4BTV for the fp32 softmax input: L·b·BTH + 4BTV. It *is* full recomputation, so
-      recompute must be "full" (the default for this impl).
-    - "korthikanti" (Korthikanti et al., MLSys 2023, arXiv 2205.05198; GPT layer, 16-bit,
-      4h MLP, dropout):
-      none: sbh(34 + 5as/h) per layer; with TP t: sbh(10 + 24/t + 5as/(ht)); with SP all /t;
-      selective drops the 5as²b term; full keeps 2sbh (/t with SP). Output layer and
-      cross entropy: 4sbh(1 + v/h)/t.
-    - "reference", "hf-eager", "hf-sdpa": exact closed forms for ``llmtrain.llama.Llama``
-      (``attention`` picks its kernel) and transformers' LlamaForCausalLM at the pinned
-      release; see ``llmtrain.activation_formulas.saved_bytes``. tp must be 1.
-    recompute: "none", "full" or "selective"; None means the impl's own default.
+    - "textbook" (the slides): ``activation_formulas.textbook_bytes``, L·b·BTH + 4BTV. It *is*
+      full recomputation, so recompute must be "full" (the default for this impl).
+    - "korthikanti" (Korthikanti et al., MLSys 2023): ``activation_formulas.korthikanti_bytes``,
+      sbh(34 + 5as/h) per layer and its TP/SP/recomputation variants; 16-bit only.
+    - "reference", "hf-eager", "hf-sdpa": ``activation_formulas.saved_bytes``, exact for
+      ``llmtrain.llama.Llama`` (``attention`` picks its kernel) and transformers'
+      LlamaForCausalLM at the pinned release. tp must be 1.
+    recompute: one of ``recompute.MODELLED`` ("none", "full", "selective"); None means the
+    impl's own default. tp: the tensor-parallel degree, sp: sequence parallel.
     """
     shape = check.shape("shape", shape)
-    if impl not in ACTIVATION_IMPLS:
-        raise ValueError(f"impl must be one of {ACTIVATION_IMPLS}, got {impl!r}")
+    check.one_of("impl", impl, _af.IMPLS)
     check.boolean("sp", sp)
-    check.one_of("attention", attention, ("sdpa", "eager"))
-    _check_pos("batch", batch)
-    _check_pos("seq", seq)
-    _check_pos("tp", tp)
+    check.one_of("attention", attention, ATTN_IMPLS)
+    check.positive_int("batch", batch)
+    check.positive_int("seq", seq)
+    check.positive_int("tp", tp)
     b = dtype_bytes(dtype)
     if recompute is None:
         recompute = "full" if impl == "textbook" else "none"
-    if recompute not in ("none", "full", "selective"):
-        raise ValueError(f"recompute must be 'none', 'full' or 'selective', got {recompute!r}")
-    if shape.num_heads % tp:
-        raise ValueError(f"tp={tp} must divide num_heads={shape.num_heads}")
-    if sp and tp == 1:
-        raise ValueError("sp=True (sequence parallel) needs tp > 1")
-    B, T, H, L, V = batch, seq, shape.hidden_size, shape.num_layers, shape.vocab_size
+    check.one_of("recompute", recompute, MODELLED)
     if impl == "textbook":
         if recompute != "full":
             raise ValueError("impl='textbook' keeps each layer's input, i.e. recompute='full'; "
                              f"got recompute={recompute!r}")
-        layer_input = b * B * T * H // (tp if sp else 1)
-        return L * layer_input + 4 * B * T * V // tp
+        return _af.textbook_bytes(shape, batch, seq, dtype=dtype, tp=tp, sp=sp)
     if impl == "korthikanti":
         if b != 2:
             raise ValueError("impl='korthikanti' counts 16-bit activations: dtype must be bf16 or fp16")
-        a, s, h, t = shape.num_heads, T, H, tp
-        sbh = s * B * h
-        if recompute == "full":
-            layer = 2 * sbh / (t if sp else 1)
-        else:
-            attn_scores = 5 * a * s * s * B / t if recompute == "none" else 0
-            layer = (34 * sbh / t if sp else sbh * (10 + 24 / t)) + attn_scores
-        output = 4 * sbh * (1 + V / h) / t
-        return round(L * layer + output)
+        return _af.korthikanti_bytes(shape, batch, seq, recompute=recompute, tp=tp, sp=sp)
     if tp != 1 or sp:
         raise ValueError(f"impl={impl!r} is exact for one device: tp must be 1 and sp False")
-    from .activation_formulas import saved_bytes
-
     kw = {"attention": attention} if impl == "reference" else {}
-    return saved_bytes(shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute, **kw)
+    return _af.saved_bytes(shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute, **kw)
 
 
 # --- the whole estimate -------------------------------------------------------------------
@@ -274,34 +248,34 @@ class Estimate:
         return self.table()
 
 
-def estimate(shape: ModelShape, gpus: int = 1, batch: int = 1, seq: int | None = None, *,
-             zero: int = 3, recompute: str | None = "full", dtype: Any = "bf16",
-             impl: str = "textbook", precision: str = "mixed", optimizer: str = "adamw",
-             tp: int = 1, pp: int = 1, sp: bool = False, attention: str = "sdpa",
+def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch: int = 1,
+             seq: int | None = None, *, zero: int = 3, recompute: str | None = "full",
+             dtype: Any = "bf16", impl: str = "textbook", precision: str = "mixed",
+             optimizer: str = "adamw", sp: bool = False, attention: str = "sdpa",
              softmax_extra: bool = True, overheads: bool = True, set_to_none: bool = True,
              optimizer_impl: str = "single-tensor") -> Estimate:
     """Per-GPU training memory: model states + activations + other.
 
-    ``gpus`` = dp·tp·pp; the data-parallel degree dp = gpus/(tp·pp) is what ZeRO divides by.
-    batch is the micro-batch per GPU. Activations of a pipeline stage: its ⌈L/pp⌉ layers
-    (one micro-batch in flight; 1F1B keeps up to pp of them, see notebook 07).
+    ``dims``: the layout, a ``ParallelDims(dp, tp, pp)`` (``parallel_dims(gpus, tp, pp)``
+    builds it from a GPU count), or an int n = ParallelDims(dp=n), n data-parallel GPUs.
+    ZeRO divides by dp; sp (sequence parallel) is an option of tp > 1. batch is the
+    micro-batch per GPU. Activations of a pipeline stage: its ⌈L/pp⌉ layers (one micro-batch
+    in flight; 1F1B keeps up to pp of them, see notebook 07).
     Other: transformers' extra 8BTV in the softmax (``softmax_extra``), and the slides'
     framework (1 GiB), ZeRO runtime (4 GiB) and fragmentation (1 GiB) (``overheads``).
     ``.step_peak``: the peak of one training step, which phase, what is live then
     (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW).
     """
     shape = check.shape("shape", shape)
-    for name, value in (("gpus", gpus), ("batch", batch), ("tp", tp), ("pp", pp)):
-        _check_pos(name, value)  # before gpus % (tp·pp): a zero degree is named, not divided by
-    check.optional(_check_pos, "seq", seq)
+    dims = _dims(dims)
+    check.positive_int("batch", batch)
+    check.optional(check.positive_int, "seq", seq)
     for name, value in (("sp", sp), ("softmax_extra", softmax_extra), ("overheads", overheads)):
         check.boolean(name, value)
     seq = shape.max_seq_len if seq is None else seq
-    if gpus % (tp * pp):
-        raise ValueError(f"gpus={gpus} must be a multiple of tp·pp={tp * pp}")
-    dp = gpus // (tp * pp)
-    states = model_state_bytes(shape, precision=precision, optimizer=optimizer, zero=zero,
-                               dp=dp, tp=tp, pp=pp)
+    tp, pp = dims.tp, dims.pp
+    states = model_state_bytes(shape, dims=dims, zero=zero, precision=precision,
+                               optimizer=optimizer)
     stage_shape = shape if pp == 1 else shape.replace(num_layers=math.ceil(shape.num_layers / pp))
     act = activation_bytes(stage_shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute,
                            tp=tp, sp=sp, attention=attention)
@@ -313,15 +287,35 @@ def estimate(shape: ModelShape, gpus: int = 1, batch: int = 1, seq: int | None =
         if zero:
             parts["ZeRO runtime"] = ZERO_RUNTIME_BYTES
         parts["fragmentation"] = FRAGMENTATION_BYTES
-    from . import step_peak as _sp
+    peak = _step_peak.phases(
+        shape, batch, seq, dims=dims, params_per_gpu=params_per_gpu(shape, dims), states=states,
+        activations=act, zero=zero, recompute=recompute, dtype=dtype, impl=impl,
+        precision=precision, optimizer=optimizer, sp=sp, attention=attention,
+        set_to_none=set_to_none, optimizer_impl=optimizer_impl,
+        other={k: v for k, v in parts.items()
+               if k not in ("model states", "activations", "softmax extra")})
+    return Estimate(parts, {"model states": states, "dp": dims.dp, "dims": dims}, peak)
 
-    peak = _sp.phases(shape, batch, seq, states=states,
-                      activations=act, dp=dp, zero=zero, recompute=recompute, dtype=dtype,
-                      impl=impl, precision=precision, optimizer=optimizer, tp=tp, pp=pp, sp=sp,
-                      attention=attention, set_to_none=set_to_none, optimizer_impl=optimizer_impl,
-                      other={k: v for k, v in parts.items()
-                             if k not in ("model states", "activations", "softmax extra")})
-    return Estimate(parts, {"model states": states, "dp": dp}, peak)
+
+def step_peak(shape: ModelShape, batch: int = 1, seq: int | None = None, *,
+              dims: ParallelDims | int = ParallelDims(), zero: int = 0,
+              recompute: str | None = "none", dtype: Any = "fp32", impl: str = "reference",
+              precision: str = "fp32", optimizer: str = "adamw", sp: bool = False,
+              attention: str = "sdpa", set_to_none: bool = True,
+              optimizer_impl: str = "single-tensor", overheads: bool = False):
+    """The peak of one training step, phase by phase (a ``step_peak.StepPeak``):
+    ``estimate(shape, dims, batch, seq, ...).step_peak`` with a CPU-like device's defaults
+    (fp32, no recomputation, the reference model, no framework constants).
+
+    ``set_to_none``: the previous step's ``optimizer.zero_grad(set_to_none=...)``; False keeps
+    the gradients allocated through the next forward and backward. ``optimizer_impl``: which
+    AdamW loop runs: ``"single-tensor"`` (the CPU default), ``"foreach"`` (the CUDA default) or
+    ``"fused"``. Measured: see tests/test_step_peak.py.
+    """
+    return estimate(shape, dims, batch, seq, zero=zero, recompute=recompute, dtype=dtype,
+                    impl=impl, precision=precision, optimizer=optimizer, sp=sp,
+                    attention=attention, overheads=overheads, set_to_none=set_to_none,
+                    optimizer_impl=optimizer_impl).step_peak
 
 
 def slides_formula(num_params: int, gpus: int, L: int, B: int, T: int, H: int, V: int, *,
@@ -333,7 +327,7 @@ def slides_formula(num_params: int, gpus: int, L: int, B: int, T: int, H: int, V
     """
     for name, v in dict(num_params=num_params, gpus=gpus, L=L, B=B, T=T, H=H, V=V,
                         other_unit=other_unit).items():
-        _check_pos(name, v)
+        check.positive_int(name, v)
     return Estimate({"model states": math.ceil(16 * num_params / gpus),
                      "activations": 2 * L * B * T * H + 12 * B * T * V,
                      "other": 6 * other_unit})
@@ -343,7 +337,7 @@ def llmbox_activation_bytes(L: int, B: int, T: int, H: int, V: int) -> int:
     """The book authors' own calculator (RUCAIBox/LLMBox, training/gpu_calculator.py):
     (12 + 2L)·BTH + 12·BTV bytes of activations — the slides' 2LBTH + 12BTV plus 12BTH."""
     for name, v in dict(L=L, B=B, T=T, H=H, V=V).items():
-        _check_pos(name, v)
+        check.positive_int(name, v)
     return (12 + 2 * L) * B * T * H + 12 * B * T * V
 
 
@@ -369,7 +363,7 @@ def llmbox_memory_bytes(num_params: int, gpus: int, L: int, B: int, T: int, H: i
     from fractions import Fraction
 
     for name, v in dict(num_params=num_params, gpus=gpus, L=L, B=B, T=T, H=H, V=V).items():
-        _check_pos(name, v)
+        check.positive_int(name, v)
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("model_dtype", model_dtype, tuple(LLMBOX_WEIGHT_BYTES))
     P, N = num_params, gpus
@@ -394,8 +388,8 @@ def llmbox_gpus_needed(num_params: int, L: int, B: int, T: int, H: int, V: int, 
 
     Its defaults: an A100/H100 card is 80·2³⁰ bytes (80 GiB), of which 95 % is usable.
     """
-    _check_pos("card_bytes", card_bytes)
-    _check_pos("max_gpus", max_gpus)
+    check.positive_int("card_bytes", card_bytes)
+    check.positive_int("max_gpus", max_gpus)
     check.number("usable", usable, maximum=1, positive=True)
     for n in range(1, max_gpus + 1):
         need = llmbox_memory_bytes(num_params, n, L, B, T, H, V, zero=zero, model_dtype=model_dtype)

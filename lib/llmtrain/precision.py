@@ -11,7 +11,9 @@ so every property of a format (max, smallest normal, smallest subnormal, eps) fo
 compare them with ``torch.finfo``. One format is not IEEE-like: FP8 E4M3 as
 ``torch.float8_e4m3fn`` (OCP FP8 spec; Micikevicius et al. 2022, arXiv 2209.05433) has no
 infinity and uses the all-ones exponent for normal numbers, only mantissa all-ones being
-NaN, so its max is 2^8 · 1.75 = 448 instead of 240.
+NaN, so its max is 2^8 · 1.75 = 448 instead of 240. ``torch_dtype``, ``dtype_name`` and
+``dtype_bytes`` read the dtypes a model trains in (fp32, bf16, fp16) from the same table, by
+name: every module that takes ``dtype=`` ("bf16", "float16", torch.float32, ...) uses them.
 
 The second half is FP8 quantisation as DeepSeek-V3 trains with it (arXiv 2412.19437 §3.3):
 a scale per group maps the group's absolute maximum onto the format's max, with groups of
@@ -25,14 +27,14 @@ import math
 import numbers
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from . import check
 
-__all__ = ["FORMATS", "FormatInfo", "format_info", "decode", "round_exact", "bits_of",
-           "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
+__all__ = ["FORMATS", "FormatInfo", "format_info", "DTYPES", "torch_dtype", "dtype_name",
+           "dtype_bytes", "decode", "round_exact", "bits_of", "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
            "quantization_error", "fp8_matmul", "realistic_activations",
            "QuantStats", "quantization_stats"]
 
@@ -129,6 +131,33 @@ def format_info(name: str) -> FormatInfo:
 
 def _info(name) -> FormatInfo:
     return name if isinstance(name, FormatInfo) else format_info(name)
+
+
+# --- the dtypes a model trains in, by name (one table: the layouts above) ------------------
+
+DTYPES = ("fp32", "bf16", "fp16")  # short names; torch's ("float32", ...) are accepted too
+
+
+def torch_dtype(dtype: Any) -> torch.dtype:
+    """torch.float32, bfloat16 or float16 from a torch dtype or a name ("fp32", "float32", "bf16", ...)."""
+    names = {n: getattr(torch, _LAYOUTS[n][3]) for n in DTYPES}
+    names.update({_LAYOUTS[n][3]: t for n, t in list(names.items())})
+    if isinstance(dtype, torch.dtype) and dtype in names.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in names:
+        return names[dtype]
+    check.fail("dtype", "fp32, bf16 or fp16 (or the torch dtype)", dtype)
+
+
+def dtype_name(dtype: Any) -> str:
+    """'fp32', 'bf16' or 'fp16' for a torch dtype or one of its names."""
+    dt = torch_dtype(dtype)
+    return next(n for n in DTYPES if getattr(torch, _LAYOUTS[n][3]) == dt)
+
+
+def dtype_bytes(dtype: Any) -> int:
+    """Bytes per element: 4 for fp32, 2 for bf16/fp16."""
+    return torch_dtype(dtype).itemsize
 
 
 def _real(name: str, value) -> None:

@@ -18,13 +18,19 @@ runs parts of forward again during backward (``torch.utils.checkpoint``, non-ree
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from . import check
-from .llama import Llama
 
-__all__ = ["STRATEGIES", "apply", "segments"]
+if TYPE_CHECKING:
+    from .llama import Llama
+
+__all__ = ["STRATEGIES", "MODELLED", "apply", "segments"]
 
 STRATEGIES = ("none", "full", "every", "sqrt", "selective")
+# The strategies the closed forms for kept activations model (``memory.activation_bytes``,
+# ``activation_formulas``, ``llmtrain memory --recompute``): the memory-side spelling of each.
+MODELLED = ("none", "full", "selective")
 
 
 def segments(num_layers: int, strategy: str, k: int | None = None) -> list[range]:
@@ -32,8 +38,7 @@ def segments(num_layers: int, strategy: str, k: int | None = None) -> list[range
     check.positive_int("num_layers", num_layers)
     check.one_of("strategy", strategy, STRATEGIES)
     if strategy == "every":
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"k must be a positive integer for strategy 'every', got {k!r}")
+        check.positive_int("k", k)
     elif k is not None:
         raise ValueError(f"k is only used by strategy 'every', got k={k!r} with {strategy!r}")
     if strategy in ("none", "selective"):
@@ -52,6 +57,8 @@ def apply(model: Llama, strategy: str = "none", k: int | None = None) -> Llama:
 
     Calling it again replaces the previous strategy; ``"none"`` switches recomputation off.
     """
+    from .llama import Llama  # torch: only when a model is set (flops and the CLI import this)
+
     check.module("model", model, Llama, "an llmtrain.llama.Llama")
     model.model.recompute_segments = segments(len(model.model.layers), strategy, k)
     for layer in model.model.layers:

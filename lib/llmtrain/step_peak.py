@@ -5,8 +5,9 @@ One step
 
     loss = model(ids, labels=ids).loss; loss.backward(); opt.step(); opt.zero_grad(set_to_none=...)
 
-is a sequence of moments; ``memory.estimate(...).step_peak`` names each candidate high, lists
-what is live there (bytes per part), and the step's peak is the largest:
+is a sequence of moments; ``memory.estimate(...).step_peak`` (or ``memory.step_peak(...)``, the
+same with a CPU-like device's defaults) names each candidate high, lists what is live there
+(bytes per part), and the step's peak is the largest:
 
 - ``forward``, at the loss: weights, master weights, optimizer states, every saved activation,
   the logits and the loss's fp32 copy of them;
@@ -25,6 +26,9 @@ With ``set_to_none=False`` the previous step's gradients stay allocated (zeroed 
 forward and backward, so every phase carries them, and a new weight gradient is a temporary
 until it is added in. The activations and the ids (int64, the labels being the same tensor)
 are counted as ``memory.activation_bytes`` counts them.
+
+This module is the phase model only: ``phases`` takes the parts ``memory.estimate`` computed
+(states, activations, the layout), so it imports neither ``memory`` nor anything that does.
 
 Optimizer temporaries: torch 2.13's ``AdamW``/``Adam``, read from torch/optim/adam.py. On CPU
 the default is the single-tensor loop (``foreach`` is the default only for CUDA/XPU/MTIA
@@ -60,10 +64,13 @@ import math
 from dataclasses import dataclass
 
 from . import check
-from . import memory as _memory
+from .activation_formulas import saved_bytes_terms
+from .activations import MODELS
+from .parallel.mesh import ParallelDims
+from .precision import dtype_bytes
 from .shapes import ModelShape
 
-__all__ = ["StepPeak", "step_peak", "param_sizes", "optimizer_temporary_bytes", "OPTIMIZER_IMPLS",
+__all__ = ["StepPeak", "phases", "param_sizes", "optimizer_temporary_bytes", "OPTIMIZER_IMPLS",
            "PHASES"]
 
 OPTIMIZER_IMPLS = ("single-tensor", "foreach", "fused")
@@ -175,40 +182,19 @@ def _loss_bytes(impl: str, B: int, T: int, V: int, b: int, tp: int) -> dict[str,
             "logits gradient": b * B * T * V // tp}
 
 
-def step_peak(shape: ModelShape, batch: int = 1, seq: int | None = None, *, gpus: int = 1,
-              zero: int = 0, recompute: str | None = "none", dtype="fp32", impl: str = "reference",
-              precision: str = "fp32", optimizer: str = "adamw", tp: int = 1, pp: int = 1,
-              sp: bool = False, attention: str = "sdpa", set_to_none: bool = True,
-              optimizer_impl: str = "single-tensor", overheads: bool = False) -> StepPeak:
-    """The peak of one training step, phase by phase: ``memory.estimate(...).step_peak``.
-
-    Arguments as ``memory.estimate`` (defaults: one CPU-like device, fp32, no recomputation,
-    the reference model, no framework constants). ``set_to_none``: the previous step's
-    ``optimizer.zero_grad(set_to_none=...)``; False keeps the gradients allocated through the
-    next forward and backward. ``optimizer_impl``: which AdamW loop runs: ``"single-tensor"``
-    (the CPU default), ``"foreach"`` (the CUDA default) or ``"fused"``.
-    Measured: see tests/test_step_peak.py.
-    """
-    return _memory.estimate(shape, gpus, batch, seq, zero=zero, recompute=recompute, dtype=dtype,
-                            impl=impl, precision=precision, optimizer=optimizer, tp=tp, pp=pp,
-                            sp=sp, attention=attention, overheads=overheads,
-                            set_to_none=set_to_none, optimizer_impl=optimizer_impl).step_peak
-
-
-def phases(shape: ModelShape, batch: int, seq: int, *, states: dict[str, int], activations: int,
-           other: dict[str, int], dp: int, zero: int, recompute: str | None, dtype, impl: str,
-           precision: str, optimizer: str, tp: int, pp: int, sp: bool, attention: str,
-           set_to_none: bool, optimizer_impl: str) -> StepPeak:
-    """The ``StepPeak`` of the parts ``memory.estimate`` computed (called by it)."""
-    if not isinstance(set_to_none, bool):
-        raise ValueError(f"set_to_none must be True or False, got {set_to_none!r}")
-    if optimizer_impl not in OPTIMIZER_IMPLS:
-        raise ValueError(f"optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {optimizer_impl!r}")
+def phases(shape: ModelShape, batch: int, seq: int, *, dims: ParallelDims, params_per_gpu: int,
+           states: dict[str, int], activations: int, other: dict[str, int], zero: int,
+           recompute: str | None, dtype, impl: str, precision: str, optimizer: str, sp: bool,
+           attention: str, set_to_none: bool, optimizer_impl: str) -> StepPeak:
+    """The ``StepPeak`` of the parts ``memory.estimate`` computed (called by it, with the
+    layout ``dims``, ``memory.params_per_gpu`` and ``memory.model_state_bytes``)."""
+    check.boolean("set_to_none", set_to_none)
+    check.one_of("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
     B, T, H, V = batch, seq, shape.hidden_size, shape.vocab_size
-    b = _memory.dtype_bytes(dtype)
-    exact_impl = impl in ("reference", "hf-eager", "hf-sdpa")
+    b = dtype_bytes(dtype)
+    dp, tp, p_gpu = dims.dp, dims.tp, params_per_gpu
+    exact_impl = impl in MODELS
     shard = dp if zero >= 1 else 1  # ZeRO-1+ steps a 1/dp shard of every tensor
-    p_gpu = _memory.params_per_gpu(shape, tp, pp)
 
     sizes = param_sizes(shape, "reference" if impl == "reference" else "hf")
     total = sum(sizes)
@@ -320,10 +306,8 @@ def phases(shape: ModelShape, batch: int, seq: int, *, states: dict[str, int], a
 def _saved_terms(shape, B, T, dtype, impl, recompute, attention, tp, sp, acts) -> dict[str, int]:
     """Saved-activation terms the backward frees in order: the loss's, the final norm's, the
     output layer's input, one decoder layer's, and a layer's when recomputed in backward."""
-    from .activation_formulas import saved_bytes_terms
-
     L = shape.num_layers
-    exact = impl in ("reference", "hf-eager", "hf-sdpa") and tp == 1 and not sp
+    exact = impl in MODELS and tp == 1 and not sp
     rc = recompute or ("full" if impl == "textbook" else "none")
     ref_impl = impl if exact else "reference"
     kw = {"attention": attention} if ref_impl == "reference" else {}

@@ -39,7 +39,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import check, memory, params, plots, schedules, shapes
+from . import activation_formulas, check, memory, params, plots, precision, schedules, shapes
+from . import recompute as _recompute  # ``recompute`` is a setting here
 from .memory import GIB
 
 __all__ = ["nice_limit", "Explorer", "ScheduleExplorer", "ParamsExplorer", "MemoryCalculator",
@@ -363,25 +364,26 @@ CARD_GIB = 80  # an "80G" card (A100/H100 80GB) has 80 GiB = 81,920 MiB
 
 
 class MemoryCalculator(Explorer):
-    """``memory.estimate`` for a preset, a number of GPUs, ZeRO stage, batch, sequence length,
-    recomputation, activation count and dtype: each part per GPU as one stacked bar (GiB),
-    the peak of one training step (``estimate(...).peak_bytes``, ``llmtrain.step_peak``)
-    dotted, the 80 GiB of an 80G card dashed; the text is the estimate's table."""
+    """``memory.estimate`` for a preset, a number of GPUs as tp × pp model-parallel groups (a
+    ``ParallelDims``), ZeRO stage, batch, sequence length, recomputation, activation count and
+    dtype: each part per GPU as one stacked bar (GiB), the peak of one training step
+    (``estimate(...).peak_bytes``, ``llmtrain.step_peak``) dotted, the 80 GiB of an 80G card
+    dashed; the text is the estimate's table."""
 
-    DEFAULTS = dict(model="llama-7b", gpus=2, zero=3, batch=8, seq=2048, recompute="full",
-                    impl="textbook", dtype="bf16")
+    DEFAULTS = dict(model="llama-7b", gpus=2, tp=1, pp=1, zero=3, batch=8, seq=2048,
+                    recompute="full", impl="textbook", dtype="bf16")
     FIGSIZE = (6.5, 2.0)
     MARGINS = dict(left=0.03, right=0.97, bottom=0.42, top=0.84)
-    RECOMPUTE = ("full", "none", "selective")
-    DTYPES = ("bf16", "fp16", "fp32")
 
-    def compute(self, *, model, gpus, zero, batch, seq, recompute, impl, dtype) -> memory.Estimate:
+    def compute(self, *, model, gpus, tp, pp, zero, batch, seq, recompute, impl,
+                dtype) -> memory.Estimate:
         check.one_of("model", model, shapes.names())
+        dims = memory.parallel_dims(gpus, tp, pp)  # ParallelDims(dp=gpus/(tp·pp), tp, pp)
         check.one_of("zero", zero, (0, 1, 2, 3))
-        check.one_of("recompute", recompute, self.RECOMPUTE)
-        check.one_of("impl", impl, memory.ACTIVATION_IMPLS)
-        check.one_of("dtype", dtype, self.DTYPES)
-        return memory.estimate(shapes.get(model), gpus=gpus, batch=batch, seq=seq, zero=zero,
+        check.one_of("recompute", recompute, _recompute.MODELLED)
+        check.one_of("impl", impl, activation_formulas.IMPLS)
+        check.one_of("dtype", dtype, precision.DTYPES)
+        return memory.estimate(shapes.get(model), dims, batch=batch, seq=seq, zero=zero,
                                recompute=recompute, impl=impl, dtype=dtype)
 
     def _build(self) -> None:
@@ -438,8 +440,9 @@ class MemoryCalculator(Explorer):
     def _headline(self, est: memory.Estimate) -> str:
         s = self.settings
         fits = "fits" if est.total <= CARD_GIB * GIB else "does not fit"
-        line = (f"{s['model']}, {s['gpus']} GPU{'s' if s['gpus'] > 1 else ''}, ZeRO-{s['zero']}: "
-                f"{est.total / GIB:.2f} GiB per GPU ({fits} in {CARD_GIB} GiB)")
+        layout = f" (TP {s['tp']} × PP {s['pp']})" if s["tp"] * s["pp"] > 1 else ""
+        line = (f"{s['model']}, {s['gpus']} GPU{'s' if s['gpus'] > 1 else ''}{layout}, "
+                f"ZeRO-{s['zero']}: {est.total / GIB:.2f} GiB per GPU ({fits} in {CARD_GIB} GiB)")
         if est.peak_bytes is not None:
             line += f"; step peak {est.peak_bytes / GIB:.2f} GiB ({est.step_peak.phase})"
         return line
@@ -450,13 +453,16 @@ class MemoryCalculator(Explorer):
     def _controls(self, w) -> dict:
         return dict(model=w.Dropdown(options=shapes.names(), description="model"),
                     gpus=w.IntSlider(min=1, max=64, description="GPUs"),
+                    tp=w.IntSlider(min=1, max=8, description="TP"),
+                    pp=w.IntSlider(min=1, max=16, description="PP"),
                     zero=w.Dropdown(options=[0, 1, 2, 3], description="ZeRO"),
                     batch=w.IntSlider(min=1, max=64, description="batch"),
                     seq=w.IntSlider(min=128, max=8192, step=128, description="seq"),
-                    recompute=w.Dropdown(options=list(self.RECOMPUTE), description="recompute"),
-                    impl=w.Dropdown(options=list(memory.ACTIVATION_IMPLS),
+                    recompute=w.Dropdown(options=list(_recompute.MODELLED),
+                                         description="recompute"),
+                    impl=w.Dropdown(options=list(activation_formulas.IMPLS),
                                     description="activations"),
-                    dtype=w.Dropdown(options=list(self.DTYPES), description="dtype"))
+                    dtype=w.Dropdown(options=list(precision.DTYPES), description="dtype"))
 
 
 EXPLORERS = {"03": ScheduleExplorer, "10": ParamsExplorer, "11": MemoryCalculator}
