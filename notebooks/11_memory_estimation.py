@@ -70,6 +70,7 @@ import torch
 from llmtrain import memory, params, plots, shapes, show
 from llmtrain.parallel import zero
 from llmtrain.memory import GB, GIB
+from llmtrain.parallel.mesh import ParallelDims
 
 plots.use_style()
 torch.manual_seed(0)
@@ -148,14 +149,15 @@ for z, expr in stages.items():
 
 # %%
 for z in range(4):
-    got = sum(memory.model_state_bytes(7_500_000_000, zero=z, dp=64).values())
+    got = sum(memory.model_state_bytes(7_500_000_000, zero=z, dims=ParallelDims(dp=64)).values())
     print(f"ZeRO-{z}: {got / GB:7.3f} GB   (formula {float(stages[z].subs({P: 7.5e9, N: 64})) / 1e9:7.3f})")
 
 # %%
 gpus = [1, 2, 4, 8, 16, 32, 64]
 fig, ax = plt.subplots(figsize=(7, 4))
 for z in range(4):
-    ax.plot(gpus, [sum(memory.model_state_bytes(P7, zero=z, dp=n).values()) / GIB for n in gpus],
+    ax.plot(gpus, [sum(memory.model_state_bytes(P7, zero=z, dims=ParallelDims(dp=n)).values()) / GIB
+                   for n in gpus],
             marker="o", label=f"ZeRO-{z}" if z else "plain data parallel")
 CARD = 80 * GIB  # an "80 GB" A100/H100 holds 80 GiB = 81,920 MiB (the LLMBox calculator: 80·2³⁰)
 ax.axhline(CARD / GIB, color="gray", ls="--", lw=1)
@@ -316,10 +318,12 @@ print(f"total                        = {(states + act + other) / GIB:.2f} GiB = 
 
 # %% [markdown]
 # `llmtrain.memory.estimate` builds the same sum from its parts (the slides' 6 GB of "other" is
-# PyTorch ~1 + DeepSpeed up to 4 + fragmentation ~1):
+# PyTorch ~1 + DeepSpeed up to 4 + fragmentation ~1). The GPUs are described by one object,
+# `ParallelDims(dp, tp, pp)` (`llmtrain.parallel.mesh`, the layout the parallel notebooks run):
+# here 2 data-parallel GPUs; a plain integer $n$ means `ParallelDims(dp=n)`.
 
 # %%
-est = memory.estimate(S7, gpus=2, batch=8, seq=2048, zero=3, recompute="full")
+est = memory.estimate(S7, ParallelDims(dp=2), batch=8, seq=2048, zero=3, recompute="full")
 print(est)
 
 # %% [markdown]
@@ -415,7 +419,7 @@ print(f"LLMBox's max(): activations {llmbox / GIB:.2f} GiB vs gradient buffer 2P
 # %%
 def fewest_gpus(shape, batch, seq=2048, budget=CARD):
     return next(n for n in range(1, 1000)
-                if memory.estimate(shape, gpus=n, batch=batch, seq=seq, zero=3).total <= budget)
+                if memory.estimate(shape, n, batch=batch, seq=seq, zero=3).total <= budget)
 
 
 print(f"{'model':<10} {'B':>3} {'LLMBox':>7} {'llmtrain':>9}")
@@ -439,10 +443,11 @@ for name in ["llama-7b", "llama-13b", "llama-65b", "llama3-8b"]:
 
 # %%
 s8 = shapes.get("llama3-8b")
-ours = memory.model_state_bytes(s8, zero=1, dp=4, tp=2, pp=2)
-eleuther_like = memory.model_state_bytes(s8, zero=1, dp=16, tp=2, pp=2)  # shards over all 16 GPUs
+ours = memory.model_state_bytes(s8, zero=1, dims=ParallelDims(dp=4, tp=2, pp=2))
+# ZeRO's shards over all 16 GPUs: as if dp were 16
+eleuther_like = memory.model_state_bytes(s8, zero=1, dims=ParallelDims(dp=16, tp=2, pp=2))
 playbook_like = memory.model_state_bytes(s8.replace(intermediate_size=4 * 4096, vocab_size=30522),
-                                         zero=1, dp=4, tp=1, pp=2)  # weights not split by TP
+                                         zero=1, dims=ParallelDims(dp=4, tp=1, pp=2))  # no TP split
 for name, parts in [("llmtrain (dp = 4)", ours), ("shards over all 16 GPUs", eleuther_like),
                     ("H'=4H, V=30522, no TP split", playbook_like)]:
     print(f"{name:<28} {sum(parts.values()) / GIB:6.2f} GiB per GPU")
@@ -483,7 +488,7 @@ print(measured)
 # tensors only.
 
 # %%
-est = memory.estimate(small, gpus=1, batch=B6, seq=T6, zero=0, recompute="none", dtype="fp32",
+est = memory.estimate(small, 1, batch=B6, seq=T6, zero=0, recompute="none", dtype="fp32",
                       impl="reference", attention="sdpa", precision="fp32", overheads=False)
 print(est)
 print(f"\nmeasured peak {measured.peak_bytes:,} B; the sum of all parts {est.total:,} B "
@@ -529,7 +534,7 @@ def wide_step():
 
 wide_step()
 w_measured = memory.measure_peak(wide_step, include=[wnet, wopt, wbatch])
-w_est = memory.estimate(wide, gpus=1, batch=B6w, seq=T6w, zero=0, recompute="none", dtype="fp32",
+w_est = memory.estimate(wide, 1, batch=B6w, seq=T6w, zero=0, recompute="none", dtype="fp32",
                         impl="reference", attention="sdpa", precision="fp32", overheads=False)
 
 at_backward_start = est.total - est.details["model states"]["gradients"]  # the short reading
