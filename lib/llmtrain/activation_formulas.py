@@ -173,3 +173,136 @@ def _check_tp(shape, tp: Any, sp: Any) -> None:
         raise ValueError(f"tp must divide num_heads={shape.num_heads}, got tp={tp}")
     if sp and tp == 1:
         raise ValueError("sp=True (sequence parallel) needs tp > 1")
+
+
+# --- tensor parallel (张量并行) and sequence parallel, per rank ------------------------------
+
+TP_KINDS = ("replicated", "sharded", "whole")
+
+
+def tp_split_bytes(terms: dict[str, tuple[str, Any]], tp: Any, sequence_parallel: bool) -> Any:
+    """Σ of ``terms`` {name: (kind, bytes on one device)} on one of tp ranks:
+
+        whole + (replicated, or replicated/t with sequence parallel) + sharded/t
+
+    "replicated": what every TP rank holds whole (norm inputs and outputs, column-parallel
+    inputs, dropout masks): split only by sequence parallelism; "sharded": split by heads or
+    columns (attention, MLP inside, logits); "whole": never split (indices, RoPE, a mask).
+    Works on ints (exact: t must divide each split term) and on SymPy expressions.
+    """
+    out = 0
+    for name, (kind, b) in terms.items():
+        check.one_of(f"kind of {name}", kind, TP_KINDS)
+        if kind == "whole" or (kind == "replicated" and not sequence_parallel):
+            out += b
+        elif isinstance(b, int) and isinstance(tp, int):
+            if b % tp:
+                raise ValueError(f"tp={tp} must divide the {name} term ({b} bytes)")
+            out += b // tp
+        else:
+            out += b / tp
+    return out
+
+
+def korthikanti_layer_terms(s: Any, b: Any, h: Any, a: Any) -> dict[str, tuple[str, Any]]:
+    """Korthikanti et al.'s GPT layer (MLSys 2023, arXiv 2205.05198, §4.1), 16-bit, bytes by
+    tensor and kind (see ``tp_split_bytes``): sbh(34 + 5as/h) on one device."""
+    sbh = s * b * h
+    return {
+        "LayerNorm inputs (2)": ("replicated", 4 * sbh),
+        "QKV input": ("replicated", 2 * sbh),
+        "MLP input": ("replicated", 2 * sbh),
+        "dropout masks after attention and MLP (2)": ("replicated", 2 * sbh),
+        "Q and K": ("sharded", 4 * sbh),
+        "V": ("sharded", 2 * sbh),
+        "softmax output": ("sharded", 2 * a * s * s * b),
+        "softmax dropout mask": ("sharded", a * s * s * b),
+        "softmax dropout output": ("sharded", 2 * a * s * s * b),
+        "attention output (o-proj input)": ("sharded", 2 * sbh),
+        "GeLU input": ("sharded", 8 * sbh),
+        "GeLU output (second linear input)": ("sharded", 8 * sbh),
+    }
+
+
+def tp_saved_bytes_terms(shape, batch: int, seq: int, tp: int, sequence_parallel: bool = False,
+                         dtype: Any = "bf16", attention: str = "sdpa") -> dict[str, tuple[str, int]]:
+    """The terms of ``tp_saved_bytes`` as {name: (kind, bytes on one device)}: the layer's
+    terms once each ("layer: ..."), then L × each of them is in "layers: ...".
+
+    b = bytes of ``dtype``, c = bytes of promote(dtype, fp32) (norms, softmax and loss are
+    computed in it), BT = batch·seq, q = N·d. Where LLaMA's layer differs from Korthikanti's
+    GPT layer: RMSNorm keeps an upcast copy of its input (c·BTH: fp32 even in 16-bit) and its
+    rsqrt (c·BT) besides x̂ (b·BTH), where LayerNorm keeps its 16-bit input; SwiGLU keeps 4
+    tensors of H' (gate, SiLU out, up, product) instead of GeLU's 2 of 4h; SDPA keeps q, k and
+    v repeated to N heads (GQA's N_kv heads are expanded before the kernel), its output and a
+    logsumexp (c·BNT) instead of the s² softmax and its dropout; no dropout masks at all. Out
+    of the layers: the embedding keeps local indices and a mask (9BT), the loss a c-byte
+    softmax of its vocabulary shard, int64 targets, two bool masks and a count.
+    """
+    shape = check.shape("shape", shape)
+    for name, v in (("batch", batch), ("seq", seq), ("tp", tp)):
+        check.positive_int(name, v)
+    check.boolean("sequence_parallel", sequence_parallel)
+    check.one_of("attention", attention, ("sdpa", "eager"))
+    for field in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
+        if getattr(shape, field) % tp:  # as parallel.mesh.ParallelDims.check
+            raise ValueError(f"tp must divide {field}={getattr(shape, field)}, got tp={tp}")
+    if sequence_parallel and seq % tp:
+        raise ValueError(f"seq must be divisible by tp={tp} for sequence parallelism, got seq={seq}")
+    import torch
+
+    dt = dtype if dtype == torch.float64 else torch_dtype(dtype)  # float64 too: tests compare in it
+    b, c = dt.itemsize, torch.promote_types(dt, torch.float32).itemsize
+    B, T, H, Hf, V = batch, seq, shape.hidden_size, shape.intermediate_size, shape.vocab_size
+    N, d, q, BT = shape.num_heads, shape.d_head, shape.q_size, batch * seq
+    layer = {
+        "norm upcast inputs (2)": ("replicated", 2 * c * BT * H),
+        "norm rsqrt (2)": ("replicated", 2 * c * BT),
+        "norm x̂ (2)": ("replicated", 2 * b * BT * H),
+        "column-parallel inputs: qkv, gate/up": ("replicated", 2 * b * BT * H),
+        "SwiGLU: gate, SiLU, up, product": ("sharded", 4 * b * BT * Hf),
+        "attention: q, k, v (N heads), output": ("sharded", 4 * b * BT * q),
+    }
+    if attention == "sdpa":
+        layer["SDPA logsumexp"] = ("sharded", c * B * N * T)
+    else:
+        layer["upcast softmax"] = ("sharded", c * B * N * T * T)
+        if b < c:
+            layer["softmax cast back"] = ("sharded", b * B * N * T * T)
+        layer["causal mask (bool)"] = ("whole", T * T)
+    terms = {f"layer: {k}": v for k, v in layer.items()}
+    terms.update({f"layers: {k}": (kind, shape.num_layers * v) for k, (kind, v) in layer.items()})
+    terms.update({
+        "embedding: local indices and mask": ("whole", 9 * BT),
+        "rope cos/sin": ("whole", 2 * T * d * b),
+        "final norm": ("replicated", c * BT * H + c * BT + b * BT * H),
+        "lm_head input": ("replicated", b * BT * H),
+        "loss: softmax": ("sharded", c * B * (T - 1) * V),
+        "loss: targets, masks, count": ("whole", 10 * B * (T - 1) + 8),
+    })
+    return terms
+
+
+def tp_saved_bytes(shape, batch: int, seq: int, tp: int, sequence_parallel: bool = False,
+                   dtype: Any = "bf16", attention: str = "sdpa") -> int:
+    """Bytes one rank saves for backward in ``tensor_parallel.apply(Llama(shape))(ids, labels=ids)``,
+    ids (batch, seq), exact (measured with ``activations.measure`` on every rank:
+    tests/test_tensor_parallel.py::test_bytes_per_rank_equal_the_formulas):
+
+        whole + replicated (÷t with sequence parallel) + sharded/t        (``tp_split_bytes``)
+
+    per layer, replicated 2(c + b)·BTH + 2c·BT + 2b·BTH (two norms' upcast input, rsqrt and x̂;
+    the fused qkv and gate/up inputs), sharded 4b·BTH' + 4b·BT·q + c·BNT (SDPA; eager: c·BNT²,
+    plus b·BNT² in 16-bit, and a bool T² mask whole). In 16-bit (b = 2, c = 4) with q = h and
+    H' = 8h/3 a layer is sbh(16 + 8/h + (88/3 + 4a/h)/t), with SP (sbh/t)(16 + 8/h + 88/3 +
+    4a/h). Korthikanti et al.'s GPT terms (``korthikanti_layer_terms``) under the same split
+    give their sbh(10 + 24/t + 5as/(ht)) and (sbh/t)(34 + 5as/h) (arXiv 2205.05198, §4.2;
+    checked with SymPy in the same test file). ``dtype`` may be torch.float64 (c = b = 8).
+    """
+    terms = tp_saved_bytes_terms(shape, batch, seq, tp, sequence_parallel, dtype, attention)
+    return tp_split_bytes({k: v for k, v in terms.items() if not k.startswith("layer: ")},
+                          tp, sequence_parallel)
+
+
+__all__ += ["TP_KINDS", "tp_split_bytes", "korthikanti_layer_terms", "tp_saved_bytes_terms",
+            "tp_saved_bytes"]
