@@ -165,7 +165,7 @@ CASES = [
     # activations: measured; the models; the closed forms
     ("activations.measure", lambda model: activations.measure(model, IDS, labels=IDS),
      dict(model=None), {"model": "module"}),
-    ("activations.build", activations.build, dict(shape=TINY, device="meta"),
+    ("activations.build", activations.build, dict(shape=TINY),
      {"shape": "shape", "impl": _choice(activations.MODELS),
       "recompute": _choice(recompute.MODELLED), "attention": _choice(llama.ATTN_IMPLS, none_ok=True),
       "dtype": _choice(("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"))}),
