@@ -168,9 +168,9 @@ for name, colour in [("fp16", plots.PALETTE[3]), ("bf16", plots.PALETTE[2])]:
                        label=f"{name} smallest {'subnormal' if style == ':' else 'normal'}")
 ax.set(xlabel="log₁₀ |gradient|", ylabel="elements", title="gradients of the tiny LLaMA")
 ax.legend(fontsize=8)
-# Shown, not saved to figures/: the float64 model still computes RMSNorm, RoPE and the loss in
-# fp32 (llama.py), so on a CPU without AVX2 a few gradients land in a neighbouring bin and the
-# drawing's last digits move; figures/ keeps only figures that are the same on every CPU.
+# The model is float64 end to end (llama.py upcasts norms and the loss to float64 for a float64
+# model), so the counts per bin are the same on every CPU and the figure is saved.
+plots.save(fig, "04_gradient_underflow")
 plt.show()
 
 # %%
@@ -554,7 +554,7 @@ print(f"eps {f8.eps}; {len(codes)} positive finite values, {len(subnormal)} subn
 # ## 要点 · Key points
 #
 # - 浮点格式的全部性质都由指数位 E 和尾数位 M 推出：fp16 的最大值为 6.55e+04、最小次正规数为 5.96e-08；bf16 保留 fp32 的 8 个指数位（取值范围与 fp32 相同），但 eps 只有 0.007812。
-# - 训练 100 步后的小型 LLaMA 有 121,344 个非零梯度：转成 fp16 时 5 个被冲刷为 0，10,949 个（9.02%）只能以次正规数保存；损失缩放 2^8 之后只剩 41 个（0.03%），bf16 一个也不丢。
+# - 训练 100 步后的小型 LLaMA 有 121,344 个非零梯度：转成 fp16 时 6 个被冲刷为 0，10,948 个（9.02%）只能以次正规数保存；损失缩放 2^8 之后只剩 43 个（0.04%），bf16 一个也不丢。
 # - 动态损失缩放从 2^24 开始，120 步 fp16 训练中跳过了 9 步（第 1–4 步，以及之后几次放大缩放后的溢出），最终缩放为 2^19。
 # - bf16 在 1.0 之上的间距是 2^-7：不超过半个间距的更新都会丢失，恰好一半（2^-8）也会丢失，因为平局舍入到偶数。bf16 存储、float64 算术的模拟中，150 步后 fp32 主权重的损失为 1.85，纯 bf16 为 2.00。
 # - “显存减半”不适用于模型状态：使用 AdamW 时混合精度与 fp32 训练同样是每参数 16 字节；接近减半的是激活值（LLaMA-7B，B = 1，T = 2048：22.65 GB → 12.55 GB，比值 0.554）。

@@ -35,7 +35,8 @@ ATTN_IMPLS = ("sdpa", "eager")
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm(x) = x / RMS(x) · γ, with RMS(x) = sqrt(mean(x²) + eps); computed in fp32."""
+    """RMSNorm(x) = x / RMS(x) · γ, with RMS(x) = sqrt(mean(x²) + eps); computed in fp32
+    (16-bit inputs are upcast, as transformers does; a float64 model stays float64)."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -43,9 +44,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = x.to(upcast(x.dtype))
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
+
+
+def upcast(dtype: torch.dtype) -> torch.dtype:
+    """The dtype norms, softmax and the loss are computed in: fp32 for fp32 and 16-bit models,
+    float64 for float64 models (so a float64 model is float64 end to end)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class RotaryEmbedding(nn.Module):
@@ -119,11 +126,11 @@ class Attention(nn.Module):
         v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         if self.attn_impl == "sdpa":  # one fused call, same math as below
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        # eager: the explicit softmax, in fp32
+        # eager: the explicit softmax, in fp32 (float64 for a float64 model)
         scores = (q @ k.transpose(-2, -1)) * self.d ** -0.5  # (B, N, T, T)
         future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
-        return F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+        return F.softmax(scores, dim=-1, dtype=upcast(q.dtype)).to(q.dtype) @ v
 
 
 class MLP(nn.Module):
@@ -238,14 +245,16 @@ class Llama(nn.Module):
         """Logits for every position; with ``labels`` (B, T) also the causal-LM loss.
 
         As in transformers, labels are shifted inside: position t is scored on labels[:, t+1],
-        so ``labels=input_ids`` trains next-token prediction. Cross entropy in fp32, mean over
+        so ``labels=input_ids`` trains next-token prediction. Cross entropy in fp32 (float64 for
+        a float64 model), mean over
         the tokens whose label is not -100.
         """
         self._check(input_ids, labels)
         logits = self.lm_head(self.model(input_ids))  # (B, T, V)
         loss = None
         if labels is not None:  # predict token t+1 from position t
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).to(upcast(logits.dtype)),
+                                   labels[:, 1:].flatten(),
                                    ignore_index=-100)
         return Output(logits, loss)
 
