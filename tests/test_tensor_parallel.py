@@ -125,7 +125,7 @@ def _batch(shape, step: int) -> torch.Tensor:
 
 
 def _loss64(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The single model's loss, spelled out in the logits' dtype (float64 here)."""
+    """The single model's loss (as Llama.forward's) spelled out in the logits' dtype."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
 
@@ -145,8 +145,8 @@ def model_checks(shape, sp: bool, steps: int = 3, group=None) -> dict:
     out: dict = {"roundtrip": max(_maxdiff(v, full[k]) for k, v in tp.full_state_dict(model).items()),
                  "keys": sorted(tp.full_state_dict(model)) == sorted(full)}
     ids = _batch(shape, 0)
-    ro = ref(ids)
-    ref_loss = _loss64(ro.logits, ids)
+    ro = ref(ids, labels=ids)  # Llama.forward's loss: float64 for a float64 model
+    ref_loss = ro.loss
     ref_loss.backward()
     with comm.counting() as log:
         o = model(ids, labels=ids)
@@ -166,7 +166,7 @@ def model_checks(shape, sp: bool, steps: int = 3, group=None) -> dict:
         ids = _batch(shape, step)
         opt_ref.zero_grad()
         opt.zero_grad()
-        _loss64(ref(ids).logits, ids).backward()
+        ref(ids, labels=ids).loss.backward()
         model(ids, labels=ids).loss.backward()
         opt_ref.step()
         opt.step()
