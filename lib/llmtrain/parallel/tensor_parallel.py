@@ -551,8 +551,9 @@ def comm_per_layer(tp: int, sequence_parallel: bool, batch: int, seq: int, hidde
     TP, fused qkv and gate/up: all_reduce 2 × bsh forward, 2 × bsh backward (Shoeybi et al.
     §3). Separate projections (``fused=False``, DTensor's plan): 5 backward. SP: forward
     all_gather 2 × bsh + reduce_scatter 2 × bsh; backward reduce_scatter 2 × bsh, all_gather
-    4 × bsh (2 conjugates + 2 re-gathers), all_reduce 2 × h (the norms' γ). ``dtype_bytes``
-    only sizes ``sent_bytes``; elements do not depend on it.
+    4 × bsh (2 conjugates + 2 re-gathers), all_reduce 2 × h (the norms' γ). Counts are in
+    elements, so ``dtype_bytes`` (checked, part of the agreed signature) changes none of them:
+    ``sent_bytes(op, traffic, tp, dtype_bytes)`` turns one into bytes.
     """
     for name, v in (("tp", tp), ("batch", batch), ("seq", seq), ("hidden", hidden),
                     ("dtype_bytes", dtype_bytes)):
