@@ -10,7 +10,7 @@ from torch.utils.checkpoint import set_checkpoint_early_stop
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from llmtrain import flops, params, recompute
-from llmtrain.llama import Llama
+from llmtrain.llama import ATTN_IMPLS, Llama
 from llmtrain.shapes import ModelShape, get
 
 aten = torch.ops.aten
@@ -87,7 +87,7 @@ def test_reference_llama_matches_counter(shape, batch, seq, k):
 @pytest.mark.parametrize("batch,seq", [(2, 16), (1, 7)])
 def test_full_recompute_is_one_extra_forward_of_the_layers(batch, seq):
     shape = get("tiny")
-    for attention in flops.ATTENTIONS:
+    for attention in ATTN_IMPLS:
         kw = dict(attention=attention, recompute="full")
         redone = flops.recompute_flops(shape, batch, seq, early_stop=False, **kw)
         lm_head = 2 * shape.vocab_size * shape.hidden_size * batch * seq
@@ -110,7 +110,7 @@ HF_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("attention", flops.ATTENTIONS)
+@pytest.mark.parametrize("attention", ATTN_IMPLS)
 @pytest.mark.parametrize("name", list(HF_SHAPES))
 def test_transformers_matches_counter(name, attention):
     import transformers

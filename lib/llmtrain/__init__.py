@@ -6,14 +6,17 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``schedules`` learning-rate schedules: warmup → peak → decay (学习率预热与衰减)
 - ``batch``   batch-size schedules, gradient accumulation, gradient noise scale (动态批次调整)
 - ``train``   a tiny deterministic training loop on a generated Markov corpus
-- ``precision`` float formats from their bits (fp32 … FP8), FP8 quantisation with block scaling
+- ``precision`` float formats from their bits (fp32 … FP8), FP8 quantisation with block scaling;
+              the dtype names (fp32, bf16, fp16) and their bytes
 - ``amp``     a from-scratch loss scaler and mixed-precision training step (混合精度训练)
 - ``shapes``  model sizes (ModelShape) and presets of the Llama family
 - ``params``  parameter counts, per component, and their SymPy formula (模型参数量估计)
 - ``llama``   a from-scratch reference LLaMA whose weights load into transformers
 - ``recompute`` activation recomputation strategies for it (激活重计算)
-- ``activations`` what autograd saves for backward, measured exactly (and at 7B with fake tensors)
-- ``activation_formulas`` the same bytes in closed form, for the reference and transformers' LLaMA
+- ``activations`` what autograd saves for backward, measured exactly (and at 7B with fake tensors);
+              the models it measures (build, measure_shape)
+- ``activation_formulas`` every closed form of those bytes: the slides' textbook count, Korthikanti
+              et al.'s, and the exact ones (reference and transformers' LLaMA, tensor parallel)
 - ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
 - ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
 - ``step_peak`` the peak of one training step, phase by phase (forward, backward, optimizer step)

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from . import check
-from .check import integer as _check_int  # _check_int(name, value, minimum)
 
 __all__ = ["linear_ramp", "stepwise", "PALM_SEQ_LEN", "PALM_STAGES", "PALM_TOTAL_TOKENS",
            "Step", "steps_and_tokens", "linear_ramp_steps", "accumulation_steps",
@@ -50,10 +49,10 @@ def linear_ramp(tokens_seen: int, *, start_tokens: int, end_tokens: int, ramp_to
     the ramp becomes a staircase, and an ``end_tokens`` that is not a multiple of m is never
     reached: the batch stays at ⌊end/m⌋·m.) ``ramp_tokens=0`` means no ramp: always end.
     """
-    _check_int("tokens_seen", tokens_seen, 0)
-    _check_int("start_tokens", start_tokens, 1)
-    _check_int("end_tokens", end_tokens, 1)
-    _check_int("ramp_tokens", ramp_tokens, 0)
+    check.integer("tokens_seen", tokens_seen, 0)
+    check.integer("start_tokens", start_tokens, 1)
+    check.integer("end_tokens", end_tokens, 1)
+    check.integer("ramp_tokens", ramp_tokens, 0)
     if end_tokens < start_tokens:
         raise ValueError(f"end_tokens={end_tokens} must be >= start_tokens={start_tokens} "
                          "(the ramp grows the batch)")
@@ -62,7 +61,7 @@ def linear_ramp(tokens_seen: int, *, start_tokens: int, end_tokens: int, ramp_to
     else:  # exact integer arithmetic: no float rounding at 10^12 tokens
         b = start_tokens + (end_tokens - start_tokens) * tokens_seen // ramp_tokens
     if micro_batch_tokens is not None:
-        _check_int("micro_batch_tokens", micro_batch_tokens, 1)
+        check.integer("micro_batch_tokens", micro_batch_tokens, 1)
         b = max(micro_batch_tokens, b // micro_batch_tokens * micro_batch_tokens)
     return b
 
@@ -73,7 +72,7 @@ def stepwise(tokens_seen: int, *, stages: Sequence[tuple[int, int]]) -> int:
 
     Source: PaLM (Chowdhery et al. 2022, arXiv 2204.02311, §5), see ``PALM_STAGES``.
     """
-    _check_int("tokens_seen", tokens_seen, 0)
+    check.integer("tokens_seen", tokens_seen, 0)
     _check_stages(stages)
     b = stages[0][1]
     for start, tokens in stages:
@@ -111,10 +110,10 @@ def steps_and_tokens(schedule: Callable[[int], int], total_tokens: int) -> list[
     """Replay a batch schedule: step s uses b_s = schedule(t_s) tokens, t_{s+1} = t_s + b_s,
     from t_0 = 0 while t_s < total_tokens (the last step may overshoot total_tokens)."""
     check.function("schedule", schedule)
-    _check_int("total_tokens", total_tokens, 0)
+    check.integer("total_tokens", total_tokens, 0)
     steps, seen = [], 0
     while seen < total_tokens:
-        b = _check_int(f"schedule({seen})", schedule(seen), 1)  # tokens in the batch
+        b = check.integer(f"schedule({seen})", schedule(seen), 1)  # tokens in the batch
         steps.append(Step(len(steps), b, seen))
         seen += b
     return steps
@@ -137,10 +136,10 @@ def linear_ramp_steps(tokens: int, *, start_tokens: int, end_tokens: int,
     Example: GPT-3's warmup, its first 375M tokens, inside a 4B-token ramp from 32K to 3.2M
     takes about 2,900 steps, not 375M/3.2M ≈ 117 (notebook 03).
     """
-    _check_int("tokens", tokens, 0)
-    _check_int("start_tokens", start_tokens, 1)
-    _check_int("end_tokens", end_tokens, 1)
-    _check_int("ramp_tokens", ramp_tokens, 0)
+    check.integer("tokens", tokens, 0)
+    check.integer("start_tokens", start_tokens, 1)
+    check.integer("end_tokens", end_tokens, 1)
+    check.integer("ramp_tokens", ramp_tokens, 0)
     if end_tokens < start_tokens:
         raise ValueError(f"end_tokens={end_tokens} must be >= start_tokens={start_tokens} "
                          "(the ramp grows the batch)")
@@ -157,8 +156,8 @@ def linear_ramp_steps(tokens: int, *, start_tokens: int, end_tokens: int,
 
 def accumulation_steps(batch_tokens: int, micro_batch_tokens: int) -> int:
     """k = batch_tokens / micro_batch_tokens micro-batches per optimizer step; must divide."""
-    _check_int("batch_tokens", batch_tokens, 1)
-    _check_int("micro_batch_tokens", micro_batch_tokens, 1)
+    check.integer("batch_tokens", batch_tokens, 1)
+    check.integer("micro_batch_tokens", micro_batch_tokens, 1)
     if batch_tokens % micro_batch_tokens:
         raise ValueError(f"batch_tokens={batch_tokens} must be a multiple of "
                          f"micro_batch_tokens={micro_batch_tokens} to be realised by "
@@ -289,8 +288,8 @@ def noise_terms_from_norms(*, b_small: int, sq_norm_small: float, b_big: int,
     McCandlish et al. 2018, App. A (from E|G_B|² = |G|² + tr Σ / B). Data-parallel training
     gets both for free: the per-rank gradient (B_small) and the all-reduced one (B_big).
     """
-    _check_int("b_small", b_small, 1)
-    _check_int("b_big", b_big, 1)
+    check.integer("b_small", b_small, 1)
+    check.integer("b_big", b_big, 1)
     check.number("sq_norm_small", sq_norm_small, 0)
     check.number("sq_norm_big", sq_norm_big, 0)
     if b_big <= b_small:
@@ -328,8 +327,8 @@ def _check_stages(stages) -> None:
         if not isinstance(stage, (tuple, list)) or len(stage) != 2:
             raise ValueError(f"stages[{i}] must be a (from_tokens, batch_tokens) pair, "
                              f"got {stage!r}")
-        _check_int(f"stages[{i}] from_tokens", stage[0], 0)
-        _check_int(f"stages[{i}] batch_tokens", stage[1], 1)
+        check.integer(f"stages[{i}] from_tokens", stage[0], 0)
+        check.integer(f"stages[{i}] batch_tokens", stage[1], 1)
     if stages[0][0] != 0:
         raise ValueError(f"stages[0] must start at 0 tokens, got {stages[0][0]}")
     if any(a[0] >= b[0] for a, b in zip(stages, stages[1:])):

@@ -21,14 +21,14 @@ import torch
 from torch.utils import flop_counter as _fc
 
 from . import check, params
+from .llama import ATTN_IMPLS
 from .recompute import STRATEGIES, segments
 from .shapes import ModelShape
 
-__all__ = ["ATTENTIONS", "STRATEGIES", "CPU_SDPA_MAPPING", "flop_counter", "measured_flops",
+__all__ = ["STRATEGIES", "CPU_SDPA_MAPPING", "flop_counter", "measured_flops",
            "matmul_params", "forward_flops", "backward_flops", "recompute_flops",
            "training_flops", "six_p_tokens", "rule_of_thumb_error"]
 
-ATTENTIONS = ("eager", "sdpa")
 
 
 # --- counting with torch ------------------------------------------------------------
@@ -78,7 +78,7 @@ def _check(shape, batch, seq, attention="eager", recompute="none", k=None) -> Mo
     shape = check.shape("shape", shape)
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
-    check.one_of("attention", attention, ATTENTIONS)
+    check.one_of("attention", attention, ATTN_IMPLS)
     check.one_of("recompute", recompute, STRATEGIES)
     segments(shape.num_layers, recompute, k)  # ValueError naming k when k does not fit
     return shape

@@ -24,7 +24,6 @@ from torch import nn
 
 from . import check
 from .batch import accumulate_gradients, accumulation_steps
-from .check import integer as _check_int  # _check_int(name, value, minimum)
 from .llama import Llama
 from .shapes import ModelShape
 
@@ -40,9 +39,9 @@ def successor_table(vocab_size: int, seed: int = 0, k: int = len(DEFAULT_PROBS))
     """(V, k) LongTensor: row i lists the k distinct tokens that may follow token i, drawn at
     random (the k largest of V uniform numbers per row: a uniformly random k-subset, in
     random order). Rows are drawn 1024 at a time, so memory stays O(1024·V)."""
-    _check_int("vocab_size", vocab_size, 1)
-    _check_int("k", k, 1)
-    _check_int("seed", seed, 0)
+    check.integer("vocab_size", vocab_size, 1)
+    check.integer("k", k, 1)
+    check.integer("seed", seed, 0)
     if k > vocab_size:
         raise ValueError(f"len(probs)={k} successors must not exceed vocab_size={vocab_size}")
     g = torch.Generator().manual_seed(seed)
@@ -62,9 +61,9 @@ def corpus(n_tokens: int, vocab_size: int = 256, seed: int = 0, *,
     To learn it a model must learn the V·k transitions (a bigram table), which the ``tiny``
     Llama does in a few hundred steps. Deterministic given the seed.
     """
-    _check_int("n_tokens", n_tokens, 1)
-    _check_int("vocab_size", vocab_size, 1)
-    _check_int("seed", seed, 0)
+    check.integer("n_tokens", n_tokens, 1)
+    check.integer("vocab_size", vocab_size, 1)
+    check.integer("seed", seed, 0)
     p = _check_probs(probs)
     table = successor_table(vocab_size, seed, len(p)).tolist()
     g = torch.Generator().manual_seed(seed + 1)
@@ -95,9 +94,9 @@ def batches(tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0
     with one big batch in ``train``.
     """
     check.tensor("tokens", tokens, dim=1, floating=False)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seq_len", seq_len, 1)
-    _check_int("seed", seed, 0)
+    check.integer("batch_size", batch_size, 1)
+    check.integer("seq_len", seq_len, 1)
+    check.integer("seed", seed, 0)
     if seq_len > tokens.numel():
         raise ValueError(f"seq_len={seq_len} must not exceed the {tokens.numel()} tokens")
     return _windows(tokens, batch_size, seq_len, seed)  # arguments checked now, not at next()
@@ -164,9 +163,9 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
       batch_size only sets the default micro_batch_size. Tokens count sequences × seq_len.
     - ``progress=True`` prints one line every max(1, steps // 10) steps.
     """
-    _check_int("steps", steps, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seq_len", seq_len, 2)
+    check.integer("steps", steps, 1)
+    check.integer("batch_size", batch_size, 1)
+    check.integer("seq_len", seq_len, 2)
     if lr_schedule is None and peak_lr is None:
         raise ValueError("give peak_lr (a constant learning rate) or lr_schedule (step -> lr)")
     check.optional(check.function, "lr_schedule", lr_schedule)
@@ -175,12 +174,12 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
     check.number("weight_decay", weight_decay, 0)
     check.optional(check.positive_number, "grad_clip", grad_clip)
     check.optional(check.function, "batch_schedule", batch_schedule)
-    _check_int("seed", seed, 0)
+    check.integer("seed", seed, 0)
     check.boolean("progress", progress)
     if tokens is not None:
         check.tensor("tokens", tokens, dim=1, floating=False)
     micro = batch_size if micro_batch_size is None else micro_batch_size
-    _check_int("micro_batch_size", micro, 1)
+    check.integer("micro_batch_size", micro, 1)
     if batch_size % micro:
         raise ValueError(f"micro_batch_size={micro} must divide batch_size={batch_size}")
 
