@@ -70,6 +70,7 @@ from llmtrain import memory, params, plots, shapes, show
 from llmtrain.parallel import comm, data_parallel, launch, zero
 from llmtrain.parallel.demos import data_parallel_zero as demos  # this notebook's rank functions
 from llmtrain.parallel.demos.harness import max_weight_diff
+from llmtrain.parallel.mesh import ParallelDims
 
 plots.use_style()
 _ = torch.manual_seed(0)
@@ -295,7 +296,8 @@ for N_, by_stage in measured.items():
         got = rep["total"]
         formula = held[z].subs({K: 12, n: N_, Psi: psi})
         print(f"{N_:>2} {z:>5} {got:>12,} {int(formula):>12,}  {sp.expand(held[z].subs(K, 12))}")
-        assert got == formula == sum(memory.model_state_bytes(psi, zero=z, dp=N_).values())
+        paper = sum(memory.model_state_bytes(psi, zero=z, dims=ParallelDims(dp=N_)).values())
+        assert got == formula == paper
         assert rep["other"] == 4 * len(numels)
 
 # %% [markdown]

@@ -301,7 +301,8 @@ def _check_memory(reports, numels, n):
             exp = zero.expected_bytes(numels, n, stage)  # mixed bf16 AdamW: 2 + 2 + 4 + 8
             assert {k: got[k] for k in exp} == exp, (stage, got, exp)
             assert got["other"] == 4 * len(numels)  # AdamW's fp32 step counter per shard
-            paper = memory.model_state_bytes(psi, precision="mixed", zero=stage, dp=n)
+            paper = memory.model_state_bytes(psi, precision="mixed", zero=stage,
+                                             dims=ParallelDims(dp=n))
             held = sum(exp.values())
             padding = sum(n * math.ceil(x / n) - x for x in numels) if stage else 0
             assert 0 <= held - sum(paper.values()) <= 16 * padding
@@ -357,7 +358,7 @@ def test_communication_equals_the_formulas(adamw32):
 # ---------------------------------------------------------------- four ranks (one launch)
 
 FOUR = dict(model="mlp", dtype="float64", optimizer="sgd", lr=0.5, steps=2, batch=8)
-DP_TP = ["dp", "zero1", "zero3"]
+DP_TP = ["dp", "zero1", "zero3", "ddp", "fsdp2"]
 
 
 def four_rank_runs():
@@ -396,8 +397,13 @@ def test_dp_and_zero_over_the_dp_group_of_dp2_tp2(four_ranks):
         for s in DP_TP:
             assert res[s]["losses"] == pytest.approx(single["losses"], rel=1e-13, abs=0)
             assert harness.max_weight_diff(res[s]["weights"], single["weights"]) < 1e-13
+        for s in DP_TP[:3]:  # ours: counted (DDP's and FSDP2's collectives are not)
             records = res[s]["comm"]
             assert records and {(r.axis, r.world_size) for r in records} == {("dp", 2)}
+        # PyTorch's engines on the same dp group (DDP's process_group, FSDP2's mesh["dp"]):
+        # on 2 ranks averaging is exact, so bit for bit the same as ours
+        assert harness.max_weight_diff(res["dp"]["weights"], res["ddp"]["weights"]) == 0
+        assert harness.max_weight_diff(res["zero3"]["weights"], res["fsdp2"]["weights"]) == 0
         # bytes of a 2-rank ring, not a 4-rank one: the group is the dp pair
         assert comm.Log(res["dp"]["comm"]).sent_bytes() == psi
         assert comm.Log(res["zero1"]["comm"]).sent_bytes() == padded
@@ -675,7 +681,7 @@ def test_formula_is_the_zero_papers_and_the_memory_modules():
         [16 * psi, 4 * psi + 12 * psi / n, 2 * psi + 14 * psi / n, 16 * psi / n])] == [0] * 4
     for z in range(4):
         for P, N in [(7_500_000_000, 64), (125_248, 4), (6_738_415_616, 8)]:
-            exact = sum(memory.model_state_bytes(P, zero=z, dp=N).values())
+            exact = sum(memory.model_state_bytes(P, zero=z, dims=ParallelDims(dp=N)).values())
             assert abs(zero.formula(z, P, N) - exact) < 16  # model_state_bytes rounds shards up
             if P % N == 0:  # no padding: the measured-bytes formula is the paper's
                 assert zero.formula(z, P, N) == sum(zero.expected_bytes([P], N, z).values())

@@ -6,6 +6,9 @@
                     op, axis, buffer bytes, bytes sent per rank
 - ``data_parallel`` hand-written data parallelism: broadcast, bucketed gradient all-reduce
 - ``zero``          hand-written ZeRO stage 1/2/3 around any torch optimizer; bytes held per rank
+- ``tensor_parallel`` Megatron tensor parallelism and sequence parallelism by hand: f/g,
+                    Column/RowParallelLinear, VocabParallelEmbedding, vocab-parallel cross entropy,
+                    ``apply(Llama)``, full state_dict shards, ``comm_per_layer``/``comm_per_model``
 - ``demos/``        what the ranks run in the notebooks, the tests and under torchrun: a shared
                     ``harness`` (models, batches, the command line) and one module per notebook
 
