@@ -10,6 +10,7 @@ NOTEBOOKS: tuple[str, ...] = (
     "03_lr_schedules",
     "04_mixed_precision",
     "05_data_parallel_zero",
+    "06_tensor_parallel",
     "09_activation_recomputation",
     "10_parameter_count",
     "11_memory_estimation",
