@@ -14,7 +14,7 @@ import torch.distributed as dist
 from hypothesis import given, strategies as st
 
 from llmtrain.parallel import comm, launch
-from llmtrain.parallel.mesh import AXES, Coords, ParallelDims
+from llmtrain.parallel.mesh import AXES, Coords, ParallelDims, shard_range, shard_sizes
 from llmtrain.shapes import ModelShape
 
 sizes = st.integers(1, 6)
@@ -66,7 +66,29 @@ def test_documented_examples():
     assert ParallelDims().world_size == 1 and ParallelDims().group_ranks("dp") == [[0]]
 
 
-# an odd GQA shape: 6 heads, 3 key/value heads, sizes divisible by 2 and 4 otherwise
+@given(size=st.integers(0, 200), parts=st.integers(1, 9))
+def test_shards_follow_torch_tensor_split(size, parts):
+    """One partition rule for every uneven split: torch.tensor_split's (the first size mod
+    parts shards one row longer), contiguous, in order, covering every row once."""
+    rows = torch.arange(size)
+    pieces = torch.tensor_split(rows, parts)
+    assert shard_sizes(size, parts) == [len(p) for p in pieces]
+    for i, piece in enumerate(pieces):
+        start, length = shard_range(size, parts, i)
+        assert rows[start:start + length].tolist() == piece.tolist()
+    assert max(shard_sizes(size, parts)) == shard_sizes(size, parts)[0] == -(-size // parts)
+
+
+def test_shard_arguments_are_checked():
+    for call, message in [(lambda: shard_sizes(-1, 2), "size must be an integer >= 0, got -1"),
+                          (lambda: shard_sizes(4, 0), "parts must be a positive integer, got 0"),
+                          (lambda: shard_range(4, 2, 2), "index must be an integer in [0, 1], got 2")]:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+
+
+# an odd GQA shape: 6 heads, 3 key/value heads; tp = 3 splits its vocabulary and MLP unevenly
 ODD = ModelShape(vocab_size=96, hidden_size=48, num_layers=3, num_heads=6, num_kv_heads=3,
                  intermediate_size=100, max_seq_len=16)
 
@@ -86,7 +108,7 @@ def test_bad_sizes_name_the_field(kwargs, message):
 @pytest.mark.parametrize("dims, message", [
     (ParallelDims(tp=2), "tp must divide num_kv_heads=3, got tp=2"),
     (ParallelDims(tp=4), "tp must divide num_heads=6, got tp=4"),
-    (ParallelDims(tp=3), "tp must divide intermediate_size=100, got tp=3"),
+    (ParallelDims(tp=6), "tp must divide num_kv_heads=3, got tp=6"),
     (ParallelDims(pp=4), "pp must be at most num_layers=3, got pp=4"),
 ])
 def test_check_refuses_what_the_shape_cannot_take(dims, message):
@@ -97,6 +119,14 @@ def test_check_refuses_what_the_shape_cannot_take(dims, message):
 
 def test_check_accepts_what_fits():
     assert ParallelDims(dp=5, pp=3).check(ODD) == ParallelDims(dp=5, pp=3)
+    # tp need not divide intermediate_size (100) or vocab_size (97): they are split unevenly
+    assert ParallelDims(tp=3).check(ODD.replace(vocab_size=97)).tp == 3
+    # ... but every rank must hold at least one row of each
+    tiny_vocab = ODD.replace(vocab_size=2)
+    with pytest.raises(ValueError) as e:
+        ParallelDims(tp=3).check(tiny_vocab)
+    assert str(e.value) == ("tp must be at most vocab_size=2 (every rank holds at least one "
+                            "row), got tp=3")
     assert ParallelDims(tp=2, pp=2).check("tiny").tp == 2  # a preset name works too
     with pytest.raises(ValueError, match="shape: unknown model name"):
         ParallelDims().check("tinyy")

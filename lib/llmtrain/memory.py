@@ -91,20 +91,25 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
 def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims()) -> int:
     """Parameters held by the busiest GPU of a tp × pp model-parallel group (dp replicates).
 
-    TP (Megatron) splits every matrix, the embedding and the output layer by tp and keeps
-    the RMSNorm weights whole; PP gives each stage ⌈L/pp⌉ layers, the embedding to the first
+    TP (Megatron, as ``parallel.tensor_parallel.apply``) splits q/k/v/o by whole heads, the
+    MLP's H' columns and the vocabulary's V rows by ``mesh.shard_sizes`` (the first ranks hold
+    ⌈H'/tp⌉ and ⌈V/tp⌉: the busiest) and keeps the RMSNorm weights and the row-parallel biases
+    (o_proj, down_proj) whole; PP gives each stage ⌈L/pp⌉ layers, the embedding to the first
     stage and the output layer and final norm to the last. Returns the larger stage.
     ``dims.check(shape)`` refuses a layout the shape cannot take (tp | heads, pp ≤ L, ...).
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims).check(shape)
     tp, pp = dims.tp, dims.pp
-    b = _params.breakdown(shape)
-    H, L = shape.hidden_size, shape.num_layers
-    per_layer = (b["attention"] + b["mlp"]) // L
-    layer = math.ceil(per_layer / tp) + 2 * H  # two norms, replicated
+    H, L, V = shape.hidden_size, shape.num_layers, shape.vocab_size
+    q, kv, f = shape.q_size, shape.kv_size, math.ceil(shape.intermediate_size / tp)
+    attn = (2 * H * q + 2 * H * kv) // tp  # tp divides the heads, so q and kv
+    attn += (q + 2 * kv) // tp * shape.attention_bias + H * shape.o_bias
+    mlp = 3 * H * f + (2 * f + H) * shape.mlp_bias
+    layer = attn + mlp + 2 * H  # two norms, replicated
     n = math.ceil(L / pp)
-    emb, head = math.ceil(b["embedding"] / tp), math.ceil(b["lm_head"] / tp)
+    emb = math.ceil(V / tp) * H
+    head = 0 if shape.tie_embeddings else emb
     if pp == 1:
         return n * layer + emb + head + H
     return max(n * layer + emb, n * layer + head + H)

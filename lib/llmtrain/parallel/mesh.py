@@ -15,6 +15,13 @@ activation per micro-batch to one neighbour (the least).
 ``dims.check(shape)`` refuses a layout the model cannot take, naming the field; ``dims.build()``
 (inside every rank) creates the groups and returns this rank's ``Groups``.
 
+Sizes that tp does not divide (a vocabulary of 100 rows, an MLP of 128 columns on 3 ranks) are
+split unevenly by one rule, ``torch.tensor_split``'s: n rows over t ranks give the first n mod t
+ranks ⌈n/t⌉ rows and the others ⌊n/t⌋, in rank order (``shard_sizes``, ``shard_range``). So
+rank 0 holds the most of every split tensor: the busiest rank (DTensor's ``Shard`` uses
+``torch.chunk``'s ⌈n/t⌉-then-the-rest instead; Megatron-LM pads the vocabulary to a multiple
+of t). Heads are never split: tp must divide num_heads and num_kv_heads.
+
     >>> d = ParallelDims(dp=2, tp=2, pp=2)
     >>> d.coords(5)
     Coords(pp=1, dp=0, tp=1)
@@ -29,9 +36,26 @@ from typing import Any, NamedTuple
 
 from .. import check
 
-__all__ = ["ParallelDims", "Coords", "Groups", "AXES"]
+__all__ = ["ParallelDims", "Coords", "Groups", "AXES", "shard_sizes", "shard_range"]
 
 AXES = ("pp", "dp", "tp")  # outermost first: the order of the ranks and of the device mesh
+
+
+def shard_sizes(size: int, parts: int) -> list[int]:
+    """Rows of each of ``parts`` ranks when ``size`` rows are split: ⌈size/parts⌉ for the
+    first size mod parts ranks, ⌊size/parts⌋ for the rest (``torch.tensor_split``'s rule)."""
+    check.integer("size", size, 0)
+    check.positive_int("parts", parts)
+    q, extra = divmod(size, parts)
+    return [q + (i < extra) for i in range(parts)]
+
+
+def shard_range(size: int, parts: int, index: int) -> tuple[int, int]:
+    """(start, length) of shard ``index``: rows [start, start + length) of ``size``."""
+    check.positive_int("parts", parts)
+    check.integer("index", index, 0, parts - 1)
+    q, extra = divmod(check.integer("size", size, 0), parts)
+    return index * q + min(index, extra), q + (index < extra)
 
 
 class Coords(NamedTuple):
@@ -104,14 +128,21 @@ class ParallelDims:
         """Refuse a layout ``shape`` (a ModelShape or preset name) cannot take; return self.
 
         tp must divide num_heads and num_kv_heads (each rank keeps whole heads; with GQA the
-        key/value heads too), intermediate_size (the MLP's columns) and vocab_size (the
-        embedding's and output layer's rows); pp must not exceed num_layers.
+        key/value heads too); pp must not exceed num_layers. intermediate_size (the MLP's
+        columns) and vocab_size (the embedding's and output layer's rows) need not be
+        divisible: they are split by ``shard_sizes``; tp must only not exceed them (every rank
+        holds at least one row).
         """
         shape = check.shape("shape", shape)
-        for field in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
+        for field in ("num_heads", "num_kv_heads"):
             value = getattr(shape, field)
             if value % self.tp:
                 raise ValueError(f"tp must divide {field}={value}, got tp={self.tp}")
+        for field in ("intermediate_size", "vocab_size"):
+            value = getattr(shape, field)
+            if self.tp > value:
+                raise ValueError(f"tp must be at most {field}={value} (every rank holds at "
+                                 f"least one row), got tp={self.tp}")
         if self.pp > shape.num_layers:
             raise ValueError(f"pp must be at most num_layers={shape.num_layers}, got pp={self.pp}")
         return self
