@@ -4,6 +4,11 @@ collectives counted equal ``comm_per_layer``/``comm_per_model``, parameter bytes
 ``memory.params_per_gpu``, saved activations equal ``activation_formulas.tp_saved_bytes``.
 
 One launch of 2 ranks does every check (module fixture ``two``); ``slow``: the same on 4.
+One launch of 3 ranks checks a shape tp does not divide (vocabulary 100, MLP 128: uneven
+shards, ``mesh.shard_range``) with and without SP against one process, its counted
+collectives and the busiest rank's parameter bytes. The layer checks split 9 outputs, 13
+inputs and a vocabulary of 17 (uneven on 2, 3 and 4 ranks), the biased model a vocabulary of
+97 and an MLP of 101. The oracle for every shard is ``torch.tensor_split``.
 Everything compared to one process runs in float64 (norms, softmax and loss included), so
 "equal" means equal up to float reassociation: < 1e-12 (measured gaps in comments).
 """
@@ -36,9 +41,15 @@ SHAPES = {
     4: ModelShape(vocab_size=96, hidden_size=64, num_layers=3, num_heads=8, num_kv_heads=4,
                   intermediate_size=136, max_seq_len=32, name="odd-gqa-4"),
 }
-BIASED = SHAPES[2].replace(vocab_size=96, num_layers=2, num_heads=8, num_kv_heads=4,
-                           attention_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=True,
-                           name="biased-tied")
+BIASED = SHAPES[2].replace(vocab_size=97, intermediate_size=101, num_layers=2, num_heads=8,
+                           num_kv_heads=4, attention_bias=True, o_bias=True, mlp_bias=True,
+                           tie_embeddings=True, name="biased-tied")  # 97, 101: uneven at t = 2, 4
+# tp = 3 divides the heads (6) and kv heads (3) but not the vocabulary (100: 34, 33, 33 rows)
+# or the MLP (128: 43, 43, 42 columns); seq 6 divisible by 3 for SP
+UNEVEN = ModelShape(vocab_size=100, hidden_size=48, num_layers=2, num_heads=6, num_kv_heads=3,
+                    intermediate_size=128, max_seq_len=32, name="uneven-3")
+UNEVEN_BIASED = UNEVEN.replace(attention_bias=True, o_bias=True, mlp_bias=True, name="uneven-b")
+T_UNEVEN = 6
 # (tp that does not divide num_kv_heads): the shape apply must refuse, naming num_kv_heads
 BAD_KV = {2: SHAPES[2].replace(num_kv_heads=1), 4: SHAPES[4].replace(num_kv_heads=2)}
 # saved-activation configurations measured on every rank: (sequence_parallel, dtype, attention)
@@ -53,9 +64,9 @@ def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach() - b.detach()).abs().max().item()
 
 
-def _mine(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """This rank's shard of x along dim."""
-    return x.chunk(dist.get_world_size(), dim)[dist.get_rank()]
+def _mine(x: torch.Tensor, dim: int, group=None) -> torch.Tensor:
+    """This rank's shard of x along dim: torch.tensor_split's rule (the oracle)."""
+    return torch.tensor_split(x, dist.get_world_size(group), dim)[dist.get_rank(group)]
 
 
 def _leaf(x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +75,14 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 def layer_errors() -> dict[str, float]:
     """Max |difference| of each parallel layer from its torch layer: forward, input grad,
-    weight and bias grads (this rank's shards), float64, ones shape (3, 4, ·)."""
+    weight and bias grads (this rank's shards), float64, ones shape (3, 12, ·); 9 outputs,
+    13 inputs and 17 vocabulary rows, so the shards are uneven on 2, 3 and 4 ranks."""
     torch.manual_seed(1)  # the same full layers and inputs on every rank
     err: dict[str, float] = {}
-    x, dy = torch.randn(3, 4, 12, dtype=F64), torch.randn(3, 4, 8, dtype=F64)
+    x, dy = torch.randn(3, 12, 13, dtype=F64), torch.randn(3, 12, 9, dtype=F64)
     for sp in (False, True):
         for gather in (False, True):
-            lin = nn.Linear(12, 8, dtype=F64)
+            lin = nn.Linear(13, 9, dtype=F64)
             col = tp.ColumnParallelLinear.from_linear(lin, None, sequence_parallel=sp,
                                                       gather_output=gather)
             xr, xi = _leaf(x), _leaf(_mine(x, 1) if sp else x)
@@ -82,7 +94,7 @@ def layer_errors() -> dict[str, float]:
             err[k + " grad x"] = _maxdiff(xi.grad, _mine(xr.grad, 1) if sp else xr.grad)
             err[k + " grad W"] = _maxdiff(col.weight.grad, _mine(lin.weight.grad, 0))
             err[k + " grad b"] = _maxdiff(col.bias.grad, _mine(lin.bias.grad, 0))
-        lin = nn.Linear(12, 8, dtype=F64)
+        lin = nn.Linear(13, 9, dtype=F64)
         row = tp.RowParallelLinear.from_linear(lin, None, sequence_parallel=sp)
         xr, xi = _leaf(x), _leaf(_mine(x, -1))
         ref, y = lin(xr), row(xi)
@@ -93,25 +105,33 @@ def layer_errors() -> dict[str, float]:
         err[k + " grad x"] = _maxdiff(xi.grad, _mine(xr.grad, -1))
         err[k + " grad W"] = _maxdiff(row.weight.grad, _mine(lin.weight.grad, 1))
         err[k + " grad b"] = _maxdiff(row.bias.grad, lin.bias.grad)
-        emb = nn.Embedding(16, 12, dtype=F64)
+        emb = nn.Embedding(17, 13, dtype=F64)
         vemb = tp.VocabParallelEmbedding.from_embedding(emb, None, sequence_parallel=sp)
-        ids = torch.randint(0, 16, (3, 4))
+        ids = torch.randint(0, 17, (3, 12))
         ref, y = emb(ids), vemb(ids)
-        dye = torch.randn(3, 4, 12, dtype=F64)
+        dye = torch.randn(3, 12, 13, dtype=F64)
         (ref * dye).sum().backward()
         (y * (_mine(dye, 1) if sp else dye)).sum().backward()
         err[f"embedding sp={sp} forward"] = _maxdiff(y, _mine(ref, 1) if sp else ref)
         err[f"embedding sp={sp} grad W"] = _maxdiff(vemb.weight.grad, _mine(emb.weight.grad, 0))
-    logits = torch.randn(3, 5, 16, dtype=F64) * 3
-    labels = torch.randint(0, 16, (3, 5))
+    logits = torch.randn(3, 5, 17, dtype=F64) * 3
+    labels = torch.randint(0, 17, (3, 5))
     labels[0, 1] = labels[2, 4] = -100  # ignored
-    zr, zi = _leaf(logits), _leaf(_mine(logits, -1))
-    ref = F.cross_entropy(zr.flatten(0, 1), labels.flatten(), ignore_index=-100)
-    loss = tp.vocab_parallel_cross_entropy(zi, labels)
-    ref.backward()
-    loss.backward()
-    err["cross entropy forward"] = _maxdiff(loss, ref)
-    err["cross entropy grad"] = _maxdiff(zi.grad, _mine(zr.grad, -1))
+    for vocab in (17, None):  # the shard located by vocab_size, or by gathering the widths
+        zr, zi = _leaf(logits), _leaf(_mine(logits, -1))
+        ref = F.cross_entropy(zr.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss = tp.vocab_parallel_cross_entropy(zi, labels, vocab_size=vocab)
+        ref.backward()
+        loss.backward()
+        err[f"cross entropy vocab_size={vocab} forward"] = _maxdiff(loss, ref)
+        err[f"cross entropy vocab_size={vocab} grad"] = _maxdiff(zi.grad, _mine(zr.grad, -1))
+        # gather_logits: the whole (3, 5, 17) from the shards, and back (its backward)
+        zi = _leaf(_mine(logits, -1))
+        whole = tp.gather_logits(zi, None, vocab)
+        (whole * logits).sum().backward()
+        err[f"gather_logits vocab_size={vocab} forward"] = (
+            _maxdiff(whole, logits) if whole.shape == logits.shape else float("inf"))
+        err[f"gather_logits vocab_size={vocab} grad"] = _maxdiff(zi.grad, _mine(logits, -1))
     return err
 
 
@@ -120,8 +140,9 @@ def _reference(shape, seed=0, attn="sdpa", dtype=F64) -> Llama:
     return Llama(shape, attn_impl=attn).to(dtype)
 
 
-def _batch(shape, step: int) -> torch.Tensor:
-    return torch.randint(0, shape.vocab_size, (B, T), generator=torch.Generator().manual_seed(step))
+def _batch(shape, step: int, seq: int = T) -> torch.Tensor:
+    return torch.randint(0, shape.vocab_size, (B, seq),
+                         generator=torch.Generator().manual_seed(step))
 
 
 def _loss64(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -129,22 +150,27 @@ def _loss64(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
 
-def _gather_vocab(logits: torch.Tensor, group=None) -> torch.Tensor:
-    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, logits.detach().contiguous(), group=group)
-    return torch.cat(parts, -1)
+def _gather_vocab(logits: torch.Tensor, vocab: int, group=None) -> torch.Tensor:
+    """The whole logits by torch's all_gather of the padded shards (independent of ours)."""
+    n, r = dist.get_world_size(group), dist.get_rank(group)
+    widths = [len(p) for p in torch.tensor_split(torch.arange(vocab), n)]
+    pad = F.pad(logits.detach(), (0, widths[0] - widths[r]))
+    parts = [torch.empty_like(pad) for _ in range(n)]
+    dist.all_gather(parts, pad.contiguous(), group=group)
+    return torch.cat([p[..., :w] for p, w in zip(parts, widths)], -1)
 
 
-def model_checks(shape, sp: bool, steps: int = 3, group=None) -> dict:
-    """TP (or TP+SP) LLaMA against one process: logits, loss, every gradient, SGD steps;
-    the collectives of one step; this rank's parameter bytes."""
+def model_checks(shape, sp: bool, steps: int = 3, group=None, seq: int = T) -> dict:
+    """TP (or TP+SP) LLaMA against one process: logits (gathered by torch and by
+    ``gather_logits``), loss, every gradient, SGD steps; the collectives of one step; this
+    rank's parameter bytes."""
     ref = _reference(shape)
     full = {k: v.clone() for k, v in ref.state_dict().items()}
     model = tp.apply(_reference(shape, seed=1), group, sp)  # other weights, then the full dict
     tp.load_full_state_dict(model, full)
     out: dict = {"roundtrip": max(_maxdiff(v, full[k]) for k, v in tp.full_state_dict(model).items()),
                  "keys": sorted(tp.full_state_dict(model)) == sorted(full)}
-    ids = _batch(shape, 0)
+    ids = _batch(shape, 0, seq)
     ro = ref(ids, labels=ids)  # Llama.forward's loss: float64 for a float64 model
     ref_loss = ro.loss
     ref_loss.backward()
@@ -153,7 +179,10 @@ def model_checks(shape, sp: bool, steps: int = 3, group=None) -> dict:
         o.loss.backward()
     out["records"] = log.records
     out["logits shard"] = tuple(o.logits.shape)
-    out["logits"] = _maxdiff(_gather_vocab(o.logits, group), ro.logits)
+    out["logits"] = _maxdiff(_gather_vocab(o.logits, shape.vocab_size, group), ro.logits)
+    whole = model.gather_logits(o.logits)
+    out["gather_logits"] = (_maxdiff(whole, ro.logits) if whole.shape == ro.logits.shape
+                            else float("inf"))
     out["loss"] = abs(o.loss.item() - ref_loss.item())
     grads = tp.full_grads(model)
     out["grads"] = max(_maxdiff(grads[k], p.grad) for k, p in ref.named_parameters())
@@ -163,7 +192,7 @@ def model_checks(shape, sp: bool, steps: int = 3, group=None) -> dict:
     opt_ref.step()
     opt.step()
     for step in range(1, steps):  # more steps on new batches
-        ids = _batch(shape, step)
+        ids = _batch(shape, step, seq)
         opt_ref.zero_grad()
         opt.zero_grad()
         ref(ids, labels=ids).loss.backward()
@@ -174,6 +203,7 @@ def model_checks(shape, sp: bool, steps: int = 3, group=None) -> dict:
     out["weights after SGD"] = max(_maxdiff(after[k], v) for k, v in ref.state_dict().items())
     out["moved"] = max(_maxdiff(ref.state_dict()[k], v) for k, v in full.items())
     out["param bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    out["tp rank"] = dist.get_rank(group)
     return out
 
 
@@ -281,11 +311,25 @@ def everything(n: int) -> dict:
     return out
 
 
+def uneven(n: int) -> dict:
+    """The checks of a shape tp does not divide (UNEVEN at tp = n = 3), in one launch."""
+    out = {"layers": layer_errors()}
+    for sp in (False, True):
+        out[("model", sp)] = model_checks(UNEVEN, sp, steps=2, seq=T_UNEVEN)
+    out["biased"] = model_checks(UNEVEN_BIASED, True, steps=1, seq=T_UNEVEN)
+    return out
+
+
 # ---------------------------------------------------------------- the assertions
 
 @pytest.fixture(scope="module")
 def two():
     return launch(everything, 2, 2, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def three():
+    return launch(uneven, 3, 3, timeout=240)
 
 
 def _check_layers(ranks):
@@ -306,7 +350,8 @@ def _expected_counter(formula: dict, element_bytes: int) -> collections.Counter:
     return out
 
 
-def _check_models(ranks, n):
+def _check_models(ranks, n, shapes=None, seq=T):
+    shapes = shapes or {"model": SHAPES[n], "biased": BIASED, "dp x tp": SHAPES[2]}
     for r in ranks:
         for key in [("model", False), ("model", True), "biased", "dp x tp"]:
             if key not in r:
@@ -314,9 +359,11 @@ def _check_models(ranks, n):
             m = r[key]
             assert m["keys"] and m["roundtrip"] == 0.0
             tp_size = 2 if key == "dp x tp" else n
-            vocab = BIASED.vocab_size if key == "biased" else SHAPES[tp_size].vocab_size
-            assert m["logits shard"] == (B, T, vocab // tp_size)
+            vocab = shapes[key if isinstance(key, str) else "model"].vocab_size
+            split = torch.tensor_split(torch.arange(vocab), tp_size)  # the oracle's rows
+            assert m["logits shard"] == (B, seq, len(split[m["tp rank"]]))
             assert m["logits"] < 1e-12, m["logits"]  # measured ≤ 3.9e-16
+            assert m["gather_logits"] < 1e-12, m["gather_logits"]
             assert m["loss"] < 1e-12, m["loss"]  # measured 0.0
             assert 1e-2 < m["grad scale"] < 1  # gradients of order 0.1: absolute = relative here
             assert m["grads"] < 1e-12, m["grads"]  # measured ≤ 3.9e-16
@@ -327,20 +374,21 @@ def _check_models(ranks, n):
                 assert {(x.axis, x.world_size) for x in m["records"]} == {("tp", 2)}
 
 
-def _check_comm(ranks, n):
-    shape = SHAPES[n]
+def _check_comm(ranks, n, shape=None, seq=T):
+    shape = shape or SHAPES[n]
     for r in ranks:
         for sp in (False, True):
             records = r[("model", sp)]["records"]
             assert {x.axis for x in records} == {"world"} and all(x.world_size == n for x in records)
             # whole model: L × comm_per_layer + embedding, lm_head, norms, cross entropy
-            formula = tp.comm_per_model(shape, n, sp, B, T)
+            formula = tp.comm_per_model(shape, n, sp, B, seq)
             assert _records_as_counter(records) == _expected_counter(formula, 8)
-            # per layer: (count with L = 3) − (count with L = 1) = 2 × comm_per_layer
-            per_two = _records_as_counter(records) - _records_as_counter(r[("model L=1", sp)])
-            layer = tp.comm_per_layer(n, sp, B, T, shape.hidden_size, 8)
-            assert per_two == _expected_counter({k: tp.Traffic(2 * v.calls, v.elements)
-                                                 for k, v in layer.items()}, 8)
+            if ("model L=1", sp) in r:
+                # per layer: (count with L = 3) − (count with L = 1) = 2 × comm_per_layer
+                per_two = _records_as_counter(records) - _records_as_counter(r[("model L=1", sp)])
+                layer = tp.comm_per_layer(n, sp, B, seq, shape.hidden_size, 8)
+                assert per_two == _expected_counter({k: tp.Traffic(2 * v.calls, v.elements)
+                                                     for k, v in layer.items()}, 8)
             # bytes sent with the ring factor: 2(t−1)/t of each all-reduce, (t−1)/t otherwise
             assert sum(x.sent_bytes for x in records) == sum(
                 tp.sent_bytes(k[0], v, n, 8) for k, v in formula.items())
@@ -348,8 +396,8 @@ def _check_comm(ranks, n):
                 factor = Fraction(2 * (n - 1), n) if x.op == "all_reduce" else Fraction(n - 1, n)
                 assert x.sent_bytes == factor * x.buffer_bytes
         # TP: Megatron's 2 + 2 all-reduces of b·s·h per layer (fused qkv and gate/up)
-        bsh = B * T * shape.hidden_size
-        assert tp.comm_per_layer(n, False, B, T, shape.hidden_size) == {
+        bsh = B * seq * shape.hidden_size
+        assert tp.comm_per_layer(n, False, B, seq, shape.hidden_size) == {
             ("all_reduce", "forward"): (2, bsh), ("all_reduce", "backward"): (2, bsh)}
 
 
@@ -383,11 +431,21 @@ def _check_dtensor(ranks, n):
             "reduce_scatter_tensor": ours_sp[("reduce_scatter", "backward")].calls}
 
 
+def _check_busiest(ranks, n, key, shape):
+    """memory.params_per_gpu is the busiest rank's count: rank 0 (tensor_split gives the
+    first ranks the extra rows), and, when tp divides everything, every rank's."""
+    held = [r[key]["param bytes"] for r in ranks]  # fp64 weights: 8 bytes each
+    assert max(held) == held[0] == 8 * memory.params_per_gpu(shape, ParallelDims(tp=n)), held
+    even = shape.vocab_size % n == 0 and shape.intermediate_size % n == 0
+    assert (len(set(held)) == 1) == even, held
+
+
 def _check_bytes(ranks, n):
     shape = SHAPES[n]
+    for sp in (False, True):
+        _check_busiest(ranks, n, ("model", sp), shape)
+    _check_busiest(ranks, n, "biased", BIASED)  # row biases whole; vocab 97, MLP 101 uneven
     for r in ranks:
-        for sp in (False, True):  # fp64 weights: 8 bytes each
-            assert r[("model", sp)]["param bytes"] == 8 * memory.params_per_gpu(shape, ParallelDims(tp=n))
         for (sp, dtype, attn), measured in zip(SAVED, r["saved"]):
             assert measured == activation_formulas.tp_saved_bytes(
                 shape, B, T, n, sequence_parallel=sp, dtype=dtype, attention=attn), (sp, dtype, attn)
@@ -422,6 +480,18 @@ def test_bytes_per_rank_equal_the_formulas(two):
 
 def test_bad_layouts_are_refused_naming_the_field(two):
     _check_bad(two)
+
+
+def test_uneven_shards_on_three_ranks(three):
+    """Vocabulary 100 and MLP 128 on 3 ranks (34/33/33 rows, 43/43/42 columns): the layers,
+    the TP and TP+SP LLaMA equal one process (logits gathered, loss, grads, 2 SGD steps),
+    the collectives equal comm_per_model, the busiest rank holds params_per_gpu."""
+    _check_layers(three)
+    _check_models(three, 3, {"model": UNEVEN, "biased": UNEVEN_BIASED}, T_UNEVEN)
+    _check_comm(three, 3, UNEVEN, T_UNEVEN)
+    for key, shape in ((("model", False), UNEVEN), (("model", True), UNEVEN),
+                       ("biased", UNEVEN_BIASED)):
+        _check_busiest(three, 3, key, shape)
 
 
 @pytest.mark.slow

@@ -30,6 +30,14 @@ column-parallel inputs) + 2 all-gathers (conjugates of the forward reduce-scatte
 re-gathers. The replicated RMSNorm weights then see only their shard's tokens: their
 gradients are all-reduced (a gradient hook, f's backward), 2 all-reduces of h per layer.
 
+Shapes tp does not divide: whole heads are required (tp | num_heads, num_kv_heads), but the
+vocabulary (embedding rows, lm_head rows, the cross entropy's logits) and the MLP's
+intermediate columns (gate/up rows, down_proj columns) are split unevenly by one rule,
+``mesh.shard_range`` (``torch.tensor_split``'s: the first n mod t ranks hold one row more), in
+every constructor, ``load_full_state_dict``, ``full_state_dict`` and ``full_grads``. Unequal
+shards are gathered padded to the largest, all-gathered and trimmed (the padding is counted:
+it is sent). The per-layer collectives (b·s·h) do not depend on the split.
+
 Every collective goes through ``comm`` on ``group``, tagged ``"tp-forward"`` or
 ``"tp-backward"`` (``"tp-state"`` for gathering weights), so a ``comm.counting()`` log splits
 by direction; ``comm_per_layer`` / ``comm_per_model`` are the formulas those logs equal
@@ -49,11 +57,11 @@ from torch import nn
 from .. import check
 from ..llama import MLP, Attention, Llama, Output, apply_rope
 from . import comm
-from .mesh import ParallelDims
+from .mesh import ParallelDims, shard_range, shard_sizes
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_sp", "reduce_scatter_to_sp",
            "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
-           "vocab_parallel_cross_entropy", "apply", "load_full_state_dict", "full_state_dict",
+           "vocab_parallel_cross_entropy", "gather_logits", "apply", "load_full_state_dict", "full_state_dict",
            "full_grads", "comm_per_layer", "comm_per_model", "sent_bytes", "Traffic",
            "FORWARD", "BACKWARD", "STATE"]
 
@@ -68,12 +76,20 @@ def _all_reduce(x: torch.Tensor, group, tag: str, op: str = "sum") -> torch.Tens
     return x
 
 
-def _all_gather(x: torch.Tensor, dim: int, group, tag: str) -> torch.Tensor:
-    """The group's shards of x concatenated along ``dim`` (rank order)."""
+def _all_gather(x: torch.Tensor, dim: int, group, tag: str,
+                sizes: list[int] | None = None) -> torch.Tensor:
+    """The group's shards of x concatenated along ``dim`` (rank order). ``sizes``: every
+    rank's length along ``dim`` when they differ (each shard is padded to the largest,
+    all-gathered, trimmed)."""
     n = dist.get_world_size(group)
     x = x.movedim(dim, 0).contiguous()
-    out = x.new_empty((n * x.shape[0], *x.shape[1:]))
+    width = x.shape[0] if sizes is None else max(sizes)
+    if x.shape[0] != width:
+        x = torch.cat([x, x.new_zeros((width - x.shape[0], *x.shape[1:]))])
+    out = x.new_empty((n * width, *x.shape[1:]))
     comm.all_gather(out, x, group=group, tag=tag)
+    if sizes is not None and min(sizes) != width:
+        out = torch.cat([out[i * width: i * width + k] for i, k in enumerate(sizes)])
     return out.movedim(0, dim)
 
 
@@ -89,9 +105,9 @@ def _reduce_scatter(x: torch.Tensor, dim: int, group, tag: str) -> torch.Tensor:
     return out.movedim(0, dim).contiguous()
 
 
-def _chunk(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    n, r = dist.get_world_size(group), dist.get_rank(group)
-    return x.chunk(n, dim)[r].contiguous()
+def _shard(x: torch.Tensor, dim: int, n: int, r: int) -> torch.Tensor:
+    """Rank r's rows of x along ``dim`` under ``shard_range`` (a view)."""
+    return x.narrow(dim, *shard_range(x.shape[dim], n, r))
 
 
 class _CopyToTP(torch.autograd.Function):  # Megatron's f
@@ -139,13 +155,15 @@ class _ReduceScatterToSP(torch.autograd.Function):
 
 class _GatherFromTP(torch.autograd.Function):  # gather_output: shards of the last dim -> whole
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, -1, group, FORWARD)
+    def forward(ctx, x, group, sizes, tag):
+        ctx.group, ctx.sizes = group, sizes
+        return _all_gather(x, -1, group, tag, sizes)
 
     @staticmethod
     def backward(ctx, grad):
-        return _chunk(grad, -1, ctx.group), None
+        r = dist.get_rank(ctx.group)
+        start = sum(ctx.sizes[:r])
+        return grad.narrow(-1, start, ctx.sizes[r]).contiguous(), None, None, None
 
 
 def copy_to_tp(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -198,22 +216,35 @@ def _group_size(group) -> tuple[int, int]:
 
 
 def _rows(t: torch.Tensor, dim: int, n: int, r: int) -> torch.Tensor:
-    if t.shape[dim] % n:
-        raise ValueError(f"tp={n} must divide the size {t.shape[dim]} being split")
-    return t.detach().chunk(n, dim)[r]
+    """Rank r's shard of a full weight along ``dim`` (``shard_range``; at least one row)."""
+    if t.shape[dim] < n:
+        raise ValueError(f"tp must be at most the size {t.shape[dim]} being split (every rank "
+                         f"holds at least one row), got tp={n}")
+    return _shard(t.detach(), dim, n, r)
+
+
+def _full_size(what: str, local: int, full: int | None, n: int, r: int) -> int:
+    """The full size whose shard r is ``local`` long (None: an even split, n · local)."""
+    full = n * local if full is None else check.positive_int(what, full)
+    if shard_range(full, n, r)[1] != local:
+        raise ValueError(f"{what} must be a size whose shard {r} of {n} has the {local} rows "
+                         f"held here, got {what}={full}")
+    return full
 
 
 class ColumnParallelLinear(nn.Module):
-    """Y_r = X W_rᵀ (+ b_r): rank r holds rows r of W (out_features/t outputs).
+    """Y_r = X W_rᵀ (+ b_r): rank r holds rows ``shard_range(out_features, t, r)`` of W.
 
     Built from one nn.Linear or several fused (``from_linears([q, k, v])``: rank r's rows are
     [q_r; k_r; v_r], one matmul). ``parts`` names the linears fused, ``part_sizes`` their local
-    widths. Input: whole (f before it) or, ``sequence_parallel``, a sequence shard (gathered).
+    widths, ``full_sizes`` their whole out_features (default: t × local, an even split).
+    Input: whole (f before it) or, ``sequence_parallel``, a sequence shard (gathered).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group, *,
                  sequence_parallel: bool = False, gather_output: bool = False,
-                 parts: tuple[str, ...] = ("",), part_sizes: tuple[int, ...] | None = None):
+                 parts: tuple[str, ...] = ("",), part_sizes: tuple[int, ...] | None = None,
+                 full_sizes: tuple[int, ...] | None = None):
         super().__init__()
         self.group = group
         self.sequence_parallel = check.boolean("sequence_parallel", sequence_parallel)
@@ -221,6 +252,17 @@ class ColumnParallelLinear(nn.Module):
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
         self.parts, self.part_sizes = parts, part_sizes or (weight.shape[0],)
+        if len(self.parts) != len(self.part_sizes) or (
+                full_sizes is not None and len(full_sizes) != len(self.parts)):
+            raise ValueError(f"part_sizes and full_sizes must have one size per part "
+                             f"{self.parts}, got {self.part_sizes} and {full_sizes}")
+        if self.gather_output and len(self.parts) != 1:
+            raise ValueError("gather_output must be False for fused linears (their shards "
+                             "interleave)")
+        n, r = _group_size(group)
+        self.full_sizes = tuple(_full_size("full_sizes", k, None if full_sizes is None else f,
+                                           n, r)
+                                for k, f in zip(self.part_sizes, full_sizes or self.part_sizes))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group=None, *, sequence_parallel: bool = False,
@@ -247,14 +289,18 @@ class ColumnParallelLinear(nn.Module):
             bias = torch.cat([_rows(lin.bias, 0, n, r) for lin in linears]).clone()
         return cls(torch.cat(ws).clone(), bias, group, sequence_parallel=sequence_parallel,
                    gather_output=gather_output, parts=tuple(names),
-                   part_sizes=tuple(w.shape[0] for w in ws))
+                   part_sizes=tuple(w.shape[0] for w in ws),
+                   full_sizes=tuple(lin.out_features for lin in linears))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sequence_parallel:
             y = _SPColumnLinear.apply(x, self.weight, self.bias, self.group)
         else:
             y = F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
-        return _GatherFromTP.apply(y, self.group) if self.gather_output else y
+        if not self.gather_output:
+            return y
+        n, _ = _group_size(self.group)
+        return _GatherFromTP.apply(y, self.group, shard_sizes(self.full_sizes[0], n), FORWARD)
 
 
 class RowParallelLinear(nn.Module):
@@ -263,12 +309,14 @@ class RowParallelLinear(nn.Module):
     is added once, after the sum (replicated; under SP its gradient is all-reduced)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group, *,
-                 sequence_parallel: bool = False):
+                 sequence_parallel: bool = False, in_features: int | None = None):
         super().__init__()
         self.group = group
         self.sequence_parallel = check.boolean("sequence_parallel", sequence_parallel)
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
+        n, r = _group_size(group)
+        self.in_features = _full_size("in_features", weight.shape[1], in_features, n, r)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group=None, *,
@@ -277,7 +325,7 @@ class RowParallelLinear(nn.Module):
         n, r = _group_size(group)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(_rows(linear.weight, 1, n, r).clone(), bias, group,
-                   sequence_parallel=sequence_parallel)
+                   sequence_parallel=sequence_parallel, in_features=linear.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
@@ -289,23 +337,27 @@ class RowParallelLinear(nn.Module):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Rank r holds rows [rV/t, (r+1)V/t) of the table; a token outside looks up zero; the sum
-    over ranks (g, or a reduce-scatter along the sequence under SP) is the embedding."""
+    """Rank r holds rows ``shard_range(V, t, r)`` of the table (rV/t … when t | V); a token
+    outside looks up zero; the sum over ranks (g, or a reduce-scatter along the sequence under
+    SP) is the embedding. ``num_embeddings``: the whole V (default t × local rows)."""
 
-    def __init__(self, weight: torch.Tensor, group, *, sequence_parallel: bool = False):
+    def __init__(self, weight: torch.Tensor, group, *, sequence_parallel: bool = False,
+                 num_embeddings: int | None = None):
         super().__init__()
         self.group = group
         self.sequence_parallel = check.boolean("sequence_parallel", sequence_parallel)
         self.weight = nn.Parameter(weight)
         n, r = _group_size(group)
-        self.start = r * weight.shape[0]
+        self.num_embeddings = _full_size("num_embeddings", weight.shape[0], num_embeddings, n, r)
+        self.start = shard_range(self.num_embeddings, n, r)[0]
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, group=None, *,
                        sequence_parallel: bool = False) -> "VocabParallelEmbedding":
         check.module("emb", emb, nn.Embedding)
         n, r = _group_size(group)
-        return cls(_rows(emb.weight, 0, n, r).clone(), group, sequence_parallel=sequence_parallel)
+        return cls(_rows(emb.weight, 0, n, r).clone(), group, sequence_parallel=sequence_parallel,
+                   num_embeddings=emb.num_embeddings)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         outside = (ids < self.start) | (ids >= self.start + self.weight.shape[0])
@@ -321,11 +373,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     all-reduce the max, the target's logit (only its owner has it) and Σ exp; grad softmax − 1."""
 
     @staticmethod
-    def forward(ctx, z, target, group, ignore_index):
-        r, Vt = dist.get_rank(group), z.shape[-1]
+    def forward(ctx, z, target, group, ignore_index, start):
         z = z - _all_reduce(z.max(-1).values, group, FORWARD, "max").unsqueeze(-1)
-        outside = (target < r * Vt) | (target >= (r + 1) * Vt)
-        local = (target - r * Vt).masked_fill(outside, 0)
+        outside = (target < start) | (target >= start + z.shape[-1])
+        local = (target - start).masked_fill(outside, 0)
         picked = z.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
         picked = _all_reduce(picked, group, FORWARD)
         exp = z.exp_()
@@ -340,23 +391,51 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         softmax, local, outside, keep = ctx.saved_tensors
         g = softmax.clone()
         g.scatter_add_(-1, local.unsqueeze(-1), -(~outside).to(g.dtype).unsqueeze(-1))
-        return g * (grad * keep).unsqueeze(-1), None, None, None
+        return g * (grad * keep).unsqueeze(-1), None, None, None, None
+
+
+def _vocab_sizes(width: int, group, vocab_size: int | None) -> list[int]:
+    """Every rank's vocabulary width: ``shard_sizes(vocab_size, t)`` (checked against this
+    rank's ``width``) or, vocab_size None, all-gathered (one int64 per rank, tag tp-forward)."""
+    n, r = _group_size(group)
+    if vocab_size is not None:
+        _full_size("vocab_size", width, vocab_size, n, r)
+        return shard_sizes(vocab_size, n)
+    widths = torch.empty(n, dtype=torch.long)
+    comm.all_gather(widths, torch.tensor([width]), group=group, tag=FORWARD)
+    return widths.tolist()
 
 
 def vocab_parallel_cross_entropy(logits_shard: torch.Tensor, labels: torch.Tensor, group=None,
-                                 ignore_index: int = -100) -> torch.Tensor:
+                                 ignore_index: int = -100,
+                                 vocab_size: int | None = None) -> torch.Tensor:
     """Mean cross entropy over the labels ≠ ignore_index, from this rank's vocabulary shard of
-    the logits (..., V/t): 3 all-reduces of one number per token (max, target logit, Σ exp);
-    the logits are never gathered. Computed in at least fp32 (float64 stays float64)."""
+    the logits (..., ``shard_range(V, t, r)``): 3 all-reduces of one number per token (max,
+    target logit, Σ exp); the logits are never gathered. Computed in at least fp32 (float64
+    stays float64). ``vocab_size`` (V) locates the shard; None: the shards' widths are
+    all-gathered first (one more small collective)."""
     check.tensor("logits_shard", logits_shard, floating=True)
     check.tensor("labels", labels, floating=False)
     if tuple(labels.shape) != tuple(logits_shard.shape[:-1]):
         raise ValueError(f"labels must have the shape of logits_shard without its last dimension "
                          f"{tuple(logits_shard.shape[:-1])}, got {tuple(labels.shape)}")
+    sizes = _vocab_sizes(logits_shard.shape[-1], group, vocab_size)
     z = logits_shard.flatten(0, -2).to(torch.promote_types(logits_shard.dtype, torch.float32))
     target = labels.flatten()
-    loss = _VocabParallelCrossEntropy.apply(z, target, group, ignore_index)
+    start = sum(sizes[: dist.get_rank(group)])
+    loss = _VocabParallelCrossEntropy.apply(z, target, group, ignore_index, start)
     return loss.sum() / (target != ignore_index).sum()
+
+
+def gather_logits(logits_shard: torch.Tensor, group=None,
+                  vocab_size: int | None = None) -> torch.Tensor:
+    """The whole logits (..., V) from every rank's vocabulary shard (..., V_r): the single
+    model's ``model(ids).logits``. One all-gather of the largest shard (tag tp-forward;
+    differentiable: its backward keeps this rank's columns). ``vocab_size`` as in
+    ``vocab_parallel_cross_entropy`` (``model.shape.vocab_size`` for ``apply``'s model)."""
+    check.tensor("logits_shard", logits_shard, floating=True)
+    sizes = _vocab_sizes(logits_shard.shape[-1], group, vocab_size)
+    return _GatherFromTP.apply(logits_shard, group, sizes, FORWARD)
 
 
 # --- the whole LLaMA -------------------------------------------------------------------------
@@ -393,7 +472,8 @@ class ParallelAttention(Attention):
 
 
 class ParallelMLP(MLP):
-    """SwiGLU on this rank's H'/t columns: fused gate/up column-parallel, down row-parallel."""
+    """SwiGLU on this rank's ``shard_range(H', t, r)`` columns: fused gate/up column-parallel,
+    down row-parallel."""
 
     def __init__(self, mlp: MLP, group, sequence_parallel: bool):
         nn.Module.__init__(self)
@@ -404,7 +484,7 @@ class ParallelMLP(MLP):
                                                        sequence_parallel=sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate, up = self.gate_up_proj(x).split(list(self.gate_up_proj.part_sizes), dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -414,8 +494,8 @@ def _sum_grad_over(group):
 
 
 class TensorParallelLlama(Llama):
-    """A ``Llama`` after ``apply``: logits are this rank's vocabulary shard (B, T, V/t), the
-    loss is the global mean (vocab-parallel cross entropy)."""
+    """A ``Llama`` after ``apply``: logits are this rank's vocabulary shard (B, T, V_r), the
+    loss is the global mean (vocab-parallel cross entropy); ``gather_logits`` makes (B, T, V)."""
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Output:
         self._check(input_ids, labels)
@@ -425,16 +505,28 @@ class TensorParallelLlama(Llama):
         logits = self.lm_head(self.model(input_ids))  # (B, T, V/t)
         loss = None
         if labels is not None:
-            loss = vocab_parallel_cross_entropy(logits[:, :-1], labels[:, 1:], self.tp_group)
+            loss = vocab_parallel_cross_entropy(logits[:, :-1], labels[:, 1:], self.tp_group,
+                                                vocab_size=self.shape.vocab_size)
         return Output(logits, loss)
+
+    def gather_logits(self, logits_shard: torch.Tensor) -> torch.Tensor:
+        """``gather_logits(logits_shard, self.tp_group, self.shape.vocab_size)``: (B, T, V)."""
+        return gather_logits(logits_shard, self.tp_group, self.shape.vocab_size)
 
 
 def apply(model: Llama, group=None, sequence_parallel: bool = False) -> TensorParallelLlama:
     """Make ``model`` (a ``llmtrain.llama.Llama``) tensor parallel over ``group``, in place.
 
     Each rank keeps its shard of the weights the model has now (build every rank's model
-    from the same seed, or ``load_full_state_dict`` afterwards). tp must divide num_heads,
-    num_kv_heads, intermediate_size and vocab_size (ValueError naming the field).
+    from the same seed, or ``load_full_state_dict`` afterwards). tp must divide num_heads and
+    num_kv_heads (whole heads per rank; ValueError naming the field); the vocabulary and the
+    MLP's intermediate size are split by ``mesh.shard_range`` (rank r: V_r rows, the first
+    V mod t ranks one more), so tp need not divide them.
+
+    ``model(ids).logits`` is this rank's vocabulary shard (B, T, V_r), as in Megatron (the
+    loss never gathers it). The single model's (B, T, V) is
+    ``model.gather_logits(out.logits)`` (= ``gather_logits(out.logits, group,
+    model.shape.vocab_size)``: one all-gather).
     """
     check.module("model", model, Llama)
     if isinstance(model, TensorParallelLlama):
@@ -464,25 +556,26 @@ def apply(model: Llama, group=None, sequence_parallel: bool = False) -> TensorPa
 # --- weights: each rank's shard of the full state_dict, and back ----------------------------
 
 def _layout(tp_model: nn.Module):
-    """(full key, local parameter, dim, offset, length) for every full state_dict key: the
-    full tensor's shard r along ``dim`` is ``param.narrow(dim, offset, length)`` (dim None:
-    replicated, the whole parameter)."""
+    """(full key, local parameter, dim, offset, length, full size) for every full state_dict
+    key: the full tensor's shard r along ``dim`` (``shard_range(full size, t, r)``) is
+    ``param.narrow(dim, offset, length)`` (dim None: replicated, the whole parameter)."""
     out = []
     for prefix, m in tp_model.named_modules(remove_duplicate=False):
         pre = prefix + "." if prefix else ""
         parent = pre[: pre.rstrip(".").rfind(".") + 1]
         for name, p in m.named_parameters(recurse=False, remove_duplicate=False):
-            if isinstance(m, ColumnParallelLinear) and m.parts != ("",):
+            if isinstance(m, ColumnParallelLinear):
                 off = 0
-                for part, size in zip(m.parts, m.part_sizes):
-                    out.append((f"{parent}{part}.{name}", p, 0, off, size))
+                for part, size, full in zip(m.parts, m.part_sizes, m.full_sizes):
+                    key = f"{parent}{part}.{name}" if part else pre + name
+                    out.append((key, p, 0, off, size, full))
                     off += size
-            elif isinstance(m, (ColumnParallelLinear, VocabParallelEmbedding)):
-                out.append((pre + name, p, 0, 0, p.shape[0]))
+            elif isinstance(m, VocabParallelEmbedding):
+                out.append((pre + name, p, 0, 0, p.shape[0], m.num_embeddings))
             elif isinstance(m, RowParallelLinear) and name == "weight":
-                out.append((pre + name, p, 1, 0, p.shape[1]))
+                out.append((pre + name, p, 1, 0, p.shape[1], m.in_features))
             else:
-                out.append((pre + name, p, None, 0, 0))
+                out.append((pre + name, p, None, 0, 0, 0))
     return out
 
 
@@ -498,17 +591,20 @@ def load_full_state_dict(tp_model: TensorParallelLlama, state_dict: dict[str, to
                          f"unexpected {extra[:5]}")
     n, r = tp_model.tp, dist.get_rank(tp_model.tp_group)
     with torch.no_grad():
-        for key, p, dim, off, length in layout:
+        for key, p, dim, off, length, size in layout:
             full = state_dict[key]
             if dim is None:
                 p.copy_(full)
+            elif full.shape[dim] != size:
+                raise ValueError(f"state_dict[{key!r}] must have {size} rows along dim {dim}, "
+                                 f"got shape {tuple(full.shape)}")
             else:
                 p.narrow(dim, off, length).copy_(_rows(full, dim, n, r))
 
 
 def _gather(tp_model, get) -> dict[str, torch.Tensor]:
     out = {}
-    for key, p, dim, off, length in _layout(tp_model):
+    for key, p, dim, off, length, size in _layout(tp_model):
         t = get(p)
         if t is None:
             out[key] = None
@@ -516,7 +612,7 @@ def _gather(tp_model, get) -> dict[str, torch.Tensor]:
             out[key] = t.detach().clone()
         else:
             out[key] = _all_gather(t.detach().narrow(dim, off, length), dim, tp_model.tp_group,
-                                   STATE)
+                                   STATE, shard_sizes(size, tp_model.tp))
     return out
 
 
