@@ -280,12 +280,28 @@ def saved_checks(shape, configs) -> list[int]:
     return out
 
 
+def _short_state_dict(shape) -> None:
+    full = Llama(shape).state_dict()
+    full["lm_head.weight"] = full["lm_head.weight"][:-1]  # one vocabulary row short
+    tp.load_full_state_dict(tp.apply(Llama(shape), None), full)
+
+
 def bad_inputs(shape_bad_kv, shape) -> dict[str, str]:
+    n = dist.get_world_size()
+    two = [nn.Linear(4, 4), nn.Linear(4, 4)]
     msgs = {}
     for key, fn in (("num_kv_heads", lambda: tp.apply(Llama(shape_bad_kv), None)),
                     ("seq", lambda: tp.apply(Llama(shape), None, True)(
                         torch.zeros(1, 7, dtype=torch.long))),
-                    ("twice", lambda: tp.apply(tp.apply(Llama(shape), None), None))):
+                    ("twice", lambda: tp.apply(tp.apply(Llama(shape), None), None)),
+                    # a rank without a vocabulary row: refused (ParallelDims.check)
+                    ("vocab_size", lambda: tp.apply(Llama(shape.replace(vocab_size=n - 1)), None)),
+                    ("gather_output", lambda: tp.ColumnParallelLinear.from_linears(
+                        two, None, names=("a", "b"), gather_output=True)),
+                    # 3 rows here cannot be this rank's shard of 4n rows (4 each)
+                    ("num_embeddings", lambda: tp.VocabParallelEmbedding(
+                        torch.zeros(3, 4), None, num_embeddings=4 * n)),
+                    ("state_dict", lambda: _short_state_dict(shape))):
         try:
             fn()
             msgs[key] = "no error"
@@ -452,10 +468,17 @@ def _check_bytes(ranks, n):
 
 
 def _check_bad(ranks):
+    n = len(ranks)
     for r in ranks:
         assert "num_kv_heads" in r["bad"]["num_kv_heads"]
         assert "seq" in r["bad"]["seq"] and "7" in r["bad"]["seq"]
         assert "already tensor parallel" in r["bad"]["twice"]
+        assert r["bad"]["vocab_size"] == (f"tp must be at most vocab_size={n - 1} (every rank "
+                                          f"holds at least one row), got tp={n}")
+        assert r["bad"]["gather_output"].startswith("gather_output must be False for fused")
+        assert r["bad"]["num_embeddings"].startswith("num_embeddings must be a size whose shard")
+        assert r["bad"]["num_embeddings"].endswith(f"got num_embeddings={4 * n}")
+        assert r["bad"]["state_dict"].startswith("state_dict['lm_head.weight'] must have")
 
 
 def test_parallel_layers_equal_torch_layers(two):
