@@ -61,8 +61,8 @@ from .mesh import ParallelDims, shard_range, shard_sizes
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_sp", "reduce_scatter_to_sp",
            "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
-           "vocab_parallel_cross_entropy", "gather_logits", "apply", "load_full_state_dict", "full_state_dict",
-           "full_grads", "comm_per_layer", "comm_per_model", "sent_bytes", "Traffic",
+           "vocab_parallel_cross_entropy", "gather_logits", "apply", "load_full_state_dict",
+           "full_state_dict", "full_grads", "comm_per_layer", "comm_per_model", "sent_bytes", "Traffic",
            "FORWARD", "BACKWARD", "STATE"]
 
 FORWARD, BACKWARD, STATE = "tp-forward", "tp-backward", "tp-state"  # comm tags
