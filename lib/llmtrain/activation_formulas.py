@@ -23,6 +23,7 @@ from typing import Any
 
 from . import check
 from .activations import MODELS, check_model
+from .llama import ATTN_IMPLS
 from .precision import torch_dtype
 from .recompute import MODELLED
 
@@ -243,9 +244,11 @@ def tp_saved_bytes_terms(shape, batch: int, seq: int, tp: int, sequence_parallel
     for name, v in (("batch", batch), ("seq", seq), ("tp", tp)):
         check.positive_int(name, v)
     check.boolean("sequence_parallel", sequence_parallel)
-    check.one_of("attention", attention, ("sdpa", "eager"))
+    check.one_of("attention", attention, ATTN_IMPLS)
+    # Whole heads, as parallel.mesh.ParallelDims.check; this closed form is also for even splits
+    # of the MLP and the vocabulary (tensor_parallel shards them unevenly too: not modelled here).
     for field in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
-        if getattr(shape, field) % tp:  # as parallel.mesh.ParallelDims.check
+        if getattr(shape, field) % tp:
             raise ValueError(f"tp must divide {field}={getattr(shape, field)}, got tp={tp}")
     if sequence_parallel and seq % tp:
         raise ValueError(f"seq must be divisible by tp={tp} for sequence parallelism, got seq={seq}")
