@@ -63,7 +63,7 @@ import torch
 from matplotlib.patches import FancyBboxPatch
 
 from llmtrain import activation_formulas, flops, memory, plots, shapes, show
-from llmtrain.parallel import comm, launch, tensor_parallel
+from llmtrain.parallel import comm, launch, tensor_parallel, tp_comm
 from llmtrain.parallel.demos import tensor_parallel as demos
 from llmtrain.parallel.mesh import ParallelDims
 
@@ -246,14 +246,15 @@ plots.save(fig, "06_f_and_g")
 plt.show()
 
 # %% [markdown]
-# In `llmtrain.parallel.tensor_parallel` they are `autograd.Function`s, forward and backward side
+# In `llmtrain.parallel.tp_comm` (what tensor parallelism sends; the layers that call it are in
+# `llmtrain.parallel.tensor_parallel`) they are `autograd.Function`s, forward and backward side
 # by side, every collective through `comm` on the tensor-parallel `group`, tagged by direction:
 
 # %%
-show(tensor_parallel._CopyToTP)
+show(tp_comm._CopyToTP)
 
 # %%
-show(tensor_parallel._ReduceFromTP)
+show(tp_comm._ReduceFromTP)
 
 # %% [markdown]
 # A layer has two such blocks, so **2 all-reduces of $b\cdot s\cdot h$ in forward and 2 in
@@ -287,10 +288,10 @@ show(tensor_parallel.RowParallelLinear.forward)
 # tokens, and their weights' gradients (each rank sees only its tokens) are all-reduced:
 
 # %%
-show(tensor_parallel._GatherFromSP)
+show(tp_comm._GatherFromSP)
 
 # %%
-show(tensor_parallel._ReduceScatterToSP)
+show(tp_comm._ReduceScatterToSP)
 
 # %% [markdown]
 # ## 4. The whole LLaMA in TP, against one process and DTensor · 整个 LLaMA：与单进程和 DTensor 对照
@@ -438,17 +439,17 @@ plt.show()
 # ## 6. Communication per layer · 每层的通信量
 #
 # The collectives of that one forward + backward, counted by `comm` on rank 0, against
-# `tensor_parallel.comm_per_model` (the per-layer formula `comm_per_layer` times $L$, plus the
+# `tp_comm.comm_per_model` (the per-layer formula `comm_per_layer` times $L$, plus the
 # embedding, the output layer's input and the cross entropy):
 
 # %%
-show(tensor_parallel.comm_per_layer)
+show(tp_comm.comm_per_layer)
 
 # %%
 B_, S_ = 2, 16
 L = tiny.num_layers
 bsh = B_ * S_ * tiny.hidden_size
-direction = {tensor_parallel.FORWARD: "forward", tensor_parallel.BACKWARD: "backward"}
+direction = {tp_comm.FORWARD: "forward", tp_comm.BACKWARD: "backward"}
 
 
 def add(table, key, calls, elements):
@@ -460,18 +461,18 @@ for key, sp_ in (("tp", False), ("sp", True)):
     counted, formula, once = {}, {}, {}
     for rec in tp_runs[0][key]["comm"]:  # float64: 8 B per element
         add(counted, (rec.op, direction[rec.tag]), 1, rec.buffer_bytes // 8)
-    for (op, d, part), tr in tensor_parallel.comm_per_model(tiny, RANKS, sp_, B_, S_).items():
+    for (op, d, part), tr in tp_comm.comm_per_model(tiny, RANKS, sp_, B_, S_).items():
         add(formula, (op, d), tr.calls, tr.calls * tr.elements)
         if part != "layers":
             add(once, (op, d), tr.calls, tr.calls * tr.elements)
     assert counted == formula, (key, counted, formula)
-    layer = tensor_parallel.comm_per_layer(RANKS, sp_, B_, S_, tiny.hidden_size)
+    layer = tp_comm.comm_per_layer(RANKS, sp_, B_, S_, tiny.hidden_size)
     print(f"{ways[key]} (b·s·h = {bsh:,} elements): counted on rank 0 = comm_per_model")
     print(f"   {'':8s} {'':14s} {'whole model':>22s}   per layer: (counted − once-per-model) / L")
     for (op, d), (calls, elems) in counted.items():
         c0, e0 = once.get((op, d), (0, 0))
         per = (Fraction(calls - c0, L), Fraction(elems - e0, L))
-        want = layer.get((op, d), tensor_parallel.Traffic(0, 0))
+        want = layer.get((op, d), tp_comm.Traffic(0, 0))
         assert per == (want.calls, want.calls * want.elements), (key, op, d, per, want)
         per_text = f"{per[0]} × {want.elements:,} elements" if want.calls else "none: once per model only"
         print(f"   {d:8s} {op:14s} {calls:>2} calls, {elems:>7,} el.   {per_text} = comm_per_layer")
@@ -491,9 +492,9 @@ print(f"{'':16s} {'op':15s} {'dir':8s} {'calls':>5} {'elements':>9}   bytes sent
 per_layer_sent = {}
 for label, sp_, fused in (("TP, fused", False, True), ("TP, separate", False, False), ("TP + SP", True, True)):
     total = Fraction(0)
-    for (op, d), tr in tensor_parallel.comm_per_layer(RANKS, sp_, B_, S_, tiny.hidden_size,
-                                                      fused=fused).items():
-        sent = tensor_parallel.sent_bytes(op, tr, RANKS, 2)
+    for (op, d), tr in tp_comm.comm_per_layer(RANKS, sp_, B_, S_, tiny.hidden_size,
+                                              fused=fused).items():
+        sent = tp_comm.sent_bytes(op, tr, RANKS, 2)
         total += sent
         print(f"{label:16s} {op:15s} {d:8s} {tr.calls:>5} {tr.elements:>9,}   {nbytes(sent)}")
     per_layer_sent[label] = total
@@ -552,8 +553,8 @@ print(f"DTensor, TP + SP, backward: the same {dt_sp['reduce_scatter']} reduce-sc
 big, t8, S = shapes.get("llama-7b"), 8, 2048
 layer_flops = (flops.training_flops(big.replace(num_layers=2), 1, S, attention="sdpa")
                - flops.training_flops(big.replace(num_layers=1), 1, S, attention="sdpa"))
-sent_per_layer = sum(tensor_parallel.sent_bytes(op, tr, t8, 2) for (op, d), tr in
-                     tensor_parallel.comm_per_layer(t8, False, 1, S, big.hidden_size).items())
+sent_per_layer = sum(tp_comm.sent_bytes(op, tr, t8, 2) for (op, d), tr in
+                     tp_comm.comm_per_layer(t8, False, 1, S, big.hidden_size).items())
 per_byte = Fraction(layer_flops, t8) / sent_per_layer
 print(f"one layer, one sequence of {S} tokens: {layer_flops:,} FLOPs; each of {t8} ranks does "
       f"{layer_flops // t8:,} and sends {nbytes(sent_per_layer)} B")
@@ -611,9 +612,9 @@ for name, bw in links.items():
 # %%
 l70 = shapes.get("llama2-70b")
 for sp_ in (False, True):
-    fwd = {op: tr for (op, d), tr in tensor_parallel.comm_per_layer(8, sp_, 1, 4096, l70.hidden_size).items()
+    fwd = {op: tr for (op, d), tr in tp_comm.comm_per_layer(8, sp_, 1, 4096, l70.hidden_size).items()
            if d == "forward"}
-    sent = sum(tensor_parallel.sent_bytes(op, tr, 8, 2) for op, tr in fwd.items())
+    sent = sum(tp_comm.sent_bytes(op, tr, 8, 2) for op, tr in fwd.items())
     print(f"{'TP + SP' if sp_ else 'TP':7s}: {', '.join(f'{tr.calls} × {op}' for op, tr in fwd.items())}"
           f" → {nbytes(sent)} B per layer forward, {float(sent * l70.num_layers) / 1e9:.1f} GB for 80 layers")
 try:

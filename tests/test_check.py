@@ -21,7 +21,7 @@ from llmtrain import (activation_formulas, activations, amp, batch, check, devic
                       memory, params, plots, precision, recompute, schedules, shapes, show,
                       step_peak, train, widgets)
 from llmtrain import settings as slide_settings
-from llmtrain.parallel import tensor_parallel
+from llmtrain.parallel import tp_comm
 from llmtrain.parallel.mesh import ParallelDims
 
 TINY = shapes.get("tiny")
@@ -196,11 +196,11 @@ CASES = [
      {"shape": "shape", "batch": "pos", "seq": "pos", "tp": "pos", "sequence_parallel": "bool",
       "attention": _choice(llama.ATTN_IMPLS)}),
     # tensor parallel: the communication formulas
-    ("tensor_parallel.comm_per_layer", tensor_parallel.comm_per_layer,
+    ("tp_comm.comm_per_layer", tp_comm.comm_per_layer,
      dict(tp=2, sequence_parallel=False, batch=2, seq=8, hidden=64),
      {"tp": "pos", "sequence_parallel": "bool", "batch": "pos", "seq": "pos", "hidden": "pos",
       "dtype_bytes": "pos", "fused": "bool"}),
-    ("tensor_parallel.comm_per_model", tensor_parallel.comm_per_model,
+    ("tp_comm.comm_per_model", tp_comm.comm_per_model,
      dict(shape=TINY, tp=2, sequence_parallel=True, batch=2, seq=8),
      {"shape": "shape", "tp": "pos", "sequence_parallel": "bool", "batch": "pos", "seq": "pos"}),
     # batch

@@ -1,6 +1,6 @@
 """llmtrain.parallel.tensor_parallel on real gloo ranks: each parallel layer equals its torch
 layer, the TP LLaMA (with and without sequence parallel) equals one process and DTensor, the
-collectives counted equal ``comm_per_layer``/``comm_per_model``, parameter bytes equal
+collectives counted equal ``tp_comm.comm_per_layer``/``comm_per_model``, parameter bytes equal
 ``memory.params_per_gpu``, saved activations equal ``activation_formulas.tp_saved_bytes``.
 
 One launch of 2 ranks does every check (module fixture ``two``); ``slow``: the same on 4.
@@ -29,6 +29,7 @@ from llmtrain import activation_formulas, memory
 from llmtrain.llama import Llama
 from llmtrain.parallel import comm, launch
 from llmtrain.parallel import tensor_parallel as tp
+from llmtrain.parallel import tp_comm
 from llmtrain.parallel.mesh import ParallelDims
 from llmtrain.shapes import ModelShape
 
@@ -397,23 +398,23 @@ def _check_comm(ranks, n, shape=None, seq=T):
             records = r[("model", sp)]["records"]
             assert {x.axis for x in records} == {"world"} and all(x.world_size == n for x in records)
             # whole model: L × comm_per_layer + embedding, lm_head, norms, cross entropy
-            formula = tp.comm_per_model(shape, n, sp, B, seq)
+            formula = tp_comm.comm_per_model(shape, n, sp, B, seq)
             assert _records_as_counter(records) == _expected_counter(formula, 8)
             if ("model L=1", sp) in r:
                 # per layer: (count with L = 3) − (count with L = 1) = 2 × comm_per_layer
                 per_two = _records_as_counter(records) - _records_as_counter(r[("model L=1", sp)])
-                layer = tp.comm_per_layer(n, sp, B, seq, shape.hidden_size, 8)
-                assert per_two == _expected_counter({k: tp.Traffic(2 * v.calls, v.elements)
+                layer = tp_comm.comm_per_layer(n, sp, B, seq, shape.hidden_size, 8)
+                assert per_two == _expected_counter({k: tp_comm.Traffic(2 * v.calls, v.elements)
                                                      for k, v in layer.items()}, 8)
             # bytes sent with the ring factor: 2(t−1)/t of each all-reduce, (t−1)/t otherwise
             assert sum(x.sent_bytes for x in records) == sum(
-                tp.sent_bytes(k[0], v, n, 8) for k, v in formula.items())
+                tp_comm.sent_bytes(k[0], v, n, 8) for k, v in formula.items())
             for x in records:
                 factor = Fraction(2 * (n - 1), n) if x.op == "all_reduce" else Fraction(n - 1, n)
                 assert x.sent_bytes == factor * x.buffer_bytes
         # TP: Megatron's 2 + 2 all-reduces of b·s·h per layer (fused qkv and gate/up)
         bsh = B * seq * shape.hidden_size
-        assert tp.comm_per_layer(n, False, B, seq, shape.hidden_size) == {
+        assert tp_comm.comm_per_layer(n, False, B, seq, shape.hidden_size) == {
             ("all_reduce", "forward"): (2, bsh), ("all_reduce", "backward"): (2, bsh)}
 
 
@@ -424,8 +425,8 @@ def _check_dtensor(ranks, n):
             assert d["loss"] < 1e-12 and d["grads"] < 1e-12, d  # measured 0.0 and ≤ 2.5e-16
         # DTensor's separate q/k/v and gate/up: 2 forward, 5 backward all-reduces per layer
         # (one per column-parallel input), ours fused: 2 + 2 (comm_per_layer, fused or not)
-        ours = tp.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, 8)
-        separate = tp.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, 8, fused=False)
+        ours = tp_comm.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, 8)
+        separate = tp_comm.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, 8, fused=False)
         layer = r[("dtensor", False)]["counts"]["LlamaModel.layers.0"]
         assert layer["forward"] == {"all_reduce": separate[("all_reduce", "forward")].calls}
         assert layer["backward"] == {"all_reduce": separate[("all_reduce", "backward")].calls}
@@ -438,7 +439,7 @@ def _check_dtensor(ranks, n):
         # SP: the same forward as ours (2 all-gathers, 2 reduce-scatters); DTensor keeps the
         # gathered input for backward, so it needs no re-gather: 2 all-gathers backward vs our 4
         sp_layer = r[("dtensor", True)]["counts"]["LlamaModel.layers.0"]
-        ours_sp = tp.comm_per_layer(n, True, B, T, SHAPES[n].hidden_size, 8)
+        ours_sp = tp_comm.comm_per_layer(n, True, B, T, SHAPES[n].hidden_size, 8)
         assert sp_layer["forward"] == {
             "all_gather_into_tensor": ours_sp[("all_gather", "forward")].calls,
             "reduce_scatter_tensor": ours_sp[("reduce_scatter", "forward")].calls}
@@ -569,14 +570,14 @@ def test_saved_bytes_split_reduces_to_korthikanti():
 
 def test_formulas_reject_bad_arguments():
     with pytest.raises(ValueError, match="seq"):
-        tp.comm_per_layer(4, True, 2, 6, 48)
+        tp_comm.comm_per_layer(4, True, 2, 6, 48)
     with pytest.raises(ValueError, match="tp"):
-        tp.comm_per_layer(0, False, 2, 8, 48)
+        tp_comm.comm_per_layer(0, False, 2, 8, 48)
     with pytest.raises(ValueError, match="num_kv_heads"):
         activation_formulas.tp_saved_bytes(BAD_KV[2], 2, 8, 2)
     with pytest.raises(ValueError, match="seq"):
         activation_formulas.tp_saved_bytes(SHAPES[2], 2, 7, 2, sequence_parallel=True)
-    assert tp.comm_per_layer(1, False, 2, 8, 48) == {}
+    assert tp_comm.comm_per_layer(1, False, 2, 8, 48) == {}
 
 
 def test_apply_needs_a_process_group():

@@ -6,9 +6,11 @@
                     op, axis, buffer bytes, bytes sent per rank
 - ``data_parallel`` hand-written data parallelism: broadcast, bucketed gradient all-reduce
 - ``zero``          hand-written ZeRO stage 1/2/3 around any torch optimizer; bytes held per rank
-- ``tensor_parallel`` Megatron tensor parallelism and sequence parallelism by hand: f/g,
+- ``tp_comm``       what tensor parallelism sends: Megatron's f/g and the sequence-parallel pair
+                    (autograd Functions on ``comm``), ``comm_per_layer``/``comm_per_model``
+- ``tensor_parallel`` Megatron tensor parallelism and sequence parallelism by hand:
                     Column/RowParallelLinear, VocabParallelEmbedding, vocab-parallel cross entropy,
-                    ``apply(Llama)``, full state_dict shards, ``comm_per_layer``/``comm_per_model``
+                    ``apply(Llama)``, full state_dict shards
 - ``demos/``        what the ranks run in the notebooks, the tests and under torchrun: a shared
                     ``harness`` (models, batches, the command line) and one module per notebook
 

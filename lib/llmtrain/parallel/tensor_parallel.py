@@ -5,49 +5,24 @@ Split one product Y = XW over t ranks: by columns, W = [W₁ … W_t], each rank
 rank computes XᵣWᵣ and Y = Σᵣ XᵣWᵣ needs one all-reduce. A LLaMA layer uses columns then rows
 twice (Shoeybi et al. 2019, arXiv 1909.08053, §3): q/k/v (fused into one matrix) and gate/up
 (fused) column-parallel — whole heads and whole SwiGLU columns per rank, so attention and
-SiLU(G)⊙U run on shards locally — then o_proj and down_proj row-parallel. Megatron's two
-conjugate operators carry the communication:
+SiLU(G)⊙U run on shards locally — then o_proj and down_proj row-parallel. The embedding and
+lm_head are split by vocabulary, and the cross entropy works on the logits' shards (3
+all-reduces of one number per token). Sequence parallelism (Korthikanti et al. 2023) keeps
+the residual stream and the RMSNorms on sequence shards between the blocks.
 
-    f = copy_to_tp      forward: identity              backward: all-reduce(sum)
-    g = reduce_from_tp  forward: all-reduce(sum)        backward: identity
-
-so a layer costs 2 all-reduces of b·s·h forward (g after o_proj and down_proj) and 2 backward
-(f before the fused qkv and gate/up). With separate q/k/v and gate/up projections (DTensor's
-plan) backward needs one all-reduce per column-parallel input: 5.
-
-Sequence parallelism (Korthikanti et al., MLSys 2023, arXiv 2205.05198, §4.2.2): between the
-blocks, the residual stream is split along the sequence, so the RMSNorms work on s/t tokens;
-g becomes a reduce-scatter along the sequence and f an all-gather:
-
-    gather_from_sp        forward: all-gather(seq)       backward: reduce-scatter(seq)
-    reduce_scatter_to_sp  forward: reduce-scatter(seq)   backward: all-gather(seq)
-
-An all-reduce is a reduce-scatter plus an all-gather, so the bytes are the same. Like
-Megatron-LM, a sequence-parallel ColumnParallelLinear saves only its sequence shard of the
-input and all-gathers it again in backward (that is why every activation of Korthikanti's
-SP layer is divided by t): SP backward per layer = 2 reduce-scatters (the grads of the
-column-parallel inputs) + 2 all-gathers (conjugates of the forward reduce-scatters) + 2
-re-gathers. The replicated RMSNorm weights then see only their shard's tokens: their
-gradients are all-reduced (a gradient hook, f's backward), 2 all-reduces of h per layer.
+What this sends is ``tp_comm``'s: Megatron's f and g, the sequence-parallel pair, the comm tags
+and ``comm_per_layer`` / ``comm_per_model``, the formulas a ``comm.counting()`` log of
+``apply``'s model equals. Here: the layers (``ColumnParallelLinear`` is f then the local
+matmul, ``RowParallelLinear`` the local matmul then g), ``apply(Llama)`` and the weights.
 
 Shapes tp does not divide: whole heads are required (tp | num_heads, num_kv_heads), but the
 vocabulary (embedding rows, lm_head rows, the cross entropy's logits) and the MLP's
 intermediate columns (gate/up rows, down_proj columns) are split unevenly by one rule,
 ``mesh.shard_range`` (``torch.tensor_split``'s: the first n mod t ranks hold one row more), in
-every constructor, ``load_full_state_dict``, ``full_state_dict`` and ``full_grads``. Unequal
-shards are gathered padded to the largest, all-gathered and trimmed (the padding is counted:
-it is sent). The per-layer collectives (b·s·h) do not depend on the split.
-
-Every collective goes through ``comm`` on ``group``, tagged ``"tp-forward"`` or
-``"tp-backward"`` (``"tp-state"`` for gathering weights), so a ``comm.counting()`` log splits
-by direction; ``comm_per_layer`` / ``comm_per_model`` are the formulas those logs equal
-(tests/test_tensor_parallel.py).
+every constructor, ``load_full_state_dict``, ``full_state_dict`` and ``full_grads``.
 """
 
 from __future__ import annotations
-
-from fractions import Fraction
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -58,152 +33,12 @@ from .. import check
 from ..llama import MLP, Attention, Llama, Output, apply_rope
 from . import comm
 from .mesh import ParallelDims, shard_range, shard_sizes
+from .tp_comm import (BACKWARD, FORWARD, STATE, all_gathered, all_reduced, copy_to_tp,
+                      gather_from_tp, reduce_from_tp, reduce_scatter_to_sp, sp_column_linear)
 
-__all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_sp", "reduce_scatter_to_sp",
-           "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
-           "vocab_parallel_cross_entropy", "gather_logits", "apply", "load_full_state_dict",
-           "full_state_dict", "full_grads", "comm_per_layer", "comm_per_model", "sent_bytes", "Traffic",
-           "FORWARD", "BACKWARD", "STATE"]
-
-FORWARD, BACKWARD, STATE = "tp-forward", "tp-backward", "tp-state"  # comm tags
-
-
-# --- the communication operators: forward and backward side by side -------------------------
-
-def _all_reduce(x: torch.Tensor, group, tag: str, op: str = "sum") -> torch.Tensor:
-    x = x.contiguous().clone()  # never in place on autograd's tensors
-    comm.all_reduce(x, op, group=group, tag=tag)
-    return x
-
-
-def _all_gather(x: torch.Tensor, dim: int, group, tag: str,
-                sizes: list[int] | None = None) -> torch.Tensor:
-    """The group's shards of x concatenated along ``dim`` (rank order). ``sizes``: every
-    rank's length along ``dim`` when they differ (each shard is padded to the largest,
-    all-gathered, trimmed)."""
-    n = dist.get_world_size(group)
-    x = x.movedim(dim, 0).contiguous()
-    width = x.shape[0] if sizes is None else max(sizes)
-    if x.shape[0] != width:
-        x = torch.cat([x, x.new_zeros((width - x.shape[0], *x.shape[1:]))])
-    out = x.new_empty((n * width, *x.shape[1:]))
-    comm.all_gather(out, x, group=group, tag=tag)
-    if sizes is not None and min(sizes) != width:
-        out = torch.cat([out[i * width: i * width + k] for i, k in enumerate(sizes)])
-    return out.movedim(0, dim)
-
-
-def _reduce_scatter(x: torch.Tensor, dim: int, group, tag: str) -> torch.Tensor:
-    """This rank's chunk along ``dim`` of the group's sum of x."""
-    n = dist.get_world_size(group)
-    if x.shape[dim] % n:
-        raise ValueError(f"seq must be divisible by tp={n} for sequence parallelism, "
-                         f"got seq={x.shape[dim]}")
-    x = x.movedim(dim, 0).contiguous()
-    out = x.new_empty((x.shape[0] // n, *x.shape[1:]))
-    comm.reduce_scatter(out, x, "sum", group=group, tag=tag)
-    return out.movedim(0, dim).contiguous()
-
-
-def _shard(x: torch.Tensor, dim: int, n: int, r: int) -> torch.Tensor:
-    """Rank r's rows of x along ``dim`` under ``shard_range`` (a view)."""
-    return x.narrow(dim, *shard_range(x.shape[dim], n, r))
-
-
-class _CopyToTP(torch.autograd.Function):  # Megatron's f
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad, ctx.group, BACKWARD), None
-
-
-class _ReduceFromTP(torch.autograd.Function):  # Megatron's g
-    @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x, group, FORWARD)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _GatherFromSP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group, dim):
-        ctx.group, ctx.dim = group, dim
-        return _all_gather(x, dim, group, FORWARD)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.dim, ctx.group, BACKWARD), None, None
-
-
-class _ReduceScatterToSP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group, dim):
-        ctx.group, ctx.dim = group, dim
-        return _reduce_scatter(x, dim, group, FORWARD)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.dim, ctx.group, BACKWARD), None, None
-
-
-class _GatherFromTP(torch.autograd.Function):  # gather_output: shards of the last dim -> whole
-    @staticmethod
-    def forward(ctx, x, group, sizes, tag):
-        ctx.group, ctx.sizes = group, sizes
-        return _all_gather(x, -1, group, tag, sizes)
-
-    @staticmethod
-    def backward(ctx, grad):
-        r = dist.get_rank(ctx.group)
-        start = sum(ctx.sizes[:r])
-        return grad.narrow(-1, start, ctx.sizes[r]).contiguous(), None, None, None
-
-
-def copy_to_tp(x: torch.Tensor, group=None) -> torch.Tensor:
-    """f: identity forward, all-reduce(sum) of the gradient backward."""
-    return _CopyToTP.apply(x, group)
-
-
-def reduce_from_tp(x: torch.Tensor, group=None) -> torch.Tensor:
-    """g: all-reduce(sum) forward, identity backward."""
-    return _ReduceFromTP.apply(x, group)
-
-
-def gather_from_sp(x: torch.Tensor, group=None, dim: int = 1) -> torch.Tensor:
-    """SP's f: all-gather the sequence shards along ``dim`` forward, reduce-scatter backward."""
-    return _GatherFromSP.apply(x, group, dim)
-
-
-def reduce_scatter_to_sp(x: torch.Tensor, group=None, dim: int = 1) -> torch.Tensor:
-    """SP's g: reduce-scatter along ``dim`` forward (sum, then this rank's sequence shard),
-    all-gather backward."""
-    return _ReduceScatterToSP.apply(x, group, dim)
-
-
-class _SPColumnLinear(torch.autograd.Function):
-    """Y = gather(X) Wᵀ + b saving only X's sequence shard; backward gathers X again."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, group):
-        ctx.group, ctx.has_bias = group, bias is not None
-        ctx.save_for_backward(x, weight)
-        return F.linear(_all_gather(x, 1, group, FORWARD), weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        total = _all_gather(x, 1, ctx.group, BACKWARD)  # the re-gather
-        grad_x = _reduce_scatter(grad @ weight, 1, ctx.group, BACKWARD)
-        grad_w = grad.flatten(0, -2).T @ total.flatten(0, -2)
-        grad_b = grad.flatten(0, -2).sum(0) if ctx.has_bias else None
-        return grad_x, grad_w, grad_b, None
+__all__ = ["ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
+           "vocab_parallel_cross_entropy", "gather_logits", "apply",
+           "load_full_state_dict", "full_state_dict", "full_grads"]
 
 
 # --- the parallel layers -------------------------------------------------------------------
@@ -220,7 +55,7 @@ def _rows(t: torch.Tensor, dim: int, n: int, r: int) -> torch.Tensor:
     if t.shape[dim] < n:
         raise ValueError(f"tp must be at most the size {t.shape[dim]} being split (every rank "
                          f"holds at least one row), got tp={n}")
-    return _shard(t.detach(), dim, n, r)
+    return t.detach().narrow(dim, *shard_range(t.shape[dim], n, r))  # a view
 
 
 def _full_size(what: str, local: int, full: int | None, n: int, r: int) -> int:
@@ -294,13 +129,13 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sequence_parallel:
-            y = _SPColumnLinear.apply(x, self.weight, self.bias, self.group)
+            y = sp_column_linear(x, self.weight, self.bias, self.group)
         else:
             y = F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
         if not self.gather_output:
             return y
         n, _ = _group_size(self.group)
-        return _GatherFromTP.apply(y, self.group, shard_sizes(self.full_sizes[0], n), FORWARD)
+        return gather_from_tp(y, self.group, shard_sizes(self.full_sizes[0], n))
 
 
 class RowParallelLinear(nn.Module):
@@ -374,13 +209,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, target, group, ignore_index, start):
-        z = z - _all_reduce(z.max(-1).values, group, FORWARD, "max").unsqueeze(-1)
+        z = z - all_reduced(z.max(-1).values, group, FORWARD, "max").unsqueeze(-1)
         outside = (target < start) | (target >= start + z.shape[-1])
         local = (target - start).masked_fill(outside, 0)
         picked = z.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
-        picked = _all_reduce(picked, group, FORWARD)
+        picked = all_reduced(picked, group, FORWARD)
         exp = z.exp_()
-        sum_exp = _all_reduce(exp.sum(-1), group, FORWARD)
+        sum_exp = all_reduced(exp.sum(-1), group, FORWARD)
         keep = target != ignore_index
         loss = (sum_exp.log() - picked).masked_fill(~keep, 0.0)
         ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), local, outside, keep)
@@ -435,7 +270,7 @@ def gather_logits(logits_shard: torch.Tensor, group=None,
     ``vocab_parallel_cross_entropy`` (``model.shape.vocab_size`` for ``apply``'s model)."""
     check.tensor("logits_shard", logits_shard, floating=True)
     sizes = _vocab_sizes(logits_shard.shape[-1], group, vocab_size)
-    return _GatherFromTP.apply(logits_shard, group, sizes, FORWARD)
+    return gather_from_tp(logits_shard, group, sizes)
 
 
 # --- the whole LLaMA -------------------------------------------------------------------------
@@ -490,7 +325,7 @@ class ParallelMLP(MLP):
 
 def _sum_grad_over(group):
     """A gradient hook: the sum over the group of each rank's partial gradient (f's backward)."""
-    return lambda grad: _all_reduce(grad, group, BACKWARD)
+    return lambda grad: all_reduced(grad, group, BACKWARD)
 
 
 class TensorParallelLlama(Llama):
@@ -579,7 +414,8 @@ def _layout(tp_model: nn.Module):
     return out
 
 
-def load_full_state_dict(tp_model: TensorParallelLlama, state_dict: dict[str, torch.Tensor]) -> None:
+def load_full_state_dict(tp_model: TensorParallelLlama,
+                         state_dict: dict[str, torch.Tensor]) -> None:
     """Copy this rank's shard of every tensor of the single-process ``state_dict`` into the
     TP model (strict: the keys must be exactly the single model's)."""
     check.module("tp_model", tp_model, TensorParallelLlama, "a model made by tensor_parallel.apply")
@@ -611,8 +447,8 @@ def _gather(tp_model, get) -> dict[str, torch.Tensor]:
         elif dim is None:
             out[key] = t.detach().clone()
         else:
-            out[key] = _all_gather(t.detach().narrow(dim, off, length), dim, tp_model.tp_group,
-                                   STATE, shard_sizes(size, tp_model.tp))
+            out[key] = all_gathered(t.detach().narrow(dim, off, length), dim, tp_model.tp_group,
+                                    STATE, shard_sizes(size, tp_model.tp))
     return out
 
 
@@ -627,88 +463,3 @@ def full_grads(tp_model: TensorParallelLlama) -> dict[str, torch.Tensor]:
     """{name: full gradient} gathered like ``full_state_dict`` (None where there is none)."""
     check.module("tp_model", tp_model, TensorParallelLlama, "a model made by tensor_parallel.apply")
     return _gather(tp_model, lambda p: p.grad)
-
-
-# --- the formulas the counted logs equal ------------------------------------------------------
-
-class Traffic(NamedTuple):
-    """``calls`` collectives of ``elements`` elements each (all-reduce: the buffer;
-    reduce-scatter: its input; all-gather: its output)."""
-
-    calls: int
-    elements: int
-
-
-def comm_per_layer(tp: int, sequence_parallel: bool, batch: int, seq: int, hidden: int,
-                   dtype_bytes: int = 2, fused: bool = True) -> dict[tuple[str, str], Traffic]:
-    """{(op, "forward"|"backward"): Traffic} of one decoder layer on each rank (no biases on
-    o/down; each would add one all-reduce of h backward under SP). b·s·h = batch·seq·hidden.
-
-    TP, fused qkv and gate/up: all_reduce 2 × bsh forward, 2 × bsh backward (Shoeybi et al.
-    §3). Separate projections (``fused=False``, DTensor's plan): 5 backward. SP: forward
-    all_gather 2 × bsh + reduce_scatter 2 × bsh; backward reduce_scatter 2 × bsh, all_gather
-    4 × bsh (2 conjugates + 2 re-gathers), all_reduce 2 × h (the norms' γ). Counts are in
-    elements, so ``dtype_bytes`` (checked, part of the agreed signature) changes none of them:
-    ``sent_bytes(op, traffic, tp, dtype_bytes)`` turns one into bytes.
-    """
-    for name, v in (("tp", tp), ("batch", batch), ("seq", seq), ("hidden", hidden),
-                    ("dtype_bytes", dtype_bytes)):
-        check.positive_int(name, v)
-    check.boolean("sequence_parallel", sequence_parallel)
-    check.boolean("fused", fused)
-    if tp == 1:
-        return {}
-    bsh = batch * seq * hidden
-    if not sequence_parallel:
-        return {("all_reduce", "forward"): Traffic(2, bsh),
-                ("all_reduce", "backward"): Traffic(2 if fused else 5, bsh)}
-    if not fused:
-        raise ValueError("fused must be True with sequence_parallel (separate projections are "
-                         "modelled without SP only)")
-    if seq % tp:
-        raise ValueError(f"seq must be divisible by tp={tp}, got seq={seq}")
-    return {("all_gather", "forward"): Traffic(2, bsh),
-            ("reduce_scatter", "forward"): Traffic(2, bsh),
-            ("reduce_scatter", "backward"): Traffic(2, bsh),
-            ("all_gather", "backward"): Traffic(4, bsh),
-            ("all_reduce", "backward"): Traffic(2, hidden)}
-
-
-def comm_per_model(shape, tp: int, sequence_parallel: bool, batch: int,
-                   seq: int) -> dict[tuple[str, str, str], Traffic]:
-    """{(op, direction, part): Traffic} of one forward+backward of ``apply``'s model with
-    labels: part "layers" (L × ``comm_per_layer``), "embedding" (all-reduce, SP: reduce-scatter
-    of bsh forward; SP: its all-gather backward), "lm_head" (its input: TP all-reduce bsh
-    backward; SP all-gather bsh forward, re-gather + reduce-scatter backward), "final norm"
-    (SP: all-reduce h backward), "row biases" (SP: one all-reduce of h backward each) and
-    "cross entropy" (3 all-reduces of b(s−1) forward: max, target logit, Σ exp)."""
-    shape = check.shape("shape", shape)
-    ParallelDims(tp=tp).check(shape)
-    L, H = shape.num_layers, shape.hidden_size
-    out = {(op, d, "layers"): Traffic(L * c.calls, c.elements) for (op, d), c in
-           comm_per_layer(tp, sequence_parallel, batch, seq, H).items()}
-    if tp == 1:
-        return out
-    bsh = batch * seq * H
-    if sequence_parallel:
-        out[("reduce_scatter", "forward", "embedding")] = Traffic(1, bsh)
-        out[("all_gather", "backward", "embedding")] = Traffic(1, bsh)
-        out[("all_gather", "forward", "lm_head")] = Traffic(1, bsh)
-        out[("all_gather", "backward", "lm_head")] = Traffic(1, bsh)
-        out[("reduce_scatter", "backward", "lm_head")] = Traffic(1, bsh)
-        out[("all_reduce", "backward", "final norm")] = Traffic(1, H)
-        biases = L * (int(shape.o_bias) + int(shape.mlp_bias))
-        if biases:
-            out[("all_reduce", "backward", "row biases")] = Traffic(biases, H)
-    else:
-        out[("all_reduce", "forward", "embedding")] = Traffic(1, bsh)
-        out[("all_reduce", "backward", "lm_head")] = Traffic(1, bsh)
-    out[("all_reduce", "forward", "cross entropy")] = Traffic(3, batch * (seq - 1))
-    return out
-
-
-def sent_bytes(op: str, traffic: Traffic, tp: int, dtype_bytes: int) -> Fraction:
-    """Bytes one rank sends for ``traffic`` under the ring model (``comm.ring_bytes``):
-    all-reduce 2(t−1)/t, reduce-scatter and all-gather (t−1)/t of each buffer."""
-    check.positive_int("dtype_bytes", dtype_bytes)
-    return traffic.calls * comm.ring_bytes(op, traffic.elements * dtype_bytes, tp)[0]
