@@ -272,11 +272,13 @@ show(tensor_parallel.RowParallelLinear.forward)
 
 # %% [markdown]
 # The embedding and the output layer are split by vocabulary: rank $r$ holds rows
-# $[rV/t, (r+1)V/t)$ of each; a token outside a rank's rows looks up zeros, and g sums the ranks'
-# lookups. The logits stay split: the cross entropy (Megatron's vocab-parallel loss) all-reduces
-# three numbers per token — the max logit, the target's logit and $\sum e^{z}$ — and never gathers
-# the $b\cdot s\cdot V$ logits. `tensor_parallel.apply(model, group)` puts all of this into the
-# reference LLaMA in place (RMSNorm weights stay whole on every rank).
+# $[rV/t, (r+1)V/t)$ of each when $t$ divides $V$; otherwise the first $V \bmod t$ ranks hold
+# one row more (`mesh.shard_range`, `torch.tensor_split`'s rule). A token outside a rank's rows
+# looks up zeros, and g sums the ranks' lookups. The logits stay split: the cross entropy
+# (Megatron's vocab-parallel loss) all-reduces three numbers per token — the max logit, the
+# target's logit and $\sum e^{z}$ — and never gathers the $b\cdot s\cdot V$ logits.
+# `tensor_parallel.apply(model, group)` puts all of this into the reference LLaMA in place
+# (RMSNorm weights stay whole on every rank).
 #
 # ### 3.1 Sequence parallelism · 序列并行
 #
