@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from llmtrain import check
 from llmtrain.parallel import comm
+from llmtrain.parallel.mesh import shard_range
 
 __all__ = ["split_inputs", "split_matmul", "mlp_reference", "llama_tp", "dtensor_llama",
            "comm_counts"]
@@ -51,8 +52,8 @@ def mlp_reference(X: torch.Tensor, G: torch.Tensor, U: torch.Tensor, D: torch.Te
 
 
 def _shard(t: torch.Tensor, dim: int, r: int, n: int) -> torch.Tensor:
-    size = t.shape[dim] // n
-    return t.narrow(dim, r * size, size)
+    """Rank r's block of ``t`` along ``dim``: the one split rule, ``mesh.shard_range``."""
+    return t.narrow(dim, *shard_range(t.shape[dim], n, r))
 
 
 def split_matmul(batch: int = 2, seq: int = 3, hidden: int = 8, ffn: int = 12,
