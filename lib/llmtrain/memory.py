@@ -14,6 +14,7 @@ Everything is in bytes (ints); ``Estimate`` converts to GB (10⁹) or GiB (2³�
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .shapes import ModelShape
 __all__ = ["GB", "GIB", "state_bytes_per_param", "parallel_dims", "params_per_gpu",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "step_peak",
            "slides_formula", "llmbox_activation_bytes", "llmbox_memory_bytes",
-           "llmbox_gpus_needed", "Peak", "measure_peak", "PRECISIONS", "OPTIMIZERS"]
+           "llmbox_gpus_needed", "Peak", "measure_peak", "tracking", "PRECISIONS", "OPTIMIZERS"]
 
 GB, GIB = 10**9, 2**30
 
@@ -447,6 +448,18 @@ def measure_peak(fn: Callable[[], Any], *, device: Any = None, include: Any = ()
     with tracker:
         fn()
     return Peak(tracker.peak, start, tracker.live, "cpu", "TorchDispatchMode storage tracker")
+
+
+@contextlib.contextmanager
+def tracking(*, include: Any = ()):
+    """The exact CPU tracker of ``measure_peak`` as a block: inside it, ``tracker.live`` is the
+    bytes of the storages created so far and still alive (plus ``include``'s), ``tracker.peak``
+    their maximum; read them at any moment (e.g. after each pipeline operation)."""
+    tracker = _LiveStorages()
+    for t in _tensors_of(include):
+        tracker.add(t)
+    with tracker:
+        yield tracker
 
 
 class _LiveStorages(torch.utils._python_dispatch.TorchDispatchMode):

@@ -1,0 +1,212 @@
+"""What the ranks run in notebook 07 (流水线并行), and ``python -m llmtrain.parallel.pipeline_parallel``.
+
+Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record``\\ s):
+
+- ``step``: one training step of a LLaMA pipelined by ``pipeline_parallel.pipeline`` and, on
+  the same stages and weights, by ``torch.distributed.pipelining`` (``PipelineStage`` with
+  ``ScheduleGPipe`` / ``Schedule1F1B`` / ``ScheduleInterleaved1F1B``), beside one process: the
+  losses, this rank's gradients (full model names), the messages, the events.
+- ``timeline``: the events of one step with fixed per-operation costs (``fixed_costs``: each
+  forward and backward padded with a sleep to a known time), after a warm-up step: the
+  measured Gantt chart and bubble, to hold against ``pp_schedule.simulate``.
+- ``held``: the live bytes of this rank after every operation, from the exact storage tracker
+  (``memory.tracking``): how many micro-batches of activations a stage really holds.
+- ``torch_schedule``: the events of one of torch's newer schedules (zero bubble, DualPipeV) on
+  the same model, from its own action list, for the look ahead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from llmtrain import check, memory, shapes
+from llmtrain.llama import Llama
+from llmtrain.parallel import comm
+from llmtrain.parallel import pipeline_parallel as pp
+from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_fraction, simulate
+
+from .harness import main as _main
+from .harness import positive
+
+__all__ = ["step", "timeline", "held", "batch_of", "model_of", "TORCH_SCHEDULES", "cli"]
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
+                   "interleaved": "ScheduleInterleaved1F1B"}
+
+
+def model_of(shape: Any = "tiny", dtype: str = "float64", seed: int = 0) -> Llama:
+    """The reference LLaMA of ``shape``, weights drawn from ``seed`` (the same on every rank)."""
+    check.one_of("dtype", dtype, tuple(DTYPES))
+    check.integer("seed", seed, 0)
+    torch.manual_seed(seed)
+    return Llama(check.shape("shape", shape)).to(DTYPES[dtype])
+
+
+def batch_of(shape: Any, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
+    """batch × seq token ids drawn from ``seed`` (labels = the ids: next-token prediction)."""
+    shape = check.shape("shape", shape)
+    check.positive_int("batch", batch)
+    check.positive_int("seq", seq)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, shape.vocab_size, (batch, seq), generator=g)
+
+
+def _grads(named) -> dict[str, torch.Tensor]:
+    return {name: p.grad.detach().clone() for name, p in named}
+
+
+def step(shape: Any = "tiny", schedule: str = "1f1b", microbatches: int = 4, virtual: int = 1,
+         batch: int = 8, seq: int = 16, seed: int = 0, dtype: str = "float64",
+         engines: tuple[str, ...] = ("ours", "torch")) -> dict[str, Any]:
+    """One forward + backward of the same batch, per engine, on this rank.
+
+    Returns {"rank", "world_size", "single": {"loss", "grads"} (rank 0 only: one process),
+    "ours" / "torch": {"loss" (last stage, else None), "grads" (this rank's stages, full
+    names; the tied lm_head copy is "lm_head.weight"), "events", "comm" (ours: the records),
+    "peak_in_flight" (ours)}}.
+    """
+    check.one_of("schedule", schedule, SCHEDULES)
+    for e in engines:
+        check.one_of("engines", e, ("ours", "torch"))
+    r, n = dist.get_rank(), dist.get_world_size()
+    model = model_of(shape, dtype, seed)
+    ids = batch_of(model.shape, batch, seq, seed + 1)
+    out: dict[str, Any] = {"rank": r, "world_size": n}
+    if r == 0:
+        res = model(ids, labels=ids)
+        res.loss.backward()
+        out["single"] = {"loss": res.loss.detach(), "grads": _grads(model.named_parameters())}
+        model.zero_grad(set_to_none=True)
+    if "ours" in engines:
+        pipe = pp.pipeline(model, None, schedule, microbatches, virtual)
+        with comm.counting() as log:
+            loss = pipe.step(ids, ids)
+        out["ours"] = {"loss": loss, "grads": _grads(pipe.named_parameters()),
+                       "events": pipe.events, "comm": list(log.records),
+                       "peak_in_flight": pipe.peak_in_flight}
+    if "torch" in engines:
+        out["torch"] = _torch_step(model, schedule, microbatches, virtual, ids)
+    return out
+
+
+def _torch_step(model: Llama, schedule: str, m: int, v: int, ids: torch.Tensor) -> dict[str, Any]:
+    """The same stages (``pipeline``'s split, fresh copies) run by torch.distributed.pipelining."""
+    from torch.distributed import pipelining
+
+    r, p = dist.get_rank(), dist.get_world_size()
+    pipe = pp.pipeline(model, None, "1f1b" if v == 1 else schedule, m, v, warm=False)
+    stages = [pipelining.PipelineStage(s, c * p + r, p * v, torch.device("cpu"))
+              for c, s in enumerate(pipe.stages)]
+    tokens = int((ids[:, 1:] != -100).sum())
+
+    def loss_fn(logits, labels):  # the same per-micro-batch loss as ours: summed / batch tokens
+        return pp.lm_loss(logits, labels, tokens)
+
+    cls = getattr(pipelining, TORCH_SCHEDULES[schedule])
+    sched = cls(stages if v > 1 else stages[0], m, loss_fn=loss_fn, scale_grads=False)
+    tied = pipe.tied_snapshot()
+    losses: list = []
+    t0 = time.perf_counter()
+    sched.step(*((ids,) if r == 0 else ()), target=ids if r == p - 1 else None, losses=losses)
+    seconds = time.perf_counter() - t0
+    pipe.sync_tied(tied)
+    loss = torch.stack([x.detach() for x in losses]).sum() if r == p - 1 else None
+    return {"loss": loss, "grads": _grads(pipe.named_parameters()), "seconds": seconds}
+
+
+def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
+             t_f: float = 0.02, t_b: float = 0.04, shape: Any = "tiny", batch: int | None = None,
+             seq: int = 16, seed: int = 0) -> dict[str, Any]:
+    """The events of one step with every forward / backward of a rank's layers padded to
+    ``t_f`` / ``t_b`` seconds, after one warm-up step (connections and allocations ready).
+
+    Returns {"rank", "events", "compute" (this rank's longest unpadded operation, seconds: it
+    must stay below the pads for the cost model to hold), "simulated" (``simulate`` with the
+    same costs), "formula" (``bubble_formula``)}."""
+    r, p = dist.get_rank(), dist.get_world_size()
+    model = model_of(shape, "float32", seed)
+    batch = batch or microbatches
+    ids = batch_of(model.shape, batch, seq, seed + 1)
+    bare = pp.pipeline(model, None, schedule, microbatches, virtual)
+    bare.step(ids, ids)  # warm-up
+    bare.step(ids, ids)  # unpadded: how long the real compute takes
+    compute = max(e.end - e.start for e in bare.events)
+    pipe = pp.pipeline(model, None, schedule, microbatches, virtual, fixed_costs=(t_f, t_b))
+    pipe.step(ids, ids)  # warm-up
+    dist.barrier()
+    pipe.step(ids, ids)
+    return {"rank": r, "events": pipe.events, "compute": compute,
+            "simulated": simulate(schedule, p, microbatches, virtual, t_f=t_f, t_b=t_b),
+            "formula": bubble_formula(p, microbatches, virtual)}
+
+
+def held(schedule: str = "1f1b", microbatches: int = 8, shape: Any = "tiny", batch: int | None = None,
+         seq: int = 16, seed: int = 0, dtype: str = "float32") -> dict[str, Any]:
+    """Live bytes on this rank after each operation of one step, from the exact tracker.
+
+    Returns {"rank", "ops" [(kind, mb)], "live" [bytes after each op, relative to before the
+    step], "per_microbatch" (the bytes one forward adds: live after the first F), "peak"
+    (tracker peak, relative), "held" (peak live after an op // per_microbatch),
+    "peak_in_flight" (the schedule's own count)}."""
+    r = dist.get_rank()
+    model = model_of(shape, dtype, seed)
+    ids = batch_of(model.shape, batch or microbatches, seq, seed + 1)
+    pipe = pp.pipeline(model, None, schedule, microbatches)
+    pipe.step(ids, ids)  # warm-up: the .grad buffers exist from now on
+    samples: list[int] = []
+    with memory.tracking() as tracker:
+        pipe.on_op = lambda event: samples.append(tracker.live)
+        pipe.step(ids, ids)
+    ops = [(e.kind, e.mb) for e in pipe.events]
+    per_mb = samples[0]
+    return {"rank": r, "ops": ops, "live": samples, "per_microbatch": per_mb,
+            "peak": tracker.peak, "held": max(samples) // per_mb,
+            "peak_in_flight": pipe.peak_in_flight}
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _options(ap) -> None:
+    ap.add_argument("--schedule", choices=SCHEDULES, default="1f1b")
+    ap.add_argument("--microbatches", type=positive, default=8)
+    ap.add_argument("--virtual", type=positive, default=1)
+    ap.add_argument("--t-f", type=float, default=0.02, help="seconds per forward (padded)")
+    ap.add_argument("--t-b", type=float, default=0.04, help="seconds per backward (padded)")
+
+
+def _validate(o: dict, world: int) -> None:
+    from llmtrain.parallel.pp_schedule import check_schedule
+
+    check_schedule(o["schedule"], world, o["microbatches"], o["virtual"])
+    if o["microbatches"] < world:
+        raise ValueError(f"microbatches must be at least the {world} stages, "
+                         f"got {o['microbatches']}")
+
+
+def _rank(o: dict) -> dict[str, Any]:
+    res = timeline(o["schedule"], o["microbatches"], o["virtual"], o["t_f"], o["t_b"],
+                   shape=shapes.get("tiny").replace(num_layers=max(4, 2 * dist.get_world_size() * o["virtual"])))
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, res["events"])
+    res["events"] = [e for evs in gathered for e in evs]
+    return res
+
+
+def _report(res: dict, world: int) -> None:
+    measured = float(bubble_fraction(res["events"]))
+    print(f"{world} stages, bubble: measured {measured:.3f}, simulated "
+          f"{float(bubble_fraction(res['simulated'])):.3f}, formula (p-1)/(vm+p-1) = "
+          f"{res['formula']} = {float(res['formula']):.3f}")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m llmtrain.parallel.pipeline_parallel [--nproc 4] [--schedule gpipe] …``:
+    one padded step, its bubble measured, simulated and by the formula."""
+    _main("python -m llmtrain.parallel.pipeline_parallel", _rank, _report,
+          description="Pipeline parallelism: measure the bubble of one schedule.",
+          options=_options, validate=_validate, nproc=2, argv=argv)
