@@ -11,8 +11,7 @@ Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record
   measured Gantt chart and bubble, to hold against ``pp_schedule.simulate``.
 - ``held``: the live bytes of this rank after every operation, from the exact storage tracker
   (``memory.tracking``): how many micro-batches of activations a stage really holds.
-- ``torch_schedule``: the events of one of torch's newer schedules (zero bubble, DualPipeV) on
-  the same model, from its own action list, for the look ahead.
+- ``run_all``: several of these in one launch.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_frac
 from .harness import main as _main
 from .harness import positive
 
-__all__ = ["step", "timeline", "held", "batch_of", "model_of", "TORCH_SCHEDULES", "cli"]
+__all__ = ["step", "timeline", "held", "run_all", "batch_of", "model_of", "TORCH_SCHEDULES", "cli"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
@@ -210,3 +209,10 @@ def cli(argv: list[str] | None = None) -> None:
     _main("python -m llmtrain.parallel.pipeline_parallel", _rank, _report,
           description="Pipeline parallelism: measure the bubble of one schedule.",
           options=_options, validate=_validate, nproc=2, argv=argv)
+
+
+def run_all(fn, configs: list[dict[str, Any]]) -> list[Any]:
+    """``[fn(**c) for c in configs]`` on this rank: several demos in one launch (each launch
+    costs seconds of process start)."""
+    check.function("fn", fn)
+    return [fn(**c) for c in configs]
