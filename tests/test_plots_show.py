@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -55,3 +57,90 @@ def test_show_line_range_and_errors():
         show(params.count, lines=(3, 1))
     with pytest.raises(ValueError, match="no source"):
         show(42)
+
+
+# --- gantt: pipeline schedules -------------------------------------------------------------
+
+def _gantt(events, **kwargs):
+    plots.use_style()
+    fig, ax = plt.subplots()
+    assert plots.gantt(ax, events, **kwargs) is ax
+    return fig, ax
+
+
+def _boxes(ax):
+    """(row, x, width) of every box, the row centre being the rank."""
+    return sorted((round(r.get_y() + r.get_height() / 2, 9), r.get_x(), r.get_width())
+                  for r in ax.patches)
+
+
+@pytest.mark.parametrize("name,p,m,v", [("gpipe", 4, 8, 1), ("1f1b", 3, 5, 1),
+                                        ("interleaved", 2, 4, 2)])
+def test_gantt_one_box_per_event_at_its_times(name, p, m, v):
+    from llmtrain.parallel import pp_schedule
+
+    events = pp_schedule.simulate(name, p, m, v, t_f=Fraction(1, 3), t_b=Fraction(2, 3))
+    fig, ax = _gantt(events, title=name)
+    assert len(ax.patches) == len(events) == 2 * m * v * p
+    got, want = _boxes(ax), sorted((e.rank, float(e.start), float(e.end - e.start)) for e in events)
+    assert [b[0] for b in got] == [w[0] for w in want]  # rows: exact
+    # x and width, float(Fraction) up to the last bit (matplotlib stores corners, not widths)
+    flat = [x for b in got for x in b[1:]]
+    assert flat == pytest.approx([x for w in want for x in w[1:]], abs=1e-12)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"rank {r}" for r in range(p)]
+    assert ax.get_ylim() == (p - 0.5, -0.5)  # rank 0 on top
+    assert ax.get_xlabel() == "time (s)" and ax.get_title() == name
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    chunks = [f"{kind}, chunk {c}" for kind in ("forward", "backward") for c in range(v)]
+    assert labels == (["forward", "backward"] if v == 1 else chunks)
+    faces = {(e.kind, e.stage // p): None for e in events}
+    for e, patch in zip(sorted(events, key=lambda e: (e.kind == "B", e.stage // p)), ax.patches):
+        faces[e.kind, e.stage // p] = patch.get_facecolor()
+    assert len(set(faces.values())) == 2 * v  # forward/backward and each chunk: their own colour
+    plt.close(fig)
+
+
+def test_gantt_measured_float_events_are_shifted_to_zero():
+    from llmtrain.parallel.pp_schedule import Event
+
+    t = 1_700_000_000.25  # a wall-clock start, as the runtime measures
+    events = [Event(0, 0, "F", 0, t, t + 0.5), Event(1, 1, "F", 0, t + 0.75, t + 1.25),
+              Event(1, 1, "B", 0, t + 1.25, t + 2.25), Event(0, 0, "B", 0, t + 2.5, t + 3.5)]
+    fig, ax = _gantt(events, unit="ms")
+    assert _boxes(ax) == [(0, 0.0, 0.5), (0, 2.5, 1.0), (1, 0.75, 0.5), (1, 1.25, 1.0)]
+    assert ax.get_xlim() == (0, 3.5) and ax.get_xlabel() == "time (ms)"
+    assert sorted(t.get_text() for t in ax.texts) == ["0"] * 4  # wide boxes are labelled
+    plt.close(fig)
+
+
+def test_gantt_labels_only_boxes_wide_enough():
+    from llmtrain.parallel import pp_schedule
+
+    fig, ax = _gantt(pp_schedule.simulate("gpipe", 2, 10, t_f=1, t_b=30))
+    texts = [t.get_text() for t in ax.texts]
+    assert texts and len(texts) == 2 * 10  # the 20 backwards, none of the 20 thin forwards
+    plt.close(fig)
+
+
+def test_gantt_saves_byte_identical_twice(tmp_path, monkeypatch):
+    from llmtrain.parallel import pp_schedule
+
+    monkeypatch.setenv("LLMTRAIN_FIGURES", str(tmp_path))
+    fig, _ = _gantt(pp_schedule.simulate("interleaved", 4, 8, 2), title="interleaved")
+    first = [p.read_bytes() for p in plots.save(fig, "gantt")]
+    assert first == [p.read_bytes() for p in plots.save(fig, "gantt")]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("kwargs,arg", [(dict(events=[]), "events"), (dict(events=None), "events"),
+                                        (dict(stages=3), "stages"), (dict(stages=0), "stages"),
+                                        (dict(stages=1), "stages"), (dict(unit=None), "unit"),
+                                        (dict(title=3), "title")])
+def test_gantt_bad_arguments_are_named(kwargs, arg):
+    from llmtrain.parallel import pp_schedule
+
+    args = dict(events=pp_schedule.simulate("1f1b", 2, 2)) | kwargs
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match=rf"^{arg} must"):
+        plots.gantt(ax, args.pop("events"), **args)
+    plt.close(fig)

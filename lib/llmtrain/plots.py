@@ -1,4 +1,5 @@
-"""One figure style for every notebook, and ``save`` to write it to figures/.
+"""One figure style for every notebook, ``save`` to write it to figures/, and ``gantt`` for
+pipeline schedules (one row per rank, a box per forward or backward, the bubble left white).
 
 White background (readable on GitHub's dark theme as well as in print), the Okabe–Ito
 colour-blind-safe palette, and files that are byte-identical run after run.
@@ -10,10 +11,11 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
 
 from . import check
 
-__all__ = ["PALETTE", "use_style", "save", "figures_dir"]
+__all__ = ["PALETTE", "use_style", "save", "figures_dir", "gantt"]
 
 # Okabe & Ito (2008), colour-blind safe.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -67,3 +69,57 @@ def save(fig, name: str) -> list[Path]:
     fig.savefig(paths[0], bbox_inches="tight", metadata={"Software": None})
     fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
     return paths
+
+
+
+def _shade(colour: str, amount: float) -> tuple[float, float, float]:
+    """``colour`` mixed with white: amount 0 is the colour itself, 1 is white."""
+    return tuple(c + (1 - c) * amount for c in matplotlib.colors.to_rgb(colour))
+
+
+def gantt(ax, events, *, stages: int | None = None, title: str | None = None, unit: str = "s"):
+    """Draw a pipeline schedule on ``ax`` and return it: one row per rank (rank 0 on top), one
+    box per event from its start to its end, forwards blue and backwards orange, the micro-batch
+    written in each box wide enough for it; idle time stays white, so the bubble is what you see.
+
+    ``events`` are ``pp_schedule.Event``\\ s (rank, stage, kind, mb, start, end), simulated
+    (ints, Fractions) or measured (float seconds); times are shifted so the first starts at 0.
+    With interleaving (``stages`` = p·v, by default the highest stage + 1) chunk c = stage // p
+    is drawn lighter the higher c is, so chunk 0 and chunk 1 can be told apart."""
+    events = check.sequence("events", events, nonempty=True)
+    p, top = max(e.rank for e in events) + 1, max(e.stage for e in events)
+    stages = top + 1 if stages is None else check.positive_int("stages", stages)
+    if stages % p or stages <= top:
+        check.fail("stages", f"a multiple of the {p} ranks above the highest stage {top}", stages)
+    for name, value in (("title", title), ("unit", unit)):
+        if not isinstance(value, str) and (name == "unit" or value is not None):
+            check.fail(name, "a string", value)
+    v, t0 = stages // p, min(e.start for e in events)
+    span = float(max(e.end for e in events) - t0) or 1.0
+    digit_px = 0.6 * 8 * ax.figure.dpi / 72  # a digit at font size 8, in pixels
+    groups: dict[tuple[str, int], list] = {}
+    for e in events:
+        groups.setdefault((e.kind, e.stage // p), []).append(e)
+    for kind, chunk in sorted(groups, key=lambda key: (key[0] == "B", key[1])):
+        group = groups[kind, chunk]
+        face = _shade(PALETTE[0] if kind == "F" else PALETTE[1], 0.55 * chunk / max(v - 1, 1))
+        text = "white" if 0.2126 * face[0] + 0.7152 * face[1] + 0.0722 * face[2] < 0.5 else "black"
+        starts = [float(e.start - t0) for e in group]
+        widths = [float(e.end - e.start) for e in group]
+        label = ("forward" if kind == "F" else "backward") + (f", chunk {chunk}" if v > 1 else "")
+        ax.barh([e.rank for e in group], widths, left=starts, height=0.8, color=face,
+                edgecolor="white", linewidth=0.5, label=label)
+        for e, x, w in zip(group, starts, widths):
+            if w / span * ax.bbox.width >= digit_px * (len(str(e.mb)) + 1):
+                ax.text(x + w / 2, e.rank, str(e.mb), ha="center", va="center", fontsize=8,
+                        color=text)
+    ax.set_yticks(range(p), [f"rank {r}" for r in range(p)])
+    ax.set_ylim(p - 0.5, -0.5)  # rank 0 on top
+    ax.set_xlim(0, span)
+    ax.set_xlabel(f"time ({unit})")
+    ax.grid(False, axis="y")
+    ax.set_axisbelow(True)
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
