@@ -121,6 +121,7 @@ class Pipeline:
         self.ops: list[Op] = schedule(schedule_name, self.p, microbatches, self.rank, virtual)
         self.events: list[Event] = []
         self.peak_in_flight = 0  # most (micro-batch, stage) activations held during the last step
+        self.on_start: Callable[[], None] | None = None  # called before the first operation
         self.on_op: Callable[[Event], None] | None = None  # called after each operation
         self.dtype = next(stages[0].parameters()).dtype
 
@@ -157,9 +158,12 @@ class Pipeline:
         H = self.stages[0].hidden_size
         tied = self.tied_snapshot()
         inputs, outputs, losses = {}, {}, []
-        sends: list[comm.P2P] = []  # posted with the next operation's receive
-        in_flight: list = []  # send works not known to be done, with their tensors
+        sends: list[tuple[comm.P2P, tuple]] = []  # (message, key): posted with the next receive
+        sent: dict = {}  # (chunk, mb) -> the work of its activation's send
+        grads_sent: list = []  # the works of the gradients sent back
         self.events, self.peak_in_flight = [], 0
+        if self.on_start is not None:
+            self.on_start()
         for op in self.ops:
             stage = stage_of(self.rank, op.chunk, self.p)
             first, last = stage == 0, stage == self.num_stages - 1
@@ -172,8 +176,8 @@ class Pipeline:
                 recv = torch.empty_like(outputs[key])
                 src, tag = self.next, BACKWARD
             recvs = [comm.P2P("recv", recv, src, self.group, tag)] if recv is not None else []
-            works = comm.batch_isend_irecv(sends + recvs)
-            in_flight += [(w, o.tensor) for w, o in zip(works, sends)]
+            works = comm.batch_isend_irecv([o for o, _ in sends] + recvs)
+            self._file(sends, works, sent, grads_sent)
             for w in works[len(sends):]:
                 w.wait()
             sends = []
@@ -186,25 +190,39 @@ class Pipeline:
                     y = lm_loss(y, labs[op.mb], tokens)
                     losses.append(y.detach())
                 else:
-                    sends.append(comm.P2P("send", y.detach(), self.next, self.group, FORWARD))
+                    sends.append((comm.P2P("send", y.detach(), self.next, self.group, FORWARD), key))
                 inputs[key], outputs[key] = x, y
                 self.peak_in_flight = max(self.peak_in_flight, len(inputs))
             else:
                 x, y = inputs.pop(key), outputs.pop(key)
+                if key in sent:  # its gradient came back, so the activation has arrived
+                    sent.pop(key).wait()
                 torch.autograd.backward(y, None if last else recv)
                 if not first:
-                    sends.append(comm.P2P("send", x.grad, self.prev, self.group, BACKWARD))
+                    sends.append((comm.P2P("send", x.grad, self.prev, self.group, BACKWARD), key))
                 del x, y
             self._pad(op.kind, start)
             event = Event(self.rank, stage, op.kind, op.mb, start, time.perf_counter())
             self.events.append(event)
             if self.on_op is not None:
                 self.on_op(event)
-            in_flight = [(w, t) for w, t in in_flight if not w.is_completed()]
-        for w, _ in in_flight + [(w, None) for w in comm.batch_isend_irecv(sends)]:
+        self._file(sends, comm.batch_isend_irecv([o for o, _ in sends]), sent, grads_sent)
+        for w in list(sent.values()) + grads_sent:
             w.wait()
         self.sync_tied(tied)
         return torch.stack(losses).sum() if losses else None
+
+    @staticmethod
+    def _file(sends: list, works: list, sent: dict, grads_sent: list) -> None:
+        """Keep the works of posted sends: an activation's until its gradient returns (then it
+        has surely arrived), a gradient's until the step ends (gloo calls a send done only on
+        ``wait()``, and waiting earlier could stall this rank on a busy neighbour; each holds
+        one b·s·h buffer)."""
+        for (o, key), w in zip(sends, works):
+            if o.tag == FORWARD:
+                sent[key] = w
+            else:
+                grads_sent.append(w)
 
     def _pad(self, kind: str, start: float) -> None:
         """With ``fixed_costs`` = (t_f, t_b): make this operation last exactly t/v seconds."""

@@ -17,6 +17,7 @@ Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -124,8 +125,8 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
     """The events of one step with every forward / backward of a rank's layers padded to
     ``t_f`` / ``t_b`` seconds, after one warm-up step (connections and allocations ready).
 
-    Returns {"rank", "events", "compute" (this rank's longest unpadded operation, seconds: it
-    must stay below the pads for the cost model to hold), "simulated" (``simulate`` with the
+    Returns {"rank", "events", "compute" ({"F", "B"}: this rank's longest unpadded forward and
+    backward, seconds: they must stay below the pads for the cost model to hold), "simulated" (``simulate`` with the
     same costs), "formula" (``bubble_formula``)}."""
     r, p = dist.get_rank(), dist.get_world_size()
     model = model_of(shape, "float32", seed)
@@ -134,13 +135,14 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
     bare = pp.pipeline(model, None, schedule, microbatches, virtual)
     bare.step(ids, ids)  # warm-up
     bare.step(ids, ids)  # unpadded: how long the real compute takes
-    compute = max(e.end - e.start for e in bare.events)
+    compute = {k: max(e.end - e.start for e in bare.events if e.kind == k) for k in "FB"}
     pipe = pp.pipeline(model, None, schedule, microbatches, virtual, fixed_costs=(t_f, t_b))
     pipe.step(ids, ids)  # warm-up
     dist.barrier()
     pipe.step(ids, ids)
     return {"rank": r, "events": pipe.events, "compute": compute,
-            "simulated": simulate(schedule, p, microbatches, virtual, t_f=t_f, t_b=t_b),
+            "simulated": simulate(schedule, p, microbatches, virtual, t_f=Fraction(str(t_f)),
+                                  t_b=Fraction(str(t_b))),  # exact: 0.02 is 1/50
             "formula": bubble_formula(p, microbatches, virtual)}
 
 
@@ -148,23 +150,24 @@ def held(schedule: str = "1f1b", microbatches: int = 8, shape: Any = "tiny", bat
          seq: int = 16, seed: int = 0, dtype: str = "float32") -> dict[str, Any]:
     """Live bytes on this rank after each operation of one step, from the exact tracker.
 
-    Returns {"rank", "ops" [(kind, mb)], "live" [bytes after each op, relative to before the
-    step], "per_microbatch" (the bytes one forward adds: live after the first F), "peak"
-    (tracker peak, relative), "held" (peak live after an op // per_microbatch),
+    Returns {"rank", "ops" [(kind, mb)], "live" [bytes after each op, relative to just
+    before the first], "per_microbatch" (the bytes the first forward adds), "peak" (the
+    tracker's peak, relative), "held" (the most live bytes after an op // per_microbatch),
     "peak_in_flight" (the schedule's own count)}."""
     r = dist.get_rank()
     model = model_of(shape, dtype, seed)
     ids = batch_of(model.shape, batch or microbatches, seq, seed + 1)
     pipe = pp.pipeline(model, None, schedule, microbatches)
     pipe.step(ids, ids)  # warm-up: the .grad buffers exist from now on
-    samples: list[int] = []
+    base, samples = [], []
     with memory.tracking() as tracker:
-        pipe.on_op = lambda event: samples.append(tracker.live)
+        pipe.on_start = lambda: base.append(tracker.live)
+        pipe.on_op = lambda event: samples.append(tracker.live - base[0])
         pipe.step(ids, ids)
-    ops = [(e.kind, e.mb) for e in pipe.events]
     per_mb = samples[0]
-    return {"rank": r, "ops": ops, "live": samples, "per_microbatch": per_mb,
-            "peak": tracker.peak, "held": max(samples) // per_mb,
+    return {"rank": r, "ops": [(e.kind, e.mb) for e in pipe.events], "live": samples,
+            "per_microbatch": per_mb, "peak": tracker.peak - base[0],
+            "held": max(samples) // per_mb,
             "peak_in_flight": pipe.peak_in_flight}
 
 

@@ -1,0 +1,306 @@
+"""llmtrain.parallel.pipeline_parallel on real gloo ranks: every schedule (GPipe, 1F1B,
+interleaved 1F1B) equals one process and torch.distributed.pipelining on the same weights; the
+counted messages equal 2(p·v − 1)·m·b·s·h·bytes; the micro-batches held per stage equal the
+schedule's count and the exact storage tracker's; padded costs give the simulated bubble.
+
+One launch of 2 ranks runs every fast check (module fixture ``two``), one of 3 ranks an odd
+split (5 layers over 3 stages, 5 micro-batches of a batch of 7, masked labels); ``slow``: 4
+ranks. Everything compared to one process runs in float64, so "equal" means equal up to
+float reassociation: < 1e-12 (measured: ≤ 6e-17).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from llmtrain.llama import Llama
+from llmtrain.parallel import comm, launch
+from llmtrain.parallel import pipeline_parallel as pp
+from llmtrain.parallel import pp_schedule
+from llmtrain.parallel.demos import pipeline_parallel as demos
+from llmtrain.shapes import ModelShape
+
+B, T = 8, 8
+# 6 heads sharing 2 kv heads, an MLP of 100, tied embeddings (the tied matrix crosses stages)
+TIED = ModelShape(vocab_size=64, hidden_size=48, num_layers=4, num_heads=6, num_kv_heads=2,
+                  intermediate_size=100, max_seq_len=32, tie_embeddings=True, name="odd-tied")
+UNTIED = TIED.replace(num_layers=8, tie_embeddings=False, attention_bias=True, name="odd-8")
+ODD = TIED.replace(num_layers=5, name="odd-5")  # 5 layers over 3 stages: 2, 2, 1
+CASES = [  # (shape, schedule, microbatches, virtual) at p = 2
+    (TIED, "gpipe", 4, 1), (TIED, "1f1b", 4, 1), (TIED, "interleaved", 4, 2),
+    (UNTIED, "1f1b", 8, 1), (UNTIED, "interleaved", 2, 4), (UNTIED, "gpipe", 2, 1),
+]
+TOL = 1e-12
+
+
+# ---------------------------------------------------------------- what the ranks run (importable)
+
+def _errors() -> dict[str, str]:
+    """The message of each impossible setting, raised before any message is sent."""
+    model = demos.model_of(TIED, "float64")
+    ids = demos.batch_of(TIED, 4, T)
+    bad = {"m<p": dict(microbatches=1), "virtual-gpipe": dict(schedule="gpipe", virtual=2),
+           "interleaved-m": dict(schedule="interleaved", microbatches=3, virtual=2),
+           "interleaved-v1": dict(schedule="interleaved", virtual=1),
+           "layers": dict(schedule="interleaved", microbatches=2, virtual=3),
+           "schedule": dict(schedule="zb"), "costs": dict(fixed_costs=(0.1,))}
+    out = {}
+    for name, kwargs in bad.items():
+        try:
+            pp.pipeline(model, None, **{"schedule": "1f1b", "microbatches": 2, **kwargs})
+        except ValueError as e:
+            out[name] = str(e)
+    try:
+        pp.pipeline(torch.nn.Linear(2, 2), None)
+    except ValueError as e:
+        out["model"] = str(e)
+    pipe = pp.pipeline(model, None, "1f1b", 2)
+    for name, args in {"batch": (ids[:1], ids[:1]), "labels": (ids, ids[:, :4]),
+                       "dim": (ids[0], ids[0])}.items():
+        try:
+            pipe.step(*args)
+        except ValueError as e:
+            out[name] = str(e)
+    return out
+
+
+def _masked(shape: ModelShape, schedule: str, m: int, v: int, batch: int) -> dict:
+    """Masked labels (-100) and a batch m does not divide: ours vs one process."""
+    model = demos.model_of(shape, "float64", seed=3)
+    ids = demos.batch_of(shape, batch, T, seed=4)
+    labels = ids.clone()
+    labels[0, 2:5] = -100
+    labels[-1, 1] = -100
+    out = {"rank": dist.get_rank()}
+    if dist.get_rank() == 0:
+        res = model(ids, labels=labels)
+        res.loss.backward()
+        out["single"] = {"loss": res.loss.detach(),
+                         "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}
+        model.zero_grad(set_to_none=True)
+    pipe = pp.pipeline(model, None, schedule, m, v)
+    loss = pipe.step(ids, labels)
+    out["ours"] = {"loss": loss, "grads": {k: p.grad.clone() for k, p in pipe.named_parameters()},
+                   "peak_in_flight": pipe.peak_in_flight}
+    # a second step without zero_grad accumulates: grads double (tied copies included)
+    pipe.step(ids, labels)
+    out["twice"] = {k: p.grad.clone() for k, p in pipe.named_parameters()}
+    return out
+
+
+def _ranks_fast() -> dict:
+    return {"cases": [demos.step(s, sch, m, v, B, T) for s, sch, m, v in CASES],
+            "errors": _errors(),
+            "held": [demos.held(sch, 4, TIED, batch=4, seq=T) for sch in ("gpipe", "1f1b")],
+            "timeline": demos.timeline("1f1b", 4, 1, 0.02, 0.04, TIED, seq=T)}
+
+
+def _ranks_slow() -> dict:
+    cases = [(TIED, "gpipe", 4, 1), (TIED, "1f1b", 8, 1), (UNTIED, "interleaved", 8, 2)]
+    return {"cases": [demos.step(s, sch, m, v, B, T) for s, sch, m, v in cases],
+            "held": [demos.held(sch, 8, TIED, batch=8, seq=T) for sch in ("gpipe", "1f1b")],
+            "timeline": demos.timeline("interleaved", 4, 2, 0.02, 0.04, UNTIED, seq=T),
+            "config": cases}
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def two():
+    return launch(_ranks_fast, 2, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def three():
+    return launch(_masked, 3, ODD, "1f1b", 5, 1, 7, timeout=120)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _single_name(name: str, shape: ModelShape) -> str:
+    return "model.embed_tokens.weight" if name == "lm_head.weight" and shape.tie_embeddings else name
+
+
+def _merged(results: list[dict], engine: str, shape: ModelShape) -> dict[str, torch.Tensor]:
+    """Every rank's gradients under the single model's names (the tied copies must agree)."""
+    out: dict[str, torch.Tensor] = {}
+    for r in results:
+        for name, g in r[engine]["grads"].items():
+            key = _single_name(name, shape)
+            if key in out:  # the tied matrix: first and last stage hold the same gradient
+                assert torch.equal(out[key], g), key
+            out[key] = g
+    return out
+
+
+def _max_err(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _check_equal(results: list[dict], shape: ModelShape, engines=("ours", "torch")) -> None:
+    single = results[0]["single"]
+    last = results[-1]
+    for engine in engines:
+        assert _max_err(_merged(results, engine, shape), single["grads"]) < TOL, engine
+        assert abs(last[engine]["loss"] - single["loss"]).item() < TOL, engine
+        assert all(r[engine]["loss"] is None for r in results[:-1]), engine
+    if len(engines) == 2:  # ours and torch's on the same stages
+        assert _max_err(_merged(results, "ours", shape), _merged(results, "torch", shape)) < TOL
+
+
+def _expected_bytes(shape, m, v, p, elem=8) -> int:
+    """2(p·v − 1)·m·b·s·h·bytes (= 2(pv − 1)·B·s·h·bytes) + the tied matrix both ways."""
+    tied = 2 * shape.vocab_size * shape.hidden_size * elem if shape.tie_embeddings else 0
+    return 2 * (p * v - 1) * B * T * shape.hidden_size * elem + tied
+
+
+def _check_case(results, shape, schedule, m, v) -> None:
+    p = len(results)
+    _check_equal(results, shape)
+    sent = sum(rec.sent_bytes for r in results for rec in r["ours"]["comm"])
+    received = sum(rec.received_bytes for r in results for rec in r["ours"]["comm"])
+    assert sent == received == _expected_bytes(shape, m, v, p)
+    msgs = [rec for r in results for rec in r["ours"]["comm"]
+            if rec.op == "send" and rec.tag != pp.TIED]
+    assert len(msgs) == pp_schedule.p2p_messages(p, m, v)
+    assert {rec.buffer_bytes for rec in msgs} == {B // m * T * shape.hidden_size * 8}
+    for r in results:
+        ops = pp_schedule.schedule(schedule, p, m, r["rank"], v)
+        assert [(e.kind, e.mb, e.stage) for e in r["ours"]["events"]] == \
+            [(o.kind, o.mb, pp_schedule.stage_of(r["rank"], o.chunk, p)) for o in ops]
+        assert r["ours"]["peak_in_flight"] == pp_schedule.in_flight(ops)
+
+
+def _check_held(held: list[list[dict]], m: int) -> None:
+    gpipe, fb = held
+    p = len(gpipe)
+    assert [r["held"] for r in gpipe] == [r["peak_in_flight"] for r in gpipe] == [m] * p
+    assert [r["held"] for r in fb] == [r["peak_in_flight"] for r in fb] == \
+        [p - r for r in range(p)]
+    for g, f in zip(gpipe, fb):  # same bytes per micro-batch, fewer held: a lower peak
+        assert g["per_microbatch"] == f["per_microbatch"] > 0
+        assert f["peak"] < g["peak"]
+
+
+def _check_timeline(results: list[dict], tolerance: float = 0.15) -> None:
+    """Padded operations: the measured step lasts the simulated makespan within ``tolerance``
+    (gloo's ~1 ms per message and sleep overshoot come on top); the bubble within 0.06."""
+    events = [e for r in results for e in r["events"]]
+    sim = results[0]["simulated"]
+    v = 2 if len({e.stage for e in events}) > len(results) else 1
+    for r in results:  # the compute fits inside the pads (0.02 s / v forward, 0.04 s / v backward)
+        assert r["compute"]["F"] < 0.02 / v and r["compute"]["B"] < 0.04 / v, r["compute"]
+    measured, simulated = pp_schedule.makespan(events), float(pp_schedule.makespan(sim))
+    assert simulated <= measured * 1.001 and measured < simulated * (1 + tolerance), (measured, simulated)
+    assert pp_schedule.bubble_fraction(sim) == results[0]["formula"]
+    assert abs(pp_schedule.bubble_fraction(events) - float(results[0]["formula"])) < 0.06
+
+
+# ---------------------------------------------------------------------------- tests: 2 ranks
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{s.name}-{sch}-m{m}-v{v}"
+                                                           for s, sch, m, v in CASES])
+def test_equals_one_process_and_torch_pipelining(two, index):
+    _check_case([r["cases"][index] for r in two], *CASES[index])
+
+
+def test_impossible_settings_are_named_before_any_message(two):
+    errors = two[0]["errors"]
+    assert errors == two[1]["errors"]  # every rank refuses the same way: nobody is left waiting
+    expect = {"m<p": "microbatches must be at least the 2 pipeline stages",
+              "virtual-gpipe": "virtual must be 1 for schedule='gpipe'",
+              "interleaved-m": "microbatches must be a multiple of the 2 stages",
+              "interleaved-v1": "virtual must be at least 2",
+              "layers": "num_layers must be at least the 6 pipeline stages",
+              "schedule": "schedule must be one of", "costs": "fixed_costs must be a pair",
+              "model": "model must be a llmtrain.llama.Llama",
+              "batch": "microbatches must be at most the batch size 1",
+              "labels": "labels must have the shape of input_ids", "dim": "input_ids must be"}
+    assert errors.keys() == expect.keys()
+    for name, start in expect.items():
+        assert errors[name].startswith(start), (name, errors[name])
+
+
+def test_held_microbatches_gpipe_m_1f1b_p_minus_rank(two):
+    _check_held([[r["held"][i] for r in two] for i in range(2)], m=4)
+
+
+def test_padded_costs_give_the_simulated_bubble(two):
+    _check_timeline([r["timeline"] for r in two])
+
+
+def test_odd_split_masked_labels_uneven_microbatches(three):
+    _check_equal(three, ODD, engines=("ours",))
+    assert [len(r) for r in pp.stage_layers(5, 3)] == [2, 2, 1]
+    assert [r["ours"]["peak_in_flight"] for r in three] == [3, 2, 1]
+    for r in three:  # accumulation: a second step adds the same gradients again
+        for k, g in r["ours"]["grads"].items():
+            assert (r["twice"][k] - 2 * g).abs().max().item() < TOL, k
+
+
+# ---------------------------------------------------------------------------- no processes
+
+def test_stage_split_covers_the_model_once():
+    torch.manual_seed(0)
+    model = Llama(UNTIED)
+    stages = pp.split(model, 3)
+    assert [s.layer_ids for s in stages] == [range(0, 3), range(3, 6), range(6, 8)]
+    names = [pp.Stage.full_name(n) for s in stages for n, _ in s.named_parameters()]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    ids = demos.batch_of(UNTIED, 2, T)
+    x = ids
+    for s in stages:  # the stages in a row compute the model
+        x = s(x)
+    assert torch.equal(x, model(ids).logits)
+
+
+def test_stage_layers_rejects_too_few_layers():
+    with pytest.raises(ValueError, match="num_layers must be at least the 3"):
+        pp.stage_layers(2, 3)
+    with pytest.raises(ValueError, match="stages must be a positive integer"):
+        pp.stage_layers(4, 0)
+
+
+def test_pipeline_needs_a_process_group():
+    with pytest.raises(RuntimeError, match="torch.distributed"):
+        pp.pipeline(demos.model_of(TIED))
+
+
+def test_lm_loss_adds_up_to_the_mean():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 5, 11, dtype=torch.float64), torch.randint(0, 11, (6, 5))
+    labels[1, 3] = -100
+    tokens = int((labels[:, 1:] != -100).sum())
+    parts = sum(pp.lm_loss(lg, lb, tokens) for lg, lb in
+                zip(torch.tensor_split(logits, 4), torch.tensor_split(labels, 4)))
+    whole = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                              ignore_index=-100)
+    assert abs(parts - whole).item() < 1e-15
+
+
+def test_cli_reports_the_bubble_and_refuses_impossible_flags():
+    cmd = [sys.executable, "-m", "llmtrain.parallel.pipeline_parallel"]
+    ok = subprocess.run(cmd + ["--nproc", "2", "--schedule", "gpipe", "--microbatches", "4"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "formula (p-1)/(vm+p-1) = 1/5" in ok.stdout
+    bad = subprocess.run(cmd + ["--nproc", "2", "--microbatches", "1"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "microbatches must be at least the 2" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- 4 ranks
+
+@pytest.mark.slow
+def test_four_stages():
+    res = launch(_ranks_slow, 4, timeout=300)
+    for i, (shape, schedule, m, v) in enumerate(res[0]["config"]):
+        _check_case([r["cases"][i] for r in res], shape, schedule, m, v)
+    _check_held([[r["held"][i] for r in res] for i in range(2)], m=8)
+    _check_timeline([r["timeline"] for r in res], tolerance=0.25)
