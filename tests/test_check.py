@@ -21,7 +21,7 @@ from llmtrain import (activation_formulas, activations, amp, batch, check, devic
                       memory, params, plots, precision, recompute, schedules, shapes, show,
                       step_peak, train, widgets)
 from llmtrain import settings as slide_settings
-from llmtrain.parallel import tp_comm
+from llmtrain.parallel import pipeline_parallel, pp_schedule, tp_comm
 from llmtrain.parallel.mesh import ParallelDims
 
 TINY = shapes.get("tiny")
@@ -203,6 +203,20 @@ CASES = [
     ("tp_comm.comm_per_model", tp_comm.comm_per_model,
      dict(shape=TINY, tp=2, sequence_parallel=True, batch=2, seq=8),
      {"shape": "shape", "tp": "pos", "sequence_parallel": "bool", "batch": "pos", "seq": "pos"}),
+    # pipeline parallel: the schedules, the simulator, the formulas, the split
+    ("pp_schedule.schedule", pp_schedule.schedule,
+     dict(schedule="interleaved", p=2, microbatches=4, rank=1, virtual=2),
+     {"schedule": _choice(pp_schedule.SCHEDULES), "p": "pos", "microbatches": "pos",
+      "rank": "nonneg", "virtual": "ge2"}),
+    ("pp_schedule.simulate", pp_schedule.simulate, dict(schedule="1f1b", p=2, microbatches=4),
+     {"schedule": _choice(pp_schedule.SCHEDULES), "p": "pos", "microbatches": "pos",
+      "t_f": "nonnegnum", "t_b": "nonnegnum", "p2p": "nonnegnum"}),
+    ("pp_schedule.bubble_formula", pp_schedule.bubble_formula, dict(p=4, microbatches=8, virtual=2),
+     {"p": "pos", "microbatches": "pos", "virtual": "pos"}),
+    ("pp_schedule.p2p_messages", pp_schedule.p2p_messages, dict(p=4, microbatches=8),
+     {"p": "pos", "microbatches": "pos", "virtual": "pos"}),
+    ("pipeline_parallel.stage_layers", pipeline_parallel.stage_layers,
+     dict(num_layers=5, stages=2), {"num_layers": "nonneg", "stages": "pos"}),
     # batch
     ("batch.linear_ramp", batch.linear_ramp,
      dict(tokens_seen=10, start_tokens=32, end_tokens=3200, ramp_tokens=1000),

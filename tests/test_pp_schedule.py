@@ -228,19 +228,14 @@ def test_bad_arguments_are_named(call, arg):
 # --- deadlock ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("broken", ["backward_first_on_rank_0", "last_stage_backward_first"])
-def test_a_program_that_waits_on_itself_deadlocks(monkeypatch, broken):
-    real = pps.schedule
-
-    def schedule(name, p, m, rank, virtual=1):
-        ops = real(name, p, m, rank, virtual)
-        if broken == "backward_first_on_rank_0" and rank == 0:
-            # B0 waits on rank 1's B0, which waits on rank 1's F0, which waits on rank 0's F0
-            first_b = next(i for i, op in enumerate(ops) if op.kind == "B")
-            ops.insert(0, ops.pop(first_b))
-        if broken == "last_stage_backward_first" and rank == p - 1:
-            ops[0], ops[1] = ops[1], ops[0]  # 1F1B's last rank: B0 before its own F0
-        return ops
-
-    monkeypatch.setattr(pps, "schedule", schedule)
+def test_a_program_that_waits_on_itself_deadlocks(broken):
+    programs = [pps.schedule("1f1b", 2, 4, rank) for rank in range(2)]
+    if broken == "backward_first_on_rank_0":
+        # B0 waits on rank 1's B0, which waits on rank 1's F0, which waits on rank 0's F0
+        ops = programs[0]
+        first_b = next(i for i, op in enumerate(ops) if op.kind == "B")
+        ops.insert(0, ops.pop(first_b))
+    else:  # 1F1B's last rank: B0 before its own F0
+        programs[1][0], programs[1][1] = programs[1][1], programs[1][0]
     with pytest.raises(RuntimeError, match="deadlocks"):
-        pps.simulate("1f1b", 2, 4)
+        pps.simulate("1f1b", 2, 4, programs=programs)

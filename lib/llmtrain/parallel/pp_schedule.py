@@ -62,14 +62,14 @@ def stage_of(rank: int, chunk: int, p: int) -> int:
     return chunk * p + rank
 
 
-def check_schedule(schedule: str, p: int, m: int, virtual: int = 1) -> None:
+def check_schedule(schedule: str, p: int, microbatches: int, virtual: int = 1) -> None:
     """ValueError, naming the argument, for a schedule that cannot be built.
 
     Interleaving needs virtual ≥ 2 (virtual = 1 is plain 1F1B) and m divisible by p (the
     micro-batches go round in groups of p, as in Megatron-LM); the others need virtual = 1."""
     check.one_of("schedule", schedule, SCHEDULES)
     check.positive_int("p", p)
-    check.positive_int("microbatches", m)
+    m = check.positive_int("microbatches", microbatches)
     check.positive_int("virtual", virtual)
     if schedule == "interleaved":
         if virtual < 2:
@@ -117,35 +117,42 @@ def interleaved(p: int, m: int, rank: int, virtual: int) -> list[Op]:
     return ops + [op("B", k) for k in range(total - warmup, total)]
 
 
-def schedule(name: str, p: int, m: int, rank: int, virtual: int = 1) -> list[Op]:
-    """Rank ``rank``'s operations under schedule ``name`` ("gpipe", "1f1b", "interleaved")."""
-    check_schedule(name, p, m, virtual)
+def schedule(schedule: str, p: int, microbatches: int, rank: int, virtual: int = 1) -> list[Op]:
+    """Rank ``rank``'s operations under ``schedule`` ("gpipe", "1f1b", "interleaved")."""
+    check_schedule(schedule, p, microbatches, virtual)
     check.integer("rank", rank, 0, p - 1)
-    if name == "gpipe":
-        return gpipe(p, m, rank)
-    if name == "1f1b":
-        return one_f_one_b(p, m, rank)
-    return interleaved(p, m, rank, virtual)
+    build = {"gpipe": gpipe, "1f1b": one_f_one_b}.get(schedule)
+    if build is not None:
+        return build(p, microbatches, rank)
+    return interleaved(p, microbatches, rank, virtual)
+
+
+_ops = schedule  # the same function, for ``simulate``, whose argument ``schedule`` is a name
 
 
 # --- the simulator ------------------------------------------------------------------------
 
-def simulate(name: str, p: int, m: int, virtual: int = 1, *, t_f: Real = 1, t_b: Real = 2,
-             p2p: Real = 0) -> list[Event]:
+def simulate(schedule: str, p: int, microbatches: int, virtual: int = 1, *, t_f: Real = 1,
+             t_b: Real = 2, p2p: Real = 0, programs: list[list[Op]] | None = None) -> list[Event]:
     """Replay the schedule with fixed costs: ``t_f``/``t_b`` the forward/backward time of one
     micro-batch through one rank's layers (a chunk takes 1/v of it), ``p2p`` the time a
     message takes between ranks. Exact with ints or Fractions. Events in start order.
+    ``programs`` (one list of ``Op`` per rank) replays your own order instead of the schedule's.
 
     Each rank runs its list in order; an operation starts when the rank is free and its input
     is there (F of stage s after F of stage s − 1; B of stage s after B of stage s + 1, or after
     its own F on the last stage). Raises RuntimeError if the lists can deadlock."""
+    name, m = schedule, microbatches
     check_schedule(name, p, m, virtual)
     for arg, value in (("t_f", t_f), ("t_b", t_b), ("p2p", p2p)):
         check.number(arg, value, 0)
     v, stages = virtual, p * virtual
     cost = {"F": Fraction(t_f) / v if isinstance(t_f, (int, Fraction)) else t_f / v,
             "B": Fraction(t_b) / v if isinstance(t_b, (int, Fraction)) else t_b / v}
-    programs = [schedule(name, p, m, r, v) for r in range(p)]
+    if programs is None:
+        programs = [_ops(name, p, m, r, v) for r in range(p)]
+    elif not isinstance(programs, (list, tuple)) or len(programs) != p:
+        check.fail("programs", f"a list of {p} lists of Op (one per rank)", programs)
     done: dict[tuple[str, int, int], tuple[Real, int]] = {}  # (kind, stage, mb) -> (end, rank)
     clock, pos, events = [0] * p, [0] * p, []
     while any(pos[r] < len(programs[r]) for r in range(p)):
@@ -190,12 +197,12 @@ def bubble_fraction(events: list[Event]) -> Real:
     return 1 - sum(busy(events, r) for r in ranks) / (len(ranks) * makespan(events))
 
 
-def bubble_formula(p: int, m: int, virtual: int = 1) -> Fraction:
+def bubble_formula(p: int, microbatches: int, virtual: int = 1) -> Fraction:
     """(p − 1)/(v·m + p − 1): the bubble as a share of the schedule's time (idle time
     (p − 1)(t_f + t_b)/v beside m(t_f + t_b) of work; Narayanan et al. 2021, §2.2).
     The other definition in the literature, idle time over ideal time, is (p − 1)/(v·m)."""
     check.positive_int("p", p)
-    check.positive_int("microbatches", m)
+    m = check.positive_int("microbatches", microbatches)
     check.positive_int("virtual", virtual)
     return Fraction(p - 1, virtual * m + p - 1)
 
@@ -210,10 +217,10 @@ def in_flight(ops: list[Op]) -> int:
     return peak
 
 
-def p2p_messages(p: int, m: int, virtual: int = 1) -> int:
+def p2p_messages(p: int, microbatches: int, virtual: int = 1) -> int:
     """Messages per step in all: each of the p·v − 1 stage boundaries carries m activations
     forward and m gradients back, 2(p·v − 1)·m; each is one micro-batch's b·s·h elements."""
     check.positive_int("p", p)
-    check.positive_int("microbatches", m)
+    m = check.positive_int("microbatches", microbatches)
     check.positive_int("virtual", virtual)
     return 2 * (p * virtual - 1) * m
