@@ -335,3 +335,20 @@ def test_four_stages():
     for r in axis:
         peer = {0: 2, 2: 0, 1: 3, 3: 1}[r["rank"]]
         assert {(rec.axis, rec.peer) for rec in r["ours"]["comm"]} == {("pp", peer)}
+
+
+def _disagree() -> str:
+    """Rank 1 asks for other micro-batches than rank 0: both must refuse, neither may wait."""
+    model = demos.model_of(TIED, "float64")
+    try:
+        pp.pipeline(model, None, "1f1b", 2 + 2 * dist.get_rank())
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def test_ranks_that_disagree_all_refuse():
+    messages = launch(_disagree, 2, timeout=60)
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("microbatches must be the same on every rank of the pipeline, "
+                                  "got ['2', '4']")

@@ -1,4 +1,4 @@
-"""Distributed training by hand on ``torch.distributed`` (3D 并行训练: 数据并行, ZeRO, 张量并行).
+"""Distributed training by hand on ``torch.distributed`` (3D 并行训练: 数据并行, ZeRO, 张量并行, 流水线并行).
 
 - ``launch``        start N ranks (gloo on CPU, NCCL on GPUs), run a function, return results
 - ``mesh``          ``ParallelDims(dp, tp, pp)``: the layout of the ranks, checked; its groups
@@ -11,6 +11,10 @@
 - ``tensor_parallel`` Megatron tensor parallelism and sequence parallelism by hand:
                     Column/RowParallelLinear, VocabParallelEmbedding, vocab-parallel cross entropy,
                     ``apply(Llama)``, full state_dict shards
+- ``pp_schedule``   pipeline schedules as data (GPipe, 1F1B, interleaved 1F1B), an exact
+                    simulator, the bubble and message formulas (流水线并行)
+- ``pipeline_parallel`` the pipeline on real ranks: stages of consecutive layers, the same
+                    schedules run over counted point-to-point messages, ``pipeline(Llama)``
 - ``demos/``        what the ranks run in the notebooks, the tests and under torchrun: a shared
                     ``harness`` (models, batches, the command line) and one module per notebook
 

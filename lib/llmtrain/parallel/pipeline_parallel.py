@@ -298,6 +298,8 @@ def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int
         raise RuntimeError("pipeline parallelism needs torch.distributed: run it inside "
                            "llmtrain.parallel.launch (or torchrun)")
     p, rank = dist.get_world_size(group), dist.get_rank(group)
+    _same_on_every_rank(group, schedule=schedule, microbatches=microbatches, virtual=virtual,
+                        shape=model.shape)
     check_schedule(schedule, p, microbatches, virtual)
     if microbatches < p:
         raise ValueError(f"microbatches must be at least the {p} pipeline stages (with fewer, "
@@ -320,6 +322,18 @@ def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int
     if warm:
         pipe.connect()
     return pipe
+
+
+def _same_on_every_rank(group, **settings) -> None:
+    """ValueError on every rank (not a hang on some) when the ranks of ``group`` disagree."""
+    mine = {k: repr(v) for k, v in settings.items()}
+    seen: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(seen, mine, group=group)
+    for name in settings:
+        values = [s[name] for s in seen]
+        if len(set(values)) > 1:
+            raise ValueError(f"{name} must be the same on every rank of the pipeline, got "
+                             f"{values[:4]} on ranks 0-{min(len(values), 4) - 1}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ lives in a module, here:
 - ``data_parallel_zero``  notebook 05: train one strategy (DP, DDP, ZeRO 0–3, FSDP2), bytes held
                           per stage and per phase, each collective once
 - ``tensor_parallel``     notebook 06: tensor and sequence parallelism
+- ``pipeline_parallel``   notebook 07: one step by every schedule (ours, torch's, one process),
+                          padded timelines, live bytes per operation; its command line
 
 Nothing is imported here: ``from llmtrain.parallel.demos import data_parallel_zero`` loads only
 what it needs.
