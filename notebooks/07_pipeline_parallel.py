@@ -373,7 +373,8 @@ compare("interleaved")
 # The measured interleaved step runs twice as many operations, each half as long, so the
 # per-message delay weighs about twice as much against them; the tolerance holds all the same. The price is in the messages: every chunk boundary
 # is a stage boundary, $pv-1$ of them instead of $p-1$, each crossed by every micro-batch both
-# ways: `pp_schedule.p2p_messages` = $2(pv-1)m$. Counted by `comm` in one real step of each
+# ways: `pp_schedule.p2p_messages` = $2(pv-1)m$, that is $\frac{pv-1}{p-1}$ times as many —
+# 3× at $p$ = 2, $v$ = 2, and close to $v$× when $p$ is large. Counted by `comm` in one real step of each
 # schedule (`demos.step`, $m$ = 4 micro-batches of 2 sequences of 16 tokens, float64; the
 # same launch checks equality in §9):
 
@@ -565,7 +566,7 @@ print(f"m = {M}: micro-batches of activations held per rank: GPipe {held_per_ran
 # - 把批次切成 $m$ 个微批次（梯度累积）：GPipe 一步的时间为 $(m+p-1)(t_f+t_b)$，每张卡空闲 $(p-1)(t_f+t_b)$，气泡占比 $(p-1)/(m+p-1)$，与 $t_f$、$t_b$ 无关；SymPy 推导，模拟器在 24 个 $(p, m)$ 组合上（GPipe 与 1F1B 共 48 个调度）精确相等；$p$ = 2、$m$ = 8 时为 1/9。真实进程上测得的气泡与公式相差小于 0.05，步长与模拟相差小于 10 %（差距来自 gloo 每条消息和 sleep 唤醒约 1 毫秒的延迟）。
 # - 文献中有两种气泡比例：除以整个调度的时间得 $(p-1)/(m+p-1)$（GPipe），除以理想时间得 $(p-1)/m$（Megatron-LM），后者是前者的 $b/(1-b)$。
 # - 1F1B 与 GPipe 的步长和气泡完全相同，但每个阶段保存的微批次激活值从 $m$ 降到 $p-\text{rank}$：$p$ = 2、$m$ = 8 时，精确内存追踪测得 GPipe 为 [8, 8]，1F1B 为 [2, 1]，与调度自身的计数一致。1F1B 节省的是显存，不是时间。
-# - 交错调度（每张卡 $v$ 个块）把空闲时间除以 $v$：气泡 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是 $2(pv-1)m$ 条消息：$m$ = 4 时 GPipe 和 1F1B 各 8 条，交错调度 24 条。
+# - 交错调度（每张卡 $v$ 个块）把空闲时间除以 $v$：气泡 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是 $2(pv-1)m$ 条消息（是 1F1B 的 $(pv-1)/(p-1)$ 倍，$p$ 大时接近 $v$ 倍）：$m$ = 4 时 GPipe 和 1F1B 各 8 条，交错调度 24 条。
 # - 流水线每步只在 $p-1$ 个切点上发送激活值和梯度：$2(p-1)\cdot m\cdot b\cdot s\cdot h$ 个元素（微型模型、float64、批次 8×16：131,072 B，计数与公式一致），与层数无关；同样的模型和批次用 $t$ = 2 的张量并行（所有进程合计）要发送 2,365,056 B，是它的 18.0 倍。所以跨节点用流水线，张量并行留在 NVLink 节点内。
 # - GPipe、1F1B、交错 1F1B（我们的实现和 `torch.distributed.pipelining`）的损失和全部梯度与单进程相差小于 1e-12（只是舍入误差）。
 # - 零气泡（把反向拆成对输入的 B 和对权重的 W）与 DualPipe 进一步填满气泡，PyTorch 已提供 `ScheduleInterleavedZeroBubble`、`ScheduleZBVZeroBubble`、`ScheduleDualPipeV`。
