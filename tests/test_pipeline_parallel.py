@@ -11,8 +11,10 @@ float reassociation: < 1e-12 (measured: ≤ 6e-17).
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
+from fractions import Fraction
 
 import pytest
 import torch
@@ -98,7 +100,9 @@ def _ranks_fast() -> dict:
     return {"cases": [demos.step(s, sch, m, v, B, T) for s, sch, m, v in CASES],
             "errors": _errors(),
             "held": [demos.held(sch, 4, TIED, batch=4, seq=T) for sch in ("gpipe", "1f1b")],
-            "timeline": demos.timeline("1f1b", 4, 1, 0.02, 0.04, TIED, seq=T)}
+            "timeline": demos.timeline("1f1b", 4, 1, 0.02, 0.04, TIED, seq=T),
+            "look_ahead": [demos.torch_schedule(n, 4, UNTIED.replace(attention_bias=False), B, T)
+                           for n in demos.LOOK_AHEAD]}
 
 
 def _on_the_pp_axis() -> dict:
@@ -258,6 +262,29 @@ def test_held_microbatches_gpipe_m_1f1b_p_minus_rank(two):
 
 def test_padded_costs_give_the_simulated_bubble(two):
     _check_timeline([r["timeline"] for r in two])
+
+
+@pytest.mark.parametrize("index", range(len(demos.LOOK_AHEAD)), ids=demos.LOOK_AHEAD)
+def test_torch_zero_bubble_and_dualpipe_equal_one_process(two, index):
+    """torch's newer schedules on our stages: the same loss and gradients; their own order
+    (``pipeline_order``),
+    replayed with F = I = W = 1, has a smaller bubble than interleaved 1F1B's (F = 1, B = 2)."""
+    res = [r["look_ahead"][index] for r in two]
+    single = res[0]["single"]
+    grads = {k: g for r in res for k, g in r["grads"].items()}
+    assert _max_err(grads, single["grads"]) < TOL
+    last = [r for r in res if 2 * len(res) - 1 in r["stages"]]
+    assert len(last) == 1 and abs(last[0]["loss"] - single["loss"]).item() < TOL
+    orders = [r["order"] for r in res]
+    for r in res:  # every (stage, micro-batch) forward once, its backward whole or as I + W
+        kinds = collections.Counter((k, s) for k, s, _ in r["order"])
+        for s in r["stages"]:
+            assert kinds["F", s] == kinds["B", s] + kinds["I", s] == 4  # DualPipeV mixes both
+            assert kinds["I", s] == kinds["W", s]
+    one = Fraction(1)
+    zb = pp_schedule.replay(orders, {"F": one, "B": 2 * one, "I": one, "W": one})
+    fb = pp_schedule.simulate("interleaved", 2, 4, 2, t_f=2, t_b=4)  # a chunk: F = 1, B = 2
+    assert pp_schedule.bubble_fraction(zb) < pp_schedule.bubble_fraction(fb) == Fraction(1, 9)
 
 
 def test_odd_split_masked_labels_uneven_microbatches(three):

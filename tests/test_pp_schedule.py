@@ -239,3 +239,36 @@ def test_a_program_that_waits_on_itself_deadlocks(broken):
         programs[1][0], programs[1][1] = programs[1][1], programs[1][0]
     with pytest.raises(RuntimeError, match="deadlocks"):
         pps.simulate("1f1b", 2, 4, programs=programs)
+
+
+# --- replay: any order, split backwards --------------------------------------------------
+
+def test_replay_of_a_schedule_is_simulate():
+    programs = [[(op.kind, pps.stage_of(r, op.chunk, 4), op.mb) for op in pps.schedule("1f1b", 4, 8, r)]
+                for r in range(4)]
+    costs = {"F": Fraction(1), "B": Fraction(2)}
+    assert pps.replay(programs, costs) == pps.simulate("1f1b", 4, 8, t_f=1, t_b=2)
+
+
+def test_split_backward_fills_the_bubble():
+    """Zero-bubble's idea on 2 ranks, 2 micro-batches, F = I = W = 1: a W waits for nobody, so
+    rank 0 runs W0 while rank 1 computes the I1 it waits for; vs B = I + W = 2 unsplit (1F1B).
+    By hand: 1F1B ends at 9 (bubble 3/9); split, rank 0 runs I0 [3,4] W0 [4,5] I1 [5,6] W1 [6,7]
+    and rank 1 F0 [1,2] I0 [2,3] F1 [3,4] I1 [4,5] W0 [5,6] W1 [6,7]: 7 (bubble 1/7)."""
+    split = [[("F", 0, 0), ("F", 0, 1), ("I", 0, 0), ("W", 0, 0), ("I", 0, 1), ("W", 0, 1)],
+             [("F", 1, 0), ("I", 1, 0), ("F", 1, 1), ("I", 1, 1), ("W", 1, 0), ("W", 1, 1)]]
+    whole = [[(k, s, mb) for k, s, mb in ops if k != "W"] for ops in split]
+    whole = [[("B" if k == "I" else k, s, mb) for k, s, mb in ops] for ops in whole]
+    one = Fraction(1)
+    zb = pps.replay(split, {"F": one, "I": one, "W": one})
+    fb = pps.replay(whole, {"F": one, "B": 2 * one})
+    assert pps.makespan(zb) == 7 and pps.makespan(fb) == 9
+    assert pps.bubble_fraction(zb) == Fraction(1, 7) and pps.bubble_fraction(fb) == Fraction(1, 3)
+    w = {(e.rank, e.mb): e for e in zb if e.kind == "W"}
+    i = {(e.rank, e.mb): e for e in zb if e.kind == "I"}
+    assert all(w[k].start >= i[k].end for k in w)  # W after its own I
+
+
+def test_replay_detects_a_weight_gradient_before_its_input_gradient():
+    with pytest.raises(RuntimeError, match="deadlocks"):
+        pps.replay([[("F", 0, 0), ("W", 0, 0), ("I", 0, 0)]], {"F": 1, "I": 1, "W": 1})

@@ -77,10 +77,16 @@ def _shade(colour: str, amount: float) -> tuple[float, float, float]:
     return tuple(c + (1 - c) * amount for c in matplotlib.colors.to_rgb(colour))
 
 
+# pipeline operations: colour and legend of each kind (I and W: a backward split in two)
+_GANTT = {"F": (PALETTE[0], "forward"), "B": (PALETTE[1], "backward"),
+          "I": (PALETTE[3], "backward, input grad (I)"), "W": (PALETTE[2], "backward, weight grad (W)")}
+
+
 def gantt(ax, events, *, stages: int | None = None, title: str | None = None, unit: str = "s"):
     """Draw a pipeline schedule on ``ax`` and return it: one row per rank (rank 0 on top), one
-    box per event from its start to its end, forwards blue and backwards orange, the micro-batch
-    written in each box wide enough for it; idle time stays white, so the bubble is what you see.
+    box per event from its start to its end, forwards blue and backwards orange (zero-bubble
+    schedules' I and W halves vermillion and green), the micro-batch written in each box wide
+    enough for it; idle time stays white, so the bubble is what you see.
 
     ``events`` are ``pp_schedule.Event``\\ s (rank, stage, kind, mb, start, end), simulated
     (ints, Fractions) or measured (float seconds); times are shifted so the first starts at 0.
@@ -94,19 +100,21 @@ def gantt(ax, events, *, stages: int | None = None, title: str | None = None, un
     for name, value in (("title", title), ("unit", unit)):
         if not isinstance(value, str) and (name == "unit" or value is not None):
             check.fail(name, "a string", value)
+    for e in events:
+        check.one_of("kind", e.kind, tuple(_GANTT))
     v, t0 = stages // p, min(e.start for e in events)
     span = float(max(e.end for e in events) - t0) or 1.0
     digit_px = 0.6 * 8 * ax.figure.dpi / 72  # a digit at font size 8, in pixels
     groups: dict[tuple[str, int], list] = {}
     for e in events:
         groups.setdefault((e.kind, e.stage // p), []).append(e)
-    for kind, chunk in sorted(groups, key=lambda key: (key[0] == "B", key[1])):
+    for kind, chunk in sorted(groups, key=lambda key: (list(_GANTT).index(key[0]), key[1])):
         group = groups[kind, chunk]
-        face = _shade(PALETTE[0] if kind == "F" else PALETTE[1], 0.55 * chunk / max(v - 1, 1))
+        face = _shade(_GANTT[kind][0], 0.55 * chunk / max(v - 1, 1))
         text = "white" if 0.2126 * face[0] + 0.7152 * face[1] + 0.0722 * face[2] < 0.5 else "black"
         starts = [float(e.start - t0) for e in group]
         widths = [float(e.end - e.start) for e in group]
-        label = ("forward" if kind == "F" else "backward") + (f", chunk {chunk}" if v > 1 else "")
+        label = _GANTT[kind][1] + (f", chunk {chunk}" if v > 1 else "")
         ax.barh([e.rank for e in group], widths, left=starts, height=0.8, color=face,
                 edgecolor="white", linewidth=0.5, label=label)
         for e, x, w in zip(group, starts, widths):

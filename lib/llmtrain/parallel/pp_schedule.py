@@ -15,10 +15,13 @@ chunks the model is cut into p·v stages dealt round-robin (Narayanan et al. 202
 
 The same lists drive the real processes (``pipeline_parallel``) and ``simulate``, which
 replays them with per-operation costs: an operation starts when its rank is free and its input
-has arrived (the previous stage's forward, the next stage's backward). With t_f, t_b the
-forward and backward time of one micro-batch through one rank's layers, GPipe and 1F1B take
-(m + p − 1)(t_f + t_b), of which each rank is idle (p − 1)(t_f + t_b): the bubble, (p−1)/(m+p−1)
-of the step (``bubble_fraction``); interleaving makes the idle time (p − 1)(t_f + t_b)/v.
+has arrived (the previous stage's forward, the next stage's backward); ``replay`` does it for
+any order, also torch's zero-bubble ones, whose backwards are split in two: I (the input's
+gradient, which the previous stage waits for) and W (the weights', which nobody waits for).
+With t_f, t_b the forward and backward time of one micro-batch through one rank's layers, GPipe
+and 1F1B take (m + p − 1)(t_f + t_b), of which each rank is idle (p − 1)(t_f + t_b): the bubble,
+(p−1)/(m+p−1) of the step (``bubble_fraction``); interleaving makes the idle time
+(p − 1)(t_f + t_b)/v.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import NamedTuple
 from .. import check
 
 __all__ = ["SCHEDULES", "Op", "Event", "stage_of", "check_schedule", "gpipe", "one_f_one_b",
-           "interleaved", "schedule", "simulate", "makespan", "busy", "bubble_fraction",
+           "interleaved", "schedule", "simulate", "replay", "makespan", "busy", "bubble_fraction",
            "bubble_formula", "in_flight", "p2p_messages"]
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -138,46 +141,65 @@ def simulate(schedule: str, p: int, microbatches: int, virtual: int = 1, *, t_f:
     micro-batch through one rank's layers (a chunk takes 1/v of it), ``p2p`` the time a
     message takes between ranks. Exact with ints or Fractions. Events in start order.
     ``programs`` (one list of ``Op`` per rank) replays your own order instead of the schedule's.
-
-    Each rank runs its list in order; an operation starts when the rank is free and its input
-    is there (F of stage s after F of stage s − 1; B of stage s after B of stage s + 1, or after
-    its own F on the last stage). Raises RuntimeError if the lists can deadlock."""
+    Raises RuntimeError if the lists can deadlock (see ``replay``)."""
     name, m = schedule, microbatches
     check_schedule(name, p, m, virtual)
     for arg, value in (("t_f", t_f), ("t_b", t_b), ("p2p", p2p)):
         check.number(arg, value, 0)
-    v, stages = virtual, p * virtual
+    v = virtual
     cost = {"F": Fraction(t_f) / v if isinstance(t_f, (int, Fraction)) else t_f / v,
             "B": Fraction(t_b) / v if isinstance(t_b, (int, Fraction)) else t_b / v}
     if programs is None:
         programs = [_ops(name, p, m, r, v) for r in range(p)]
     elif not isinstance(programs, (list, tuple)) or len(programs) != p:
         check.fail("programs", f"a list of {p} lists of Op (one per rank)", programs)
-    done: dict[tuple[str, int, int], tuple[Real, int]] = {}  # (kind, stage, mb) -> (end, rank)
+    work = [[(op.kind, stage_of(r, op.chunk, p), op.mb) for op in ops]
+            for r, ops in enumerate(programs)]
+    try:
+        return replay(work, cost, p2p=p2p, stages=p * v)
+    except RuntimeError as e:
+        raise RuntimeError(f"schedule {name!r} {e}") from None
+
+
+def replay(programs: list[list[tuple[str, int, int]]], costs: dict[str, Real], *, p2p: Real = 0,
+           stages: int | None = None) -> list[Event]:
+    """Run each rank's list of (kind, stage, micro-batch) in order, each operation taking
+    ``costs[kind]``, and return the events in start order.
+
+    An operation starts when its rank is free and its input is there: F of stage s after F of
+    stage s − 1; a backward of stage s (B, or I: its input-gradient half) after the backward or
+    I of stage s + 1 (after its own F on the last stage); W (the weight-gradient half of a split
+    backward, as in zero-bubble schedules) after its own I. ``p2p`` is added when the input comes
+    from another rank. Raises RuntimeError when every rank waits on another (a deadlock)."""
+    stages = stages or 1 + max(s for ops in programs for _, s, _ in ops)
+    need = {"F": lambda s, mb: ("F", s - 1, mb) if s > 0 else None,
+            "B": lambda s, mb: ("G", s + 1, mb) if s < stages - 1 else ("F", s, mb),
+            "W": lambda s, mb: ("I", s, mb)}
+    need["I"] = need["B"]
+    gives = {"F": ("F",), "B": ("G",), "I": ("G", "I"), "W": ()}
+    done: dict[tuple[str, int, int], tuple[Real, int]] = {}  # what, stage, mb -> (end, rank)
+    p = len(programs)
     clock, pos, events = [0] * p, [0] * p, []
     while any(pos[r] < len(programs[r]) for r in range(p)):
         moved = False
         for r in range(p):
             while pos[r] < len(programs[r]):
-                op = programs[r][pos[r]]
-                s = stage_of(r, op.chunk, p)
-                if op.kind == "F":
-                    dep = ("F", s - 1, op.mb) if s > 0 else None
-                else:
-                    dep = ("B", s + 1, op.mb) if s < stages - 1 else ("F", s, op.mb)
+                kind, s, mb = programs[r][pos[r]]
+                dep = need[kind](s, mb)
                 if dep is not None and dep not in done:
                     break
                 start = clock[r]
                 if dep is not None:
                     end, who = done[dep]
                     start = max(start, end + (p2p if who != r else 0))
-                end = start + cost[op.kind]
-                done[(op.kind, s, op.mb)] = (end, r)
-                events.append(Event(r, s, op.kind, op.mb, start, end))
+                end = start + costs[kind]
+                for what in gives[kind]:
+                    done[(what, s, mb)] = (end, r)
+                events.append(Event(r, s, kind, mb, start, end))
                 clock[r], pos[r], moved = end, pos[r] + 1, True
         if not moved:
             stuck = {r: programs[r][pos[r]] for r in range(p) if pos[r] < len(programs[r])}
-            raise RuntimeError(f"schedule {name!r} deadlocks: each rank waits on another {stuck}")
+            raise RuntimeError(f"deadlocks: each rank waits on another {stuck}")
     return sorted(events, key=lambda e: (e.start, e.rank))
 
 

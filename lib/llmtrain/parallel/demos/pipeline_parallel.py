@@ -11,6 +11,8 @@ Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record
   measured Gantt chart and bubble, to hold against ``pp_schedule.simulate``.
 - ``held``: the live bytes of this rank after every operation, from the exact storage tracker
   (``memory.tracking``): how many micro-batches of activations a stage really holds.
+- ``torch_schedule``: one step by torch's zero-bubble or DualPipeV schedule on the same stages,
+  and the order torch runs them in (to replay with ``pp_schedule.replay``).
 - ``run_all``: several of these in one launch.
 """
 
@@ -32,7 +34,7 @@ from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_frac
 from .harness import main as _main
 from .harness import positive
 
-__all__ = ["step", "timeline", "held", "run_all", "batch_of", "model_of", "TORCH_SCHEDULES", "cli"]
+__all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of", "model_of", "TORCH_SCHEDULES", "cli"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
@@ -212,6 +214,57 @@ def cli(argv: list[str] | None = None) -> None:
     _main("python -m llmtrain.parallel.pipeline_parallel", _rank, _report,
           description="Pipeline parallelism: measure the bubble of one schedule.",
           options=_options, validate=_validate, nproc=2, argv=argv)
+
+
+LOOK_AHEAD = ("ScheduleInterleavedZeroBubble", "ScheduleZBVZeroBubble", "ScheduleDualPipeV")
+
+
+def torch_schedule(name: str = "ScheduleZBVZeroBubble", microbatches: int = 4, shape: Any = "tiny",
+                   batch: int = 8, seq: int = 16, seed: int = 0) -> dict[str, Any]:
+    """One step by one of torch's newer schedules, two stages per rank, on our stages
+    (float64): round-robin for ScheduleInterleavedZeroBubble (rank r: stages r, r + p), a "V"
+    for ScheduleZBVZeroBubble and ScheduleDualPipeV (rank r: stages r and 2p − 1 − r, so rank 0
+    holds the first and the last). Returns {"rank", "stages", "loss" (the rank holding the last
+    stage, else None), "grads" (full names), "order" (the rank's computations as torch lists
+    them in ``pipeline_order``: (kind, stage, micro-batch), kind F, B, or I and W, a backward's
+    input- and weight-gradient halves; an overlapped F;B pair as its two parts), "single"
+    (rank 0: one process's loss and gradients)}."""
+    from torch.distributed import pipelining
+
+    check.one_of("name", name, LOOK_AHEAD)
+    r, p = dist.get_rank(), dist.get_world_size()
+    model = model_of(shape, "float64", seed)
+    if model.shape.tie_embeddings:
+        raise ValueError("shape must have untied embeddings here (the V puts both ends on rank 0)")
+    ids = batch_of(model.shape, batch, seq, seed + 1)
+    out: dict[str, Any] = {"rank": r}
+    if r == 0:
+        res = model(ids, labels=ids)
+        res.loss.backward()
+        out["single"] = {"loss": res.loss.detach(), "grads": _grads(model.named_parameters())}
+        model.zero_grad(set_to_none=True)
+    n = 2 * p
+    ranges = pp.stage_layers(model.shape.num_layers, n)
+    mine = [r, n - 1 - r] if name in LOOK_AHEAD[1:] else [r, r + p]
+    stages = [pp.Stage(model, ranges[s], s == 0, s == n - 1) for s in mine]
+    tokens = int((ids[:, 1:] != -100).sum())
+    sched = getattr(pipelining, name)(
+        [pipelining.PipelineStage(st, s, n, torch.device("cpu")) for st, s in zip(stages, mine)],
+        microbatches, loss_fn=lambda logits, labels: pp.lm_loss(logits, labels, tokens),
+        scale_grads=False)
+    losses: list = []
+    sched.step(*((ids,) if 0 in mine else ()), target=ids if n - 1 in mine else None, losses=losses)
+
+    def parts(action):
+        for a in action.sub_actions or (action,):
+            if a.computation_type.value in ("F", "B", "I", "W"):
+                yield a.computation_type.value, a.stage_index, a.microbatch_index
+
+    order = [t for a in sched.pipeline_order[r] if a is not None for t in parts(a)]
+    return {"rank": r, "stages": mine, "order": order, **out,
+            "loss": torch.stack([x.detach() for x in losses]).sum() if losses else None,
+            "grads": {pp.Stage.full_name(k): q.grad.detach().clone()
+                      for st in stages for k, q in st.named_parameters()}}
 
 
 def run_all(fn, configs: list[dict[str, Any]]) -> list[Any]:
