@@ -437,9 +437,9 @@ print(f"TP sends {float(tp_sent / pp_formula):.1f}× what the {P}-stage pipeline
 # The bubble of 1F1B comes from the pipeline's fill and drain. Two later ideas shrink it
 # further; PyTorch ships both as schedules of `torch.distributed.pipelining`:
 #
-# - **Zero bubble** (Qi et al., ICLR 2024, arXiv 2401.10241) splits each backward in two: $B$,
-#   the gradient with respect to the stage's *input* (which the previous stage waits for), and
-#   $W$, the gradient with respect to its *weights* (which nobody waits for). Moving the $W$s into
+# - **Zero bubble** (Qi et al., ICLR 2024, arXiv 2401.10241) splits each backward in two: $B$
+#   (torch calls it $I$), the gradient with respect to the stage's *input* (which the previous
+#   stage waits for), and $W$, the gradient with respect to its *weights* (which nobody waits for). Moving the $W$s into
 #   the idle slots fills the bubble almost entirely: `ScheduleInterleavedZeroBubble`, and
 #   `ScheduleZBVZeroBubble` (two chunks per rank in a "V": rank 0 holds the first and the last
 #   stage).
@@ -447,17 +447,54 @@ print(f"TP sends {float(tp_sent / pp_formula):.1f}× what the {P}-stage pipeline
 #   both ends of the pipeline and overlaps one micro-batch's forward with another's backward, hiding
 #   the expert-parallel all-to-all behind compute; `ScheduleDualPipeV` is its V-shaped variant.
 
-# %%
-from torch.distributed import pipelining
+# `demos.torch_schedule` runs each of the three on 2 ranks with two stages per rank, on our
+# stages of the float64 tiny model (round-robin for the interleaved one; a "V" for ZBV and
+# DualPipeV: rank 0 holds stages 0 and 3, rank 1 stages 1 and 2), checks it against one process,
+# and returns the order torch runs each rank's work in (its `pipeline_order`):
 
-for name in ("ScheduleGPipe", "Schedule1F1B", "ScheduleInterleaved1F1B",
-             "ScheduleInterleavedZeroBubble", "ScheduleZBVZeroBubble", "ScheduleDualPipeV"):
-    print(f"torch.distributed.pipelining.{name:30s} available: {hasattr(pipelining, name)}")
+# %% tags=["nbval-ignore-output"]
+SHAPE_V = tiny.replace(num_layers=4)  # 4 stages: one layer each
+ahead = launch(demos.run_all, 2, demos.torch_schedule,
+               [dict(name=name, microbatches=M, shape=SHAPE_V) for name in demos.LOOK_AHEAD],
+               timeout=300)
+for i, name in enumerate(demos.LOOK_AHEAD):
+    single = ahead[0][i]["single"]
+    grads = {n: g for rank in ahead for n, g in rank[i]["grads"].items()}
+    loss = next(rank[i]["loss"] for rank in ahead if rank[i]["loss"] is not None)
+    err = max(abs(loss - single["loss"]).item(),
+              max((g - single["grads"][n]).abs().max().item() for n, g in grads.items()))
+    assert grads.keys() == single["grads"].keys() and err < 1e-12, (name, err)
+    print(f"{name:29s} (stages per rank {[rank[i]['stages'] for rank in ahead]}): loss and all "
+          f"{len(grads)} gradients equal one process's (< 1e-12)")
 
 # %% [markdown]
-# On gloo with 2 and 4 ranks all of them run and equal one process (the reference notes of this
-# project measured gradients within 6·10⁻⁸ in float32); our `demos.step` drives the first three,
-# which §9 compares with ours.
+# `pp_schedule.replay` replays any such order with costs per operation — here the zero-bubble
+# paper's model, a forward, an input-gradient half $I$ and a weight-gradient half $W$ each
+# taking one unit (a whole backward $B$ two) — against interleaved 1F1B on the same chunks:
+
+# %%
+one = Fraction(1)
+unit_costs = {"F": one, "B": 2 * one, "I": one, "W": one}
+orders = {name: [rank[i]["order"] for rank in ahead] for i, name in enumerate(demos.LOOK_AHEAD)}
+fb_v = pp_schedule.simulate("interleaved", 2, M, 2, t_f=2, t_b=4)  # per chunk: F = 1, B = 2
+print(f"2 ranks, 2 chunks each, m = {M}, F = I = W = 1 unit:")
+print(f"  {'interleaved 1F1B (ours)':29s} step {pp_schedule.makespan(fb_v)} units, "
+      f"bubble {pp_schedule.bubble_fraction(fb_v)}")
+for name, order in orders.items():
+    ev = pp_schedule.replay(order, unit_costs)
+    print(f"  {name:29s} step {pp_schedule.makespan(ev)} units, bubble {pp_schedule.bubble_fraction(ev)}")
+    assert pp_schedule.bubble_fraction(ev) < pp_schedule.bubble_fraction(fb_v)
+zbv = pp_schedule.replay(orders["ScheduleZBVZeroBubble"], unit_costs)
+fig, ax = plt.subplots(figsize=(9, 2.4))
+plots.gantt(ax, zbv, stages=4, title=f"ScheduleZBVZeroBubble, p = 2, m = {M}: torch's order, replayed",
+            unit="units")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The weight-gradient halves (green) go where 1F1B would idle: the bubble nearly disappears, for
+# the price of keeping each micro-batch's activations until its $W$ has run. (These orders are
+# torch's own; its version pins them: another release may order the work differently.)
 #
 # ## 9. Equal to one process and to torch.distributed.pipelining · 与单进程和 PyTorch 结果一致
 #
@@ -569,5 +606,5 @@ print(f"m = {M}: micro-batches of activations held per rank: GPipe {held_per_ran
 # - 交错调度（每张卡 $v$ 个块）把空闲时间除以 $v$：气泡 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是 $2(pv-1)m$ 条消息（是 1F1B 的 $(pv-1)/(p-1)$ 倍，$p$ 大时接近 $v$ 倍）：$m$ = 4 时 GPipe 和 1F1B 各 8 条，交错调度 24 条。
 # - 流水线每步只在 $p-1$ 个切点上发送激活值和梯度：$2(p-1)\cdot m\cdot b\cdot s\cdot h$ 个元素（微型模型、float64、批次 8×16：131,072 B，计数与公式一致），与层数无关；同样的模型和批次用 $t$ = 2 的张量并行（所有进程合计）要发送 2,365,056 B，是它的 18.0 倍。所以跨节点用流水线，张量并行留在 NVLink 节点内。
 # - GPipe、1F1B、交错 1F1B（我们的实现和 `torch.distributed.pipelining`）的损失和全部梯度与单进程相差小于 1e-12（只是舍入误差）。
-# - 零气泡（把反向拆成对输入的 B 和对权重的 W）与 DualPipe 进一步填满气泡，PyTorch 已提供 `ScheduleInterleavedZeroBubble`、`ScheduleZBVZeroBubble`、`ScheduleDualPipeV`。
+# - 零气泡（把反向拆成对输入的 B（torch 记作 I）和对权重的 W）与 DualPipe 进一步填满气泡：PyTorch 的 `ScheduleInterleavedZeroBubble`、`ScheduleZBVZeroBubble`、`ScheduleDualPipeV` 在我们的阶段上运行，与单进程结果一致；按它们的执行顺序重放（F = I = W = 1 个单位），$p$ = 2、$m$ = 8 时气泡为 1/49，同样分块的交错 1F1B 为 1/17。
 # - 勘误：GPipe 发表于 NeurIPS 2019（arXiv 1811.06965），不是 2024；微批次换来的是更小的气泡，本身不限制激活值显存（GPipe 保存全部 $m$ 个），限制显存的是 1F1B 调度。
