@@ -285,8 +285,9 @@ compare("1f1b")
 show(demos.held)
 
 # %%
-held = launch(demos.run_all, P, demos.held, [dict(schedule=name, microbatches=M, shape=SHAPE)
-                                             for name in ("gpipe", "1f1b")], timeout=300)
+held = launch(demos.run_all, P, demos.held, [dict(schedule=name, microbatches=M, shape=SHAPE, virtual=v)
+                                             for name, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", V))],
+              timeout=300)
 held_per_rank = {}
 for i, name in enumerate(("gpipe", "1f1b")):
     held_per_rank[name] = [rank[i]["held"] for rank in held]
@@ -297,6 +298,11 @@ for i, name in enumerate(("gpipe", "1f1b")):
         print(f"{name:5s} rank {r}: one micro-batch adds {rank[i]['per_microbatch']:>9,} B; most live "
               f"{max(rank[i]['live']):>10,} B = {rank[i]['held']} micro-batches (schedule: {rank[i]['peak_in_flight']})")
 print("held micro-batches per rank:", held_per_rank, f"(GPipe: m = {M}; 1F1B: p − rank)")
+chunks = [rank[2]["held"] for rank in held]  # interleaved: (micro-batch, chunk) activations
+assert chunks == [rank[2]["peak_in_flight"] for rank in held] == \
+    [pp_schedule.in_flight(pp_schedule.schedule("interleaved", P, M, r, V)) for r in range(P)]
+print(f"interleaved (v = {V}): {chunks} chunk activations per rank, each 1/v of the rank's layers = "
+      f"{[str(Fraction(c, V)) for c in chunks]} micro-batches' worth: more than 1F1B's")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.0), sharey=True)
@@ -318,7 +324,9 @@ plt.show()
 # the staircase climbs $m$ steps on every rank; under 1F1B it stops after $p - r$ and then
 # alternates. (The last rank's step is higher: it also keeps the logits for the loss.) So 1F1B
 # saves memory, not time — with $m \gg p$ it bounds the activations by $p$ micro-batches where
-# GPipe needs $m$.
+# GPipe needs $m$. The last line above is interleaving's (§6), measured in the same launch: its
+# longer warm-up, $2(p-r-1) + (v-1)p$ forwards, keeps more in flight than 1F1B does, one more
+# price of its smaller bubble (Narayanan et al. 2021, §2.2).
 #
 # ## 6. Interleaving: bubble ÷ v for v× more messages · 交错调度：气泡除以 v，消息乘以 v
 #
@@ -603,7 +611,7 @@ print(f"m = {M}: micro-batches of activations held per rank: GPipe {held_per_ran
 # - 把批次切成 $m$ 个微批次（梯度累积）：GPipe 一步的时间为 $(m+p-1)(t_f+t_b)$，每张卡空闲 $(p-1)(t_f+t_b)$，气泡占比 $(p-1)/(m+p-1)$，与 $t_f$、$t_b$ 无关；SymPy 推导，模拟器在 24 个 $(p, m)$ 组合上（GPipe 与 1F1B 共 48 个调度）精确相等；$p$ = 2、$m$ = 8 时为 1/9。真实进程上测得的气泡与公式相差小于 0.05，步长与模拟相差小于 10 %（差距来自 gloo 每条消息和 sleep 唤醒约 1 毫秒的延迟）。
 # - 文献中有两种气泡比例：除以整个调度的时间得 $(p-1)/(m+p-1)$（GPipe），除以理想时间得 $(p-1)/m$（Megatron-LM），后者是前者的 $b/(1-b)$。
 # - 1F1B 与 GPipe 的步长和气泡完全相同，但每个阶段保存的微批次激活值从 $m$ 降到 $p-\text{rank}$：$p$ = 2、$m$ = 8 时，精确内存追踪测得 GPipe 为 [8, 8]，1F1B 为 [2, 1]，与调度自身的计数一致。1F1B 节省的是显存，不是时间。
-# - 交错调度（每张卡 $v$ 个块）把空闲时间除以 $v$：气泡 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是 $2(pv-1)m$ 条消息（是 1F1B 的 $(pv-1)/(p-1)$ 倍，$p$ 大时接近 $v$ 倍）：$m$ = 4 时 GPipe 和 1F1B 各 8 条，交错调度 24 条。
+# - 交错调度（每张卡 $v$ 个块）把空闲时间除以 $v$：气泡 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是 $2(pv-1)m$ 条消息（是 1F1B 的 $(pv-1)/(p-1)$ 倍，$p$ 大时接近 $v$ 倍）：$m$ = 4 时 GPipe 和 1F1B 各 8 条，交错调度 24 条；预热更长，保存的激活值也更多（$p$ = 2、$m$ = 8 时每个进程 [5, 3] 个块，即 5/2 和 3/2 个微批次，1F1B 为 [2, 1]）。
 # - 流水线每步只在 $p-1$ 个切点上发送激活值和梯度：$2(p-1)\cdot m\cdot b\cdot s\cdot h$ 个元素（微型模型、float64、批次 8×16：131,072 B，计数与公式一致），与层数无关；同样的模型和批次用 $t$ = 2 的张量并行（所有进程合计）要发送 2,365,056 B，是它的 18.0 倍。所以跨节点用流水线，张量并行留在 NVLink 节点内。
 # - GPipe、1F1B、交错 1F1B（我们的实现和 `torch.distributed.pipelining`）的损失和全部梯度与单进程相差小于 1e-12（只是舍入误差）。
 # - 零气泡（把反向拆成对输入的 B（torch 记作 I）和对权重的 W）与 DualPipe 进一步填满气泡：PyTorch 的 `ScheduleInterleavedZeroBubble`、`ScheduleZBVZeroBubble`、`ScheduleDualPipeV` 在我们的阶段上运行，与单进程结果一致；按它们的执行顺序重放（F = I = W = 1 个单位），$p$ = 2、$m$ = 8 时气泡为 1/49，同样分块的交错 1F1B 为 1/17。

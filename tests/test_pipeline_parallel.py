@@ -99,7 +99,8 @@ def _masked(shape: ModelShape, schedule: str, m: int, v: int, batch: int) -> dic
 def _ranks_fast() -> dict:
     return {"cases": [demos.step(s, sch, m, v, B, T) for s, sch, m, v in CASES],
             "errors": _errors(),
-            "held": [demos.held(sch, 4, TIED, batch=4, seq=T) for sch in ("gpipe", "1f1b")],
+            "held": [demos.held(sch, 4, TIED, batch=4, seq=T, virtual=v)
+                     for sch, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", 2))],
             "timeline": demos.timeline("1f1b", 4, 1, 0.02, 0.04, TIED, seq=T),
             "look_ahead": [demos.torch_schedule(n, 4, UNTIED.replace(attention_bias=False), B, T)
                            for n in demos.LOOK_AHEAD]}
@@ -204,8 +205,11 @@ def _check_case(results, shape, schedule, m, v) -> None:
 
 
 def _check_held(held: list[list[dict]], m: int) -> None:
-    gpipe, fb = held
+    gpipe, fb, *more = held
     p = len(gpipe)
+    for inter in more:  # interleaved, v = 2: (micro-batch, chunk) pairs held, the schedule's count
+        want = [pp_schedule.in_flight(pp_schedule.schedule("interleaved", p, m, r, 2)) for r in range(p)]
+        assert [r["held"] for r in inter] == [r["peak_in_flight"] for r in inter] == want
     assert [r["held"] for r in gpipe] == [r["peak_in_flight"] for r in gpipe] == [m] * p
     assert [r["held"] for r in fb] == [r["peak_in_flight"] for r in fb] == \
         [p - r for r in range(p)]
@@ -257,7 +261,7 @@ def test_impossible_settings_are_named_before_any_message(two):
 
 
 def test_held_microbatches_gpipe_m_1f1b_p_minus_rank(two):
-    _check_held([[r["held"][i] for r in two] for i in range(2)], m=4)
+    _check_held([[r["held"][i] for r in two] for i in range(3)], m=4)
 
 
 def test_padded_costs_give_the_simulated_bubble(two):

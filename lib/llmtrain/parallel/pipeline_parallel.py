@@ -139,11 +139,13 @@ class Pipeline:
 
     # --- one step --------------------------------------------------------------------------
 
-    def step(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    def step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | None:
         """Forward and backward of the whole batch, micro-batch by micro-batch, in the order of
         the schedule; gradients accumulate in the parameters' ``.grad``. Every rank passes the
-        same ``input_ids`` and ``labels`` (B, T); returns the batch's mean loss on the rank
-        holding the last stage, None on the others."""
+        same ``input_ids`` and ``labels`` (B, T; default: the ids, next-token prediction as
+        ``Llama(ids, labels=ids)``; -100 marks a token without loss); returns the batch's mean
+        loss on the rank holding the last stage, None on the others."""
+        labels = input_ids if labels is None else labels
         check.tensor("input_ids", input_ids, dim=2)
         check.tensor("labels", labels, dim=2)
         if labels.shape != input_ids.shape:
@@ -298,6 +300,9 @@ def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int
         raise RuntimeError("pipeline parallelism needs torch.distributed: run it inside "
                            "llmtrain.parallel.launch (or torchrun)")
     p, rank = dist.get_world_size(group), dist.get_rank(group)
+    if rank < 0:
+        raise ValueError(f"group must contain this rank ({dist.get_rank()}): call pipeline on the "
+                         f"ranks of the group only")
     _same_on_every_rank(group, schedule=schedule, microbatches=microbatches, virtual=virtual,
                         shape=model.shape)
     check_schedule(schedule, p, microbatches, virtual)

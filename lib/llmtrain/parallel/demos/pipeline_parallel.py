@@ -149,17 +149,17 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
 
 
 def held(schedule: str = "1f1b", microbatches: int = 8, shape: Any = "tiny", batch: int | None = None,
-         seq: int = 16, seed: int = 0, dtype: str = "float32") -> dict[str, Any]:
+         seq: int = 16, seed: int = 0, dtype: str = "float32", virtual: int = 1) -> dict[str, Any]:
     """Live bytes on this rank after each operation of one step, from the exact tracker.
 
     Returns {"rank", "ops" [(kind, mb)], "live" [bytes after each op, relative to just
-    before the first], "per_microbatch" (the bytes the first forward adds), "peak" (the
-    tracker's peak, relative), "held" (the most live bytes after an op // per_microbatch),
-    "peak_in_flight" (the schedule's own count)}."""
+    before the first], "per_microbatch" (the bytes the first forward adds: one chunk's when
+    interleaved), "peak" (the tracker's peak, relative), "held" (the most live bytes after an
+    op // per_microbatch), "peak_in_flight" (the schedule's own count)}."""
     r = dist.get_rank()
     model = model_of(shape, dtype, seed)
     ids = batch_of(model.shape, batch or microbatches, seq, seed + 1)
-    pipe = pp.pipeline(model, None, schedule, microbatches)
+    pipe = pp.pipeline(model, None, schedule, microbatches, virtual)
     pipe.step(ids, ids)  # warm-up: the .grad buffers exist from now on
     base, samples = [], []
     with memory.tracking() as tracker:
