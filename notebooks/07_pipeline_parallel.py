@@ -176,7 +176,8 @@ print(f"p = {P}, m = {M}: GPipe takes {pp_schedule.makespan(sim['gpipe'])} ms, "
 #
 # `demos.timeline` runs one step of the pipelined tiny LLaMA with every forward and backward
 # padded by a sleep to a fixed time ($t_f$ = `T_F`, $t_b$ = `T_B`; the real compute of the tiny
-# model is a few milliseconds, well inside), after a warm-up step (gloo connects on first use).
+# model is a few milliseconds, well inside), after a warm-up step (a process's first step pays
+# one-time costs: allocations, kernel set-up).
 # One launch runs GPipe, 1F1B and interleaved 1F1B (`demos.run_all`):
 
 # %%

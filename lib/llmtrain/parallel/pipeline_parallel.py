@@ -265,8 +265,9 @@ class Pipeline:
         w.grad += theirs
 
     def connect(self) -> None:
-        """Exchange one number with each neighbour (tag "pp-init"): gloo sets a connection up
-        on its first message (0.69 s measured, then 6 ms), so timings start warm."""
+        """Exchange one number with each neighbour (tag "pp-init"), so that no timed message is
+        a pair's first (measured with torch 2.13's gloo on one machine: the first message after
+        init takes 0.5 ms, the next ones 0.1 ms; other backends and networks may connect lazily)."""
         if self.p == 1:
             return
         wrap = self.schedule == "interleaved"  # the last rank also sends to the first
@@ -294,7 +295,7 @@ def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int
     "1f1b" or "interleaved" (``virtual`` ≥ 2 stages per rank, microbatches a multiple of p).
     ``fixed_costs`` = (t_f, t_b) seconds pads every forward / backward of a rank's layers to
     that time (a cost model for measuring schedules; the compute must fit inside). ``warm``
-    exchanges one message with each neighbour first (gloo connects on first use)."""
+    exchanges one message with each neighbour first (``Pipeline.connect``)."""
     check.module("model", model, Llama, "a llmtrain.llama.Llama")
     if not dist.is_initialized():
         raise RuntimeError("pipeline parallelism needs torch.distributed: run it inside "
