@@ -12,6 +12,7 @@ float reassociation: < 1e-12 (measured: ≤ 6e-17).
 from __future__ import annotations
 
 import collections
+import copy
 import subprocess
 import sys
 from fractions import Fraction
@@ -314,6 +315,35 @@ def test_stage_split_covers_the_model_once():
     for s in stages:  # the stages in a row compute the model
         x = s(x)
     assert torch.equal(x, model(ids).logits)
+
+
+@pytest.mark.parametrize("strategy", ["full", "sqrt", "every", "selective"])
+def test_stages_keep_the_models_recomputation(strategy):
+    """recompute.apply's segments are cut at the stage edges (sqrt's [0,3) [3,6) [6,8) on the
+    stages [0,4) [4,8): [0,3) [3,4) | [4,6) [6,8)); the stages compute the same gradients and
+    save less for backward than the same stages without recomputation."""
+    from llmtrain import activations, recompute
+
+    torch.manual_seed(0)
+    plain = Llama(UNTIED).double()
+    model = recompute.apply(copy.deepcopy(plain), strategy, 3 if strategy == "every" else None)
+    stages, bare = pp.split(model, 2), pp.split(plain, 2)
+    want = {"full": [[range(i, i + 1) for i in range(4)], [range(i, i + 1) for i in range(4, 8)]],
+            "sqrt": [[range(0, 3), range(3, 4)], [range(4, 6), range(6, 8)]],
+            "every": [[range(0, 1), range(3, 4)], [range(6, 7)]], "selective": [[], []]}
+    assert [s.recompute_segments for s in stages] == want[strategy]
+    ids = demos.batch_of(UNTIED, 2, T)
+    hidden = stages[0](ids)
+    loss = pp.lm_loss(stages[1](hidden), ids, int(ids[:, 1:].numel()))
+    loss.backward()
+    ref = plain(ids, labels=ids).loss
+    ref.backward()
+    assert abs(loss - ref).item() < TOL
+    got = {pp.Stage.full_name(n): p.grad for s in stages for n, p in s.named_parameters()}
+    assert _max_err(got, {n: p.grad for n, p in plain.named_parameters()}) < TOL
+    inputs = [ids, hidden.detach()]
+    for s, b, x in zip(stages, bare, inputs):
+        assert activations.measure(s, x).total_bytes < activations.measure(b, x).total_bytes
 
 
 def test_stage_layers_rejects_too_few_layers():

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import check
 from ..llama import Llama, upcast
@@ -63,7 +64,8 @@ class Stage(nn.Module):
     token embedding before them on the first stage, the final norm and lm_head after them on
     the last. ``forward`` maps token ids (first stage) or hidden states (B, T, H) to hidden
     states, or to logits on the last stage. Parameter names are the full model's
-    (``full_name``)."""
+    (``full_name``). Recomputation set by ``llmtrain.recompute.apply`` carries over: selective
+    inside each layer, and each full-recompute segment cut at the stage's edges."""
 
     def __init__(self, model: Llama, layers: range, first: bool, last: bool):
         super().__init__()
@@ -75,6 +77,9 @@ class Stage(nn.Module):
         self.norm = copy.deepcopy(body.norm) if last else None
         self.lm_head = copy.deepcopy(model.lm_head) if last else None  # tied: a copy of the matrix
         self.tied, self.hidden_size = model.shape.tie_embeddings, model.shape.hidden_size
+        self.recompute_segments = [range(max(g.start, layers.start), min(g.stop, layers.stop))
+                                   for g in body.recompute_segments
+                                   if g.start < layers.stop and layers.start < g.stop]
         if first and last and self.tied:  # one stage holds both ends: keep them one tensor
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -82,9 +87,21 @@ class Stage(nn.Module):
         if self.first:
             x = self.embed_tokens(x)
         cos, sin = self.rotary_emb(x.shape[1], x.dtype)
-        for layer in self.layers.values():
-            x = layer(x, cos, sin)
+        segments = {g.start: g for g in self.recompute_segments}
+        i = self.layer_ids.start
+        while i < self.layer_ids.stop:
+            if i in segments:  # keep only the segment's input; run it again in backward
+                x = checkpoint(self._run, x, cos, sin, segments[i], use_reentrant=False)
+                i = segments[i].stop
+            else:
+                x = self.layers[str(i)](x, cos, sin)
+                i += 1
         return self.lm_head(self.norm(x)) if self.last else x
+
+    def _run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ids: range) -> torch.Tensor:
+        for i in ids:
+            x = self.layers[str(i)](x, cos, sin)
+        return x
 
     @staticmethod
     def full_name(name: str) -> str:
