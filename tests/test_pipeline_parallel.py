@@ -416,3 +416,8 @@ def test_ranks_that_disagree_all_refuse():
     assert messages[0] == messages[1]
     assert messages[0].startswith("microbatches must be the same on every rank of the pipeline, "
                                   "got ['2', '4']")
+
+
+def test_torch_engine_needs_equal_microbatches():
+    with pytest.raises(ValueError, match="batch must be a multiple of microbatches=3 for engine 'torch'"):
+        demos.step(TIED, "1f1b", 3, 1, batch=7)

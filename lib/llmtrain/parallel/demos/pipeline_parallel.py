@@ -75,6 +75,10 @@ def step(shape: Any = "tiny", schedule: str = "1f1b", microbatches: int = 4, vir
     check.one_of("schedule", schedule, SCHEDULES)
     for e in engines:
         check.one_of("engines", e, ("ours", "torch"))
+    if "torch" in engines and batch % microbatches:
+        raise ValueError(f"batch must be a multiple of microbatches={microbatches} for engine "
+                         f"'torch' (its stages fix one micro-batch shape; ours take uneven "
+                         f"ones), got batch={batch}")
     r, n = dist.get_rank(), dist.get_world_size()
     model = model_of(shape, dtype, seed)
     ids = batch_of(model.shape, batch, seq, seed + 1)
