@@ -379,9 +379,24 @@ plt.show()
 compare("interleaved")
 
 # %% [markdown]
-# The measured interleaved step runs twice as many operations, each half as long, so the
-# per-message delay weighs about twice as much against them; the tolerance holds all the same. The price is in the messages: every chunk boundary
-# is a stage boundary, $pv-1$ of them instead of $p-1$, each crossed by every micro-batch both
+# The measured steps run a little long because every message takes time. `simulate` takes that
+# too (`p2p`, the time from one stage's end to the next stage's start on another rank): with
+# 1 ms per message, each schedule's step grows by as many milliseconds as messages lie on its
+# critical path: GPipe's crosses between ranks $2(p-1)$ times (the first forward down, the last
+# backward up), 1F1B's more often, as each forward of the steady state waits for a backward:
+
+# %%
+for name, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", V)):
+    late = pp_schedule.simulate(name, P, M, v, t_f=T_F_MS, t_b=T_B_MS, p2p=1)
+    extra = pp_schedule.makespan(late) - pp_schedule.makespan(sim[name])
+    print(f"{name:11s}: {pp_schedule.makespan(sim[name])} ms without latency, "
+          f"{pp_schedule.makespan(late)} ms with 1 ms per message (+{extra} ms)")
+
+# %% [markdown]
+# The rest of the measured excess is each sleep waking up a fraction of a millisecond late. The
+# interleaved step runs twice as many operations, each half as long, so these delays weigh
+# about twice as much against them; the tolerance holds all the same. Interleaving's price is in
+# the messages: every chunk boundary is a stage boundary, $pv-1$ of them instead of $p-1$, each crossed by every micro-batch both
 # ways: `pp_schedule.p2p_messages` = $2(pv-1)m$, that is $\frac{pv-1}{p-1}$ times as many —
 # 3× at $p$ = 2, $v$ = 2, and close to $v$× when $p$ is large. Counted by `comm` in one real step of each
 # schedule (`demos.step`, $m$ = 4 micro-batches of 2 sequences of 16 tokens, float64; the
