@@ -151,7 +151,8 @@ def three():
 # ---------------------------------------------------------------------------- helpers
 
 def _single_name(name: str, shape: ModelShape) -> str:
-    return "model.embed_tokens.weight" if name == "lm_head.weight" and shape.tie_embeddings else name
+    tied = name == "lm_head.weight" and shape.tie_embeddings
+    return "model.embed_tokens.weight" if tied else name
 
 
 def _merged(results: list[dict], engine: str, shape: ModelShape) -> dict[str, torch.Tensor]:
@@ -209,7 +210,8 @@ def _check_held(held: list[list[dict]], m: int) -> None:
     gpipe, fb, *more = held
     p = len(gpipe)
     for inter in more:  # interleaved, v = 2: (micro-batch, chunk) pairs held, the schedule's count
-        want = [pp_schedule.in_flight(pp_schedule.schedule("interleaved", p, m, r, 2)) for r in range(p)]
+        want = [pp_schedule.in_flight(pp_schedule.schedule("interleaved", p, m, r, 2))
+                for r in range(p)]
         assert [r["held"] for r in inter] == [r["peak_in_flight"] for r in inter] == want
     assert [r["held"] for r in gpipe] == [r["peak_in_flight"] for r in gpipe] == [m] * p
     assert [r["held"] for r in fb] == [r["peak_in_flight"] for r in fb] == \
@@ -231,7 +233,8 @@ def _check_timeline(results: list[dict], tolerance: float = 0.15, bubble: float 
     for r in results:  # the compute fits inside the pads (t_f / v forward, 2 t_f / v backward)
         assert r["compute"]["F"] < t_f / v and r["compute"]["B"] < 2 * t_f / v, r["compute"]
     measured, simulated = pp_schedule.makespan(events), float(pp_schedule.makespan(sim))
-    assert simulated <= measured * 1.001 and measured < simulated * (1 + tolerance), (measured, simulated)
+    assert simulated <= measured * 1.001, (measured, simulated)
+    assert measured < simulated * (1 + tolerance), (measured, simulated)
     assert pp_schedule.bubble_fraction(sim) == results[0]["formula"]
     assert abs(pp_schedule.bubble_fraction(events) - float(results[0]["formula"])) < bubble
 
@@ -419,5 +422,6 @@ def test_ranks_that_disagree_all_refuse():
 
 
 def test_torch_engine_needs_equal_microbatches():
-    with pytest.raises(ValueError, match="batch must be a multiple of microbatches=3 for engine 'torch'"):
+    with pytest.raises(ValueError,
+                       match="batch must be a multiple of microbatches=3 for engine 'torch'"):
         demos.step(TIED, "1f1b", 3, 1, batch=7)

@@ -244,8 +244,8 @@ def test_a_program_that_waits_on_itself_deadlocks(broken):
 # --- replay: any order, split backwards --------------------------------------------------
 
 def test_replay_of_a_schedule_is_simulate():
-    programs = [[(op.kind, pps.stage_of(r, op.chunk, 4), op.mb) for op in pps.schedule("1f1b", 4, 8, r)]
-                for r in range(4)]
+    programs = [[(op.kind, pps.stage_of(r, op.chunk, 4), op.mb)
+                 for op in pps.schedule("1f1b", 4, 8, r)] for r in range(4)]
     costs = {"F": Fraction(1), "B": Fraction(2)}
     assert pps.replay(programs, costs) == pps.simulate("1f1b", 4, 8, t_f=1, t_b=2)
 

@@ -79,7 +79,8 @@ def _shade(colour: str, amount: float) -> tuple[float, float, float]:
 
 # pipeline operations: colour and legend of each kind (I and W: a backward split in two)
 _GANTT = {"F": (PALETTE[0], "forward"), "B": (PALETTE[1], "backward"),
-          "I": (PALETTE[3], "backward, input grad (I)"), "W": (PALETTE[2], "backward, weight grad (W)")}
+          "I": (PALETTE[3], "backward, input grad (I)"),
+          "W": (PALETTE[2], "backward, weight grad (W)")}
 
 
 def gantt(ax, events, *, stages: int | None = None, title: str | None = None, unit: str = "s"):

@@ -11,7 +11,7 @@ each rank runs their forwards and backwards; between stages only one activation 
 elements) goes forward and one gradient of the same size back, per micro-batch.
 
     pipe = pipeline(model, group, schedule="1f1b", microbatches=8)
-    loss = pipe.step(input_ids, labels)   # mean loss of the whole batch on the last stage, else None
+    loss = pipe.step(input_ids, labels)   # the batch's mean loss on the last stage, else None
     opt = torch.optim.SGD(pipe.parameters(), lr=0.1); opt.step()
     pipe.events                           # what this rank ran, when (``pp_schedule.Event``)
 
@@ -98,14 +98,16 @@ class Stage(nn.Module):
                 i += 1
         return self.lm_head(self.norm(x)) if self.last else x
 
-    def _run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ids: range) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+             ids: range) -> torch.Tensor:
         for i in ids:
             x = self.layers[str(i)](x, cos, sin)
         return x
 
     @staticmethod
     def full_name(name: str) -> str:
-        """The single model's name of a stage parameter ("layers.3.mlp…" → "model.layers.3.mlp…")."""
+        """The single model's name of a stage parameter: "layers.3.mlp…" is
+        "model.layers.3.mlp…"."""
         return name if name.startswith("lm_head.") else "model." + name
 
 
@@ -276,8 +278,9 @@ class Pipeline:
         mine = w.grad if before is None else w.grad - before
         theirs = torch.empty_like(mine)
         peer = self.last_rank if self.rank == 0 else self.first_rank
-        for work in comm.batch_isend_irecv([comm.P2P("send", mine.contiguous(), peer, self.group, TIED),
-                                            comm.P2P("recv", theirs, peer, self.group, TIED)]):
+        messages = [comm.P2P("send", mine.contiguous(), peer, self.group, TIED),
+                    comm.P2P("recv", theirs, peer, self.group, TIED)]
+        for work in comm.batch_isend_irecv(messages):
             work.wait()
         w.grad += theirs
 

@@ -1,4 +1,5 @@
-"""What the ranks run in notebook 07 (流水线并行), and ``python -m llmtrain.parallel.pipeline_parallel``.
+"""What the ranks run in notebook 07 (流水线并行), and the command line
+``python -m llmtrain.parallel.pipeline_parallel``.
 
 Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record``\\ s):
 
@@ -34,7 +35,8 @@ from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_frac
 from .harness import main as _main
 from .harness import positive
 
-__all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of", "model_of", "TORCH_SCHEDULES", "cli"]
+__all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of",
+           "model_of", "TORCH_SCHEDULES", "cli"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
@@ -198,8 +200,9 @@ def _validate(o: dict, world: int) -> None:
 
 
 def _rank(o: dict) -> dict[str, Any]:
+    layers = max(4, 2 * dist.get_world_size() * o["virtual"])  # two or more per stage
     res = timeline(o["schedule"], o["microbatches"], o["virtual"], o["t_f"], o["t_b"],
-                   shape=shapes.get("tiny").replace(num_layers=max(4, 2 * dist.get_world_size() * o["virtual"])))
+                   shape=shapes.get("tiny").replace(num_layers=layers))
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, res["events"])
     res["events"] = [e for evs in gathered for e in evs]
