@@ -96,7 +96,8 @@ show(pipeline_parallel.stage_layers)
 # %%
 for stages in (P, P * V):
     ranges = pipeline_parallel.stage_layers(SHAPE.num_layers, stages)
-    print(f"{stages} stages: " + ", ".join(f"stage {s}: layers {list(r)}" for s, r in enumerate(ranges)))
+    print(f"{stages} stages: "
+          + ", ".join(f"stage {s}: layers {list(r)}" for s, r in enumerate(ranges)))
 print("stage 0 also holds the embedding; the last stage the final RMSNorm, lm_head and the loss")
 
 # %% [markdown]
@@ -163,9 +164,11 @@ for p in (2, 3, 4, 8):
         for name in ("gpipe", "1f1b"):
             ev = pp_schedule.simulate(name, p, m, t_f=T_F_MS, t_b=T_B_MS)
             assert pp_schedule.makespan(ev) == total.subs({p_: p, m_: m, tf_: T_F_MS, tb_: T_B_MS})
-            assert pp_schedule.bubble_fraction(ev) == pp_schedule.bubble_formula(p, m) == Fraction(p - 1, m + p - 1)
+            assert (pp_schedule.bubble_fraction(ev) == pp_schedule.bubble_formula(p, m)
+                    == Fraction(p - 1, m + p - 1))
             checked += 1
-print(f"{checked} simulated schedules: makespan = (m+p−1)(t_f+t_b) and bubble = (p−1)/(m+p−1), exactly")
+print(f"{checked} simulated schedules: makespan = (m+p−1)(t_f+t_b) "
+      "and bubble = (p−1)/(m+p−1), exactly")
 sim = {name: pp_schedule.simulate(name, P, M, v, t_f=T_F_MS, t_b=T_B_MS)
        for name, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", V))}
 print(f"p = {P}, m = {M}: GPipe takes {pp_schedule.makespan(sim['gpipe'])} ms, "
@@ -190,7 +193,8 @@ timed = launch(demos.run_all, P, demos.timeline, configs, timeout=300)
 measured = {}
 for i, cfg in enumerate(configs):
     events = [e for rank in timed for e in rank[i]["events"]]
-    measured[cfg["schedule"]] = [e._replace(start=e.start * 1e3, end=e.end * 1e3) for e in events]  # ms
+    measured[cfg["schedule"]] = [e._replace(start=e.start * 1e3, end=e.end * 1e3)  # ms
+                                 for e in events]
     compute = max(max(rank[i]["compute"].values()) for rank in timed)
     assert compute < T_F / cfg["virtual"], (cfg["schedule"], compute)  # the pads hold
 print(f"longest unpadded operation: below the {T_F / V * 1e3:.0f} ms pad on every rank")
@@ -213,10 +217,12 @@ plt.show()
 def compare(name):
     got, want = measured[name], sim[name]
     ratio = float(pp_schedule.makespan(got) / pp_schedule.makespan(want))
-    bub, formula = float(pp_schedule.bubble_fraction(got)), pp_schedule.bubble_formula(P, M, V if name == "interleaved" else 1)
+    bub = float(pp_schedule.bubble_fraction(got))
+    formula = pp_schedule.bubble_formula(P, M, V if name == "interleaved" else 1)
     print(f"{name:11s}: step {float(pp_schedule.makespan(got)):6.1f} ms measured vs "
           f"{float(pp_schedule.makespan(want)):6.1f} simulated ({ratio - 1:+.1%}); bubble measured "
-          f"{bub:.3f}, simulated {float(pp_schedule.bubble_fraction(want)):.3f}, formula {formula} = {float(formula):.3f}")
+          f"{bub:.3f}, simulated {float(pp_schedule.bubble_fraction(want)):.3f}, "
+          f"formula {formula} = {float(formula):.3f}")
     assert abs(ratio - 1) < 0.10 and abs(bub - formula) < 0.05, (name, ratio, bub)
 
 
@@ -237,7 +243,8 @@ print(f"p = {P}:   m   idle / schedule (p−1)/(m+p−1)   idle / ideal (p−1)/
 for m in (1, 2, 4, 8, 16, 32, 64):
     b_sched, b_ideal = pp_schedule.bubble_formula(P, m), Fraction(P - 1, m)
     assert b_ideal == b_sched / (1 - b_sched)
-    print(f"      {m:3d}   {str(b_sched):>8s} = {float(b_sched):5.3f}            {str(b_ideal):>6s} = {float(b_ideal):5.3f}")
+    print(f"      {m:3d}   {str(b_sched):>8s} = {float(b_sched):5.3f}            "
+          f"{str(b_ideal):>6s} = {float(b_ideal):5.3f}")
 
 # %% [markdown]
 # GPipe's "negligible when $m \ge 4p$" reads the first: at $m = 4p$ it is $(p-1)/(5p-1)$, under
@@ -262,8 +269,10 @@ plots.save(fig, "07_gpipe_vs_1f1b")
 plt.show()
 for name in ("gpipe", "1f1b"):
     ops = [pp_schedule.schedule(name, P, M, r) for r in range(P)]
-    print(f"{name:5s}: step {pp_schedule.makespan(sim[name])} ms, bubble {pp_schedule.bubble_fraction(sim[name])}; "
-          f"micro-batches in flight per rank (in_flight): {[pp_schedule.in_flight(o) for o in ops]}")
+    print(f"{name:5s}: step {pp_schedule.makespan(sim[name])} ms, "
+          f"bubble {pp_schedule.bubble_fraction(sim[name])}; "
+          "micro-batches in flight per rank (in_flight): "
+          f"{[pp_schedule.in_flight(o) for o in ops]}")
 assert pp_schedule.makespan(sim["gpipe"]) == pp_schedule.makespan(sim["1f1b"])
 
 # %% [markdown]
@@ -286,8 +295,9 @@ compare("1f1b")
 show(demos.held)
 
 # %%
-held = launch(demos.run_all, P, demos.held, [dict(schedule=name, microbatches=M, shape=SHAPE, virtual=v)
-                                             for name, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", V))],
+held = launch(demos.run_all, P, demos.held,
+              [dict(schedule=name, microbatches=M, shape=SHAPE, virtual=v)
+               for name, v in (("gpipe", 1), ("1f1b", 1), ("interleaved", V))],
               timeout=300)
 held_per_rank = {}
 for i, name in enumerate(("gpipe", "1f1b")):
@@ -296,13 +306,16 @@ for i, name in enumerate(("gpipe", "1f1b")):
         r = rank[i]["rank"]
         expect = M if name == "gpipe" else P - r
         assert rank[i]["held"] == rank[i]["peak_in_flight"] == expect, (name, r, rank[i]["held"])
-        print(f"{name:5s} rank {r}: one micro-batch adds {rank[i]['per_microbatch']:>9,} B; most live "
-              f"{max(rank[i]['live']):>10,} B = {rank[i]['held']} micro-batches (schedule: {rank[i]['peak_in_flight']})")
+        print(f"{name:5s} rank {r}: one micro-batch adds {rank[i]['per_microbatch']:>9,} B; "
+              "most live "
+              f"{max(rank[i]['live']):>10,} B = {rank[i]['held']} micro-batches "
+              f"(schedule: {rank[i]['peak_in_flight']})")
 print("held micro-batches per rank:", held_per_rank, f"(GPipe: m = {M}; 1F1B: p − rank)")
 chunks = [rank[2]["held"] for rank in held]  # interleaved: (micro-batch, chunk) activations
 assert chunks == [rank[2]["peak_in_flight"] for rank in held] == \
     [pp_schedule.in_flight(pp_schedule.schedule("interleaved", P, M, r, V)) for r in range(P)]
-print(f"interleaved (v = {V}): {chunks} chunk activations per rank, each 1/v of the rank's layers = "
+print(f"interleaved (v = {V}): {chunks} chunk activations per rank, "
+      "each 1/v of the rank's layers = "
       f"{[str(Fraction(c, V)) for c in chunks]} micro-batches' worth: more than 1F1B's")
 
 # %%
@@ -310,7 +323,8 @@ fig, axes = plt.subplots(1, 2, figsize=(8, 3.0), sharey=True)
 for ax, i, name in zip(axes, (0, 1), ("GPipe", "1F1B")):
     for rank in held:
         live = [0] + rank[i]["live"]
-        ax.step(range(len(live)), [b / 1e6 for b in live], where="post", label=f"rank {rank[i]['rank']}")
+        ax.step(range(len(live)), [b / 1e6 for b in live], where="post",
+                label=f"rank {rank[i]['rank']}")
     ax.set_title(f"{name}, p = {P}, m = {M}")
     ax.set_xlabel("operations done on the rank")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -342,7 +356,8 @@ show(pp_schedule.interleaved)
 # %%
 fig, axes = plt.subplots(2, 1, figsize=(8, 1.2 + 0.9 * P))
 plots.gantt(axes[0], sim["1f1b"], title=f"1F1B, p = {P}, m = {M} (simulated)", unit="ms")
-plots.gantt(axes[1], sim["interleaved"], stages=P * V, title=f"interleaved 1F1B, v = {V} (simulated)", unit="ms")
+plots.gantt(axes[1], sim["interleaved"], stages=P * V,
+            title=f"interleaved 1F1B, v = {V} (simulated)", unit="ms")
 axes[1].set_xlim(axes[0].get_xlim())  # the same time axis: interleaved ends earlier
 fig.tight_layout()
 plots.save(fig, "07_interleaved")
@@ -363,17 +378,21 @@ for p in (2, 3, 4, 8):
     for m in (p, 2 * p, 4 * p):
         for v in (2, 3, 4):
             ev = pp_schedule.simulate("interleaved", p, m, v, t_f=T_F_MS, t_b=T_B_MS)
-            assert pp_schedule.bubble_fraction(ev) == bubble_v.subs({p_: p, m_: m, v_: v}) == pp_schedule.bubble_formula(p, m, v)
-            assert pp_schedule.makespan(ev) == (work + idle_v).subs({p_: p, m_: m, v_: v, tf_: T_F_MS, tb_: T_B_MS})
+            assert (pp_schedule.bubble_fraction(ev) == bubble_v.subs({p_: p, m_: m, v_: v})
+                    == pp_schedule.bubble_formula(p, m, v))
+            assert pp_schedule.makespan(ev) == (work + idle_v).subs(
+                {p_: p, m_: m, v_: v, tf_: T_F_MS, tb_: T_B_MS})
             checked += 1
 print(f"{checked} simulated interleaved schedules: bubble = (p−1)/(vm+p−1), exactly")
 print(f"p = {P}, m = {M}, v = {V}: step {pp_schedule.makespan(sim['interleaved'])} ms "
-      f"(1F1B: {pp_schedule.makespan(sim['1f1b'])}), bubble {pp_schedule.bubble_fraction(sim['interleaved'])} "
+      f"(1F1B: {pp_schedule.makespan(sim['1f1b'])}), "
+      f"bubble {pp_schedule.bubble_fraction(sim['interleaved'])} "
       f"(1F1B: {pp_schedule.bubble_fraction(sim['1f1b'])})")
 
 # %% tags=["nbval-ignore-output"]
 fig, ax = plt.subplots(figsize=(8, 0.7 + 0.45 * P))
-plots.gantt(ax, measured["interleaved"], stages=P * V, title=f"interleaved 1F1B, v = {V}: measured", unit="ms")
+plots.gantt(ax, measured["interleaved"], stages=P * V,
+            title=f"interleaved 1F1B, v = {V}: measured", unit="ms")
 fig.tight_layout()
 plt.show()
 compare("interleaved")
@@ -408,8 +427,10 @@ show(pp_schedule.p2p_messages)
 # %%
 B, S, M_EQ = 8, 16, 4  # global batch (sequences), tokens per sequence, micro-batches
 runs = [("gpipe", 1), ("1f1b", 1), ("interleaved", V)]
-steps = launch(demos.run_all, P, demos.step, [dict(shape=SHAPE, schedule=name, microbatches=M_EQ, virtual=v,
-                                                    batch=B, seq=S) for name, v in runs], timeout=300)
+steps = launch(demos.run_all, P, demos.step,
+               [dict(shape=SHAPE, schedule=name, microbatches=M_EQ, virtual=v, batch=B, seq=S)
+                for name, v in runs],
+               timeout=300)
 PP_TAGS = (pipeline_parallel.FORWARD, pipeline_parallel.BACKWARD)
 sent = {}
 for i, (name, v) in enumerate(runs):
@@ -506,12 +527,13 @@ print(f"  {'interleaved 1F1B (ours)':29s} step {pp_schedule.makespan(fb_v)} unit
       f"bubble {pp_schedule.bubble_fraction(fb_v)}")
 for name, order in orders.items():
     ev = pp_schedule.replay(order, unit_costs)
-    print(f"  {name:29s} step {pp_schedule.makespan(ev)} units, bubble {pp_schedule.bubble_fraction(ev)}")
+    print(f"  {name:29s} step {pp_schedule.makespan(ev)} units, "
+          f"bubble {pp_schedule.bubble_fraction(ev)}")
     assert pp_schedule.bubble_fraction(ev) < pp_schedule.bubble_fraction(fb_v)
 zbv = pp_schedule.replay(orders["ScheduleZBVZeroBubble"], unit_costs)
 fig, ax = plt.subplots(figsize=(9, 2.4))
-plots.gantt(ax, zbv, stages=4, title=f"ScheduleZBVZeroBubble, p = 2, m = {M}: torch's order, replayed",
-            unit="units")
+plots.gantt(ax, zbv, stages=4,
+            title=f"ScheduleZBVZeroBubble, p = 2, m = {M}: torch's order, replayed", unit="units")
 fig.tight_layout()
 plt.show()
 
@@ -579,7 +601,8 @@ target = Fraction(5, 100)
 m1, m2 = smallest_m(8, target), smallest_m(8, target, virtual=2)
 print(f"p = 8, bubble ≤ 5 %: m = {m1} (bubble {pp_schedule.bubble_formula(8, m1)}); "
       f"interleaved v = 2: m = {m2} (bubble {pp_schedule.bubble_formula(8, m2, 2)})")
-print(f"rank 0 holds {pp_schedule.in_flight(pp_schedule.gpipe(8, m1, 0))} micro-batches under GPipe, "
+print(f"rank 0 holds {pp_schedule.in_flight(pp_schedule.gpipe(8, m1, 0))} "
+      "micro-batches under GPipe, "
       f"{pp_schedule.in_flight(pp_schedule.one_f_one_b(8, m1, 0))} under 1F1B; "
       f"idle/ideal ≤ 5 % would need m = {math.ceil(Fraction(7) / target)}")
 
@@ -591,7 +614,8 @@ print(f"rank 0 holds {pp_schedule.in_flight(pp_schedule.gpipe(8, m1, 0))} micro-
 # paper of 2021 already builds on it. The library's sources say so:
 
 # %%
-cited = re.search(r"GPipe, Huang et al\. \d{4}, arXiv [\d.]+", " ".join(pp_schedule.__doc__.split()))
+cited = re.search(r"GPipe, Huang et al\. \d{4}, arXiv [\d.]+",
+                  " ".join(pp_schedule.__doc__.split()))
 print(f"llmtrain.parallel.pp_schedule cites: {cited.group(0)}")
 arxiv = cited.group(0).split()[-1]
 print(f"arXiv {arxiv}: posted 20{arxiv[:2]}-{arxiv[2:4]}; published at NeurIPS 2019")
@@ -609,7 +633,8 @@ print(f"p = {P}: bubble (p−1)/(m+p−1) for m = 1, 2, 4, 8, 16:",
       ", ".join(str(pp_schedule.bubble_formula(P, m)) for m in (1, 2, 4, 8, 16)))
 print(f"m = {M}: micro-batches of activations held per rank: GPipe {held_per_rank['gpipe']}, "
       f"1F1B {held_per_rank['1f1b']}; the same step time "
-      f"({pp_schedule.makespan(sim['gpipe'])} ms = {pp_schedule.makespan(sim['1f1b'])} ms simulated)")
+      f"({pp_schedule.makespan(sim['gpipe'])} ms = "
+      f"{pp_schedule.makespan(sim['1f1b'])} ms simulated)")
 
 # %% [markdown]
 # > **Erratum — 需要与梯度累积联合使用.** Micro-batching (gradient accumulation) is indeed what
