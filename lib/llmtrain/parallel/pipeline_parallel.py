@@ -158,7 +158,8 @@ class Pipeline:
 
     # --- one step --------------------------------------------------------------------------
 
-    def step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | None:
+    def step(self, input_ids: torch.Tensor,
+             labels: torch.Tensor | None = None) -> torch.Tensor | None:
         """Forward and backward of the whole batch, micro-batch by micro-batch, in the order of
         the schedule; gradients accumulate in the parameters' ``.grad``. Every rank passes the
         same ``input_ids`` and ``labels`` (B, T; default: the ids, next-token prediction as
@@ -211,7 +212,8 @@ class Pipeline:
                     y = lm_loss(y, labs[op.mb], tokens)
                     losses.append(y.detach())
                 else:
-                    sends.append((comm.P2P("send", y.detach(), self.next, self.group, FORWARD), key))
+                    sends.append((comm.P2P("send", y.detach(), self.next, self.group,
+                                           FORWARD), key))
                 inputs[key], outputs[key] = x, y
                 self.peak_in_flight = max(self.peak_in_flight, len(inputs))
             else:

@@ -135,8 +135,8 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
     one-time allocations and kernel set-up: its slowest operation took 0.4 s here, 4 ms after).
 
     Returns {"rank", "events", "compute" ({"F", "B"}: this rank's longest unpadded forward and
-    backward, seconds: they must stay below the pads for the cost model to hold), "simulated" (``simulate`` with the
-    same costs), "formula" (``bubble_formula``)}."""
+    backward, seconds: they must stay below the pads for the cost model to hold), "simulated"
+    (``simulate`` with the same costs), "formula" (``bubble_formula``)}."""
     r, p = dist.get_rank(), dist.get_world_size()
     model = model_of(shape, "float32", seed)
     batch = batch or microbatches
@@ -155,8 +155,9 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
             "formula": bubble_formula(p, microbatches, virtual)}
 
 
-def held(schedule: str = "1f1b", microbatches: int = 8, shape: Any = "tiny", batch: int | None = None,
-         seq: int = 16, seed: int = 0, dtype: str = "float32", virtual: int = 1) -> dict[str, Any]:
+def held(schedule: str = "1f1b", microbatches: int = 8, shape: Any = "tiny",
+         batch: int | None = None, seq: int = 16, seed: int = 0, dtype: str = "float32",
+         virtual: int = 1) -> dict[str, Any]:
     """Live bytes on this rank after each operation of one step, from the exact tracker.
 
     Returns {"rank", "ops" [(kind, mb)], "live" [bytes after each op, relative to just
