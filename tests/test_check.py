@@ -341,6 +341,9 @@ CASES = [
     ("plots.save", plots.save, dict(fig=None, name="x"),
      {"fig": st.sampled_from([None, "fig", 3]),
       "name": st.sampled_from([None, 3, "", "a/b", ".hidden", ["x"]])}),
+    ("plots.gantt", plots.gantt, dict(ax=None, events=pp_schedule.simulate("1f1b", 2, 2)),
+     {"events": "seq", "stages": "pos?", "title": st.sampled_from([3, ["t"], b"t"]),
+      "unit": st.sampled_from([None, 3, ["s"]])}),
     ("show.show", show, dict(obj=check.integer), {"lines": st.sampled_from(
         [3, "1-2", (2, 1), (0, 3), (1,), (1.0, 2), (True, 2), [1, 2, 3]])}),
 ]
@@ -362,6 +365,9 @@ def _valid(label, kwargs):
     if label == "plots.save":
         import matplotlib.pyplot as plt
         out["fig"] = plt.figure()
+    if label == "plots.gantt":  # a Figure outside pyplot: nothing to close
+        from matplotlib.figure import Figure
+        out["ax"] = Figure().add_subplot()
     return out
 
 
