@@ -179,9 +179,9 @@ print(f"p = {P}, m = {M}: GPipe takes {pp_schedule.makespan(sim['gpipe'])} ms, "
 #
 # `demos.timeline` runs one step of the pipelined tiny LLaMA with every forward and backward
 # padded by a sleep to a fixed time ($t_f$ = `T_F`, $t_b$ = `T_B`; the real compute of the tiny
-# model is a few milliseconds, well inside), after a warm-up step (a process's first step pays
-# one-time costs: allocations, kernel set-up).
-# One launch runs GPipe, 1F1B and interleaved 1F1B (`demos.run_all`):
+# model is a few milliseconds, well inside), after two unpadded steps: a warm-up (a process's
+# first step pays one-time costs: allocations, kernel set-up) and one that measures the real
+# compute. One launch runs GPipe, 1F1B and interleaved 1F1B (`demos.run_all`):
 
 # %%
 show(demos.timeline)

@@ -131,8 +131,9 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
              t_f: float = 0.02, t_b: float = 0.04, shape: Any = "tiny", batch: int | None = None,
              seq: int = 16, seed: int = 0) -> dict[str, Any]:
     """The events of one step with every forward / backward of a rank's layers padded to
-    ``t_f`` / ``t_b`` seconds, after one warm-up step (the first step of a process is slower:
-    one-time allocations and kernel set-up: its slowest operation took 0.4 s here, 4 ms after).
+    ``t_f`` / ``t_b`` seconds, after two unpadded steps: a warm-up (the first step of a process
+    is slower: one-time allocations and kernel set-up; its slowest operation took 0.4 s here,
+    4 ms after) and one that measures the real compute.
 
     Returns {"rank", "events", "compute" ({"F", "B"}: this rank's longest unpadded forward and
     backward, seconds: they must stay below the pads for the cost model to hold), "simulated"
@@ -146,8 +147,7 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
     bare.step(ids, ids)  # unpadded: how long the real compute takes
     compute = {k: max(e.end - e.start for e in bare.events if e.kind == k) for k in "FB"}
     pipe = pp.pipeline(model, None, schedule, microbatches, virtual, fixed_costs=(t_f, t_b))
-    pipe.step(ids, ids)  # warm-up
-    dist.barrier()
+    dist.barrier()  # all ranks start together (the process is warm: two steps ran)
     pipe.step(ids, ids)
     return {"rank": r, "events": pipe.events, "compute": compute,
             "simulated": simulate(schedule, p, microbatches, virtual, t_f=Fraction(str(t_f)),
