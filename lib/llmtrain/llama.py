@@ -29,7 +29,7 @@ from . import check
 from .shapes import ModelShape
 
 __all__ = ["Llama", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm",
-           "RotaryEmbedding", "Output", "ATTN_IMPLS"]
+           "RotaryEmbedding", "Output", "causal_lm_loss", "ATTN_IMPLS"]
 
 ATTN_IMPLS = ("sdpa", "eager")
 
@@ -198,6 +198,14 @@ class LlamaModel(nn.Module):
         return x
 
 
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Cross entropy of position t's logits against labels[:, t+1] (tokens labelled -100 left
+    out), in fp32 (float64 for a float64 model); ``reduction`` "mean" or "sum" over tokens."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).to(upcast(logits.dtype)),
+                           labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction)
+
+
 class Output(NamedTuple):
     """What ``Llama.forward`` returns: logits (B, T, V) and the mean loss (None without labels)."""
 
@@ -251,11 +259,7 @@ class Llama(nn.Module):
         """
         self._check(input_ids, labels)
         logits = self.lm_head(self.model(input_ids))  # (B, T, V)
-        loss = None
-        if labels is not None:  # predict token t+1 from position t
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).to(upcast(logits.dtype)),
-                                   labels[:, 1:].flatten(),
-                                   ignore_index=-100)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
         return Output(logits, loss)
 
     def _check(self, input_ids, labels) -> None:

@@ -441,11 +441,8 @@ def measure_peak(fn: Callable[[], Any], *, device: Any = None, include: Any = ()
                     str(dev), "torch.cuda.max_memory_allocated")
     if dev.type != "cpu":
         raise ValueError(f"device must be cpu or cuda, got {dev}")
-    tracker = _LiveStorages()
-    for t in _tensors_of(include):
-        tracker.add(t)
-    start = tracker.live
-    with tracker:
+    with tracking(include=include) as tracker:
+        start = tracker.live
         fn()
     return Peak(tracker.peak, start, tracker.live, "cpu", "TorchDispatchMode storage tracker")
 

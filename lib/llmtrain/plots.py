@@ -71,7 +71,6 @@ def save(fig, name: str) -> list[Path]:
     return paths
 
 
-
 def _shade(colour: str, amount: float) -> tuple[float, float, float]:
     """``colour`` mixed with white: amount 0 is the colour itself, 1 is white."""
     return tuple(c + (1 - c) * amount for c in matplotlib.colors.to_rgb(colour))

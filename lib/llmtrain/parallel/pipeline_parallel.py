@@ -33,12 +33,11 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import check
-from ..llama import Llama, upcast
+from ..llama import Llama, causal_lm_loss
 from . import comm
 from .mesh import shard_range
 from .pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
@@ -121,8 +120,7 @@ def split(model: Llama, stages: int) -> list[Stage]:
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, tokens: int | torch.Tensor) -> torch.Tensor:
     """Σ next-token cross entropy of this micro-batch / ``tokens`` (the labelled tokens of the
     whole batch): the micro-batches' losses add up to ``Llama``'s mean loss of the batch."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).to(upcast(logits.dtype)),
-                           labels[:, 1:].flatten(), ignore_index=-100, reduction="sum") / tokens
+    return causal_lm_loss(logits, labels, reduction="sum") / tokens
 
 
 class Pipeline:

@@ -32,13 +32,12 @@ from llmtrain.parallel import comm
 from llmtrain.parallel import pipeline_parallel as pp
 from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_fraction, simulate
 
+from .harness import DTYPES, positive
 from .harness import main as _main
-from .harness import positive
 
 __all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of",
            "model_of", "TORCH_SCHEDULES", "cli"]
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
                    "interleaved": "ScheduleInterleaved1F1B"}
 
