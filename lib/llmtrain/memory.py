@@ -27,7 +27,7 @@ from . import check
 from . import params as _params
 from . import step_peak as _step_peak
 from .llama import ATTN_IMPLS
-from .parallel.mesh import ParallelDims
+from .parallel.mesh import ParallelDims, shard_range
 from .precision import dtype_bytes
 from .recompute import MODELLED
 from .shapes import ModelShape
@@ -89,36 +89,50 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
             "optimizer": float(n_states * state)}
 
 
-def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims()) -> int:
-    """Parameters held by the busiest GPU of a tp × pp model-parallel group (dp replicates).
+def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
+                   rank: int | None = None) -> int:
+    """Parameters held by the busiest GPU of a tp × pp model-parallel group (dp replicates),
+    or by global ``rank`` of the layout exactly.
 
     TP (Megatron, as ``parallel.tensor_parallel.apply``) splits q/k/v/o by whole heads, the
     MLP's H' columns and the vocabulary's V rows by ``mesh.shard_sizes`` (the first ranks hold
     ⌈H'/tp⌉ and ⌈V/tp⌉: the busiest) and keeps the RMSNorm weights and the row-parallel biases
-    (o_proj, down_proj) whole; PP gives each stage ⌈L/pp⌉ layers, the embedding to the first
-    stage and the output layer and final norm to the last. Returns the larger stage.
-    ``dims.check(shape)`` refuses a layout the shape cannot take (tp | heads, pp ≤ L, ...).
+    (o_proj, down_proj) whole; PP gives each stage ⌈L/pp⌉ layers (``rank``: its stage's share
+    by ``mesh.shard_range``, as ``pipeline_parallel.stage_layers``), the embedding to the first
+    stage and the output layer and final norm to the last; with tied embeddings and pp > 1 the
+    last stage keeps its own copy of the matrix (Megatron-LM's, ``pipeline_parallel``'s).
+    Without ``rank``: the larger stage. ``dims.check(shape)`` refuses a layout the shape
+    cannot take (tp | heads, pp ≤ L, ...).
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims).check(shape)
     tp, pp = dims.tp, dims.pp
     H, L, V = shape.hidden_size, shape.num_layers, shape.vocab_size
-    q, kv, f = shape.q_size, shape.kv_size, math.ceil(shape.intermediate_size / tp)
+    if rank is None:  # the busiest: tp rank 0 (the most rows), ⌈L/pp⌉ layers
+        f, rows, n, stages = math.ceil(shape.intermediate_size / tp), math.ceil(V / tp), \
+            math.ceil(L / pp), range(pp)
+    else:
+        c = dims.coords(rank)
+        f = shard_range(shape.intermediate_size, tp, c.tp)[1]
+        rows = shard_range(V, tp, c.tp)[1]
+        n, stages = shard_range(L, pp, c.pp)[1], [c.pp]
+    q, kv = shape.q_size, shape.kv_size
     attn = (2 * H * q + 2 * H * kv) // tp  # tp divides the heads, so q and kv
     attn += (q + 2 * kv) // tp * shape.attention_bias + H * shape.o_bias
     mlp = 3 * H * f + (2 * f + H) * shape.mlp_bias
     layer = attn + mlp + 2 * H  # two norms, replicated
-    n = math.ceil(L / pp)
-    emb = math.ceil(V / tp) * H
-    head = 0 if shape.tie_embeddings else emb
-    if pp == 1:
-        return n * layer + emb + head + H
-    return max(n * layer + emb, n * layer + head + H)
+    emb = rows * H
+    head = 0 if shape.tie_embeddings and pp == 1 else emb
+
+    def stage(s: int) -> int:
+        return n * layer + (emb if s == 0 else 0) + (head + H if s == pp - 1 else 0)
+
+    return max(stage(s) for s in stages)
 
 
 def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int = ParallelDims(),
                       zero: int = 0, precision: str = "mixed",
-                      optimizer: str = "adamw") -> dict[str, int]:
+                      optimizer: str = "adamw", rank: int | None = None) -> dict[str, int]:
     """Bytes per GPU of weights, gradients, master weights and optimizer states.
 
     ZeRO (Rajbhandari et al., SC'20) partitions over the dp = ``dims.dp`` data-parallel ranks:
@@ -126,7 +140,8 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     stage 3 also the weights: with mixed AdamW 4P + 12P/N, 2P + 14P/N, 16P/N.
     ``num_params`` is a count (tp·pp then split it evenly) or a ModelShape (then
     ``params_per_gpu`` splits it exactly; needed for adafactor's factored states).
-    ``dims``: a ParallelDims, or an int = ParallelDims(dp=dims).
+    ``dims``: a ParallelDims, or an int = ParallelDims(dp=dims). ``rank`` (with a ModelShape):
+    that global rank's states exactly, else the busiest GPU's.
     """
     check.one_of("zero", zero, (0, 1, 2, 3))
     dims = _dims(dims)
@@ -134,8 +149,10 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     if isinstance(num_params, str):  # a preset name
         num_params = check.shape("num_params", num_params)
     if isinstance(num_params, ModelShape):
-        P, shape = params_per_gpu(num_params, dims), num_params
+        P, shape = params_per_gpu(num_params, dims, rank), num_params
     else:
+        if rank is not None:
+            raise ValueError("rank needs a ModelShape for num_params (a count is split evenly)")
         check.positive_int("num_params", num_params)
         P, shape = math.ceil(num_params / (dims.tp * dims.pp)), None
     state_elems = P

@@ -137,6 +137,12 @@ class GradReducer:
             self._next += 1
             self.reduce(bucket)
 
+    def flush(self) -> None:
+        """Reduce every bucket now and ``finish()``: after backwards run without reducing
+        (``enabled`` False, ``no_sync``), one all-reduce of the accumulated gradients — what
+        a pipeline does once after its last micro-batch (``parallel.parallelize``)."""
+        self._end()
+
     def _end(self) -> None:
         self._launch(force=True)
         self._ready.clear()

@@ -43,7 +43,7 @@ from .mesh import shard_range
 from .pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
 
 __all__ = ["SCHEDULES", "Stage", "Pipeline", "pipeline", "stage_layers", "split", "lm_loss",
-           "FORWARD", "BACKWARD", "TIED"]
+           "cut_segments", "FORWARD", "BACKWARD", "TIED"]
 
 FORWARD, BACKWARD, TIED, INIT = "pp-forward", "pp-backward", "pp-tied", "pp-init"
 
@@ -76,9 +76,7 @@ class Stage(nn.Module):
         self.norm = copy.deepcopy(body.norm) if last else None
         self.lm_head = copy.deepcopy(model.lm_head) if last else None  # tied: a copy of the matrix
         self.tied, self.hidden_size = model.shape.tie_embeddings, model.shape.hidden_size
-        self.recompute_segments = [range(max(g.start, layers.start), min(g.stop, layers.stop))
-                                   for g in body.recompute_segments
-                                   if g.start < layers.stop and layers.start < g.stop]
+        self.recompute_segments = cut_segments(body.recompute_segments, layers)
         if first and last and self.tied:  # one stage holds both ends: keep them one tensor
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -97,6 +95,20 @@ class Stage(nn.Module):
                 i += 1
         return self.lm_head(self.norm(x)) if self.last else x
 
+    def recompute(self, strategy: str = "none", k: int | None = None,
+                  num_layers: int | None = None) -> "Stage":
+        """Set this stage to recompute as ``llmtrain.recompute.apply`` sets the whole model
+        (of ``num_layers`` layers; default: this stage's last layer + 1): the whole model's
+        segments cut at the stage's edges; "selective" recomputes each attention core."""
+        from .. import recompute as _recompute
+
+        total = self.layer_ids.stop if num_layers is None else num_layers
+        self.recompute_segments = cut_segments(_recompute.segments(total, strategy, k),
+                                               self.layer_ids)
+        for layer in self.layers.values():
+            layer.self_attn.recompute_core = strategy == "selective"
+        return self
+
     def _run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
              ids: range) -> torch.Tensor:
         for i in ids:
@@ -108,6 +120,12 @@ class Stage(nn.Module):
         """The single model's name of a stage parameter: "layers.3.mlp…" is
         "model.layers.3.mlp…"."""
         return name if name.startswith("lm_head.") else "model." + name
+
+
+def cut_segments(segments: list[range], layers: range) -> list[range]:
+    """The parts of the whole model's recompute ``segments`` inside the stage's ``layers``."""
+    return [range(max(g.start, layers.start), min(g.stop, layers.stop)) for g in segments
+            if g.start < layers.stop and layers.start < g.stop]
 
 
 def split(model: Llama, stages: int) -> list[Stage]:
@@ -141,6 +159,11 @@ class Pipeline:
         self.on_start: Callable[[], None] | None = None  # called before the first operation
         self.on_op: Callable[[Event], None] | None = None  # called after each operation
         self.dtype = next(stages[0].parameters()).dtype
+        # the last stage's loss of one micro-batch: (logits, labels, tokens) -> Σ loss / tokens
+        # (tensor parallelism swaps in the vocab-parallel cross entropy)
+        self.loss_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = lm_loss
+        # where the tied matrix's gradient lives (ZeRO stage 2-3 keep only a shard of it)
+        self.tied_grad: Callable[[nn.Parameter], torch.Tensor | None] = lambda w: w.grad
 
     def parameters(self):
         """This rank's parameters (every stage it holds), for an optimizer."""
@@ -156,13 +179,15 @@ class Pipeline:
 
     # --- one step --------------------------------------------------------------------------
 
-    def step(self, input_ids: torch.Tensor,
-             labels: torch.Tensor | None = None) -> torch.Tensor | None:
+    def step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+             tokens: float | None = None) -> torch.Tensor | None:
         """Forward and backward of the whole batch, micro-batch by micro-batch, in the order of
         the schedule; gradients accumulate in the parameters' ``.grad``. Every rank passes the
         same ``input_ids`` and ``labels`` (B, T; default: the ids, next-token prediction as
         ``Llama(ids, labels=ids)``; -100 marks a token without loss); returns the batch's mean
-        loss on the rank holding the last stage, None on the others."""
+        loss on the rank holding the last stage, None on the others. ``tokens``: what the
+        summed token loss is divided by (default: the batch's labelled tokens; data
+        parallelism passes the global batch's count over dp)."""
         labels = input_ids if labels is None else labels
         check.tensor("input_ids", input_ids, dim=2)
         check.tensor("labels", labels, dim=2)
@@ -174,7 +199,8 @@ class Pipeline:
             raise ValueError(f"microbatches must be at most the batch size {input_ids.shape[0]} "
                              f"(each micro-batch holds one sequence or more), got microbatches={m}")
         ids, labs = torch.tensor_split(input_ids, m), torch.tensor_split(labels, m)
-        tokens = int((labels[:, 1:] != -100).sum())
+        if tokens is None:
+            tokens = int((labels[:, 1:] != -100).sum())
         H = self.stages[0].hidden_size
         tied = self.tied_snapshot()
         inputs, outputs, losses = {}, {}, []
@@ -207,7 +233,7 @@ class Pipeline:
                 x = ids[op.mb] if first else recv.requires_grad_()
                 y = module(x)
                 if last:
-                    y = lm_loss(y, labs[op.mb], tokens)
+                    y = self.loss_fn(y, labs[op.mb], tokens)
                     losses.append(y.detach())
                 else:
                     sends.append((comm.P2P("send", y.detach(), self.next, self.group,
@@ -267,7 +293,10 @@ class Pipeline:
     def tied_snapshot(self):
         """Before a step: the tied matrix's gradient so far (the first and the last stage only)."""
         w = self._tied_param()
-        return None if w is None else (w, None if w.grad is None else w.grad.clone())
+        if w is None:
+            return None
+        g = self.tied_grad(w)
+        return w, None if g is None else g.clone()
 
     def sync_tied(self, tied) -> None:
         """After a step: send this step's gradient of the tied matrix (since ``tied_snapshot``)
@@ -275,14 +304,15 @@ class Pipeline:
         if tied is None:
             return
         w, before = tied
-        mine = w.grad if before is None else w.grad - before
+        grad = self.tied_grad(w)
+        mine = grad if before is None else grad - before
         theirs = torch.empty_like(mine)
         peer = self.last_rank if self.rank == 0 else self.first_rank
         messages = [comm.P2P("send", mine.contiguous(), peer, self.group, TIED),
                     comm.P2P("recv", theirs, peer, self.group, TIED)]
         for work in comm.batch_isend_irecv(messages):
             work.wait()
-        w.grad += theirs
+        grad += theirs
 
     def connect(self) -> None:
         """Exchange one number with each neighbour (tag "pp-init"), so that no timed message is

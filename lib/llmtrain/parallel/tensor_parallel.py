@@ -37,7 +37,7 @@ from .tp_comm import (BACKWARD, FORWARD, STATE, all_gathered, all_reduced, copy_
                       gather_from_tp, reduce_from_tp, reduce_scatter_to_sp, sp_column_linear)
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
-           "vocab_parallel_cross_entropy", "gather_logits", "apply",
+           "vocab_parallel_cross_entropy", "gather_logits", "apply", "shard_layers",
            "load_full_state_dict", "full_state_dict", "full_grads"]
 
 
@@ -242,15 +242,16 @@ def _vocab_sizes(width: int, group, vocab_size: int | None) -> list[int]:
 
 
 def vocab_parallel_cross_entropy(logits_shard: torch.Tensor, labels: torch.Tensor, group=None,
-                                 ignore_index: int = -100,
-                                 vocab_size: int | None = None) -> torch.Tensor:
-    """Mean cross entropy over the labels ≠ ignore_index, from this rank's vocabulary shard of
+                                 ignore_index: int = -100, vocab_size: int | None = None,
+                                 reduction: str = "mean") -> torch.Tensor:
+    """Mean (``reduction="sum"``: sum) cross entropy over the labels ≠ ignore_index, from this rank's vocabulary shard of
     the logits (..., ``shard_range(V, t, r)``): 3 all-reduces of one number per token (max,
     target logit, Σ exp); the logits are never gathered. Computed in at least fp32 (float64
     stays float64). ``vocab_size`` (V) locates the shard; None: the shards' widths are
     all-gathered first (one more small collective)."""
     check.tensor("logits_shard", logits_shard, floating=True)
     check.tensor("labels", labels, floating=False)
+    check.one_of("reduction", reduction, ("mean", "sum"))
     if tuple(labels.shape) != tuple(logits_shard.shape[:-1]):
         raise ValueError(f"labels must have the shape of logits_shard without its last dimension "
                          f"{tuple(logits_shard.shape[:-1])}, got {tuple(labels.shape)}")
@@ -258,8 +259,8 @@ def vocab_parallel_cross_entropy(logits_shard: torch.Tensor, labels: torch.Tenso
     z = logits_shard.flatten(0, -2).to(torch.promote_types(logits_shard.dtype, torch.float32))
     target = labels.flatten()
     start = sum(sizes[: dist.get_rank(group)])
-    loss = _VocabParallelCrossEntropy.apply(z, target, group, ignore_index, start)
-    return loss.sum() / (target != ignore_index).sum()
+    loss = _VocabParallelCrossEntropy.apply(z, target, group, ignore_index, start).sum()
+    return loss if reduction == "sum" else loss / (target != ignore_index).sum()
 
 
 def gather_logits(logits_shard: torch.Tensor, group=None,
@@ -349,6 +350,15 @@ class TensorParallelLlama(Llama):
         return gather_logits(logits_shard, self.tp_group, self.shape.vocab_size)
 
 
+def shard_layers(layers, group=None, sequence_parallel: bool = False) -> None:
+    """Make each decoder layer of ``layers`` tensor parallel over ``group``, in place:
+    ``ParallelAttention`` and ``ParallelMLP`` (what ``apply`` does to every layer; a pipeline
+    stage's layers too, ``parallel.parallelize``)."""
+    for layer in layers:
+        layer.self_attn = ParallelAttention(layer.self_attn, group, sequence_parallel)
+        layer.mlp = ParallelMLP(layer.mlp, group, sequence_parallel)
+
+
 def apply(model: Llama, group=None, sequence_parallel: bool = False) -> TensorParallelLlama:
     """Make ``model`` (a ``llmtrain.llama.Llama``) tensor parallel over ``group``, in place.
 
@@ -370,9 +380,7 @@ def apply(model: Llama, group=None, sequence_parallel: bool = False) -> TensorPa
     n, _ = _group_size(group)
     ParallelDims(tp=n).check(model.shape)
     body = model.model
-    for layer in body.layers:
-        layer.self_attn = ParallelAttention(layer.self_attn, group, sp)
-        layer.mlp = ParallelMLP(layer.mlp, group, sp)
+    shard_layers(body.layers, group, sp)
     if sp:  # a norm on a sequence shard gives γ a partial gradient: sum it over the group
         for norm in [*(m for layer in body.layers for m in (layer.input_layernorm,
                                                             layer.post_attention_layernorm)),

@@ -1,0 +1,147 @@
+"""What the ranks run in notebook 08 (3D 并行训练), and the command line
+``python -m llmtrain.parallel.parallelize``.
+
+- ``compare``: one training step of the same LLaMA and global batch on this rank's part of a
+  ``ParallelDims`` layout (``parallelize``, hand-written and/or PyTorch's engines) beside one
+  process: the losses, the largest gradient and weight differences after one SGD step, the
+  bytes sent per axis (counted, and by ``parallelize.axis_bytes``) and the model-state bytes
+  this rank holds (measured, and by ``memory.model_state_bytes(rank=)``).
+- ``compare_all``: several layouts in one launch (a launch costs seconds; each layout needs
+  the world size it was launched with, so layouts of one launch share dp·tp·pp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from llmtrain import check, memory
+from llmtrain.parallel import comm
+from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.parallel.parallelize import ENGINES, axis_bytes, parallelize
+
+from .harness import main as _main
+from .harness import positive
+from .pipeline_parallel import batch_of, model_of
+
+__all__ = ["compare", "compare_all", "cli"]
+
+
+def _single(shape, dtype: str, seed: int, ids: torch.Tensor, lr: float) -> dict[str, Any]:
+    model = model_of(shape, dtype, seed)
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+    return {"loss": out.loss.detach(), "grads": grads,
+            "weights": {k: p.detach().clone() for k, p in model.named_parameters()}}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    if a.keys() != b.keys():
+        raise AssertionError(f"names differ: {sorted(a.keys() ^ b.keys())[:6]}")
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero: int = 0,
+            recompute: str = "none", schedule: str = "1f1b", microbatches: int | None = None,
+            batch: int = 8, seq: int = 16, seed: int = 0, dtype: str = "float64",
+            lr: float = 0.1, engines: tuple[str, ...] = ("ours",)) -> dict[str, Any]:
+    """One step of ``parallelize`` on ``ParallelDims(dp, tp, pp) = dims`` against one process.
+
+    Returns, on this rank: {"rank", "coords", "single_loss", per engine {"loss" (last stage,
+    else None), "grad_diff", "weight_diff" (largest |Δ| against one process, over the whole
+    model), and for "ours" also "sent" {axis: bytes counted}, "formula" {axis: axis_bytes},
+    "states" (memory_report after the step), "states_formula"}}.
+    """
+    for e in engines:
+        check.one_of("engines", e, ENGINES)
+    dp, tp, pp = dims
+    layout = ParallelDims(dp=dp, tp=tp, pp=pp)
+    model = model_of(shape, dtype, seed)
+    ids = batch_of(model.shape, batch, seq, seed + 1)
+    single = _single(shape, dtype, seed, ids, lr)
+    r = dist.get_rank()
+    out: dict[str, Any] = {"rank": r, "coords": tuple(layout.coords(r)),
+                           "single_loss": float(single["loss"])}
+    groups = layout.build()
+    for engine in engines:
+        par = parallelize(model_of(shape, dtype, seed), layout, zero=zero, recompute=recompute,
+                          schedule=schedule, microbatches=microbatches, engine=engine, lr=lr,
+                          **({"groups": groups} if engine == "ours" else {}))
+        with comm.counting() as log:
+            loss = par.step(ids)
+        res: dict[str, Any] = {"loss": None if loss is None else float(loss)}
+        if engine == "ours":
+            res["sent"] = {a: log.sent_bytes(axis=a) for a in ("dp", "tp", "pp")}
+            res["formula"] = axis_bytes(model.shape, layout, r, batch, seq,
+                                        microbatches=microbatches, zero=zero,
+                                        recompute=recompute,
+                                        dtype_bytes=model.lm_head.weight.element_size())
+            res["calls"] = {a: log.calls(axis=a) for a in ("dp", "tp", "pp")}
+        res["grad_diff"] = _max_diff(par.full_grads(), single["grads"])
+        par.optimizer.step()
+        if engine == "ours":
+            res["states"] = par.memory_report()
+            e = model.lm_head.weight.element_size()  # fp32's formula, scaled to this dtype
+            res["states_formula"] = {k: v * e // 4 for k, v in memory.model_state_bytes(
+                model.shape, dims=layout, zero=zero, precision="fp32", optimizer="sgd",
+                rank=r).items()}
+        res["weight_diff"] = _max_diff(par.full_state_dict(), single["weights"])
+        out[engine] = res
+    return out
+
+
+def compare_all(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``compare(**config)`` for each config, in one launch."""
+    return [compare(**c) for c in configs]
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _options(ap) -> None:
+    ap.add_argument("--dp", type=positive, default=2)
+    ap.add_argument("--tp", type=positive, default=2)
+    ap.add_argument("--pp", type=positive, default=2)
+    ap.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
+    ap.add_argument("--recompute", choices=("none", "full", "selective", "sqrt"), default="none")
+    ap.add_argument("--microbatches", type=positive, default=None)
+    ap.add_argument("--engine", choices=ENGINES, default="ours")
+
+
+def _rank(o: dict) -> dict[str, Any]:
+    return compare((o["dp"], o["tp"], o["pp"]), zero=o["zero"], recompute=o["recompute"],
+                   microbatches=o["microbatches"], batch=4 * o["dp"], engines=(o["engine"],))
+
+
+def _report(res: dict, world: int) -> None:
+    e = [k for k in ENGINES if k in res][0]
+    print(f"{world} ranks, engine {e}: gradients equal one process's within "
+          f"{res[e]['grad_diff']:.1e}, weights after one SGD step within {res[e]['weight_diff']:.1e}")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m llmtrain.parallel.parallelize --dp 2 --tp 2 --pp 2 [--zero 1] …``: one
+    step of the tiny LLaMA on dp·tp·pp ranks against one process."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if "--nproc" not in args:  # the layout fixes the number of ranks
+        sizes = {k: 2 for k in ("--dp", "--tp", "--pp")}
+        for i, a in enumerate(args[:-1]):
+            if a in sizes:
+                sizes[a] = int(args[i + 1]) if args[i + 1].isdigit() else 0
+        args = args + ["--nproc", str(max(1, sizes["--dp"] * sizes["--tp"] * sizes["--pp"]))]
+    _main("python -m llmtrain.parallel.parallelize", _rank, _report,
+          description="3D parallelism: one step on dp x tp x pp ranks against one process.",
+          options=_options, validate=_check_world, nproc=8, argv=args)
+
+
+def _check_world(o: dict, world: int) -> None:
+    dims = ParallelDims(dp=o["dp"], tp=o["tp"], pp=o["pp"])
+    if dims.world_size != world:
+        raise ValueError(f"dp·tp·pp = {dims.world_size} must equal the number of ranks {world}")
