@@ -1,4 +1,5 @@
-"""Command line: ``llmtrain params llama-7b``, ``llmtrain params --hf-config config.json --json``.
+"""Command line: ``llmtrain params llama-7b``, ``llmtrain params --hf-config config.json --json``,
+``llmtrain plan llama-70b --gpus 64 --gpu h100-80g --batch-tokens 4M``.
 
 Bad input prints one line to stderr and exits with status 2, never a traceback. Every flag is
 checked by ``llmtrain.check``, as the library checks its arguments: integer flags when parsed
@@ -88,8 +89,58 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="with --recompute every: checkpoint every k-th layer")
     pf.add_argument("--json", action="store_true", help="print the parts as JSON")
 
+    pl = sub.add_parser("plan", help="rank the 3D layouts of a model on a cluster (3D 并行规划)")
+    pl.add_argument("model", help="a preset, bloom-176b, llama3-405b or llama-70b (= llama2-70b)")
+    pl.add_argument("--gpus", type=_int_flag("gpus"), required=True, help="number of GPUs")
+    pl.add_argument("--gpu", required=True, help="a100-40g, a100-80g or h100-80g")
+    pl.add_argument("--batch-tokens", required=True,
+                    help="global batch in tokens: 4M = 4·2²⁰, 512K = 512·2¹⁰, or a number")
+    pl.add_argument("--seq", type=_int_flag("seq"), default=None,
+                    help="sequence length (default: the model's context)")
+    pl.add_argument("--top", type=_int_flag("top"), default=10, help="layouts shown (default 10)")
+    pl.add_argument("--json", action="store_true", help="print the ranked layouts as JSON")
+
     sub.add_parser("models", help="list the presets")
     return p
+
+
+def _plan_cmd(args) -> str:
+    from . import plan  # imports torch: only for this command
+
+    shape = plan.model(args.model)
+    card = plan.cluster(args.gpu)
+    tokens = plan.parse_tokens(args.batch_tokens)
+    seq = shape.max_seq_len if args.seq is None else args.seq
+    plans = plan.search(shape, card, args.gpus, tokens, seq)
+    if not plans:
+        raise ValueError(f"no layout of {shape.name} on {args.gpus} {card.name} fits in "
+                         f"{card.memory_bytes / plan.GIB:.0f} GiB per GPU")
+    top = plans[:args.top]
+    if args.json:
+        return json.dumps({"model": shape.name, "gpu": card.name, "gpus": args.gpus,
+                           "batch_tokens": tokens, "seq": seq, "feasible": len(plans),
+                           "layouts": [_plan_json(p) for p in top]})
+    rows = [f"{shape.name} on {args.gpus} × {card.name}, {tokens:,} tokens per step "
+            f"({tokens // seq} × {seq}): {len(plans)} layouts fit; the {len(top)} fastest",
+            f"{'#':>3} {'layout':<40} {'m':>5} {'GiB/GPU':>8} {'s/step':>9} {'tokens/s':>11}"
+            f" {'MFU':>6} {'bubble':>7}"]
+    for i, p in enumerate(top, 1):
+        rows.append(f"{i:>3} {p.layout.label():<40} {p.layout.microbatches:>5} "
+                    f"{p.memory_bytes / plan.GIB:>8.1f} {p.step_time_s:>9.3f} "
+                    f"{p.tokens_per_s:>11,.0f} {100 * p.mfu:>5.1f}% "
+                    f"{100 * float(p.details['bubble_fraction']):>6.1f}%")
+    rows.append("model: llmtrain.plan (assumptions: plan.Assumptions; GiB = 2³⁰ bytes)")
+    return "\n".join(rows)
+
+
+def _plan_json(p) -> dict:
+    d = p.layout.dims
+    return {"tp": d.tp, "pp": d.pp, "dp": d.dp, "zero": p.layout.zero,
+            "recompute": p.layout.recompute, "micro_batch": p.layout.micro_batch,
+            "microbatches": p.layout.microbatches, "virtual": p.layout.virtual,
+            "sp": p.layout.sp, "memory_bytes": p.memory_bytes, "memory_parts": p.memory_parts,
+            "step_time_s": p.step_time_s, "time_parts": p.time_parts,
+            "tokens_per_s": p.tokens_per_s, "mfu": p.mfu, "hfu": p.hfu}
 
 
 def _flops_cmd(args) -> str:
@@ -160,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_memory_cmd(args))
         elif args.command == "flops":
             print(_flops_cmd(args))
+        elif args.command == "plan":
+            print(_plan_cmd(args))
         elif args.command == "models":
             for name in shapes.names():
                 print(name)
