@@ -29,9 +29,10 @@ from .pipeline_parallel import batch_of, model_of
 __all__ = ["compare", "compare_all", "cli"]
 
 
-def _single(shape, dtype: str, seed: int, ids: torch.Tensor, lr: float) -> dict[str, Any]:
+def _single(shape, dtype: str, seed: int, ids: torch.Tensor, labels: torch.Tensor,
+            lr: float) -> dict[str, Any]:
     model = model_of(shape, dtype, seed)
-    out = model(ids, labels=ids)
+    out = model(ids, labels=labels)
     out.loss.backward()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
     with torch.no_grad():
@@ -50,8 +51,10 @@ def _max_diff(a: dict, b: dict) -> float:
 def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero: int = 0,
             recompute: str = "none", schedule: str = "1f1b", microbatches: int | None = None,
             batch: int = 8, seq: int = 16, seed: int = 0, dtype: str = "float64",
-            lr: float = 0.1, engines: tuple[str, ...] = ("ours",)) -> dict[str, Any]:
+            lr: float = 0.1, masked: bool = False,
+            engines: tuple[str, ...] = ("ours",)) -> dict[str, Any]:
     """One step of ``parallelize`` on ``ParallelDims(dp, tp, pp) = dims`` against one process.
+    ``masked``: the first half of the batch has every third label -100 (no loss there).
 
     Returns, on this rank: {"rank", "coords", "single_loss", per engine {"loss" (last stage,
     else None), "grad_diff", "weight_diff" (largest |Δ| against one process, over the whole
@@ -64,7 +67,10 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
     layout = ParallelDims(dp=dp, tp=tp, pp=pp)
     model = model_of(shape, dtype, seed)
     ids = batch_of(model.shape, batch, seq, seed + 1)
-    single = _single(shape, dtype, seed, ids, lr)
+    labels = ids.clone()
+    if masked:  # every third token carries no loss: dp shares then hold unequal token counts
+        labels[: batch // 2, 1::3] = -100
+    single = _single(shape, dtype, seed, ids, labels, lr)
     r = dist.get_rank()
     out: dict[str, Any] = {"rank": r, "coords": tuple(layout.coords(r)),
                            "single_loss": float(single["loss"])}
@@ -74,7 +80,7 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
                           schedule=schedule, microbatches=microbatches, engine=engine, lr=lr,
                           **({"groups": groups} if engine == "ours" else {}))
         with comm.counting() as log:
-            loss = par.step(ids)
+            loss = par.step(ids, labels)
         res: dict[str, Any] = {"loss": None if loss is None else float(loss)}
         if engine == "ours":
             res["sent"] = {a: log.sent_bytes(axis=a) for a in ("dp", "tp", "pp")}
