@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from llmtrain import memory, params, schedules, shapes, widgets
+from llmtrain import memory, params, plan, schedules, shapes, widgets
 from llmtrain.memory import GIB
 from llmtrain.parallel.mesh import ParallelDims
-from llmtrain.widgets import MemoryCalculator, ParamsExplorer, ScheduleExplorer
+from llmtrain.widgets import MemoryCalculator, ParamsExplorer, PlannerExplorer, ScheduleExplorer
 
 
 def _pixels_of_png(explorer) -> np.ndarray:
@@ -133,6 +133,39 @@ def test_memory_calculator_bar_colours_do_not_depend_on_history():
         {p: bar.get_facecolor() for p, bar in b._bars.items()}
 
 
+@pytest.mark.parametrize("setting", [{}, dict(top=8), dict(gpus=64, model="llama2-70b",
+                                                             gpu="h100-80g", seq=4096,
+                                                             batch_tokens=4 * 2**20)])
+def test_planner_explorer_shows_the_search(setting):
+    e = PlannerExplorer(**setting)
+    s = {**PlannerExplorer.DEFAULTS, **setting}
+    plans = plan.search(s["model"], s["gpu"], s["gpus"], s["batch_tokens"], s["seq"])
+    top = plans[:s["top"]]
+    assert [p.layout for p in e.values["plans"]] == [p.layout for p in top]
+    assert e.values["feasible"] == len(plans)
+    for i in range(PlannerExplorer.ROWS):
+        left = 0.0
+        for part in PlannerExplorer.PARTS:
+            bar = e._bars[part][i]
+            width = top[i].time_parts[part] if i < len(top) else 0.0
+            assert (bar.get_x(), bar.get_width()) == (left, width)
+            left += width
+    labels = [t.get_text() for t in e.ax.get_yticklabels()][:len(top)]
+    assert labels == [f"{p.layout.label()}, {p.memory_bytes / GIB:.1f} GiB" for p in top]
+    assert f"; {len(plans)} layouts fit; fastest (row 1): {top[0].step_time_s:.3g} s" in e.headline
+    assert e.text.splitlines()[1].split()[1:3] == top[0].layout.label().split()[:2]
+    assert e.ax.get_xlim()[1] >= top[0].step_time_s
+
+
+def test_planner_explorer_default_is_the_slides_example():
+    # 2 × A100 80G, LLaMA-7B, B = 8 sequences of 2,048 per GPU: 16 sequences per step
+    e = PlannerExplorer()
+    assert (e.settings["model"], e.settings["gpus"], e.settings["gpu"]) == (
+        "llama-7b", 2, "a100-80g")
+    assert e.settings["batch_tokens"] == 2 * 8 * e.settings["seq"] == 32768
+    assert all(p.fits and p.layout.dims.world_size == 2 for p in e.values["plans"])
+
+
 # --- bad settings ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls, bad, message", [
@@ -156,6 +189,13 @@ def test_memory_calculator_bar_colours_do_not_depend_on_history():
     (MemoryCalculator, dict(tp=4), "gpus must be a multiple of tp·pp=4, got 2"),
     (MemoryCalculator, dict(pp=0), "pp must be a positive integer, got 0"),
     (MemoryCalculator, dict(tp=4, gpus=4, model="tiny"), "tp must divide num_kv_heads=2, got tp=4"),
+    (PlannerExplorer, dict(model="gpt-9"), "model must be one of ("),
+    (PlannerExplorer, dict(gpu="v100"), "gpu must be one of ('a100-40g'"),
+    (PlannerExplorer, dict(gpus=12), "gpus must be a multiple of the 8 GPUs of a node"),
+    (PlannerExplorer, dict(batch_tokens=1000), "batch_tokens must be a positive multiple of seq"),
+    (PlannerExplorer, dict(top=9), "top must be an integer in [1, 8], got 9"),
+    (PlannerExplorer, dict(model="llama2-70b"),
+     "no layout of llama2-70b on 2 × a100-80g fits in 80 GiB per GPU"),
 ])
 def test_a_bad_setting_shows_the_message_and_keeps_the_last_good_state(cls, bad, message):
     e = cls()
@@ -175,7 +215,8 @@ def test_a_bad_setting_shows_the_message_and_keeps_the_last_good_state(cls, bad,
     assert e.png() == good_png
 
 
-@pytest.mark.parametrize("cls", [ScheduleExplorer, ParamsExplorer, MemoryCalculator])
+@pytest.mark.parametrize("cls", [ScheduleExplorer, ParamsExplorer, MemoryCalculator,
+                                 PlannerExplorer])
 def test_unknown_setting_names_raise(cls):
     with pytest.raises(ValueError, match=r"settings must be among .*got \['typo'\]"):
         cls().update(typo=1)
@@ -193,6 +234,8 @@ def test_unknown_setting_names_raise(cls):
     (MemoryCalculator, [{}, dict(zero=0), dict(model="llama2-70b", gpus=8), dict(zero=3),
                         dict(recompute="none"), dict(recompute="full", model="llama-7b"),
                         dict(zero=0), dict(zero=1)]),
+    (PlannerExplorer, [{}, dict(top=8), dict(gpus=8), dict(gpus=12), dict(model="llama-13b"),
+                       dict(top=3), dict(gpu="h100-80g", batch_tokens=2**20)]),
 ])
 def test_the_fast_png_is_a_full_draw_pixel_for_pixel(cls, moves):
     e = cls()
@@ -203,7 +246,8 @@ def test_the_fast_png_is_a_full_draw_pixel_for_pixel(cls, moves):
     assert e.png() == e.png()  # and repeatable, byte for byte
 
 
-@pytest.mark.parametrize("cls", [ScheduleExplorer, ParamsExplorer, MemoryCalculator])
+@pytest.mark.parametrize("cls", [ScheduleExplorer, ParamsExplorer, MemoryCalculator,
+                                 PlannerExplorer])
 def test_static_is_the_default_state_with_its_headline_as_title(cls):
     view, live = cls.static(), cls()
     assert view.settings == cls.DEFAULTS and view.text == live.text
@@ -212,7 +256,8 @@ def test_static_is_the_default_state_with_its_headline_as_title(cls):
     assert live.ax.get_title() == ""  # the live figure leaves the headline to the HTML
 
 
-@pytest.mark.parametrize("cls", [ScheduleExplorer, ParamsExplorer, MemoryCalculator])
+@pytest.mark.parametrize("cls", [ScheduleExplorer, ParamsExplorer, MemoryCalculator,
+                                 PlannerExplorer])
 def test_widget_controls_drive_the_explorer(cls):
     e = cls()
     box = e.widget()
