@@ -144,3 +144,35 @@ def test_gantt_bad_arguments_are_named(kwargs, arg):
     with pytest.raises(ValueError, match=rf"^{arg} must"):
         plots.gantt(ax, args.pop("events"), **args)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("dp, tp, pp", [(2, 2, 2), (1, 4, 2), (3, 1, 1), (2, 2, 4)])
+def test_rank_cube_one_box_per_rank_none_overlapping(dp, tp, pp):
+    from matplotlib.patches import FancyBboxPatch
+
+    from llmtrain.parallel.mesh import ParallelDims
+
+    dims = ParallelDims(dp=dp, tp=tp, pp=pp)
+    fig, ax = plt.subplots()
+    plots.rank_cube(ax, dims, {r: f"r{r}" for r in range(dims.world_size)})
+    boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
+    assert len(boxes) == dims.world_size
+    texts = [t.get_text() for t in ax.texts]
+    assert all(f"rank {r}" in texts and f"r{r}" in texts for r in range(dims.world_size))
+    spans = [(b.get_x(), b.get_y(), b.get_x() + b.get_width(), b.get_y() + b.get_height())
+             for b in boxes]
+    for i, a in enumerate(spans):  # every label readable: no box covers another
+        for b in spans[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    plt.close(fig)
+
+
+def test_rank_cube_refuses_what_it_cannot_draw():
+    from llmtrain.parallel.mesh import ParallelDims
+
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="dims must be"):
+        plots.rank_cube(ax, (2, 2, 2))
+    with pytest.raises(ValueError, match="tp must be at most 4"):
+        plots.rank_cube(ax, ParallelDims(tp=8))
+    plt.close(fig)

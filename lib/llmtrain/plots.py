@@ -1,5 +1,6 @@
-"""One figure style for every notebook, ``save`` to write it to figures/, and ``gantt`` for
-pipeline schedules (one row per rank, a box per forward or backward, the bubble left white).
+"""One figure style for every notebook, ``save`` to write it to figures/, ``gantt`` for
+pipeline schedules (one row per rank, a box per forward or backward, the bubble left white)
+and ``rank_cube`` for the dp × tp × pp layout of the ranks (3D 并行).
 
 White background (readable on GitHub's dark theme as well as in print), the Okabe–Ito
 colour-blind-safe palette, and files that are byte-identical run after run.
@@ -15,7 +16,7 @@ import matplotlib.colors
 
 from . import check
 
-__all__ = ["PALETTE", "use_style", "save", "figures_dir", "gantt"]
+__all__ = ["PALETTE", "use_style", "save", "figures_dir", "gantt", "rank_cube"]
 
 # Okabe & Ito (2008), colour-blind safe.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -130,4 +131,62 @@ def gantt(ax, events, *, stages: int | None = None, title: str | None = None, un
     if title is not None:
         ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def rank_cube(ax, dims, labels=None, *, title: str | None = None):
+    """Draw the ranks of a ``ParallelDims`` layout as a cube on ``ax`` and return it: tp to the
+    right, dp downwards, pp into the page (an oblique projection: each stage a layer of boxes
+    drawn behind and above the one before, coloured by stage), one box per rank with its number
+    and ``labels[rank]`` (a short text: what it holds) below it."""
+    from matplotlib.patches import FancyBboxPatch
+
+    from .parallel.mesh import ParallelDims
+
+    if not isinstance(dims, ParallelDims):
+        check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
+    for name in ("dp", "tp", "pp"):
+        if dims.size(name) > 4:
+            check.fail(name, "at most 4 (a cube that fits on a page)", dims.size(name))
+    labels = {} if labels is None else dict(labels)
+    w, h, sx, ox, oy = 2.2, 1.1, 3.0, 1.2, 1.3  # box, tp spacing, depth offset per stage
+    sy = (dims.pp - 1) * oy + h + 0.2  # a dp row's stack of stages clears the next row
+    def corner(c):
+        return c.tp * sx + c.pp * ox, -c.dp * sy + c.pp * oy
+
+    for r in range(dims.world_size):  # the groups' links, centre to centre, under the boxes
+        c = dims.coords(r)
+        for axis in ("tp", "dp", "pp"):
+            step = c._asdict()
+            if step[axis] + 1 < dims.size(axis):
+                step[axis] += 1
+                (x1, y1), (x2, y2) = corner(c), corner(type(c)(**step))
+                ax.plot([x1 + w / 2, x2 + w / 2], [y1 + h / 2, y2 + h / 2], color="#999999",
+                        lw=0.8, ls="--" if axis == "pp" else "-", zorder=0)
+    for r in sorted(range(dims.world_size), key=lambda r: -dims.coords(r).pp):  # back first
+        c = dims.coords(r)
+        x, y = corner(c)
+        colour = PALETTE[c.pp % len(PALETTE)]
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", zorder=2,
+                                    facecolor=_shade(colour, 0.75), edgecolor=colour, lw=1.2))
+        ax.text(x + w / 2, y + h - 0.22, f"rank {r}", ha="center", va="center", fontsize=8,
+                fontweight="bold", zorder=3)
+        if r in labels:
+            ax.text(x + w / 2, y + 0.36, str(labels[r]), ha="center", va="center", fontsize=6.5,
+                    linespacing=1.15, zorder=3)
+    x0, y0 = -0.9, h + 0.55 + (dims.pp - 1) * oy  # the axes, from the top-left corner
+    arrow = dict(arrowstyle="->", color="#444444", lw=1.0)
+    ax.annotate("", (x0 + 1.6, y0), (x0, y0), arrowprops=arrow)
+    ax.text(x0 + 1.7, y0, "tp", va="center", fontsize=8)
+    ax.annotate("", (x0, y0 - 1.2), (x0, y0), arrowprops=arrow)
+    ax.text(x0, y0 - 1.45, "dp", ha="center", fontsize=8)
+    ax.annotate("", (x0 + 0.8, y0 + 0.5), (x0, y0), arrowprops=arrow)
+    ax.text(x0 + 0.9, y0 + 0.55, "pp", fontsize=8)
+    ax.set_xlim(x0 - 0.4, (dims.tp - 1) * sx + (dims.pp - 1) * ox + w + 0.3)
+    ax.set_ylim(-(dims.dp - 1) * sy - 0.3, y0 + 0.9)
+    ax.set_aspect("equal")
+    ax.grid(False)
+    ax.axis("off")
+    if title is not None:
+        ax.set_title(title)
     return ax
