@@ -14,6 +14,7 @@ import torch.distributed as dist
 from hypothesis import given, strategies as st
 
 from llmtrain.parallel import comm, launch
+from llmtrain.parallel.demos.three_d import groups as mesh_groups
 from llmtrain.parallel.mesh import AXES, Coords, ParallelDims, shard_range, shard_sizes
 from llmtrain.shapes import ModelShape
 
@@ -151,20 +152,6 @@ def test_build_outside_a_rank():
 
 
 # ---------------------------------------------------------------- inside ranks
-
-def mesh_groups(layouts):
-    """For each (pp, dp, tp): this rank's groups from build() and from init_device_mesh."""
-    out = []
-    for pp, dp, tp in layouts:
-        d = ParallelDims(dp=dp, tp=tp, pp=pp)
-        g = d.build()
-        mesh = d.device_mesh("cpu")
-        out.append({"coords": tuple(g.coords), "rank": g.rank,
-                    "mesh_coords": tuple(mesh.get_coordinate()),
-                    "ours": {a: dist.get_process_group_ranks(g.group(a)) for a in AXES},
-                    "torch": {a: dist.get_process_group_ranks(mesh.get_group(a)) for a in AXES}})
-    return out
-
 
 def _records(log):
     return [(r.op, r.axis, r.world_size, r.buffer_bytes, r.sent_bytes, r.received_bytes, r.peer,

@@ -8,6 +8,8 @@
   this rank holds (measured, and by ``memory.model_state_bytes(rank=)``).
 - ``compare_all``: several layouts in one launch (a launch costs seconds; each layout needs
   the world size it was launched with, so layouts of one launch share dp·tp·pp).
+- ``groups``: this rank's dp, tp and pp groups built by hand and by ``init_device_mesh``.
+- ``notebook``: both, for notebook 08's single launch.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import torch.distributed as dist
 
 from llmtrain import check, memory
 from llmtrain.parallel import comm
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.parallel.mesh import AXES, ParallelDims
 from llmtrain.parallel.parallelize import ENGINES, axis_bytes, parallelize
 
 from .harness import main as _main
 from .harness import positive
 from .pipeline_parallel import batch_of, model_of
 
-__all__ = ["compare", "compare_all", "cli"]
+__all__ = ["compare", "compare_all", "groups", "notebook", "cli"]
 
 
 def _single(shape, dtype: str, seed: int, ids: torch.Tensor, labels: torch.Tensor,
@@ -100,6 +102,26 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
         res["weight_diff"] = _max_diff(par.full_state_dict(), single["weights"])
         out[engine] = res
     return out
+
+
+def groups(layouts: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """For each (pp, dp, tp): this rank's groups built by hand (``ParallelDims.build``) and by
+    ``init_device_mesh`` (``ParallelDims.device_mesh``), as lists of global ranks per axis."""
+    out = []
+    for pp, dp, tp in layouts:
+        d = ParallelDims(dp=dp, tp=tp, pp=pp)
+        g = d.build()
+        mesh = d.device_mesh("cpu")
+        out.append({"coords": tuple(g.coords), "rank": g.rank,
+                    "mesh_coords": tuple(mesh.get_coordinate()),
+                    "ours": {a: dist.get_process_group_ranks(g.group(a)) for a in AXES},
+                    "torch": {a: dist.get_process_group_ranks(mesh.get_group(a)) for a in AXES}})
+    return out
+
+
+def notebook(layouts: list[tuple[int, int, int]], configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What notebook 08's one launch runs: ``groups(layouts)`` and ``compare_all(configs)``."""
+    return {"groups": groups(layouts), "compare": compare_all(configs)}
 
 
 def compare_all(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
