@@ -8,7 +8,8 @@ One layout, per GPU (``evaluate``):
   impl="korthikanti")`` (model states of the busiest stage, one micro-batch's activations of its
   ⌈L/pp⌉ layers, the slides' constants; tests/test_plan.py checks they equal ``estimate``'s)
   plus the pipeline's other in-flight micro-batches: the first stage of 1F1B holds min(pp, m)
-  micro-batches of activations, GPipe m (``pp_schedule.in_flight``; notebook 07);
+  micro-batches of activations, of interleaved 1F1B more chunks of 1/v the layers
+  (``pp_schedule.in_flight``; notebook 07);
 - time: the busiest stage's FLOPs (``flops.training_flops`` with the recomputation, ⌈L/pp⌉
   layers plus the output layer) over tp GPUs at ``efficiency`` × peak, plus its exposed TP
   all-reduces (``tp_comm.comm_per_layer``, ring 2(t−1)/t, on NVLink when tp ≤ GPUs per node),
@@ -48,7 +49,8 @@ from .shapes import ModelShape
 
 __all__ = ["GIB", "MI", "Cluster", "CLUSTERS", "cluster", "MODELS", "ALIASES", "model",
            "model_names", "parse_tokens", "Assumptions", "Layout", "Plan", "layout",
-           "evaluate", "search", "rank_of", "NarayananRow", "NARAYANAN_TABLE1",
+           "memory_parts", "evaluate", "search", "rank_of", "NARAYANAN_V", "NARAYANAN_S",
+           "A100_PEAK_TFLOPS", "NarayananRow", "NARAYANAN_TABLE1",
            "narayanan_params", "narayanan_flops", "narayanan_model_flops", "BLOOM_176B",
            "BLOOM_176B_PARAMS", "LLAMA3_405B"]
 
@@ -104,7 +106,7 @@ def cluster(name: str | Cluster) -> Cluster:
 # MLP of 4h: 8h² weights + 5h biases). As a ModelShape: SwiGLU with H' = ⌊8h/3⌋ = 38,229 (3hH'
 # = 8h² − h weights, the same matmul FLOPs up to 1/(8h)), biases on q/k/v, o and the MLP; the
 # count differs from BLOOM's by ``params.count(MODELS["bloom-176b"]) − BLOOM_176B_PARAMS``
-# (−0.0011 %, tests/test_plan.py::test_bloom_approximation).
+# (−0.0010 %, tests/test_plan.py::test_bloom_approximation).
 # Llama 3 405B (arXiv 2407.21783, Table 3; vocabulary 128,256 as in the released config.json,
 # the paper says "128K"), seq 8,192.
 MODELS: dict[str, ModelShape] = {
