@@ -30,6 +30,7 @@ Tested in tests/test_widgets.py.
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import math
@@ -468,6 +469,12 @@ class MemoryCalculator(Explorer):
 
 # --- notebook 08 ---------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
+def _planner_search(model, gpu, gpus, batch_tokens, seq) -> tuple:
+    """``plan.search`` kept for the last settings: moving ``top`` searches nothing again."""
+    return tuple(plan.search(model, gpu, gpus, batch_tokens, seq))
+
+
 class PlannerExplorer(Explorer):
     """``plan.search`` for a model, a number of GPUs of one kind and a global batch: the
     ``top`` fastest layouts that fit, one row each, its step time split into compute, TP
@@ -486,7 +493,7 @@ class PlannerExplorer(Explorer):
     def compute(self, *, model, gpus, gpu, batch_tokens, seq, top) -> dict:
         check.one_of("model", model, plan.model_names())
         check.integer("top", top, 1, self.ROWS)
-        plans = plan.search(model, gpu, gpus, batch_tokens, seq)
+        plans = _planner_search(model, gpu, gpus, batch_tokens, seq)
         if not plans:
             raise ValueError(f"no layout of {model} on {gpus} × {gpu} fits in "
                              f"{plan.cluster(gpu).memory_bytes / GIB:.0f} GiB per GPU")
