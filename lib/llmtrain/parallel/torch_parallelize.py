@@ -193,7 +193,7 @@ class TorchParallel:
         self.schedule_name, self.microbatches = schedule, microbatches
         self.coords = dims.coords(dist.get_rank())
         self.first, self.last = self.coords.pp == 0, self.coords.pp == dims.pp - 1
-        self._tokens = 1
+        self._tokens, self._shape = 1, None
         self.schedule = getattr(pipelining, SCHEDULES[schedule])(
             pstage, microbatches, loss_fn=self._loss, scale_grads=False)
         self._tied_group = self._tied_pairs() if module.tied and dims.pp > 1 else None
@@ -234,9 +234,15 @@ class TorchParallel:
         B, dp, m = input_ids.shape[0], self.dims.dp, self.microbatches
         if B % dp:
             raise ValueError(f"input_ids must have a batch size divisible by dp={dp}, got {B}")
-        if B // dp < m:
-            raise ValueError(f"input_ids must hold at least microbatches·dp = {m}·{dp} sequences "
-                             f"(each micro-batch one or more), got {B}")
+        if B == 0 or B % (dp * m):
+            raise ValueError(f"input_ids must have a batch size that is a positive multiple of "
+                             f"dp·microbatches = {dp}·{m} = {dp * m} (torch's pipelining sizes "
+                             f"its buffers from the first micro-batch: all must be equal), got {B}")
+        if self._shape is not None and tuple(input_ids.shape) != self._shape:
+            raise ValueError(f"input_ids must keep the shape {self._shape} of the first step "
+                             f"(torch's pipelining infers the activation shapes once), got "
+                             f"{tuple(input_ids.shape)}")
+        self._shape = tuple(input_ids.shape)
         self._tokens = int((labels[:, 1:] != -100).sum())
         ids = torch.tensor_split(input_ids, dp)[self.coords.dp]
         labs = torch.tensor_split(labels, dp)[self.coords.dp]
