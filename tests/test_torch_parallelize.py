@@ -93,6 +93,15 @@ def compare_rank(configs: list[dict]) -> list[dict]:
             calls[0] += torch._C._current_graph_task_id() != -1  # -1: not in autograd's backward
 
         hooks = [layer.mlp.register_forward_pre_hook(count) for layer in par.module.layers.values()]
+        layer = next(iter(par.module.layers.values()))
+        up = layer.mlp.up_proj
+        held = []  # elements of a weight this rank holds right after its layer's forward
+
+        def after_forward(module, args, output):  # FSDP's own post-forward hook runs first
+            if torch._C._current_graph_task_id() == -1:
+                held.append(_local_numel(up.weight))
+
+        hooks.append(layer.register_forward_hook(after_forward))
         for _ in range(steps):
             calls[0] = 0  # the last step's (torch's first step also infers shapes: one more)
             loss = par.step(ids, labels)
@@ -106,6 +115,7 @@ def compare_rank(configs: list[dict]) -> list[dict]:
                     "last": dims.coords(dist.get_rank()).pp == dims.pp - 1,
                     "grads": _max_rel(grads, ref_grads), "weights": _max_rel(weights, ref_w),
                     "local": sum(_local_numel(p) for p in par.module.parameters()),
+                    "held": sorted(set(held)), "rest": _local_numel(up.weight),
                     "errors": errors, "recomputed": calls[0],
                     "selective": [la.self_attn.recompute_core
                                   for la in par.module.layers.values()]})
@@ -125,6 +135,12 @@ def _check_equal(configs: list[dict], results: list[list[dict]]) -> None:
             layers = len(stage_layers(c.get("layers", 2), dims.pp)[dims.coords(rank).pp])
             again = c.get("recompute") in ("full", "sqrt")  # each layer once more per micro-batch
             m = c.get("microbatches") or dims.pp
+            # ZeRO-3 frees the gathered weights after each forward, ZeRO-2 keeps them until
+            # backward (the whole tp shard: more than its 1/dp part at rest); ZeRO-0 never shards
+            if dims.dp > 1 and c.get("zero", 3) == 2:
+                assert len(r["held"]) == 1 and r["held"][0] > r["rest"], (c, rank, r)
+            else:
+                assert r["held"] == [r["rest"]], (c, rank, r)
             if c.get("steps", 1) > 1:
                 assert r["recomputed"] == m * layers * again, (c, rank, r)
             assert r["selective"] == [c.get("recompute") == "selective"] * layers
