@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import pytest
 import torch
 import torch.distributed as dist
+from hypothesis import given, strategies as st
 
 from llmtrain.llama import Llama
 from llmtrain.parallel import launch
@@ -72,7 +74,8 @@ def compare_rank(configs: list[dict]) -> list[dict]:
             for name, p in model.named_parameters():
                 if name.endswith("bias"):
                     p.normal_(0, 0.02)
-        ids = torch.randint(0, shape.vocab_size, (8, 12), generator=torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, shape.vocab_size, (8, 12), generator=g)
         labels = ids.clone()
         labels[0, 3:6] = -100
         single = copy.deepcopy(model)
@@ -195,6 +198,7 @@ def test_eight_ranks_3d_equal_one_process():
     (dict(dims=ParallelDims(pp=3)), "pp must be at most num_layers=2, got pp=3"),
     (dict(zero=1), "zero must be 0, 2 or 3 with engine 'torch', got zero=1"),
     (dict(zero=4), "zero must be one of"),
+    (dict(zero=True), "zero must be 0, 2 or 3, got True"),
     (dict(recompute="every"), "recompute must be one of"),
     (dict(schedule="interleaved"), "schedule must be one of"),
     (dict(dims=ParallelDims(pp=2), microbatches=1), "microbatches must be at least the 2 pipeline"),
@@ -215,3 +219,21 @@ def test_settings_default_microbatches_and_no_process_group():
     if not dist.is_initialized():
         with pytest.raises(RuntimeError, match="inside a rank"):
             parallelize_torch(Llama(SHAPE), ParallelDims())
+
+
+@functools.cache
+def _model() -> Llama:
+    return Llama(SHAPE)
+
+
+@given(dp=st.integers(1, 4), tp=st.integers(1, 5), pp=st.integers(1, 4),
+       zero=st.sampled_from([0, 1, 2, 3]), m=st.none() | st.integers(1, 6))
+def test_settings_refused_exactly_when_a_rule_breaks(dp, tp, pp, zero, m):
+    broken = (SHAPE.num_heads % tp or SHAPE.num_kv_heads % tp or pp > SHAPE.num_layers
+              or zero == 1 or (m or pp) < pp)
+    dims = ParallelDims(dp, tp, pp)
+    if broken:
+        with pytest.raises(ValueError):
+            check_settings(_model(), dims, zero, "none", "1f1b", m)
+    else:
+        assert check_settings(_model(), dims, zero, "none", "1f1b", m) == (m or pp)

@@ -53,6 +53,7 @@ from torch import nn
 from .. import check, recompute
 from ..llama import Llama
 from . import pipeline_parallel as pp_mod
+from .launch import device as rank_device
 from .mesh import ParallelDims
 
 __all__ = ["parallelize_torch", "TorchParallel", "SCHEDULES", "ZERO", "RECOMPUTE"]
@@ -70,6 +71,8 @@ def check_settings(model: Any, dims: Any, zero: Any, recompute_: Any, schedule: 
     if not isinstance(dims, ParallelDims):
         check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
     dims.check(model.shape)
+    if isinstance(zero, bool):
+        check.fail("zero", "0, 2 or 3", zero)
     if zero == 1:
         raise ValueError("zero must be 0, 2 or 3 with engine 'torch', got zero=1: ZeRO-1 shards "
                          "only the optimizer state, and FSDP2 (fully_shard) always shards the "
@@ -87,7 +90,8 @@ def check_settings(model: Any, dims: Any, zero: Any, recompute_: Any, schedule: 
 def parallelize_torch(model: Llama, dims: ParallelDims, *, zero: int = 3,
                       recompute: str = "none", schedule: str = "1f1b",
                       microbatches: int | None = None,
-                      optimizer_cls: type = torch.optim.SGD, **optimizer_kwargs: Any) -> "TorchParallel":
+                      optimizer_cls: type = torch.optim.SGD,
+                      **optimizer_kwargs: Any) -> "TorchParallel":
     """This rank's part of ``model`` parallelised over dp × tp × pp by PyTorch's own pieces
     (the order and the ZeRO mapping: see the module docstring).
 
@@ -108,11 +112,13 @@ def parallelize_torch(model: Llama, dims: ParallelDims, *, zero: int = 3,
     if dist.get_world_size() != dims.world_size:
         raise ValueError(f"dims must have dp·tp·pp = the world size {dist.get_world_size()}, got "
                          f"{dims.dp}·{dims.tp}·{dims.pp} = {dims.world_size}")
-    mesh = dims.device_mesh("cpu")
+    device = rank_device()  # the CPU under gloo (tested), the rank's GPU under NCCL
+    mesh = dims.device_mesh(device.type)
     coords = dims.coords(dist.get_rank())
     # 1. pipeline split: the hand path's stages
     ranges = pp_mod.stage_layers(model.shape.num_layers, dims.pp)
     stage = pp_mod.Stage(model, ranges[coords.pp], coords.pp == 0, coords.pp == dims.pp - 1)
+    stage.to(device)
     # 2. tensor parallel on mesh["tp"]
     if dims.tp > 1:
         _tensor_parallel(stage, mesh["tp"])
@@ -134,8 +140,7 @@ def parallelize_torch(model: Llama, dims: ParallelDims, *, zero: int = 3,
                 module.set_gradient_divide_factor(1.0)
     # 5. the pipeline schedule on mesh["pp"]
     pp_group = mesh["pp"].get_group()
-    pstage = pipelining.PipelineStage(stage, coords.pp, dims.pp, torch.device("cpu"),
-                                      group=pp_group)
+    pstage = pipelining.PipelineStage(stage, coords.pp, dims.pp, device, group=pp_group)
     optimizer = optimizer_cls(stage.parameters(), **optimizer_kwargs)
     return TorchParallel(stage, pstage, dims, mesh, schedule, m, optimizer)
 
@@ -244,8 +249,9 @@ class TorchParallel:
                              f"{tuple(input_ids.shape)}")
         self._shape = tuple(input_ids.shape)
         self._tokens = int((labels[:, 1:] != -100).sum())
-        ids = torch.tensor_split(input_ids, dp)[self.coords.dp]
-        labs = torch.tensor_split(labels, dp)[self.coords.dp]
+        device = rank_device()
+        ids = torch.tensor_split(input_ids, dp)[self.coords.dp].to(device)
+        labs = torch.tensor_split(labels, dp)[self.coords.dp].to(device)
         losses: list = []
         tied = self._tied_snapshot()
         self.schedule.step(*((ids,) if self.first else ()),
@@ -287,11 +293,11 @@ class TorchParallel:
     # --- full tensors on every rank (collectives: call on every rank) ---------------------
 
     def full_grads(self) -> dict[str, torch.Tensor]:
-        """{full model name: full gradient} of the whole model, on every rank."""
+        """{full model name: full gradient} of the whole model, on every rank (CPU tensors)."""
         return self._gather(lambda p: p.grad)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """{full model name: full parameter} of the whole model, on every rank."""
+        """{full model name: full parameter} of the whole model, on every rank (CPU tensors)."""
         return self._gather(lambda p: p)
 
     def _gather(self, get) -> dict[str, torch.Tensor]:
@@ -302,7 +308,7 @@ class TorchParallel:
             t = get(p)
             if t is not None:
                 t = t.full_tensor() if hasattr(t, "full_tensor") else t
-                mine[name] = t.detach().clone()
+                mine[name] = t.detach().cpu().clone()
         if self.dims.pp == 1:
             return mine
         seen: list = [None] * self.dims.pp
