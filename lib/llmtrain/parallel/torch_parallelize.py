@@ -25,9 +25,11 @@ The same layout as the hand-written ``parallelize`` (``ParallelDims``: rank = (p
    each layer's forward and again for its backward) is ZeRO-3; ``zero=2``
    (``reshard_after_forward=False``: gathered once in forward and kept until backward ends) is
    ZeRO-2's traffic with ZeRO-3's resting memory (FSDP2 frees the gathered parameters after
-   backward: what torch calls SHARD_GRAD_OP). ``zero=0`` replicates the stage over dp (FSDP2's
-   ``replicate``: whole parameters, gradients all-reduced, as DDP). ``zero=1`` (replicated
-   parameters and gradients, sharded optimizer state) has no FSDP2 equivalent: refused.
+   backward: what torch calls SHARD_GRAD_OP). ``zero=0`` replicates the stage over dp (the
+   FSDP2-based ``replicate`` of ``torch.distributed._composable.replicate_with_fsdp``, a
+   private module in torch 2.13: whole parameters, gradients all-reduced, as DDP). ``zero=1``
+   (replicated parameters and gradients, sharded optimizer state) has no FSDP2 equivalent:
+   refused. With dp = 1 nothing is sharded, whatever ``zero``.
 5. **pipeline schedule** (pp): ``PipelineStage`` + ``Schedule1F1B`` / ``ScheduleGPipe`` on
    mesh["pp"]'s group, ``microbatches`` micro-batches of this rank's data-parallel share.
 
@@ -40,6 +42,13 @@ its gradient divide factor is set to 1 (``set_gradient_divide_factor(1.0)``: a p
 Tied embeddings with pp > 1: the first stage's embedding and the last stage's lm_head are two
 copies of one matrix; after each step their gradients (the same local shard on rank (0, d, t)
 and (pp−1, d, t)) are all-reduced over the pair, Megatron-LM's embedding group.
+
+Torch's pipelining sizes its message buffers once, on the first step (running one extra
+forward of the stage, and on the last stage one extra backward, outside the schedule: measured
+with module hooks), from equal micro-batches: ``step`` refuses a batch that dp·microbatches does
+not divide and a batch shape other than the first step's (the hand-written ``pipeline`` takes
+both). Equal to one process in float64 within 2e-15 relative (loss, every gradient, the weights
+after SGD): measured, see tests/test_torch_parallelize.py.
 """
 
 from __future__ import annotations
@@ -228,8 +237,9 @@ class TorchParallel:
              labels: torch.Tensor | None = None) -> torch.Tensor | None:
         """Forward and backward of this rank's data-parallel share (B/dp consecutive sequences
         of the global batch ``input_ids``, B × T, the same on every rank; ``labels`` default the
-        ids, -100 = no loss) through the pipeline; gradients accumulate. Returns the mean
-        loss of the global batch on the last stage's ranks, None on the others."""
+        ids, -100 = no loss) through the pipeline; gradients accumulate. B must be a multiple
+        of dp·microbatches and the shape the same at every step. Returns the mean loss of the
+        global batch on the last stage's ranks, None on the others."""
         labels = input_ids if labels is None else labels
         check.tensor("input_ids", input_ids, dim=2)
         check.tensor("labels", labels, dim=2)
