@@ -18,10 +18,10 @@ import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from llmtrain import (activation_formulas, activations, amp, batch, check, device, flops, llama,
-                      memory, params, plots, precision, recompute, schedules, shapes, show,
+                      memory, params, plan, plots, precision, recompute, schedules, shapes, show,
                       step_peak, train, widgets)
 from llmtrain import settings as slide_settings
-from llmtrain.parallel import pipeline_parallel, pp_schedule, tp_comm
+from llmtrain.parallel import parallelize, pipeline_parallel, pp_schedule, tp_comm
 from llmtrain.parallel.mesh import ParallelDims
 
 TINY = shapes.get("tiny")
@@ -123,6 +123,21 @@ CASES = [
      {"gpus": "pos", "tp": "pos", "pp": "pos"}),
     ("memory.state_bytes_per_param", memory.state_bytes_per_param, dict(),
      {"precision": _choice(memory.PRECISIONS), "optimizer": _choice(memory.OPTIMIZERS)}),
+    # the planner
+    ("plan.model", plan.model, dict(name="llama-70b"), {"name": _choice(plan.model_names())}),
+    ("plan.cluster", plan.cluster, dict(gpu="h100-80g"), {"gpu": _choice(tuple(plan.CLUSTERS))}),
+    ("plan.parse_tokens", plan.parse_tokens, dict(batch_tokens="4M"),
+     {"batch_tokens": st.sampled_from(["0", "-4M", "4Q", "", None, 0, -3, True, 2.5, "4.5M"])}),
+    ("plan.layout", plan.layout, dict(shape="llama-7b", gpus=8, batch_tokens=2**22, seq=2048,
+                                      tp=2, pp=2),
+     {"shape": "shape", "gpus": "pos", "batch_tokens": "pos", "seq": "pos", "tp": "pos",
+      "pp": "pos", "zero": _choice((0, 1, 2, 3)), "recompute": _choice(("none", "selective",
+                                                                          "full")),
+      "micro_batch": "pos", "virtual": "pos", "sp": "bool"}),
+    ("plan.search", plan.search, dict(shape="tiny", gpu="a100-80g", gpus=2, batch_tokens=2**10,
+                                      seq=64, zeros=(1,), recomputes=("none",)),
+     {"shape": "shape", "gpu": _choice(tuple(plan.CLUSTERS)), "gpus": "pos",
+      "batch_tokens": "pos", "seq": "pos?"}),
     ("memory.params_per_gpu", memory.params_per_gpu, dict(shape=TINY, dims=ParallelDims(tp=2, pp=2)),
      {"shape": "shape", "dims": "pos"}),
     ("memory.model_state_bytes", memory.model_state_bytes, dict(num_params=10**6, dims=4),
@@ -217,6 +232,32 @@ CASES = [
      {"p": "pos", "microbatches": "pos", "virtual": "pos"}),
     ("pipeline_parallel.stage_layers", pipeline_parallel.stage_layers,
      dict(num_layers=5, stages=2), {"num_layers": "nonneg", "stages": "pos"}),
+    # 3D parallel: the bytes per axis, the layout drawn
+    ("parallelize.axis_bytes", parallelize.axis_bytes,
+     dict(shape=TINY, dims=ParallelDims(dp=2, tp=2, pp=2), rank=5, batch=8, seq=16),
+     {"shape": "shape", "dims": st.sampled_from([None, 8, (2, 2, 2), "2x2x2"]), "rank": "nonneg",
+      "batch": "pos", "seq": "pos", "microbatches": "pos?",
+      "zero": st.sampled_from([4, -1, True, "1", None, 1.0]),
+      "recompute": _choice(("none", "full", "sqrt", "selective")), "dtype_bytes": "pos",
+      "loss_bytes": "pos?"}),
+    # the planner
+    ("plan.model", plan.model, dict(name="llama-70b"), {"name": _choice(plan.model_names())}),
+    ("plan.cluster", plan.cluster, dict(gpu="h100-80g"), {"gpu": _choice(tuple(plan.CLUSTERS))}),
+    ("plan.parse_tokens", plan.parse_tokens, dict(batch_tokens="4M"),
+     {"batch_tokens": st.sampled_from(["0", "-4M", "4Q", "", None, 0, -3, True, 2.5, "4.5M"])}),
+    ("plan.layout", plan.layout, dict(shape="llama-7b", gpus=8, batch_tokens=2**22, seq=2048,
+                                      tp=2, pp=2),
+     {"shape": "shape", "gpus": "pos", "batch_tokens": "pos", "seq": "pos", "tp": "pos",
+      "pp": "pos", "zero": _choice((0, 1, 2, 3)), "recompute": _choice(("none", "selective",
+                                                                          "full")),
+      "micro_batch": "pos", "virtual": "pos", "sp": "bool"}),
+    ("plan.search", plan.search, dict(shape="tiny", gpu="a100-80g", gpus=2, batch_tokens=2**10,
+                                      seq=64, zeros=(1,), recomputes=("none",)),
+     {"shape": "shape", "gpu": _choice(tuple(plan.CLUSTERS)), "gpus": "pos",
+      "batch_tokens": "pos", "seq": "pos?"}),
+    ("memory.params_per_gpu", memory.params_per_gpu,
+     dict(shape=TINY, dims=ParallelDims(tp=2, pp=2), rank=3),
+     {"shape": "shape", "rank": "nonneg?"}),
     # batch
     ("batch.linear_ramp", batch.linear_ramp,
      dict(tokens_seen=10, start_tokens=32, end_tokens=3200, ramp_tokens=1000),
@@ -341,6 +382,8 @@ CASES = [
     ("plots.save", plots.save, dict(fig=None, name="x"),
      {"fig": st.sampled_from([None, "fig", 3]),
       "name": st.sampled_from([None, 3, "", "a/b", ".hidden", ["x"]])}),
+    ("plots.rank_cube", plots.rank_cube, dict(ax=None, dims=ParallelDims(dp=2, tp=2, pp=2)),
+     {"dims": st.sampled_from([None, 8, (2, 2, 2)]), "title": st.sampled_from([3, ["t"]])}),
     ("plots.gantt", plots.gantt, dict(ax=None, events=pp_schedule.simulate("1f1b", 2, 2)),
      {"events": "seq", "stages": "pos?", "title": st.sampled_from([3, ["t"], b"t"]),
       "unit": st.sampled_from([None, 3, ["s"]])}),
@@ -365,7 +408,7 @@ def _valid(label, kwargs):
     if label == "plots.save":
         import matplotlib.pyplot as plt
         out["fig"] = plt.figure()
-    if label == "plots.gantt":  # a Figure outside pyplot: nothing to close
+    if label in ("plots.gantt", "plots.rank_cube"):  # a Figure outside pyplot: nothing to close
         from matplotlib.figure import Figure
         out["ax"] = Figure().add_subplot()
     return out

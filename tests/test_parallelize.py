@@ -134,7 +134,7 @@ def test_order_is_stated():
     (dict(dims=(1, 1, 1)), "dims must be a llmtrain.parallel.mesh.ParallelDims"),
     (dict(dims=ParallelDims(tp=3)), "tp must divide num_heads"),
     (dict(dims=ParallelDims(pp=3)), "pp must be at most num_layers"),
-    (dict(zero=4), "zero must be 0, 1, 2 or 3"),
+    (dict(zero=4), "zero must be"),
     (dict(recompute="every"), "recompute must be one of"),
     (dict(schedule="interleaved"), "schedule must be one of"),
     (dict(dims=ParallelDims(pp=2), microbatches=1), "microbatches must be at least pp=2"),

@@ -238,7 +238,7 @@ def test_names():
 @pytest.mark.parametrize("call, message", [
     (lambda: plan.parse_tokens("4Q"), "batch_tokens must be a positive count of tokens"),
     (lambda: plan.parse_tokens("0"), "batch_tokens must be a positive count"),
-    (lambda: plan.model("llama-8b"), "model must be one of"),
+    (lambda: plan.model("llama-8b"), "name must be one of"),
     (lambda: plan.cluster("v100"), "gpu must be one of"),
     (lambda: plan.layout("llama-7b", 6, 2**20, 2048, tp=4), "gpus must be a multiple of tp·pp=4"),
     (lambda: plan.layout("llama-7b", 8, 2**20, 2048, tp=3, pp=1),

@@ -107,7 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _plan_cmd(args) -> str:
     from . import plan  # imports torch: only for this command
 
-    shape = plan.model(args.model)
+    shape = plan.model(args.model, what="model")
     card = plan.cluster(args.gpu)
     tokens = plan.parse_tokens(args.batch_tokens)
     seq = shape.max_seq_len if args.seq is None else args.seq

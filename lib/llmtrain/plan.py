@@ -92,11 +92,11 @@ CLUSTERS: dict[str, Cluster] = {c.name: c for c in [
 ]}  # an "80G" card is 80 GiB (81,920 MiB), as in widgets.CARD_GIB
 
 
-def cluster(name: str | Cluster) -> Cluster:
+def cluster(gpu: str | Cluster) -> Cluster:
     """A preset by name ("a100-40g", "a100-80g", "h100-80g") or a Cluster as given."""
-    if isinstance(name, Cluster):
-        return name
-    return CLUSTERS[check.one_of("gpu", name, tuple(CLUSTERS))]
+    if isinstance(gpu, Cluster):
+        return gpu
+    return CLUSTERS[check.one_of("gpu", gpu, tuple(CLUSTERS))]
 
 
 # --- models --------------------------------------------------------------------------------
@@ -126,22 +126,23 @@ def model_names() -> list[str]:
     return [*shapes.names(), *MODELS, *ALIASES]
 
 
-def model(name: str | ModelShape) -> ModelShape:
-    """A ``shapes`` preset, one of ``MODELS`` or an alias ("llama-70b" = llama2-70b)."""
+def model(name: str | ModelShape, *, what: str = "name") -> ModelShape:
+    """A ``shapes`` preset, one of ``MODELS`` or an alias ("llama-70b" = llama2-70b);
+    ``what``: the argument an error names."""
     if isinstance(name, ModelShape):
         return name
-    check.one_of("model", name, model_names())
+    check.one_of(what, name, model_names())
     name = ALIASES.get(name, name)
     return MODELS[name] if name in MODELS else shapes.get(name)
 
 
-def parse_tokens(text: str | int) -> int:
+def parse_tokens(batch_tokens: str | int) -> int:
     """"4M" = 4·2²⁰, "512K" = 512·2¹⁰, "1G" = 2³⁰, "32768" = 32768 (binary prefixes: see MI)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return check.positive_int("batch_tokens", text)
-    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", str(text), re.IGNORECASE)
+    if isinstance(batch_tokens, int) and not isinstance(batch_tokens, bool):
+        return check.positive_int("batch_tokens", batch_tokens)
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", str(batch_tokens), re.IGNORECASE)
     if not m or int(m.group(1)) == 0:
-        check.fail("batch_tokens", "a positive count of tokens like 4M, 512K or 32768", text)
+        check.fail("batch_tokens", "a positive count of tokens like 4M, 512K or 32768", batch_tokens)
     return int(m.group(1)) * 2 ** (10 * " KMG".index(m.group(2).upper() or " "))
 
 
@@ -252,7 +253,7 @@ def layout(shape, gpus: int, batch_tokens: int, seq: int, *, tp: int = 1, pp: in
     dp × m micro-batches of micro_batch; ``dims.check(shape)`` (tp | heads, pp ≤ L)."""
     from . import memory
 
-    shape = model(shape)
+    shape = model(shape, what="shape")
     dims = memory.parallel_dims(gpus, tp, pp).check(shape)
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("recompute", recompute, ("none", "selective", "full"))
@@ -357,7 +358,7 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
     same functions, without its slower step-by-step peak) + "in-flight activations"."""
     from . import memory
 
-    shape, a = model(shape), assumptions
+    shape, a = model(shape, what="shape"), assumptions
     d, b = lay.dims, lay.micro_batch
     n = math.ceil(shape.num_layers / d.pp)
     act, per_layer = _activations(shape, n, b, seq, lay.recompute, d.tp, lay.sp, a.impl)
@@ -374,10 +375,10 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
     return parts
 
 
-def evaluate(shape, c: str | Cluster, lay: Layout, seq: int,
+def evaluate(shape, gpu: str | Cluster, lay: Layout, seq: int,
              assumptions: Assumptions = Assumptions()) -> Plan:
     """Memory per GPU and seconds per step of one layout (see the module's docstring)."""
-    shape, c, a = model(shape), cluster(c), assumptions
+    shape, c, a = model(shape, what="shape"), cluster(gpu), assumptions
     d, b, m, v = lay.dims, lay.micro_batch, lay.microbatches, lay.virtual
     H, n = shape.hidden_size, math.ceil(shape.num_layers / d.pp)
     layer_f, head_f = _layer_and_head_flops(shape, b, seq, lay.recompute, a.attention)
@@ -410,7 +411,7 @@ def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def search(shape, c: str | Cluster, gpus: int, batch_tokens: int, seq: int | None = None, *,
+def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | None = None, *,
            zeros=(0, 1, 2, 3), recomputes=("none", "selective", "full"),
            micro_batches=(1, 2, 4), virtuals=(1,), sps=(False, True),
            assumptions: Assumptions = Assumptions(),
@@ -418,7 +419,7 @@ def search(shape, c: str | Cluster, gpus: int, batch_tokens: int, seq: int | Non
     """Every layout of ``gpus`` GPUs (tp | heads and kv heads, pp ≤ L, dp = gpus/(tp·pp),
     m = batch/(dp·b) whole), evaluated, the fitting ones (all with ``feasible_only=False``)
     sorted by step time, then memory. gpus: a multiple of a node, or a divisor of one."""
-    shape, c = model(shape), cluster(c)
+    shape, c = model(shape, what="shape"), cluster(gpu)
     check.positive_int("gpus", gpus)
     if gpus % c.gpus_per_node and c.gpus_per_node % gpus:
         raise ValueError(f"gpus must be a multiple of the {c.gpus_per_node} GPUs of a node "

@@ -148,6 +148,8 @@ def rank_cube(ax, dims, labels=None, *, title: str | None = None):
     for name in ("dp", "tp", "pp"):
         if dims.size(name) > 4:
             check.fail(name, "at most 4 (a cube that fits on a page)", dims.size(name))
+    if title is not None and not isinstance(title, str):
+        check.fail("title", "a string", title)
     labels = {} if labels is None else dict(labels)
     w, h, sx, ox, oy = 2.2, 1.1, 3.0, 1.2, 1.3  # box, tp spacing, depth offset per stage
     sy = (dims.pp - 1) * oy + h + 0.2  # a dp row's stack of stages clears the next row

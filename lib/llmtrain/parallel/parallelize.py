@@ -89,8 +89,7 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
     if not isinstance(dims, ParallelDims):
         check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
     dims.check(model.shape)
-    if isinstance(zero, bool) or zero not in _zero.STAGES:
-        check.fail("zero", "0, 1, 2 or 3", zero)
+    check.integer("zero", zero, 0, 3)
     check.one_of("recompute", recompute, tuple(s for s in STRATEGIES if s != "every"))
     check.one_of("schedule", schedule, tuple(s for s in SCHEDULES if s != "interleaved"))
     m = dims.pp if microbatches is None else check.positive_int("microbatches", microbatches)
@@ -282,9 +281,20 @@ def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
     from .tp_comm import Traffic, comm_per_model, sent_bytes
 
     shape = check.shape("shape", shape)
+    if not isinstance(dims, ParallelDims):
+        check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
     dims.check(shape)
     c = dims.coords(rank)
-    m = dims.pp if microbatches is None else microbatches
+    check.positive_int("batch", batch)
+    check.positive_int("seq", seq)
+    m = dims.pp if microbatches is None else check.positive_int("microbatches", microbatches)
+    check.integer("zero", zero, 0, 3)
+    check.one_of("recompute", recompute, tuple(s for s in STRATEGIES if s != "every"))
+    check.positive_int("dtype_bytes", dtype_bytes)
+    check.optional(check.positive_int, "loss_bytes", loss_bytes)
+    if batch % dims.dp or batch // dims.dp < m:
+        raise ValueError(f"batch must be a multiple of dp={dims.dp} with at least "
+                         f"microbatches={m} sequences per share, got batch={batch}")
     share = batch // dims.dp
     first, last = c.pp == 0, c.pp == dims.pp - 1
     n_layers = shard_range(shape.num_layers, dims.pp, c.pp)[1]

@@ -135,14 +135,16 @@ def _options(ap) -> None:
     ap.add_argument("--dp", type=positive, default=2)
     ap.add_argument("--tp", type=positive, default=2)
     ap.add_argument("--pp", type=positive, default=2)
-    ap.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=1)
+    ap.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
+                    help="ZeRO stage (default: 1 for ours, 3 for torch: FSDP2 has no stage 1)")
     ap.add_argument("--recompute", choices=("none", "full", "selective", "sqrt"), default="none")
     ap.add_argument("--microbatches", type=positive, default=None)
     ap.add_argument("--engine", choices=ENGINES, default="ours")
 
 
 def _rank(o: dict) -> dict[str, Any]:
-    return compare((o["dp"], o["tp"], o["pp"]), zero=o["zero"], recompute=o["recompute"],
+    zero = o["zero"] if o["zero"] is not None else 3 if o["engine"] == "torch" else 1
+    return compare((o["dp"], o["tp"], o["pp"]), zero=zero, recompute=o["recompute"],
                    microbatches=o["microbatches"], batch=4 * o["dp"], engines=(o["engine"],))
 
 
@@ -173,3 +175,5 @@ def _check_world(o: dict, world: int) -> None:
     dims = ParallelDims(dp=o["dp"], tp=o["tp"], pp=o["pp"])
     if dims.world_size != world:
         raise ValueError(f"dp·tp·pp = {dims.world_size} must equal the number of ranks {world}")
+    if o["engine"] == "torch" and o["zero"] == 1:
+        raise ValueError("--zero 1 has no FSDP2 equivalent: use --engine ours, or --zero 0, 2, 3")
