@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llmtrain import cli, flops, memory, params, plan, shapes
+from llmtrain import cli, flops, memory, params, plan, published_runs, shapes
 from llmtrain.parallel import pp_schedule
 from llmtrain.parallel.mesh import ParallelDims
 
@@ -22,12 +22,12 @@ GIB = 2**30
 
 # --- Narayanan et al. 2021, Table 1 ------------------------------------------------------------
 
-@pytest.mark.parametrize("row", plan.NARAYANAN_TABLE1, ids=lambda r: f"{r.params_b}B")
+@pytest.mark.parametrize("row", published_runs.NARAYANAN_TABLE1, ids=lambda r: f"{r.params_b}B")
 def test_narayanan_row_is_consistent_with_their_equations(row):
     # Eq. 2 gives the row's stated size (their table rounds to 0.1 B)
-    assert round(plan.narayanan_params(row.layers, row.hidden) / 1e9, 1) == row.params_b
+    assert round(published_runs.narayanan_params(row.layers, row.hidden) / 1e9, 1) == row.params_b
     # the fraction of peak is the TFLOP/s over the A100's 312
-    assert round(100 * row.tflops_per_gpu / plan.A100_PEAK_TFLOPS) == row.percent_of_peak
+    assert round(100 * row.tflops_per_gpu / published_runs.A100_PEAK_TFLOPS) == row.percent_of_peak
     # the aggregate is TFLOP/s × GPUs (the per-GPU figure rounded to a whole TFLOP/s)
     assert abs(1000 * row.aggregate_pflops / row.gpus - row.tflops_per_gpu) <= 0.5
     # the layout: t·p divides n; the batch splits over the dp = n/(t·p) replicas
@@ -35,37 +35,37 @@ def test_narayanan_row_is_consistent_with_their_equations(row):
     assert row.hidden % row.heads == 0 and row.tp <= 8  # TP inside one DGX A100
 
 
-@pytest.mark.parametrize("row", plan.NARAYANAN_TABLE1, ids=lambda r: f"{r.params_b}B")
+@pytest.mark.parametrize("row", published_runs.NARAYANAN_TABLE1, ids=lambda r: f"{r.params_b}B")
 def test_narayanan_model_flops_utilisation(row):
     """Eq. 3 counts the recomputed forward: the model FLOPs are a little over 3/4 of it (the
     output layer is not recomputed), so MFU = their % of peak × that ratio."""
     B, l, h = row.batch, row.layers, row.hidden
-    ratio = Fraction(plan.narayanan_model_flops(B, l, h), plan.narayanan_flops(B, l, h))
+    ratio = Fraction(published_runs.narayanan_model_flops(B, l, h), published_runs.narayanan_flops(B, l, h))
     assert Fraction(3, 4) < ratio < Fraction(77, 100)  # 0.762 at 1.7B, 0.750 at 1T
-    mfu = row.tflops_per_gpu / plan.A100_PEAK_TFLOPS * ratio
+    mfu = row.tflops_per_gpu / published_runs.A100_PEAK_TFLOPS * ratio
     assert 0.32 < mfu < 0.40
 
 
-@pytest.mark.parametrize("row", [r for r in plan.NARAYANAN_TABLE1 if 8 * r.hidden % 3 == 0],
+@pytest.mark.parametrize("row", [r for r in published_runs.NARAYANAN_TABLE1 if 8 * r.hidden % 3 == 0],
                          ids=lambda r: f"{r.params_b}B")
 def test_eq3_is_our_flops_count(row):
     """A LLaMA-form shape with the GPT's matmul weights (3hH' = 8h², so H' = 8h/3) gives,
     exactly, their Eq. 3 with full recomputation (no early stop) and its 3/4 part without."""
-    h, l, B, s = row.hidden, row.layers, 2, plan.NARAYANAN_S
-    shape = shapes.ModelShape(vocab_size=plan.NARAYANAN_V, hidden_size=h, num_layers=l,
+    h, l, B, s = row.hidden, row.layers, 2, published_runs.NARAYANAN_S
+    shape = shapes.ModelShape(vocab_size=published_runs.NARAYANAN_V, hidden_size=h, num_layers=l,
                               num_heads=row.heads, num_kv_heads=row.heads,
                               intermediate_size=8 * h // 3, max_seq_len=s)
     assert flops.training_flops(shape, B, s, recompute="full",
-                                early_stop=False) == plan.narayanan_flops(B, l, h)
-    assert flops.training_flops(shape, B, s) == plan.narayanan_model_flops(B, l, h)
+                                early_stop=False) == published_runs.narayanan_flops(B, l, h)
+    assert flops.training_flops(shape, B, s) == published_runs.narayanan_model_flops(B, l, h)
 
 
 # --- BLOOM-176B --------------------------------------------------------------------------------
 
 def test_bloom_approximation():
     shape = plan.model("bloom-176b")
-    assert plan.BLOOM_176B_PARAMS == 176_247_271_424
-    err = Fraction(params.count(shape) - plan.BLOOM_176B_PARAMS, plan.BLOOM_176B_PARAMS)
+    assert published_runs.BLOOM_176B_PARAMS == 176_247_271_424
+    err = Fraction(params.count(shape) - published_runs.BLOOM_176B_PARAMS, published_runs.BLOOM_176B_PARAMS)
     assert abs(err) < Fraction(2, 100_000)  # -0.00097 %
     # the MLP's matmul weights: 3hH' versus BLOOM's 8h², short by h per layer
     h = shape.hidden_size
@@ -74,7 +74,7 @@ def test_bloom_approximation():
 
 @pytest.fixture(scope="module")
 def bloom():
-    run = plan.BLOOM_176B
+    run = published_runs.BLOOM_176B
     shape = plan.model(run["model"])
     lay = plan.layout(shape, run["gpus"], run["batch_tokens"], run["seq"], tp=run["tp"],
                       pp=run["pp"], zero=run["zero"], recompute=run["recompute"],
@@ -98,7 +98,7 @@ def test_bloom_published_layout_fits_and_ranks(bloom):
 
 # --- Llama 3 405B ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("run", plan.LLAMA3_405B, ids=lambda r: str(r["gpus"]))
+@pytest.mark.parametrize("run", published_runs.LLAMA3_405B, ids=lambda r: str(r["gpus"]))
 def test_llama3_table4_arithmetic(run):
     assert run["tp"] * run["pp"] * run["dp"] == run["gpus"]
     assert run["batch_tokens"] == 2**24  # "16M": (seqs per DP group) × 8,192 × DP
@@ -107,7 +107,7 @@ def test_llama3_table4_arithmetic(run):
     assert abs(100 * run["tflops_per_gpu"] / 989 - run["mfu_percent"]) < 1
 
 
-@pytest.mark.parametrize("run", plan.LLAMA3_405B, ids=lambda r: str(r["gpus"]))
+@pytest.mark.parametrize("run", published_runs.LLAMA3_405B, ids=lambda r: str(r["gpus"]))
 def test_llama3_published_layout(run):
     shape = plan.model(run["model"])
     plans = plan.search(shape, run["gpu"], run["gpus"], run["batch_tokens"], run["seq"],

@@ -25,12 +25,14 @@ from . import check
 if TYPE_CHECKING:
     from .llama import Llama
 
-__all__ = ["STRATEGIES", "MODELLED", "apply", "segments"]
+__all__ = ["STRATEGIES", "MODELLED", "WITHOUT_K", "apply", "segments"]
 
 STRATEGIES = ("none", "full", "every", "sqrt", "selective")
 # The strategies the closed forms for kept activations model (``memory.activation_bytes``,
 # ``activation_formulas``, ``llmtrain memory --recompute``): the memory-side spelling of each.
 MODELLED = ("none", "full", "selective")
+# The strategies that need no k (all but "every"): what the 3D paths take (``parallel.parallelize``).
+WITHOUT_K = ("none", "full", "sqrt", "selective")
 
 
 def segments(num_layers: int, strategy: str, k: int | None = None) -> list[range]:

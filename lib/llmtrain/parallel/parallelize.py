@@ -48,7 +48,7 @@ import torch.distributed as dist
 
 from .. import check
 from ..llama import Llama
-from ..recompute import STRATEGIES, segments as _recompute_segments
+from ..recompute import WITHOUT_K, segments as _recompute_segments
 from . import comm, data_parallel, zero as _zero
 from .mesh import ParallelDims, shard_range
 from .pipeline_parallel import SCHEDULES, Pipeline, Stage, cut_segments, stage_layers
@@ -90,7 +90,7 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
         check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
     dims.check(model.shape)
     check.integer("zero", zero, 0, 3)
-    check.one_of("recompute", recompute, tuple(s for s in STRATEGIES if s != "every"))
+    check.one_of("recompute", recompute, WITHOUT_K)
     check.one_of("schedule", schedule, tuple(s for s in SCHEDULES if s != "interleaved"))
     m = dims.pp if microbatches is None else check.positive_int("microbatches", microbatches)
     check_schedule(schedule, dims.pp, m, 1)
@@ -289,7 +289,7 @@ def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
     check.positive_int("seq", seq)
     m = dims.pp if microbatches is None else check.positive_int("microbatches", microbatches)
     check.integer("zero", zero, 0, 3)
-    check.one_of("recompute", recompute, tuple(s for s in STRATEGIES if s != "every"))
+    check.one_of("recompute", recompute, WITHOUT_K)
     check.positive_int("dtype_bytes", dtype_bytes)
     check.optional(check.positive_int, "loss_bytes", loss_bytes)
     if batch % dims.dp or batch // dims.dp < m:

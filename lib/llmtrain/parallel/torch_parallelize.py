@@ -69,7 +69,7 @@ __all__ = ["parallelize_torch", "TorchParallel", "SCHEDULES", "ZERO", "RECOMPUTE
 
 SCHEDULES = {"1f1b": "Schedule1F1B", "gpipe": "ScheduleGPipe"}
 ZERO = (0, 2, 3)  # the stages FSDP2 can express (1 is refused: see ``check_settings``)
-RECOMPUTE = ("none", "full", "sqrt", "selective")  # recompute.STRATEGIES but "every" (needs k)
+RECOMPUTE = recompute.WITHOUT_K  # recompute.STRATEGIES but "every" (needs k)
 
 
 def check_settings(model: Any, dims: Any, zero: Any, recompute_: Any, schedule: Any,
@@ -132,7 +132,7 @@ def parallelize_torch(model: Llama, dims: ParallelDims, *, zero: int = 3,
     if dims.tp > 1:
         _tensor_parallel(stage, mesh["tp"])
     # 3. recomputation (replaces whatever the model was set to)
-    _recompute(stage, model.shape.num_layers, recompute)
+    stage.recompute(recompute, num_layers=model.shape.num_layers)
     # 4. data parallel / ZeRO on mesh["dp"]
     if dims.dp > 1:
         if zero == 0:
@@ -182,17 +182,6 @@ def _tensor_parallel(stage: pp_mod.Stage, tp_mesh) -> None:
         parallelize_module(stage, tp_mesh, top)
     if stage.first and stage.last and stage.tied:  # one stage, tied: one DTensor again
         stage.lm_head.weight = stage.embed_tokens.weight
-
-
-def _recompute(stage: pp_mod.Stage, num_layers: int, strategy: str) -> None:
-    """``recompute.apply``'s settings on the stage: full-recompute segments cut at its edges
-    (as ``Stage.__init__`` does), selective on every attention."""
-    layers = stage.layer_ids
-    stage.recompute_segments = [range(max(g.start, layers.start), min(g.stop, layers.stop))
-                                for g in recompute.segments(num_layers, strategy)
-                                if g.start < layers.stop and layers.start < g.stop]
-    for layer in stage.layers.values():
-        layer.self_attn.recompute_core = strategy == "selective"
 
 
 class TorchParallel:
