@@ -7,7 +7,8 @@ bytes each rank sends along each axis, counted by ``comm``, equal ``axis_bytes``
 weight and gradient bytes each rank holds, measured, equal ``memory.model_state_bytes(rank=)``.
 
 One 4-rank launch runs the fast checks (two axes at a time); ``slow``: the 8-rank
-dp2 × tp2 × pp2 step.
+dp2 × tp2 × pp2 step, with our engine and PyTorch's (``engine="torch"``; its 4-rank checks are
+in tests/test_torch_parallelize.py).
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ FAST = [  # 4 ranks: two axes at a time
     dict(dims=(1, 4, 1), zero=0, shape=ODD.replace(num_heads=8, num_kv_heads=4, hidden_size=64,
                                                    tie_embeddings=False)),
 ]
-SLOW = [  # 8 ranks: all three axes
+SLOW = [  # 8 ranks: all three axes, both engines (PyTorch's: no ZeRO-1, equal micro-batches)
     dict(dims=(2, 2, 2), zero=1, masked=True),
     dict(dims=(2, 2, 2), zero=3, shape=ODD, recompute="full"),
     dict(dims=(2, 2, 2), zero=0, shape=ODD.replace(num_layers=8), recompute="sqrt",
          microbatches=4),
+    dict(dims=(2, 2, 2), zero=3, shape=ODD, recompute="full", masked=True, engines=("torch",)),
+    dict(dims=(2, 2, 2), zero=2, shape=ODD, recompute="selective", schedule="gpipe",
+         microbatches=4, engines=("torch",)),
 ]
 
 
@@ -83,12 +87,15 @@ def _check(results: list, configs: list, i: int) -> None:
     c = configs[i]
     for rank_out in results:
         out = rank_out[i]
-        o = out["ours"]
+        engine = c.get("engines", ("ours",))[0]
+        o = out[engine]
         last = out["coords"][0] == c["dims"][2] - 1
         assert (o["loss"] is not None) == last
         if last:
             assert math.isclose(o["loss"], out["single_loss"], rel_tol=TOL)
         assert o["grad_diff"] < TOL and o["weight_diff"] < TOL, (c, out["rank"])
+        if engine == "torch":
+            continue
         assert o["sent"] == o["formula"], (c, out["rank"], o["sent"], o["formula"])
         for part in ("weights", "gradients"):
             assert o["states"][part] == o["states_formula"][part], (c, out["rank"], part)
@@ -116,7 +123,7 @@ def test_bad_batches_are_named_inside_a_rank(four):
 
 
 @pytest.mark.slow
-def test_dp2_tp2_pp2_on_8_ranks_equals_one_process():
+def test_dp2_tp2_pp2_on_8_ranks_equals_one_process_both_engines():
     res = launch(_slow, 8, timeout=420)
     for i in range(len(SLOW)):
         _check(res, SLOW, i)
