@@ -86,11 +86,11 @@ print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their noteboo
 # | 权重衰减 | weight decay | 01 |
 # | 梯度裁剪 | gradient clipping (max global norm) | 01 |
 # | 混合精度训练 | mixed-precision training | 04 |
-# | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08 (planned) |
+# | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08 |
 # | 数据并行 | data parallelism (DP) | 05 |
 # | 零冗余优化器 (ZeRO) | Zero Redundancy Optimizer (ZeRO-1/2/3, FSDP) | 05 |
-# | 张量并行 | tensor parallelism (TP, Megatron-style) | 06 (planned) |
-# | 流水线并行 | pipeline parallelism (PP) | 07 (planned) |
+# | 张量并行 | tensor parallelism (TP, Megatron-style) | 06, 08 |
+# | 流水线并行 | pipeline parallelism (PP) | 07, 08 |
 # | 梯度累积 | gradient accumulation (micro-batches) | 02, 05 |
 # | 激活值 | activations (tensors saved for the backward pass) | 09, 11 |
 # | 激活重计算 | activation recomputation (gradient checkpointing) | 09 |

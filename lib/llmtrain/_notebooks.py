@@ -12,6 +12,7 @@ NOTEBOOKS: tuple[str, ...] = (
     "05_data_parallel_zero",
     "06_tensor_parallel",
     "07_pipeline_parallel",
+    "08_3d_parallel",
     "09_activation_recomputation",
     "10_parameter_count",
     "11_memory_estimation",
