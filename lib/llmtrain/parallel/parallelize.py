@@ -51,12 +51,12 @@ from ..llama import Llama
 from ..recompute import WITHOUT_K, segments as _recompute_segments
 from . import comm, data_parallel, zero as _zero
 from .mesh import ParallelDims, shard_range
-from .pipeline_parallel import SCHEDULES, Pipeline, Stage, cut_segments, stage_layers
+from .pipeline_parallel import SCHEDULES, Pipeline, Stage, check_batch, cut_segments, stage_layers
 from .pp_schedule import check_schedule
 from .tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, _gather,
                               shard_layers, vocab_parallel_cross_entropy)
 
-__all__ = ["ORDER", "parallelize", "Parallel", "axis_bytes", "ENGINES"]
+__all__ = ["ORDER", "parallelize", "Parallel", "axis_bytes", "param_numels", "ENGINES"]
 
 ORDER = ("pipeline split", "tensor parallel", "recomputation", "data parallel / ZeRO")
 ENGINES = ("ours", "torch")
@@ -169,12 +169,7 @@ class Parallel:
         """Forward and backward of this rank's dp share of the global batch (B, T; the same on
         every rank; B divisible by dp, each share at least ``microbatches`` sequences);
         returns the global batch's mean loss on last-stage ranks, None elsewhere."""
-        labels = input_ids if labels is None else labels
-        check.tensor("input_ids", input_ids, dim=2)
-        check.tensor("labels", labels, dim=2)
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(labels.shape)}")
+        labels = check_batch(input_ids, labels)
         dp = self.dims.dp
         if input_ids.shape[0] % dp:
             raise ValueError(f"the batch size must be divisible by dp={dp} (each data-parallel "
@@ -323,7 +318,7 @@ def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
         out["pp"] += (-(-rows // dims.dp) if zero >= 2 else rows) * dtype_bytes  # both ways
     d = dims.dp
     if d > 1:
-        numels = _rank_numels(shape, dims, rank)
+        numels = param_numels(shape, dims, rank)
         P = sum(numels)
         padded = sum(_padded(n, d) for n in numels)
         ring = Fraction(d - 1, d)
@@ -343,8 +338,10 @@ def _padded(n: int, d: int) -> int:
     return -(-n // d) * d
 
 
-def _rank_numels(shape, dims: ParallelDims, rank: int) -> list[int]:
-    """The sizes of the parameters global ``rank`` holds (its stage, its TP shards)."""
+def param_numels(shape, dims: ParallelDims, rank: int) -> list[int]:
+    """The sizes of the parameters global ``rank`` holds (its stage, its TP shards, fused
+    q/k/v and gate/up under TP): what ZeRO pads one by one to a multiple of dp
+    (``zero.expected_bytes(param_numels(...), dp, stage)`` is what the rank holds)."""
     c = dims.coords(rank)
     H, tp = shape.hidden_size, dims.tp
     q, kv = shape.q_size // tp, shape.kv_size // tp

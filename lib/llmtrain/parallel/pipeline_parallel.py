@@ -43,7 +43,7 @@ from .mesh import shard_range
 from .pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
 
 __all__ = ["SCHEDULES", "Stage", "Pipeline", "pipeline", "stage_layers", "split", "lm_loss",
-           "cut_segments", "FORWARD", "BACKWARD", "TIED"]
+           "cut_segments", "check_batch", "FORWARD", "BACKWARD", "TIED"]
 
 FORWARD, BACKWARD, TIED, INIT = "pp-forward", "pp-backward", "pp-tied", "pp-init"
 
@@ -128,6 +128,17 @@ def cut_segments(segments: list[range], layers: range) -> list[range]:
             if g.start < layers.stop and layers.start < g.stop]
 
 
+def check_batch(input_ids: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The labels of a batch (B, T) of token ids (None: the ids themselves), both checked."""
+    labels = input_ids if labels is None else labels
+    check.tensor("input_ids", input_ids, dim=2)
+    check.tensor("labels", labels, dim=2)
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(labels.shape)}")
+    return labels
+
+
 def split(model: Llama, stages: int) -> list[Stage]:
     """All ``stages`` stages of ``model`` (one process; ``pipeline`` keeps only its own)."""
     check.module("model", model, Llama, "a llmtrain.llama.Llama")
@@ -188,12 +199,7 @@ class Pipeline:
         loss on the rank holding the last stage, None on the others. ``tokens``: what the
         summed token loss is divided by (default: the batch's labelled tokens; data
         parallelism passes the global batch's count over dp)."""
-        labels = input_ids if labels is None else labels
-        check.tensor("input_ids", input_ids, dim=2)
-        check.tensor("labels", labels, dim=2)
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(labels.shape)}")
+        labels = check_batch(input_ids, labels)
         m = self.microbatches
         if input_ids.shape[0] < m:
             raise ValueError(f"microbatches must be at most the batch size {input_ids.shape[0]} "

@@ -229,12 +229,7 @@ class TorchParallel:
         ids, -100 = no loss) through the pipeline; gradients accumulate. B must be a multiple
         of dp·microbatches and the shape the same at every step. Returns the mean loss of the
         global batch on the last stage's ranks, None on the others."""
-        labels = input_ids if labels is None else labels
-        check.tensor("input_ids", input_ids, dim=2)
-        check.tensor("labels", labels, dim=2)
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(labels.shape)}")
+        labels = pp_mod.check_batch(input_ids, labels)
         B, dp, m = input_ids.shape[0], self.dims.dp, self.microbatches
         if B % dp:
             raise ValueError(f"input_ids must have a batch size divisible by dp={dp}, got {B}")

@@ -22,7 +22,8 @@ import torch.distributed as dist
 from llmtrain import check, memory
 from llmtrain.parallel import comm
 from llmtrain.parallel.mesh import AXES, ParallelDims
-from llmtrain.parallel.parallelize import ENGINES, axis_bytes, parallelize
+from llmtrain.parallel import zero as _zero
+from llmtrain.parallel.parallelize import ENGINES, axis_bytes, param_numels, parallelize
 
 from .harness import main as _main
 from .harness import positive
@@ -61,7 +62,9 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
     Returns, on this rank: {"rank", "coords", "single_loss", per engine {"loss" (last stage,
     else None), "grad_diff", "weight_diff" (largest |Δ| against one process, over the whole
     model), and for "ours" also "sent" {axis: bytes counted}, "formula" {axis: axis_bytes},
-    "states" (memory_report after the step), "states_formula"}}.
+    "states" (memory_report after the step), "states_formula" (``memory.model_state_bytes``:
+    ⌈P/dp⌉), "states_padded" (``zero.expected_bytes``: each tensor padded to a multiple of
+    dp), "unpadded" (no tensor needed padding: the two formulas agree)}}.
     """
     for e in engines:
         check.one_of("engines", e, ENGINES)
@@ -99,6 +102,11 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
             res["states_formula"] = {k: v * e // 4 for k, v in memory.model_state_bytes(
                 model.shape, dims=layout, zero=zero, precision="fp32", optimizer="sgd",
                 rank=r).items()}
+            numels = param_numels(model.shape, layout, r)  # ZeRO pads each to a multiple of dp
+            res["states_padded"] = _zero.expected_bytes(numels, dp, zero, weight_bytes=e,
+                                                        grad_bytes=e, master_bytes=0,
+                                                        state_bytes=0)
+            res["unpadded"] = zero == 0 or all(n % dp == 0 for n in numels)
         res["weight_diff"] = _max_diff(par.full_state_dict(), single["weights"])
         out[engine] = res
     return out
