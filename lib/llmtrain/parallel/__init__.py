@@ -15,6 +15,11 @@
                     simulator, the bubble and message formulas (流水线并行)
 - ``pipeline_parallel`` the pipeline on real ranks: stages of consecutive layers, the same
                     schedules run over counted point-to-point messages, ``pipeline(Llama)``
+- ``parallelize``   3D parallelism: ``parallelize(model, dims, zero=, recompute=)`` composes the
+                    above on one ``ParallelDims`` (pipeline split → tensor parallel →
+                    recomputation → data parallel / ZeRO); ``axis_bytes``, the bytes per axis
+- ``torch_parallelize`` the same from PyTorch's engines (DTensor, ``fully_shard``,
+                    ``torch.distributed.pipelining``): ``parallelize(..., engine="torch")``
 - ``demos/``        what the ranks run in the notebooks, the tests and under torchrun: a shared
                     ``harness`` (models, batches, the command line) and one module per notebook
 
