@@ -162,6 +162,8 @@ class Assumptions:
     impl: the activation model of ``memory.estimate`` ("korthikanti": 16-bit, TP-aware).
     attention: the FLOPs of ``flops`` ("eager": causal attention counted in full, as
       Narayanan et al. Eq. 3 and PaLM's MFU do).
+    overheads: add the slides' constants of ``memory.estimate`` (framework 1 GiB, ZeRO runtime
+      4 GiB, fragmentation 1 GiB: DeepSpeed's; False leaves them out).
     """
 
     efficiency: float = 0.6
