@@ -51,7 +51,8 @@ from ..llama import Llama
 from ..recompute import WITHOUT_K, segments as _recompute_segments
 from . import comm, data_parallel, zero as _zero
 from .mesh import ParallelDims, shard_range
-from .pipeline_parallel import SCHEDULES, Pipeline, Stage, check_batch, cut_segments, stage_layers
+from .pipeline_parallel import (SCHEDULES, Pipeline, Stage, _same_on_every_rank, check_batch,
+                                cut_segments, stage_layers)
 from .pp_schedule import check_schedule
 from .tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, _gather,
                               shard_layers, vocab_parallel_cross_entropy)
@@ -100,8 +101,6 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
     if not dist.is_initialized():
         raise RuntimeError("parallelize must be called inside a rank: torch.distributed is not "
                            "initialised (use llmtrain.parallel.launch or torchrun)")
-    from .pipeline_parallel import _same_on_every_rank
-
     _same_on_every_rank(None, dims=dims, zero=zero, recompute=recompute, schedule=schedule,
                         microbatches=m, shape=model.shape)
     g = dims.build() if groups is None else groups
@@ -114,10 +113,11 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
         _tensor_parallel(stage, g.tp)
     # 3. recomputation
     stage.recompute(recompute, num_layers=model.shape.num_layers)
-    # 4. data parallel / ZeRO over the dp group
+    # the schedule that runs the stage over the pp group (the loss: vocab-parallel under TP)
     pipe = Pipeline([stage], g.pp, schedule, m, 1, None)
     if dims.tp > 1:
         pipe.loss_fn = _vocab_parallel_loss(g.tp, model.shape.vocab_size)
+    # 4. data parallel / ZeRO over the dp group
     if zero == 0:
         if dims.dp > 1:
             data_parallel.wrap(stage, group=g.dp)
