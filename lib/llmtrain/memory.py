@@ -32,7 +32,7 @@ from .precision import dtype_bytes
 from .recompute import MODELLED
 from .shapes import ModelShape
 
-__all__ = ["GB", "GIB", "state_bytes_per_param", "parallel_dims", "params_per_gpu",
+__all__ = ["GB", "GIB", "state_bytes_per_param", "parallel_dims", "params_per_gpu", "param_numels",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "step_peak",
            "slides_formula", "llmbox_activation_bytes", "llmbox_memory_bytes",
            "llmbox_gpus_needed", "Peak", "measure_peak", "tracking", "PRECISIONS", "OPTIMIZERS"]
@@ -89,16 +89,46 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
             "optimizer": float(n_states * state)}
 
 
+def param_numels(shape: ModelShape, dims: ParallelDims | int, rank: int) -> list[int]:
+    """The sizes of the tensors global ``rank`` of the layout holds: its stage's layers
+    (``mesh.shard_range`` of L over pp, as ``pipeline_parallel.stage_layers``), its TP shard
+    of each (``tensor_parallel``: q/k/v and gate/up fused into one matrix each when tp > 1,
+    the MLP's H' columns and the vocabulary's V rows by ``mesh.shard_range``, norms and
+    row-parallel biases whole), the embedding on the first stage, the final norm and the
+    output layer on the last (with tied embeddings and pp > 1 the last stage keeps its own
+    copy of the matrix, Megatron-LM's). ZeRO pads each to a multiple of dp:
+    ``parallel.zero.expected_bytes(param_numels(...), dp, stage)`` is what the rank holds."""
+    shape = check.shape("shape", shape)
+    dims = _dims(dims).check(shape)
+    c = dims.coords(rank)
+    H, tp = shape.hidden_size, dims.tp
+    q, kv = shape.q_size // tp, shape.kv_size // tp  # tp divides the heads
+    f = shard_range(shape.intermediate_size, tp, c.tp)[1]
+    rows = shard_range(shape.vocab_size, tp, c.tp)[1]
+    first, last = c.pp == 0, c.pp == dims.pp - 1
+    fused = tp > 1
+    qkv = [q + 2 * kv] if fused else [q, kv, kv]
+    layer = [H * n for n in qkv] + (qkv if shape.attention_bias else []) + [q * H]
+    layer += [H] if shape.o_bias else []
+    layer += [2 * f * H] if fused else [f * H, f * H]
+    layer += ([2 * f] if fused else [f, f]) if shape.mlp_bias else []
+    layer += [f * H] + ([H] if shape.mlp_bias else []) + [H, H]  # down_proj, two norms
+    out = [rows * H] if first else []
+    out += layer * shard_range(shape.num_layers, dims.pp, c.pp)[1]
+    if last:
+        out += [H] + ([] if shape.tie_embeddings and dims.pp == 1 else [rows * H])
+    return out
+
+
 def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
                    rank: int | None = None) -> int:
     """Parameters held by the busiest GPU of a tp × pp model-parallel group (dp replicates),
-    or by global ``rank`` of the layout exactly.
+    or by global ``rank`` of the layout exactly (Σ ``param_numels``).
 
     TP (Megatron, as ``parallel.tensor_parallel.apply``) splits q/k/v/o by whole heads, the
     MLP's H' columns and the vocabulary's V rows by ``mesh.shard_sizes`` (the first ranks hold
     ⌈H'/tp⌉ and ⌈V/tp⌉: the busiest) and keeps the RMSNorm weights and the row-parallel biases
-    (o_proj, down_proj) whole; PP gives each stage ⌈L/pp⌉ layers (``rank``: its stage's share
-    by ``mesh.shard_range``, as ``pipeline_parallel.stage_layers``), the embedding to the first
+    (o_proj, down_proj) whole; PP gives each stage ⌈L/pp⌉ layers, the embedding to the first
     stage and the output layer and final norm to the last; with tied embeddings and pp > 1 the
     last stage keeps its own copy of the matrix (Megatron-LM's, ``pipeline_parallel``'s).
     Without ``rank``: the larger stage. ``dims.check(shape)`` refuses a layout the shape
@@ -106,28 +136,21 @@ def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims).check(shape)
+    if rank is not None:
+        return sum(param_numels(shape, dims, rank))
     tp, pp = dims.tp, dims.pp
     H, L, V = shape.hidden_size, shape.num_layers, shape.vocab_size
-    if rank is None:  # the busiest: tp rank 0 (the most rows), ⌈L/pp⌉ layers
-        f, rows, n, stages = math.ceil(shape.intermediate_size / tp), math.ceil(V / tp), \
-            math.ceil(L / pp), range(pp)
-    else:
-        c = dims.coords(rank)
-        f = shard_range(shape.intermediate_size, tp, c.tp)[1]
-        rows = shard_range(V, tp, c.tp)[1]
-        n, stages = shard_range(L, pp, c.pp)[1], [c.pp]
-    q, kv = shape.q_size, shape.kv_size
+    q, kv, f = shape.q_size, shape.kv_size, math.ceil(shape.intermediate_size / tp)
     attn = (2 * H * q + 2 * H * kv) // tp  # tp divides the heads, so q and kv
     attn += (q + 2 * kv) // tp * shape.attention_bias + H * shape.o_bias
     mlp = 3 * H * f + (2 * f + H) * shape.mlp_bias
     layer = attn + mlp + 2 * H  # two norms, replicated
-    emb = rows * H
+    n = math.ceil(L / pp)
+    emb = math.ceil(V / tp) * H
     head = 0 if shape.tie_embeddings and pp == 1 else emb
-
-    def stage(s: int) -> int:
-        return n * layer + (emb if s == 0 else 0) + (head + H if s == pp - 1 else 0)
-
-    return max(stage(s) for s in stages)
+    if pp == 1:
+        return n * layer + emb + head + H
+    return max(n * layer + emb, n * layer + head + H)
 
 
 def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int = ParallelDims(),

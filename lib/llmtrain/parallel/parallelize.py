@@ -40,13 +40,14 @@ whatever the split; the loss returned (last-stage ranks) is that global mean.
 
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .. import check
+from .. import check, memory
 from ..llama import Llama
 from ..recompute import WITHOUT_K, segments as _recompute_segments
 from . import comm, data_parallel, zero as _zero
@@ -57,7 +58,7 @@ from .pp_schedule import check_schedule
 from .tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, _gather,
                               shard_layers, vocab_parallel_cross_entropy)
 
-__all__ = ["ORDER", "parallelize", "Parallel", "axis_bytes", "param_numels", "ENGINES"]
+__all__ = ["ORDER", "parallelize", "Parallel", "axis_bytes", "ENGINES"]
 
 ORDER = ("pipeline split", "tensor parallel", "recomputation", "data parallel / ZeRO")
 ENGINES = ("ours", "torch")
@@ -194,7 +195,7 @@ class Parallel:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """{full name: full weight} on every rank: ZeRO-3 shards, TP shards and the stages
         gathered (tests compare it with the one-process model)."""
-        ctx = self.optimizer.gathered() if self.zero == 3 else _null()
+        ctx = self.optimizer.gathered() if self.zero == 3 else contextlib.nullcontext()
         with ctx:
             mine = self._tp_full(lambda p: p)
         return self._all_stages(mine)
@@ -243,14 +244,6 @@ class Parallel:
         return _zero.memory_report(self.module, self.optimizer)
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 # --- the bytes each axis carries in one step, as formulas ------------------------------------
 
 def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
@@ -292,10 +285,9 @@ def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
                          f"microbatches={m} sequences per share, got batch={batch}")
     share = batch // dims.dp
     first, last = c.pp == 0, c.pp == dims.pp - 1
-    n_layers = shard_range(shape.num_layers, dims.pp, c.pp)[1]
+    layers = stage_layers(shape.num_layers, dims.pp)[c.pp]
     out = {"tp": Fraction(0), "pp": Fraction(0), "dp": Fraction(0)}
     loss_bytes = max(dtype_bytes, 4) if loss_bytes is None else loss_bytes
-    layers = range(*_start_stop(shape.num_layers, dims.pp, c.pp))
     # torch's non-reentrant checkpoint stops recomputing once it has every tensor backward
     # needs: a segment's last all-reduce (the MLP's g, whose output nothing saves) is not run
     # again, so a segment of k layers repeats 2k − 1 of its 2k forward all-reduces
@@ -303,7 +295,7 @@ def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
                                                       layers))
     for mb in range(m):
         b = shard_range(share, m, mb)[1]
-        traffic = comm_per_model(shape.replace(num_layers=n_layers), dims.tp, False, b, seq)
+        traffic = comm_per_model(shape.replace(num_layers=len(layers)), dims.tp, False, b, seq)
         for (op, direction, part), t in traffic.items():
             keep = {"embedding": first, "lm_head": last, "cross entropy": last}.get(part, True)
             if keep:
@@ -317,47 +309,17 @@ def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
         rows = shard_range(shape.vocab_size, dims.tp, c.tp)[1] * shape.hidden_size
         out["pp"] += (-(-rows // dims.dp) if zero >= 2 else rows) * dtype_bytes  # both ways
     d = dims.dp
-    if d > 1:
-        numels = param_numels(shape, dims, rank)
-        P = sum(numels)
-        padded = sum(_padded(n, d) for n in numels)
-        ring = Fraction(d - 1, d)
-        out["dp"] += {0: 2 * ring * P, 1: 0, 2: m * ring * padded,
-                      3: 3 * m * ring * padded}[zero] * dtype_bytes
-        if last:
-            out["dp"] += 2 * ring * loss_bytes
-    return out
+    numels = memory.param_numels(shape, dims, rank)
+    full = sum(numels) * dtype_bytes
+    padded = sum(-(-n // d) * d for n in numels) * dtype_bytes  # ZeRO's flat, padded tensors
 
+    def sent(op: str, nbytes: int) -> Fraction:  # comm's ring model
+        return comm.ring_bytes(op, nbytes, d)[0]
 
-def _start_stop(size: int, parts: int, index: int) -> tuple[int, int]:
-    start, n = shard_range(size, parts, index)
-    return start, start + n
-
-
-def _padded(n: int, d: int) -> int:
-    return -(-n // d) * d
-
-
-def param_numels(shape, dims: ParallelDims, rank: int) -> list[int]:
-    """The sizes of the parameters global ``rank`` holds (its stage, its TP shards, fused
-    q/k/v and gate/up under TP): what ZeRO pads one by one to a multiple of dp
-    (``zero.expected_bytes(param_numels(...), dp, stage)`` is what the rank holds)."""
-    c = dims.coords(rank)
-    H, tp = shape.hidden_size, dims.tp
-    q, kv = shape.q_size // tp, shape.kv_size // tp
-    f = shard_range(shape.intermediate_size, tp, c.tp)[1]
-    rows = shard_range(shape.vocab_size, tp, c.tp)[1]
-    first, last = c.pp == 0, c.pp == dims.pp - 1
-    out = [rows * H] if first else []
-    fused = 1 if tp > 1 else 0  # TP fuses q/k/v and gate/up into one matrix each
-    qkv = [q + 2 * kv] if fused else [q, kv, kv]
-    layer = [H * n for n in qkv] + (qkv if shape.attention_bias else []) + [q * H] + \
-        ([H] if shape.o_bias else []) + ([2 * f * H] if fused else [f * H, f * H]) + \
-        ([2 * f] if fused else [f, f]) * shape.mlp_bias + [f * H] + \
-        ([H] if shape.mlp_bias else []) + [H, H]
-    out += layer * shard_range(shape.num_layers, dims.pp, c.pp)[1]
+    out["dp"] += {0: sent("all_reduce", full), 1: 0, 2: m * sent("reduce_scatter", padded),
+                  3: m * (2 * sent("all_gather", padded) + sent("reduce_scatter", padded))}[zero]
     if last:
-        out += [H] + ([] if shape.tie_embeddings and dims.pp == 1 else [rows * H])
+        out["dp"] += sent("all_reduce", loss_bytes)
     return out
 
 

@@ -23,10 +23,10 @@ from llmtrain import check, memory
 from llmtrain.parallel import comm
 from llmtrain.parallel.mesh import AXES, ParallelDims
 from llmtrain.parallel import zero as _zero
-from llmtrain.parallel.parallelize import ENGINES, axis_bytes, param_numels, parallelize
+from llmtrain.parallel.parallelize import ENGINES, axis_bytes, parallelize
 
 from .harness import main as _main
-from .harness import positive
+from .harness import max_weight_diff, positive
 from .pipeline_parallel import batch_of, model_of
 
 __all__ = ["compare", "compare_all", "groups", "notebook", "cli"]
@@ -43,12 +43,6 @@ def _single(shape, dtype: str, seed: int, ids: torch.Tensor, labels: torch.Tenso
             p -= lr * p.grad
     return {"loss": out.loss.detach(), "grads": grads,
             "weights": {k: p.detach().clone() for k, p in model.named_parameters()}}
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    if a.keys() != b.keys():
-        raise AssertionError(f"names differ: {sorted(a.keys() ^ b.keys())[:6]}")
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
 def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero: int = 0,
@@ -94,7 +88,7 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
                                         recompute=recompute,
                                         dtype_bytes=model.lm_head.weight.element_size())
             res["calls"] = {a: log.calls(axis=a) for a in ("dp", "tp", "pp")}
-        res["grad_diff"] = _max_diff(par.full_grads(), single["grads"])
+        res["grad_diff"] = max_weight_diff(par.full_grads(), single["grads"])
         par.optimizer.step()
         if engine == "ours":
             res["states"] = par.memory_report()
@@ -102,12 +96,12 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
             res["states_formula"] = {k: v * e // 4 for k, v in memory.model_state_bytes(
                 model.shape, dims=layout, zero=zero, precision="fp32", optimizer="sgd",
                 rank=r).items()}
-            numels = param_numels(model.shape, layout, r)  # ZeRO pads each to a multiple of dp
+            numels = memory.param_numels(model.shape, layout, r)  # ZeRO pads each to a multiple of dp
             res["states_padded"] = _zero.expected_bytes(numels, dp, zero, weight_bytes=e,
                                                         grad_bytes=e, master_bytes=0,
                                                         state_bytes=0)
             res["unpadded"] = zero == 0 or all(n % dp == 0 for n in numels)
-        res["weight_diff"] = _max_diff(par.full_state_dict(), single["weights"])
+        res["weight_diff"] = max_weight_diff(par.full_state_dict(), single["weights"])
         out[engine] = res
     return out
 
