@@ -78,7 +78,9 @@ def narayanan_model_flops(B: int, l: int, h: int, V: int = NARAYANAN_V,
 # 3,596,615,680, plus the embedding and final LayerNorms 4h.
 BLOOM_176B = dict(model="bloom-176b", gpu="a100-80g", gpus=384, tp=4, pp=12, dp=8, zero=1,
                   recompute="full", micro_batch=2, batch_tokens=2048 * 2048, seq=2048)
-BLOOM_176B_PARAMS = 70 * 2_466_437_120 + 3_596_615_680 + 4 * 14336
+_BLOOM_H, _BLOOM_V, _BLOOM_L = 14336, 250880, 70
+BLOOM_176B_PARAMS = (_BLOOM_L * (12 * _BLOOM_H**2 + 13 * _BLOOM_H)  # per layer: 12h² + 13h
+                     + _BLOOM_V * _BLOOM_H + 4 * _BLOOM_H)  # embedding, two LayerNorms (γ, β)
 
 # Llama 3 405B (arXiv 2407.21783, §3.3.2 and Table 4, read in the paper's text): TP 8, CP 1,
 # PP 16, seq 8,192, 16M tokens per batch, on 8,192 GPUs (DP 64, 32 seqs per DP group, 430
