@@ -2,10 +2,11 @@
 
 For each layout (``ParallelDims``), ZeRO stage, recomputation and schedule: the loss of the
 global batch, every gradient (gathered back to the full model) and every weight after one SGD
-step equal one process's on the same global batch (float64: < 1e-12, measured ≤ 1e-16); the
+step equal one process's on the same global batch (float64: < 1e-12, the a-priori bound of
+summing a few thousand products in another order, n·ε ≈ 4096 · 2.2e-16; measured ≤ 2.2e-16); the
 bytes each rank sends along each axis, counted by ``comm``, equal ``axis_bytes`` exactly; the
 weight and gradient bytes each rank holds, measured, equal ``zero.expected_bytes`` of its
-``param_numels`` (each tensor padded to a multiple of dp) and, where dp divides every tensor,
+``memory.param_numels`` (each tensor padded to a multiple of dp) and, where dp divides every tensor,
 ``memory.model_state_bytes(rank=)``.
 
 One 4-rank launch runs the fast checks (two axes at a time); ``slow``: the 8-rank
@@ -21,7 +22,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from llmtrain import memory, params, shapes
@@ -29,7 +30,7 @@ from llmtrain.llama import Llama
 from llmtrain.parallel import launch
 from llmtrain.parallel.demos import three_d
 from llmtrain.parallel.mesh import ParallelDims
-from llmtrain.parallel.parallelize import ORDER, param_numels, axis_bytes, parallelize
+from llmtrain.parallel.parallelize import axis_bytes, parallelize
 from llmtrain.shapes import ModelShape
 
 TOL = 1e-12
@@ -142,10 +143,6 @@ def test_dp2_tp2_pp2_on_8_ranks_equals_one_process_both_engines():
 
 # ------------------------------------------------------------------------- no processes
 
-def test_order_is_stated():
-    assert ORDER == ("pipeline split", "tensor parallel", "recomputation", "data parallel / ZeRO")
-
-
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dims=(1, 1, 1)), "dims must be a llmtrain.parallel.mesh.ParallelDims"),
     (dict(dims=ParallelDims(tp=3)), "tp must divide num_heads"),
@@ -180,11 +177,10 @@ _dims = st.builds(ParallelDims, dp=st.integers(1, 3), tp=st.sampled_from([1, 2, 
 
 @given(_shapes, _dims)
 def test_parameters_of_each_rank_add_up(shape, dims):
-    """The sizes ``axis_bytes`` uses, memory's per-rank count and the whole model agree."""
-    if shape.num_kv_heads % dims.tp or dims.pp > shape.num_layers:
-        return
+    """Each rank's exact count (``memory.param_numels``), the busiest-GPU closed form and the
+    whole model agree (the measured side: ``states`` in the launches above)."""
+    assume(shape.num_kv_heads % dims.tp == 0 and dims.pp <= shape.num_layers)
     per_rank = [memory.params_per_gpu(shape, dims, r) for r in range(dims.world_size)]
-    assert per_rank == [sum(param_numels(shape, dims, r)) for r in range(dims.world_size)]
     assert max(per_rank) <= memory.params_per_gpu(shape, dims)
     if shape.num_layers % dims.pp == 0:
         assert max(per_rank) == memory.params_per_gpu(shape, dims)
