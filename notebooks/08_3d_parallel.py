@@ -298,7 +298,7 @@ m, b, h = lay.microbatches, lay.micro_batch, shape.hidden_size
 per_axis = {  # bytes one GPU sends in one step
     "TP (all-reduce, 4 per layer per micro-batch)": m * p.details["tp_bytes"],
     "DP (gradient all-reduce, once per step)": p.details["dp_bytes"],
-    "PP (one b·s·h activation and one gradient per micro-batch)": 2 * m * b * seq * h * 2,
+    "PP (one b·s·h activation and one gradient per micro-batch)": 2 * m * b * seq * h * 2,  # bf16
 }
 print(f"{lay.label()}, m = {m} micro-batches of {b} × {seq} tokens")
 print(f"{'axis':<60} {'GB/step':>9} {'on NVLink':>10} {'on IB':>8}")
