@@ -34,7 +34,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-	    -c requirements/constraints.txt -e '.[hf,dev]'
+	    -c requirements/constraints.txt -e '.[hf,dev,optim]'
 	@touch $(STAMP)
 
 run: $(STAMP)
