@@ -15,7 +15,8 @@ S7 = shapes.get("llama-7b")
 
 @pytest.mark.parametrize("precision,optimizer,total", [
     ("mixed", "adamw", 16), ("fp32", "adamw", 16), ("bf16", "adamw", 8),
-    ("mixed", "sgd", 12), ("mixed", "adamw8bit", 10), ("fp32", "sgd", 12)])
+    ("mixed", "sgd", 12), ("mixed", "adamw8bit", 10 + 1 / 32), ("mixed", "adamw4bit", 9 + 1 / 16),
+    ("mixed", "fp8-lm", 7), ("fp32", "sgd", 12)])
 def test_bytes_per_param(precision, optimizer, total):
     assert sum(memory.state_bytes_per_param(precision, optimizer).values()) == total
 

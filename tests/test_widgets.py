@@ -92,6 +92,8 @@ def test_params_explorer_defaults_are_llama_7b():
     dict(impl="korthikanti", recompute="none", model="llama-13b", gpus=8, zero=1),
     dict(impl="hf-sdpa", recompute="none", model="tiny", gpus=1, batch=3, seq=128),
     dict(model="llama2-70b", gpus=64, tp=8, pp=4, zero=1, batch=1, seq=4096),
+    dict(optimizer="galore8bit", gpus=1, zero=0, batch=1, seq=256),
+    dict(optimizer="lomo", model="llama-65b", gpus=8, batch=1, seq=512),
 ])
 def test_memory_calculator_shows_the_estimate(setting):
     e = MemoryCalculator(**setting)
@@ -99,7 +101,7 @@ def test_memory_calculator_shows_the_estimate(setting):
     dims = ParallelDims(dp=s["gpus"] // (s["tp"] * s["pp"]), tp=s["tp"], pp=s["pp"])
     est = memory.estimate(shapes.get(s["model"]), dims, batch=s["batch"], seq=s["seq"],
                           zero=s["zero"], recompute=s["recompute"], impl=s["impl"],
-                          dtype=s["dtype"])
+                          dtype=s["dtype"], optimizer=s["optimizer"])
     assert e.values.parts == est.parts
     left = 0
     for part, value in est.parts.items():
@@ -120,7 +122,7 @@ def test_memory_calculator_shows_the_estimate(setting):
 def test_memory_calculator_default_is_the_slides_example():
     e = MemoryCalculator()
     assert e.settings == dict(model="llama-7b", gpus=2, tp=1, pp=1, zero=3, batch=8, seq=2048,
-                              recompute="full", impl="textbook", dtype="bf16")
+                              recompute="full", impl="textbook", dtype="bf16", optimizer="adamw")
     assert e.values.total == memory.estimate(shapes.get("llama-7b"), ParallelDims(dp=2),
                                              batch=8, seq=2048).total
 
@@ -182,6 +184,8 @@ def test_planner_explorer_default_is_the_slides_example():
     (MemoryCalculator, dict(model="gpt-9"), "model must be one of ("),
     (MemoryCalculator, dict(gpus=0), "gpus must be a positive integer, got 0"),
     (MemoryCalculator, dict(zero=4), "zero must be one of (0, 1, 2, 3), got 4"),
+    (MemoryCalculator, dict(optimizer="adam8"), "optimizer must be one of ("),
+    (MemoryCalculator, dict(optimizer="lomo", gpus=2, tp=2), "optimizer='lomo' is counted for tp=1"),
     (MemoryCalculator, dict(zero=True), "zero must be one of (0, 1, 2, 3), got True"),
     (MemoryCalculator, dict(recompute="none"), "impl='textbook' keeps each layer's input"),
     (MemoryCalculator, dict(dtype="int8"),

@@ -67,7 +67,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          "korthikanti, reference, hf-eager, hf-sdpa")
     pm.add_argument("--dtype", default="bf16", help="activation dtype: fp32, bf16, fp16 (default bf16)")
     pm.add_argument("--precision", default="mixed", help="mixed (default), fp32 or bf16")
-    pm.add_argument("--optimizer", default="adamw", help="adamw (default), adam, sgd, adamw8bit, adafactor")
+    pm.add_argument("--optimizer", default="adamw",
+                    help="adamw (default), adam, sgd, adafactor, or a memory-saving method "
+                         "(notebook 12): adamw8bit, adamw4bit, galore, galore8bit, "
+                         "adamw-in-backward, lomo, badam, fp8-lm")
+    pm.add_argument("--galore-rank", type=_int_flag("galore-rank"), default=None,
+                    help="GaLore's rank r with --optimizer galore/galore8bit (default h/4)")
     pm.add_argument("--attention", default="sdpa",
                     help="attention kernel of --impl reference: sdpa (default) or eager")
     pm.add_argument("--tp", type=_int_flag("tp"), default=1, help="tensor-parallel degree")
@@ -187,7 +192,8 @@ def _memory_cmd(args) -> str:
     est = memory.estimate(_shape(args), dims, batch=args.batch, seq=args.seq,
                           zero=args.zero, recompute=args.recompute, dtype=args.dtype,
                           impl=args.impl, precision=args.precision, optimizer=args.optimizer,
-                          sp=args.sp, attention=args.attention, overheads=not args.no_overheads)
+                          sp=args.sp, attention=args.attention, overheads=not args.no_overheads,
+                          galore_rank=args.galore_rank)
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
                            "model_states": est.details["model states"], "dp": est.details["dp"]})

@@ -24,6 +24,7 @@ import torch
 
 from . import activation_formulas as _af
 from . import check
+from . import memory_methods as _ms
 from . import params as _params
 from . import step_peak as _step_peak
 from .llama import ATTN_IMPLS
@@ -66,8 +67,12 @@ def parallel_dims(gpus: int, tp: int = 1, pp: int = 1) -> ParallelDims:
 
 # --- model states: weights, gradients, master weights, optimizer states ---------------
 
-PRECISIONS = ("mixed", "fp32", "bf16")
-OPTIMIZERS = ("adamw", "adam", "sgd", "adamw8bit", "adafactor")
+PRECISIONS = _ms.PRECISIONS
+# The memory-saving methods of notebook 12 (``memory_methods.METHODS``): adamw8bit, adamw4bit,
+# galore, galore8bit, adamw-in-backward, lomo, badam, fp8-lm.
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", *_ms.METHODS)
+# Those whose bytes depend on the model's tensors, not only on P (a ModelShape is needed).
+PER_TENSOR = ("galore", "galore8bit", "adamw-in-backward", "lomo", "badam")
 
 
 def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") -> dict[str, float]:
@@ -75,18 +80,26 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
 
     mixed (Micikevicius et al. 2018): 16-bit weights 2 + 16-bit grads 2 + fp32 master 4 +
     Adam m 4 + v 4 = 16. fp32: 4 + 4 + Adam 8 = 16, no master copy. bf16 (pure): 2 + 2 +
-    states in bf16. sgd: one momentum buffer. adamw8bit (Dettmers et al. 2022): m, v in
-    1 byte each (block scales ignored). adafactor is per matrix, see ``model_state_bytes``.
+    states in bf16. sgd: one momentum buffer. adamw8bit (Dettmers et al. 2022): m, v as 1-byte
+    codes + an fp32 scale per block of 256, 2·(1 + 4/256) = 2.03125; adamw4bit (Li et al.
+    2023): 2·(1/2 + 4/128) = 1.0625 (large tensors; ``model_state_bytes`` with a ModelShape
+    counts each tensor, small ones stay fp32); fp8-lm (Peng et al. 2023): 1 + 1 + 2 + (1 + 2).
+    adafactor and ``PER_TENSOR`` depend on the model's tensors: see ``model_state_bytes``.
     """
     check.one_of("precision", precision, PRECISIONS)
     check.one_of("optimizer", optimizer, OPTIMIZERS)
-    w = 4 if precision == "fp32" else 2
-    state = 2 if precision == "bf16" else 4  # bytes per optimizer-state element
-    n_states = {"adamw": 2, "adam": 2, "sgd": 1, "adamw8bit": 2, "adafactor": 1}[optimizer]
-    if optimizer == "adamw8bit":
-        state = 1
-    return {"weights": w, "gradients": w, "master": 4 if precision == "mixed" else 0,
-            "optimizer": float(n_states * state)}
+    if optimizer in PER_TENSOR:
+        raise ValueError(f"optimizer={optimizer!r} depends on the model's tensors, not only on "
+                         "their count: use model_state_bytes with a ModelShape")
+    w, master, state = _ms.precision_bytes(precision)
+    if optimizer == "fp8-lm":
+        if precision != "mixed":
+            check.fail("precision", "'mixed' for optimizer='fp8-lm' (it fixes its own bytes)", precision)
+        return {"weights": 1, "gradients": 1, "master": 2, "optimizer": 3.0}
+    n_states = {"adamw": 2, "adam": 2, "sgd": 1, "adafactor": 1}.get(optimizer, 2)
+    lowbit = {"adamw8bit": 1 + 4 / 256, "adamw4bit": 1 / 2 + 4 / 128}  # codes + block scales
+    return {"weights": w, "gradients": w, "master": master,
+            "optimizer": float(n_states * lowbit.get(optimizer, state))}
 
 
 def param_numels(shape: ModelShape, dims: ParallelDims | int, rank: int) -> list[int]:
@@ -154,8 +167,8 @@ def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
 
 
 def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int = ParallelDims(),
-                      zero: int = 0, precision: str = "mixed",
-                      optimizer: str = "adamw", rank: int | None = None) -> dict[str, int]:
+                      zero: int = 0, precision: str = "mixed", optimizer: str = "adamw",
+                      rank: int | None = None, galore_rank: int | None = None) -> dict[str, int]:
     """Bytes per GPU of weights, gradients, master weights and optimizer states.
 
     ZeRO (Rajbhandari et al., SC'20) partitions over the dp = ``dims.dp`` data-parallel ranks:
@@ -165,12 +178,25 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     ``params_per_gpu`` splits it exactly; needed for adafactor's factored states).
     ``dims``: a ParallelDims, or an int = ParallelDims(dp=dims). ``rank`` (with a ModelShape):
     that global rank's states exactly, else the busiest GPU's.
+    The memory-saving methods (``memory_methods.METHODS``, notebook 12) with a ModelShape and
+    tp = pp = 1 are counted tensor by tensor (``memory_methods.method_state_bytes``; GaLore's
+    rank ``galore_rank``, default h/4); ``PER_TENSOR`` ones need that.
     """
     check.one_of("zero", zero, (0, 1, 2, 3))
+    check.one_of("optimizer", optimizer, OPTIMIZERS)
+    check.optional(check.positive_int, "galore_rank", galore_rank)
     dims = _dims(dims)
-    per = state_bytes_per_param(precision, optimizer)
     if isinstance(num_params, str):  # a preset name
         num_params = check.shape("num_params", num_params)
+    if optimizer in _ms.METHODS and (isinstance(num_params, ModelShape) or optimizer in PER_TENSOR):
+        if not isinstance(num_params, ModelShape):
+            raise ValueError(f"optimizer={optimizer!r} needs a ModelShape for num_params: its "
+                             "bytes depend on the model's tensors")
+        if dims.tp != 1 or dims.pp != 1:
+            raise ValueError(f"optimizer={optimizer!r} is counted for tp=1, pp=1 only")
+        parts = _ms.method_state_bytes(num_params, optimizer, precision=precision, rank=galore_rank)
+        return _zero_split(parts, zero, dims.dp)
+    per = state_bytes_per_param(precision, optimizer)
     if isinstance(num_params, ModelShape):
         P, shape = params_per_gpu(num_params, dims, rank), num_params
     else:
@@ -188,8 +214,14 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
         state_elems = _adafactor_elements(shape)
     parts = {"weights": P * per["weights"], "gradients": P * per["gradients"],
              "master": P * per["master"], "optimizer": math.ceil(state_elems * per["optimizer"])}
+    return _zero_split(parts, zero, dims.dp)
+
+
+def _zero_split(parts: dict[str, int], zero: int, dp: int) -> dict[str, int]:
+    """ZeRO's partition over dp ranks: stage 1 the master weights and optimizer states, 2 also
+    the gradients, 3 also the weights."""
     shard = {"weights": zero >= 3, "gradients": zero >= 2, "master": zero >= 1, "optimizer": zero >= 1}
-    return {k: math.ceil(v / dims.dp) if shard[k] else int(v) for k, v in parts.items()}
+    return {k: math.ceil(v / dp) if shard[k] else int(v) for k, v in parts.items()}
 
 
 def _adafactor_elements(shape: ModelShape) -> int:
@@ -299,7 +331,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
              dtype: Any = "bf16", impl: str = "textbook", precision: str = "mixed",
              optimizer: str = "adamw", sp: bool = False, attention: str = "sdpa",
              softmax_extra: bool = True, overheads: bool = True, set_to_none: bool = True,
-             optimizer_impl: str = "single-tensor") -> Estimate:
+             optimizer_impl: str = "single-tensor", galore_rank: int | None = None) -> Estimate:
     """Per-GPU training memory: model states + activations + other.
 
     ``dims``: the layout, a ``ParallelDims(dp, tp, pp)`` (``parallel_dims(gpus, tp, pp)``
@@ -311,6 +343,8 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     framework (1 GiB), ZeRO runtime (4 GiB) and fragmentation (1 GiB) (``overheads``).
     ``.step_peak``: the peak of one training step, which phase, what is live then
     (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW).
+    ``optimizer``: one of ``OPTIMIZERS``, the memory-saving methods of notebook 12 included
+    (``galore_rank`` for galore/galore8bit).
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims)
@@ -321,7 +355,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     seq = shape.max_seq_len if seq is None else seq
     tp, pp = dims.tp, dims.pp
     states = model_state_bytes(shape, dims=dims, zero=zero, precision=precision,
-                               optimizer=optimizer)
+                               optimizer=optimizer, galore_rank=galore_rank)
     stage_shape = shape if pp == 1 else shape.replace(num_layers=math.ceil(shape.num_layers / pp))
     act = activation_bytes(stage_shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute,
                            tp=tp, sp=sp, attention=attention)

@@ -1,9 +1,11 @@
-"""Memory-saving training (slides: the six headlines of 训练显存估计), the accounting side.
+"""Memory-saving training (slides: the six headlines of 训练显存估计), measured.
 
-What each method changes in the 16 bytes per parameter of mixed-precision AdamW, measured
-from real optimizers' state tensors (``state_tensor_bytes``). The methods themselves are in
-``llmtrain.lowbit`` (8-/4-bit optimizer states), ``llmtrain.galore`` (gradient low-rank
-projection) and ``llmtrain.lomo`` (the update fused into backward).
+``state_tensor_bytes`` measures what an optimizer really keeps, from its state tensors
+(torch's, torchao's, bitsandbytes', galore-torch's, ours); ``FP8LMAdamW`` emulates FP8-LM's
+optimizer states on the CPU. The methods themselves are in ``llmtrain.lowbit`` (8-/4-bit
+optimizer states), ``llmtrain.galore`` (gradient low-rank projection) and ``llmtrain.lomo``
+(the update fused into backward); what each changes in the 16 bytes per parameter is counted
+in ``llmtrain.memory_methods``, the six headlines recomputed in ``llmtrain.headlines``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import torch
 
 from . import check
 
-__all__ = ["state_tensor_bytes", "state_bytes_per_param", "eager"]
+__all__ = ["state_tensor_bytes", "state_bytes_per_param", "eager", "FP8LMAdamW"]
 
 
-def _tensors(obj: Any, seen: set[int]):
+def _tensors(obj: Any, seen: set[int], skip: tuple[str, ...]):
     """Every plain tensor reachable from ``obj`` (dicts, lists, tensor subclasses' inner
-    tensors, plain objects' attributes such as galore-torch's projector), once per object."""
+    tensors, plain objects' attributes such as galore-torch's projector), once per object;
+    dict entries named in ``skip`` are left out."""
     if id(obj) in seen:
         return
     seen.add(id(obj))
@@ -29,17 +32,18 @@ def _tensors(obj: Any, seen: set[int]):
         if hasattr(obj, "__tensor_flatten__") and type(obj) is not torch.Tensor:
             names, _ = obj.__tensor_flatten__()  # torchao's OptimState8bit: codes, scale, qmap
             for name in names:
-                yield from _tensors(getattr(obj, name), seen)
+                yield from _tensors(getattr(obj, name), seen, skip)
         else:
             yield obj
     elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v, seen)
+        for k, v in obj.items():
+            if k not in skip:
+                yield from _tensors(v, seen, skip)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            yield from _tensors(v, seen)
+            yield from _tensors(v, seen, skip)
     elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
-        yield from _tensors(vars(obj), seen)
+        yield from _tensors(vars(obj), seen, skip)
 
 
 def state_tensor_bytes(optimizer: torch.optim.Optimizer, *, count_steps: bool = False) -> int:
@@ -47,16 +51,16 @@ def state_tensor_bytes(optimizer: torch.optim.Optimizer, *, count_steps: bool = 
     themselves (each storage once): ``torch.optim.AdamW``'s exp_avg/exp_avg_sq, torchao's
     quantised subclasses (codes + scales + quantisation map), bitsandbytes' state1/state2 +
     absmax + qmap, galore-torch's projected moments and projection matrices. The per-tensor
-    ``step`` counters (0-dim) are left out unless ``count_steps``: they are not per-parameter
-    memory. Measured: see tests/test_memory_saving.py."""
+    ``step`` counters are left out unless ``count_steps``: they are not per-parameter memory.
+    Measured: see tests/test_memory_saving.py."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         check.fail("optimizer", "a torch.optim.Optimizer", optimizer)
+    check.boolean("count_steps", count_steps)
     seen: set[int] = set()
     storages: dict[int, int] = {}
+    skip = () if count_steps else ("step",)
     for state in optimizer.state.values():
-        for t in _tensors(state, seen):
-            if t.dim() == 0 and not count_steps:
-                continue
+        for t in _tensors(state, seen, skip):
             st = t.untyped_storage()
             storages[st.data_ptr() or id(st)] = st.nbytes()
     return sum(storages.values())
@@ -83,3 +87,55 @@ def eager():
             del os.environ["TORCHDYNAMO_DISABLE"]
         else:
             os.environ["TORCHDYNAMO_DISABLE"] = old
+
+
+# --- FP8-LM's optimizer, emulated on the CPU ------------------------------------------------
+
+class FP8LMAdamW(torch.optim.Optimizer):
+    """AdamW with FP8-LM's states (Peng et al. 2023, §2.3; MS-AMP's O2): the master weights in
+    FP16, the first moment in FP8 E4M3, the second in FP16, each with one fp32 scale per tensor
+    (``precision.quantize``, scale = amax / format max): 2 + 1 + 2 = 5 bytes of state per
+    parameter instead of 4 + 4 + 4 = 12. Each step dequantises, runs AdamW in fp32 and
+    requantises; the model's own weights are then the master copy's values (FP8-LM casts them
+    to FP8 for its GEMMs; here they stay fp32 tensors, as notebook 04 emulates FP8 matmuls).
+    Measured: see tests/test_memory_saving.py."""
+
+    FORMATS = {"master": "fp16", "exp_avg": "fp8_e4m3", "exp_avg_sq": "fp16"}
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2):
+        check.positive_number("lr", lr)
+        check.number("eps", eps, minimum=0)
+        check.number("weight_decay", weight_decay, minimum=0)
+        for i, b in enumerate(check.sequence("betas", betas)):
+            check.number(f"betas[{i}]", b, minimum=0, maximum=1)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from .precision import dequantize, quantize
+
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    zeros = torch.zeros_like(p, dtype=torch.float32)
+                    for key, fmt in self.FORMATS.items():
+                        st[key] = quantize(p.float() if key == "master" else zeros, fmt)
+                w, m, v = (dequantize(*st[k]) for k in self.FORMATS)
+                st["step"] += 1
+                t, g = st["step"], p.grad.float()
+                w.mul_(1 - lr * wd)
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+                w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+                for key, x in zip(self.FORMATS, (w, m, v)):
+                    st[key] = quantize(x, self.FORMATS[key])
+                p.copy_(dequantize(*st["master"]))
+        return loss

@@ -368,25 +368,27 @@ CARD_GIB = 80  # an "80G" card (A100/H100 80GB) has 80 GiB = 81,920 MiB
 class MemoryCalculator(Explorer):
     """``memory.estimate`` for a preset, a number of GPUs as tp × pp model-parallel groups (a
     ``ParallelDims``), ZeRO stage, batch, sequence length, recomputation, activation count and
-    dtype: each part per GPU as one stacked bar (GiB), the peak of one training step
+    dtype, and optimizer (AdamW, or a memory-saving method of notebook 12: ``memory.OPTIMIZERS``):
+    each part per GPU as one stacked bar (GiB), the peak of one training step
     (``estimate(...).peak_bytes``, ``llmtrain.step_peak``) dotted, the 80 GiB of an 80G card
     dashed; the text is the estimate's table."""
 
     DEFAULTS = dict(model="llama-7b", gpus=2, tp=1, pp=1, zero=3, batch=8, seq=2048,
-                    recompute="full", impl="textbook", dtype="bf16")
+                    recompute="full", impl="textbook", dtype="bf16", optimizer="adamw")
     FIGSIZE = (6.5, 2.0)
     MARGINS = dict(left=0.03, right=0.97, bottom=0.42, top=0.84)
 
     def compute(self, *, model, gpus, tp, pp, zero, batch, seq, recompute, impl,
-                dtype) -> memory.Estimate:
+                dtype, optimizer) -> memory.Estimate:
         check.one_of("model", model, shapes.names())
         dims = memory.parallel_dims(gpus, tp, pp)  # ParallelDims(dp=gpus/(tp·pp), tp, pp)
         check.one_of("zero", zero, (0, 1, 2, 3))
         check.one_of("recompute", recompute, _recompute.MODELLED)
         check.one_of("impl", impl, activation_formulas.IMPLS)
         check.one_of("dtype", dtype, precision.DTYPES)
+        check.one_of("optimizer", optimizer, memory.OPTIMIZERS)
         return memory.estimate(shapes.get(model), dims, batch=batch, seq=seq, zero=zero,
-                               recompute=recompute, impl=impl, dtype=dtype)
+                               recompute=recompute, impl=impl, dtype=dtype, optimizer=optimizer)
 
     def _build(self) -> None:
         self._bars: dict = {}
@@ -464,7 +466,8 @@ class MemoryCalculator(Explorer):
                                          description="recompute"),
                     impl=w.Dropdown(options=list(activation_formulas.IMPLS),
                                     description="activations"),
-                    dtype=w.Dropdown(options=list(precision.DTYPES), description="dtype"))
+                    dtype=w.Dropdown(options=list(precision.DTYPES), description="dtype"),
+                    optimizer=w.Dropdown(options=list(memory.OPTIMIZERS), description="optimizer"))
 
 
 # --- notebook 08 ---------------------------------------------------------------------------

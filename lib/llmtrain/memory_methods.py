@@ -1,0 +1,156 @@
+"""What each memory-saving method keeps, tensor by tensor (notebook 12, 显存优化前沿).
+
+The 16 bytes per parameter of mixed-precision AdamW (2 weights + 2 gradients + 4 master + 4 m +
+4 v) and what each method of the slides' headlines changes in them (``METHODS``, each with its
+source), counted exactly over the model's tensors (``param_shapes``: block-wise quantisation pads
+per tensor, small tensors stay fp32, GaLore projects each matrix). ``llmtrain.memory`` offers
+these as ``optimizer=`` names; tests/test_memory_methods.py checks every count against the bytes
+real optimizers keep (``memory_saving.state_tensor_bytes``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from . import check
+from .shapes import ModelShape
+
+__all__ = ["PRECISIONS", "precision_bytes", "param_shapes", "galore_targets", "Method", "METHODS",
+           "method_state_bytes"]
+
+
+PRECISIONS = ("mixed", "fp32", "bf16")
+
+
+def precision_bytes(precision: str) -> tuple[int, int, int]:
+    """(weight and gradient, master, optimizer-state element) bytes of a precision: mixed
+    (Micikevicius et al. 2018) 2, 4, 4; fp32 4, 0, 4; bf16 (pure) 2, 0, 2."""
+    check.one_of("precision", precision, PRECISIONS)
+    return {"mixed": (2, 4, 4), "fp32": (4, 0, 4), "bf16": (2, 0, 2)}[precision]
+
+
+# --- the tensors of a model, and what each method keeps per tensor ---------------------------
+
+@lru_cache(maxsize=64)
+def _shapes(shape: ModelShape) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    from .llama import Llama
+
+    with torch.device("meta"):  # allocates nothing, even for 65B
+        model = Llama(shape)
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+
+
+def param_shapes(shape: ModelShape | str) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter of ``llmtrain.llama.Llama(shape)``, built on the meta
+    device (tied embeddings once): the tensors an optimizer sees, whose sizes decide what
+    block-wise quantisation pads, what stays fp32 (< 4096 elements), and GaLore's projections."""
+    return list(_shapes(check.shape("shape", shape)))
+
+
+def galore_targets(name: str, dims: tuple[int, ...]) -> bool:
+    """Whether GaLore projects this parameter: the attention and MLP matrices (the GaLore
+    repository's ``target_modules_list = ["attn", "mlp"]``); embeddings, output layer and norms
+    keep ordinary AdamW states."""
+    return len(dims) == 2 and (".self_attn." in name or ".mlp." in name)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A memory-saving method as the accounting sees it: what it changes in the 16 bytes per
+    parameter of mixed-precision AdamW, in one line, and where that comes from."""
+
+    name: str
+    changes: str
+    source: str
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("adamw8bit", "m, v: 1-byte codes + an fp32 absmax per block of 256; tensors under 4096 "
+           "elements keep fp32 states", "Dettmers et al. 2022, arXiv 2110.02861 (bitsandbytes, torchao)"),
+    Method("adamw4bit", "m, v: 4-bit codes (two per byte) + an fp32 absmax per block of 128; tensors "
+           "under 4096 elements keep fp32 states", "Li et al. 2023, arXiv 2309.01507 (torchao AdamW4bit)"),
+    Method("galore", "m, v of each attention/MLP matrix (m×n) projected to rank r: 2·r·max(m,n) "
+           "elements + a min(m,n)×r projector", "Zhao et al. 2024, arXiv 2403.03507 (galore-torch)"),
+    Method("galore8bit", "galore, its projected m, v in 8 bits (as adamw8bit)",
+           "Zhao et al. 2024, §4 (GaLoreAdamW8bit)"),
+    Method("adamw-in-backward", "AdamW stepped per parameter in backward: one parameter's "
+           "gradient alive, not all", "PyTorch register_post_accumulate_grad_hook; GaLore's "
+           "'layer-wise weight update'"),
+    Method("lomo", "SGD fused into backward: no optimizer states, no master copy, one "
+           "parameter's gradient alive", "Lv et al. 2023, arXiv 2306.09782"),
+    Method("badam", "Adam on one block (a decoder layer) at a time: gradients, master and m, v "
+           "of that block only", "Luo, Yu, Li 2024, arXiv 2404.02827"),
+    Method("fp8-lm", "FP8 weights and gradients, FP16 master weights, FP8 m, FP16 v: "
+           "1 + 1 + 2 + 1 + 2 bytes", "Peng et al. 2023, arXiv 2310.18313 §2.3 (MS-AMP O2)"),
+]}
+
+
+def _lowbit_state(numel: int, bits: int, state: int) -> int:
+    """Bytes of m and v of one tensor under 8- or 4-bit block-wise quantisation (torchao's
+    layout: ``lowbit.state_bytes``); a tensor it leaves unquantised (under 4096 elements, or
+    not a whole number of blocks) keeps two states of ``state`` bytes."""
+    from . import lowbit
+
+    if numel < 4096 or numel % lowbit.BLOCK_SIZE[bits]:
+        return 2 * state * numel
+    return lowbit.state_bytes(numel, bits)
+
+
+def method_state_bytes(shape: ModelShape | str, method: str, *, precision: str = "mixed",
+                       rank: int | None = None, in_backward: bool = False) -> dict[str, int]:
+    """Bytes of weights, gradients, master weights and optimizer states of ``method`` (one of
+    ``METHODS``) for the whole model, exact for its tensors (``param_shapes``).
+
+    precision as in ``memory.state_bytes_per_param``: weights and gradients 2 bytes (mixed,
+    bf16) or 4 (fp32), the fp32 master copy with mixed only, states 4 bytes (2 with bf16).
+    ``rank``: GaLore's r (default ⌊h/4⌋, the paper's 1024 for 7B). fp8-lm fixes its own bytes
+    (precision must be mixed); lomo keeps no master copy whatever the precision (fp16 weights
+    in the paper). ``in_backward``: the optimizer steps each parameter as soon as its gradient
+    is complete, so only the largest parameter's gradient is ever alive (what
+    "adamw-in-backward" is for AdamW). Tested against optimizers' measured state tensors:
+    tests/test_memory_methods.py.
+    """
+    shape = check.shape("shape", shape)
+    check.one_of("method", method, tuple(METHODS))
+    check.boolean("in_backward", in_backward)
+    w, master, state = precision_bytes(precision)
+    tensors = param_shapes(shape)
+    numels = [math.prod(d) for _, d in tensors]
+    P, largest = sum(numels), max(numels)
+    out = {"weights": w * P, "gradients": w * P, "master": master * P, "optimizer": 2 * state * P}
+    if method in ("adamw8bit", "adamw4bit"):
+        bits = 8 if method == "adamw8bit" else 4
+        out["optimizer"] = sum(_lowbit_state(n, bits, state) for n in numels)
+    elif method in ("galore", "galore8bit"):
+        from . import galore
+
+        r = max(1, shape.hidden_size // 4) if rank is None else check.positive_int("rank", rank)
+        opt = 0
+        for (name, d), n in zip(tensors, numels):
+            if not galore_targets(name, d):
+                opt += 2 * state * n
+                continue
+            k = galore.state_numel(d[0], d[1], r)  # m, v: r·max(m,n) each; P: r·min(m,n)
+            mv = k["total"] - k["projector"]
+            moments = _lowbit_state(mv // 2, 8, state) if method == "galore8bit" else state * mv
+            opt += moments + w * k["projector"]  # the projector has the gradient's dtype
+        out["optimizer"] = opt
+    elif method == "adamw-in-backward":
+        out["gradients"] = w * largest
+    elif method == "lomo":
+        out.update(gradients=w * largest, master=0, optimizer=0)
+    elif method == "badam":
+        block = max(sum(n for (name, _), n in zip(tensors, numels) if f".layers.{i}." in name)
+                    for i in range(shape.num_layers))
+        out.update(gradients=w * block, master=master * block, optimizer=2 * state * block)
+    elif method == "fp8-lm":
+        if precision != "mixed":
+            check.fail("precision", "'mixed' for method='fp8-lm' (it fixes its own bytes)", precision)
+        out = {"weights": P, "gradients": P, "master": 2 * P, "optimizer": 3 * P}
+    if in_backward:  # gradients alive: at most the largest parameter's, of their dtype
+        out["gradients"] = min(out["gradients"], (1 if method == "fp8-lm" else w) * largest)
+    return out
