@@ -19,7 +19,7 @@ import torch
 from . import check
 from .shapes import ModelShape
 
-__all__ = ["PRECISIONS", "precision_bytes", "param_shapes", "galore_targets", "Method", "METHODS",
+__all__ = ["PRECISIONS", "precision_bytes", "param_shapes", "Method", "METHODS",
            "method_state_bytes"]
 
 
@@ -49,13 +49,6 @@ def param_shapes(shape: ModelShape | str) -> list[tuple[str, tuple[int, ...]]]:
     device (tied embeddings once): the tensors an optimizer sees, whose sizes decide what
     block-wise quantisation pads, what stays fp32 (< 4096 elements), and GaLore's projections."""
     return list(_shapes(check.shape("shape", shape)))
-
-
-def galore_targets(name: str, dims: tuple[int, ...]) -> bool:
-    """Whether GaLore projects this parameter: the attention and MLP matrices (the GaLore
-    repository's ``target_modules_list = ["attn", "mlp"]``); embeddings, output layer and norms
-    keep ordinary AdamW states."""
-    return len(dims) == 2 and (".self_attn." in name or ".mlp." in name)
 
 
 @dataclass(frozen=True)
@@ -131,7 +124,7 @@ def method_state_bytes(shape: ModelShape | str, method: str, *, precision: str =
         r = max(1, shape.hidden_size // 4) if rank is None else check.positive_int("rank", rank)
         opt = 0
         for (name, d), n in zip(tensors, numels):
-            if not galore_targets(name, d):
+            if not galore.is_target(name, torch.empty(d, device="meta")):  # attention, MLP
                 opt += 2 * state * n
                 continue
             k = galore.state_numel(d[0], d[1], r)  # m, v: r·max(m,n) each; P: r·min(m,n)
