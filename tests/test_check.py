@@ -18,8 +18,8 @@ import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from llmtrain import (activation_formulas, activations, amp, batch, check, device, flops, llama,
-                      memory, params, plan, plots, precision, recompute, schedules, shapes, show,
-                      step_peak, train, widgets)
+                      memory, memory_methods, params, plan, plots, precision, recompute, schedules,
+                      shapes, show, step_peak, train, widgets)
 from llmtrain import settings as slide_settings
 from llmtrain.parallel import parallelize, pipeline_parallel, pp_schedule, tp_comm
 from llmtrain.parallel.mesh import ParallelDims
@@ -123,6 +123,10 @@ CASES = [
      {"gpus": "pos", "tp": "pos", "pp": "pos"}),
     ("memory.state_bytes_per_param", memory.state_bytes_per_param, dict(),
      {"precision": _choice(memory.PRECISIONS), "optimizer": _choice(memory.OPTIMIZERS)}),
+    ("memory_methods.method_state_bytes", memory_methods.method_state_bytes,
+     dict(shape=TINY, method="galore"),
+     {"shape": "shape", "method": _choice(tuple(memory_methods.METHODS)),
+      "precision": _choice(memory.PRECISIONS), "rank": "pos?", "in_backward": "bool"}),
     ("memory.params_per_gpu", memory.params_per_gpu,
      dict(shape=TINY, dims=ParallelDims(tp=2, pp=2), rank=3),
      {"shape": "shape", "dims": "pos", "rank": "nonneg?"}),

@@ -18,8 +18,8 @@ import torch
 
 from . import check
 
-__all__ = ["state_tensor_bytes", "state_bytes_per_param", "eager", "FP8LMAdamW", "BlockAdam",
-           "layer_blocks", "grad_bytes"]
+__all__ = ["state_tensor_bytes", "state_bytes_per_param", "eager", "packages", "FP8LMAdamW",
+           "BlockAdam", "layer_blocks", "grad_bytes"]
 
 
 def _tensors(obj: Any, seen: set[int], skip: tuple[str, ...]):
@@ -71,6 +71,35 @@ def state_bytes_per_param(optimizer: torch.optim.Optimizer, **kw: Any) -> float:
     """``state_tensor_bytes(optimizer)`` divided by the number of parameters it updates."""
     n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     return state_tensor_bytes(optimizer, **kw) / n
+
+
+PACKAGES = ("torchao", "bitsandbytes", "galore_torch", "lomo_optim")
+
+
+def packages() -> dict[str, bool]:
+    """Which of the packages notebook 12 checks against are installed (``pip install
+    'llmtrain[optim]'``), each imported once here with its import-time chatter silenced:
+    torchao and bitsandbytes log the CUDA kernels a CPU build cannot load, with the time and
+    process id in the line."""
+    import importlib
+    import io
+    import logging
+    import warnings
+
+    found = {}
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            for name in PACKAGES:
+                try:
+                    importlib.import_module(name)
+                    found[name] = True
+                except ImportError:
+                    found[name] = False
+    finally:
+        logging.disable(logging.NOTSET)
+    return found
 
 
 @contextlib.contextmanager
