@@ -529,11 +529,21 @@ def train_odd(stage, world=None, steps=3, accumulate=2):
     return losses, weights
 
 
+STAGES = ("dp", 0, 1, 2, 3)
+
+
+def train_odd_every_stage():
+    """``train_odd`` under plain data parallelism and ZeRO-0/1/2/3, one after the other in one
+    launch (a launch costs seconds; the stages share nothing but the process group)."""
+    return {stage: train_odd(stage) for stage in STAGES}
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_an_unseen_model_trains_the_same(n, no_orphans):
     ref_losses, ref_weights = train_odd(None, n)
-    for stage in ("dp", 0, 1, 2, 3):
-        for losses, weights in launch(train_odd, n, stage):  # losses: this rank's share only
+    for by_stage in launch(train_odd_every_stage, n):
+        assert set(by_stage) == set(STAGES)
+        for stage, (losses, weights) in by_stage.items():  # losses: this rank's share only
             assert harness.max_weight_diff(weights, ref_weights) < 1e-12, (n, stage)
 
 
