@@ -150,6 +150,9 @@ def test_memory_offers_the_methods():
         assert parts == mm.method_state_bytes(shape, name)
         z3 = memory.model_state_bytes(shape, optimizer=name, zero=3, dims=8)
         assert z3 == {k: -(-v // 8) for k, v in parts.items()}
+        est = memory.estimate(shape, 1, batch=1, seq=256, zero=0, optimizer=name)
+        assert (est.step_peak is None) == (name in memory.NO_STEP_PEAK)
+        assert est.parts["model states"] == sum(parts.values())
     P = memory.params_per_gpu(shape)
     per = {m: sum(mm.method_state_bytes(shape, m).values()) / P for m in mm.METHODS}
     assert per["lomo"] < per["badam"] < 3 < per["fp8-lm"] == 7 < per["adamw4bit"] \

@@ -73,6 +73,10 @@ PRECISIONS = _ms.PRECISIONS
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", *_ms.METHODS)
 # Those whose bytes depend on the model's tensors, not only on P (a ModelShape is needed).
 PER_TENSOR = ("galore", "galore8bit", "adamw-in-backward", "lomo", "badam")
+# Those that step inside backward or train one block at a time: ``step_peak``'s phases (all
+# gradients alive, then one optimizer step with fp32 gradients) do not describe them, so
+# ``estimate`` gives no ``step_peak`` (their peaks are measured in notebook 12, tests/test_lomo.py).
+NO_STEP_PEAK = ("adamw-in-backward", "lomo", "badam")
 
 
 def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") -> dict[str, float]:
@@ -344,7 +348,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     ``.step_peak``: the peak of one training step, which phase, what is live then
     (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW).
     ``optimizer``: one of ``OPTIMIZERS``, the memory-saving methods of notebook 12 included
-    (``galore_rank`` for galore/galore8bit).
+    (``galore_rank`` for galore/galore8bit); for ``NO_STEP_PEAK`` ones ``.step_peak`` is None.
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims)
@@ -367,6 +371,8 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
         if zero:
             parts["ZeRO runtime"] = ZERO_RUNTIME_BYTES
         parts["fragmentation"] = FRAGMENTATION_BYTES
+    if optimizer in NO_STEP_PEAK:  # step_peak models an optimizer step after backward
+        return Estimate(parts, {"model states": states, "dp": dims.dp, "dims": dims}, None)
     peak = _step_peak.phases(
         shape, batch, seq, dims=dims, params_per_gpu=params_per_gpu(shape, dims), states=states,
         activations=act, zero=zero, recompute=recompute, dtype=dtype, impl=impl,
