@@ -113,7 +113,11 @@ print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their noteboo
 # | 代码库内核 | framework runtime (CUDA context, kernels) | 11 |
 # | 中间结果 | intermediate results (temporary buffers) | 11 |
 # | 显存碎片 | memory fragmentation | 11 |
-# | 单卡 | per GPU | 05, 11 |
+# | 单卡 | per GPU | 05, 11, 12 |
+# | 全参数微调 / 全量微调 | full-parameter fine-tuning | 12 |
+# | 低比特量化训练 / 4 比特优化器 | low-bit training / 4-bit (8-bit) optimizer states, block-wise quantisation | 12 |
+# | 梯度低秩投影 (GaLore) | gradient low-rank projection | 12 |
+# | 融合梯度计算与参数更新 (LOMO) | fused gradient computation and update (optimizer step in backward) | 12 |
 #
 # Units: the notebooks say **GB** for 10⁹ bytes and **GiB** for 2³⁰ bytes, always. The slides
 # write "GB" for both (see notebook 11).

@@ -96,15 +96,16 @@ print("llmtrain.memory    :", memory.state_bytes_per_param("mixed", "adamw"))
 
 # %% [markdown]
 # The same bookkeeping for other recipes — pure fp32 (no master copy needed), pure bf16 (states in
-# bf16 too), SGD with momentum (one state), and 8-bit Adam states (Dettmers et al. 2022; block
-# scales ignored):
+# bf16 too), SGD with momentum (one state), and 8-bit Adam states (Dettmers et al. 2022: 1-byte codes
+# plus one fp32 scale per block of 256 values; notebook 12 has this and the other memory-saving
+# methods, counted tensor by tensor):
 
 # %%
 for precision, optimizer in [("mixed", "adamw"), ("fp32", "adamw"), ("bf16", "adamw"),
                              ("mixed", "sgd"), ("mixed", "adamw8bit")]:
     per = memory.state_bytes_per_param(precision, optimizer)
     total = sum(per.values())
-    print(f"{precision:>5} + {optimizer:<9} {total:>4.0f} bytes/param  {per}")
+    print(f"{precision:>5} + {optimizer:<9} {total:>8.5g} bytes/param  {per}")
 
 # %% [markdown]
 # The slides' 112 GB takes the nominal $P = 7 \times 10^9$ and decimal GB. With the true count

@@ -19,6 +19,12 @@ Each module mirrors a topic of the chapter and of the notebooks:
               et al.'s, and the exact ones (reference and transformers' LLaMA, tensor parallel)
 - ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
 - ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
+- ``memory_methods`` what each memory-saving method keeps, tensor by tensor (显存优化前沿, notebook 12)
+- ``memory_saving`` the bytes optimizers really keep, measured; FP8-LM's states; BAdam
+- ``lowbit``  8-bit and 4-bit optimizer states (block-wise quantisation)
+- ``galore``  GaLore: Adam on a low-rank projection of each gradient
+- ``lomo``    LOMO and the optimizer step inside backward
+- ``headlines`` the slides' six memory-saving headlines, each recomputed
 - ``step_peak`` the peak of one training step, phase by phase (forward, backward, optimizer step)
 - ``parallel`` several processes on torch.distributed: launch, the dp × tp × pp layout,
               counted collectives, data parallelism, ZeRO 1/2/3 and tensor parallelism by hand
@@ -32,7 +38,17 @@ Each module mirrors a topic of the chapter and of the notebooks:
 - ``check``   one way to check arguments: ValueError "<name> must be <rule>, got <value>"
 """
 
+import logging as _logging
+
 from .show import show
+
+# Packages installed for notebook 12's cross-checks log at import time what their CPU builds
+# cannot load (torchao's CUDA kernels, bitsandbytes' optional CPU kernels) and torch logs a
+# deprecation when torchao registers its enums; transformers imports torchao whenever it is
+# installed, so these lines (with a time and a process id in them) would land in every notebook
+# that builds a transformers model. Errors still show.
+for _name in ("torchao", "bitsandbytes", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 __version__ = "0.1.0"
 __all__ = ["show", "__version__"]

@@ -16,4 +16,5 @@ NOTEBOOKS: tuple[str, ...] = (
     "09_activation_recomputation",
     "10_parameter_count",
     "11_memory_estimation",
+    "12_memory_saving",
 )
