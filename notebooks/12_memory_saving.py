@@ -124,7 +124,7 @@ ax.invert_yaxis()
 ax.set_xlim(0, 18)
 ax.set_xlabel("bytes per parameter (LLaMA-7B, mixed precision unless the method fixes its own)")
 ax.set_title("What each method keeps of the 16 bytes")
-ax.legend(ncols=4, fontsize=8, loc="lower right")
+ax.legend(ncols=2, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.12))
 plots.save(fig, "12_bytes_per_param")
 plt.show()
 
