@@ -428,26 +428,19 @@ print(f"saved: {saved(H['fp8-lm'].setting, H['fp8-lm'].baseline):.1%}")
 show(ms.FP8LMAdamW.step)
 
 # %% tags=["nbval-ignore-output"]
-X = torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
-Y = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
-losses, state = {}, {}
-for cls in (torch.optim.AdamW, ms.FP8LMAdamW):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
-    o = cls(net.parameters(), lr=3e-3)
-    for _ in range(40):
-        o.zero_grad()
-        loss = (net(X) - Y).pow(2).mean()
-        loss.backward()
-        o.step()
-    losses[cls.__name__], state[cls.__name__] = loss.item(), ms.state_bytes_per_param(o)
-    print(f"{cls.__name__:<11} loss after 40 steps {loss.item():.4f}   state {state[cls.__name__]:.4f} bytes/param")
-assert abs(losses["FP8LMAdamW"] - losses["AdamW"]) < 0.05 * losses["AdamW"]
+fp8_run = ms.compare_fp8(steps=40)
+for name, r in fp8_run.items():
+    print(f"{name:<11} loss {r['losses'][0]:.4f} → {r['losses'][-1]:.4f} after 40 steps")
+final = {name: r["losses"][-1] for name, r in fp8_run.items()}
+assert abs(final["FP8LMAdamW"] - final["AdamW"]) < 0.05 * final["AdamW"]
 
 # %%
-n_params = sum(p.numel() for p in net.parameters())
-print(f"FP8LMAdamW keeps {state['FP8LMAdamW'] * n_params:.0f} bytes = 5 × {n_params:,} + 3 scales × 4 tensors × 4 B")
-assert round(state["FP8LMAdamW"] * n_params) == 5 * n_params + 3 * 4 * 4
+for name, r in fp8_run.items():
+    print(f"{name:<11} state {r['state_bytes']:,} B = {r['state_bytes'] / r['num_params']:.4f} bytes/param")
+r = fp8_run["FP8LMAdamW"]
+print(f"FP8LMAdamW: 5 × {r['num_params']:,} + 3 scales × {r['num_tensors']} tensors × 4 B = "
+      f"{5 * r['num_params'] + 3 * 4 * r['num_tensors']:,} B")
+assert r["state_bytes"] == 5 * r["num_params"] + 3 * 4 * r["num_tensors"]
 
 # %% [markdown]
 # The speed half of the headline is a GPU claim: FP8 matmuls on H100 tensor cores. `torchao.float8`

@@ -123,23 +123,15 @@ def test_fp8_lm_states_measured(shape):
 def test_fp8_lm_trains_like_adamw():
     # 40 steps of a small regression: FP8-LM's rounded states track fp32 AdamW's loss closely
     # (FP8 E4M3 keeps 3 mantissa bits of m: about 6 % relative error per element, which
-    # averages out over the steps); measured 0.163 vs 0.161 at lr 3e-3.
-    X, Y = torch.randn(256, 64, generator=torch.Generator().manual_seed(0)), None
-    Y = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
-    losses = {}
-    for cls in (torch.optim.AdamW, FP8LMAdamW):
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
-        opt = cls(net.parameters(), lr=3e-3)
-        for _ in range(40):
-            opt.zero_grad()
-            loss = (net(X) - Y).pow(2).mean()
-            loss.backward()
-            opt.step()
-        losses[cls] = loss.item()
-    first = torch.nn.functional.mse_loss(torch.zeros_like(Y), Y).item()
-    assert losses[FP8LMAdamW] < 0.5 * first  # it trains
-    assert abs(losses[FP8LMAdamW] - losses[torch.optim.AdamW]) < 0.05 * losses[torch.optim.AdamW]
+    # averages out over the steps); measured 0.2833 vs 0.2827 at lr 3e-3.
+    from llmtrain.memory_saving import compare_fp8
+
+    run = compare_fp8(steps=40)
+    adamw, fp8 = run["AdamW"]["losses"], run["FP8LMAdamW"]["losses"]
+    assert fp8[-1] < 0.5 * fp8[0]  # it trains
+    assert abs(fp8[-1] - adamw[-1]) < 0.05 * adamw[-1]
+    n, t = run["AdamW"]["num_params"], run["AdamW"]["num_tensors"]
+    assert run["AdamW"]["state_bytes"] == 8 * n and run["FP8LMAdamW"]["state_bytes"] == 5 * n + 12 * t
 
 
 def test_memory_offers_the_methods():
