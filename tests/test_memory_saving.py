@@ -1,6 +1,7 @@
 """memory_saving: measuring what optimizers keep, FP8-LM's states, BAdam's blocks."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -103,3 +104,15 @@ def test_bad_input_is_named(make, message):
     with pytest.raises(ValueError) as info:
         make()
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_runs_without_the_optional_packages(monkeypatch):
+    # On Colab the notebook runs without llmtrain[optim]: every demo then runs ours only
+    from llmtrain import galore, lomo, lowbit
+
+    for name in ms.PACKAGES:
+        monkeypatch.setitem(sys.modules, name, None)  # import name -> ImportError
+    assert ms.packages() == {name: False for name in ms.PACKAGES}
+    assert set(lowbit.compare_run(steps=2)) == {"fp32 AdamW", "ours 8-bit", "ours 4-bit"}
+    assert set(galore.compare_run(steps=2, ranks=(4,))) == {"AdamW", "GaLore r=4"}
+    assert "lomo-optim" not in lomo.compare_run(steps=1)["methods"]
