@@ -144,7 +144,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
 def state_numel(m: int, n: int, rank: int, *, galore_torch: bool = False) -> dict[str, int]:
     """Numbers GaLore keeps for one (m, n) weight, with r = min(rank, m, n): moments (exp_avg
     and exp_avg_sq) 2r·max(m, n), projector r·min(m, n) (P is r×n for m >= n, m×r for m < n);
-    total = 2r·max(m, n) + r·min(m, n). Zhao et al. 2024, §4.2 / Table 1.
+    total = 2r·max(m, n) + r·min(m, n). Zhao et al. 2024.
 
     ``galore_torch=True``: what galore-torch 1.0 really holds. Its P is a view (Vh[:r] or
     U[:, :r]) that keeps the whole SVD factor alive: min(m, n)² numbers whatever r.

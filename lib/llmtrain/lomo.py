@@ -1,17 +1,17 @@
 """LOMO: the optimizer step fused into backward (LOMO, 梯度计算与参数更新融合).
 
 Lv et al. 2023, "Full Parameter Fine-tuning for Large Language Models with Limited Resources"
-(arXiv 2306.09782), §3.2: plain training keeps every gradient until ``optimizer.step()``;
+(arXiv 2306.09782): plain training keeps every gradient until ``optimizer.step()``;
 LOMO updates each parameter as soon as its gradient is computed and frees that gradient at once,
 so at most one parameter's gradient is alive (the largest one: ``grad_peak_bytes``). With plain
 SGD (no momentum, no state) this also removes all optimizer state: 65B parameters in fp16 are
-then weights + activations only, the headline's "8 GPUs" (§4.1).
+then weights + activations only, the headline's "8 GPUs".
 
 PyTorch gives the same pattern for any optimizer (``step_in_backward``): one optimizer per
 parameter, stepped in ``Tensor.register_post_accumulate_grad_hook``. The updates are those of
 the ordinary loop, op for op; what cannot be done any more is anything that needs all gradients
 first: gradient accumulation over micro-batches, and clipping by the global norm, which LOMO
-gets with a second backward pass (§3.3, ``LOMO(clip_grad_norm=...)``).
+gets with a second backward pass (``LOMO(clip_grad_norm=...)``).
 
 lomo-optim 0.1.1 (the authors' package) hooks with ``Tensor.register_hook``, which runs before
 a gradient is accumulated: each hook frees the *previous* parameter's gradient, so two are alive
@@ -69,9 +69,9 @@ def step_in_backward(model: nn.Module, make_optimizer: Callable, **kw) -> InBack
 
 class LOMO:
     """SGD fused into backward: p ← p − lr·g as soon as g is accumulated, then g freed; no state
-    (Lv et al. 2023, §3.2, Algorithm 1). ``lomo.backward(loss)`` is the whole training step.
+    (Lv et al. 2023). ``lomo.backward(loss)`` is the whole training step.
 
-    ``clip_grad_norm=c``: the paper's clipping by the global norm (§3.3). The norm needs every
+    ``clip_grad_norm=c``: the paper's clipping by the global norm. The norm needs every
     gradient before the first update, so ``backward`` runs twice: pass 1 only sums the squared
     norms (and frees each gradient), pass 2 updates with g·min(1, c / (‖g‖ + 1e-6)). Twice the
     backward compute; the graph is kept for pass 2 (``retain_graph``).
@@ -221,7 +221,7 @@ def measure_step(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
 def grad_peak_bytes(numels: Sequence[int], dtype_bytes: int, method: str) -> int:
     """Peak of live gradient bytes in one backward: "plain" b·Σ numel (all gradients until
     the step), "in-backward" and "lomo" b·max numel (each freed after its update)
-    (Lv et al. 2023, §3.2). Measured: see tests/test_lomo.py::test_formula_equals_measurement."""
+    (Lv et al. 2023). Measured: see tests/test_lomo.py::test_formula_equals_measurement."""
     numels = check.sequence("numels", numels, nonempty=True, item=check.positive_int)
     check.positive_int("dtype_bytes", dtype_bytes)
     check.one_of("method", method, ("plain", "in-backward", "lomo"))

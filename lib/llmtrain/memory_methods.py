@@ -69,7 +69,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("galore", "m, v of each attention/MLP matrix (m×n) projected to rank r: 2·r·max(m,n) "
            "elements + a min(m,n)×r projector", "Zhao et al. 2024, arXiv 2403.03507 (galore-torch)"),
     Method("galore8bit", "galore, its projected m, v in 8 bits (as adamw8bit)",
-           "Zhao et al. 2024, §4 (GaLoreAdamW8bit)"),
+           "Zhao et al. 2024 (galore-torch's GaLoreAdamW8bit)"),
     Method("adamw-in-backward", "AdamW stepped per parameter in backward: one parameter's "
            "gradient alive, not all", "PyTorch register_post_accumulate_grad_hook; GaLore's "
            "'layer-wise weight update'"),
@@ -78,7 +78,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("badam", "Adam on one block (a decoder layer) at a time: gradients, master and m, v "
            "of that block only", "Luo, Yu, Li 2024, arXiv 2404.02827"),
     Method("fp8-lm", "FP8 weights and gradients, FP16 master weights, FP8 m, FP16 v: "
-           "1 + 1 + 2 + 1 + 2 bytes", "Peng et al. 2023, arXiv 2310.18313 §2.3 (MS-AMP O2)"),
+           "1 + 1 + 2 + 1 + 2 bytes", "Peng et al. 2023, arXiv 2310.18313 (MS-AMP O2)"),
 ]}
 
 

@@ -122,7 +122,7 @@ def eager():
 # --- FP8-LM's optimizer, emulated on the CPU ------------------------------------------------
 
 class FP8LMAdamW(torch.optim.Optimizer):
-    """AdamW with FP8-LM's states (Peng et al. 2023, §2.3; MS-AMP's O2): the master weights in
+    """AdamW with FP8-LM's states (Peng et al. 2023, arXiv 2310.18313; MS-AMP's O2): the master weights in
     FP16, the first moment in FP8 E4M3, the second in FP16, each with one fp32 scale per tensor
     (``precision.quantize``, scale = amax / format max): 2 + 1 + 2 = 5 bytes of state per
     parameter instead of 4 + 4 + 4 = 12. Each step dequantises, runs AdamW in fp32 and
@@ -210,7 +210,7 @@ def layer_blocks(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
 
 
 class BlockAdam:
-    """BAdam (Luo, Yu, Li 2024, arXiv 2404.02827, Algorithm 1): block coordinate descent with
+    """BAdam (Luo, Yu, Li 2024, arXiv 2404.02827): block coordinate descent with
     Adam inside. Only the active block requires gradients and has an AdamW (its states); every
     ``switch_every`` steps the next block becomes active and the old block's states are freed.
     So gradients, master copy and m, v exist for one block: 2P + 14·P_block bytes with 16-bit
