@@ -148,19 +148,11 @@ def _mlp():
 
 
 def _train(make, steps):
-    model = _mlp()
-    w0 = [p.detach().clone() for p in model.parameters()]
-    opt = make(model.parameters())
+    """lowbit.train_mlp's run (the same seeded MLP as _mlp) on fixed data; w0: its initial weights."""
+    w0 = [p.detach().clone() for p in _mlp().parameters()]
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(128, 64, generator=g), torch.randn(128, 64, generator=g)
-    losses = []
-    with eager():
-        for _ in range(steps):
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            losses.append(loss.item())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model, opt, losses = lowbit.train_mlp(lambda ps, lr: make(ps), x, y, steps, seed=0)
     return model, opt, w0, losses
 
 

@@ -27,7 +27,7 @@ import torch
 from . import check
 
 __all__ = ["dynamic_map", "linear_map", "quantize_blockwise", "dequantize_blockwise",
-           "AdamWLowBit", "state_bytes", "bytes_per_param", "compare_run"]
+           "AdamWLowBit", "quantised", "state_bytes", "bytes_per_param", "train_mlp", "compare_run"]
 
 BLOCK_SIZE = {8: 256, 4: 128}  # torchao's and bitsandbytes' 256; Li et al.'s (and torchao's) 128
 LAYOUTS = ("torchao", "bitsandbytes")
@@ -142,7 +142,7 @@ class AdamWLowBit(torch.optim.Optimizer):
                                       weight_decay=weight_decay))
 
     def _quantised(self, p: torch.Tensor) -> bool:
-        return p.numel() >= self.min_quantize_numel and p.numel() % self.block_size == 0
+        return quantised(p.numel(), self.bits, self.block_size, self.min_quantize_numel)
 
     def _load(self, state: dict, name: str, p: torch.Tensor) -> torch.Tensor:
         """The moment as an fp32 tensor (zeros before the first step)."""
@@ -186,6 +186,14 @@ class AdamWLowBit(torch.optim.Optimizer):
         return loss
 
 
+def quantised(numel: int, bits: int, block_size: int | None = None,
+              min_quantize_numel: int = 4096) -> bool:
+    """torchao's rule (and ``AdamWLowBit``'s): a tensor's moments are quantised when it has at
+    least ``min_quantize_numel`` elements and a whole number of blocks; else they stay fp32."""
+    b = block_size or BLOCK_SIZE[_bits(bits)]
+    return numel >= min_quantize_numel and numel % b == 0
+
+
 def state_bytes(numel: int, bits: int, block_size: int | None = None,
                 min_quantize_numel: int = 4096, layout: str = "torchao") -> int:
     """Bytes of one tensor's two moments. Quantised: 2·(numel·bits/8 codes + 4·numel/B scales
@@ -203,7 +211,7 @@ def state_bytes(numel: int, bits: int, block_size: int | None = None,
         if bits != 8:
             check.fail("bits", "8 with layout='bitsandbytes'", bits)
         return 8 * numel if numel < min_q else 2 * (numel + 4 * -(-numel // b))
-    if numel < min_q or numel % b:
+    if not quantised(numel, bits, b, min_q):
         return 8 * numel
     return 2 * (numel * bits // 8 + 4 * (numel // b) + 4 * 2 ** bits)
 
@@ -265,9 +273,12 @@ def compare_run(steps: int = 20, seed: int = 0, lr: float = 1e-3) -> dict[str, d
         torch.set_num_threads(threads)
 
 
-def _run_one(make, x, y, steps: int, seed: int, lr: float) -> dict:
-    """One optimizer's run for ``compare_run``: its losses and measured state bytes."""
-    from .memory_saving import eager, state_tensor_bytes
+def train_mlp(make, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0,
+              lr: float = 1e-3) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[float]]:
+    """The MLP of ``compare_run`` (64 → 512 → 64, seeded with ``seed``) trained on (x, y) with the
+    MSE loss by ``make(params, lr)`` for ``steps`` steps, inside ``memory_saving.eager()``:
+    (model, optimizer, the loss before each step)."""
+    from .memory_saving import eager
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(), torch.nn.Linear(512, 64))
@@ -280,6 +291,15 @@ def _run_one(make, x, y, steps: int, seed: int, lr: float) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
+    return model, opt, losses
+
+
+def _run_one(make, x, y, steps: int, seed: int, lr: float) -> dict:
+    """One optimizer's run for ``compare_run``: its losses, tensor sizes, measured state bytes."""
+    from .memory_saving import state_tensor_bytes
+
+    model, opt, losses = train_mlp(make, x, y, steps, seed, lr)
     nbytes = state_tensor_bytes(opt)
-    n = sum(p.numel() for p in model.parameters())
-    return {"losses": losses, "state_bytes": nbytes, "bytes_per_param": nbytes / n}
+    numels = [p.numel() for p in model.parameters()]
+    return {"losses": losses, "numels": numels, "state_bytes": nbytes,
+            "bytes_per_param": nbytes / sum(numels)}

@@ -99,11 +99,12 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
     if optimizer == "fp8-lm":
         if precision != "mixed":
             check.fail("precision", "'mixed' for optimizer='fp8-lm' (it fixes its own bytes)", precision)
-        return {"weights": 1, "gradients": 1, "master": 2, "optimizer": 3.0}
-    n_states = {"adamw": 2, "adam": 2, "sgd": 1, "adafactor": 1}.get(optimizer, 2)
-    lowbit = {"adamw8bit": 1 + 4 / 256, "adamw4bit": 1 / 2 + 4 / 128}  # codes + block scales
-    return {"weights": w, "gradients": w, "master": master,
-            "optimizer": float(n_states * lowbit.get(optimizer, state))}
+        return {**_ms.FP8_LM_BYTES, "optimizer": float(_ms.FP8_LM_BYTES["optimizer"])}
+    if optimizer in ("adamw8bit", "adamw4bit"):  # codes + block scales
+        opt = _ms.lowbit_state_bytes_per_param(8 if optimizer == "adamw8bit" else 4)
+    else:
+        opt = float({"adamw": 2, "adam": 2, "sgd": 1, "adafactor": 1}[optimizer] * state)
+    return {"weights": w, "gradients": w, "master": master, "optimizer": opt}
 
 
 def param_numels(shape: ModelShape, dims: ParallelDims | int, rank: int) -> list[int]:

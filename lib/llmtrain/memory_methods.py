@@ -19,8 +19,8 @@ import torch
 from . import check
 from .shapes import ModelShape
 
-__all__ = ["PRECISIONS", "precision_bytes", "param_shapes", "Method", "METHODS",
-           "method_state_bytes"]
+__all__ = ["PRECISIONS", "precision_bytes", "FP8_LM_BYTES", "lowbit_state_bytes_per_param",
+           "param_shapes", "Method", "METHODS", "method_state_bytes"]
 
 
 PRECISIONS = ("mixed", "fp32", "bf16")
@@ -31,6 +31,19 @@ def precision_bytes(precision: str) -> tuple[int, int, int]:
     (Micikevicius et al. 2018) 2, 4, 4; fp32 4, 0, 4; bf16 (pure) 2, 0, 2."""
     check.one_of("precision", precision, PRECISIONS)
     return {"mixed": (2, 4, 4), "fp32": (4, 0, 4), "bf16": (2, 0, 2)}[precision]
+
+
+# FP8-LM (Peng et al. 2023; MS-AMP's O2) per parameter: FP8 weights and gradients, FP16 master
+# weights, FP8 m + FP16 v (per-tensor scales left out: a few bytes per tensor)
+FP8_LM_BYTES = {"weights": 1, "gradients": 1, "master": 2, "optimizer": 1 + 2}
+
+
+def lowbit_state_bytes_per_param(bits: int) -> float:
+    """m and v of a large tensor under block-wise quantisation: 2·(bits/8 + 4/B), B the block
+    (``lowbit.BLOCK_SIZE``: 256 for 8 bits, 128 for 4): 2.03125 and 1.0625."""
+    from . import lowbit
+
+    return 2 * (bits / 8 + 4 / lowbit.BLOCK_SIZE[bits])
 
 
 # --- the tensors of a model, and what each method keeps per tensor ---------------------------
@@ -88,7 +101,7 @@ def _lowbit_state(numel: int, bits: int, state: int) -> int:
     not a whole number of blocks) keeps two states of ``state`` bytes."""
     from . import lowbit
 
-    if numel < 4096 or numel % lowbit.BLOCK_SIZE[bits]:
+    if not lowbit.quantised(numel, bits):
         return 2 * state * numel
     return lowbit.state_bytes(numel, bits)
 
@@ -143,7 +156,8 @@ def method_state_bytes(shape: ModelShape | str, method: str, *, precision: str =
     elif method == "fp8-lm":
         if precision != "mixed":
             check.fail("precision", "'mixed' for method='fp8-lm' (it fixes its own bytes)", precision)
-        out = {"weights": P, "gradients": P, "master": 2 * P, "optimizer": 3 * P}
+        out = {k: b * P for k, b in FP8_LM_BYTES.items()}
     if in_backward:  # gradients alive: at most the largest parameter's, of their dtype
-        out["gradients"] = min(out["gradients"], (1 if method == "fp8-lm" else w) * largest)
+        g = FP8_LM_BYTES["gradients"] if method == "fp8-lm" else w
+        out["gradients"] = min(out["gradients"], g * largest)
     return out
