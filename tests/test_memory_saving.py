@@ -31,7 +31,7 @@ def test_state_bytes_of_torch_optimizers(make, per_param):
     _step(net, opt)
     n = sum(p.numel() for p in net.parameters())
     assert ms.state_tensor_bytes(opt) == per_param * n
-    assert ms.state_bytes_per_param(opt) == per_param
+    assert ms.measured_bytes_per_param(opt) == per_param
     if per_param == 8:  # torch's AdamW keeps a 0-dim fp32 step per tensor: 4 tensors × 4 bytes
         assert ms.state_tensor_bytes(opt, count_steps=True) == 8 * n + 4 * 4
 

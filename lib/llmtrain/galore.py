@@ -217,7 +217,7 @@ def compare_run(steps: int = 40, ranks: Sequence[int] = (4, 16), seed: int = 0, 
     hyper-parameters for every run; ``targets`` as in ``is_target``.
 
     Returns {run name: {"losses": [per step], "state_bytes_per_param": measured with
-    ``memory_saving.state_bytes_per_param``, "seconds": wall time}}; runs "AdamW" (ours with
+    ``memory_saving.measured_bytes_per_param``, "seconds": wall time}}; runs "AdamW" (ours with
     rank=None), "GaLore r=k" and, if galore-torch is installed (``package=None``) or
     ``package=True``, "galore-torch r=k" (equal to ours; its first import takes ~3 s).
 
@@ -230,7 +230,7 @@ def compare_run(steps: int = 40, ranks: Sequence[int] = (4, 16), seed: int = 0, 
     full-size moments.
     """
     from .llama import Llama
-    from .memory_saving import state_bytes_per_param
+    from .memory_saving import measured_bytes_per_param
     from .train import batches, corpus
 
     check.positive_int("steps", steps)
@@ -260,7 +260,7 @@ def compare_run(steps: int = 40, ranks: Sequence[int] = (4, 16), seed: int = 0, 
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        return {"losses": losses, "state_bytes_per_param": state_bytes_per_param(opt),
+        return {"losses": losses, "state_bytes_per_param": measured_bytes_per_param(opt),
                 "seconds": time.perf_counter() - start}
 
     out = {"AdamW": run(lambda g: GaLoreAdamW(g, lr=lr), None)}

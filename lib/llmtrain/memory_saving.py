@@ -18,7 +18,7 @@ import torch
 
 from . import check
 
-__all__ = ["state_tensor_bytes", "state_bytes_per_param", "eager", "packages", "FP8LMAdamW",
+__all__ = ["state_tensor_bytes", "measured_bytes_per_param", "eager", "packages", "FP8LMAdamW",
            "compare_fp8", "BlockAdam", "layer_blocks", "grad_bytes"]
 
 
@@ -67,7 +67,7 @@ def state_tensor_bytes(optimizer: torch.optim.Optimizer, *, count_steps: bool = 
     return sum(storages.values())
 
 
-def state_bytes_per_param(optimizer: torch.optim.Optimizer, **kw: Any) -> float:
+def measured_bytes_per_param(optimizer: torch.optim.Optimizer, **kw: Any) -> float:
     """``state_tensor_bytes(optimizer)`` divided by the number of parameters it updates."""
     n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     return state_tensor_bytes(optimizer, **kw) / n
