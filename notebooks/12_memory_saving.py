@@ -206,10 +206,11 @@ for name, r in runs.items():
     print(f"{name:<20} loss {r['losses'][0]:.3f} → {r['losses'][-1]:.3f}   "
           f"state {r['state_bytes_per_param']:.3f} bytes/param")
 assert runs["GaLore r=4"]["losses"][-1] < 0.8 * runs["GaLore r=4"]["losses"][0]  # it learns
-assert abs(runs["GaLore r=4"]["losses"][-1] - runs["AdamW"]["losses"][-1]) < 0.1 * runs["AdamW"]["losses"][-1]
+# GaLore's loss within 2 % of AdamW's (measured 0.2 %: here AdamW trains what matters, below)
+assert abs(runs["GaLore r=4"]["losses"][-1] - runs["AdamW"]["losses"][-1]) < 0.02 * runs["AdamW"]["losses"][-1]
 
 # %% [markdown]
-# At this scale GaLore's loss follows AdamW's (the assertion above allows 10 %): the tiny model's
+# At this scale GaLore's loss follows AdamW's (the assertion above allows 2 %): the tiny model's
 # task is mostly a bigram table, learnt by the embeddings and the output layer, which GaLore leaves
 # to plain AdamW — the matrices it projects matter little here, so this run shows the bytes, not
 # that GaLore matches AdamW on a 7B model (the paper's claim, on C4). The bytes, exactly:
@@ -359,7 +360,8 @@ fp32 = low["fp32 AdamW"]["losses"][-1]
 assert low["ours 8-bit"]["losses"][-1] < 1.01 * fp32 and low["ours 4-bit"]["losses"][-1] < 1.25 * fp32
 
 # %%
-numels = [64 * 512, 512, 512 * 64, 64]  # the MLP's tensors: two quantised matrices, two fp32 biases
+numels = low["fp32 AdamW"]["numels"]  # the MLP's tensors: two quantised matrices, two fp32 biases
+print("tensor sizes:", numels, "quantised:", [lowbit.quantised(n, 8) for n in numels])
 for bits in (8, 4):
     want = lowbit.bytes_per_param(numels, bits)
     print(f"{bits}-bit: counted {float(want):.4f} bytes/param; measured ours {low[f'ours {bits}-bit']['bytes_per_param']:.4f}"
@@ -432,7 +434,7 @@ fp8_run = ms.compare_fp8(steps=40)
 for name, r in fp8_run.items():
     print(f"{name:<11} loss {r['losses'][0]:.4f} → {r['losses'][-1]:.4f} after 40 steps")
 final = {name: r["losses"][-1] for name, r in fp8_run.items()}
-assert abs(final["FP8LMAdamW"] - final["AdamW"]) < 0.05 * final["AdamW"]
+assert abs(final["FP8LMAdamW"] - final["AdamW"]) < 0.01 * final["AdamW"]  # measured 0.2 %
 
 # %%
 for name, r in fp8_run.items():

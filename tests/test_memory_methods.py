@@ -129,7 +129,7 @@ def test_fp8_lm_trains_like_adamw():
     run = compare_fp8(steps=40)
     adamw, fp8 = run["AdamW"]["losses"], run["FP8LMAdamW"]["losses"]
     assert fp8[-1] < 0.5 * fp8[0]  # it trains
-    assert abs(fp8[-1] - adamw[-1]) < 0.05 * adamw[-1]
+    assert abs(fp8[-1] - adamw[-1]) < 0.01 * adamw[-1]  # 5x the gap measured
     n, t = run["AdamW"]["num_params"], run["AdamW"]["num_tensors"]
     assert run["AdamW"]["state_bytes"] == 8 * n and run["FP8LMAdamW"]["state_bytes"] == 5 * n + 12 * t
 
