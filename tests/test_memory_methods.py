@@ -47,6 +47,8 @@ def test_param_shapes_are_the_model_s(shape):
     want = [(n, tuple(p.shape)) for n, p in _model(shape).named_parameters()]
     assert mm.param_shapes(shape) == want
     assert sum(math.prod(d) for _, d in want) == memory.params_per_gpu(shape)
+    # the same tensors as memory.param_numels' closed form (one GPU): two listings, one model
+    assert sorted(math.prod(d) for _, d in want) == sorted(memory.param_numels(shape, 1, 0))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
