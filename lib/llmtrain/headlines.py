@@ -75,8 +75,7 @@ def fit(s: Setting) -> dict[str, Any]:
     if not s.master:
         states["master"] = 0
     if s.weight_bits is not None:
-        states["weights"] = math.ceil(sum(math.prod(d) for _, d in mm.param_shapes(shape))
-                                      * s.weight_bits / 8)
+        states["weights"] = math.ceil(memory.params_per_gpu(shape) * s.weight_bits / 8)
     parts = {k: math.ceil(v / s.gpus) for k, v in states.items()}
     if s.gpus > 1:  # ZeRO-3 gathers one layer's 16-bit weights at a time
         layer = sum(math.prod(d) for n, d in mm.param_shapes(shape) if ".layers.0." in n)
