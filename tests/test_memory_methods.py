@@ -82,6 +82,68 @@ def test_galore_count_equals_measured(shape, rank):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("rank", [4, 16])
+def test_galore8bit_count_equals_galore_torch_measured(shape, rank, monkeypatch):
+    """The oracle: galore-torch's GaLoreAdamW8bit, a bitsandbytes Optimizer2State (8-bit states,
+    min_8bit_size=4096), stepped on this CPU (its step calls torch.cuda.synchronize, a no-op
+    here). Its init_state decides per state tensor: under 4096 elements fp32 m and v, else uint8
+    codes + an fp32 absmax per block of 256, whether GaLore projects the tensor or not."""
+    bnb_galore = pytest.importorskip("galore_torch")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    model = _model(shape).to(torch.bfloat16)  # bf16: the projector is a copy, r·min(m, n)
+    named = list(model.named_parameters())
+    proj = [p for n, p in named if galore.is_target(n, p)]
+    rest = [p for n, p in named if not galore.is_target(n, p)]
+    opt = bnb_galore.GaLoreAdamW8bit([{"params": rest}, {"params": proj, "rank": rank,
+                                       "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}])
+    _steps(model, opt)
+    kinds = set()
+    for name, p in named:  # tensor by tensor: the moments bitsandbytes allocated, our rule
+        st = opt.state[p]
+        if galore.is_target(name, p):
+            each = galore.state_numel(*p.shape, rank)["moments"] // 2
+        else:
+            each = p.numel()
+        moments = sum(st[k].nbytes for k in ("state1", "state2", "absmax1", "absmax2") if k in st)
+        assert moments == lowbit.state_bytes(each, 8, layout="bitsandbytes"), name
+        kinds.add((each >= 4096, st["state1"].dtype))
+    assert kinds == {(True, torch.uint8), (False, torch.float32)}  # both sides of 4096 seen
+    # the whole state: our count, plus one shared pair of 256-entry fp32 maps and a 4-byte
+    # unorm_vec per tensor (galore-torch 1.0 passes percentile_clipping=100 where bitsandbytes
+    # 0.50 now takes max_unorm: an artefact of the two versions, not of the method)
+    want = mm.method_state_bytes(shape, "galore8bit", precision="bf16", rank=rank)["optimizer"]
+    assert state_tensor_bytes(opt) == want + 2 * 256 * 4 + 4 * len(named)
+
+
+def test_galore8bit_keeps_8bit_states_for_the_embeddings():
+    """Llama 3-8B: GaLore leaves the 128,256 × 4,096 embedding and output matrices unprojected;
+    8-bit GaLore still keeps their m and v in 8 bits (2 bytes + 8/256 of scales per element),
+    not fp32 (8 bytes)."""
+    n = 128_256 * 4096
+    assert lowbit.state_bytes(n, 8, layout="bitsandbytes") == 2 * (n + 4 * n // 256) == 1_067_089_920
+    with_8bit = mm.method_state_bytes("llama3-8b", "galore8bit", rank=64)["optimizer"]
+    plain = mm.method_state_bytes("llama3-8b", "galore", rank=64)["optimizer"]
+    # plain GaLore: fp32 m, v (8 B/element) for both matrices; 8-bit: 2 + 8/256
+    assert plain - with_8bit > 2 * (8 * n - 1_067_089_920)
+
+
+def test_galore_rank_above_the_matrices_is_refused(capsys):
+    from llmtrain import cli
+
+    assert mm.galore_max_rank("llama-7b") == 4096 and mm.galore_max_rank("tiny") == 64
+    assert mm.method_state_bytes("llama-7b", "galore", rank=4096)  # the largest allowed
+    with pytest.raises(ValueError, match=r"rank must be at most 4,096 for llama-7b, the largest "
+                                         r"min\(m, n\) .*, got 4097"):
+        mm.method_state_bytes("llama-7b", "galore8bit", rank=4097)
+    with pytest.raises(ValueError, match="galore_rank must be at most 4,096 .* got 100000"):
+        memory.estimate(shapes.get("llama-7b"), 1, batch=1, seq=256, zero=0,
+                        optimizer="galore8bit", galore_rank=100000)
+    assert cli.main(["memory", "llama-7b", "--optimizer", "galore8bit", "--galore-rank",
+                     "100000", "--zero", "0"]) == 2
+    assert "galore_rank must be at most 4,096" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
 def test_badam_counts_one_block(shape):
     model = _model(shape)
     opt = BlockAdam(model, switch_every=3)
@@ -149,8 +211,8 @@ def test_memory_offers_the_methods():
         assert est.parts["model states"] == sum(parts.values())
     P = memory.params_per_gpu(shape)
     per = {m: sum(mm.method_state_bytes(shape, m).values()) / P for m in mm.METHODS}
-    assert per["lomo"] < per["badam"] < 3 < per["fp8-lm"] == 7 < per["adamw4bit"] \
-        < per["galore8bit"] < per["adamw8bit"] < 16
+    assert per["lomo"] < per["badam"] < 3 < per["fp8-lm"] == 7 < per["galore8bit"] \
+        < per["adamw4bit"] < per["adamw8bit"] < 16
 
 
 def test_per_tensor_methods_need_a_shape():

@@ -1,9 +1,10 @@
 """8-bit and 4-bit optimizer states (低比特优化器): AdamW whose m and v are stored quantised.
 
 Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization" (arXiv 2110.02861): cut a
-moment into blocks of B values, divide each block by its absmax (one fp32 scale per block, §2.1),
+moment into blocks of B values, divide each block by its absmax (one fp32 scale per block),
 store each value as the index of the nearest entry of a 256-value "dynamic" map. An outlier
-then spoils only its own block. Li, Chen, Zhu 2023, "Memory Efficient Optimizers with 4-bit States"
+then spoils only its own block. The paper's blocks hold 2048 values; bitsandbytes and torchao
+use B = 256, and so do we. Li, Chen, Zhu 2023, "Memory Efficient Optimizers with 4-bit States"
 (arXiv 2309.01507) go to 16 values: smaller blocks (B = 128) and, for v, a linear map without 0
 (their zero-point problem: a v rounded to 0 makes m/(√v + ε) explode).
 
@@ -29,7 +30,7 @@ from . import check
 __all__ = ["dynamic_map", "linear_map", "quantize_blockwise", "dequantize_blockwise",
            "AdamWLowBit", "quantised", "state_bytes", "bytes_per_param", "train_mlp", "compare_run"]
 
-BLOCK_SIZE = {8: 256, 4: 128}  # torchao's and bitsandbytes' 256; Li et al.'s (and torchao's) 128
+BLOCK_SIZE = {8: 256, 4: 128}  # torchao's and bitsandbytes' 256 (Dettmers et al.: 2048); Li et al.'s (and torchao's) 128
 LAYOUTS = ("torchao", "bitsandbytes")
 
 
@@ -81,7 +82,7 @@ def quantize_blockwise(x: torch.Tensor, qmap: torch.Tensor,
     """(codes, scales): scale = absmax of each block of ``block_size`` values (fp32, floored at
     1e-12 as torchao does), code = nearest ``qmap`` index to x / scale (uint8). With a 16-value map
     two codes share a byte, the first in the high nibble (torchao's packing): codes.numel() = n/2.
-    Dettmers et al. 2022 §2.1."""
+    Dettmers et al. 2022 (with their B = 2048; bitsandbytes and torchao use 256)."""
     check.tensor("x", x, floating=True)
     check.tensor("qmap", qmap, dim=1, dtype=torch.float32)
     check.one_of("len(qmap)", len(qmap), (16, 256))
@@ -114,7 +115,7 @@ def dequantize_blockwise(codes: torch.Tensor, scales: torch.Tensor, qmap: torch.
 class AdamWLowBit(torch.optim.Optimizer):
     """AdamW (torch.optim.AdamW's update, decoupled weight decay) with m and v kept block-wise
     quantised: per moment ``{"codes", "scales", "qmap"}``. bits 8: dynamic maps for m and v,
-    B = 256 (Dettmers et al.). bits 4: dynamic map for m and the linear map without 0 for v, both
+    B = 256 (bitsandbytes' and torchao's block; Dettmers et al. use 2048). bits 4: dynamic map for m and the linear map without 0 for v, both
     B = 128. Li et al.'s own 4-bit AdamW normalises v rank-1 (each value by min(row absmax,
     column absmax): ``default.yml`` of their code, lpmm) instead of in blocks; we follow torchao
     (and lpmm's ``2nd_moment_group_128.yml``): one normalisation for both moments, and codes

@@ -199,6 +199,7 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
                              "bytes depend on the model's tensors")
         if dims.tp != 1 or dims.pp != 1:
             raise ValueError(f"optimizer={optimizer!r} is counted for tp=1, pp=1 only")
+        _ms.galore_rank(num_params, galore_rank, name="galore_rank")  # r <= min(m, n)
         parts = _ms.method_state_bytes(num_params, optimizer, precision=precision, rank=galore_rank)
         return _zero_split(parts, zero, dims.dp)
     per = state_bytes_per_param(precision, optimizer)

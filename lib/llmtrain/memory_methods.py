@@ -20,7 +20,8 @@ from . import check
 from .shapes import ModelShape
 
 __all__ = ["PRECISIONS", "precision_bytes", "FP8_LM_BYTES", "lowbit_state_bytes_per_param",
-           "param_shapes", "Method", "METHODS", "method_state_bytes"]
+           "param_shapes", "Method", "METHODS", "galore_max_rank", "galore_rank",
+           "method_state_bytes"]
 
 
 PRECISIONS = ("mixed", "fp32", "bf16")
@@ -40,7 +41,8 @@ FP8_LM_BYTES = {"weights": 1, "gradients": 1, "master": 2, "optimizer": 1 + 2}
 
 def lowbit_state_bytes_per_param(bits: int) -> float:
     """m and v of a large tensor under block-wise quantisation: 2·(bits/8 + 4/B), B the block
-    (``lowbit.BLOCK_SIZE``: 256 for 8 bits, 128 for 4): 2.03125 and 1.0625."""
+    (``lowbit.BLOCK_SIZE``: 256 for 8 bits, bitsandbytes' and torchao's choice, Dettmers et al.
+    2022 use 2048; 128 for 4 bits): 2.03125 and 1.0625."""
     from . import lowbit
 
     return 2 * (bits / 8 + 4 / lowbit.BLOCK_SIZE[bits])
@@ -75,14 +77,17 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("adamw8bit", "m, v: 1-byte codes + an fp32 absmax per block of 256; tensors under 4096 "
-           "elements keep fp32 states", "Dettmers et al. 2022, arXiv 2110.02861 (bitsandbytes, torchao)"),
+    Method("adamw8bit", "m, v: 1-byte codes + an fp32 absmax per block of 256 (bitsandbytes' and "
+           "torchao's block; the paper's is 2048); tensors under 4096 elements keep fp32 states",
+           "Dettmers et al. 2022, arXiv 2110.02861 (torchao AdamW8bit)"),
     Method("adamw4bit", "m, v: 4-bit codes (two per byte) + an fp32 absmax per block of 128; tensors "
            "under 4096 elements keep fp32 states", "Li et al. 2023, arXiv 2309.01507 (torchao AdamW4bit)"),
     Method("galore", "m, v of each attention/MLP matrix (m×n) projected to rank r: 2·r·max(m,n) "
            "elements + a min(m,n)×r projector", "Zhao et al. 2024, arXiv 2403.03507 (galore-torch)"),
-    Method("galore8bit", "galore, its projected m, v in 8 bits (as adamw8bit)",
-           "Zhao et al. 2024 (galore-torch's GaLoreAdamW8bit)"),
+    Method("galore8bit", "galore, in bitsandbytes' 8-bit Adam: every state of >= 4096 elements "
+           "(projected or not: embeddings, output layer) 1-byte codes + an fp32 absmax per block of "
+           "256; smaller states fp32", "Zhao et al. 2024 (galore-torch's GaLoreAdamW8bit, a "
+           "bitsandbytes Optimizer2State)"),
     Method("adamw-in-backward", "AdamW stepped per parameter in backward: one parameter's "
            "gradient alive, not all", "PyTorch register_post_accumulate_grad_hook; GaLore's "
            "'layer-wise weight update'"),
@@ -93,6 +98,31 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("fp8-lm", "FP8 weights and gradients, FP16 master weights, FP8 m, FP16 v: "
            "1 + 1 + 2 + 1 + 2 bytes", "Peng et al. 2023, arXiv 2310.18313 (MS-AMP O2)"),
 ]}
+
+
+def galore_max_rank(shape: ModelShape | str) -> int:
+    """The largest rank GaLore can use: the largest smaller side min(m, n) of the matrices it
+    projects (``galore.is_target``), h for a LLaMA. A matrix whose smaller side is below the
+    rank is projected to rank min(m, n) (``galore.state_numel``, as galore-torch does)."""
+    from . import galore
+
+    return max(min(d) for name, d in param_shapes(shape)
+               if galore.is_target(name, torch.empty(d, device="meta")))
+
+
+def galore_rank(shape: ModelShape | str, rank: int | None, name: str = "rank") -> int:
+    """GaLore's r for ``shape``: ``rank`` checked (a positive integer, at most
+    ``galore_max_rank``: a rank-r projection of an m×n matrix needs r <= min(m, n)), or the
+    default ⌊h/4⌋ (the paper's 1024 for 7B). ``name``: the argument, for the error."""
+    shape = check.shape("shape", shape)
+    if rank is None:
+        return max(1, shape.hidden_size // 4)
+    rank = check.positive_int(name, rank)
+    limit = galore_max_rank(shape)
+    if rank > limit:
+        check.fail(name, f"at most {limit:,} for {shape.name}, the largest min(m, n) of the m×n "
+                   "matrices GaLore projects (a rank-r projection needs r <= min(m, n))", rank)
+    return rank
 
 
 def _lowbit_state(numel: int, bits: int, state: int) -> int:
@@ -113,7 +143,11 @@ def method_state_bytes(shape: ModelShape | str, method: str, *, precision: str =
 
     precision as in ``memory.state_bytes_per_param``: weights and gradients 2 bytes (mixed,
     bf16) or 4 (fp32), the fp32 master copy with mixed only, states 4 bytes (2 with bf16).
-    ``rank``: GaLore's r (default ⌊h/4⌋, the paper's 1024 for 7B). fp8-lm fixes its own bytes
+    ``rank``: GaLore's r (default ⌊h/4⌋, the paper's 1024 for 7B; at most ``galore_max_rank``).
+    galore8bit counts as galore-torch's GaLoreAdamW8bit keeps them: a bitsandbytes
+    Optimizer2State (min_8bit_size=4096) whose every state of at least 4096 elements, projected
+    or not, is 8-bit with an fp32 absmax per block of 256, and smaller states fp32 whatever the
+    precision (``lowbit.state_bytes(..., layout="bitsandbytes")``). fp8-lm fixes its own bytes
     (precision must be mixed); lomo keeps no master copy whatever the precision (fp16 weights
     in the paper). ``in_backward``: the optimizer steps each parameter as soon as its gradient
     is complete, so only the largest parameter's gradient is ever alive (what
@@ -132,18 +166,21 @@ def method_state_bytes(shape: ModelShape | str, method: str, *, precision: str =
         bits = 8 if method == "adamw8bit" else 4
         out["optimizer"] = sum(_lowbit_state(n, bits, state) for n in numels)
     elif method in ("galore", "galore8bit"):
-        from . import galore
+        from . import galore, lowbit
 
-        r = max(1, shape.hidden_size // 4) if rank is None else check.positive_int("rank", rank)
+        r = galore_rank(shape, rank)
         opt = 0
         for (name, d), n in zip(tensors, numels):
-            if not galore.is_target(name, torch.empty(d, device="meta")):  # attention, MLP
-                opt += 2 * state * n
-                continue
-            k = galore.state_numel(d[0], d[1], r)  # m, v: r·max(m,n) each; P: r·min(m,n)
-            mv = k["total"] - k["projector"]
-            moments = _lowbit_state(mv // 2, 8, state) if method == "galore8bit" else state * mv
-            opt += moments + w * k["projector"]  # the projector has the gradient's dtype
+            if galore.is_target(name, torch.empty(d, device="meta")):  # attention, MLP
+                k = galore.state_numel(d[0], d[1], r)  # m, v: r·max(m,n) each; P: r·min(m,n)
+                each, projector = k["moments"] // 2, k["projector"]
+            else:  # embeddings, output layer, norms: Adam on the whole tensor
+                each, projector = n, 0
+            if method == "galore8bit":  # bitsandbytes' init_state: 8 bits iff >= 4096 elements
+                opt += lowbit.state_bytes(each, 8, layout="bitsandbytes")
+            else:
+                opt += 2 * state * each
+            opt += w * projector  # the projector has the gradient's dtype
         out["optimizer"] = opt
     elif method == "adamw-in-backward":
         out["gradients"] = w * largest
