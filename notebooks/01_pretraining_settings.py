@@ -34,10 +34,10 @@
 
 # %% [markdown]
 # > **导读**
-# > 本章开篇的表格列出了十二个大语言模型预训练时所用的批次大小、学习率（预热 → 峰值 → 衰减）、优化器、精度类型、权重衰减和梯度裁剪。
-# > 本笔记把这张表存为数据（`llmtrain.settings`），逐列解释每个单元格的含义，并各用几行 PyTorch 代码演示。
-# > 我们把峰值学习率对模型规模和批次大小作图，并从表中统计出多数模型共用的训练配方。
-# > 最后对照原始论文，指出幻灯片中 DeepSeek 学习率衰减方式的一处错误。
+# > 课件开篇的表格列出了十二个大语言模型预训练时所用的批次大小、学习率（预热 → 峰值 → 衰减）、优化器、精度类型、权重衰减和梯度裁剪。
+# > 本笔记本把这张表存为数据（`llmtrain.settings`），逐列解释每个单元格的含义，并各用几行 PyTorch 代码演示。
+# > 我们画出峰值学习率随模型规模、批次大小变化的散点图，从表中统计出多数模型共用的训练配方，并用一个小实验说明大模型为什么常取 β2 = 0.95。
+# > 最后对照原始论文，指出课件中 DeepSeek 学习率衰减方式的一处错误。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -72,7 +72,7 @@ TABLE = settings.TABLE
 print(f"{len(TABLE)} models in the slides' table:", ", ".join(settings.names()))
 
 # %% [markdown]
-# ## 1. The slides' table · 幻灯片中的表格
+# ## 1. The slides' table · 课件中的表格
 #
 # > 模型 | 批次大小 | 学习率 (预热 → 峰值 → 衰减) | 优化器 | 精度类型 | 权重衰减 | 梯度裁剪
 #
@@ -207,6 +207,10 @@ for s in TABLE:
         exact = s.paper_batch_tokens
         print(f"{s.model:<9} slide {s.batch_tokens_end / 1e6:>5g}M   paper {n} × {t} = {exact:>10,} tokens"
               f" = {exact / 2**20:g} × 2²⁰ = {exact / 1e6:.2f} × 10⁶")
+glm = settings.get("GLM-130B")  # the start of its ramp, from its paper (not in the slide)
+(n, t), first = glm.paper_batch_start, glm.paper_batch_start_tokens
+print(f"GLM-130B's first batch: slide {glm.batch_tokens_start / 1e6:g}M   paper {n} × {t} = {first:,} tokens"
+      f" = {first / 2**20:g} × 2²⁰ = {first / 1e6:.2f} × 10⁶")
 
 # %% [markdown]
 # ### 3.2 Learning rate: warmup → peak → decay · 学习率：预热 → 峰值 → 衰减
@@ -251,8 +255,58 @@ print(f"AdamW (decoupled)         : 1.0 -> {one_step(torch.optim.AdamW):.6f}   (
 # %% [markdown]
 # With Adam, the size of the decay step does not depend on $\lambda$ at all once the gradient is
 # only the decay term; with AdamW it is exactly $\eta\lambda\theta$. Eight of the twelve rows say
-# AdamW; a paper that says "Adam" together with weight decay 0.1 (GPT-3, BLOOM, YuLan) does not by
-# itself tell which of the two its code ran.
+# AdamW. Where a row says "Adam" together with weight decay 0.1, the name alone does not tell which of
+# the two ran; the sources sometimes do. BLOOM's training README (bigscience-workshop/bigscience,
+# `train/tr11-176B-ml/README.md`, section "Optimizer") says "AdamW, β1=0.9, β2=0.95" (its command line
+# passes Megatron's `--optimizer adam`): the slide's "Adam" is AdamW there. GPT-3's paper says "Adam"
+# with weight decay 0.1 (Brown et al. 2020, Appendix B) and does not say which. What the records hold
+# beside the slide's name, each with the place it was read:
+
+# %%
+for s in TABLE:
+    if s.betas is not None:
+        print(f"{s.model:<9} slide: {s.optimizer:<6} source: {s.paper_optimizer:<6} (β1, β2) = {s.betas}")
+        print(f"          {s.optimizer_source}")
+default = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).defaults["betas"]
+print("torch.optim.AdamW's default (β1, β2):", default)
+
+# %% [markdown]
+# **Why β2 = 0.95.** Every source above sets β2 = 0.95, not PyTorch's default 0.999. β2 sets how long
+# Adam remembers squared gradients: about $1/(1-\beta_2)$ steps, 20 at 0.95 and 1,000 at 0.999. The
+# step is $\hat m/\sqrt{\hat v}$, so when the gradient suddenly grows (a burst of large gradients is a
+# common sign that a loss spike is coming), a long memory leaves $\hat v$ small for many steps and the
+# steps grow with the gradient. One weight whose gradient is 1 for 1,000 steps and then 10 times
+# larger, AdamW with lr 1:
+
+# %%
+def step_sizes(beta2, before=1000, after=50, jump=10.0):
+    """|Δθ| of each AdamW step (lr 1, no decay) on one weight: gradient 1 for `before` steps,
+    then `jump` for `after` steps."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0, betas=(0.9, beta2), weight_decay=0.0)
+    sizes = []
+    for k in range(before + after):
+        p.grad = torch.full((1,), 1.0 if k < before else jump)
+        with torch.no_grad():
+            p.zero_()
+        opt.step()
+        sizes.append(abs(p.item()))
+    return sizes[before - 1], sizes[before:]
+
+
+for beta2 in (0.95, 0.999):
+    normal, later = step_sizes(beta2)
+    print(f"β2 = {beta2:<5}: memory ≈ {1 / (1 - beta2):>4.0f} steps; after the gradient jumps 10×, "
+          f"the largest step is {max(later) / normal:.2f}× the usual one, "
+          f"{later[-1] / normal:.2f}× after 50 steps")
+
+# %% [markdown]
+# With β2 = 0.95 the step hardly changes; with 0.999 it is several times too large and stays so for
+# long after the jump. That is an argument from this computation, not a quote: the sources above
+# state the value without giving a reason. PaLM went the other way (Chowdhery et al. 2022, §5): its
+# $\beta_2 = 1 - k^{-0.8}$ grows towards 1, which the paper found "more stable than the standard
+# β2 = 0.99 … because rare embedding tokens can have poorly estimated second moments over shorter
+# windows".
 #
 # ### 3.4 Adafactor · Adafactor 优化器
 #
@@ -295,7 +349,7 @@ for k in [1, 10_000, 40_000, 100_000, 250_000]:
 # Before each step, all gradients are treated as one vector $g$; if $\|g\|_2 > c$ they are all
 # scaled by $c / \|g\|_2$, so the direction is kept and the length is at most $c$. PyTorch's
 # `torch.nn.utils.clip_grad_norm_` does this and returns the norm *before* clipping. Two tensors with
-# gradients $(3, 4)$ and $(12)$ have global norm $\sqrt{9 + 16 + 144} = 13$:
+# gradients $(3, 4)$ and $(12)$ have global norm $\sqrt{3^2 + 4^2 + 12^2} = 13$:
 
 # %%
 a = torch.nn.Parameter(torch.zeros(2))
@@ -373,12 +427,13 @@ peaks = sorted(s.peak_lr for s in TABLE if s.optimizer != "Adafactor")
 print(f"peak lr, Adam/AdamW rows: {settings.format_lr(peaks[0])} … {settings.format_lr(peaks[-1])}")
 
 # %% [markdown]
-# ## 5. Where the slide and the paper disagree · 幻灯片与论文的出入
+# ## 5. Where the slide and the paper disagree · 课件与论文的出入
 #
 # DeepSeek LLM's paper (DeepSeek-AI 2024, arXiv 2401.02954, §2.3) describes its schedule: a
 # multi-step scheduler "instead of the typical cosine scheduler" — 2000 warmup steps to the peak,
-# 31.6 % of the peak after 80 % of the training tokens, 10 % after 90 %. The two schedules over
-# training, peak 3.2×10⁻⁴, cosine to 10 % of the peak as the other rows do (warmup left out):
+# then a lower rate after 80 % and after 90 % of the training tokens (the record's `paper_lr_steps`).
+# The two schedules over training, peak 3.2×10⁻⁴, cosine to 10 % of the peak as the other rows do
+# (warmup left out):
 
 # %%
 deepseek = settings.get("DeepSeek")
@@ -386,7 +441,7 @@ peak = deepseek.peak_lr
 
 
 def multi_step(frac):
-    return peak * (1.0 if frac < 0.8 else 0.316 if frac < 0.9 else 0.1)
+    return peak * deepseek.paper_lr_factor(frac)
 
 
 def cosine(frac, floor=0.1):
@@ -394,16 +449,20 @@ def cosine(frac, floor=0.1):
 
 
 print(f"slide: {deepseek.lr_text}")
+print("paper, after warmup:", "; ".join(f"{f:.1%} of the peak from {start:.0%} of the tokens"
+                                        for start, f in deepseek.paper_lr_steps))
 for frac in [0.0, 0.25, 0.5, 0.79, 0.85, 0.95]:
     print(f"{frac:4.0%} of tokens: multi-step {multi_step(frac):.2e}   cosine {cosine(frac):.2e}")
 
 # %% [markdown]
-# > **Erratum — DeepSeek's decay.** The slide lists DeepSeek as 预热 → 3.2×10⁻⁴ → 余弦 (cosine).
+# > **勘误 · Erratum — DeepSeek 的学习率衰减.**
+# > 课件原文：“DeepSeek 18M 预热 → $3.2 \times 10^{-4}$ → 余弦”
 # > DeepSeek LLM 67B warms up and then decays in steps, not along a cosine: the paper uses "a
-# > multi-step learning rate scheduler … instead of the typical cosine scheduler" (arXiv 2401.02954,
-# > §2.3): ×0.316 after 80 % of the tokens, ×0.1 after 90 %. The corrected cell: 预热 → 3.2×10⁻⁴ →
-# > 多阶段 (multi-step). `llmtrain.settings` keeps the slide's value and says so in the record's
-# > notes.
+# > multi-step learning rate scheduler … instead of the typical cosine scheduler" (DeepSeek-AI 2024,
+# > §2.3), 31.6 % of the peak after 80 % of the tokens and 10 % after 90 % (the cell above prints the
+# > record and both schedules). `llmtrain.settings` keeps the slide's value, records the paper's
+# > steps in `paper_lr_steps` and says so in the record's notes.
+# > **更正：** DeepSeek 一行应为“预热 → 3.2×10⁻⁴ → 多步（阶梯式）衰减”：训练到 80% 的词元后降到峰值的 31.6%，到 90% 后降到 10%。
 #
 # Smaller points, not errors, that the records' `notes` keep: several rows quote the largest model
 # of a family (LLaMA-2's 1.5×10⁻⁴ is for 34B/70B; 7B and 13B use 3×10⁻⁴; DeepSeek's 18M batch
@@ -448,10 +507,12 @@ for s in TABLE:
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 表中 12 个模型：11 个使用学习率预热，10 个使用余弦衰减，8 个使用 AdamW，11 个的权重衰减为 0.1；给出精度的 10 行中 7 行是 BF16（FP16 只有 GPT-3、OPT 和 GLM-130B），给出梯度裁剪的 10 行中 8 行裁剪到 1.0。
-# - 除 PaLM 外，11 个 Adam/AdamW 模型的峰值学习率在 6e-5 到 3.2e-4 之间，对数坐标下的最小二乘拟合为 peak lr ∝ params^-0.42：模型越大，峰值学习率越小（这是趋势，不是规律）。
-# - PaLM 的 1e-2 是 Adafactor 的相对学习率：乘以初始化时权重矩阵的均方根 1/sqrt(18432)，约为 7.4e-05，与 GPT-3、BLOOM 的 6.0e-05 同一量级。
-# - 批次大小以 token 计；论文给出序列数和序列长度的 4 行里，幻灯片的 "M" 都是 2²⁰，例如 GLM-130B 的 8.25M = 4224 × 2048 = 8,650,752 个 token。
+# - 多数模型共用一套配方：预热 + 余弦衰减、AdamW、BF16、权重衰减 0.1、梯度裁剪 1.0。例如 12 个模型中 11 个预热，8 个用 AdamW。
+# - 模型越大，峰值学习率越小：除 PaLM 外，11 个模型在对数坐标下的拟合为 peak lr ∝ params^-0.42。这是趋势，不是规律。
+# - PaLM 的 1e-2 是 Adafactor 的相对学习率：乘以初始化时权重的均方根 1/sqrt(18432) 后约为 7.4e-05，与 GPT-3、BLOOM 的 6.0e-05 同一量级。
+# - 批次大小按词元（token）计。论文给出序列数和序列长度时，课件中的“M”都是 2²⁰：GLM-130B 的 8.25M 就是 4224 × 2048 个词元。
 # - AdamW 把权重衰减与梯度解耦：梯度为零时，一步把 θ = 1.0 变为 0.990000；Adam 把衰减项放进梯度再归一化，得到 0.900000。
-# - 梯度裁剪把全局范数为 13.0 的梯度整体缩放到 max_norm（1.0、0.5、0.4），方向不变；范数本来就小于阈值时梯度不变。
-# - 勘误：DeepSeek LLM 67B 的学习率在预热后分阶段下降（80 % 的 token 后降到峰值的 31.6 %，90 % 后降到 10 %），不是幻灯片所写的余弦衰减。
+# - 课件中 BLOOM 写作 Adam，它的训练 README 写明是 AdamW、β2 = 0.95；GPT-3、Llama 2、DeepSeek LLM 也取 β2 = 0.95。
+# - β2 = 0.95 时二阶矩只记住约 20 步：梯度突然增大 10 倍时，单步更新最多变为原来的 1.11 倍；torch 默认的 0.999 会变为 4.48 倍。
+# - 梯度裁剪把全局范数为 13.0 的梯度整体缩放到 max_norm，方向不变；范数本来就小于阈值时梯度不变。
+# - 勘误：DeepSeek LLM 67B 预热后分阶段降低学习率（80% 的词元后降到峰值的 31.6%，90% 后降到 10%），不是课件所写的余弦衰减。

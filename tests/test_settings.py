@@ -156,3 +156,43 @@ def test_paper_batches_show_the_slides_m_is_often_two_to_the_twenty():
         slide_m = get(model).batch_tokens_end // 10**6 if model != "GLM-130B" else 8.25
         assert tokens == slide_m * 2**20  # "4M" = 4·2²⁰, "18M" = 18·2²⁰, "8.25M" = 8.25·2²⁰
     assert get("OPT").paper_batch is None and get("OPT").paper_batch_tokens is None
+
+
+# --- what the slides do not say, with its source (issue 21: BLOOM's optimizer, β2) ----------
+
+def test_bloom_ran_adamw_with_beta2_095_although_the_slide_says_adam():
+    # BigScience's training README (tr11-176B-ml, "Optimizer"): "AdamW, β1=0.9, β2=0.95"
+    bloom = get("BLOOM")
+    assert bloom.optimizer == "Adam"  # the slide's cell, kept as printed
+    assert bloom.paper_optimizer == "AdamW" and bloom.betas == (0.9, 0.95)
+    assert "tr11-176B-ml/README.md" in bloom.optimizer_source
+
+
+def test_every_recorded_beta2_is_095_and_names_its_source():
+    # GPT-3 (Appendix B), BLOOM (README), Llama 2 and DeepSeek LLM (§2.3) all state β2 = 0.95,
+    # not torch's default 0.999
+    recorded = {s.model: s.betas for s in TABLE if s.betas is not None}
+    assert recorded == {m: (0.9, 0.95) for m in ("GPT-3", "BLOOM", "LLaMA-2", "DeepSeek")}
+    assert all(s.optimizer_source for s in TABLE if s.betas is not None)
+    assert all(not s.optimizer_source for s in TABLE if s.betas is None and s.paper_optimizer is None)
+
+
+def test_deepseek_multi_step_decay_from_its_paper():
+    # DeepSeek LLM §2.3: 31.6 % of the peak after 80 % of the tokens, 10 % after 90 %
+    d = get("DeepSeek")
+    assert d.paper_lr_steps == ((0.8, 0.316), (0.9, 0.1))
+    assert [d.paper_lr_factor(f) for f in (0.0, 0.79, 0.8, 0.89, 0.9, 1.0)] == [1, 1, 0.316, 0.316, 0.1, 0.1]
+    assert get("GPT-3").paper_lr_factor(0.5) is None
+    with pytest.raises(ValueError, match="frac must be a finite number in"):
+        d.paper_lr_factor(1.5)
+
+
+def test_glm_ramp_starts_at_192_sequences_which_is_0375_of_two_to_the_twenty():
+    g = get("GLM-130B")
+    assert g.paper_batch_start_tokens == 192 * 2048 == 393_216 == 3 * 2**20 // 8
+    assert g.paper_batch_tokens == 4224 * 2048 == 8_650_752 == 33 * 2**20 // 4
+
+
+def test_betas_are_validated():
+    with pytest.raises(ValueError, match="betas must be two numbers in"):
+        dataclasses.replace(get("BLOOM"), betas=(0.9, 1.0))

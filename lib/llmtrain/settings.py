@@ -21,6 +21,11 @@ Conventions (so that every value can be compared with the slide cell it came fro
 - ``params_b`` is not in the slides: the size (10⁹ parameters) of the model whose numbers
   the row quotes, from the paper in ``source``; ``notes`` says how it was chosen and where
   the slide and that paper differ. The slides' values are kept as printed.
+- Also not in the slides, each with the place it was read: ``paper_batch_start`` (the first
+  batch of a ramp, as the paper gives it), ``paper_lr_steps`` (a multi-step decay: from which
+  fraction of the training tokens which fraction of the peak holds), ``paper_optimizer`` and
+  ``betas`` (the optimizer and Adam's (β1, β2) as the paper or training README states them),
+  with ``optimizer_source`` saying where.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ class Setting:
     paper_batch: tuple[int, int] | None = None  # NOT in the slides: final batch as the paper
     #                                             gives it, (sequences, tokens per sequence)
     notes: str = ""  # how params_b was chosen; where the slide and the paper differ
+    paper_batch_start: tuple[int, int] | None = None  # NOT in the slides: first batch of a
+    #                                                   ramp, (sequences, tokens per sequence)
+    paper_lr_steps: tuple[tuple[float, float], ...] | None = None  # NOT in the slides:
+    #   multi-step decay, ((fraction of training tokens, lr / peak from there on), ...)
+    paper_optimizer: str | None = None  # NOT in the slides: as the paper / README names it
+    betas: tuple[float, float] | None = None  # NOT in the slides: Adam's (β1, β2)
+    optimizer_source: str = ""  # where paper_optimizer and betas were read
 
     def __post_init__(self) -> None:
         if self.decay is not None and self.decay not in DECAYS:
@@ -73,6 +85,8 @@ class Setting:
         if isinstance(self.weight_decay, str) and self.weight_decay != LR_SQUARED:
             raise ValueError(f"weight_decay must be a number, {LR_SQUARED!r} or None, "
                              f"got {self.weight_decay!r}")
+        if self.betas is not None and not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if (self.batch_tokens_start is not None and self.batch_tokens_end is not None
                 and self.batch_tokens_start > self.batch_tokens_end):
             raise ValueError(f"batch_tokens_start={self.batch_tokens_start} must not exceed "
@@ -82,6 +96,24 @@ class Setting:
     def paper_batch_tokens(self) -> int | None:
         """Final batch in tokens as the paper gives it: sequences × sequence length."""
         return None if self.paper_batch is None else self.paper_batch[0] * self.paper_batch[1]
+
+    @property
+    def paper_batch_start_tokens(self) -> int | None:
+        """First batch of the ramp in tokens as the paper gives it: sequences × length."""
+        return None if self.paper_batch_start is None else (
+            self.paper_batch_start[0] * self.paper_batch_start[1])
+
+    def paper_lr_factor(self, frac: float) -> float | None:
+        """lr / peak after warmup at ``frac`` of the training tokens, for a multi-step decay
+        (``paper_lr_steps``); None where the record has none."""
+        check.number("frac", frac, 0, 1)
+        if self.paper_lr_steps is None:
+            return None
+        factor = 1.0
+        for start, f in self.paper_lr_steps:
+            if frac >= start:
+                factor = f
+        return factor
 
     @property
     def batch_text(self) -> str:
@@ -188,11 +220,11 @@ def _format_tokens(n: int) -> str:
 
 
 def _row(model, batch, warmup, peak_lr, decay, optimizer, precision, weight_decay, grad_clip,
-         params_b, source, notes="", paper_batch=None):
+         params_b, source, notes="", paper_batch=None, **paper):
     start, end = parse_batch(batch)
     ramp = None if end is None else "→" in batch or "->" in batch
     return Setting(model, start, end, ramp, warmup, peak_lr, decay, optimizer, precision,
-                   weight_decay, grad_clip, params_b, source, paper_batch, notes)
+                   weight_decay, grad_clip, params_b, source, paper_batch, notes, **paper)
 
 
 # The slides' table, row by row. The batch column is the slides' text, parsed by parse_batch.
@@ -201,7 +233,10 @@ TABLE: tuple[Setting, ...] = (
          "Brown et al. 2020, Language Models are Few-Shot Learners, arXiv 2005.14165",
          "GPT-3 175B (Table 2.1): lr 0.6e-4 and batch 3.2M are the 175B values; the smaller "
          "models use larger rates (6e-4 at 125M) and smaller batches. The batch ramps linearly "
-         "from 32K tokens over the first 4-12B tokens; cosine decay to 10% of the peak (App. B)."),
+         "from 32K tokens over the first 4-12B tokens; cosine decay to 10% of the peak (App. B).",
+         paper_optimizer="Adam", betas=(0.9, 0.95),
+         optimizer_source="Brown et al. 2020, Appendix B: 'we use Adam with β1 = 0.9, β2 = 0.95, "
+         "and ε = 10^-8' (with weight decay 0.1; the paper does not say whether it is decoupled)"),
     _row("OPT", "2M", True, 1.2e-4, "manual", "AdamW", "FP16", 0.1, None, 175.0,
          "Zhang et al. 2022, OPT: Open Pre-trained Transformer Language Models, arXiv 2205.01068",
          "OPT-175B (Table 1). The planned schedule is linear decay to 10% of the peak; the "
@@ -219,11 +254,17 @@ TABLE: tuple[Setting, ...] = (
          "BigScience 2022, BLOOM: A 176B-Parameter Open-Access Multilingual Language Model, "
          "arXiv 2211.05100",
          "BLOOM 176B: 2048 sequences of 2048 tokens; cosine decay to 6e-6 (10% of the peak).",
-         paper_batch=(2048, 2048)),
+         paper_batch=(2048, 2048), paper_optimizer="AdamW", betas=(0.9, 0.95),
+         optimizer_source="BigScience training README, github.com/bigscience-workshop/bigscience, "
+         "train/tr11-176B-ml/README.md, section 'Optimizer': 'apex.optimizers.FusedAdam is used. "
+         "AdamW, β1=0.9, β2=0.95, eps=1e−8'"),
     _row("LLaMA-2", "4M", True, 1.5e-4, "cosine", "AdamW", None, 0.1, 1.0, 70.0,
          "Touvron et al. 2023, Llama 2: Open Foundation and Fine-Tuned Chat Models, arXiv 2307.09288",
          "lr 1.5e-4 is the 34B/70B value (Table 1); Llama-2 7B and 13B use 3e-4. Warmup 2000 "
-         "steps, cosine decay to 10% of the peak; the paper states no precision."),
+         "steps, cosine decay to 10% of the peak; the paper states no precision.",
+         paper_optimizer="AdamW", betas=(0.9, 0.95),
+         optimizer_source="Touvron et al. 2023 (Llama 2), pretraining 'Hyperparameters': "
+         "'AdamW optimizer ..., with β1 = 0.9, β2 = 0.95, eps = 10−5'"),
     _row("Baichuan-2", "-", True, 1.5e-4, "cosine", "AdamW", "BF16", 0.1, 0.5, 13.0,
          "Yang et al. 2023, Baichuan 2: Open Large-scale Language Models, arXiv 2309.10305",
          "lr 1.5e-4 is the 13B value; Baichuan 2-7B uses 2e-4."),
@@ -246,7 +287,10 @@ TABLE: tuple[Setting, ...] = (
          "model: 2304 sequences (9.4e6 tokens), lr 4.2e-4. Decay: the paper (§2.3) uses a multi-step "
          "scheduler *instead of* cosine: 2000 warmup steps, then 31.6% of the peak after 80% "
          "of the tokens and 10% after 90%. The slide's 'cosine' is wrong for this model.",
-         paper_batch=(4608, 4096)),
+         paper_batch=(4608, 4096), paper_lr_steps=((0.8, 0.316), (0.9, 0.1)),
+         paper_optimizer="AdamW", betas=(0.9, 0.95),
+         optimizer_source="DeepSeek-AI 2024, §2.3 Hyperparameters: 'AdamW optimizer, with ... "
+         "β1 = 0.9, β2 = 0.95, and weight_decay = 0.1'; the multi-step decay in the same section"),
     _row("YuLan", "4.5M", True, 3e-4, "cosine", "Adam", "BF16", 0.1, 1.0, 12.0,
          "Zhu et al. 2024, YuLan: An Open-source Large Language Model, arXiv 2406.19853",
          "YuLan-Base 12B, trained from scratch."),
@@ -254,7 +298,7 @@ TABLE: tuple[Setting, ...] = (
          "Zeng et al. 2022, GLM-130B: An Open Bilingual Pre-trained Model, arXiv 2210.02414",
          "GLM-130B: batch warmed up from 192 to 4224 sequences of 2048 tokens over the first "
          "2.5% of samples; FP16 mixed precision; cosine decay to 10% of the peak.",
-         paper_batch=(4224, 2048)),
+         paper_batch=(4224, 2048), paper_batch_start=(192, 2048)),
 )
 
 
