@@ -219,3 +219,105 @@ def test_flops_json_equals_library():
 def test_flops_bad_input(args, needle):
     r = run(*args)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# --- silently wrong answers, now refused (issue 21 §5; newcomer review B5, B6, B8, B51, B53) ---
+
+@pytest.mark.parametrize("key", ["tie_word_embeddings", "attention_bias", "mlp_bias"])
+def test_config_boolean_as_a_string_is_refused(tmp_path, key):
+    path = tmp_path / "config.json"  # "false" is a non-empty string: truthy, was read as true
+    path.write_text(json.dumps({**CONFIGS["llama-bias"], key: "false"}))
+    r = run("params", "--hf-config", str(path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and r.stdout == "" and len(lines) == 1, r.stderr
+    assert f"config['{key}'] must be a JSON boolean (true or false, no quotes), got 'false'" in lines[0]
+
+
+def test_config_booleans_false_and_null_are_read():
+    cfg = {**CONFIGS["llama-bias"], "tie_word_embeddings": False, "attention_bias": None}
+    s = shapes.ModelShape.from_hf_config(cfg)
+    assert not s.tie_embeddings and not s.attention_bias and s.mlp_bias
+
+
+MIXTRAL = {"architectures": ["MixtralForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
+           "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2}
+
+
+@pytest.mark.parametrize("cfg, needle", [
+    (MIXTRAL, "model_type missing; MoE configs (num_local_experts) are not supported"),
+    ({**MIXTRAL, "model_type": "mistral"}, "MoE configs (num_local_experts) are not supported"),
+    ({**MIXTRAL, "model_type": "mixtral"}, "model_type='mixtral' is not supported"),
+])
+def test_moe_config_is_not_counted_as_dense(tmp_path, cfg, needle):
+    path = tmp_path / "config.json"  # without model_type it was a dense 7.24 B "llama"
+    path.write_text(json.dumps(cfg))
+    r = run("params", "--hf-config", str(path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and r.stdout == "" and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--galore-rank", "8"], "--galore-rank is only used with --optimizer galore or galore8bit, "
+                             "got --galore-rank 8 with --optimizer adamw"),
+    (["--optimizer", "adamw8bit", "--galore-rank", "8"], "with --optimizer adamw8bit"),
+    (["--attention", "eager"], "--attention is only used with --impl reference"),
+    (["--impl", "hf-eager", "--seq", "128", "--attention", "sdpa"], "with --impl hf-eager"),
+])
+def test_memory_flag_that_does_not_apply_is_an_error(args, needle):
+    r = run("memory", "llama-7b", *args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and r.stdout == "" and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_memory_flags_that_apply_change_the_answer():
+    def total(*args):
+        r = run("memory", "tiny", "--zero", "0", "--json", *args)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["total"]
+
+    assert total("--optimizer", "galore", "--galore-rank", "4") != total("--optimizer", "galore",
+                                                                         "--galore-rank", "8")
+    ref = ("--impl", "reference", "--recompute", "none")
+    assert total(*ref, "--attention", "eager") > total(*ref, "--attention", "sdpa")
+    assert total(*ref) == total(*ref, "--attention", "sdpa")  # sdpa is the default
+
+
+# --- the README's command lines, as written (issue 21 §5: they failed without .venv) -----------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Every ``$ `` line of the README's code blocks (the prompt stripped), in order."""
+    lines, inside = [], False
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside and line.startswith("$ "):
+            lines.append(line[2:])
+    return lines
+
+
+def test_readme_says_how_to_reach_the_command():
+    text = README.read_text(encoding="utf-8")
+    assert ". .venv/bin/activate" in readme_commands()
+    assert ".venv/bin/llmtrain" in text
+
+
+def test_readme_command_lines_run_as_written(tmp_path):
+    """Run each ``$`` line in a shell as after ``. .venv/bin/activate`` (this venv's bin first on
+    PATH); only the placeholder path/to/config.json is replaced, by a real config file."""
+    import os
+
+    root = README.parent
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIGS["llama"]))
+    commands = [c for c in readme_commands() if c != ". .venv/bin/activate"]  # PATH does it here
+    assert len(commands) >= 8 and any("path/to/config.json" in c for c in commands)
+    env = dict(os.environ, PATH=os.pathsep.join([str(SCRIPT.parent), os.environ.get("PATH", "")]))
+    for command in commands:
+        r = subprocess.run(["bash", "-c", command.replace("path/to/config.json", str(config))],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"$ {command}\n{r.stderr}"
+        assert r.stdout.strip() and "error" not in r.stderr, f"$ {command}\n{r.stderr}"

@@ -224,3 +224,15 @@ def test_measure_peak_ignores_views_and_in_place_ops_on_outside_tensors():
         return outside.view(10, 100)
 
     assert memory.measure_peak(fn).peak_bytes == 0
+
+
+def test_galore_rank_needs_a_galore_optimizer():
+    """A rank for AdamW was ignored without a word (issue 21 §5)."""
+    s = shapes.get("tiny")
+    with pytest.raises(ValueError, match=r"^galore_rank is only used by optimizer 'galore' or "
+                                         r"'galore8bit', got galore_rank=8 with optimizer='adamw'$"):
+        memory.model_state_bytes(s, galore_rank=8)
+    with pytest.raises(ValueError, match="optimizer='lomo'"):
+        memory.estimate(s, optimizer="lomo", galore_rank=8)
+    assert memory.model_state_bytes(s, optimizer="galore", galore_rank=8) != \
+        memory.model_state_bytes(s, optimizer="galore", galore_rank=16)

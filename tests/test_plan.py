@@ -309,3 +309,62 @@ def test_cli_bad_input_one_line_exit_2(args, needle, capsys):
     lines = captured.err.strip().splitlines()
     assert captured.out == "" and len(lines) == 1, captured.err
     assert lines[0].startswith("llmtrain: error:") and needle in lines[0], lines[0]
+
+
+# --- cost independent of the batch; why no layout (issue 21 §5; newcomer review B35, B41, B74) --
+
+@pytest.mark.parametrize("p", range(1, 9))
+@pytest.mark.parametrize("v", [1, 2, 3, 4])
+def test_in_flight_of_a_short_schedule_is_the_full_schedules(p, v):
+    """The search replays min(m, 2p) micro-batches: the first stage's peak is the same as with
+    all m (oracle: pp_schedule.in_flight of the whole schedule)."""
+    name = "1f1b" if v == 1 else "interleaved"
+    for m in range(p if v > 1 else 1, 6 * p + 1, p if v > 1 else 1):
+        full = pp_schedule.in_flight(pp_schedule.schedule(name, p, m, 0, v))
+        assert plan._in_flight(p, m, v) == full, (p, m, v)
+
+
+@pytest.mark.parametrize("n", [1, 2, 12, 64, 97, 1024, 10**6, 2 * 3 * 5 * 7 * 11 * 13])
+def test_divisors(n):
+    assert plan._divisors(n) == [k for k in range(1, n + 1) if n % k == 0]
+
+
+def test_huge_batch_takes_as_long_as_a_small_one():
+    """10³⁰ tokens per step never ended before (the schedule of every layout was built for all
+    its micro-batches); now the same layouts, ranked the same, in seconds."""
+    small = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096)
+    r = subprocess.run([sys.executable, "-m", "llmtrain", "plan", "llama-70b", "--gpus", "64",
+                        "--gpu", "h100-80g", "--batch-tokens", str(10**30), "--top", "1",
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["batch_tokens"] == 10**30 and out["feasible"] == len(small)
+    assert out["layouts"][0]["microbatches"] == 10**30 // 4096 // out["layouts"][0]["dp"]
+    note = r.stderr.strip().splitlines()
+    assert len(note) == 1 and "not the total training tokens" in note[0], r.stderr
+
+
+def test_no_note_for_a_usual_batch(capsys):
+    assert cli.main(["plan", "llama-7b", "--gpus", "8", "--gpu", "a100-80g",
+                     "--batch-tokens", "4M", "--top", "1"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_too_many_gpus_names_the_sequences_not_memory(capsys):
+    assert cli.main(["plan", "llama-70b", "--gpus", "1000000", "--gpu", "h100-80g",
+                     "--batch-tokens", "4M"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fits" not in err[0], err
+    # 10⁶ GPUs: tp ≤ 8 (kv heads), pp ≤ 80 dividing 10⁶/tp, so dp ≥ 10⁶/(8·50) = 2,500
+    assert ("no layout of llama2-70b on 1,000,000 h100-80g: the batch has 1,024 sequences "
+            "(4,194,304 tokens / seq 4,096)") in err[0]
+    assert "dp = gpus/(tp·pp) is at least 2,500" in err[0]
+
+
+def test_too_little_memory_says_how_much_the_smallest_needs(capsys):
+    assert cli.main(["plan", "llama2-70b", "--gpus", "1", "--gpu", "a100-40g",
+                     "--batch-tokens", "4M"]) == 2
+    err = capsys.readouterr().err.strip()
+    least = min(p.memory_bytes for p in plan.search("llama2-70b", "a100-40g", 1, 4 * 2**20,
+                                                     feasible_only=False))
+    assert "(the smallest of the " in err and f"needs {least / GIB:.1f} GiB)" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import check, params, recompute, shapes
@@ -73,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
                          "adamw-in-backward, lomo, badam, fp8-lm")
     pm.add_argument("--galore-rank", type=_int_flag("galore-rank"), default=None,
                     help="GaLore's rank r with --optimizer galore/galore8bit (default h/4)")
-    pm.add_argument("--attention", default="sdpa",
+    pm.add_argument("--attention", default=None,
                     help="attention kernel of --impl reference: sdpa (default) or eager")
     pm.add_argument("--tp", type=_int_flag("tp"), default=1, help="tensor-parallel degree")
     pm.add_argument("--pp", type=_int_flag("pp"), default=1, help="pipeline-parallel degree")
@@ -99,7 +100,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpus", type=_int_flag("gpus"), required=True, help="number of GPUs")
     pl.add_argument("--gpu", required=True, help="a100-40g, a100-80g or h100-80g")
     pl.add_argument("--batch-tokens", required=True,
-                    help="global batch in tokens: 4M = 4·2²⁰, 512K = 512·2¹⁰, or a number")
+                    help="tokens per optimizer step (the global batch, not the total training "
+                         "tokens): 4M = 4·2²⁰, 512K = 512·2¹⁰, 1G = 2³⁰, or a number")
     pl.add_argument("--seq", type=_int_flag("seq"), default=None,
                     help="sequence length (default: the model's context)")
     pl.add_argument("--top", type=_int_flag("top"), default=10, help="layouts shown (default 10)")
@@ -115,11 +117,20 @@ def _plan_cmd(args) -> str:
     shape = plan.model(args.model, what="model")
     card = plan.cluster(args.gpu)
     tokens = plan.parse_tokens(args.batch_tokens)
+    if tokens > plan.LARGE_BATCH_TOKENS:
+        print(f"llmtrain: note: --batch-tokens {args.batch_tokens} is {tokens:,} tokens in one "
+              "optimizer step; it is the global batch of one step, not the total training "
+              "tokens", file=sys.stderr)
     seq = shape.max_seq_len if args.seq is None else args.seq
-    plans = plan.search(shape, card, args.gpus, tokens, seq)
+    layouts = plan.search(shape, card, args.gpus, tokens, seq, feasible_only=False)
+    if not layouts:
+        raise ValueError(plan.no_layout_reason(shape, card, args.gpus, tokens, seq))
+    plans = [p for p in layouts if p.fits]
     if not plans:
+        least = min(p.memory_bytes for p in layouts)
         raise ValueError(f"no layout of {shape.name} on {args.gpus} {card.name} fits in "
-                         f"{card.memory_bytes / plan.GIB:.0f} GiB per GPU")
+                         f"{card.memory_bytes / plan.GIB:.0f} GiB per GPU (the smallest of the "
+                         f"{len(layouts)} layouts needs {least / plan.GIB:.1f} GiB)")
     top = plans[:args.top]
     if args.json:
         return json.dumps({"model": shape.name, "gpu": card.name, "gpus": args.gpus,
@@ -188,11 +199,19 @@ def _shape(args) -> shapes.ModelShape:
 
 def _memory_cmd(args) -> str:
     memory = _memory()
+    if args.attention is not None and args.impl != "reference":
+        raise ValueError(f"--attention is only used with --impl reference (hf-eager and hf-sdpa "
+                         f"name their kernel), got --attention {args.attention} with "
+                         f"--impl {args.impl}")
+    if args.galore_rank is not None and args.optimizer not in ("galore", "galore8bit"):
+        raise ValueError(f"--galore-rank is only used with --optimizer galore or galore8bit, got "
+                         f"--galore-rank {args.galore_rank} with --optimizer {args.optimizer}")
     dims = memory.parallel_dims(args.gpus, args.tp, args.pp)  # a ParallelDims(dp, tp, pp)
     est = memory.estimate(_shape(args), dims, batch=args.batch, seq=args.seq,
                           zero=args.zero, recompute=args.recompute, dtype=args.dtype,
                           impl=args.impl, precision=args.precision, optimizer=args.optimizer,
-                          sp=args.sp, attention=args.attention, overheads=not args.no_overheads,
+                          sp=args.sp, attention=args.attention or "sdpa",
+                          overheads=not args.no_overheads,
                           galore_rank=args.galore_rank)
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
@@ -227,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"llmtrain: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # llmtrain ... | head: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -190,6 +190,9 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("optimizer", optimizer, OPTIMIZERS)
     check.optional(check.positive_int, "galore_rank", galore_rank)
+    if galore_rank is not None and optimizer not in ("galore", "galore8bit"):
+        raise ValueError(f"galore_rank is only used by optimizer 'galore' or 'galore8bit', got "
+                         f"galore_rank={galore_rank} with optimizer={optimizer!r}")
     dims = _dims(dims)
     if isinstance(num_params, str):  # a preset name
         num_params = check.shape("num_params", num_params)

@@ -49,9 +49,14 @@ from .shapes import ModelShape
 
 __all__ = ["GIB", "MI", "Cluster", "CLUSTERS", "cluster", "MODELS", "ALIASES", "model",
            "model_names", "parse_tokens", "Assumptions", "Layout", "Plan", "layout",
-           "memory_parts", "evaluate", "search", "rank_of"]
+           "memory_parts", "evaluate", "search", "no_layout_reason", "rank_of",
+           "LARGE_BATCH_TOKENS"]
 
 GIB = 2**30
+# Above this many tokens per step the CLI reminds that --batch-tokens is one step's global batch
+# (a student may type the total training tokens): 2³⁰, 64× the 16M of Llama 3 405B
+# (published_runs). The search itself takes the same time for any count.
+LARGE_BATCH_TOKENS = 2**30
 MI = 2**20  # "4M tokens": 4·2²⁰ (Llama 3's 16M = 16 seqs × 8,192 × DP 128 = 2²⁴; BLOOM's
 #             "4.2M tokens" = 2,048 × 2,048 = 4·2²⁰)
 
@@ -341,9 +346,18 @@ def _states(shape: ModelShape, dims: ParallelDims, zero: int) -> tuple[int, int]
             memory.params_per_gpu(shape, dims))
 
 
-@functools.lru_cache(maxsize=1024)
 def _in_flight(pp: int, m: int, virtual: int) -> int:
-    """Micro-batch chunks the first stage holds at its peak (1F1B: min(pp, m))."""
+    """Micro-batch chunks the first stage holds at its peak (1F1B: min(pp, m)).
+
+    Replayed on the schedule of min(m, 2·pp) micro-batches: the count stops growing once the
+    warm-up fits (1F1B: pp − 1 forwards; interleaved: 2(pp − 1) + (v − 1)·pp, below 2·pp·v),
+    so the search costs the same for any batch (tests/test_plan.py checks it against the full
+    schedule). 2·pp is a multiple of pp, as interleaving needs."""
+    return _in_flight_schedule(pp, min(m, 2 * pp), virtual)
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_flight_schedule(pp: int, m: int, virtual: int) -> int:
     name = "1f1b" if virtual == 1 else "interleaved"
     return pp_schedule.in_flight(pp_schedule.schedule(name, pp, m, 0, virtual))
 
@@ -407,7 +421,9 @@ def evaluate(shape, gpu: str | Cluster, lay: Layout, seq: int,
 
 
 def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
+    """The divisors of n, ascending, in √n steps."""
+    small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+    return small + [n // k for k in reversed(small) if k * k != n]
 
 
 def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | None = None, *,
@@ -447,6 +463,24 @@ def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | N
     if feasible_only:
         plans = [p for p in plans if p.fits]
     return sorted(plans, key=lambda p: (p.step_time_s, p.memory_bytes))
+
+
+def no_layout_reason(shape, gpu: str | Cluster, gpus: int, batch_tokens: int,
+                     seq: int | None = None) -> str:
+    """Why ``search(..., feasible_only=False)`` found no layout at all: the batch's sequences
+    cannot be split over dp = gpus/(tp·pp) replicas for any tp (dividing the heads) and
+    pp ≤ num_layers (each replica needs a whole number of sequences)."""
+    shape, c = model(shape, what="shape"), cluster(gpu)
+    seq = shape.max_seq_len if seq is None else seq
+    seqs = _sequences(batch_tokens, seq)
+    dps = [gpus // (tp * pp) for tp in _divisors(gpus)
+           if not (shape.num_heads % tp or shape.num_kv_heads % tp)
+           for pp in _divisors(gpus // tp) if pp <= shape.num_layers]
+    return (f"no layout of {shape.name} on {gpus:,} {c.name}: the batch has {seqs:,} sequences "
+            f"({batch_tokens:,} tokens / seq {seq:,}), and every data-parallel replica needs a "
+            f"whole number of them, but dp = gpus/(tp·pp) is at least {min(dps):,} here (tp "
+            f"dividing the heads, pp ≤ {shape.num_layers} layers) and no dp divides {seqs:,}: "
+            f"use more --batch-tokens or fewer --gpus")
 
 
 def rank_of(plans: list[Plan], target: Plan) -> int:

@@ -94,10 +94,21 @@ class ModelShape:
         """Read a Llama, Mistral or Qwen2 config: a transformers config object, a dict,
         or a path to a ``config.json``. No network access."""
         cfg = _config_as_dict(config)
+        moe = [k for k in _MOE_KEYS if cfg.get(k) is not None]
+        if moe and "model_type" not in cfg:  # a MoE config stripped of its model_type
+            raise ValueError(f"model_type missing; MoE configs ({', '.join(moe)}) are not "
+                             f"supported: only dense {', '.join(_HF_TYPES)} configs")
         model_type = cfg.get("model_type", "llama")
         if model_type not in _HF_TYPES:
             raise ValueError(
                 f"model_type={model_type!r} is not supported; supported: {', '.join(_HF_TYPES)}")
+        if moe:
+            raise ValueError(f"MoE configs ({', '.join(moe)}) are not supported: only dense "
+                             f"{', '.join(_HF_TYPES)} configs")
+        for key in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if cfg.get(key) is not None and not isinstance(cfg[key], bool):  # "false" is truthy
+                check.fail(f"config[{key!r}]", "a JSON boolean (true or false, no quotes)",
+                           cfg[key])
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size"):
             if cfg.get(key) is None:
@@ -175,6 +186,8 @@ class ModelShape:
 
 
 _HF_TYPES = ("llama", "mistral", "qwen2")
+# keys of mixture-of-experts configs (Mixtral, Qwen2-MoE, DeepSeek): their experts are not counted
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 
 def _default(value: Any, default: Any) -> Any:

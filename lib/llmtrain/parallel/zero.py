@@ -44,6 +44,7 @@ from torch import nn
 from torch.autograd.graph import register_multi_grad_hook
 from torch.utils._pytree import tree_flatten
 
+from .. import check
 from . import comm
 from .data_parallel import GradReducer, _require_process_group, broadcast_module, first_rank
 
@@ -68,6 +69,7 @@ def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, 
     their unit's forward and backward: read them with ``model.state_dict()``,
     ``full_state_dict`` or ``with optimizer.gathered():`` (on every rank: they all-gather).
     """
+    check.module("model", model)  # before the process group: a slip is named even outside
     _require_process_group("zero.wrap")
     if isinstance(stage, bool) or stage not in STAGES:
         raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")

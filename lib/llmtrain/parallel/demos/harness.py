@@ -7,7 +7,9 @@
   function (module level, so ``launch`` can import it), ``options`` the parsed flags as a dict;
   ``report(result, world_size)`` prints rank 0's result. Under ``torchrun`` (``RANK`` set) this
   process is one rank: it joins the group and runs ``fn``; otherwise it launches ``--nproc``
-  ranks itself. Both print the same thing.
+  ranks itself. Both print the same thing. Bad flags, flags that do not fit together, a
+  rank's ``ValueError`` (an argument check) and an incomplete torchrun environment (``RANK``
+  without ``WORLD_SIZE``) are one line on stderr and exit status 2, as ``llmtrain``'s CLI.
 
 To add a notebook's module (``demos/<topic>.py``): write its rank functions at module level,
 taking and returning plain data (tensors, dicts, numbers: ``launch`` pickles them back);
@@ -22,7 +24,10 @@ report, the flags (``options``) and their cross-checks (``validate``), and call 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
+import sys
 from typing import Any, Callable
 
 import torch
@@ -33,10 +38,10 @@ from torch import nn
 from ... import check, shapes
 from ...llama import Llama
 from ...train import batches, corpus
-from ..launch import init_from_env, launch, shutdown
+from ..launch import RankError, init_from_env, launch, shutdown
 
 __all__ = ["DTYPES", "MODELS", "make_model", "make_batches", "lm_loss", "max_weight_diff",
-           "main", "positive"]
+           "main", "positive", "seconds", "TORCHRUN_VARS"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 MODELS = ("tiny", "mlp")
@@ -85,6 +90,53 @@ def positive(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """argparse ``type=`` for a duration flag: a positive finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number of seconds, got {text}")
+    return value
+
+
+# what torchrun sets in every rank's environment; RANK alone means this process is a rank
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump, exit 2 (as llmtrain's CLI)
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else 'bad flag'}\n")
+
+
+def _torchrun_world() -> int | None:
+    """WORLD_SIZE under torchrun (``RANK`` set), else None; ValueError naming what is missing."""
+    if "RANK" not in os.environ:
+        return None
+    missing = [v for v in TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise ValueError(f"RANK={os.environ['RANK']} is set, so this process would be one rank "
+                         f"of torchrun's, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                         f"not: start it with torchrun, or unset RANK to launch --nproc ranks here")
+    try:
+        return check.positive_int("WORLD_SIZE", int(os.environ["WORLD_SIZE"]))
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE must be a positive integer, got "
+                         f"{os.environ['WORLD_SIZE']!r}") from None
+
+
+def rank_value_error(error: RankError) -> str | None:
+    """The message of a ``ValueError`` a rank raised (an argument check), else None: the last
+    unindented ``Name: message`` line of its traceback."""
+    last = None
+    for line in error.remote_traceback.splitlines():
+        m = re.match(r"([A-Za-z_][\w.]*): (.+)", line)
+        if m:
+            last = m
+    return last.group(2) if last and last.group(1).split(".")[-1] == "ValueError" else None
+
+
 def main(prog: str, fn: Callable[[dict], Any], report: Callable[[Any, int], None], *,
          description: str, options: Callable[[argparse.ArgumentParser], None] | None = None,
          validate: Callable[[dict, int], None] | None = None, nproc: int = 2,
@@ -96,27 +148,41 @@ def main(prog: str, fn: Callable[[dict], Any], report: Callable[[Any, int], None
     ``ValueError`` for flags that do not fit together, which becomes a usage error (exit
     status 2). Under torchrun the world size is torchrun's and only rank 0 reports.
     """
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap = _Parser(prog=prog, description=description)
     ap.add_argument("--nproc", type=positive, default=nproc,
                     help="ranks to launch when not under torchrun")
     if options is not None:
         options(ap)
     args = vars(ap.parse_args(argv))
-    under_torchrun = "RANK" in os.environ
-    n = int(os.environ["WORLD_SIZE"]) if under_torchrun else args.pop("nproc")
+    try:
+        world = _torchrun_world()
+    except ValueError as e:
+        ap.error(str(e))
+    under_torchrun = world is not None
+    n = world if under_torchrun else args.pop("nproc")
     args.pop("nproc", None)
     if validate is not None:
         try:
             validate(args, n)
         except ValueError as e:
             ap.error(str(e))
-    if under_torchrun:  # this process is one rank
-        init_from_env(timeout=timeout)
-        try:
-            out = fn(args)
-            if dist.get_rank() == 0:
-                report(out, n)
-        finally:
-            shutdown()
-    else:
-        report(launch(fn, n, args, timeout=timeout)[0], n)
+    try:
+        if under_torchrun:  # this process is one rank
+            init_from_env(timeout=timeout)
+            try:
+                out = fn(args)
+                if dist.get_rank() == 0:
+                    report(out, n)
+            finally:
+                shutdown()
+        else:
+            report(launch(fn, n, args, timeout=timeout)[0], n)
+    except ValueError as e:  # under torchrun: this rank's argument check
+        ap.error(str(e))
+    except RankError as e:
+        msg = rank_value_error(e)
+        if msg is None:
+            raise
+        ap.error(f"{msg} (rank {e.rank})")
+    except KeyboardInterrupt:  # Ctrl-C: launch has stopped every rank
+        ap.exit(130, f"{prog}: interrupted\n")

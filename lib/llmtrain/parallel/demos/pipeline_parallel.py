@@ -19,6 +19,7 @@ Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record
 
 from __future__ import annotations
 
+import sys
 import time
 from fractions import Fraction
 from typing import Any
@@ -32,11 +33,11 @@ from llmtrain.parallel import comm
 from llmtrain.parallel import pipeline_parallel as pp
 from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_fraction, simulate
 
-from .harness import DTYPES, positive
+from .harness import DTYPES, positive, seconds
 from .harness import main as _main
 
 __all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of",
-           "model_of", "TORCH_SCHEDULES", "cli"]
+           "model_of", "TORCH_SCHEDULES", "cli", "unresolved"]
 
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
                    "interleaved": "ScheduleInterleaved1F1B"}
@@ -186,8 +187,8 @@ def _options(ap) -> None:
     ap.add_argument("--schedule", choices=SCHEDULES, default="1f1b")
     ap.add_argument("--microbatches", type=positive, default=8)
     ap.add_argument("--virtual", type=positive, default=1)
-    ap.add_argument("--t-f", type=float, default=0.02, help="seconds per forward (padded)")
-    ap.add_argument("--t-b", type=float, default=0.04, help="seconds per backward (padded)")
+    ap.add_argument("--t-f", type=seconds, default=0.02, help="seconds per forward (padded)")
+    ap.add_argument("--t-b", type=seconds, default=0.04, help="seconds per backward (padded)")
 
 
 def _validate(o: dict, world: int) -> None:
@@ -204,9 +205,18 @@ def _rank(o: dict) -> dict[str, Any]:
     res = timeline(o["schedule"], o["microbatches"], o["virtual"], o["t_f"], o["t_b"],
                    shape=shapes.get("tiny").replace(num_layers=layers))
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, res["events"])
-    res["events"] = [e for evs in gathered for e in evs]
+    dist.all_gather_object(gathered, (res["events"], res["compute"]))
+    res["events"] = [e for evs, _ in gathered for e in evs]
+    res["compute"] = {k: max(c[k] for _, c in gathered) for k in "FB"}  # the slowest rank's
+    res["pads"] = {"F": o["t_f"] / o["virtual"], "B": o["t_b"] / o["virtual"], "v": o["virtual"]}
     return res
+
+
+def unresolved(compute: dict[str, float], pads: dict[str, float]) -> list[str]:
+    """Which pads ("F", "B") cannot hold their operations to the cost model: the real compute
+    (the slowest rank's unpadded operation) takes more than half the pad, so jitter or a slow
+    operation overruns it and the measured bubble is the real compute's, not the schedule's."""
+    return [k for k in "FB" if compute[k] > pads[k] / 2]
 
 
 def _report(res: dict, world: int) -> None:
@@ -214,6 +224,13 @@ def _report(res: dict, world: int) -> None:
     print(f"{world} stages, bubble: measured {measured:.3f}, simulated "
           f"{float(bubble_fraction(res['simulated'])):.3f}, formula (p-1)/(vm+p-1) = "
           f"{res['formula']} = {float(res['formula']):.3f}")
+    for k in unresolved(res["compute"], res["pads"]):
+        flag, op = ("--t-f", "forward") if k == "F" else ("--t-b", "backward")
+        print(f"warning: {flag} is too short to resolve the bubble: the slowest {op} computes for "
+              f"{1e3 * res['compute'][k]:.1f} ms, more than half its pad of "
+              f"{1e3 * res['pads'][k]:.1f} ms, so the pads do not fix the costs and the measured "
+              f"bubble is not the schedule's; give {flag} at least "
+              f"{10 * res['compute'][k] * res['pads']['v']:.3g} s", file=sys.stderr)
 
 
 def cli(argv: list[str] | None = None) -> None:
