@@ -20,6 +20,13 @@ from llmtrain.parallel.demos import harness, pipeline_parallel, three_d
 from llmtrain.parallel.launch import RankError
 
 
+@pytest.fixture(autouse=True)
+def not_under_torchrun(monkeypatch):
+    """The demos launch their own ranks unless RANK is set: these tests set it themselves."""
+    for var in harness.TORCHRUN_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
 def one_line_exit_2(capsys, cli, argv) -> str:
     """Run a demo's command line in this process; it must exit 2 with one line on stderr."""
     with pytest.raises(SystemExit) as exit_:
@@ -84,8 +91,6 @@ def test_3d_demo_bad_flag(capsys, argv, needle):
      "WORLD_SIZE must be a positive integer, got '0'"),
 ])
 def test_torchrun_environment_incomplete(capsys, monkeypatch, env, needle):
-    for var in harness.TORCHRUN_VARS:
-        monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     line = one_line_exit_2(capsys, pipeline_parallel.cli, [])
@@ -154,3 +159,16 @@ def test_demo_command_line_in_a_process(argv, env, needle):
                        env={**clean, **env}, capture_output=True, text=True, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_ctrl_c_is_one_line(capsys, monkeypatch):
+    """Ctrl-C printed a 24-line KeyboardInterrupt traceback (launch has already stopped the
+    ranks when it reaches main)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "launch", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        pipeline_parallel.cli([])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err == "python -m llmtrain.parallel.pipeline_parallel: interrupted\n"

@@ -321,3 +321,15 @@ def test_readme_command_lines_run_as_written(tmp_path):
                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"$ {command}\n{r.stderr}"
         assert r.stdout.strip() and "error" not in r.stderr, f"$ {command}\n{r.stderr}"
+
+
+def test_output_cut_short_by_a_pipe_is_not_an_error():
+    """``llmtrain plan ... | head``: the reader leaves early; no BrokenPipeError traceback."""
+    import os
+
+    env = dict(os.environ, PATH=os.pathsep.join([str(SCRIPT.parent), os.environ.get("PATH", "")]))
+    r = subprocess.run(["bash", "-o", "pipefail", "-c",  # 300 KB of JSON, more than a pipe holds
+                        "llmtrain plan llama-70b --gpus 64 --gpu h100-80g --batch-tokens 4M "
+                        "--top 1000 --json | head -c 10"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == '{"model": ' and r.stderr == "", r.stderr
