@@ -40,10 +40,11 @@
 
 # %% [markdown]
 # > **导读**
-# > 本笔记本逐字节推导幻灯片中每张 GPU 的训练显存公式 $16P/N + 2LBTH + 12BTV + 6$：$16P$ 的来历、ZeRO 三个阶段如何切分它、激活值的四种算法（幻灯片、Korthikanti 等人、参考模型与 `transformers` 的精确闭式解）。
-# > 幻灯片中的 "GB" 统一按 GiB（$2^{30}$ 字节）理解（唯一例外是十进制算式 $16 \times 7B = 112GB$），因为只有这样，"2 张 A100 80G 训练 LLaMA-7B，单卡 66GB" 的算例才能对上；"激活值 6.2GB" 有两种读法，笔记本把两种算术都写出来。
-# > 书作者自己的计算器（LLMBox）取梯度与激活值中较大者、只用显存的 95 %，笔记本把它写成一个经过测试的函数，与幻灯片和 `llmtrain.memory.estimate` 端到端比较。
-# > 最后在 CPU 上精确跟踪一次训练步的显存峰值，看峰值落在哪个阶段，并与估计逐项核对。
+# > 本笔记本逐字节推导课件中单卡训练显存的公式 $16P/N + 2LBTH + 12BTV + 6$：$16P$ 从何而来，ZeRO 的三个阶段如何切分它，以及激活值的四种估算口径（课件、Korthikanti 等人、参考模型和 `transformers` 的精确闭式公式）。
+# > 课件中的“GB”统一按 GiB（$2^{30}$ 字节）理解（唯一例外是十进制算式 $16 \times 7B = 112GB$），因为只有这样，“2 张 A100 80G 训练 LLaMA 7B，单卡 66GB”的算例才能对上；“激活值 6.2GB”有两种读法，本笔记本把两种算术都写了出来。
+# > 教材作者团队的计算器（LLMBox）取梯度缓冲与激活值中的较大者，并且只用显存的 95%；本笔记本把它写成经过测试的函数，与课件和 `llmtrain.memory.estimate` 逐项比较。
+# > 最后在 CPU 上精确跟踪一个训练步的显存峰值，看峰值落在哪个阶段，并与估计逐项核对。
+# > 学完本笔记本，你能估算一个模型在给定批次、序列长度和 ZeRO 阶段下每张卡的显存，并说清每一项的来历。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -67,7 +68,7 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import memory, params, plots, shapes, show
+from llmtrain import lowbit, memory, params, plots, shapes, show
 from llmtrain.parallel import zero
 from llmtrain.memory import GB, GIB
 from llmtrain.parallel.mesh import ParallelDims
@@ -97,8 +98,9 @@ print("llmtrain.memory    :", memory.state_bytes_per_param("mixed", "adamw"))
 # %% [markdown]
 # The same bookkeeping for other recipes — pure fp32 (no master copy needed), pure bf16 (states in
 # bf16 too), SGD with momentum (one state), and 8-bit Adam states (Dettmers et al. 2022: 1-byte codes
-# plus one fp32 scale per block of 256 values; notebook 12 has this and the other memory-saving
-# methods, counted tensor by tensor):
+# plus one fp32 scale per block of values — the paper's blocks hold 2048, bitsandbytes and torchao
+# use the block printed below, which is what we count; notebook 12 has this and the other
+# memory-saving methods, counted tensor by tensor):
 
 # %%
 for precision, optimizer in [("mixed", "adamw"), ("fp32", "adamw"), ("bf16", "adamw"),
@@ -106,10 +108,11 @@ for precision, optimizer in [("mixed", "adamw"), ("fp32", "adamw"), ("bf16", "ad
     per = memory.state_bytes_per_param(precision, optimizer)
     total = sum(per.values())
     print(f"{precision:>5} + {optimizer:<9} {total:>8.5g} bytes/param  {per}")
+print(f"8-bit states: one fp32 scale per {lowbit.BLOCK_SIZE[8]} values (bitsandbytes', torchao's block)")
 
 # %% [markdown]
 # The slides' 112 GB takes the nominal $P = 7 \times 10^9$ and decimal GB. With the true count
-# (6.74 B) it is 107.8 GB, or 100.4 GiB:
+# (6,738,415,616, printed above) it is 107.8 GB, or 100.4 GiB:
 
 # %%
 nominal = sum(memory.model_state_bytes(7 * 10**9).values())
@@ -171,6 +174,7 @@ ax.set_title("LLaMA-7B, mixed precision AdamW")
 ax.legend()
 plots.save(fig, "11_zero_stages")
 plt.show()
+print(f"an 80 GB card: 80 GiB = {CARD // 2**20:,} MiB; 80·10⁹ B would be {80 * GB / GIB:.1f} GiB")
 
 # %% [markdown]
 # ZeRO-1 and -2 level off at $4P$ and $2P$ (the replicated 16-bit weights and gradients); only
@@ -280,16 +284,19 @@ print("= 17 GiB at T = 2048 when B =", sp.solve(sp.Eq(layers_34.subs(Ts_, 2048),
 print("= 17 GiB at B = 1 when T =", sp.solve(sp.Eq(layers_34.subs(Bs, 1), 17 * GIB), Ts_))
 
 # %% [markdown]
-# > **Erratum (ambiguity) — 17GB.** "保存所有激活值，7B 模型会产生 17GB" states no batch size, sequence
-# > length, dtype or attention kernel, and the number moves by 3× with the kernel alone (11.69 GiB with
-# > SDPA, 35.68 GiB with eager attention, same model, $B = 1$, $T = 2048$, bf16). Read as GiB, like the
-# > rest of the slides, 17 GiB is exactly $34\,BTHL$ bytes at $B = 2$, $T = 2048$ (or $B = 1$,
-# > $T = 4096$): Korthikanti et al.'s per-layer activations with selective recomputation, without the
+# > **勘误 · Erratum — 17GB 的前提没有给出.**
+# > 课件原文：“若保存所有激活值，7B 模型会产生 17GB 激活值占用（推导见教材）”
+# > The sentence states no batch size, sequence length, dtype or attention kernel, and the number
+# > moves by 3× with the kernel alone (11.69 GiB with SDPA, 35.68 GiB with eager attention, same
+# > model, $B = 1$, $T = 2048$, bf16: the table above). Read as GiB, like the rest of the slides,
+# > 17 GiB is exactly $34\,BTHL$ bytes at $B = 2$, $T = 2048$ (or $B = 1$, $T = 4096$: the cell
+# > above): Korthikanti et al.'s per-layer activations with selective recomputation, without the
 # > output layer — a reading that fits the number, not one the slides state. (Read in decimal GB,
 # > 17 GB would sit near $2^{34}$ B, i.e. 16 GiB: that mixes the two conventions.)
+# > **更正：** 激活值的大小取决于批次、序列长度、数据类型和注意力实现，必须一并说明：LLaMA-7B 在 bf16、$B = 1$、$T = 2048$ 时，用 SDPA 保存 11.69 GiB，用 eager 注意力保存 35.68 GiB。“17GB”按 GiB 理解，恰好是 $B = 2$、$T = 2048$ 时 Korthikanti 等人选择性重计算下各层保存的 $34\,BTHL$ 字节（不含输出层）。
 
 # %% [markdown]
-# ## 4. The slides' worked example, cell by cell · 幻灯片算例，逐项核对
+# ## 4. The slides' worked example, cell by cell · 课件算例，逐项核对
 #
 # > 以 2 张 A100 80G 训练 LLaMA 7B 为例 (B=8)：模型与优化器 50GB；激活值 6.2GB；其他 10GB；单卡总计 66GB
 #
@@ -348,14 +355,18 @@ print(f"(b) (2(L+2)BTH + 4BTV)/GiB   = ({L_plus_2:,} + {softmax_in:,}) / 2^30 = 
 slides_total_b = (states + L_plus_2 + softmax_in + other) / GIB
 print(f"with (b), the example's total = {states / GIB:.2f} + {float(reading_b):.2f} + {other / GIB:.2f} "
       f"= {slides_total_b:.2f} GiB   (slides: 66)")
+print(f"(a) from the rounded parts: {layer_inputs / GB:.2f} + {softmax_in / GIB:.2f} = "
+      f"{round(layer_inputs / GB, 2) + round(softmax_in / GIB, 2):.2f}")
 assert round(float(reading_a), 1) == round(float(reading_b), 1) == 6.2
 
 # %% [markdown]
-# > **Erratum — 训练显存估计, worked example.** The example's parts are not all in one unit, and
-# > its activations do not follow from its own formula:
+# > **勘误 · Erratum — 算例的单位不一致.**
+# > 课件原文：“以 2 张 A100 80G 训练 LLaMA 7B 为例 (B=8)”，“模型与优化器：50GB”“激活值：6.2GB”“其他：10GB”“单卡总计 66GB”
+# > The example's parts are not all in one unit, and its activations do not follow from its own
+# > formula (evidence: the cells of this section above):
 # > - "模型与优化器 50GB" is $16P/N$ in **GiB** (50.21 GiB = 53.91 GB).
 # > - "激活值 6.2GB" is neither $2LBTH + 4BTV$ in GiB (5.95) nor in GB (6.39). It comes out in two
-# >   ways (cell above): (a) the two terms added in different units, 4.2950 GB + 1.9531 GiB = 6.2481
+# >   ways: (a) the two terms added in different units, 4.2950 GB + 1.9531 GiB = 6.2481
 # >   (≈ 6.25; the rounded parts 4.29 + 1.95 would suggest 6.24); or
 # >   (b) in GiB throughout, when full recomputation also keeps the inputs of the final norm and of
 # >   the output layer: $2(L+2)BTH + 4BTV$ = 397/64 = 6.2031 GiB. Reading (b) is consistent with
@@ -364,13 +375,12 @@ assert round(float(reading_a), 1) == round(float(reading_b), 1) == 6.2
 # >   moves the $8BTV$ of the formula's $12BTV$ from activations to "other".
 # > - Read consistently in GiB, formula and example agree: `memory.estimate` gives 66.06 GiB
 # >   (= 70.94 GB) per card, the slides' "66GB".
-# >
-# > Evidence: the cells above.
+# > **更正：** 算例各项都应按 GiB 计：模型与优化器 $16P/N$ = 50.21 GiB；激活值按课件公式 $2LBTH + 4BTV$ 为 5.95 GiB，若再计入最终归一化层和输出层的输入则为 6.2031 GiB；其他为 6 GiB 加 $8BTV$，共 9.91 GiB；单卡合计 66.06 GiB（70.94 GB）。
 
 # %% [markdown]
 # ## 5. Other calculators on the same inputs · 同一输入下的其他显存计算器
 #
-# The book's authors publish a calculator (RUCAIBox/LLMBox, `training/gpu_calculator.py`) whose
+# The textbook's authors publish a calculator (RUCAIBox/LLMBox, `training/gpu_calculator.py`) whose
 # activation term is $(12 + 2L)BTH + 12BTV$ — the slides' formula plus $12BTH$:
 
 # %%
@@ -637,10 +647,12 @@ Image(filename=png, width=650)  # the saved figure, as in figures/11_calculator_
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 单位约定：幻灯片的 "GB" 按 GiB（$2^{30}$ 字节）理解（十进制算式 $16 \times 7B = 112GB$ 除外）；一张 "80G" 的 A100/H100 是 80 GiB（81,920 MiB），不是 $80 \times 10^9$ 字节。
-# - 混合精度 AdamW 每个参数 16 字节（16 位权重 2 + 16 位梯度 2 + fp32 主权重 4 + Adam 的 $m$、$v$ 各 4）。LLaMA-7B 的真实参数量给出 107.8 GB = 100.4 GiB；幻灯片的 112 GB 用的是名义上的 $7 \times 10^9$ 和十进制 GB。
-# - ZeRO-1/2/3 每卡分别为 $4P + 12P/N$、$2P + 14P/N$、$16P/N$；复现 ZeRO 论文的 7.5B、64 卡算例：120.000、31.406、16.641、1.875 GB。
-# - 激活值取决于批次、长度、数据类型和注意力内核：LLaMA-7B（bf16，$B = 1$，$T = 2048$）在 SDPA 下保存 11.69 GiB，eager 注意力下 35.68 GiB；闭式解与 7B 规模的实测逐字节相等。按 GiB 理解，"17GB" 恰为 $B = 2$、$T = 2048$ 时 Korthikanti 等人选择性重计算的 $34\,BTHL$ 字节。
-# - 幻灯片算例（2 张 A100 80G，LLaMA-7B，$B = 8$）：模型与优化器 50.21 GiB；$2LBTH + 4BTV$ 为 5.95 GiB（6.39 GB），"6.2" 有两种读法：混合单位 6.25，或统一用 GiB、再加上最终归一化层与输出层的输入 $2(L+2)BTH + 4BTV$ = 6.2031 GiB；其他 9.91 GiB；`memory.estimate` 合计 66.06 GiB（70.94 GB），即幻灯片的 "66GB"。
-# - 书作者的 LLMBox 计算器取激活值与梯度缓冲中的较大者、不加 "+6"、只用显存的 95 %：同一算例每卡 60.81 GiB（预算 76.0 GiB）；`memory.estimate` 的各部分之和为 66.06 GiB，模拟的单步峰值为 62.97 GiB（落在 optimizer step）；两者都得出 2 张卡，对 LLaMA-65B 两者所需卡数可以不同。
-# - 一个训练步的峰值由 `estimate(...).step_peak` 按阶段给出，在两个小模型上与精确跟踪的实测峰值相差 +0.00 %；词表 16,384（词嵌入与输出层占 74.3 %）时峰值落在 `optimizer.step()`，而 "总和减去梯度" 的读法低估 19.74 %。
+# - 单位：课件的“GB”按 GiB（$2^{30}$ 字节）理解，算例才能对上；一张“80G”的 A100/H100 有 80 GiB（81,920 MiB），不是 $80 \times 10^9$ 字节。
+# - 混合精度 AdamW 每个参数占 16 字节：16 位权重 2、16 位梯度 2、fp32 主权重 4、Adam 的 $m$ 和 $v$ 各 4。按 LLaMA-7B 的真实参数量合计 107.8 GB（100.4 GiB）；课件的 112 GB 用的是名义上的 $7 \times 10^9$。
+# - ZeRO-1、2、3 每卡的模型状态分别为 $4P + 12P/N$、$2P + 14P/N$、$16P/N$，只有 ZeRO-3 随卡数一直下降；ZeRO 论文中 7.5B 模型、64 张卡的算例（ZeRO-3 每卡 1.875 GB）由代码复现。
+# - 激活值取决于批次、序列长度、数据类型和注意力实现：LLaMA-7B（bf16，$B = 1$，$T = 2048$）用 SDPA 融合内核保存 11.69 GiB（即笔记本 04、09 中的 12.55 GB），用 eager（非融合）注意力实现保存 35.68 GiB。闭式公式与 7B 规模的实测逐字节相等。
+# - 课件的“17GB”没有给出批次和序列长度；按 GiB 理解，它恰好是 $B = 2$、$T = 2048$ 时 Korthikanti 等人选择性重计算下各层保存的 $34\,BTHL$ 字节。
+# - 课件算例（2 张 A100 80G，LLaMA-7B，$B = 8$）统一按 GiB 才能对上：模型与优化器 50.21 GiB，单卡合计 66.06 GiB，即课件的“66GB”。
+# - 算例的“激活值 6.2GB”不是课件公式 $2LBTH + 4BTV$ 的结果（5.95 GiB）；再计入最终归一化层和输出层的输入，得到 6.2031 GiB。
+# - 教材作者团队的 LLMBox 计算器取激活值与梯度缓冲中的较大者、不加“+6”、只用显存的 95%：同一算例每卡 60.81 GiB。它与 `memory.estimate` 算出的卡数可能不同，例如 LLaMA-65B、$B = 1$ 时分别为 15 张和 14 张。
+# - 一个训练步的峰值按阶段（前向、反向、优化器更新）估计，在两个小模型上与精确跟踪的实测峰值相差不到 0.01%；词嵌入与输出层占参数的 74.3% 时，峰值落在优化器更新阶段（`optimizer.step()`），“各部分之和减去梯度”的读法会低估 19.74%。
