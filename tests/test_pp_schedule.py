@@ -4,6 +4,7 @@ What is checked, for GPipe, 1F1B (PipeDream-Flush) and Megatron's interleaved 1F
 - the simulated bubble equals ``bubble_formula`` exactly, the makespan (m + (p − 1)/v)(t_f + t_b);
 - every rank runs every (kind, micro-batch, chunk) once, each backward after its forward;
 - activations held at the peak (``in_flight``): GPipe m, 1F1B p − rank, interleaved warm-up + 1;
+  ``held_microbatches``, their closed form, equals it for every schedule, rank, p ≤ 8, m ≤ 24;
 - the message order: what rank a sends to rank b comes in the order b posts its receives from a,
   which is why the runtime needs no tags on its point-to-point messages (NCCL has none);
 - ``p2p_messages`` counts those messages; latency adds 2(p − 1)·L to GPipe (worked by hand);
@@ -115,6 +116,28 @@ def test_in_flight_interleaved_is_warmup_plus_one(name, p, m, v):
         assert pps.in_flight(ops) == min(2 * (p - r - 1) + (v - 1) * p + 1, m * v)
 
 
+
+@pytest.mark.parametrize("name,p,m,v", ALL)
+def test_held_microbatches_closed_form_is_in_flight_over_v(name, p, m, v):
+    # The oracle: the schedules' own lists, replayed op by op (in_flight), in (micro-batch,
+    # chunk) activations; a chunk is 1/v of a rank's layers.
+    for r, ops in enumerate(_programs(name, p, m, v)):
+        assert pps.held_microbatches(name, p, m, r, v) == Fraction(pps.in_flight(ops), v)
+
+
+def test_held_microbatches_worked_values():
+    # Rank 0, m large: interleaving holds p(1 + (p − 1)/(p·v)) = p + (p − 1)/v micro-batches.
+    assert pps.held_microbatches("interleaved", 8, 64, 0, 2) == Fraction(23, 2)  # 11.5
+    assert pps.held_microbatches("1f1b", 8, 64, 0) == 8
+    assert pps.held_microbatches("interleaved", 2, 8, 0, 2) == Fraction(5, 2)
+    assert pps.held_microbatches("interleaved", 2, 8, 1, 2) == Fraction(3, 2)
+    assert pps.held_microbatches("gpipe", 8, 64, 3) == 64
+    for p in range(2, 9):
+        for v in (2, 3, 4):
+            assert pps.held_microbatches("interleaved", p, 8 * p, 0, v) == p * (1 + Fraction(p - 1, p * v))
+    # too few micro-batches to finish the warm-up: everything is held, as in GPipe
+    assert pps.held_microbatches("interleaved", 4, 4, 0, 2) == 4
+
 # --- messages: order and count -------------------------------------------------------------
 
 def _messages(name, p, m, v):
@@ -219,6 +242,8 @@ def test_no_latency_on_one_rank():
     (lambda: pps.simulate("gpipe", 2, 4, p2p=-0.5), "p2p"),
     (lambda: pps.bubble_formula(2, 0), "microbatches"),
     (lambda: pps.p2p_messages(0, 4), "p"),
+    (lambda: pps.held_microbatches("1f1b", 4, 8, 4), "rank"),
+    (lambda: pps.held_microbatches("interleaved", 4, 8, 0, 1), "virtual"),
 ])
 def test_bad_arguments_are_named(call, arg):
     with pytest.raises(ValueError, match=rf"^{arg}\b"):

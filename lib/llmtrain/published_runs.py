@@ -5,7 +5,8 @@ papers (what ``llmtrain.plan`` is checked against: tests/test_plan.py, notebook 
   (parameters, ``narayanan_params``) and Eq. 3 (FLOPs with recomputation, ``narayanan_flops``;
   without, ``narayanan_model_flops``);
 - ``BLOOM_176B``: the BigScience README's layout and size;
-- ``LLAMA3_405B``: the Llama 3 paper's two 405B configurations of Table 4.
+- ``LLAMA3_405B``: the Llama 3 paper's two 405B configurations of Table 4 at 8K context, and
+  ``LLAMA3_405B_LONG_CONTEXT`` its third (context parallelism, 128K context).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .plan import MI
 
 __all__ = ["NARAYANAN_V", "NARAYANAN_S", "A100_PEAK_TFLOPS", "NarayananRow", "NARAYANAN_TABLE1",
            "narayanan_params", "narayanan_flops", "narayanan_model_flops", "BLOOM_176B",
-           "BLOOM_176B_PARAMS", "LLAMA3_405B"]
+           "BLOOM_176B_PARAMS", "LLAMA3_405B", "LLAMA3_405B_LONG_CONTEXT"]
 
 
 class NarayananRow(NamedTuple):
@@ -35,9 +36,10 @@ class NarayananRow(NamedTuple):
 
 # Narayanan et al. 2021, arXiv 2104.04473, Table 1 (GPT, V = 51,200, s = 2,048, A100 peak 312
 # TFLOP/s). Read in three public transcriptions of the paper's table (GitHub notes found by the
-# code search, ids 66890646596, 66766946069 and 55320678230: all ten rows agree); the paper's
-# PDF itself was not reachable here. Each row is checked against the paper's own equations
-# (Eq. 2 parameters, TFLOP/s / 312, TFLOP/s × GPUs): tests/test_plan.py.
+# code search, ids 66890646596, 66766946069 and 55320678230: all ten rows agree), and checked
+# against a full-text transcription (shared/reviews/chapter-review.md, finding A3). Each row is
+# checked against the paper's own equations (Eq. 2 parameters, TFLOP/s / 312, TFLOP/s × GPUs):
+# tests/test_plan.py.
 NARAYANAN_TABLE1 = tuple(NarayananRow(*r) for r in [
     (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4),
     (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8),
@@ -82,13 +84,11 @@ _BLOOM_H, _BLOOM_V, _BLOOM_L = 14336, 250880, 70
 BLOOM_176B_PARAMS = (_BLOOM_L * (12 * _BLOOM_H**2 + 13 * _BLOOM_H)  # per layer: 12h² + 13h
                      + _BLOOM_V * _BLOOM_H + 4 * _BLOOM_H)  # embedding, two LayerNorms (γ, β)
 
-# Llama 3 405B (arXiv 2407.21783, §3.3.2 and Table 4, read in the paper's text): TP 8, CP 1,
-# PP 16, seq 8,192, 16M tokens per batch, on 8,192 GPUs (DP 64, 32 seqs per DP group, 430
+# Llama 3 405B (arXiv 2407.21783, §3.3.2 and Table 4; version read: v3 of Nov 2024, p. 10): TP 8,
+# CP 1, PP 16, seq 8,192, 16M tokens per batch, on 8,192 GPUs (DP 64, 32 seqs per DP group, 430
 # TFLOPs/GPU, 43 % BF16 MFU) and 16,384 GPUs (DP 128, 16 seqs, 400 TFLOPs, 41 %). FSDP shards
 # optimizer states and gradients, not the weights after forward: ZeRO-2 here. Micro-batch and
-# recomputation are not stated: micro-batch 1, selective recomputation are ours. Table 4's third
-# row (CP 16, seq 131,072) lists DP 4, which with TP 8 × CP 16 × PP 16 makes 8,192 GPUs, not
-# the row's 16,384: left out.
+# recomputation are not stated: micro-batch 1, selective recomputation are ours.
 LLAMA3_405B = (
     dict(model="llama3-405b", gpu="h100-80g", gpus=8192, tp=8, pp=16, dp=64, zero=2,
          recompute="selective", micro_batch=1, batch_tokens=16 * MI, seq=8192,
@@ -97,3 +97,9 @@ LLAMA3_405B = (
          recompute="selective", micro_batch=1, batch_tokens=16 * MI, seq=8192,
          tflops_per_gpu=400, mfu_percent=41),
 )
+# Table 4's third row, the long-context stage: context parallelism CP 16 with seq 131,072 on
+# 16,384 GPUs. v3 lists DP 8 (8 · 16 · 16 · 8 = 16,384; some renderings, e.g. an arxiv.org
+# HTML transcription, show DP 4, which would make 8,192). ``llmtrain.plan`` has no context parallelism, so this row
+# is data only (notebook 08 §7 prints its product), not a planner check.
+LLAMA3_405B_LONG_CONTEXT = dict(model="llama3-405b", gpu="h100-80g", gpus=16384, tp=8, cp=16,
+                                pp=16, dp=8, batch_tokens=16 * MI, seq=131072)

@@ -3,15 +3,19 @@
 A schedule is, for each of the p ranks, the list of operations it runs in order: ``Op("F", i)``
 (forward of micro-batch i) or ``Op("B", i)`` (its backward), on one of the rank's ``chunk``\\ s
 (virtual stages; one unless interleaved). Rank r's chunk c is global stage c·p + r, so with v
-chunks the model is cut into p·v stages dealt round-robin (Narayanan et al. 2021, §2.2).
+chunks the model is cut into p·v stages dealt round-robin (Narayanan et al. 2021, §2.2.2).
 
 - ``gpipe``       all forwards, then all backwards (GPipe, Huang et al. 2019, arXiv 1811.06965;
                   "all-forward-all-backward"): every stage holds m micro-batches of activations.
-- ``one_f_one_b`` PipeDream-Flush (Narayanan et al. 2021, arXiv 2104.04473, §2.1): p − r − 1
-                  warm-up forwards, then one forward and one backward in turn, then the
-                  remaining backwards: rank r holds at most p − r micro-batches.
-- ``interleaved`` Megatron-LM's interleaved 1F1B with v chunks per rank (§2.2): the same, over
-                  the m·v (micro-batch, chunk) pairs; bubble ÷ v for v× more messages.
+- ``one_f_one_b`` 1F1B as PipeDream-Flush runs it (Narayanan et al., ICML 2021, arXiv
+                  2006.09503; described in Narayanan et al. 2021, arXiv 2104.04473, §2.2.1):
+                  p − r − 1 warm-up forwards, then one forward and one backward in turn, then
+                  the remaining backwards: rank r holds at most p − r micro-batches.
+- ``interleaved`` Megatron-LM's interleaved 1F1B with v chunks per rank (Narayanan et al. 2021,
+                  §2.2.2): the same, over the m·v (micro-batch, chunk) pairs; bubble ÷ v for
+                  (pv − 1)/(p − 1) times the messages, and a longer warm-up: rank 0 holds
+                  p + (p − 1)/v micro-batches' activations where 1F1B holds p
+                  (``held_microbatches``).
 
 The same lists drive the real processes (``pipeline_parallel``) and ``simulate``, which
 replays them with per-operation costs: an operation starts when its rank is free and its input
@@ -34,7 +38,7 @@ from .. import check
 
 __all__ = ["SCHEDULES", "Op", "Event", "stage_of", "check_schedule", "gpipe", "one_f_one_b",
            "interleaved", "schedule", "simulate", "replay", "makespan", "busy", "bubble_fraction",
-           "bubble_formula", "in_flight", "p2p_messages"]
+           "bubble_formula", "in_flight", "held_microbatches", "p2p_messages"]
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 
@@ -221,7 +225,7 @@ def bubble_fraction(events: list[Event]) -> Real:
 
 def bubble_formula(p: int, microbatches: int, virtual: int = 1) -> Fraction:
     """(p − 1)/(v·m + p − 1): the bubble as a share of the schedule's time (idle time
-    (p − 1)(t_f + t_b)/v beside m(t_f + t_b) of work; Narayanan et al. 2021, §2.2).
+    (p − 1)(t_f + t_b)/v beside m(t_f + t_b) of work; Narayanan et al. 2021, §2.2.1, §2.2.2).
     The other definition in the literature, idle time over ideal time, is (p − 1)/(v·m)."""
     check.positive_int("p", p)
     m = check.positive_int("microbatches", microbatches)
@@ -237,6 +241,24 @@ def in_flight(ops: list[Op]) -> int:
         held += 1 if op.kind == "F" else -1
         peak = max(peak, held)
     return peak
+
+
+def held_microbatches(schedule: str, p: int, microbatches: int, rank: int = 0,
+                      virtual: int = 1) -> Fraction:
+    """Most micro-batches' worth of activations ``rank`` holds at once, in closed form (a
+    (micro-batch, chunk) activation is 1/v of one): GPipe m; 1F1B min(p − r, m); interleaved
+    min(2(p − r − 1) + (v − 1)p + 1, m·v)/v — its warm-up forwards plus the first steady-state
+    one. On rank 0, for m large enough, ((v + 1)p − 1)/v = p + (p − 1)/v = p·(1 + (p − 1)/(p·v)):
+    11.5 against 1F1B's 8 at p = 8, v = 2. Checked against ``in_flight`` of the schedules
+    (tests/test_pp_schedule.py) and the memory tracker of notebook 07."""
+    check_schedule(schedule, p, microbatches, virtual)
+    check.integer("rank", rank, 0, p - 1)
+    m, v = microbatches, virtual
+    if schedule == "gpipe":
+        return Fraction(m)
+    if schedule == "1f1b":
+        return Fraction(min(p - rank, m))
+    return Fraction(min(2 * (p - rank - 1) + (v - 1) * p + 1, m * v), v)
 
 
 def p2p_messages(p: int, microbatches: int, virtual: int = 1) -> int:

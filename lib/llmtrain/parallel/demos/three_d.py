@@ -4,7 +4,8 @@
 - ``compare``: one training step of the same LLaMA and global batch on this rank's part of a
   ``ParallelDims`` layout (``parallelize``, hand-written and/or PyTorch's engines) beside one
   process: the losses, the largest gradient and weight differences after one SGD step, the
-  bytes sent per axis (counted, and by ``parallelize.axis_bytes``) and the model-state bytes
+  bytes sent per axis in the step (counted, and by ``parallelize.axis_bytes``) and in the
+  optimizer's step after it (counted: ZeRO-1/2's reduce-scatter and all-gather), the model-state bytes
   this rank holds (measured, and by ``memory.model_state_bytes(rank=)``).
 - ``compare_all``: several layouts in one launch (a launch costs seconds; each layout needs
   the world size it was launched with, so layouts of one launch share dp·tp·pp).
@@ -56,7 +57,8 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
     Returns, on this rank: {"rank", "coords", "single_loss", per engine {"loss" (last stage,
     else None), "grad_diff", "weight_diff" (largest |Δ| against one process, over the whole
     model), and for "ours" also "sent" {axis: bytes counted}, "formula" {axis: axis_bytes},
-    "states" (memory_report after the step), "states_formula" (``memory.model_state_bytes``:
+    "step_sent" {axis: bytes counted in ``optimizer.step()``}, "step_calls" {op: dp collectives
+    in it}, "states" (memory_report after the step), "states_formula" (``memory.model_state_bytes``:
     ⌈P/dp⌉), "states_padded" (``zero.expected_bytes``: each tensor padded to a multiple of
     dp), "unpadded" (no tensor needed padding: the two formulas agree)}}.
     """
@@ -89,8 +91,12 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
                                         dtype_bytes=model.lm_head.weight.element_size())
             res["calls"] = {a: log.calls(axis=a) for a in ("dp", "tp", "pp")}
         res["grad_diff"] = max_weight_diff(par.full_grads(), single["grads"])
-        par.optimizer.step()
+        with comm.counting() as step_log:
+            par.optimizer.step()
         if engine == "ours":
+            res["step_sent"] = {a: step_log.sent_bytes(axis=a) for a in ("dp", "tp", "pp")}
+            res["step_calls"] = {op: step_log.calls(op=op, axis="dp")
+                                 for op in ("reduce_scatter", "all_gather", "all_reduce")}
             res["states"] = par.memory_report()
             e = model.lm_head.weight.element_size()  # fp32's formula, scaled to this dtype
             res["states_formula"] = {k: v * e // 4 for k, v in memory.model_state_bytes(
