@@ -27,7 +27,8 @@
 # After this notebook you can say why cutting a model into consecutive stages alone leaves all
 # but one card idle; derive the pipeline **bubble** $(p-1)/(m+p-1)$ of GPipe from its schedule
 # and tell it from the other "bubble fraction" of the literature, $(p-1)/m$; explain what 1F1B
-# changes (memory, not time) and what interleaving changes (time, for more messages); run GPipe,
+# changes (memory, not time) and what interleaving changes (time, for more messages and a little
+# more memory); run GPipe,
 # 1F1B and interleaved 1F1B on real processes of this computer, measure their bubbles and the
 # activations each stage holds, and prove they compute what one process computes (and what
 # `torch.distributed.pipelining` computes); and count the bytes a pipeline sends against tensor
@@ -37,9 +38,10 @@
 # %% [markdown]
 # > **导读**
 # > 本笔记本从课件中的一句话出发：把连续的层分给不同的卡，数据依次流过每张卡，并与梯度累积（微批次）结合形成流水线。
-# > 先用模拟器画出只有一个批次时的甘特图：任何时刻只有一张卡在工作。再把批次切成 $m$ 个微批次（GPipe），用 SymPy 推导气泡（空闲时间）占比 $(p-1)/(m+p-1)$，与模拟器精确核对，并在真实进程上测量。
-# > 接着区分文献中"气泡比例"的两种定义，说明 1F1B 不减少气泡、但把每个阶段保存的微批次激活值从 $m$ 个降到 $p-\text{rank}$ 个（用精确的内存追踪测量），交错调度（interleaving）把气泡除以 $v$、代价是 $v$ 倍的消息。
-# > 然后统计流水线每步发送的字节数，与张量并行的 all-reduce 对比；验证三种调度与单进程、与 PyTorch 的 `torch.distributed.pipelining` 结果一致；最后是练习和两处勘误（GPipe 发表于 NeurIPS 2019；微批次换来的是更小的气泡，本身并不限制激活值显存）。
+# > 先用模拟器画出只有一个批次时的甘特图（任何时刻只有一张卡在工作），再把批次切成 $m$ 个微批次（GPipe），用 SymPy 推导气泡（空闲时间）占比 $(p-1)/(m+p-1)$，与模拟器精确核对，并在真实进程上测量。
+# > 接着区分文献中气泡占比的两种定义，说明 1F1B 不减少气泡、但把每个流水级保存的激活值从 $m$ 个微批次降到 $p-\text{rank}$ 个；交错调度把气泡除以 $v$，代价是消息数增至 $(pv-1)/(p-1)$ 倍（$p$ 大时接近 $v$ 倍），第一个流水级还要多存激活值（$p+(p-1)/v$ 个微批次）。
+# > 然后统计流水线每步发送的字节数并与张量并行对比，验证三种调度与单进程、与 PyTorch 的 `torch.distributed.pipelining` 结果一致。
+# > 最后是练习，核对课件对 GPipe 的引用（发表于 NeurIPS 2019，不是 2024），并补充说明：微批次缩小的是气泡，激活值显存由调度和重计算决定。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -230,14 +232,15 @@ def compare(name):
 compare("gpipe")
 
 # %% [markdown]
-# ## 4. Two definitions of "bubble fraction" · "气泡比例"的两种定义
+# ## 4. Two definitions of "bubble fraction" · 气泡占比的两种定义
 #
-# Papers divide the same idle time $(p-1)(t_f+t_b)$ by different things. GPipe (§2.3) and the
-# formula above divide by the **schedule's** time, $(m+p-1)(t_f+t_b)$: the share of the step a
+# Papers divide the same idle time $(p-1)(t_f+t_b)$ by different things. GPipe (Huang et al.
+# 2019) and the formula above divide by the **schedule's** time, $(m+p-1)(t_f+t_b)$: the share of the step a
 # card is idle, $(p-1)/(m+p-1)$, always below 1. Megatron-LM's paper (Narayanan et al. 2021,
 # arXiv 2104.04473, §2.2.1) divides by the **ideal** time $m(t_f+t_b)$: the "bubble time
 # fraction" $(p-1)/m$, how much longer the step is than with no bubble, which exceeds 1 when
-# $m < p-1$. The second is $b/(1-b)$ of the first; for small bubbles they agree:
+# $m < p-1$. Writing $\beta$ for the first, the second is $\beta/(1-\beta)$ (1/9 becomes 1/8);
+# for small bubbles they agree:
 
 # %%
 print(f"p = {P}:   m   idle / schedule (p−1)/(m+p−1)   idle / ideal (p−1)/m")
@@ -253,8 +256,10 @@ for m in (1, 2, 4, 8, 16, 32, 64):
 #
 # ## 5. 1F1B: the same bubble, fewer activations held · 1F1B：气泡不变，保存的激活值更少
 #
-# GPipe keeps the activations of all $m$ forwards until their backwards start. PipeDream-Flush's
-# **1F1B** (Narayanan et al. 2021, §2.1) starts each micro-batch's backward as soon as it can:
+# GPipe keeps the activations of all $m$ forwards until their backwards start. **1F1B** (one
+# forward, one backward; PipeDream-Flush, Narayanan et al., ICML 2021, arXiv 2006.09503, the
+# schedule Megatron-LM's paper uses: Narayanan et al. 2021, §2.2.1) starts each micro-batch's
+# backward as soon as it can:
 # rank $r$ runs $p-r-1$ warm-up forwards, then alternates one forward and one backward, then
 # drains the remaining backwards:
 
@@ -341,12 +346,35 @@ plt.show()
 # alternates. (The last rank's step is higher: it also keeps the logits for the loss.) So 1F1B
 # saves memory, not time — with $m \gg p$ it bounds the activations by $p$ micro-batches where
 # GPipe needs $m$. The last line above is interleaving's (§6), measured in the same launch: its
-# longer warm-up, $2(p-r-1) + (v-1)p$ forwards, keeps more in flight than 1F1B does, one more
-# price of its smaller bubble (Narayanan et al. 2021, §2.2).
+# longer warm-up, $2(p-r-1) + (v-1)p$ forwards, keeps more in flight than 1F1B does. Counted in
+# chunks of $1/v$ of a rank's layers, rank $r$ holds $\min(2(p-r-1) + (v-1)p + 1,\ mv)$ of them;
+# on the first stage, with enough micro-batches, that is $((v+1)p-1)/v$ micro-batches' worth:
 #
-# ## 6. Interleaving: bubble ÷ v for v× more messages · 交错调度：气泡除以 v，消息乘以 v
+# $$p + \frac{p-1}{v} = p\left(1 + \frac{p-1}{p\,v}\right) \quad\text{against 1F1B's } p .$$
 #
-# Megatron-LM's interleaved 1F1B (Narayanan et al. 2021, §2.2) gives each rank $v$ chunks of
+# Megatron-LM's paper names the extra messages as interleaving's price (Narayanan et al. 2021,
+# §2.2.2); this extra memory follows from the same schedule. `pp_schedule.held_microbatches`
+# gives the closed form, and the tracker's measurement above equals it:
+
+# %%
+show(pp_schedule.held_microbatches)
+
+# %%
+closed = [pp_schedule.held_microbatches("interleaved", P, M, r, V) for r in range(P)]
+assert [Fraction(c, V) for c in chunks] == closed  # measured by the tracker = closed form
+print(f"p = {P}, v = {V}, m = {M}: measured {[str(c) for c in closed]} micro-batches per rank "
+      f"= held_microbatches; 1F1B {[int(pp_schedule.held_microbatches('1f1b', P, M, r)) for r in range(P)]}")
+for p, v in ((2, 2), (8, 2), (8, 4)):
+    il = pp_schedule.held_microbatches("interleaved", p, 8 * p, 0, v)
+    fb = pp_schedule.held_microbatches("1f1b", p, 8 * p, 0)
+    assert il == p * (1 + Fraction(p - 1, p * v))
+    print(f"p = {p}, v = {v}, rank 0: p(1 + (p−1)/(p·v)) = {il} = {float(il)} micro-batches "
+          f"against 1F1B's {fb} (+{float(il / fb - 1):.0%})")
+
+# %% [markdown]
+# ## 6. Interleaving: bubble ÷ v for about v× the messages · 交错调度：气泡除以 v，消息约乘以 v
+#
+# Megatron-LM's interleaved 1F1B (Narayanan et al. 2021, §2.2.2) gives each rank $v$ chunks of
 # layers, dealt round-robin: with $p$ = 2 and $v$ = 2, rank 0 holds stages 0 and 2, rank 1 stages
 # 1 and 3. Each operation now takes $1/v$ of the time, so the pipeline fills and drains $v$
 # times faster:
@@ -578,16 +606,20 @@ for i, (name, v) in enumerate(runs):
 #
 # **Exercise.** A model is cut into $p$ = 8 stages. What is the smallest number of micro-batches
 # $m$ that keeps the bubble at or below 5 % of the step, with GPipe or 1F1B? And with interleaved
-# 1F1B with $v$ = 2 chunks per rank? How many activations does rank 0 then hold under GPipe and
-# under 1F1B?
+# 1F1B with $v$ = 2 chunks per rank? How many micro-batches' activations does rank 0 then hold
+# under GPipe, under 1F1B and under interleaved 1F1B?
+#
+# （练习：模型切成 $p$ = 8 个流水级。要让气泡占比不超过 5%，GPipe 或 1F1B 至少需要多少个微批次？
+# 每张卡 $v$ = 2 个块的交错 1F1B 呢？此时第 0 号进程在 GPipe、1F1B、交错 1F1B 下各保存多少个微批次的激活值？）
 #
 # <details><summary>Answer</summary>
 #
 # $\frac{7}{m+7} \le \frac{1}{20}$ ⇔ $m + 7 \ge 140$ ⇔ $m \ge 133$. Interleaved:
 # $\frac{7}{2m+7} \le \frac{1}{20}$ ⇔ $m \ge 66.5$, and $m$ must be a multiple of $p$ = 8: $m$ = 72
 # (bubble 7/151 ≈ 4.6 %). Under GPipe rank 0 holds all 133 micro-batches' activations, under
-# 1F1B only $p$ = 8. (With the other definition, $\frac{7}{m} \le 0.05$ would ask for $m \ge 140$.)
-# The next cell computes it.
+# 1F1B only $p$ = 8, under interleaved 1F1B $p(1 + \frac{p-1}{pv}) = 8 \cdot \frac{23}{16}$ = 11.5
+# (44 % more than 1F1B, for half the bubble). (With the other definition, $\frac{7}{m} \le 0.05$
+# would ask for $m \ge 140$.) The next cell computes it.
 # </details>
 
 # %%
@@ -601,14 +633,18 @@ def smallest_m(p, target, virtual=1):
 target = Fraction(5, 100)
 m1, m2 = smallest_m(8, target), smallest_m(8, target, virtual=2)
 print(f"p = 8, bubble ≤ 5 %: m = {m1} (bubble {pp_schedule.bubble_formula(8, m1)}); "
-      f"interleaved v = 2: m = {m2} (bubble {pp_schedule.bubble_formula(8, m2, 2)})")
+      f"interleaved v = 2: m ≥ (p−1)(1/target − 1)/v = {float(7 * (1 / target - 1) / 2)}, "
+      f"a multiple of p: m = {m2} (bubble {pp_schedule.bubble_formula(8, m2, 2)})")
+held_il = pp_schedule.held_microbatches("interleaved", 8, m2, 0, 2)
+assert held_il == Fraction(pp_schedule.in_flight(pp_schedule.interleaved(8, m2, 0, 2)), 2)
 print(f"rank 0 holds {pp_schedule.in_flight(pp_schedule.gpipe(8, m1, 0))} "
       "micro-batches under GPipe, "
-      f"{pp_schedule.in_flight(pp_schedule.one_f_one_b(8, m1, 0))} under 1F1B; "
+      f"{pp_schedule.in_flight(pp_schedule.one_f_one_b(8, m1, 0))} under 1F1B, "
+      f"{float(held_il)} under interleaved 1F1B (m = {m2}); "
       f"idle/ideal ≤ 5 % would need m = {math.ceil(Fraction(7) / target)}")
 
 # %% [markdown]
-# ## 11. Errata · 勘误
+# ## 11. Erratum and note · 勘误与补充说明
 #
 # The slide's citation. GPipe was posted to arXiv as 1811.06965 (November 2018) and published at
 # NeurIPS **2019** (Advances in Neural Information Processing Systems 32); PipeDream-Flush's 1F1B
@@ -622,12 +658,15 @@ arxiv = cited.group(0).split()[-1]
 print(f"arXiv {arxiv}: posted 20{arxiv[:2]}-{arxiv[2:4]}; published at NeurIPS 2019")
 
 # %% [markdown]
-# > **Erratum — the GPipe citation.** The slide cites "GPipe: Efficient Training of Giant Neural
-# > Networks using Pipeline Parallelism, *NeurIPS 2024*". The paper is Huang et al., NeurIPS
-# > **2019** (arXiv 1811.06965).
+# > **勘误 · Erratum — GPipe 的发表年份.**
+# > 课件原文：“GPipe: Efficient Training of Giant Neural Networks using Pipeline Parallelism, *NeurIPS 2024*”
+# > The paper is Huang et al. 2019: posted to arXiv as 1811.06965 in November 2018 and published
+# > at NeurIPS 2019 (Advances in Neural Information Processing Systems 32), as the cell above
+# > prints from the library's source list.
+# > **更正：** GPipe 由 Huang 等人发表于 NeurIPS 2019（arXiv 1811.06965），不是 2024 年。
 #
-# The slide's "需要与梯度累积联合使用，以达到流水线效果". The evidence, from §3–§5 (exact, simulated
-# and measured by the tracker above):
+# The slide's "需要与梯度累积联合使用，以达到流水线效果" is right. What micro-batches buy, and what
+# they do not, from §3–§5 (exact, simulated and measured by the tracker above):
 
 # %%
 print(f"p = {P}: bubble (p−1)/(m+p−1) for m = 1, 2, 4, 8, 16:",
@@ -638,23 +677,30 @@ print(f"m = {M}: micro-batches of activations held per rank: GPipe {held_per_ran
       f"{pp_schedule.makespan(sim['1f1b'])} ms simulated)")
 
 # %% [markdown]
-# > **Erratum — 需要与梯度累积联合使用.** Micro-batching (gradient accumulation) is indeed what
-# > fills the pipeline, but what it buys is a smaller bubble, $(p-1)/(m+p-1)$ of the step (§3:
-# > without it, $(p-1)/p$). It does not by itself bound activation memory: under GPipe every
-# > stage holds the activations of all $m$ micro-batches, so more micro-batches of the same
-# > size mean more memory. The schedule bounds it: 1F1B holds at most $p - \text{rank}$
-# > micro-batches at the same step time (§5). Corrected: 需要把批次切成多个微批次（梯度累积）来填满流水线，
-# > 气泡占比为 $(p-1)/(m+p-1)$；激活值显存由调度决定（GPipe 保存 $m$ 个微批次，1F1B 至多 $p-\text{rank}$ 个）。
+# > **补充说明 · Note — 需要与梯度累积联合使用.**
+# > 课件原文：“需要与梯度累积联合使用，以达到流水线效果”
+# > The slide is right: micro-batches (gradient accumulation) are what fill the pipeline; the
+# > bubble falls from $(p-1)/p$ with one micro-batch to $(p-1)/(m+p-1)$ with $m$ (§3, first line
+# > above). The sentence says nothing about memory, and neither do micro-batches bound it: without
+# > recomputation, GPipe's schedule keeps the activations of all $m$ micro-batches on every stage
+# > (measured above), so more micro-batches of one size mean more memory, while 1F1B holds at most
+# > $p-\text{rank}$ at the same step time (§5). GPipe itself does not keep them all: it
+# > re-materialises (activation recomputation, notebook 09), keeping each micro-batch's input to
+# > the stage and recomputing the stage's forward in backward (Huang et al. 2019).
+# > **补充：** 课件的说法正确：要靠梯度累积（多个微批次）填满流水线，气泡占比随之降到
+# > $(p-1)/(m+p-1)$。激活值显存则由调度和重计算决定：不重计算时，GPipe 的每个流水级保存全部
+# > $m$ 个微批次的激活值，1F1B 至多 $p-\text{rank}$ 个；GPipe 论文本身使用重计算，每个流水级只保存各微批次的输入。
 
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 只把连续的层分给不同的卡、整个批次一次通过时，每张卡只工作 $1/p$ 的时间，$p-1$ 张卡在等待（模拟：$p$ = 2 时空闲占比 1/2）。
-# - 把批次切成 $m$ 个微批次（梯度累积）：GPipe 一步的时间为 $(m+p-1)(t_f+t_b)$，每张卡空闲 $(p-1)(t_f+t_b)$，气泡占比 $(p-1)/(m+p-1)$，与 $t_f$、$t_b$ 无关；SymPy 推导，模拟器在 24 个 $(p, m)$ 组合上（GPipe 与 1F1B 共 48 个调度）精确相等；$p$ = 2、$m$ = 8 时为 1/9。真实进程上测得的气泡与公式相差小于 0.05，步长与模拟相差小于 10 %（差距来自 gloo 每条消息和 sleep 唤醒约 1 毫秒的延迟）。
-# - 文献中有两种气泡比例：除以整个调度的时间得 $(p-1)/(m+p-1)$（GPipe），除以理想时间得 $(p-1)/m$（Megatron-LM），后者是前者的 $b/(1-b)$。
-# - 1F1B 与 GPipe 的步长和气泡完全相同，但每个阶段保存的微批次激活值从 $m$ 降到 $p-\text{rank}$：$p$ = 2、$m$ = 8 时，精确内存追踪测得 GPipe 为 [8, 8]，1F1B 为 [2, 1]，与调度自身的计数一致。1F1B 节省的是显存，不是时间。
-# - 交错调度（每张卡 $v$ 个块）把空闲时间除以 $v$：气泡 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是 $2(pv-1)m$ 条消息（是 1F1B 的 $(pv-1)/(p-1)$ 倍，$p$ 大时接近 $v$ 倍）：$m$ = 4 时 GPipe 和 1F1B 各 8 条，交错调度 24 条；预热更长，保存的激活值也更多（$p$ = 2、$m$ = 8 时每个进程 [5, 3] 个块，即 5/2 和 3/2 个微批次，1F1B 为 [2, 1]）。
-# - 流水线每步只在 $p-1$ 个切点上发送激活值和梯度：$2(p-1)\cdot m\cdot b\cdot s\cdot h$ 个元素（微型模型、float64、批次 8×16：131,072 B，计数与公式一致），与层数无关；同样的模型和批次用 $t$ = 2 的张量并行（所有进程合计）要发送 2,365,056 B，是它的 18.0 倍。所以跨节点用流水线，张量并行留在 NVLink 节点内。
-# - GPipe、1F1B、交错 1F1B（我们的实现和 `torch.distributed.pipelining`）的损失和全部梯度与单进程相差小于 1e-12（只是舍入误差）。
-# - 零气泡（把反向拆成对输入的 B（torch 记作 I）和对权重的 W）与 DualPipe 进一步填满气泡：PyTorch 的 `ScheduleInterleavedZeroBubble`、`ScheduleZBVZeroBubble`、`ScheduleDualPipeV` 在我们的阶段上运行，与单进程结果一致；按它们的执行顺序重放（F = I = W = 1 个单位），$p$ = 2、$m$ = 8 时气泡为 1/49，同样分块的交错 1F1B 为 1/17。
-# - 勘误：GPipe 发表于 NeurIPS 2019（arXiv 1811.06965），不是 2024；微批次换来的是更小的气泡，本身不限制激活值显存（GPipe 保存全部 $m$ 个），限制显存的是 1F1B 调度。
+# - 只把连续的层分给不同的卡、整个批次一次通过时，任何时刻只有一张卡在算：$p$ = 2 时每张卡有一半时间空闲。
+# - 把批次切成 $m$ 个微批次（梯度累积），GPipe 的气泡占比为 $(p-1)/(m+p-1)$，与 $t_f$、$t_b$ 无关：$p$ = 2、$m$ = 8 时为 1/9。SymPy 推导、模拟器和真实进程上的测量三者一致。
+# - 气泡占比有两种定义：除以整步时间得 $(p-1)/(m+p-1)$（GPipe），除以理想时间得 $(p-1)/m$（Megatron-LM）。记前者为 $\beta$，后者等于 $\beta/(1-\beta)$，例如 1/9 对应 1/8；气泡小时两者几乎相同。
+# - 1F1B 与 GPipe 的单步耗时和气泡完全相同，但每个流水级保存的激活值从 $m$ 个微批次降到至多 $p-\text{rank}$ 个（$p$ = 2、$m$ = 8 时，内存追踪测得 GPipe 为 [8, 8]，1F1B 为 [2, 1]）。1F1B 省的是显存，不是时间。
+# - 交错调度（每张卡 $v$ 个块）把气泡降到 $(p-1)/(vm+p-1)$（$p$ = 2、$m$ = 8、$v$ = 2 时为 1/17），代价是消息数增至 $(pv-1)/(p-1)$ 倍（这里是 3 倍：8 条变成 24 条）。
+# - 交错调度的预热更长，第一个流水级要保存 $p(1+\frac{p-1}{pv})$ 个微批次的激活值：$p$ = 8、$v$ = 2 时为 11.5 个，比 1F1B 的 8 个多 44%。
+# - 流水线每步只在 $p-1$ 个切点上传激活值和梯度，与层数无关：小型 LLaMA 上每步 131,072 B，同样的模型和批次用 $t$ = 2 的张量并行，发送量是它的 18.0 倍。所以流水线跨节点，张量并行留在 NVLink 节点内。
+# - 调度只改变每个微批次什么时候算，不改变算什么：三种调度（我们的实现和 `torch.distributed.pipelining`）的损失和全部梯度与单进程相差小于 1e-12。
+# - 零气泡调度把反向传播拆成两部分：对输入求梯度的 B（PyTorch 记作 I）和对权重求梯度的 W，再用 W 填补气泡。按 PyTorch 的执行顺序重放，$p$ = 2、$m$ = 8 时气泡为 1/49，同样分块的交错 1F1B 为 1/17。
+# - 勘误：GPipe 发表于 NeurIPS 2019（arXiv 1811.06965），不是课件写的 2024。补充说明：课件说流水线“需要与梯度累积联合使用”是对的；微批次缩小的是气泡，激活值显存由调度和重计算决定。

@@ -27,15 +27,17 @@
 # hand and check them against `init_device_mesh`; run one training step of a LLaMA on **8 real
 # processes** (dp 2 × tp 2 × pp 2) and prove it computes what one process computes, with our
 # hand-written pieces and with PyTorch's own engines; account for every byte each rank holds
-# and sends along each axis; explain why tensor parallelism stays inside a node, pipelines
-# cross nodes and data parallelism is outermost; and use a planner that, for a model and a
-# cluster, ranks the layouts that fit — checked against runs that were published.
+# and sends along each axis, the optimizer's step included; explain why tensor parallelism stays
+# inside a node and what decides whether pipeline or data parallelism is outermost (Megatron-LM
+# puts pp outermost, Llama 3 dp); and use a planner that, for a model and a cluster, ranks the
+# layouts that fit — set beside runs that were published, with what it does not reproduce.
 
 # %% [markdown]
 # > **导读**
-# > 本笔记本把前面三种并行组合成课件中的"3D 并行训练"。先画出 2×2×2 的进程立方体：每个进程持有哪几层、每个矩阵的哪一块、批次的哪一部分；再手工构建数据并行、张量并行、流水线并行三类进程组，并与 PyTorch 的 `init_device_mesh` 逐一核对。
-# > 然后在本机 8 个真实进程上（dp 2 × tp 2 × pp 2）训练一步：手写实现（流水线切分 → 张量并行 → 重计算 → ZeRO）和 PyTorch 自己的引擎（DTensor、`fully_shard`、`torch.distributed.pipelining`）都与单进程结果一致；每个进程持有的字节数、每个维度发送的字节数都与公式逐字节相等。
-# > 最后解释为什么张量并行放在节点内、流水线跨节点、数据并行在最外层，用规划器在几种集群上为 LLaMA-7B 到 70B 挑选布局（第一行是课件中 2 张 A100 80G 训练 LLaMA-7B 的例子），并复现三组公开的训练配置：Megatron-LM 论文的 Table 1、BLOOM-176B 和 Llama 3 405B。
+# > 本笔记本把前面三种并行组合成课件中的“3D 并行训练”。先画出 2×2×2 的进程立方体，说明每个进程持有哪几层、每个矩阵的哪一块、批次的哪一部分；再手工构建数据并行、张量并行、流水线并行三类进程组，与 PyTorch 的 `init_device_mesh` 逐一核对。
+# > 然后在本机 8 个真实进程上（dp 2 × tp 2 × pp 2）训练一步：手写实现（流水线切分 → 张量并行 → 重计算 → ZeRO）和 PyTorch 自己的引擎（DTensor、`fully_shard`、`torch.distributed.pipelining`）都与单进程结果一致，每个进程持有的字节数、每个维度发送的字节数（包括优化器更新时 ZeRO 的通信）都与公式逐字节相等。
+# > 接着用每个维度的通信量说明为什么张量并行放在节点内，以及流水线和数据并行谁放在最外层（Megatron-LM 与 Llama 3 的两种顺序）。
+# > 最后用规划器在几种集群上为 LLaMA-7B 到 70B 挑选布局（第一行是课件中 2 张 A100 80G 训练 LLaMA-7B 的例子），并与三组公开的训练配置对照：Megatron-LM 论文的 Table 1、BLOOM-176B 和 Llama 3 405B，说明规划器复现了什么、没有复现什么。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -81,7 +83,8 @@ print(f"{DIMS}: {DIMS.world_size} ranks; model: {SHAPE.num_layers} layers, h = "
 #
 # tp innermost (ranks $0, 1$ are one tensor-parallel pair: in a real cluster, two GPUs of one
 # NVLink node), then dp, then pp outermost — the row-major order of
-# `init_device_mesh(("pp", "dp", "tp"))` and Megatron-LM's default. What each rank holds follows
+# `init_device_mesh(("pp", "dp", "tp"))` and Megatron-LM's default (Llama 3 puts dp outermost
+# instead; this notebook's §5 compares the two). What each rank holds follows
 # from its coordinates: stage $pp_i$'s consecutive layers (`stage_layers`), shard $tp_i$ of each
 # of their matrices, and share $dp_i$ of every batch.
 
@@ -258,35 +261,85 @@ assert runs[0]["compare"][0]["ours"]["sent"]["tp"] == parallelize_module.axis_by
     SHAPE, DIMS, 0, B, S, microbatches=4, zero=1, recompute="full", dtype_bytes=8)["tp"]
 
 # %% [markdown]
-# **Why pipelines run ZeRO-1.** The dp traffic of one step depends on when ZeRO reduces: stage
-# 0 all-reduces the gradients once after the last micro-batch, stage 1 reduce-scatters them
-# once in the optimizer's step (and all-gathers the weights after it: together the same bytes);
-# stage 2 reduce-scatters every micro-batch's gradients as soon as backward makes them, and
-# stage 3 also all-gathers the weights before every micro-batch's forward and backward:
+# **The optimizer's step sends too.** `axis_bytes` stops before `optimizer.step()`. Under ZeRO-1
+# the step reduce-scatters the gradients and, after updating its shard, each rank all-gathers the
+# updated weights; under ZeRO-2 the gradients are already reduce-scattered, but the all-gather of
+# the weights remains. The same launch counted the step of the ZeRO-1 run on its own
+# (`comm.counting()` around `optimizer.step()`): per rank, $(d-1)/d$ of the padded parameter
+# bytes $\tilde P e$ twice, one reduce-scatter and one all-gather per parameter:
+
+# %%
+from llmtrain.parallel import comm
+
+
+def step_dp_bytes(rank, zero, dtype_bytes, dims=DIMS):
+    """Bytes ``rank`` sends on dp in ``optimizer.step()``: ZeRO-1 reduce-scatters the gradients
+    and all-gathers the updated weights, ZeRO-2 only all-gathers, ZeRO-0/3 send nothing there."""
+    d = dims.dp
+    padded = sum(-(-n // d) * d for n in memory.param_numels(SHAPE, dims, rank)) * dtype_bytes
+    rs, ag = (comm.ring_bytes(op, padded, d)[0] for op in ("reduce_scatter", "all_gather"))
+    return {0: 0, 1: rs + ag, 2: ag, 3: 0}[zero]
+
+
+print(f"{'rank':>4} {'dp B in optimizer.step()':>25}  reduce-scatters  all-gathers  = formula")
+for r, out in enumerate(runs):
+    res = out["compare"][0]["ours"]
+    assert res["step_sent"]["dp"] == step_dp_bytes(r, 1, 8)
+    assert res["step_sent"]["tp"] == res["step_sent"]["pp"] == 0
+    calls = res["step_calls"]
+    print(f"{r:>4} {int(res['step_sent']['dp']):>25,}  {calls['reduce_scatter']:>15}  "
+          f"{calls['all_gather']:>11}  yes")
+
+# %% [markdown]
+# **What ZeRO costs under a pipeline.** Now the whole step, before and in the optimizer's step,
+# for rank 0 with $m$ = 8 micro-batches in 16-bit (formulas; the step column is the one just
+# counted, the rest `axis_bytes`, counted in the run above for ZeRO-1). ZeRO-0 all-reduces the
+# gradients once after the last micro-batch; ZeRO-1 moves the same bytes into the step; ZeRO-2
+# reduce-scatters every micro-batch's gradients as soon as backward makes them, then all-gathers
+# the weights after the step; ZeRO-3 all-gathers the weights before every micro-batch's forward
+# and backward and keeps only shards, so its step sends nothing:
 
 # %%
 m = 8
-print(f"dp bytes one rank sends in one step before the optimizer (m = {m} micro-batches):")
+totals = {}
+print(f"rank 0, m = {m}, 16-bit: dp bytes per step")
+print(f"{'':8} {'before the step':>16} {'in the step':>12} {'in all':>10} {'× ZeRO-0':>9}")
 for z in range(4):
-    b = parallelize_module.axis_bytes(SHAPE, DIMS, 0, 16, S, microbatches=m, zero=z,
-                                      dtype_bytes=2)["dp"]
-    print(f"  ZeRO-{z}: {int(b):>9,} B")
+    before = parallelize_module.axis_bytes(SHAPE, DIMS, 0, 16, S, microbatches=m, zero=z,
+                                           dtype_bytes=2)["dp"]
+    totals[z] = before + step_dp_bytes(0, z, 2)
+    print(f"  ZeRO-{z}: {int(before):>16,} {int(step_dp_bytes(0, z, 2)):>12,} {int(totals[z]):>10,} "
+          f"{float(totals[z] / totals[0]):>9.2f}")
+print(f"ZeRO-2: (m + 1)/2 = {(m + 1) / 2} times ZeRO-0; ZeRO-3: 3m/2 = {3 * m // 2} times "
+      "(the small rest: ZeRO pads each parameter to a multiple of dp)")
 
 # %% [markdown]
-# ZeRO-2 costs $m/2$ times, ZeRO-3 $3m/2$ times plain data parallelism's traffic per step
-# (in 16-bit here), and it grows with the micro-batches the pipeline needs to keep its
-# bubble small. That is why DeepSpeed refuses ZeRO-2/3 together with pipeline parallelism, and
-# why BLOOM-176B (and Megatron-LM's distributed optimizer) shard only the optimizer states.
-
-# %% [markdown]
-# ## 5. Why TP inside a node, PP across nodes, DP outermost · 为什么张量并行在节点内、流水线跨节点、数据并行在最外层
+# ZeRO-1 sends what plain data parallelism sends; ZeRO-2 $(m+1)/2$ times as much and ZeRO-3 $3m/2$
+# times, and $m$ is large exactly when the pipeline keeps its bubble small. (`llmtrain.plan`
+# charges the same $(m+1)/2$ for ZeRO-2.) That is a price, not a prohibition; systems choose
+# differently:
 #
-# 三个轴每一步要传的字节数相差几个数量级（the three axes move very different amounts of data
-# per step）。取一个布局：LLaMA-2-70B 在 64 张 H100 上（8 个节点），TP 8 × PP 4 × DP 2，全局
-# 批次 4M（$4 \cdot 2^{20}$）个 token，序列 4,096，微批次 1，选择性重计算，ZeRO-1。
-# 下面按 `llmtrain.plan` 的计数给出每张卡每步发送的字节数（环形算法，ring model），以及它们在
-# 节点内 NVLink（每方向 450 GB/s）与节点间 InfiniBand（每张卡 400 Gb/s = 50 GB/s）上各需多久。
-# 1 GB = $10^9$ 字节。
+# - DeepSpeed's pipeline engine refuses ZeRO-2/3 with pipeline parallelism ("ZeRO-2 and ZeRO-3 are
+#   incompatible with pipeline parallelism"); BLOOM-176B ran ZeRO-1 on it, and Megatron-LM's
+#   distributed optimizer shards only the optimizer states.
+# - Llama 3 405B shards optimizer states and gradients with FSDP under PP 16 (ZeRO-2
+#   as this notebook counts it, §7): it accepts more dp traffic for less memory.
+# - The torch run of §3 is FSDP2 (ZeRO-3) with `Schedule1F1B`: correct (it equals one process),
+#   with $3m/2$ times the dp traffic of ZeRO-1.
+#
+# So pipelines usually pair with ZeRO-1 when the dp traffic must stay that of plain data
+# parallelism; ZeRO-2/3 trade dp bytes for memory.
+
+# %% [markdown]
+# ## 5. Which axis goes where · 张量并行在节点内，哪个维度放在最外层
+#
+# 三个维度每一步要传的字节数相差几个数量级（the three axes move very different amounts of data
+# per step）。取一个布局：Llama-2 70B 在 64 张 H100 上（8 个节点），TP 8 × PP 4 × DP 2，全局
+# 批次 4M（$4 \cdot 2^{20}$）个词元（token），序列长度 4,096，微批次 1，选择性重计算，ZeRO-1。
+# 下面按 `llmtrain.plan` 的计数给出每张卡每步发送的字节数（环形算法），以及它们在节点内 NVLink
+# 与节点间 InfiniBand 上各需多久（带宽见输出）。1 GB = $10^9$ 字节。最后一行是 Megatron-LM 的
+# scatter/gather 优化（Narayanan et al. 2021, §4.1）：同一流水级的 $t$ 张卡各发激活值的 $1/t$，
+# 即每卡 $b\cdot s\cdot h/t$，接收方再在 NVLink 上 all-gather 拼回完整的激活值。
 
 # %%
 from llmtrain import plan
@@ -294,28 +347,50 @@ from llmtrain import plan
 shape, card, seq = plan.model("llama2-70b"), plan.cluster("h100-80g"), 4096
 lay = plan.layout(shape, 64, 4 * plan.MI, seq, tp=8, pp=4, zero=1, recompute="selective")
 p = plan.evaluate(shape, card, lay, seq)
-m, b, h = lay.microbatches, lay.micro_batch, shape.hidden_size
+m, b, h, t = lay.microbatches, lay.micro_batch, shape.hidden_size, lay.dims.tp
+pp_bytes = 2 * m * b * seq * h * 2  # one b·s·h activation forward, one gradient back, bf16
 per_axis = {  # bytes one GPU sends in one step
     "TP (all-reduce, 4 per layer per micro-batch)": m * p.details["tp_bytes"],
     "DP (gradient all-reduce, once per step)": p.details["dp_bytes"],
-    "PP (one b·s·h activation and one gradient per micro-batch)": 2 * m * b * seq * h * 2,  # bf16
+    "PP (one b·s·h activation and one gradient per micro-batch)": pp_bytes,
+    "PP with scatter/gather (b·s·h/t per GPU)": pp_bytes / t,
 }
 print(f"{lay.label()}, m = {m} micro-batches of {b} × {seq} tokens")
+print(f"NVLink {card.intra_node_bytes_per_s / 1e9:.0f} GB/s per direction; InfiniBand "
+      f"{8 * card.inter_node_bytes_per_s / 1e9:.0f} Gb/s = {card.inter_node_bytes_per_s / 1e9:.0f} GB/s per GPU")
 print(f"{'axis':<60} {'GB/step':>9} {'on NVLink':>10} {'on IB':>8}")
 for axis, nbytes in per_axis.items():
     print(f"{axis:<60} {float(nbytes) / 1e9:>9.1f} {float(nbytes) / card.intra_node_bytes_per_s:>9.2f}s"
           f" {float(nbytes) / card.inter_node_bytes_per_s:>7.2f}s")
 print(f"compute of the busiest stage: {p.time_parts['compute']:.1f} s per step "
       f"(efficiency {plan.Assumptions().efficiency} of {card.peak_flops / 1e12:.0f} TFLOP/s)")
+print(f"PP with scatter/gather: {float(pp_bytes / t) / 1e9:.1f} GB on IB per GPU, then an all-gather "
+      f"of {float(comm.ring_bytes('all_gather', pp_bytes, t)[0]) / 1e9:.1f} GB per GPU on NVLink; "
+      f"PP / DP bytes: {float(pp_bytes / per_axis['DP (gradient all-reduce, once per step)']):.0f}× "
+      f"without, {float(pp_bytes / t / per_axis['DP (gradient all-reduce, once per step)']):.0f}× with it")
 
 # %% [markdown]
-# TP 每步每卡要发约 4.9 TB：在 NVLink 上约 11 秒，放到网络上约 99 秒——是计算（约 50 秒）的两倍，
-# 而且它在关键路径上（Megatron 的 f/g 是同步的）；所以 TP 只在一个节点的 8 张卡之内（tp ≤ 8）。
-# PP 每步约 69 GB，只发给一个邻居，跨节点约 1.4 秒；DP 的梯度 all-reduce 每步一次，约 4.3 GB，
-# 跨节点不到 0.1 秒，还能和反向传播重叠：它们放到节点之间。这正是 `ParallelDims` 的秩顺序
-# rank = (pp·dp + dp_i)·tp + tp_i：tp 最内层（相邻的卡在同一节点），pp 最外层。
-# (TP moves the most bytes, synchronously: keep it on NVLink; PP and DP move far less and can
-# cross nodes.)
+# **张量并行留在节点内。** TP 每步每卡要发约 4.9 TB：在 NVLink 上约 11 秒，放到网络上约 99 秒，
+# 是计算（约 50 秒）的两倍，而且它在关键路径上（Megatron 的 f/g 是同步的）。所以 tp ≤ 8，
+# 一个 TP 组正好是一个节点的 8 张卡。这也是 Narayanan et al. 2021, §3 的第一条结论：张量并行
+# 最多用到一个节点内的 GPU 数；流水线并行用来跨节点放下更大的模型；模型并行（$t \cdot p$）只用到
+# 放得下模型为止，再用数据并行扩展到更多 GPU；微批次大小要在 GEMM 效率与流水线气泡、显存之间权衡。
+#
+# **流水线与数据并行：两种顺序。** tp 占满节点之后，dp 和 pp 都要跨节点；进程编号（rank）的
+# 排列顺序决定哪一个维度的组由相邻的节点组成（在大集群里，相邻节点在同一个交换机下，链路更近）。
+#
+# - **Megatron-LM**：rank = (pp_i·dp + dp_i)·tp + tp_i，即 tp → dp → pp，pp 在最外层。这正是
+#   本笔记本 `ParallelDims` 的顺序（§1）。一个 dp 组由相邻的节点组成，每步一次的梯度 all-reduce
+#   留在近处；流水线相邻的两级相隔 dp·tp 个 rank。
+# - **Llama 3**：按 [TP, CP, PP, DP] 排列（Llama 3, §3.3.2 与 Fig. 5），dp 在最外层：流水线相邻的
+#   两级在相邻的节点上，数据并行跨得最远。
+#
+# 上面的字节数支持 Llama 3 的顺序：不用 scatter/gather 时 PP 每卡每步约 69 GB，是 DP（约 4.3 GB）
+# 的 16 倍；即使用了 scatter/gather（约 8.6 GB），PP 仍是 DP 的 2 倍，而且每个微批次的激活值都在
+# 关键路径上等待，DP 的 all-reduce 每步只有一次，还能与反向传播重叠。Megatron 的顺序把近处的链路
+# 留给 DP；它用 scatter/gather 把跨节点的 PP 流量降到 $1/t$。
+# (TP moves the most bytes, synchronously: keep it on NVLink. PP and DP both cross nodes; Megatron
+# numbers pp outermost, Llama 3 dp outermost, and the bytes here favour the latter.)
 
 # %% [markdown]
 # ## 6. The planner · 规划器：哪种切分放得下、跑得最快
@@ -324,9 +399,9 @@ print(f"compute of the busiest stage: {p.time_parts['compute']:.1f} s per step "
 # 不重计算 / 选择性 / 完全重计算，微批次 1/2/4，可选序列并行），用 `memory.estimate` 的各部分
 # 加上流水线在途的微批次算每卡显存，用 `flops`、TP/DP/PP 的通信量（环形系数）与气泡
 # （`pp_schedule.bubble_formula`）算每步时间，按时间排序。所有假设都是 `plan.Assumptions` 的
-# 字段（算力效率 0.6、DP 通信一半与反向重叠……），数值是模型，不是测量。
-# 第一行是幻灯片的例子"以 2 张 A100 80G 训练 LLaMA 7B 为例（B=8）"：每卡 8 条 2,048 长的序列，
-# 即每步 32K token。其余各行：每步 4M token（幻灯片里的 "4M" 是 token 数，这里取 $4\cdot2^{20}$）。
+# 字段（算力效率 0.6、DP 通信一半与反向重叠……）。这些数值来自模型估算，并非实测。
+# 第一行是课件的例子“以 2 张 A100 80G 训练 LLaMA 7B 为例（B=8）”：每卡 8 条长度为 2,048 的序列，
+# 即每步 32K 个词元。其余各行：每步 4M 个词元（课件里的“4M”是词元数，这里取 $4\cdot2^{20}$）。
 
 # %%
 GIB = 2**30
@@ -348,24 +423,26 @@ for name, gpus, gpu, tokens, seq in rows:
 # %% [markdown]
 # 读表（how to read it）：2 张卡的 7B 例子里，最快的是纯数据并行 + ZeRO-1 + 选择性重计算
 # （78.0 GiB，刚好放进 80 GiB）；模型越大，可行的布局越少，最快的布局开始用 TP（不超过 8，
-# 不出节点）和 PP。8 张 A100 放不下 65B/70B 的任何布局（模型状态 16P/8 ≈ 130 GB 每卡）。
+# 不出节点）和 PP。8 张 A100 放不下 65B/70B 的任何布局（每卡的模型状态 16P/8 ≈ 130 GB）。
 
 # %% [markdown]
-# ## 7. The published runs, reproduced · 复现公开的训练配置
+# ## 7. The published runs, checked · 与公开的训练配置对照
 #
-# **Narayanan et al. 2021**（arXiv 2104.04473，"Efficient Large-Scale Language Model Training
-# on GPU Clusters Using Megatron-LM"）Table 1：十行 GPT，从 1.7B 到 1T。表中数字取自三份公开的
-# 转录（GitHub 笔记，三份逐行一致；论文 PDF 本身在这里无法读取），并用论文自己的公式逐行核对：
-# 参数量用 Eq. 2 $P = 12lh^2(1 + \frac{13}{12h} + \frac{V+s}{12lh})$（$V$ = 51,200，$s$ = 2,048），
-# 峰值比例 = TFLOP/s ÷ 312。注意 Eq. 3 的 FLOPs 含激活重计算（层的前向算两次：4 次前向当量
-# 而非 3 次），所以他们的 "% of peak" 是硬件利用率（HFU）；去掉重计算的模型 FLOPs 利用率
-# （MFU）约为其 3/4（输出层不重算，所以略高于 3/4）。
+# **Narayanan et al. 2021**（arXiv 2104.04473，“Efficient Large-Scale Language Model Training
+# on GPU Clusters Using Megatron-LM”）的 Table 1：十行 GPT，从 1.7B 到 1T。数据取自论文正文
+# （Table 1，三份公开转录逐行一致），并用论文自己的公式逐行核对：参数量用
+# Eq. 2 $P = 12lh^2(1 + \frac{13}{12h} + \frac{V+s}{12lh})$（$V$、$s$ 见输出），
+# 峰值比例 = TFLOP/s ÷ 312。注意 Eq. 3 的 FLOPs 含激活重计算（层的前向算两次：相当于 4 次前向
+# 计算，而不是 3 次），所以他们的 “% of peak” 是硬件利用率（HFU）；去掉重计算的模型 FLOPs 利用率
+# （MFU）约为其 3/4（输出层不重算，所以略高于 3/4）。这里只核对表中数据自洽，没有用规划器重跑这些行。
 
 # %%
 from fractions import Fraction
 
 from llmtrain import published_runs
 
+print(f"V = {published_runs.NARAYANAN_V:,}, s = {published_runs.NARAYANAN_S:,}, "
+      f"A100 peak {published_runs.A100_PEAK_TFLOPS} TFLOP/s")
 print(f"{'params':>7} {'Eq. 2':>8} {'t':>2} {'p':>3} {'GPUs':>5} {'TFLOP/s':>8} {'% peak':>7} "
       f"{'312·%':>6} {'MFU':>6}  match")
 for r in published_runs.NARAYANAN_TABLE1:
@@ -380,19 +457,21 @@ for r in published_runs.NARAYANAN_TABLE1:
 
 # %% [markdown]
 # 十行全部一致（all ten rows match）：Eq. 2 给出每行的参数量，TFLOP/s ÷ 312 给出每行的峰值比例。
-# 去掉重计算后的 MFU 约为 33–39 %（model FLOPs utilisation without the recomputed forward）。
+# 去掉重计算后的 MFU 约为 33%–39%（model FLOPs utilisation without the recomputed forward）。
 #
 # **BLOOM-176B**（bigscience-workshop/bigscience，`train/tr11-176B-ml/README.md`）：384 张
-# A100 80GB，TP 4 × PP 12 × DP 8，微批次 2，全局批次 2,048 条 × 2,048（"4.2M tokens"，即
+# A100 80GB，TP 4 × PP 12 × DP 8，微批次 2，全局批次 2,048 条 × 2,048（“4.2M tokens”，即
 # $4\cdot2^{20}$），ZeRO-1，激活检查点（完全重计算）。BLOOM 不是 LLaMA（ALiBi、LayerNorm、
-# 4h 的 GeLU MLP），这里把它近似成 `ModelShape`：SwiGLU 的 $H' = \lfloor 8h/3 \rfloor$ = 38,229
-# （MLP 矩阵参数 $3hH' = 8h^2 - h$），q/k/v、o 与 MLP 带偏置，词表 250,880，嵌入共享。
+# 4h 的 GeLU MLP），这里把它近似成 `ModelShape`：SwiGLU 的 $H' = \lfloor 8h/3 \rfloor$
+# （MLP 矩阵参数 $3hH' = 8h^2 - h$），q/k/v、o 与 MLP 带偏置，嵌入共享（$H'$ 与词表大小见输出）。
 #
-# **Llama 3 405B**（arXiv 2407.21783，§3.3.2 与 Table 4，读的是论文正文）：TP 8、PP 16、
-# 序列 8,192、每批 16M（$2^{24}$）token；8,192 张 H100（DP 64，430 TFLOPs/GPU，BF16 MFU 43 %）与
-# 16,384 张（DP 128，400 TFLOPs，41 %）。FSDP 切分优化器状态与梯度（这里记作 ZeRO-2）。论文没有
-# 给出微批次、重计算与交错的 V：下面取微批次 1、序列并行，列出完全重计算时最快的 V。Table 4 的
-# 第三行（CP 16、序列 131,072）写的是 DP 4，而 8 × 16 × 16 × 4 = 8,192 ≠ 16,384：未采用。
+# **Llama 3 405B**（arXiv 2407.21783，§3.3.2 与 Table 4；读的是 v3，2024 年 11 月版，第 10 页）：
+# TP 8、PP 16、序列长度 8,192、每批 16M（$2^{24}$）个词元；8,192 张 H100（DP 64）与 16,384 张
+# （DP 128），每卡 TFLOPs 与 BF16 MFU 见输出。FSDP 切分优化器状态与梯度（这里记作 ZeRO-2）。
+# 论文没有给出微批次、重计算方式和交错调度每卡的块数 $v$：下面取微批次 1、序列并行，列出完全
+# 重计算时最快的 $v$。Table 4 的第三行是 128K 长上下文阶段（CP 16）：v3 写的是 DP 8，
+# 8 × 16 × 16 × 8 正好是 16,384 张卡（有些转录，如 arxiv.org 的 HTML 版，写作 DP 4）。规划器不建模上下文并行，
+# 所以这一行只作为数据列出。
 
 # %%
 from llmtrain import params
@@ -419,15 +498,21 @@ bloom = plan.model("bloom-176b")
 err = (params.count(bloom) - published_runs.BLOOM_176B_PARAMS) / published_runs.BLOOM_176B_PARAMS
 print(f"BLOOM-176B: {published_runs.BLOOM_176B_PARAMS:,} parameters (README's layer and embedding sizes); "
       f"the approximation {params.count(bloom):,} ({100 * err:+.4f} %)")
+print(f"  approximation: H' = {bloom.intermediate_size:,}, vocabulary {bloom.vocab_size:,}")
 p, plans = published(published_runs.BLOOM_176B, "full")
 same = [q for q in plans if q.layout.recompute == "full" and not q.layout.sp]
 print(f"  among the {len(same)} layouts with full recomputation and no sequence parallelism "
       f"(what BLOOM's Megatron-DeepSpeed ran): rank {plan.rank_of(same, p)}, "
       f"{p.step_time_s / same[0].step_time_s:.2f} × their fastest ({same[0].layout.label()})")
 for run in published_runs.LLAMA3_405B:
+    print(f"Llama 3, Table 4: {run['gpus']:,} GPUs, TP {run['tp']} PP {run['pp']} DP {run['dp']}, "
+          f"seq {run['seq']:,}: {run['tflops_per_gpu']} TFLOPs/GPU, BF16 MFU {run['mfu_percent']} %")
     p, plans = published(run, "full", virtuals=(1, 2, 4, 8), sp=True)
     print(f"  MFU: published {run['mfu_percent']} %, this model {100 * p.mfu:.1f} % "
-          f"(fastest layout {100 * plans[0].mfu:.1f} %)")
+          f"(fastest layout {100 * plans[0].mfu:.1f} %); efficiency assumed "
+          f"{plan.Assumptions().efficiency}")
+    print("  step time by part: " + ", ".join(f"{k} {v:.2f} s" for k, v in p.time_parts.items())
+          + f"; in all {p.step_time_s:.2f} s")
     shape = plan.model(run["model"])
     for overheads in (True, False):
         sel = [plan.evaluate(shape, run["gpu"], plan.layout(
@@ -438,19 +523,29 @@ for run in published_runs.LLAMA3_405B:
         print(f"  selective recomputation, {'with' if overheads else 'without'} the slides' "
               f"overheads: {gib[0]:.1f} to {gib[-1]:.1f} GiB for v = 1, 2, 4, 8; "
               f"{sum(q.fits for q in sel)} of 4 fit")
+        if overheads:
+            print("    v = 1 by part (GiB): " + ", ".join(
+                f"{k} {v / GIB:.2f}" for k, v in sel[0].memory_parts.items()))
+long = published_runs.LLAMA3_405B_LONG_CONTEXT
+print(f"Llama 3, Table 4, third row (v3): TP {long['tp']} × CP {long['cp']} × PP {long['pp']} × "
+      f"DP {long['dp']} = {long['tp'] * long['cp'] * long['pp'] * long['dp']:,} GPUs "
+      f"(the row: {long['gpus']:,}), seq {long['seq']:,}: context parallelism, not in the planner")
 
 # %% [markdown]
 # 结论（what matches, what does not）：
 #
 # - BLOOM 的布局放得下（约 40 GiB / 80 GiB）。它不在总排名的最前面：规划器更喜欢选择性重计算
-#   （BLOOM 开训时 Megatron-DeepSpeed 还没有），而且这个模型不奖励更大的微批次（BLOOM 的
-#   README 说 MBS=2 最快：GEMM 越大效率越高，我们的效率是常数）。在 BLOOM 能用的完全重计算
-#   布局里，它排在前四分之一，比其中最快的慢约 19 %。
+#   （BLOOM 开训时 Megatron-DeepSpeed 还没有），而且规划器的代价模型不会因微批次增大而提高计算
+#   效率（BLOOM 的 README 说 MBS=2 最快：GEMM 越大效率越高，规划器的效率是常数）。在 BLOOM 能用的
+#   完全重计算布局里，它排在前四分之一，比其中最快的慢约 19%。
 # - Llama 3 405B 的 TP 8 × PP 16 在完全重计算下放得下（约 19 GiB），排在可行布局的前四分之一，
-#   比最快的慢约 28 %（规划器更愿意用更少的流水级、更多的数据并行）；用选择性重计算则估计为
-#   82–115 GiB（其中 6 GiB 是幻灯片的框架常数，Llama 3 用的是 FSDP 而非 DeepSpeed），去掉这些
-#   常数后 16K 卡的一行放得下，8K 卡的一行只有 v = 1 放得下。模型给出的 MFU（约 26–28 %）低于公开的 41–43 %：效率 0.6、暴露的
-#   点对点通信与 ZeRO-2 的逐微批次 reduce-scatter 都是保守的假设。
+#   比最快的慢约 28%（规划器更愿意用更少的流水级、更多的数据并行）。
+# - 规划器没有复现 Llama 3 的显存，也没有复现它 41%–43% 的 MFU，模型给出的只有约 26%–28%。原因不是
+#   效率假设保守：假设的效率 0.6 高于 Llama 3 实际的 MFU。差距来自规划器没有建模的东西。第一，
+#   它的显存模型让选择性重计算需要 82–115 GiB（16 个微批次在途的激活值占大头，另有课件里
+#   DeepSpeed/PyTorch 的框架常数 6 GiB，而 Llama 3 用的是 FSDP），放不下，于是只能完全重计算，
+#   每步多算一次前向。第二，它把 ZeRO-2 算成每个微批次一次 reduce-scatter，点对点通信也不与计算
+#   重叠；上面按部分列出了这些时间。Llama 3 自己的显存与重叠方式，论文没有给出到能逐项核对的程度。
 
 # %% [markdown]
 # ## 8. Planner widget · 规划器小组件
@@ -469,8 +564,8 @@ planner = widgets.PlannerExplorer()
 planner.widget()
 
 # %% [markdown]
-# 没有运行的内核时（GitHub、HTML 页面）上面的组件是空的。它的默认状态——幻灯片的 2 张 A100 80G、
-# LLaMA-7B、B = 8 的例子——画一次如下：
+# 没有运行中的 Jupyter 内核（运行时）时（GitHub、HTML 页面），上面的组件是空的。下面给出其默认
+# 状态（课件中 2 张 A100 80G、LLaMA-7B、B = 8 的例子）的静态图：
 
 # %%
 from IPython.display import Image
@@ -484,12 +579,13 @@ Image(filename=png, width=650)  # the saved figure, as in figures/08_planner_def
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 一个布局对象 `ParallelDims(dp, tp, pp)` 描述全部进程：rank = (pp·dp + dp_i)·tp + tp_i，tp 在最内层、pp 在最外层。dp 2 × tp 2 × pp 2 的 8 个进程中，每个进程持有一个流水级的连续层（4 层的模型：第 0–1 层或第 2–3 层）、每个矩阵的一块张量切片、全局批次的一半序列；手工构建的 dp、tp、pp 进程组与 `init_device_mesh` 的完全相同。
-# - `parallelize` 按固定顺序组合：流水线切分 → 张量并行 → 重计算 → 数据并行 / ZeRO（在 dp 组上）。8 个真实进程上的一步训练（手写：ZeRO-1 + 完全重计算 + 1F1B；PyTorch：DTensor + `fully_shard` + `Schedule1F1B`）的损失（5.5599）、全部梯度和一步 SGD 之后的全部权重都与单进程相差小于 1e-12。
-# - 每个进程持有的参数：第一级 54,528 个、最后一级 54,592 个（整个模型 217,664 个），float64 权重与梯度各 436,224 / 436,736 字节，实测与 `memory.model_state_bytes(rank=)` 逐字节相等。
-# - 每个维度发送的字节数，计数与公式 `axis_bytes` 逐字节相等：tp 360,448 / 361,888 B，pp 32,768 B，dp 在 ZeRO-1 的优化器步之前为 0（最后一级另有 8 B：损失在 dp 上的平均）。
-# - 完全重计算会把前向中的张量并行 all-reduce 再做一遍，但每段只重做 $2k-1$ 次（PyTorch 的非重入检查点在拿到反向所需的全部张量后就停止重算）：每层一段时多 65,536 B，两层一段（sqrt）时多 98,304 B；选择性重计算不增加通信。
-# - 流水线需要很多微批次（$m$ = 8），而 ZeRO-2 每个微批次都要 reduce-scatter 梯度、ZeRO-3 还要两次 all-gather 权重：dp 流量为 ZeRO-0 的 109,056 B 的 4 倍（436,224 B）和 12 倍（1,308,672 B）。所以流水线配 ZeRO-1（BLOOM-176B、Megatron-LM 的分布式优化器）。
-# - 为什么 TP 在节点内、PP 跨节点、DP 在最外层：LLaMA-2-70B 在 64 张 H100 上（tp 8 × pp 4 × dp 2，每步 4M token），每张卡每步 TP 要发 4930.6 GB（NVLink 上 10.96 s，InfiniBand 上 98.61 s），PP 68.7 GB，DP 4.3 GB。
-# - 规划器（`llmtrain.plan`，CLI `llmtrain plan`）：课件的例子"2 张 A100 80G 训练 LLaMA 7B（B=8）"有 89 个布局放得下，最快的是 tp1 pp1 dp2 ZeRO-1 + 选择性重计算（每卡 78.0 GiB）；8 张 A100 放不下 65B/70B 的任何布局。
-# - 复现：Narayanan et al. 2021 的 Table 1 十行全部一致（Eq. 2 的参数量、TFLOP/s ÷ 312 的峰值比例）；他们的 FLOPs 含重计算，去掉后的 MFU 为 32.6–39.2 %。BLOOM-176B 的 tp4 pp12 dp8 ZeRO-1 每卡 40.4 GiB，放得下，在完全重计算、无序列并行的 218 个布局中排第 19；Llama 3 405B 的 tp8 pp16 每卡 19.6 / 18.3 GiB，放得下，排第 94 / 510 和 45 / 413。模型给出的 MFU（27.8 %、25.7 %）低于公开的 43 %、41 %：规划器的效率假设是保守的。
+# - 一个布局对象 `ParallelDims(dp, tp, pp)` 描述全部进程：进程编号 rank = (pp·dp + dp_i)·tp + tp_i，tp 在最内层、pp 在最外层（Megatron-LM 的顺序）。手工构建的 dp、tp、pp 进程组与 `init_device_mesh` 的完全相同。
+# - 8 个真实进程上的一步训练（手写：ZeRO-1 + 完全重计算 + 1F1B；PyTorch：DTensor + `fully_shard` + `Schedule1F1B`）的损失（5.5599）、全部梯度和更新后的权重都与单进程相差小于 1e-12。
+# - 每个进程持有的参数和发送的字节数都与公式逐字节相等：第一个流水级 54,528 个参数，最后一个流水级 54,592 个；张量并行在流水级 0 的每个进程上每步发送 360,448 B，流水线 32,768 B。
+# - 完全重计算会把前向中的张量并行 all-reduce 再做一遍，但每段只重做 $2k-1$ 次：每层一段时多 65,536 B。
+# - ZeRO-1 并不省通信，只是把梯度的通信移到优化器更新里：先 reduce-scatter 梯度，更新后再 all-gather 权重，合计与普通数据并行相同。
+# - 流水线需要很多微批次（$m$ = 8），ZeRO-2 的数据并行通信是 ZeRO-0 的 $(m+1)/2$ = 4.5 倍，ZeRO-3 是 $3m/2$ = 12 倍。所以 DeepSpeed 与 BLOOM 让流水线配 ZeRO-1；Llama 3 用 FSDP 切分梯度，是用更多通信换显存。
+# - 张量并行留在节点内：Llama-2 70B 在 64 张 H100 上（tp 8 × pp 4 × dp 2），每张卡每步 TP 要发约 4.9 TB，在 InfiniBand 上需要 98.61 s，是计算时间的两倍。
+# - 流水线和数据并行谁在最外层有两种做法：Megatron-LM 让 pp 在最外层，Llama 3 让 dp 在最外层。同一例子中 PP 每卡每步 68.7 GB、DP 4.3 GB，支持 Llama 3 的顺序；Megatron 的 scatter/gather 优化把跨节点的 PP 流量降到 $1/t$（8.6 GB）。
+# - 规划器：课件的例子“2 张 A100 80G 训练 LLaMA 7B（B=8）”有 89 个布局放得下，最快的是纯数据并行 + ZeRO-1 + 选择性重计算（每卡 78.0 GiB）。
+# - 公开配置：Narayanan et al. 2021 的 Table 1 十行数据与论文公式自洽；BLOOM-176B 与 Llama 3 405B 的布局在规划器里都放得下。但规划器没有复现 Llama 3 的显存和 41%–43% 的 MFU（只给出约 26%–28%）：它的显存模型迫使完全重计算，且不建模通信与计算的重叠。
