@@ -45,12 +45,24 @@ def test_schedule_explorer_shows_the_schedule(setting):
     want = [fn(t, peak_lr=s["peak_lr"], warmup_steps=W, total_steps=1000,
                min_lr=s["min_frac"] * s["peak_lr"]) for t in range(1001)]
     assert e.values["lrs"] == want
-    assert list(e._line.get_ydata()) == [lr / s["peak_lr"] for lr in want]
+    assert list(e._line.get_ydata()) == want  # the learning rate itself, not lr / peak
     mean = sum(want) / len(want)
-    assert list(e._mean.get_ydata()) == [mean / s["peak_lr"]] * 2
+    assert list(e._mean.get_ydata()) == [mean] * 2
+    assert e.ax.get_ylim() == (0, widgets.nice_limit(1.05 * s["peak_lr"]))
     assert list(e._warm.get_xdata()) == [W, W]
     assert e.text.startswith(f"average lr = {mean:.3g} ({mean / s['peak_lr']:.3f} × peak)")
     assert f"warmup {W} steps, {s['decay']}" in e.headline
+
+
+def test_moving_the_peak_lr_changes_the_schedule_figure():
+    # issue 21 §5: the axis was lr/peak, so the peak slider left the picture unchanged
+    e = ScheduleExplorer()
+    before = _pixels_of_png(e)
+    e.update(peak_lr=1e-2)
+    after = _pixels_of_png(e)
+    assert before.shape == after.shape and (before != after).any()
+    assert e.ax.get_ylim() == (0, 0.012)  # nice_limit(1.05e-2)
+    assert max(e._line.get_ydata()) == 1e-2
 
 
 def test_schedule_explorer_default_average_is_the_closed_form_one():

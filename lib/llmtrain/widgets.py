@@ -262,8 +262,8 @@ class ScheduleExplorer(Explorer):
                     mean=sum(lrs) / len(lrs), decay=decay)
 
     def _build(self) -> None:
-        # In units of the peak: the axes never change (the peak only scales the curve; the
-        # headline and the text give it), so an update draws no tick labels.
+        # The learning rate itself, so that the peak slider moves the curve and the axis (the
+        # y limit is nice_limit(1.05·peak): it stays put while the peak moves a little).
         ax = self.ax
         steps = range(self.STEPS + 1)
         (self._line,) = ax.plot(steps, [0.0] * len(steps), color=plots.PALETTE[0], lw=2)
@@ -271,15 +271,15 @@ class ScheduleExplorer(Explorer):
         self._warm = ax.axvline(0.0, color="gray", ls=":", lw=1)
         self._artists = [self._line, self._mean, self._warm]
         ax.set_xlim(0, self.STEPS)
-        ax.set_ylim(0, 1.05)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         ax.set_xlabel("step")
-        ax.set_ylabel("lr / peak lr")
+        ax.set_ylabel("learning rate")
 
     def _draw(self, v: dict) -> None:
-        peak = v["peak_lr"]
-        self._line.set_ydata([lr / peak for lr in v["lrs"]])
-        self._mean.set_ydata([v["mean"] / peak] * 2)
+        self._line.set_ydata(v["lrs"])
+        self._mean.set_ydata([v["mean"]] * 2)
         self._warm.set_xdata([v["warmup_steps"]] * 2)
+        self.ax.set_ylim(0, nice_limit(1.05 * v["peak_lr"]))
 
     def _headline(self, v: dict) -> str:
         return (f"peak lr {v['peak_lr']:.3g}: warmup {v['warmup_steps']} steps, {v['decay']} "
