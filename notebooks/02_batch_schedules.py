@@ -32,7 +32,7 @@
 # %% [markdown]
 # > **导读**
 # > 课件的表格中，GPT-3、PaLM、GLM-130B 的批次大小在训练中逐渐增大，这就是“动态批次调整”。
-# > 本 notebook 把批次写成“已见 token 数”的函数，用 SymPy 积分算出一段线性渐增要走多少个优化步，并逐步重放加以核对。
+# > 本笔记本把批次写成“已见词元（token）数”的函数，用 SymPy 积分算出一段线性渐增要走多少个优化步，并逐步模拟加以核对。
 # > 接着用梯度累积在固定显存下实现任意大的批次，并验证它与一次性大批次的梯度在舍入误差内相等。
 # > 最后在小型 LLaMA 的真实训练中测量梯度噪声尺度 $B_\text{simple}$，看它在这个规模上如何变化。
 
@@ -74,10 +74,18 @@ for s in settings.TABLE:
         print(f"{s.model:<10} {s.batch_text:<16} {paper}")
 
 # %% [markdown]
-# GPT-3 (Brown et al. 2020, App. B): "we gradually increase the batch size linearly from a small value
-# (32k tokens) to the full value over the first 4–12 billion tokens of training". PaLM (Chowdhery et al.
-# 2022, §5) doubles it twice: 512 sequences of 2048 tokens (1M) for 50k steps, 1024 (2M) until step
-# 115k, then 2048 (4M). As functions of the tokens seen:
+# GPT-3 (Brown et al. 2020, Appendix B): "we gradually increase the batch size linearly from a small
+# value (32k tokens) to the full value over the first 4–12 billion tokens of training". PaLM
+# (Chowdhery et al. 2022, §5) doubles it twice: 1M tokens for 50k steps, 2M until step 115k, then
+# 4M, in sequences of 2048 tokens (`batch.PALM_STAGES`, from the paper):
+
+# %%
+for start, tokens in batch.PALM_STAGES:
+    print(f"PaLM from {start / 1e9:5.1f}B tokens on: {tokens // batch.PALM_SEQ_LEN:>4} sequences × "
+          f"{batch.PALM_SEQ_LEN} = {tokens:>9,} tokens = {tokens / 2**20:g} × 2²⁰")
+
+# %% [markdown]
+# As functions of the tokens seen:
 
 # %%
 show(batch.linear_ramp)
@@ -256,7 +264,7 @@ print(f"loss within 0.3 nats of the floor {floor:.3f} after 300 steps: {loss_at[
 # <details><summary>Answer</summary>
 #
 # The ratio $\frac{b_1 \ln(b_1/b_0)}{b_1 - b_0}$ from section 2 does not depend on $R$:
-# $\frac{3.2\text{M} \cdot \ln(97.66)}{3.2\text{M} - 32768} \approx 4.63$.
+# with $b_0 = 32 \cdot 1024$ tokens and $b_1 = 3.2$M it is about 4.63 (cell below).
 # </details>
 
 # %%
@@ -265,8 +273,9 @@ print(f"{float(ratio.subs({b0: 32 * 1024, b1: 3_200_000})):.3f}")
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - GPT-3 的批次在 4B token 内从 32K 线性增至 3.2M：SymPy 积分预测 5,786 步，逐步重放为 5,789 步，是满批次 1,250 步的 4.6 倍；这一倍数 $b_1\ln(b_1/b_0)/(b_1-b_0)$ 与渐增长度 $R$ 无关，为 4.629。
-# - 渐增期只占 GPT-3 全部 300B token 的一小部分：4B 为 1.3%，12B 为 4.0%（不是 0.1%），但这段时间里的更新步数要多得多。
-# - PaLM 的两次翻倍：1M → 2M → 4M，共 255,000 步，批次在第 50000 步和第 115000 步翻倍。
-# - 梯度累积：2、4、8 个微批次累积的梯度与一次 16 条序列的大批次相比，最大相对差 < 1e-12，即只差舍入误差。
-# - 梯度噪声尺度：在这个 125k 参数的小模型上，$B_\text{simple}$ 在 1000 步内缩小了 2 倍以上，而不是像 McCandlish 等人观察的那样增长；损失在 300 步内就降到离下限 1.213 nats 不到 0.3 nats。
+# - 线性渐增的批次要多走很多步：GPT-3 的批次在 4B 个词元内从 32K 增至 3.2M，SymPy 积分预测 5,786 步，逐步模拟为 5,789 步，是满批次 1,250 步的 4.6 倍。
+# - 这个倍数 $b_1\ln(b_1/b_0)/(b_1-b_0)$ 与渐增长度 $R$ 无关，GPT-3 为 4.629。
+# - 渐增期只占 GPT-3 全部 300B 词元的一小部分（4B 为 1.3%，12B 为 4.0%），但这段时间里的更新步数要多得多。
+# - PaLM 的批次翻倍两次（1M → 2M → 4M），共 255,000 步，在第 50,000 步和第 115,000 步翻倍。
+# - 梯度累积与一次性大批次等价：2、4、8 个微批次累积的梯度与 16 条序列的大批次相比，最大相对差 < 1e-12，只差舍入误差。
+# - 在这个 125k 参数的小型 LLaMA 上，梯度噪声尺度 $B_\text{simple}$ 在 1000 步内缩小了 2 倍以上，而不是像 McCandlish 等人观察的那样增长：300 步内，损失与下限（1.213 nats）的差距已不到 0.3 nats，模型不在那种长期训练的区间。
