@@ -33,9 +33,9 @@
 
 # %% [markdown]
 # > **导读**
-# > 本笔记本逐项推导幻灯片中 LLaMA 的参数量公式 $2VH + H + L(4H^2 + 3HH' + 2H)$，并复现书中的两个数字（7B 为 6,738,415,616，65B 为 65,285,660,672）。
+# > 本笔记本逐项推导课件中 LLaMA 的参数量公式 $2VH + H + L(4H^2 + 3HH' + 2H)$，并复现课件中的两个数字（7B 为 6,738,415,616，65B 为 65,285,660,672）。
 # > 每个数字都由 `llmtrain.params` 计算，并与 Hugging Face `transformers` 的 `LlamaForCausalLM` 和我们从零实现的参考模型逐一对照（在 meta 设备上构建，不占内存、无需下载）。
-# > 公式只对多头注意力（MHA）成立：对采用分组查询注意力（GQA）的 Llama-2 70B 和 Llama-3，它会多算 10–14 %，笔记本给出修正后的一般公式。
+# > 这个公式只适用于多头注意力（MHA）：对采用分组查询注意力（GQA）的 Llama-2 70B 和 Llama-3，它会多算 10%–14%，本笔记本给出一般公式。
 # > 最后处理共享词嵌入与偏置（以 Qwen2.5-0.5B 为例），并比较 Llama 系列各部分参数的占比。
 
 # %% tags=["setup", "nbval-ignore-output"]
@@ -68,7 +68,7 @@ sym = params.symbols()
 V, H, Hp, L, N, N_kv = (sym[k] for k in ("V", "H", "Hp", "L", "N", "N_kv"))
 
 # %% [markdown]
-# ## 1. The chapter's formula, term by term · 书中公式，逐项推导
+# ## 1. The chapter's formula, term by term · 课件中的公式，逐项推导
 #
 # The slides list the symbols — Transformer 层数 $L$ (layers), 隐含层维度 $H$ (hidden size),
 # 中间状态维度 $H'$ (FFN intermediate size), 注意力头数 $N$ (heads), 上下文窗口长度 $T$
@@ -118,7 +118,7 @@ print("llmtrain.params.formula()   − slide formula =", sp.simplify(params.form
 show(params.terms)
 
 # %% [markdown]
-# ## 2. The chapter's two numbers · 书中的两个数字
+# ## 2. The chapter's two numbers · 课件中的两个数字
 #
 # > LLaMA 7B: $V = 32000, L = 32, H = 4096, H' = 11008$ → 参数量为 6,738,415,616
 # >
@@ -207,15 +207,16 @@ for name in ["llama2-70b", "llama3-8b", "llama3-70b"]:
           f"{extra:,} parameters too many (the K and V matrices are {shape.num_heads // shape.num_kv_heads}× smaller)")
 
 # %% [markdown]
-# > **Erratum — 模型参数量估计.** The slides give the LLaMA parameter count as
-# > $2VH + H + L(4H^2 + 3HH' + 2H)$ and the same slide deck's table shows Llama-2 70B and
-# > Llama-3 using GQA. The formula holds only for multi-head attention ($N_{kv} = N$).
-# > In general (untied embeddings, no biases, $d = H/N$):
+# > **补充说明 · Note — the formula is for multi-head attention.** The slides give the LLaMA
+# > parameter count as $2VH + H + L(4H^2 + 3HH' + 2H)$ and apply it to LLaMA 7B and 65B, for which
+# > it is exact (section 2). Their table also lists Llama-2 70B and Llama-3, which use GQA; for those
+# > the formula holds only with $N_{kv} = N$. In general (untied embeddings, no biases, $d = H/N$):
 # >
 # > $$P = 2VH + H + L\left(2H^2 + 2H\,d\,N_{kv} + 3HH' + 2H\right)$$
 # >
-# > Evidence: the table above (transformers and the reference model agree with the corrected
-# > formula on all presets; the slides' version is 13.6 % high for Llama-2 70B).
+# > Evidence: the table above (transformers and the reference model agree with this formula on all
+# > presets; the slides' version is 13.6 % high for Llama-2 70B).
+# > 课件的公式对 LLaMA 7B、65B 完全正确；用于 GQA 模型时，要把注意力项换成上面的一般形式。
 #
 # ## 5. Tied embeddings and biases · 共享词嵌入与偏置
 #
@@ -228,8 +229,8 @@ for flags in [dict(), dict(gqa=True), dict(gqa=True, tied=True), dict(gqa=True, 
 
 # %% [markdown]
 # A Qwen2-style small model, from a config written here as a dict (the values of the published
-# Qwen2.5-0.5B `config.json`): tied embeddings, GQA with 2 KV heads, q/k/v biases. At a vocabulary
-# of 151,936 the embedding is over a quarter of the model — the slides' $2VH$ would count it twice.
+# Qwen2.5-0.5B `config.json`): tied embeddings, GQA with 2 KV heads, q/k/v biases. With its large
+# vocabulary the embedding is over a quarter of the model — the slides' $2VH$ would count it twice.
 
 # %%
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -240,6 +241,7 @@ qwen_cfg = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "in
 qwen = shapes.ModelShape.from_hf_config(qwen_cfg, name="qwen2.5-0.5b-like")
 with torch.device("meta"):
     hf_count = numel_of(Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in qwen_cfg.items() if k != "model_type"})))
+print(f"vocabulary V = {qwen.vocab_size:,}, hidden size H = {qwen.hidden_size}")
 print(params.describe(qwen))
 print(f"transformers Qwen2ForCausalLM: {hf_count:,}  (equal: {hf_count == params.count(qwen)})")
 
@@ -345,19 +347,25 @@ mha = shapes.get("llama3-70b").replace(num_kv_heads=64)
 print(f"{params.count(mha):,}", params.count(mha) == params.slides_count(shapes.get("llama3-70b")))
 
 # %% [markdown]
-# > **Erratum — the Llama table on the slides.**
-# > - "nlp intermediate size" should read **MLP** intermediate size ($H'$).
-# > - The Llama-2 34B column is empty: that model was described in the Llama-2 paper but never
-# >   released, so it has no published configuration.
-# > - The table's `# kv heads` row (8 for Llama-2 70B and Llama-3) is what breaks the slides'
-# >   formula above.
+# > **勘误 · Erratum — “nlp intermediate size” in the Llama table.**
+# > 课件原文：“nlp intermediate size”
+# > The row gives $H'$, the intermediate size of the feed-forward (MLP) layers: its values are the
+# > `intermediate_size` of the models' configurations, from which `transformers` builds $W^G, W^U, W^D$
+# > (section 3 counts them). "nlp" is a typo for "MLP".
+# > **更正：** 该行应为 “MLP intermediate size”，即前馈网络的中间状态维度 $H'$。
+#
+# > **补充说明 · Note — the rest of the table.** The Llama-2 34B column is empty: that model was
+# > described in the Llama-2 paper but never released, so it has no published configuration. The
+# > table's `# kv heads` row (8 for Llama-2 70B and Llama-3) is why the formula needs the GQA form
+# > of section 4 for those models.
 
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 按矩阵形状逐项相加（SymPy）与幻灯片的 $2VH + H + L(4H^2 + 3HH' + 2H)$ 完全相同（差为 0）；代入 LLaMA-7B 与 65B 得到 6,738,415,616 和 65,285,660,672，与书中一致。
-# - 对每个预设，`llmtrain.params`、`transformers` 的 `LlamaForCausalLM` 与参考模型 `llmtrain.llama.Llama` 数出的参数量逐个相等；RoPE 没有参数，所以 $T$ 不出现在公式里。
-# - 书中公式假设 $N_{kv} = N$（多头注意力）。对分组查询注意力（GQA）它多算 $2LH^2(N - N_{kv})/N$：Llama-2 70B 多 9,395,240,960 个（+13.6 %），Llama-3 8B +10.0 %，Llama-3 70B +13.3 %。一般公式为 $P = 2VH + H + L(2H^2 + 2H\,d\,N_{kv} + 3HH' + 2H)$，$d = H/N$。
-# - Llama-3 70B 若改用多头注意力（$N_{kv} = 64$）会有 79,948,947,456 个参数，恰是书中公式对它给出的值。
-# - 共享词嵌入和 q/k/v 偏置各需一项修正：Qwen2.5-0.5B 式的模型有 494,032,768 个参数（与 `Qwen2ForCausalLM` 相同），词嵌入占 27.6 %；书中公式给出 663,169,920。
-# - LLaMA-7B 的参数 64.2 % 在前馈网络、31.9 % 在注意力；Llama-3 8B 的词表为 128,256，词嵌入与输出层占 13.1 %。
+# - 按矩阵形状逐项相加（SymPy），正好得到课件的公式 $2VH + H + L(4H^2 + 3HH' + 2H)$；代入后得到 LLaMA-7B 的 6,738,415,616 和 65B 的 65,285,660,672，与课件一致。
+# - 三方独立核对：`llmtrain.params`、`transformers` 的 `LlamaForCausalLM` 与参考模型数出的参数量逐个相等。RoPE 没有参数，所以上下文长度 $T$ 不出现在公式里。
+# - 课件的公式假设多头注意力（$N_{kv} = N$）。对分组查询注意力（GQA），它多算 $2LH^2(N - N_{kv})/N$：Llama-2 70B 多算 13.6%，Llama-3 8B 多算 10.0%。
+# - 一般公式为 $P = 2VH + H + L(2H^2 + 2H\,d\,N_{kv} + 3HH' + 2H)$，$d = H/N$。Llama-3 70B 若改用多头注意力，会有 79,948,947,456 个参数，恰是课件公式给出的值。
+# - 小模型常共享词嵌入：按 Qwen2.5-0.5B 配置构建的模型有 494,032,768 个参数，词嵌入占 27.6%；课件公式会给出 663,169,920。
+# - 参数主要在前馈网络：LLaMA-7B 的参数 64.2% 在前馈网络，31.9% 在注意力。
+# - 勘误：课件 Llama 表中的 “nlp intermediate size” 应为 “MLP intermediate size”（前馈网络的中间状态维度 $H'$）。
