@@ -11,7 +11,11 @@ Why it is written this way (each line of facts.md §8 is a pitfall measured on t
   notebook cannot be found there, so ``launch`` refuses it up front, saying what to do.
 - **A free port per launch.** The launcher itself hosts the rendezvous store on a port the OS
   picks (``TCPStore(port=0)``), so two launches at once never collide.
-- **One thread per rank on CPU.** Otherwise every rank grabs all cores: 7–8× slower on 2 cores.
+- **One thread per rank on CPU, and no spinning.** Otherwise every rank grabs all cores: 7–8×
+  slower on 2 cores. Every rank also gets ``OMP_WAIT_POLICY=PASSIVE`` (unless set): an OpenMP
+  thread that waits sleeps instead of spinning on a core that another rank, or another
+  notebook's kernel, needs (100 tiny-LLaMA steps in two processes at once: 287 s spinning,
+  14 s passive, on 2 shared cores; tests/test_load.py).
 - **Timeouts everywhere.** The process group gets ``timeout``; the launcher waits at most
   ``timeout`` seconds in all, then kills every rank and raises ``LaunchTimeout``.
 - **A failing rank surfaces at once.** A rank that raises sends its traceback; the launcher
@@ -41,7 +45,7 @@ import torch.distributed as dist
 from .. import check
 
 __all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
-           "rank", "world_size", "device"]
+           "check_backend", "rank", "world_size", "device", "DEFAULT_TIMEOUT_S"]
 
 
 class RankError(RuntimeError):
@@ -63,8 +67,24 @@ def default_backend(world_size: int) -> str:
     return "gloo"
 
 
-def launch(target: Callable[..., Any], world_size: int, *args: Any, timeout: float = 120.0,
-           backend: str | None = None) -> list[Any]:
+# Seconds a launch may take in all. Generous: the ranks of a notebook's launch take seconds on a
+# quiet machine, but a classroom server running many kernels at once can slow them 10×; a rank
+# that hangs still ends, with every rank killed.
+DEFAULT_TIMEOUT_S = 300.0
+
+
+def check_backend(backend: str, world_size: int) -> None:
+    """NCCL needs a CUDA GPU for each rank: say so (ValueError) rather than fail in every rank."""
+    if backend == "nccl":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus < world_size:
+            raise ValueError(f"backend must be 'gloo' (or None: chosen for you) where there is no CUDA "
+                             f"GPU for each rank (NCCL needs one per rank: {world_size} ranks, {gpus} "
+                             f"GPUs here), got 'nccl'")
+
+
+def launch(target: Callable[..., Any], world_size: int, *args: Any,
+           timeout: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> list[Any]:
     """Run ``target(*args)`` on ranks 0 … world_size−1 and return their results, by rank.
 
     Inside ``target``, ``torch.distributed`` is initialised (``dist.get_rank()``,
@@ -78,6 +98,7 @@ def launch(target: Callable[..., Any], world_size: int, *args: Any, timeout: flo
     check.positive_number("timeout", timeout)  # seconds
     check.optional(check.one_of, "backend", backend, ("gloo", "nccl"))
     backend = backend or default_backend(world_size)
+    check_backend(backend, world_size)
 
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=timeout))
@@ -104,6 +125,7 @@ class _Rank:
                    LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a waiting thread sleeps, never spins
         if backend == "gloo":
             env["OMP_NUM_THREADS"] = "1"  # one thread per rank: ranks share the cores
         main = _main_script() if getattr(target, "__module__", None) == "__main__" else None
@@ -297,7 +319,9 @@ def init_from_env(timeout: float = 300.0, backend: str | None = None) -> None:
             raise RuntimeError(f"{var} is not set: start this with torchrun, or use launch()")
     n = int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_WORLD_SIZE", n))
+    check.optional(check.one_of, "backend", backend, ("gloo", "nccl"))
     backend = backend or default_backend(local)
+    check_backend(backend, local)
     if backend == "gloo":
         torch.set_num_threads(1)
     else:
