@@ -6,6 +6,11 @@ VENV   := .venv
 # Notebook kernels must use Jupyter's inline backend: a MPLBACKEND from the environment
 # (Agg, say) would silently drop every figure from the outputs nbval compares.
 unexport MPLBACKEND
+# OpenMP threads that wait sleep instead of spinning on a core another kernel or rank needs: on a
+# shared machine (a classroom server, two `make run` at once) spinning made 100 tiny-LLaMA steps
+# 20x slower (scripts/notebooks.py, tests/test_load.py). A value from the environment is kept.
+OMP_WAIT_POLICY ?= PASSIVE
+export OMP_WAIT_POLICY
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 

@@ -7,6 +7,10 @@ tracked file in figures/: figures are drawn from numbers that hold on every CPU,
 any machine leaves the tree clean. A differing figure fails the session with the list of files.
 The temporary folder is removed when every figure agrees, kept otherwise. Set LLMTRAIN_FIGURES
 yourself to keep the figures (they are still compared, unless it is figures/ itself).
+
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless set), in the tests and in nbval's
+kernels: threads spinning for cores that another process needs made a loaded machine 20x slower
+(scripts/notebooks.py KERNEL_ENV; tests/test_load.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: OpenMP reads it once
 ROOT = Path(__file__).resolve().parent
 _START = time.time() - 1.0  # file times may be rounded down to the second
 _OWN = not os.environ.get("LLMTRAIN_FIGURES")  # our temporary folder: removed if all agree

@@ -31,6 +31,20 @@ BUILD = ROOT / "build"
 # the remaining ones run.
 TIMEOUT_S = 600
 
+# What every kernel (and every rank it launches) inherits. OpenMP threads that wait spin on their
+# core by default: with two kernels on the 2 cores of a classroom server, 100 tiny-LLaMA steps took
+# 287 s each spinning and 14 s each with passive waiting (tests/test_load.py has the measurement).
+KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def kernel_environment() -> None:
+    """Set KERNEL_ENV in this process (kernels inherit it), keeping what the user set."""
+    import os
+
+    for k, v in KERNEL_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 SETUP_TAG = "setup"
 
@@ -178,11 +192,52 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM arrived while a notebook ran: the whole run stops (not only that
     notebook, which is what nbclient's own signal handler would make of it)."""
 
+    def __init__(self, message: str, seconds: float = 0.0):
+        super().__init__(message)
+        self.seconds = seconds
 
-def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float, str, float]:
+
+def section_of(nb) -> list[str]:
+    """For each cell, the heading of the section it is in ("" before the first ## heading)."""
+    heading, out = "", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    heading = line[3:].strip()
+                    break
+        out.append(heading)
+    return out
+
+
+class Progress:
+    """What the runner prints while a notebook runs: a line when a new section starts (with the
+    cell number), and every cell that took at least ``slow_s`` seconds."""
+
+    def __init__(self, nb, slow_s: float = 10.0, stream=None):
+        self.sections, self.n = section_of(nb), len(nb.cells)
+        self.slow_s, self.stream, self.shown, self.t = slow_s, stream or sys.stdout, None, {}
+
+    def start(self, cell, cell_index, **_):
+        self.t[cell_index] = time.perf_counter()
+        sec = self.sections[cell_index]
+        if sec and sec != self.shown:
+            self.shown = sec
+            print(f"  cell {cell_index:>2}/{self.n}  {sec}", file=self.stream, flush=True)
+
+    def done(self, cell, cell_index, **_):
+        took = time.perf_counter() - self.t.get(cell_index, time.perf_counter())
+        if took >= self.slow_s:
+            print(f"  cell {cell_index:>2}/{self.n}  took {took:.0f} s", file=self.stream, flush=True)
+
+
+def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S, progress: bool = True
+            ) -> tuple[bool, float, str, float, int]:
     """Execute notebook src (cwd: its folder) and write it to dst.
 
-    Returns ok, seconds, error (one line, "" if ok), seconds of the slowest cell. Any failure
+    Returns ok, seconds, error (one line, "" if ok), seconds of the slowest cell and its number
+    (the index in the notebook, as nbval and JupyterLab count; -1 if no cell ran). With
+    ``progress``, prints each section as it starts and every cell of 10 s or more. Any failure
     (a cell's error, a cell over `timeout`, a dead kernel) is caught and reported in one line:
     the caller runs the remaining notebooks. Raises Interrupted (after writing dst) when
     SIGINT or SIGTERM arrived: nbclient then kills the kernel and the cell fails.
@@ -199,9 +254,13 @@ def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float
     else:
         nb = nbformat.read(src, as_version=4)
     # shutdown "immediate": a kernel whose cell timed out is killed, not left running its cell
+    hooks = {}
+    if progress:
+        p = Progress(nb)
+        hooks = {"on_cell_start": p.start, "on_cell_executed": p.done}
     client = NotebookClient(nb, kernel_name="python3", config=kernel_config(), timeout=timeout,
                             record_timing=True, shutdown_kernel="immediate",
-                            resources={"metadata": {"path": str(src.parent)}})
+                            resources={"metadata": {"path": str(src.parent)}}, **hooks)
     t0 = time.perf_counter()
     ok, err = True, ""
     try:
@@ -217,15 +276,16 @@ def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S) -> tuple[bool, float
     seconds = time.perf_counter() - t0
     # nbclient handles SIGINT/SIGTERM itself while it runs: it kills the kernel and sets this
     interrupted = getattr(client, "_async_cleanup_kernel_future", None) is not None
-    slowest = max((_cell_seconds(c) for c in nb.cells if c.cell_type == "code"), default=0.0)
+    timed = [(_cell_seconds(c), i) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    slowest, slowest_cell = max(timed, default=(0.0, -1))
     for cell in nb.cells:  # no per-cell timestamps: stored notebooks change only with their outputs
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)  # widget state holds random model ids; Jupyter rebuilds it
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)
     if interrupted:
-        raise Interrupted(f"interrupted (SIGINT or SIGTERM) after {seconds:.0f} s")
-    return ok, seconds, err, slowest
+        raise Interrupted(f"interrupted (SIGINT or SIGTERM) after {seconds:.0f} s", seconds)
+    return ok, seconds, err, slowest, slowest_cell
 
 
 def title_of(nb_path: Path) -> str:
@@ -238,6 +298,25 @@ def title_of(nb_path: Path) -> str:
                 if line.startswith("# "):
                     return line[2:].strip()
     return nb_path.stem
+
+
+# The pages' fonts. The pages name no web font (they work offline), so Chinese needs a CJK font on
+# the reader's system: these families, in this order, cover Linux (Noto / Source Han / WenQuanYi),
+# macOS (PingFang) and Windows (Microsoft YaHei); without any of them Chinese shows as boxes.
+# On Debian/Ubuntu: `sudo apt-get install fonts-noto-cjk`; Fedora: `google-noto-sans-cjk-fonts`.
+CJK_SANS = ('"Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Hiragino Sans GB", '
+            '"Microsoft YaHei", "WenQuanYi Micro Hei"')
+FONT_CSS = f"""<style>
+:root {{
+  --jp-ui-font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, {CJK_SANS}, sans-serif;
+  --jp-content-font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, {CJK_SANS}, sans-serif;
+  --jp-code-font-family: "DejaVu Sans Mono", Menlo, Consolas, "Noto Sans Mono CJK SC", {CJK_SANS}, monospace;
+}}
+body {{ font-family: var(--jp-content-font-family); }}
+</style>"""
+FONT_NOTE = ("Chinese text needs a CJK font on this computer: Noto Sans CJK SC (Linux: package "
+             "fonts-noto-cjk), PingFang SC (macOS) or Microsoft YaHei (Windows).")
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 # Offline HTML. nbconvert's pages load MathJax and require.js from a CDN: offline every formula
@@ -257,7 +336,14 @@ MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFon
 </script>
 {{ super() }}
 {%- endblock html_head_js_mathjax -%}
+{%- block html_head_css -%}
+{{ super() }}
+@FONT_CSS@
+{%- endblock html_head_css -%}
 """
+
+
+OFFLINE_TEMPLATE = OFFLINE_TEMPLATE.replace("@FONT_CSS@", FONT_CSS)
 
 
 def mathjax_source() -> Path:
@@ -295,28 +381,79 @@ def to_html(nb_path: Path, out: Path) -> None:
     exporter = HTMLExporter(extra_loaders=[DictLoader({"llmtrain_offline.html.j2": OFFLINE_TEMPLATE})],
                             template_file="llmtrain_offline.html.j2",
                             mathjax_url=f"mathjax/MathJax.js?config={MATHJAX_CONFIG}")
-    body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+    body, _ = exporter.from_notebook_node(without_live_widgets(nbformat.read(nb_path, as_version=4)))
     out.write_text(body, encoding="utf-8")
 
 
-def write_index(rows: list[dict], out: Path, device: str) -> None:
-    items = "\n".join(
-        f'<tr><td><a href="{r["stem"]}.html">{html.escape(r["stem"])}</a></td>'
-        f'<td>{html.escape(r["title"])}</td><td>{html.escape(r["status"])}</td>'
-        f'<td>{r["seconds"]:.1f}</td><td>{r["slowest"]:.1f}</td>'
-        f'<td>{html.escape(r["error"])}</td></tr>'
-        for r in rows)
+
+
+def without_live_widgets(nb):
+    """The notebook without the outputs of live widgets: with no kernel (a static page) they show
+    only their repr ("VBox(children=…"); the notebooks draw a static rendering right after."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if WIDGET_MIME not in o.get("data", {})]
+    return nb
+
+
+INDEX_ROWS = "index.json"  # the index's rows, kept between runs: an interrupted run keeps them all
+
+
+def write_index(rows: list[dict], out: Path, device: str, stems: list[str] | None = None) -> list[dict]:
+    """Write the index page: one row per notebook of ``stems`` (default: those of ``rows``).
+
+    A notebook this run did not reach (interrupted, or not selected) keeps its row from the
+    previous index, marked "(earlier run)", or is listed as "not run": the index always lists every
+    notebook and links each page that exists. Returns the rows written."""
+    import json
+
+    stems = stems or [r["stem"] for r in rows]
+    kept = out.parent / INDEX_ROWS
+    try:
+        earlier = {r["stem"]: r for r in json.loads(kept.read_text(encoding="utf-8"))}
+    except (OSError, ValueError, TypeError, KeyError):
+        earlier = {}
+    now = {r["stem"]: r for r in rows}
+    table = []
+    for stem in stems:
+        if stem in now:
+            table.append(dict(now[stem]))
+        elif stem in earlier and not earlier[stem]["status"].startswith("not run"):
+            old = dict(earlier[stem])
+            old["status"] = old["status"].replace(" (earlier run)", "") + " (earlier run)"
+            table.append(old)
+        else:
+            table.append({"stem": stem, "title": stem, "status": "not run", "seconds": 0.0,
+                          "slowest": 0.0, "slowest_cell": -1, "error": ""})
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(r):
+        name = html.escape(r["stem"])
+        return f'<a href="{name}.html">{name}</a>' if (out.parent / f"{r['stem']}.html").is_file() else name
+
+    def slowest(r):
+        return f'{r["slowest"]:.1f} (cell {r["slowest_cell"]})' if r.get("slowest_cell", -1) >= 0 else ""
+
+    items = "\n".join(
+        f'<tr><td>{link(r)}</td>'
+        f'<td>{html.escape(r["title"])}</td><td>{html.escape(r["status"])}</td>'
+        f'<td>{r["seconds"]:.1f}</td><td>{slowest(r)}</td>'
+        f'<td>{html.escape(r["error"])}</td></tr>'
+        for r in table)
     out.write_text(f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>llmtrain notebooks</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
+<html lang="zh-Hans"><head><meta charset="utf-8"><title>llmtrain notebooks</title>
+<style>body{{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,{CJK_SANS},sans-serif;
+max-width:60em;margin:2em auto}}
 td,th{{padding:.3em .8em;text-align:left}}tr:nth-child(even){{background:#f4f4f4}}</style></head>
 <body><h1>llmtrain · 预训练之训练技术</h1>
 <p>Executed notebooks. Device: {html.escape(device)}</p>
 <table><tr><th>notebook</th><th>title</th><th>status</th><th>seconds</th><th>slowest cell (s)</th><th>error</th></tr>
 {items}
-</table></body></html>
+</table>
+<p><small>{html.escape(FONT_NOTE)}</small></p></body></html>
 """, encoding="utf-8")
+    kept.write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
+    return table
 
 
 def device_line() -> str:
@@ -329,26 +466,33 @@ def device_line() -> str:
         return f"unknown ({e})"
 
 
-def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int = TIMEOUT_S) -> int:
+def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int = TIMEOUT_S,
+        index_stems: list[str] | None = None) -> int:
     """Execute each source notebook; one failing notebook (an error, a timeout, a dead kernel)
     is reported in one line and the rest still run. Unless in place, also write the HTML pages
-    and build/html/index.html. Prints the table; returns 0 if every notebook ran, else 1."""
+    and build/html/index.html (listing ``index_stems``, default the sources: rows this run did
+    not reach are kept from the previous index). Prints progress, then the table and the total;
+    returns 0 if every notebook ran, 1 if one failed, 130 if the run was stopped by a signal."""
+    kernel_environment()
     device = device_line()
     rows = []
-    for src in sources:
+    t_run = time.perf_counter()
+    for k, src in enumerate(sources, 1):
         dst = src if in_place else build / "notebooks" / f"{src.stem}.ipynb"
-        print(f"executing {src.relative_to(ROOT) if src.is_relative_to(ROOT) else src} ...", flush=True)
+        name = src.relative_to(ROOT) if src.is_relative_to(ROOT) else src
+        print(f"[{k}/{len(sources)}] executing {name} ...", flush=True)
         try:
-            ok, seconds, err, slowest = execute(src, dst, timeout=timeout)
+            ok, seconds, err, slowest, slowest_cell = execute(src, dst, timeout=timeout)
         except Interrupted as e:
             print(f"STOPPED at {src.stem}: {e}; the remaining notebooks do not run", flush=True)
-            rows.append({"stem": src.stem, "title": src.stem, "status": "STOPPED", "seconds": 0.0,
-                         "slowest": 0.0, "error": str(e)})
+            rows.append({"stem": src.stem, "title": src.stem, "status": "STOPPED", "seconds": e.seconds,
+                         "slowest": 0.0, "slowest_cell": -1, "error": str(e)})
             break
         if not ok:
             print(f"FAILED {src.stem}: {err}", flush=True)
+        print(f"  done in {seconds:.1f} s; slowest: cell {slowest_cell}, {slowest:.1f} s", flush=True)
         row = {"stem": src.stem, "title": src.stem, "status": "ok" if ok else "FAILED",
-               "seconds": seconds, "slowest": slowest, "error": err}
+               "seconds": seconds, "slowest": slowest, "slowest_cell": slowest_cell, "error": err}
         try:
             row["title"] = title_of(dst)
             if not in_place:
@@ -357,18 +501,24 @@ def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int =
             row["status"], row["error"] = "FAILED", f"HTML: {one_line(e)}"
             print(f"FAILED {src.stem}: {row['error']}", flush=True)
         rows.append(row)
+    total = time.perf_counter() - t_run
+    table = rows
     if not in_place:
-        write_index(rows, build / "html" / "index.html", device)
-    w = max([len(r["stem"]) for r in rows] + [8])
+        table = write_index(rows, build / "html" / "index.html", device,
+                            index_stems or [s.stem for s in sources])
+    w = max([len(r["stem"]) for r in table] + [8])
     print()
-    print(f"{'notebook':<{w}}  status  seconds  slowest cell  device")
-    for r in rows:
-        print(f"{r['stem']:<{w}}  {r['status']:<6}  {r['seconds']:7.1f}  {r['slowest']:10.1f} s  {device}")
+    print(f"device: {device}")
+    print(f"{'notebook':<{w}}  {'status':<6}  seconds  slowest cell")
+    for r in table:
+        cell = f"{r['slowest']:6.1f} s (cell {r['slowest_cell']})" if r.get("slowest_cell", -1) >= 0 else ""
+        print(f"{r['stem']:<{w}}  {r['status']:<6}  {r['seconds']:7.1f}  {cell}")
         if r["error"]:
             print(f"{'':<{w}}  {r['error']}")
+    print(f"\ntotal: {total:.0f} s ({total / 60:.1f} min) for {len(rows)} of {len(sources)} notebooks")
     if not in_place:
         index = build / "html" / "index.html"
-        print(f"\nHTML: {index.relative_to(ROOT) if index.is_relative_to(ROOT) else index} · figures: figures/")
+        print(f"HTML: {index.relative_to(ROOT) if index.is_relative_to(ROOT) else index} · figures: figures/")
     failed = [r["stem"] for r in rows if r["status"] != "ok"]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} notebooks failed: {', '.join(failed)}")
@@ -384,7 +534,7 @@ def run_all(in_place: bool, only: list[str]) -> int:
     if not sources:
         print(f"no notebook matches {only}")
         return 1
-    return run(sources, in_place)
+    return run(sources, in_place, index_stems=[p.stem for p in pairs()])
 
 
 FIGURES = ROOT / "figures"

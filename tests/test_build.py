@@ -60,8 +60,11 @@ def small_build(tmp_path_factory):
     sources = [
         _nb(src / "a_hangs.ipynb", code("import time\ntime.sleep(60)")),
         _nb(src / "b_raises.ipynb", code("raise ValueError('batch must be positive')")),
-        _nb(src / "c_fine.ipynb", md("# Fine · 好\n\nA formula: $E = mc^2$ and $$\\sum_i x_i$$"),
-            code("import os\nprint(os.environ.get('LLMTRAIN_FIGURES'))")),
+        _nb(src / "c_fine.ipynb", md("# Fine · 好\n\n## 1. The only section · 唯一一节\n\n"
+                                     "A formula: $E = mc^2$ and $$\\sum_i x_i$$"),
+            code("import os\nprint(os.environ.get('LLMTRAIN_FIGURES'), os.environ.get('OMP_WAIT_POLICY'))"),
+            code("import ipywidgets\nipywidgets.VBox([ipywidgets.IntSlider(value=3)])  # a live widget"),
+            code("print('the static rendering')")),
     ]
     import io
     import tempfile
@@ -99,9 +102,80 @@ def test_runner_marks_failures_in_one_line_and_runs_the_rest(small_build):
 
 def test_runner_kernels_inherit_the_environment_and_do_not_warn(small_build):
     nb = nbformat.read(small_build["build"] / "notebooks" / "c_fine.ipynb", as_version=4)
-    assert nb.cells[1].outputs[0]["text"].strip() == os.environ["LLMTRAIN_FIGURES"]
+    want_omp = os.environ.get("OMP_WAIT_POLICY", nbtool.KERNEL_ENV["OMP_WAIT_POLICY"])
+    assert nb.cells[1].outputs[0]["text"].split() == [os.environ["LLMTRAIN_FIGURES"], want_omp]
     assert "without encryption" not in small_build["err"], small_build["err"]
     assert all("execution" not in c.metadata for c in nb.cells), "timestamps must not be stored"
+
+
+def test_runner_shows_progress_the_slowest_cell_and_the_total(small_build):
+    out = small_build["out"]
+    assert "[1/3] executing" in out and "[3/3] executing" in out
+    assert re.search(r"^  cell +0/4  1\. The only section · 唯一一节$", out, re.M), out
+    assert re.search(r"^  done in [0-9.]+ s; slowest: cell [0-9]+, [0-9.]+ s$", out, re.M), out
+    assert re.search(r"^c_fine\s+ok\s+[0-9.]+\s+[0-9.]+ s \(cell [123]\)$", out, re.M), out
+    assert re.search(r"^total: [0-9]+ s \([0-9.]+ min\) for 3 of 3 notebooks$", out, re.M), out
+
+
+def test_progress_reports_each_section_once_and_each_slow_cell():
+    import io
+
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[md("# T"), code("1"), md("## 1. A"), code("2"), code("3"),
+                                         md("## 2. B"), code("4")])
+    assert nbtool.section_of(nb) == ["", "", "1. A", "1. A", "1. A", "2. B", "2. B"]
+    stream = io.StringIO()
+    p = nbtool.Progress(nb, slow_s=0.0, stream=stream)
+    for i, cell in enumerate(nb.cells):
+        p.start(cell=cell, cell_index=i)
+        p.done(cell=cell, cell_index=i)
+    lines = stream.getvalue().splitlines()
+    assert [ln for ln in lines if "took" not in ln] == ["  cell  2/7  1. A", "  cell  5/7  2. B"]
+    assert sum("took" in ln for ln in lines) == 7
+
+
+def test_index_keeps_every_notebook_when_a_run_stops_early(tmp_path):
+    out = tmp_path / "html" / "index.html"
+    out.parent.mkdir()
+    (out.parent / "a.html").write_text("page a")
+    (out.parent / "b.html").write_text("page b")
+    row = {"title": "t", "seconds": 1.0, "slowest": 0.5, "slowest_cell": 2, "error": ""}
+    full = [{**row, "stem": s, "status": "ok"} for s in ("a", "b", "c")]
+    nbtool.write_index(full, out, "cpu")
+    stopped = [{**row, "stem": "a", "status": "STOPPED", "seconds": 16.0, "error": "interrupted"}]
+    table = nbtool.write_index(stopped, out, "cpu", ["a", "b", "c", "d"])
+    assert [(r["stem"], r["status"]) for r in table] == [
+        ("a", "STOPPED"), ("b", "ok (earlier run)"), ("c", "ok (earlier run)"), ("d", "not run")]
+    page = out.read_text(encoding="utf-8")
+    assert '<a href="b.html">b</a>' in page and '<a href="c.html">' not in page  # no page for c
+    assert "<td>16.0</td>" in page and "ok (earlier run)" in page and "not run" in page
+    # stopped again: the kept rows stay marked once, "(earlier run)" does not pile up
+    table = nbtool.write_index(stopped, out, "cpu", ["a", "b", "c", "d"])
+    assert table[1]["status"] == "ok (earlier run)"
+
+
+def test_html_pages_name_cjk_fonts_and_hide_the_widget_repr(small_build):
+    html_dir = small_build["build"] / "html"
+    page = (html_dir / "c_fine.html").read_text(encoding="utf-8")
+    for family in ("Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei",
+                   "WenQuanYi Micro Hei"):
+        assert family in page and family in nbtool.FONT_CSS
+    # the override comes after the theme's own definition of the variables
+    assert page.rindex("--jp-content-font-family: system-ui") > page.index("--jp-content-font-family")
+    assert "VBox(children=" not in page and "the static rendering" in page
+    stored = nbformat.read(small_build["build"] / "notebooks" / "c_fine.ipynb", as_version=4)
+    assert "VBox(children=" in str(stored.cells[2].outputs)  # the notebook keeps it: Jupyter shows the widget
+    index = (html_dir / "index.html").read_text(encoding="utf-8")
+    assert "fonts-noto-cjk" in index and "Noto Sans CJK SC" in index
+
+
+def test_html_export_drops_only_live_widget_outputs():
+    code = nbformat.v4.new_code_cell
+    widget = nbformat.v4.new_output("display_data", {"text/plain": "VBox(children=())",
+                                                     nbtool.WIDGET_MIME: {"model_id": "m"}})
+    text = nbformat.v4.new_output("stream", text="kept\n")
+    nb = nbformat.v4.new_notebook(cells=[code("w", outputs=[widget, text])])
+    assert nbtool.without_live_widgets(nb).cells[0].outputs == [text]
 
 
 def test_cell_timeout_has_a_wide_margin():
@@ -345,4 +419,7 @@ def test_a_signal_stops_the_whole_run(tmp_path):
     assert p.returncode == 130, out
     assert "STOPPED at a_sleeps" in out and "executing" in out and "b_never" not in out.split("STOPPED")[0]
     assert not (tmp_path / "build" / "notebooks" / "b_never.ipynb").exists()
-    assert (tmp_path / "build" / "html" / "index.html").is_file()
+    index = (tmp_path / "build" / "html" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"<td>a_sleeps</td>.*<td>STOPPED</td><td>([0-9.]+)</td>", index)
+    assert float(re.search(r"<td>STOPPED</td><td>([0-9.]+)</td>", index)[1]) > 0  # its seconds
+    assert "<td>b_never</td><td>b_never</td><td>not run</td>" in index  # listed, not dropped
