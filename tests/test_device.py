@@ -45,3 +45,22 @@ def test_env_override_errors_name_the_variable(value, message):
 def test_report_is_one_line():
     line = report(choose({}, cuda=False, mps=False))
     assert "\n" not in line and line.startswith("device: cpu") and torch.__version__ in line
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_the_device_module_makes_openmp_wait_passively_unless_set(preset, expected):
+    """A notebook's setup cell imports llmtrain.device before anything loads torch: OpenMP then
+    reads OMP_WAIT_POLICY=PASSIVE (a value the user set is kept)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import sys, os, llmtrain; assert 'torch' not in sys.modules; "
+            "import llmtrain.device; print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected

@@ -16,7 +16,14 @@ import platform
 from dataclasses import dataclass
 from typing import Mapping
 
-import torch
+# OpenMP threads that wait sleep instead of spinning on a core: on a machine shared by several
+# kernels (a classroom server, JupyterLab with two notebooks open) spinning threads took cores the
+# others needed, 20x slower (tests/test_load.py). OpenMP reads this once, when torch loads it, so
+# it is set here, before `import torch`, and only if the user has not set it. Every notebook's
+# setup cell imports this module first (Colab and JupyterLab kernels included); `make` sets it too.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402  (after the line above, on purpose)
 
 from . import check
 
