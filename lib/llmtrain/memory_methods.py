@@ -1,4 +1,4 @@
-"""What each memory-saving method keeps, tensor by tensor (notebook 12, 显存优化前沿).
+"""What each memory-saving method keeps, tensor by tensor (notebook 12, 显存优化方法).
 
 The 16 bytes per parameter of mixed-precision AdamW (2 weights + 2 gradients + 4 master + 4 m +
 4 v) and what each method of the slides' headlines changes in them (``METHODS``, each with its
