@@ -662,7 +662,7 @@ print(f"arXiv {arxiv}: posted 20{arxiv[:2]}-{arxiv[2:4]}; published at NeurIPS 2
 # > 课件原文：“GPipe: Efficient Training of Giant Neural Networks using Pipeline Parallelism, *NeurIPS 2024*”
 # > The paper is Huang et al. 2019: posted to arXiv as 1811.06965 in November 2018 and published
 # > at NeurIPS 2019 (Advances in Neural Information Processing Systems 32), as the cell above
-# > prints from the library's source list.
+# > prints from `pp_schedule`'s citation.
 # > **更正：** GPipe 由 Huang 等人发表于 NeurIPS 2019（arXiv 1811.06965），不是 2024 年。
 #
 # The slide's "需要与梯度累积联合使用，以达到流水线效果" is right. What micro-batches buy, and what
