@@ -72,6 +72,8 @@ def test_pipeline_demo_bad_flag(capsys, argv, needle):
     (["--dp", "2", "--tp", "2", "--pp", "2", "--nproc", "4"],
      "dp·tp·pp = 8 must equal the number of ranks 4"),
     (["--engine", "torch", "--zero", "1"], "--zero 1 has no FSDP2 equivalent"),
+    (["--tp", "3"], "tp must divide num_heads=4, got tp=3"),  # refused before any rank starts
+    (["--pp", "8"], "pp must be at most num_layers=2, got pp=8"),
 ])
 def test_3d_demo_bad_flag(capsys, argv, needle):
     line = one_line_exit_2(capsys, three_d.cli, argv)

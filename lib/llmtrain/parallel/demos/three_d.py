@@ -183,5 +183,6 @@ def _check_world(o: dict, world: int) -> None:
     dims = ParallelDims(dp=o["dp"], tp=o["tp"], pp=o["pp"])
     if dims.world_size != world:
         raise ValueError(f"dp·tp·pp = {dims.world_size} must equal the number of ranks {world}")
+    dims.check("tiny")  # before any rank starts: tp divides the heads, pp <= the layers
     if o["engine"] == "torch" and o["zero"] == 1:
         raise ValueError("--zero 1 has no FSDP2 equivalent: use --engine ours, or --zero 0, 2, 3")
