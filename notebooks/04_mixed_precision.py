@@ -25,15 +25,16 @@
 #
 # After this notebook you can read a float format off its bits, say where fp16 underflows and how loss
 # scaling rescues it, explain why the optimizer keeps fp32 master weights, say exactly which bytes
-# halve, measure the speed-up on the machine in front of you, and compare FP8 scaling schemes.
+# halve, measure the speed-up on the machine in front of you, compare FP8 scaling schemes, and say
+# which parts of DeepSeek-V3's training run in FP8 and why its GEMMs promote their sums to FP32.
 # The code is `llmtrain.precision` (formats, FP8) and `llmtrain.amp` (loss scaling, mixed-precision step).
 
 # %% [markdown]
 # > **导读**
-# > 本笔记本从比特位推导 fp32、tf32、fp16、bf16 与 FP8 各格式的取值范围和精度，并在小型 LLaMA 上展示 fp16 的梯度下溢以及动态损失缩放（loss scaling）如何挽救它。
-# > 接着用“float64 精确算术 + bf16 存储”的模拟实验说明为什么优化器要保留 fp32 主权重：小于等于半个间距的更新在 bf16 中会被舍入丢失。
-# > 然后逐项核对“显存减半、效率翻倍”：混合精度下模型状态仍是每参数 16 字节，真正减半的是激活值；相对 TF32，张量核心上的 bf16 恰好快 2 倍。
-# > 最后比较 DeepSeek-V3 的 FP8 细粒度缩放（1×128 tile、128×128 block）与整张量缩放对普通通道的影响。
+# > 本笔记本从比特位推导 fp32、tf32、fp16、bf16 与 FP8 各格式的取值范围和精度，并在小型 LLaMA 上展示 fp16 的梯度下溢，以及动态损失缩放（loss scaling）如何解决这个问题。
+# > 接着用“float64 精确算术 + bf16 存储”的模拟实验说明优化器为什么要保留 fp32 主权重：不超过半个间距的更新，在 bf16 中会被舍入掉。
+# > 然后逐项核对课件的“显存减半、效率翻倍”：使用 AdamW 时，混合精度的模型状态仍是每参数 16 字节，接近减半的是激活值；在张量核心上，bf16 的峰值算力恰为 TF32 的 2 倍。
+# > 最后讲 DeepSeek-V3 的 FP8 训练：哪些矩阵乘法用 FP8、哪些部分保留 BF16/FP32，按 1×128 分块（tile）和 128×128 块（block）的细粒度缩放，以及每累加 128 个元素就提升到 FP32 的累加方式。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -92,6 +93,8 @@ for name in precision.FORMATS:
     f = precision.format_info(name)
     print(f"{name:<9} {f.exponent_bits:>2} {f.mantissa_bits:>3} {f.bias:>5} {f.max:>11.4g} "
           f"{f.smallest_normal:>16.4g} {f.smallest_subnormal:>19.4g} {f.eps:>9.4g}")
+fp16_max, bf16_eps = precision.format_info("fp16").max, precision.format_info("bf16").eps
+print(f"exactly: fp16's max is {int(fp16_max):,}; bf16's eps is {bf16_eps} = {float(bf16_eps)}")
 
 # %%
 print("0.1 in each format, its bits, and the representable numbers around it:")
@@ -277,7 +280,8 @@ def run_16bit(master, steps=150):
 mixed_losses, pure_losses = run_16bit(True), run_16bit(False)
 tail_mixed, tail_pure = sum(mixed_losses[-10:]) / 10, sum(pure_losses[-10:]) / 10
 assert tail_pure > tail_mixed + 0.1
-print(f"final loss (mean of the last 10 steps): fp32 master weights {tail_mixed:.2f}, pure bf16 {tail_pure:.2f}")
+print(f"after {len(mixed_losses)} steps, final loss (mean of the last 10 steps): "
+      f"fp32 master weights {tail_mixed:.2f}, pure bf16 {tail_pure:.2f}")
 fig, ax = plt.subplots(figsize=(7, 3.4))
 ax.plot(mixed_losses, label="fp32 master weights, bf16 copy for compute")
 ax.plot(pure_losses, label="pure bf16 (weights and Adam moments)")
@@ -341,11 +345,17 @@ for dtype in (torch.float32, torch.bfloat16):
 print(f"peak ratio bf16/fp32: {peaks[torch.bfloat16].peak_bytes / peaks[torch.float32].peak_bytes:.3f}")
 
 # %% [markdown]
-# > **Erratum — 显存减半.** "Mixed precision halves memory" holds for the 16-bit weights, gradients
-# > and (roughly) the activations, not for the model states as a whole: with Adam, mixed precision
-# > keeps 16 bytes per parameter, exactly as many as fp32 training (2 + 2 + 4 master + 4 + 4). The
-# > slides' own 16P (训练显存估计) is this mixed-precision count. Evidence: the cells above.
-#
+# > **勘误 · Erratum — 显存减半.**
+# > 课件原文：“显存减半”
+# > "Mixed precision halves memory" holds for the 16-bit weights, gradients and (roughly) the
+# > activations, not for the model states as a whole: with Adam, mixed precision keeps 16 bytes per
+# > parameter, exactly as many as fp32 training (2 + 2 + 4 master + 4 + 4; the table of bytes per
+# > parameter above). The slides' own 16P (训练显存估计) is this mixed-precision count. What comes
+# > close to halving is the activations (the two cells above: ratio 0.554 for LLaMA-7B, and the
+# > measured peak of the small model).
+# > **更正：** 混合精度只让参与计算的 16 位权重、梯度和激活值减半；使用 AdamW 时，模型状态仍是每参数 16 字节，与 fp32 训练相同。省下的显存主要来自激活值，约为一半。
+
+# %% [markdown]
 # ## 6. Speed: what "efficiency doubles" means · 速度：“效率翻倍”指什么
 #
 # Matrix-multiply throughput per format on the device at hand (timings vary by machine):
@@ -412,7 +422,7 @@ for card in ("A100 SXM", "H100 SXM"):
     print(f"{card} bf16 vs tf32: {row['bf16']:g}/{row['tf32']:g} = {row['bf16'] / row['tf32']:.3f}")
 
 # %% [markdown]
-# > **Which baseline — 效率翻倍.** Against TF32, the tensor-core format fp32 training runs in on an A100
+# > **补充说明 · Note — 效率翻倍：相对哪个基线.** Against TF32, the tensor-core format fp32 training runs in on an A100
 # > or H100, bf16 is twice as fast (312/156 = 2.000 on A100, 989/495 = 1.998 on H100 with the
 # > datasheet's rounding, printed above): the slides' "efficiency doubles" is literally right. Against
 # > plain fp32 on the CUDA cores the 16-bit tensor cores are 8.0× (T4, fp16) to 16.0× (A100) faster, and
@@ -460,12 +470,36 @@ if dev.type != "cuda":  # no GPU here: the same step measured by scripts/gpu_che
     print("\n" + gpu_results.section("autocast_step"))
 
 # %% [markdown]
-# ## 7. FP8 and fine-grained scaling (DeepSeek-V3) · FP8 与细粒度缩放
+# ## 7. FP8 in DeepSeek-V3 · DeepSeek-V3 的 FP8 训练
+#
+# The slides: "DeepSeek-V3 使用 FP8 混合训练，进一步减少密集型计算开销". The DeepSeek-V3 technical report
+# (arXiv 2412.19437, §3.3) describes it in three parts, one subsection each below: what runs in FP8,
+# how FP8 tensors are scaled, and how the sums of an FP8 matrix product are kept accurate.
+#
+# ### 7.1 What runs in FP8 · 哪些计算用 FP8
+#
+# Not everything. DeepSeek-V3 §3.3.1 (and Fig. 6) runs the three GEMMs of every Linear layer in FP8:
+# Fprop (forward, $Y = XW$), Dgrad (the activation gradient, $\partial X = \partial Y\, W^\top$) and
+# Wgrad (the weight gradient, $\partial W = X^\top \partial Y$). They hold nearly all of a
+# transformer's FLOPs, which is where the speed comes from; and since Wgrad reads the layer's input in
+# FP8, the activations cached for backward are FP8 too. Components that are sensitive to precision or
+# cheap keep their original precision, and §3.3.3 keeps the master weights and gradients in FP32
+# while storing AdamW's moments in BF16. Each row with its place in the report
+# (`precision.DEEPSEEK_V3_FP8`):
+
+# %%
+print(f"{'component':<76} {'format':<40} report")
+for what, fmt, where in precision.DEEPSEEK_V3_FP8:
+    print(f"{what:<76} {fmt:<40} {where}")
+
+# %% [markdown]
+# ### 7.2 Fine-grained scaling · 细粒度缩放
 #
 # FP8 has 3 or 2 mantissa bits and a narrow range, so every tensor is stored with a *scale*: the
 # largest magnitude maps to the format's max (448 for E4M3). One scale per tensor lets a single outlier
-# squeeze everything else towards zero. DeepSeek-V3 (arXiv 2412.19437, §3.3) scales activations per
-# 1×128 tile and weights per 128×128 block. On activations (256 × 1024, N(0, 1)) with 10 outlier
+# squeeze everything else towards zero. DeepSeek-V3 (§3.3.2, Fig. 7 (a)) scales activations per
+# 1×128 tile (one token, 128 channels) and weights per 128×128 block, and uses E4M3 for all tensors.
+# On activations (256 × 1024, N(0, 1)) with 10 outlier
 # channels (1 %) 10² or 10⁴ times larger: the relative error of the whole tensor, then the error on the 99 %
 # ordinary channels alone and the share of their values flushed to 0 (`precision.quantization_stats`;
 # the norms in float64, the counts exact):
@@ -482,6 +516,7 @@ for outlier_scale in (1e2, 1e4):
         for g in GROUPS:
             stats[outlier_scale, fmt, g] = (precision.quantization_stats(acts, fmt, g),
                                             precision.quantization_stats(acts, fmt, g, where=ordinary))
+print(f"activations of shape {tuple(acts.shape)}, N(0, 1), {int((~ordinary).sum())} outlier channels")
 print(f"{'outliers':>8} {'format':<9} {'scale per':<14} {'error, all':>10} {'error, ordinary':>15} "
       f"{'ordinary flushed to 0':>22}")
 for (outlier_scale, fmt, g), (whole, part) in stats.items():
@@ -522,6 +557,53 @@ for fmt in ("fp8_e4m3", "fp8_e5m2"):
         err = (approx.double() - exact).norm() / exact.norm()
         print(f"{fmt:<9} {g:<7} relative error {err.item():.4f}")
 
+# %% [markdown]
+# ### 7.3 Accumulation: promote to FP32 every 128 elements · 累加：每 128 个元素提升到 FP32
+#
+# Fine-grained scales have a price: a scale that changes every 128 elements along the inner
+# dimension K cannot be applied inside a standard FP8 GEMM. DeepSeek-V3 §3.3.2 solves this together
+# with a second problem it measured: on H800 the tensor cores accumulate FP8 products keeping "around
+# 14 bits", far below FP32, and for two random matrices with K = 4096 this alone gave "a maximum
+# relative error of nearly 2%". The fix (Fig. 7 (b)): after every $N_C$ = 128 elements of K (4 WGMMA
+# instructions) the partial sums are copied into FP32 registers on the CUDA cores, multiplied there by
+# the tile's and the block's scales, and added in full FP32 precision.
+#
+# `precision.fp8_gemm_accumulated` emulates it: the products of two FP8 values (exact), a running sum
+# rounded to 14 significant bits after each addition, a promotion every $N_C$ elements. How the
+# hardware rounds is not public, so both ends are shown: to nearest (unbiased) and toward zero
+# (biased). The error is the largest over the output, relative to the output's largest value, against
+# the same FP8 inputs summed with 52 bits, so that only the accumulation is measured:
+
+# %%
+gen = torch.Generator().manual_seed(0)
+acc_err = {}
+print(f"{'K':>5} {'accumulator (14 significant bits)':<40} {'rounding':<12} {'accumulation error':>18}")
+for K in (512, 4096):
+    a = torch.randn(8, K, generator=gen, dtype=torch.float64).float()
+    b = torch.randn(K, 128, generator=gen, dtype=torch.float64).float()
+    wide = precision.fp8_gemm_accumulated(a, b, granularity="tensor", accumulator_bits=52)  # quantisation only
+    for rounding in precision.ROUNDINGS:
+        for n_c in ((None, 128) if K == 4096 else (None,)):
+            got = precision.fp8_gemm_accumulated(a, b, granularity="tensor", rounding=rounding, promote_every=n_c)
+            acc_err[K, rounding, n_c] = err = float((got - wide).abs().max() / wide.abs().max())
+            how = f"over all K = {K}" if n_c is None else f"promoted to fp32 every N_C = {n_c}"
+            print(f"{K:>5} {how:<40} {rounding:<12} {err:>17.3%}")
+exact = a.double() @ b.double()
+print(f"for scale: FP8 (E4M3) rounding of the inputs themselves, K = 4096: "
+      f"{float((wide - exact).abs().max() / exact.abs().max()):.1%}")
+for rounding in precision.ROUNDINGS:
+    assert acc_err[4096, rounding, None] > 2 * acc_err[512, rounding, None]    # longer sums, larger error
+    assert acc_err[4096, rounding, 128] < acc_err[4096, rounding, None] / 10   # promotion: > 10× smaller
+assert acc_err[4096, "nearest", None] < 0.01 < acc_err[4096, "toward_zero", None]
+
+# %% [markdown]
+# Longer sums lose more: from K = 512 to 4096 the error grows about fourfold when rounding to nearest
+# (the rounding errors add like a random walk, on ever larger partial sums) and tenfold toward zero
+# (every addition loses in the same direction). Promoting every 128 elements cuts it more than tenfold
+# either way, far below the FP8 rounding of the inputs themselves (printed last). The report's
+# measured "nearly 2%" lies between the two models' 0.197% and 4.477% (its error measure is not
+# spelled out either). The emulation is float64 arithmetic only, so the table is the same on every CPU.
+
 # %% tags=["nbval-ignore-output"]
 # the real FP8 matmul exists only on GPUs with FP8 tensor cores (H100/H200, RTX 40xx): measure it there
 if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9) and hasattr(torch, "_scaled_mm"):
@@ -555,10 +637,12 @@ print(f"eps {f8.eps}; {len(codes)} positive finite values, {len(subnormal)} subn
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 浮点格式的全部性质都由指数位 E 和尾数位 M 推出：fp16 的最大值为 6.55e+04、最小次正规数为 5.96e-08；bf16 保留 fp32 的 8 个指数位（取值范围与 fp32 相同），但 eps 只有 0.007812。
-# - 训练 100 步后的小型 LLaMA 有 121,344 个非零梯度：转成 fp16 时 6 个被冲刷为 0，10,948 个（9.02%）只能以次正规数保存；损失缩放 2^8 之后只剩 43 个（0.04%），bf16 一个也不丢。
-# - 动态损失缩放从 2^24 开始，120 步 fp16 训练中跳过了 9 步（第 1–4 步，以及之后几次放大缩放后的溢出），最终缩放为 2^19。
-# - bf16 在 1.0 之上的间距是 2^-7：不超过半个间距的更新都会丢失，恰好一半（2^-8）也会丢失，因为平局舍入到偶数。bf16 存储、float64 算术的模拟中，150 步后 fp32 主权重的损失为 1.85，纯 bf16 为 2.00。
-# - “显存减半”不适用于模型状态：使用 AdamW 时混合精度与 fp32 训练同样是每参数 16 字节；接近减半的是激活值（LLaMA-7B，B = 1，T = 2048：22.65 GB → 12.55 GB，比值 0.554）。
-# - “效率翻倍”相对 TF32 字面成立：bf16/TF32 在 A100 上是 312/156 = 2.000，在 H100 上是 989/495 = 1.998；相对不用张量核心的 fp32，16 位张量核心快 8.0×（T4 fp16）到 16.0×（A100），H100 的 FP8 为 29.5×。
-# - FP8 E4M3 整张量缩放：离群通道为 10^4 倍时，整张量的相对误差仍是 0.0270，看不出问题；普通通道的误差却从 0.0265 升到 0.0424，5.69% 的值被冲刷为 0。DeepSeek-V3 的 1×128 tile 缩放把它们保持在 0.0272 和 1.16%。
+# - 浮点格式的性质都由指数位和尾数位决定：fp16 最大只能表示 65504；bf16 的取值范围与 fp32 相同，但 eps 高达 0.0078（fp32 为 1.19e-07），精度粗得多。
+# - fp16 的问题是下溢：训练 100 步后的小型 LLaMA 中，9.02% 的梯度只能以次正规数保存；损失缩放 2^8 之后只剩 0.04%。bf16 一个也不丢。
+# - 动态损失缩放从过大的 2^24 开始，遇到溢出就把缩放减半并跳过这一步：120 步 fp16 训练中跳过了 9 步，最终稳定在 2^19。
+# - bf16 在 1.0 附近的间距是 2^-7，不超过半个间距的更新都会被舍入掉，所以优化器要在 fp32 主权重上更新：150 步后，有主权重的损失为 1.85，纯 bf16 为 2.00。
+# - “显存减半”不适用于模型状态：使用 AdamW 时，混合精度与 fp32 训练都是每参数 16 字节；接近减半的是激活值（LLaMA-7B：22.65 GB → 12.55 GB）。
+# - “效率翻倍”是相对 TF32 而言：A100 上 bf16 的峰值算力恰为 TF32 的 2 倍（312/156）；相对不用张量核心的 fp32，则是 8.0–16.0 倍。
+# - FP8 整张量缩放时，少数离群通道会压垮其他值：离群值为 10^4 倍时，5.69% 的普通值下溢为 0；DeepSeek-V3 按 1×128 分块（tile）缩放后只有 1.16%。
+# - DeepSeek-V3 只把线性层的三个矩阵乘法（Fprop、Dgrad、Wgrad）放到 FP8；嵌入层、输出层、MoE 门控、归一化和注意力保留原精度，主权重和梯度用 FP32，AdamW 的两个矩用 BF16。
+# - 张量核心的 FP8 累加只保留约 14 位有效位：按本笔记本的模型，K = 4096 时累加误差为 0.197%（向最近舍入）到 4.477%（向零舍入）；每 128 个元素提升到 FP32 一次后，误差降到十分之一以下。

@@ -35,7 +35,7 @@
 # > 本笔记本从课件中的一句话出发：把参数 $W$ 拆成 $W_1$、$W_2$，两张卡分别计算 $XW_i$ 后拼接。
 # > 先用 SymPy 证明按列切分（拼接输出）和按行切分（输出求和）都等于原来的矩阵乘法，并说明 MLP 和注意力为什么先按列、再按行切分，前向只需两次 all-reduce。
 # > 然后在 2 个真实进程上运行手写的切分和整个张量并行的 LLaMA（Megatron 的 f 与 g 通信算子），与单进程和 PyTorch 的 DTensor 对照，并逐字节统计每个进程的参数、激活值和通信量，与公式核对（包括序列并行）。
-# > 最后用 FLOPs 与通信字节之比和厂商公布的带宽说明：张量并行每层都要通信，所以只适合放在同一台 NVLink 机器内部。
+# > 最后用 FLOPs 与通信字节之比和厂商公布的带宽说明：张量并行每层都要通信，所以只适合放在同一个 NVLink 节点内部。
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup. On Colab: install llmtrain from the repository; Colab's own torch, transformers
@@ -73,6 +73,10 @@ RANKS = 2  # tensor-parallel degree t of every demo (the tiny LLaMA has 2 key/va
 
 # %% [markdown]
 # ## 1. Two ways to split a product · 矩阵乘法的两种切分
+#
+# Notation (Megatron's): $b$ micro-batch size, $s$ sequence length, $h$ hidden size — the slides'
+# $B$, $T$, $H$ — and $t$ the tensor-parallel degree (the number of ranks a layer is split over;
+# not the slides' $T$).
 #
 # Take $Y = XW$ with $X$ of $b\cdot s$ rows (tokens) and $h$ columns, $W$ of $h \times h$. The slide
 # splits $W$ **by columns**, $W = [W_1\; W_2]$: card $i$ holds $W_i$ and the whole $X$, computes
@@ -544,7 +548,7 @@ print(f"DTensor, TP + SP, backward: the same {dt_sp['reduce_scatter']} reduce-sc
 # DTensors, summed only when read (here by `full_tensor()`, after the count), where ours are
 # all-reduced during backward. All four equal one process (§4).
 #
-# ## 7. What it costs: why TP stays inside one node · 代价：为什么张量并行只在一台机器内
+# ## 7. What it costs: why TP stays inside one node · 代价：为什么张量并行只在一个节点内
 #
 # Per layer and step, each rank sends $4\cdot 2\frac{t-1}{t}\, b s h \cdot 2$ bytes (bf16, TP),
 # and computes $1/t$ of the layer's FLOPs. Both grow with $b\cdot s$, so their ratio — FLOPs per
@@ -577,26 +581,54 @@ print(f"→ {float(per_byte):,.0f} FLOPs per byte sent, at any batch size")
 #   between nodes).
 
 # %%
-peak_flops = 989.5e12  # H100 SXM5, BF16 dense
-links = {"NVLink 4 (one node)": 450e9, "PCIe Gen5 x16": 32e9 * 16 * 128 / 130 / 8,
-         "InfiniBand NDR (between nodes)": 400e9 / 8}
+# the published numbers (data, with their sources above), and what each means per direction
+peak_flops = 989.5e12  # H100 SXM5 datasheet: BF16 dense Tensor Core
+nvlink_both = 900e9    # H100 SXM5 datasheet: NVLink 4, both directions
+ndr_port = 400e9       # ConnectX-7 datasheet: InfiniBand NDR, bits per second per port
+links = {"NVLink 4 (one node)": nvlink_both / 2, "PCIe Gen5 x16": 32e9 * 16 * 128 / 130 / 8,
+         "InfiniBand NDR (between nodes)": ndr_port / 8}
+print(f"H100 SXM5 datasheet: BF16 dense {peak_flops / 1e12:.1f} TFLOP/s; NVLink 4 {nvlink_both / 1e9:.0f} GB/s "
+      f"both directions = {links['NVLink 4 (one node)'] / 1e9:.0f} GB/s each way; "
+      f"NDR {ndr_port / 1e9:.0f} Gb/s = {ndr_port / 8e9:.0f} GB/s per direction")
 compute_s = layer_flops / t8 / peak_flops
 print(f"one layer on one H100 at peak: {compute_s * 1e3:.3f} ms of compute per sequence of {S} tokens")
+ratio = {}
 for name, bw in links.items():
     comm_s = float(sent_per_layer) / bw
+    ratio[name] = comm_s / compute_s
     print(f"{name:31s} {bw / 1e9:6.1f} GB/s: {comm_s * 1e3:.3f} ms sending = "
-          f"{comm_s / compute_s:4.2f} × the compute")
+          f"{ratio[name]:4.2f} × the compute")
 
 # %% [markdown]
-# Inside an NVLink node the all-reduces take about as long as the layer's compute — already
-# tight, which is why real systems work to overlap them with the matmuls (cutting them in
-# chunks), and why $t$ rarely exceeds the 8 GPUs of a
-# node. Over PCIe or InfiniBand, the GPU would wait several times longer than it computes, at
+# At peak FLOPs, inside an NVLink node the all-reduces take about three quarters of the layer's
+# compute. No training run computes at peak, though: large runs report a model FLOPs utilisation
+# (MFU) around 40 % (Llama 3 405B: 41–43 %, notebook 08). At 40–50 % MFU the compute takes 2 to 2.5
+# times as long, while the bytes to send stay the same. The same ratios at a realistic MFU:
+
+# %%
+for mfu in (0.4, 0.5):
+    print(f"at MFU {mfu:.0%}: " + ", ".join(f"{name.split(' (')[0]} {r * mfu:.2f} ×" for name, r in ratio.items()))
+assert 0.3 <= ratio["NVLink 4 (one node)"] * 0.4 and ratio["NVLink 4 (one node)"] * 0.5 <= 0.4
+
+# %% [markdown]
+# Inside an NVLink node the all-reduces then take about a third of the compute time: affordable,
+# and real systems hide part of it by overlapping them with the matmuls (cutting them in chunks).
+# Over PCIe or InfiniBand the GPU would still wait two to three times longer than it computes, at
 # every layer, in forward and backward: the communication of tensor parallelism is on the
 # critical path (each layer needs the result before the next can start), unlike data
 # parallelism's gradient all-reduce, which overlaps with backward (notebook 05). Across nodes one
 # uses pipeline parallelism (notebook 07), which sends one activation per micro-batch to a
-# neighbour, and data parallelism; TP stays inside the node (notebook 08 combines the three).
+# neighbour, and data parallelism; TP stays inside the node, which is why $t$ rarely exceeds the 8
+# GPUs of a node (notebook 08 combines the three).
+#
+# TP has a second cost that no byte count shows: each rank multiplies matrices $t$ times smaller, and
+# "for insufficiently-large layers, modern GPUs might not perform these sub-matrix computations with
+# peak efficiency" (Narayanan et al. 2021, §3.3.2). Its MFU drops as $t$ grows, which raises the ratio
+# above again. And $t$ has an upper limit: here, as in Megatron-LM (which requires the number of
+# query groups to be a multiple of the tensor-parallel size), each rank holds whole key/value heads,
+# so $t$ must divide $N_{kv}$. Inference engines such as vLLM and SGLang (`QKVParallelLinear`) go
+# further: when $t$ exceeds $N_{kv}$ they give each rank one key/value head and replicate every head
+# on $t/N_{kv}$ ranks, at the cost of holding and computing those heads several times.
 #
 # **Exercise.** Llama-2 70B ($h$ = 8192, $N$ = 64, $N_{kv}$ = 8) trains with $t$ = 8, one sequence
 # of 4096 tokens, bf16. How many bytes does each rank send per layer in forward, with and without
@@ -604,15 +636,16 @@ for name, bw in links.items():
 #
 # <details><summary>Answer</summary>
 #
-# Without SP: 2 all-reduces of $b\cdot s\cdot h$ = 33,554,432 elements (67,108,864 B), each
-# sending $2\cdot\frac{7}{8}$ of it: 234,881,024 B per layer (≈ 235 MB; 80 layers: 18.8 GB per
-# forward). With SP: 2 all-gathers + 2 reduce-scatters, each $\frac{7}{8}$: the same
-# 234,881,024 B. The largest $t$ is 8: $t$ must divide $N_{kv}$ = 8 (whole key/value heads per
-# rank); `ParallelDims(tp=16).check` says so. The next cell computes it.
+# Without SP: 2 all-reduces of $b\cdot s\cdot h$ elements ($1\cdot 4096\cdot 8192$, 2 bytes each),
+# each sending $2\cdot\frac{7}{8}$ of it: 234,881,024 B per layer (80 layers: 18.8 GB per forward).
+# With SP: 2 all-gathers + 2 reduce-scatters, each $\frac{7}{8}$: the same 234,881,024 B. The largest
+# $t$ is 8: $t$ must divide $N_{kv}$ = 8 (whole key/value heads per rank);
+# `ParallelDims(tp=16).check` says so. The next cell computes it.
 # </details>
 
 # %%
 l70 = shapes.get("llama2-70b")
+print(f"b·s·h = 1·4096·{l70.hidden_size} = {4096 * l70.hidden_size:,} elements = {2 * 4096 * l70.hidden_size:,} B in bf16")
 for sp_ in (False, True):
     fwd = {op: tr for (op, d), tr in tp_comm.comm_per_layer(8, sp_, 1, 4096, l70.hidden_size).items()
            if d == "forward"}
@@ -628,10 +661,11 @@ except ValueError as e:
 # ## 要点 · Key points
 #
 # - 按列切分：$[XW_1, XW_2] = XW$，各卡得到输出的不同列，需要拼接（all-gather）；按行切分：$X_1W_1 + X_2W_2 = XW$，各卡得到部分和，需要求和（all-reduce）。SymPy 证明两者都精确成立。
-# - MLP 先按列（gate、up 用相同的列）、再按行（down）切分：SiLU 和 ⊙ 逐元素计算，各卡的 $Z_i$ 正好是 $Z$ 的第 $i$ 块列，整个 MLP 前向只需一次 all-reduce；若先按行切分，SiLU(a+b) ≠ SiLU(a)+SiLU(b)（a = b = 1 时差 0.299477）。注意力按头切分，$t$ 必须整除 $N$ 和 $N_{kv}$。
-# - Megatron 的 f（前向恒等、反向 all-reduce）和 g（前向 all-reduce、反向恒等）：融合 qkv 和 gate/up 后，每层前向 2 次、反向 2 次大小为 $b\cdot s\cdot h$ 的 all-reduce；DTensor 分开投影时反向每层 5 次。
-# - 在 2 个进程上，手写切分与单进程相差小于 1e-12；整个微型 LLaMA（float64 权重）的张量并行、张量并行 + 序列并行与单进程和 DTensor 的损失、logits 和全部梯度都相差小于 1e-12（只是舍入误差）。
-# - 每个进程的参数字节与 `memory.params_per_gpu` 的张量并行划分逐字节相等（微型 LLaMA，bf16：单进程 250,496 B，$t$ = 2 时每个进程 125,568 B，RMSNorm 权重不切分）；保存的激活值与 `tp_saved_bytes` 逐字节相等：单进程 238,708 B，张量并行 161,492 B，加上序列并行 120,212 B。
-# - 序列并行把块之间未被切分（replicated）的部分也除以 $t$：同样的划分作用于 Korthikanti 等人的 GPT 层，正好得到 $sbh(10 + 24/t + 5as/(ht))$ 和 $(sbh/t)(34 + 5as/h)$（SymPy 差为 0）。
-# - 序列并行把每个 all-reduce 换成 reduce-scatter + all-gather，前向通信字节不变；反向还要重新 all-gather 两个列并行层的输入（每层 4 次 all-gather），并 all-reduce RMSNorm 权重的梯度。统计到的每层通信次数和元素数都等于 `comm_per_layer`。
-# - LLaMA-7B、$t$ = 8、$s$ = 2048 时，每个进程每发送 1 字节只做 2,903 次浮点运算：按厂商公布的峰值（H100 BF16 989.5 TFLOPS），NVLink 4（每个方向 450 GB/s）上通信时间是计算的 0.76 倍，PCIe Gen5 x16（63.0 GB/s）上是 5.41 倍，InfiniBand NDR（50.0 GB/s）上是 6.82 倍。张量并行的通信在每一层的关键路径上，所以只放在一台 NVLink 机器内。
+# - MLP 先按列（gate、up 用相同的列）、再按行（down）切分：SiLU 和 ⊙ 逐元素计算，各卡的 $Z_i$ 正好是 $Z$ 的第 $i$ 个列块，整个 MLP 前向只需一次 all-reduce。若先按行切分就不行：SiLU(a+b) ≠ SiLU(a)+SiLU(b)（a = b = 1 时相差 0.299477）。
+# - 注意力按头切分，张量并行度 $t$ 必须整除头数 $N$ 和键值头数 $N_{kv}$（本实现与 Megatron-LM 相同；vLLM 等推理引擎在 $t > N_{kv}$ 时复制键值头）。
+# - Megatron 的 f（前向恒等、反向 all-reduce）和 g（前向 all-reduce、反向恒等）：融合 qkv 和 gate/up 后，每层前向、反向各 2 次 all-reduce，每次 $b\cdot s\cdot h$ 个元素。
+# - 在 2 个进程上，整个小型 LLaMA 的张量并行（含序列并行）与单进程、DTensor 的损失和全部梯度相差小于 1e-12，只是舍入误差。
+# - 每个进程的参数字节和保存的激活值都与公式逐字节相等：$t$ = 2 时参数从 250,496 B 降到每进程 125,568 B（RMSNorm 权重不切分）；激活值从 238,708 B 降到 161,492 B，加上序列并行降到 120,212 B。
+# - 序列并行把块与块之间原本在各卡上复制（replicated）的部分也按 $t$ 切分，正好得到 Korthikanti 等人的 $(sbh/t)(34 + 5as/h)$；前向通信字节不变。
+# - LLaMA-7B、$t$ = 8、$s$ = 2048 时，每发送 1 字节只做 2,903 次浮点运算。按峰值算力，NVLink 上的通信时间是计算的 0.76 倍；按 40–50% 的 MFU 只有 0.30–0.38 倍，而跨节点的 InfiniBand 是它的 9 倍。张量并行每层都要通信，所以只放在同一个 NVLink 节点内。
+# - 张量并行的第二个代价是每卡的矩阵乘法变小，GPU 难以跑满（Narayanan et al. 2021, §3.3.2）。

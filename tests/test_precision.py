@@ -365,3 +365,82 @@ def test_quantization_stats_agrees_with_quantization_error_and_shows_the_squeeze
     tile = P.quantization_stats(x, "fp8_e4m3", "tile", where=ordinary)
     assert tensor.flushed_fraction > 0.05 > 0.02 > tile.flushed_fraction
     assert tensor.error > 1.5 * tile.error
+
+
+# --- limited-precision accumulation inside an FP8 GEMM (DeepSeek-V3 §3.3.2) -------------------
+
+@pytest.mark.parametrize("bits", [8, 11, 24])
+def test_round_significand_to_nearest_equals_torch_casts(bits):
+    """Rounding to 8, 11 and 24 significant bits is what bf16, fp16 and fp32 casts do to
+    normal numbers (their exponent range is not reached here); random doubles hit no ties."""
+    dtype = {8: torch.bfloat16, 11: torch.float16, 24: torch.float32}[bits]
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(bits), dtype=torch.float64) * 100
+    assert torch.equal(P.round_significand(x, bits), x.to(dtype).double())
+
+
+def test_round_significand_by_hand():
+    x = torch.tensor([1 + 2.0**-3 + 2.0**-5, -(1 + 2.0**-3 + 2.0**-5), 7.0, 0.0], dtype=torch.float64)
+    # 4 significant bits: 1.001|01 → 1.001 (nearest and toward zero), 7 = 111 stays
+    assert P.round_significand(x, 4).tolist() == [1.125, -1.125, 7.0, 0.0]
+    assert P.round_significand(torch.tensor([1 + 2.0**-3 + 2.0**-4], dtype=torch.float64), 4).item() == 1.25
+    assert P.round_significand(torch.tensor([1 + 2.0**-3 + 2.0**-4 + 2.0**-6], dtype=torch.float64), 4,
+                               "toward_zero").item() == 1.125
+    assert P.round_significand(torch.tensor([-7.5], dtype=torch.float64), 2, "toward_zero").item() == -6.0
+
+
+def _gemm_inputs(k, seed=0, m=8, n=128):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(m, k, generator=g, dtype=torch.float64).float(),
+            torch.randn(k, n, generator=g, dtype=torch.float64).float())
+
+
+def test_fp8_gemm_with_a_wide_accumulator_is_the_dequantised_product():
+    """52 significant bits and promotion: the oracle is the float64 product of the dequantised
+    inputs (what fp8_matmul multiplies), up to the fp32 rounding of the promotion."""
+    a, b = _gemm_inputs(512)
+    for g in ("tensor", "fine"):
+        ga, gb = ("tile", "block") if g == "fine" else ("tensor", "tensor")
+        qa, sa = P.quantize(a, "fp8_e4m3", ga)
+        qb, sb = P.quantize(b, "fp8_e4m3", gb)
+        oracle = P.dequantize(qa, sa, ga).double() @ P.dequantize(qb, sb, gb).double()
+        got = P.fp8_gemm_accumulated(a, b, granularity=g, accumulator_bits=52)
+        assert ((got - oracle).abs().max() / oracle.abs().max()).item() < 1e-6
+        assert torch.allclose(got.float(), P.fp8_matmul(a, b, granularity=g), rtol=1e-5, atol=1e-4)
+
+
+def test_promotion_every_128_bounds_the_accumulation_error_and_long_sums_grow_it():
+    """DeepSeek-V3 §3.3.2: limited accumulation precision hurts more as K grows; promoting to
+    fp32 every N_C = 128 elements fixes it. Errors against the product of the quantised inputs."""
+    def acc_error(k, **kw):
+        a, b = _gemm_inputs(k)
+        wide = P.fp8_gemm_accumulated(a, b, granularity="tensor", accumulator_bits=52, promote_every=128)
+        got = P.fp8_gemm_accumulated(a, b, granularity="tensor", **kw)
+        return ((got - wide).abs().max() / wide.abs().max()).item()
+    for rounding in P.ROUNDINGS:
+        long512 = acc_error(512, promote_every=None, rounding=rounding)
+        long4096 = acc_error(4096, promote_every=None, rounding=rounding)
+        promoted = acc_error(4096, promote_every=128, rounding=rounding)
+        assert long4096 > 2 * long512
+        assert promoted < long4096 / 10
+    assert acc_error(4096, promote_every=None, rounding="toward_zero") > 0.01  # the paper's order (≈ 2 %)
+
+
+def test_fp8_gemm_accumulated_rejects_what_it_cannot_model():
+    a, b = _gemm_inputs(256)
+    with pytest.raises(ValueError, match="promote_every=None needs granularity='tensor'"):
+        P.fp8_gemm_accumulated(a, b, granularity="fine", promote_every=None)
+    with pytest.raises(ValueError, match="promote_every must divide K = 256 and tile = 128"):
+        P.fp8_gemm_accumulated(a, b, promote_every=96)
+    with pytest.raises(ValueError, match="rounding"):
+        P.fp8_gemm_accumulated(a, b, rounding="up")
+    with pytest.raises(ValueError, match="bits"):
+        P.round_significand(torch.ones(2, dtype=torch.float64), 0)
+
+
+def test_deepseek_v3_table_cites_only_checked_places_of_the_report():
+    from llmtrain import sources
+    checked = sources.find("DeepSeek-V3").checked
+    for what, fmt, places in P.DEEPSEEK_V3_FP8:
+        assert what and fmt
+        for place in places.split(", "):
+            assert place in checked, (what, place)

@@ -35,7 +35,8 @@ from . import check
 
 __all__ = ["FORMATS", "FormatInfo", "format_info", "DTYPES", "torch_dtype", "dtype_name",
            "dtype_bytes", "decode", "round_exact", "bits_of", "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
-           "quantization_error", "fp8_matmul", "realistic_activations",
+           "quantization_error", "fp8_matmul", "DEEPSEEK_V3_FP8", "ROUNDINGS", "round_significand", "fp8_gemm_accumulated",
+           "realistic_activations",
            "QuantStats", "quantization_stats"]
 
 # name: (exponent bits, mantissa bits, IEEE-like?, torch dtype name or None)
@@ -394,6 +395,106 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3", granula
     qa, sa = quantize(a, name, ga, tile)
     qb, sb = quantize(b, name, gb, tile)
     return dequantize(qa, sa, ga, tile) @ dequantize(qb, sb, gb, tile)
+
+
+def round_significand(x: torch.Tensor, bits: int, rounding: str = "nearest") -> torch.Tensor:
+    """float64 x rounded to ``bits`` significant bits, exponent unlimited.
+
+    "nearest": Veltkamp's splitting, c = x·(2^(53−bits) + 1), result c − (c − x) (Dekker 1971);
+    "toward_zero": x = m·2^e with 0.5 ≤ |m| < 1 becomes trunc(m·2^bits)·2^(e−bits). Both are
+    correctly rounded float64 operations only: the same result on every CPU.
+    """
+    check.tensor("x", x, dtype=torch.float64)
+    check.integer("bits", bits, 1, 52)
+    check.one_of("rounding", rounding, ROUNDINGS)
+    return _round_significand(x, bits, rounding)
+
+
+ROUNDINGS = ("nearest", "toward_zero")
+
+
+def _round_significand(x: torch.Tensor, bits: int, rounding: str) -> torch.Tensor:
+    if rounding == "nearest":
+        c = x * (2.0 ** (53 - bits) + 1)
+        return c - (c - x)
+    m, e = torch.frexp(x)
+    return torch.trunc(m * 2.0**bits) * torch.exp2(e.double() - bits)
+
+
+def fp8_gemm_accumulated(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3",
+                         granularity: str = "fine", *, accumulator_bits: int = 14,
+                         rounding: str = "nearest", promote_every: int | None = 128,
+                         tile: int = 128) -> torch.Tensor:
+    """An FP8 GEMM a @ b whose sums run in a limited-precision accumulator (float64 result).
+
+    A model of DeepSeek-V3's GEMM (arXiv 2412.19437 §3.3.2, Fig. 7): a and b are quantised
+    (``quantize``; "fine" = 1×tile tiles for a, tile×tile blocks for b, "tensor" = one scale
+    each); the products of two FP8 values are exact; the tensor cores add them one by one
+    into an accumulator that keeps ``accumulator_bits`` significant bits (the paper measures
+    "around 14 bits" on H800; the hardware's rounding rule is not public: ``rounding`` after
+    every addition, "nearest" or "toward_zero", exponent unlimited; ``round_significand``). With ``promote_every`` = N_C, every N_C
+    elements of K the partial sum is multiplied by its scales and added to an fp32
+    accumulator (the CUDA cores' registers), and the tensor-core accumulator restarts; with
+    None it runs over all of K (only possible with one scale per tensor: scales that change
+    along K cannot be applied inside the tensor core). Fine scales need N_C | tile.
+    """
+    check.tensor("a", a, floating=True)
+    check.tensor("b", b, floating=True)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"a, b must be (M, K) and (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if granularity not in ("fine", "tensor"):
+        raise ValueError(f"granularity must be 'fine' or 'tensor', got {granularity!r}")
+    check.integer("accumulator_bits", accumulator_bits, 1, 52)
+    check.one_of("rounding", rounding, ROUNDINGS)
+    k = a.shape[1]
+    if promote_every is None:
+        if granularity != "tensor":
+            raise ValueError("promote_every=None needs granularity='tensor': per-group scales along K "
+                             "are applied at promotion")
+        promote_every = k
+    else:
+        check.positive_int("promote_every", promote_every)
+        if k % promote_every or (granularity == "fine" and tile % promote_every):
+            raise ValueError(f"promote_every must divide K = {k}" + (f" and tile = {tile}" if granularity == "fine"
+                                                                      else "") + f", got {promote_every}")
+    ga, gb = ("tile", "block") if granularity == "fine" else ("tensor", "tensor")
+    qa, sa = quantize(a, name, ga, tile)
+    qb, sb = quantize(b, name, gb, tile)
+    qa, qb = qa.double(), qb.double()
+    sa = torch.broadcast_to(_expand(sa, qa.shape, ga, tile), qa.shape).double()  # per element, fp32 values
+    sb = torch.broadcast_to(_expand(sb, qb.shape, gb, tile), qb.shape).double()
+    m, n, chunks = a.shape[0], b.shape[1], k // promote_every
+    # products of two FP8 values are exact in float64; chunk c holds K indices c·N_C … (c+1)·N_C − 1
+    products = (qa.t()[:, :, None] * qb[:, None, :]).reshape(chunks, promote_every, m, n)
+    partial = torch.zeros(chunks, m, n, dtype=torch.float64)
+    for j in range(promote_every):  # the tensor cores: all chunks side by side, one addition each
+        partial = _round_significand(partial + products[:, j], accumulator_bits, rounding)
+    starts = torch.arange(0, k, promote_every)
+    # promotion, in order along K: fp32 registers, the chunk's scales applied there (float64
+    # products of fp32 values rounded to fp32 are the correctly rounded fp32 operations)
+    out = torch.zeros(m, n, dtype=torch.float64)
+    for c, start in enumerate(starts.tolist()):
+        scaled = (partial[c].float().double() * sa[:, start:start + 1]).float().double() * sb[start:start + 1, :]
+        out = (out + scaled.float().double()).float().double()
+    return out
+
+
+# What DeepSeek-V3 trains in which format (arXiv 2412.19437, the places named; read in the
+# report's text): (what, format, where in the report). Data, printed by notebook 04 §7.
+DEEPSEEK_V3_FP8 = (
+    ("Linear GEMMs: Fprop (forward), Dgrad (activation grad), Wgrad (weight grad)",
+     "FP8 E4M3 inputs, BF16 or FP32 outputs", "§3.3.1, §3.3.2, Fig. 6"),
+    ("activations cached for Wgrad (inputs of Linear)", "FP8", "§3.3.1, §3.3.3"),
+    ("  inputs of the Linear after attention", "E5M6 (custom), power-of-2 scales", "§3.3.3"),
+    ("embedding, output head, MoE gating, normalisation, attention",
+     "original precision (BF16 or FP32)", "§3.3.1"),
+    ("master weights; weight gradients (batch accumulation)", "FP32", "§3.3.3"),
+    ("AdamW first and second moments", "BF16", "§3.3.3"),
+    ("scales: per 1×128 activation tile, per 128×128 weight block", "online amax", "§3.3.2, Fig. 7"),
+    ("GEMM accumulation: tensor cores, ~14 bits on H800", "promoted to FP32 every N_C = 128",
+     "§3.3.2, Fig. 7"),
+    ("MoE dispatch (before up-projection) / combine", "FP8 / BF16", "§3.3.3"),
+)
 
 
 def realistic_activations(shape: tuple[int, ...], outlier_fraction: float = 0.01,
