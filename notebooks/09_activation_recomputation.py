@@ -33,7 +33,7 @@
 # > **导读**
 # > 本笔记本逐个张量列出一个 LLaMA 解码器层在前向传播中为反向传播保存的激活值，并与精确到字节的闭式公式核对。
 # > 然后在真实模型上比较几种激活重计算策略（完全重计算、每 k 层、√L 分段、选择性重计算）：保存的字节、整步峰值显存和 FLOPs 都由代码精确测得。
-# > 完全重计算时每层恰好只保留输入，即课件中的 $2BTH$；重计算约多一次前向，但 FLOPs 略少于 +33 %。
+# > 完全重计算时每层恰好只保留输入，即课件中的 $2BTH$；重计算约多做一次前向，但 FLOPs 的增幅略低于 33%。
 # > 最后解释为什么在这个模型上完全重计算的峰值反而低于 √L 分段，以及为什么使用 SDPA 时选择性重计算几乎省不下显存。
 
 # %% tags=["setup", "nbval-ignore-output"]
@@ -174,6 +174,7 @@ for strategy, k in STRATS:
     assert counted == formula, (strategy, counted, formula)
     rows[label(strategy, k)] = dict(kept=kept, peak=peak, flops=counted)
 base = rows["none"]
+print(f"{deep.num_layers}-layer LLaMA, fp32, eager attention, B = {B}, T = {T}:")
 print(f"{'strategy':<10} {'kept (MiB)':>10} {'peak (MiB)':>10} {'FLOPs vs none':>14}")
 for name, r in rows.items():
     print(f"{name:<10} {r['kept'] / MiB:>10.2f} {r['peak'] / MiB:>10.2f} {r['flops'] / base['flops']:>13.3f}×")
@@ -197,7 +198,7 @@ assert all(0 < r["seconds"] < float("inf") for r in rows.values())
 assert set(rows) == {label(strategy, k) for strategy, k in STRATS}
 
 # %% [markdown]
-# ## 4. Full recomputation keeps exactly the layer inputs — the slides' 2BTH · 完全重计算只保留每层输入
+# ## 4. Full recomputation keeps exactly the layer inputs — the slides' 2BTH · 完全重计算只保留每层输入，即课件中的 2BTH
 #
 # > Transformer训练常保留每一层的输入作为激活值；批次大小为B，则需要 $2BTH$ 字节保存每层输入
 #
@@ -257,7 +258,9 @@ print(f"SDPA : none {sdpa['none'] / 1e9:6.2f} GB, selective {sdpa['selective'] /
       f"L·4BNT = {logsumexp:,} B ({logsumexp / sdpa['none']:.2%})")
 print(f"eager: none {eager['none'] / 1e9:6.2f} GB, selective {eager['selective'] / 1e9:6.2f} GB: saves "
       f"{(eager['none'] - eager['selective']) / 1e9:.2f} GB ({1 - eager['selective'] / eager['none']:.1%})")
-#
+print(f"(SDPA, none: {sdpa['none'] / 1e9:.2f} GB = {sdpa['none'] / 2**30:.2f} GiB, the number notebook 11 prints in GiB)")
+
+# %% [markdown]
 # ## 6. Memory against compute: √L checkpointing · 显存与计算的权衡：√L 分段检查点
 #
 # Chen et al. (2016) split $L$ layers into $\sqrt{L}$ segments and keep only segment inputs: memory
@@ -311,9 +314,9 @@ assert (4 + 4 * r > 16 + r) == (rows["sqrt"]["peak"] > rows["full"]["peak"])
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 激活值就是反向传播要用到的前向结果：`activations.measure` 用 `saved_tensors_hooks` 精确列出每个张量；小型 LLaMA（bf16，eager 注意力）一层保存 4,589,568 B = 70.03 × BTH，是课件“每层 2BTH”的 35.0 倍，闭式公式与测量逐字节相等（10,212,340 B）。
-# - 16 层模型（fp32，B = 2，T = 256）上的策略对比：不重计算峰值 133.64 MiB；完全重计算 38.29 MiB、FLOPs 为 1.273×；√L 分段 57.24 MiB、1.314×；选择性重计算 113.41 MiB、1.040×。FLOPs 由 `FlopCounterMode` 计数并与公式完全相等。
-# - 完全重计算时每层恰好只保留输入：bf16 下每层 131,072 B = 2BTH（第 0 层另含 RoPE 的 cos/sin），即课件的 2BTH。
-# - 完全重计算重算一次前向的 81.8%，整步 +27.3%，略少于“多一次前向”的 +33 %：lm_head 和损失不重算，且 torch 的检查点在最后一个保存的张量重建后即停止，跳过每段最后的 `down_proj`。
-# - 本模型中一层的激活值是其输入的 r = 29.27 倍，所以 √L 分段（峰值约 4 + 4r = 121 个层输入）反而不如完全重计算（约 16 + r = 45），FLOPs 也更多；Chen 等人的 O(√L) 结论假设 r ≈ 1。
-# - 使用 SDPA 时选择性重计算几乎不省显存：融合内核本就不保存 T×T 注意力概率，只能省下每层的 logsumexp（LLaMA-7B：12.55 GB → 12.54 GB，省 8,388,608 B，即 0.07%）；使用 eager 内核时则省 25.90 GB（67.4%）。
+# - 激活值是反向传播要用到的前向结果：`activations.measure` 精确列出每个张量。小型 LLaMA（bf16，eager（非融合）注意力实现）一层保存 4,589,568 B，是课件“每层 2BTH”的 35.0 倍；整个模型的闭式公式与测量逐字节相等。
+# - 完全重计算省显存最多：16 层模型的整步峰值从 133.64 MiB 降到 38.29 MiB，代价是 FLOPs 增加到 1.273 倍。
+# - 完全重计算时每层恰好只保留输入，即课件中的 2BTH（bf16 下每层 131,072 B）。
+# - 完全重计算的重算量相当于一次前向的 81.8%，整步只多 27.3%，低于“多一次前向”的 33%：输出层和损失不重算，torch 的检查点也跳过每段最后的 `down_proj`。
+# - √L 分段在这里反而不如完全重计算：一层的激活值是其输入的 r = 29.27 倍，Chen 等人的 O(√L) 结论假设 r ≈ 1。
+# - 使用 SDPA（融合注意力内核）时，选择性重计算几乎不省显存：LLaMA-7B 不重计算时的激活值为 12.55 GB（即笔记本 11 中的 11.69 GiB），选择性重计算只省 0.07%；使用 eager 实现时则省 67.4%。
