@@ -378,6 +378,15 @@ def test_round_significand_to_nearest_equals_torch_casts(bits):
     assert torch.equal(P.round_significand(x, bits), x.to(dtype).double())
 
 
+@pytest.mark.parametrize("bits", [1, 2, 8, 14, 24, 52])
+def test_round_significand_toward_zero_truncates_the_significand(bits):
+    """Oracle: x = m·2^e (frexp) becomes trunc(m·2^bits)·2^(e−bits)."""
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(bits), dtype=torch.float64) * 1e3
+    m, e = torch.frexp(x)
+    expected = torch.trunc(m * 2.0**bits) * torch.exp2(e.double() - bits)
+    assert torch.equal(P.round_significand(x, bits, "toward_zero"), expected)
+
+
 def test_round_significand_by_hand():
     x = torch.tensor([1 + 2.0**-3 + 2.0**-5, -(1 + 2.0**-3 + 2.0**-5), 7.0, 0.0], dtype=torch.float64)
     # 4 significant bits: 1.001|01 → 1.001 (nearest and toward zero), 7 = 111 stays

@@ -401,8 +401,9 @@ def round_significand(x: torch.Tensor, bits: int, rounding: str = "nearest") -> 
     """float64 x rounded to ``bits`` significant bits, exponent unlimited.
 
     "nearest": Veltkamp's splitting, c = x·(2^(53−bits) + 1), result c − (c − x) (Dekker 1971);
-    "toward_zero": x = m·2^e with 0.5 ≤ |m| < 1 becomes trunc(m·2^bits)·2^(e−bits). Both are
-    correctly rounded float64 operations only: the same result on every CPU.
+    "toward_zero": the low 53 − bits bits of x's significand cleared (x = m·2^e with
+    0.5 ≤ |m| < 1 becomes trunc(m·2^bits)·2^(e−bits); normal numbers). Both are exact
+    float64 or integer operations only: the same result on every CPU.
     """
     check.tensor("x", x, dtype=torch.float64)
     check.integer("bits", bits, 1, 52)
@@ -417,8 +418,8 @@ def _round_significand(x: torch.Tensor, bits: int, rounding: str) -> torch.Tenso
     if rounding == "nearest":
         c = x * (2.0 ** (53 - bits) + 1)
         return c - (c - x)
-    m, e = torch.frexp(x)
-    return torch.trunc(m * 2.0**bits) * torch.exp2(e.double() - bits)
+    # toward zero: clear the low 53 − bits bits of the significand (sign and exponent untouched)
+    return (x.view(torch.int64) & -(1 << (53 - bits))).view(torch.float64)
 
 
 def fp8_gemm_accumulated(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3",
