@@ -94,7 +94,7 @@ for name in precision.FORMATS:
     print(f"{name:<9} {f.exponent_bits:>2} {f.mantissa_bits:>3} {f.bias:>5} {f.max:>11.4g} "
           f"{f.smallest_normal:>16.4g} {f.smallest_subnormal:>19.4g} {f.eps:>9.4g}")
 fp16_max, bf16_eps = precision.format_info("fp16").max, precision.format_info("bf16").eps
-print(f"exactly: fp16's max is {int(fp16_max):,}; bf16's eps is {bf16_eps} = {float(bf16_eps)}")
+print(f"exactly: fp16's max is {int(fp16_max):,}; bf16's eps is 2^{math.log2(bf16_eps):.0f} = {float(bf16_eps)}")
 
 # %%
 print("0.1 in each format, its bits, and the representable numbers around it:")
@@ -326,7 +326,8 @@ from llmtrain import activation_formulas
 S7 = shapes.get("llama-7b")
 a32 = activation_formulas.saved_bytes(S7, 1, 2048, dtype="fp32", impl="hf-sdpa")
 a16 = activation_formulas.saved_bytes(S7, 1, 2048, dtype="bf16", impl="hf-sdpa")
-print(f"activations fp32 {a32 / 1e9:.2f} GB, bf16 {a16 / 1e9:.2f} GB: ratio {a16 / a32:.3f}")
+print(f"activations fp32 {a32 / 1e9:.2f} GB, bf16 {a16 / 1e9:.2f} GB: ratio {a16 / a32:.3f} "
+      f"(bf16: {a16 / 2**30:.2f} GiB, as notebook 11 prints it)")
 
 # %% [markdown]
 # Measured on this machine with the exact tracker (`memory.measure_peak`): one forward and backward of
@@ -641,7 +642,7 @@ print(f"eps {f8.eps}; {len(codes)} positive finite values, {len(subnormal)} subn
 # - fp16 的问题是下溢：训练 100 步后的小型 LLaMA 中，9.02% 的梯度只能以次正规数保存；损失缩放 2^8 之后只剩 0.04%。bf16 一个也不丢。
 # - 动态损失缩放从过大的 2^24 开始，遇到溢出就把缩放减半并跳过这一步：120 步 fp16 训练中跳过了 9 步，最终稳定在 2^19。
 # - bf16 在 1.0 附近的间距是 2^-7，不超过半个间距的更新都会被舍入掉，所以优化器要在 fp32 主权重上更新：150 步后，有主权重的损失为 1.85，纯 bf16 为 2.00。
-# - “显存减半”不适用于模型状态：使用 AdamW 时，混合精度与 fp32 训练都是每参数 16 字节；接近减半的是激活值（LLaMA-7B：22.65 GB → 12.55 GB）。
+# - “显存减半”不适用于模型状态：使用 AdamW 时，混合精度与 fp32 训练都是每参数 16 字节；接近减半的是激活值（LLaMA-7B：22.65 GB → 12.55 GB，即笔记本 11 中的 11.69 GiB）。
 # - “效率翻倍”是相对 TF32 而言：A100 上 bf16 的峰值算力恰为 TF32 的 2 倍（312/156）；相对不用张量核心的 fp32，则是 8.0–16.0 倍。
 # - FP8 整张量缩放时，少数离群通道会压垮其他值：离群值为 10^4 倍时，5.69% 的普通值下溢为 0；DeepSeek-V3 按 1×128 分块（tile）缩放后只有 1.16%。
 # - DeepSeek-V3 只把线性层的三个矩阵乘法（Fprop、Dgrad、Wgrad）放到 FP8；嵌入层、输出层、MoE 门控、归一化和注意力保留原精度，主权重和梯度用 FP32，AdamW 的两个矩用 BF16。
