@@ -1,0 +1,98 @@
+"""The papers and documents the notebooks cite, with the places in them that were checked.
+
+A notebook may cite a section, table, figure, equation or algorithm of a source only where that
+place is listed here in ``checked``: the text was read there (which version, in ``read``) and says
+what the notebook says it does. ``tests/test_prose.py`` finds every such citation in the notebooks'
+markdown and fails on a place that is not listed, or on a source that is not registered.
+A source cited without a place (author, year, arXiv number) needs only its entry.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["Source", "SOURCES", "find", "mentions"]
+
+
+class Source(NamedTuple):
+    key: str                   # how the notebooks cite it, e.g. "Narayanan et al. 2021"
+    title: str
+    where: str                 # venue and arXiv number
+    read: str                  # the version or copy whose text was checked
+    checked: tuple[str, ...]   # places checked: "§2.2.1", "Table 1", "Eq. 2", "Fig. 3", "Algorithm 1"
+    aliases: tuple[str, ...] = ()  # other ways the prose names it ("arXiv 2104.04473", "the ZeRO paper")
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("Narayanan et al. 2021",
+           "Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM",
+           "SC 2021, arXiv 2104.04473",
+           "full text (public transcriptions; shared/reviews/chapter-review.md §A)",
+           ("§2.2.1", "§2.2.2", "§3", "§3.3.2", "§4.1", "§5.1", "Table 1", "Eq. 2", "Eq. 3"),
+           ("arXiv 2104.04473", "Megatron-LM's paper")),
+    Source("Narayanan et al., ICML 2021",
+           "Memory-Efficient Pipeline-Parallel DNN Training (PipeDream-Flush, PipeDream-2BW)",
+           "ICML 2021, arXiv 2006.09503", "abstract", (), ("arXiv 2006.09503",)),
+    Source("Huang et al. 2019",
+           "GPipe: Efficient Training of Giant Neural Networks using Pipeline Parallelism",
+           "NeurIPS 2019, arXiv 1811.06965", "abstract", (), ("arXiv 1811.06965", "GPipe")),
+    Source("Shoeybi et al. 2019",
+           "Megatron-LM: Training Multi-Billion Parameter Language Models Using Model Parallelism",
+           "arXiv 1909.08053", "full text", ("§3", "Fig. 3"), ("arXiv 1909.08053",)),
+    Source("Korthikanti et al. 2023",
+           "Reducing Activation Recomputation in Large Transformer Models",
+           "MLSys 2023, arXiv 2205.05198", "full text", ("§4.1", "§4.2.2"),
+           ("arXiv 2205.05198", "Korthikanti et al.")),
+    Source("Llama 3",
+           "The Llama 3 Herd of Models", "arXiv 2407.21783",
+           "v3 (Nov 2024), p. 10", ("§3.3.2", "Table 4", "Fig. 5"), ("arXiv 2407.21783",)),
+    Source("DeepSeek-V3",
+           "DeepSeek-V3 Technical Report", "arXiv 2412.19437", "v1",
+           ("§3.2.1", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "Fig. 6", "Fig. 7"),
+           ("arXiv 2412.19437", "DeepSeek-V3 technical report")),
+    Source("DeepSeek-AI 2024",
+           "DeepSeek LLM: Scaling Open-Source Language Models with Longtermism", "arXiv 2401.02954",
+           "v1", ("§2.3",), ("arXiv 2401.02954", "DeepSeek LLM's paper")),
+    Source("Chowdhery et al. 2022",
+           "PaLM: Scaling Language Modeling with Pathways", "JMLR 2023, arXiv 2204.02311", "v5",
+           ("§5",), ("arXiv 2204.02311",)),
+    Source("Brown et al. 2020", "Language Models are Few-Shot Learners", "NeurIPS 2020, arXiv 2005.14165",
+           "v4, Appendix B 'Details of Model Training' (p. 43; public transcriptions)", ("Appendix B",),
+           ("arXiv 2005.14165",)),
+    Source("Rajbhandari et al. 2020",
+           "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models",
+           "SC 2020, arXiv 1910.02054", "v3", ("§7", "Fig. 1"), ("arXiv 1910.02054", "the ZeRO paper")),
+    Source("Dettmers et al. 2022", "8-bit Optimizers via Block-wise Quantization",
+           "ICLR 2022, arXiv 2110.02861", "abstract", (), ("arXiv 2110.02861",)),
+    Source("Li et al. 2023", "Memory Efficient Optimizers with 4-bit States",
+           "NeurIPS 2023, arXiv 2309.01507", "abstract", (), ("arXiv 2309.01507",)),
+    Source("Zhao et al. 2024", "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
+           "ICML 2024, arXiv 2403.03507", "abstract", (), ("arXiv 2403.03507",)),
+    Source("Luo, Yu, Li 2024", "BAdam: A Memory Efficient Full Parameter Optimization Method for LLMs",
+           "arXiv 2404.02827", "abstract", (), ("arXiv 2404.02827",)),
+    Source("Peng et al. 2023", "FP8-LM: Training FP8 Large Language Models", "arXiv 2310.18313",
+           "abstract (v1 and later)", (), ("arXiv 2310.18313",)),
+    Source("Lv et al. 2023", "Full Parameter Fine-tuning for Large Language Models with Limited Resources",
+           "arXiv 2306.09782", "abstract", (), ("arXiv 2306.09782",)),
+    Source("McCandlish et al. 2018", "An Empirical Model of Large-Batch Training", "arXiv 1812.06162",
+           "abstract", (), ("arXiv 1812.06162",)),
+    Source("Shazeer and Stern 2018", "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+           "ICML 2018, arXiv 1804.04235", "abstract", (), ("arXiv 1804.04235",)),
+    Source("Loshchilov and Hutter 2019", "Decoupled Weight Decay Regularization", "ICLR 2019, arXiv 1711.05101",
+           "abstract", (), ("arXiv 1711.05101",)),
+    Source("Qi et al. 2024", "Zero Bubble Pipeline Parallelism", "ICLR 2024, arXiv 2401.10241", "abstract", (),
+           ("arXiv 2401.10241",)),
+)
+
+
+def find(name: str) -> Source | None:
+    """The source whose key or one of whose aliases is ``name`` (exactly), else None."""
+    for s in SOURCES:
+        if name == s.key or name in s.aliases:
+            return s
+    return None
+
+
+def mentions() -> dict[str, Source]:
+    """Every name (key or alias) a notebook may use for a registered source."""
+    return {n: s for s in SOURCES for n in (s.key, *s.aliases)}
