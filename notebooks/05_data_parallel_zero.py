@@ -39,7 +39,7 @@
 # > **导读**
 # > 本笔记本用 `torch.distributed` 亲手实现数据并行和 ZeRO-1/2/3，在本机的多个真实进程（gloo）上运行，并证明它们与单进程在整批数据上的训练一致，也与 PyTorch 自带的 DDP 和 FSDP2 一致。
 # > 先用 SymPy 说明为什么各进程梯度的平均等于整批数据的梯度，再逐个演示四种集合通信操作及其环形通信量。
-# > 然后逐字节测量每个进程在一步训练的不同时刻保存的权重、梯度和优化器状态，与 ZeRO 的公式 $16\Psi$、$4\Psi + 12\Psi/N$、$2\Psi + 14\Psi/N$、$16\Psi/N$ 对照，并统计各阶段发送的字节数（ZeRO-3 多 50 %）。
+# > 然后逐字节测量每个进程在一步训练的不同时刻保存的权重、梯度和优化器状态，与 ZeRO 的公式 $16\Psi$、$4\Psi + 12\Psi/N$、$2\Psi + 14\Psi/N$、$16\Psi/N$ 对照（$\Psi$ 是 ZeRO 论文的记号，即课件中的参数量 P），并统计各阶段发送的字节数（ZeRO-3 多 50%）。
 # > 最后用 `torchrun` 运行同一段代码，它同样可以在多张 GPU 和多台机器上运行。
 
 # %% tags=["setup", "nbval-ignore-output"]
@@ -238,7 +238,7 @@ numels = single["numels"]
 whole = zero.expected_bytes(numels, 1, 0)  # one replica's bf16 weights, grads, fp32 master, m+v
 kinds = ["weights", "gradients", "master", "optimizer"]
 moments = {"forward": "inside layer 0's forward", "backward": "after backward", "step": "after the update"}
-phase = {z: launch(demos.phases, RANKS, z)[0] for z in range(4)}
+phase = launch(demos.phases_all, RANKS, range(4))[0]  # {stage: rank 0's reports}
 
 fig, axes = plt.subplots(1, 4, figsize=(11, 3.2), sharey=True)
 for z, ax in enumerate(axes):
@@ -328,7 +328,8 @@ plt.show()
 
 # %% [markdown]
 # At 7B the same formula gives the slides' $16P = 112$ GB for one replica and $16P/N$ with ZeRO-3;
-# notebook 11 draws it against $N$ and reproduces the ZeRO paper's 120 → 31.4 → 16.6 → 1.9 GB.
+# notebook 11 draws it against $N$ and reproduces the ZeRO paper's own example (a 7.5B model on 64
+# GPUs), printing each number.
 #
 # ## 6. What each stage sends · 各阶段的通信量
 #
@@ -360,7 +361,7 @@ for s in ["dp", "zero0", "zero1", "zero2", "zero3"]:
 # | ZeRO-3 | all-gather (forward) + all-gather (backward) + reduce-scatter | $3\frac{N-1}{N}\,b\Psi$: **1.5×** |
 #
 # The printed totals say the same (2, 2, 2, 2 and 3 × $\frac{N-1}{N}\cdot 8\Psi$): ZeRO-1 and -2
-# save memory for free, ZeRO-3 pays 50 % more traffic for its weights (the ZeRO paper, §7). The
+# save memory for free, ZeRO-3 pays 50 % more traffic for its weights (as the ZeRO paper says). The
 # hand-written DP sends one bucket (the tiny model's gradients fit in DDP's 25 MiB default); ZeRO
 # here sends one collective per tensor — real implementations group them into buckets too, which
 # changes the count of calls, not the bytes. (With a world size that does not divide every tensor,
@@ -400,7 +401,7 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 # joins with `llmtrain.parallel.init_from_env()` — NCCL when each rank has a GPU, gloo otherwise.
 #
 # ```bash
-# torchrun --nproc-per-node=8 -m llmtrain.parallel.zero --stage 3             # one machine, 8 GPUs
+# torchrun --standalone --nproc-per-node=8 -m llmtrain.parallel.zero --stage 3   # one machine, 8 GPUs
 # torchrun --nnodes=2 --nproc-per-node=8 --node-rank=0 \
 #          --rdzv-endpoint=host0:29500 -m llmtrain.parallel.zero --stage 3    # and node-rank=1 on host1
 # python -m llmtrain.parallel.data_parallel --nproc 4                         # no torchrun: uses launch
@@ -416,8 +417,10 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 import re
 
 torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
-run = subprocess.run([*torchrun, f"--nproc-per-node={RANKS}", "-m", "llmtrain.parallel.zero", "--stage", "3",
-                      "--steps", "3", "--dtype", "float64"], capture_output=True, text=True, timeout=300)
+# --standalone: torchrun picks a free port (not a fixed 29500 that another run may hold)
+run = subprocess.run([*torchrun, "--standalone", f"--nproc-per-node={RANKS}", "-m", "llmtrain.parallel.zero",
+                      "--stage", "3", "--steps", "3", "--dtype", "float64"],
+                     capture_output=True, text=True, timeout=600)
 if run.returncode:  # a failed `!torchrun` would not stop a notebook: make it
     raise RuntimeError(f"torchrun failed:\n{run.stderr[-3000:]}")
 print(run.stdout)
@@ -467,10 +470,11 @@ for z in range(4):
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 每个进程分到同样多的样本时，各进程梯度的平均与整批数据的梯度完全相同（SymPy 算出的差为 0），所以数据并行与单进程在整批数据上的训练是同一个算法。
-# - 环形 all-reduce = reduce-scatter + all-gather，每个进程发送 $2\frac{N-1}{N}M$ 字节，$N$ 很大时趋于 $2M$，与进程数几乎无关。
-# - 微型 LLaMA 以 float64 训练 5 步 AdamW：手写数据并行、DDP、ZeRO-0/1/2/3 和 FSDP2 在 2 个进程上的每个损失和每个权重与单进程的差都小于 1e-10（只是舍入误差）；手写数据并行与 DDP、手写 ZeRO-3 与 FSDP2 的权重差为 0。
-# - 每个进程保存的字节数逐字节等于公式：$\Psi$ = 125,248 个参数，$N$ = 1、2、4 时 ZeRO-0/1/2/3 分别为 $16\Psi$、$4\Psi + 12\Psi/N$、$2\Psi + 14\Psi/N$、$16\Psi/N$，此外只有 AdamW 的步数计数器（21 个张量共 84 字节）。
-# - ZeRO-3 在某一层前向计算时要临时收集该层和根单元的完整权重：微型模型的一层占 36.9 %、根单元占 26.2 %，LLaMA-7B 只占 3.0 % 和 3.9 %。
-# - 通信量（$\Psi$ 为参数个数，$b$ 为每个元素的字节数）：数据并行、ZeRO-1、ZeRO-2 每步发送 $2\frac{N-1}{N}b\Psi$，ZeRO-3 为 $3\frac{N-1}{N}b\Psi$，即多 50 %。
-# - 8 张 “80 GB”（即 80 GiB）的卡训练 7B 模型：普通数据并行需要 104.31 GiB，放不下；ZeRO-1、ZeRO-2、ZeRO-3 分别需要 35.86、24.45、13.04 GiB，留给激活值 44.14、55.55、66.96 GiB。
+# - 每个进程分到同样多的样本时，各进程梯度的平均就是整批数据的梯度（SymPy 算出两者之差为 0）。所以数据并行与单进程整批训练是同一个算法。
+# - 环形 all-reduce 等于 reduce-scatter 加 all-gather。每个进程发送 $2\frac{N-1}{N}M$ 字节，进程再多也不超过 $2M$。
+# - 小型 LLaMA 用 float64 训练 5 步 AdamW：手写数据并行、DDP、ZeRO-0/1/2/3 和 FSDP2 在 2 个进程上都与单进程一致，损失和权重之差小于 1e-10，只是舍入误差。
+# - 手写数据并行与 DDP、手写 ZeRO-3 与 FSDP2 训练出的权重完全相同（差为 0）。
+# - 每个进程保存的字节数与 ZeRO 的公式逐字节相等（$\Psi$ = 125,248 个参数，$N$ = 1、2、4）；公式之外只有 AdamW 的步数计数器，共 84 字节。
+# - ZeRO-3 计算某一层时，要临时收集这一层和根单元（词嵌入、最终归一化层和输出层）的完整权重。在 LLaMA-7B 中二者分别只占全部权重的 3.0% 和 3.9%，所以以 Transformer 层为单元。
+# - 通信量：数据并行、ZeRO-1、ZeRO-2 每步每个进程发送 $2\frac{N-1}{N}b\Psi$ 字节（$b$ 为每个元素的字节数），ZeRO-3 为 $3\frac{N-1}{N}b\Psi$，多 50%。
+# - 8 张 “80 GB”（实为 80 GiB）的卡训练 7B 模型：普通数据并行需要 104.31 GiB，放不下；ZeRO-3 只需 13.04 GiB，留给激活值 66.96 GiB。

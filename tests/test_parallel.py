@@ -338,6 +338,18 @@ def test_bytes_held_equal_the_zero_formulas(n, no_orphans):
     _check_memory(launch(demos.memory_by_stage, n, "mlp", "bfloat16"), numels, n)
 
 
+def test_phases_after_the_update_hold_the_formulas_bytes_in_every_stage(no_orphans):
+    """notebook 05's one launch for every stage (demos.phases_all): after the update each rank holds
+    exactly zero.expected_bytes, kind by kind, the same on both ranks."""
+    out = launch(demos.phases_all, 2, (0, 1, 2, 3))
+    numels = [p.numel() for p in harness.make_model("tiny", "bfloat16").parameters()]
+    for z in range(4):
+        held = {k: v for k, v in out[0][z]["step"].items() if k not in ("other", "total")}
+        assert held == zero.expected_bytes(numels, 2, z), z
+        assert out[1][z] == out[0][z]
+    assert out[0][3]["forward"]["weights"] > out[0][3]["step"]["weights"]  # a unit gathered whole
+
+
 def test_fp32_bytes_held(adamw32):
     ranks, single = adamw32
     numels = single["numels"]

@@ -23,7 +23,7 @@ from ..launch import device
 from ..mesh import ParallelDims
 from .harness import lm_loss, main, make_batches, make_model, max_weight_diff, positive
 
-__all__ = ["STRATEGIES", "train", "train_all", "compare", "memory_by_stage", "phases",
+__all__ = ["STRATEGIES", "train", "train_all", "compare", "memory_by_stage", "phases", "phases_all",
            "collectives", "main_data_parallel", "main_zero"]
 
 STRATEGIES = ("single", "dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2")
@@ -168,6 +168,13 @@ def phases(stage: int, model: str = "tiny", dtype: str = "bfloat16") -> dict[str
         opt.step()
         out["step"] = zero.memory_report(net, opt)
     return out
+
+
+def phases_all(stages=(0, 1, 2, 3), model: str = "tiny", dtype: str = "bfloat16"
+               ) -> dict[int, dict[str, dict[str, int]]]:
+    """{stage: ``phases(stage)``} for each of ``stages``: one launch, many runs (each rank starts
+    once: on a loaded machine starting the processes is most of the time)."""
+    return {z: phases(z, model, dtype) for z in stages}
 
 
 def collectives() -> dict[str, torch.Tensor]:
