@@ -16,7 +16,10 @@ STAMP  := $(VENV)/.installed
 
 # The nbval pass, on the notebooks only. Figures go to a temporary folder and are compared
 # with figures/ at the end (conftest.py).
-NBVAL  := -m pytest notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+# nbval's own limits, for a loaded machine: a kernel may take minutes to start (default 60 s), and a
+# cell gets make run's 600 s (default 2000 s: a kernel that died of SIGILL or OOM held CI that long).
+NBVAL_LIMITS := --nbval-kernel-startup-timeout=300 --nbval-cell-timeout=600
+NBVAL  := -m pytest notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg $(NBVAL_LIMITS) -p no:cacheprovider
 # Other CPUs, imitated on this one: torch's, MKL's and oneDNN's kernels for AVX2 and for
 # plain SSE4 (vector widths change rounding). Stored outputs must hold under both.
 ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
@@ -46,7 +49,7 @@ run: $(STAMP)
 	$(BIN)/python scripts/notebooks.py run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+	$(BIN)/python -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg $(NBVAL_LIMITS)
 
 test-portable: $(STAMP)
 	@status=0; \

@@ -423,3 +423,30 @@ def test_a_signal_stops_the_whole_run(tmp_path):
     assert re.search(r"<td>a_sleeps</td>.*<td>STOPPED</td><td>([0-9.]+)</td>", index)
     assert float(re.search(r"<td>STOPPED</td><td>([0-9.]+)</td>", index)[1]) > 0  # its seconds
     assert "<td>b_never</td><td>b_never</td><td>not run</td>" in index  # listed, not dropped
+
+
+def test_jupyterlab_lists_each_notebook_once_and_saving_it_keeps_the_pair(tmp_path):
+    """notebooks/jupytext.toml: in JupyterLab (`make lab`, rooted at notebooks/) the .ipynb is the
+    notebook and the paired .py a plain file; saving the .ipynb still rewrites the .py."""
+    import shutil
+
+    from jupyter_server.services.contents.largefilemanager import LargeFileManager
+    from jupytext.sync_contentsmanager import build_sync_jupytext_contents_manager_class
+
+    stem = "05_data_parallel_zero"
+    for name in ("jupytext.toml", f"{stem}.py", f"{stem}.ipynb"):
+        shutil.copy(nbtool.NOTEBOOKS / name, tmp_path / name)
+    cm = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(tmp_path))
+    listed = {e["name"]: e["type"] for e in cm.get("", content=True)["content"]}
+    assert listed == {f"{stem}.ipynb": "notebook", f"{stem}.py": "file", "jupytext.toml": "file"}
+    model = cm.get(f"{stem}.ipynb", content=True)
+    model["content"]["cells"][0]["source"] += "\n\nedited in Lab"
+    cm.save(model, f"{stem}.ipynb")
+    assert "# edited in Lab" in (tmp_path / f"{stem}.py").read_text(encoding="utf-8")
+
+
+def test_nbval_waits_for_a_loaded_machine_but_not_forever():
+    for target in ("test", "test-portable"):
+        text = _make_n(target)
+        assert "--nbval-kernel-startup-timeout=300" in text, target  # nbval's default: 60 s
+        assert f"--nbval-cell-timeout={nbtool.TIMEOUT_S}" in text, target  # as make run
