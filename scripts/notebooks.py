@@ -281,6 +281,8 @@ def execute(src: Path, dst: Path, timeout: int = TIMEOUT_S, progress: bool = Tru
     for cell in nb.cells:  # no per-cell timestamps: stored notebooks change only with their outputs
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)  # widget state holds random model ids; Jupyter rebuilds it
+    if interrupted and dst.resolve() == src.resolve():  # in place: the stored notebook stays whole
+        raise Interrupted(f"interrupted (SIGINT or SIGTERM) after {seconds:.0f} s", seconds)
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)
     if interrupted:

@@ -425,6 +425,30 @@ def test_a_signal_stops_the_whole_run(tmp_path):
     assert "<td>b_never</td><td>b_never</td><td>not run</td>" in index  # listed, not dropped
 
 
+def test_a_signal_during_a_refresh_leaves_the_stored_notebook_as_it_was(tmp_path):
+    """`make notebooks` executes in place: stopped half-way, it must not store half the outputs."""
+    import signal
+    import time
+
+    code = nbformat.v4.new_code_cell
+    started = tmp_path / "started"
+    nb = _nb(tmp_path / "a_sleeps.ipynb", code("print('stored output')"),
+             code(f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(120)"))
+    stored = nb.read_bytes()
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import notebooks; from pathlib import Path; "
+              "sys.exit(notebooks.run([Path(sys.argv[2])], True, timeout=100))")
+    p = subprocess.Popen([sys.executable, "-c", script, str(nbtool.ROOT / "scripts"), str(nb)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not started.exists() and time.monotonic() - t0 < 120:
+        time.sleep(0.2)
+    time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130 and "STOPPED at a_sleeps" in out, out
+    assert nb.read_bytes() == stored
+
+
 def test_jupyterlab_lists_each_notebook_once_and_saving_it_keeps_the_pair(tmp_path):
     """notebooks/jupytext.toml: in JupyterLab (`make lab`, rooted at notebooks/) the .ipynb is the
     notebook and the paired .py a plain file; saving the .ipynb still rewrites the .py."""
