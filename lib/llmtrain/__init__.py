@@ -19,7 +19,7 @@ Each module mirrors a topic of the chapter and of the notebooks:
               et al.'s, and the exact ones (reference and transformers' LLaMA, tensor parallel)
 - ``flops``   training FLOPs, equal to FlopCounterMode's count; the 6·P·tokens rule
 - ``memory``  training memory: model states, ZeRO, activations, estimates, peak measurement (训练显存估计)
-- ``memory_methods`` what each memory-saving method keeps, tensor by tensor (显存优化前沿, notebook 12)
+- ``memory_methods`` what each memory-saving method keeps, tensor by tensor (显存优化方法, notebook 12)
 - ``memory_saving`` the bytes optimizers really keep, measured; FP8-LM's states; BAdam
 - ``lowbit``  8-bit and 4-bit optimizer states (block-wise quantisation)
 - ``galore``  GaLore: Adam on a low-rank projection of each gradient

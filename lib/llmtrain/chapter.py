@@ -24,7 +24,7 @@ CHAPTER_MAP: tuple[tuple[str, str, str], ...] = (
     ("09_activation_recomputation", "激活重计算", "activation recomputation"),
     ("10_parameter_count", "模型参数量估计", "parameter count"),
     ("11_memory_estimation", "训练显存估计", "training memory"),
-    ("12_memory_saving", "训练显存估计 · 显存优化前沿", "memory-saving methods: the six headlines checked"),
+    ("12_memory_saving", "训练显存估计 · 显存优化方法", "memory-saving methods: the six headlines checked"),
 )
 
 
