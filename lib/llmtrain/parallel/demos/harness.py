@@ -175,6 +175,12 @@ def main(prog: str, fn: Callable[[dict], Any], report: Callable[[Any, int], None
                     report(out, n)
             finally:
                 shutdown()
+            # As launch's ranks do: leave without the interpreter's teardown. A rank that ran its
+            # static destructors while the others still left the group was seen to abort
+            # (SIGABRT, "terminate called without an active exception") on a loaded machine.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         else:
             report(launch(fn, n, args, timeout=timeout)[0], n)
     except ValueError as e:  # under torchrun: this rank's argument check
