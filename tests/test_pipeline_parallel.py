@@ -221,22 +221,63 @@ def _check_held(held: list[list[dict]], m: int) -> None:
         assert f["peak"] < g["peak"]
 
 
-def _check_timeline(results: list[dict], tolerance: float = 0.15, bubble: float = 0.06,
-                    t_f: float = 0.02) -> None:
-    """Padded operations: the measured step lasts the simulated makespan within ``tolerance``
-    (gloo's ~1 ms per message and sleep overshoot come on top: the more messages per
-    operation, the more — interleaving on 4 ranks measured 0.37 against 0.27 with 10 ms
-    operations under load); the bubble within ``bubble`` of the formula."""
+def _check_timeline(results: list[dict], tolerance: float = 0.15, bubble: float = 0.06) -> None:
+    """Padded operations, held by ``demos.check_timing``: on any machine each rank's order is
+    the schedule's, no operation starts before its input nor lasts less than its pad, the step
+    at least the simulated makespan. On a quiet machine (no operation more than
+    ``demos.SLACK`` late) also: the step within ``tolerance`` of the simulated makespan (gloo's
+    ~1 ms per message and sleep overshoot come on top: the more messages per operation, the more
+    — interleaving on 4 ranks measured 0.37 against 0.27 with 10 ms operations under load) and
+    the bubble within ``bubble`` of the formula. On a busy one a descheduled rank adds tens of
+    milliseconds (beside 4 busy loops on 2 cores the step measured 0.346–0.354 s against 0.300
+    simulated): not a failure of the schedule, so the tolerance is not checked."""
     events = [e for r in results for e in r["events"]]
     sim = results[0]["simulated"]
-    v = 2 if len({e.stage for e in events}) > len(results) else 1
-    for r in results:  # the compute fits inside the pads (t_f / v forward, 2 t_f / v backward)
-        assert r["compute"]["F"] < t_f / v and r["compute"]["B"] < 2 * t_f / v, r["compute"]
-    measured, simulated = pp_schedule.makespan(events), float(pp_schedule.makespan(sim))
-    assert simulated <= measured * 1.001, (measured, simulated)
-    assert measured < simulated * (1 + tolerance), (measured, simulated)
     assert pp_schedule.bubble_fraction(sim) == results[0]["formula"]
-    assert abs(pp_schedule.bubble_fraction(events) - float(results[0]["formula"])) < bubble
+    got = demos.check_timing(events, sim, results[0]["pads"])
+    if got["quiet"]:
+        assert got["ratio"] < 1 + tolerance, got
+        assert abs(got["bubble"] - float(results[0]["formula"])) < bubble, got
+    else:
+        print(f"busy machine: the timing tolerance was not checked ({got['why']})")
+
+
+def _shifted(events, rank, by):
+    return [e._replace(start=e.start + by, end=e.end + by) if e.rank == rank else e
+            for e in events]
+
+
+def test_timing_check_refuses_what_no_load_can_explain():
+    """The bounds ``check_timing`` asserts on a busy machine too can fail: a rank running the
+    schedule out of order, an operation shorter than its pad, one started before its input,
+    a step shorter than the simulated one. Exact replays of the schedule pass, quiet."""
+    sim = pp_schedule.simulate("1f1b", 2, 4, t_f=Fraction(1, 50), t_b=Fraction(1, 25))
+    pads = {"F": 0.02, "B": 0.04, "v": 1}
+    exact = [e._replace(start=float(e.start), end=float(e.end)) for e in sim]
+    ok = demos.check_timing(exact, sim, pads)
+    assert ok["quiet"] and max(ok["overrun"], ok["lag"], abs(ok["ratio"] - 1)) < 1e-12
+    assert ok["bubble_floor"] < ok["bubble"] == pytest.approx(float(Fraction(1, 5)))
+    late = pp_schedule.simulate("1f1b", 2, 4, t_f=Fraction(1, 50), t_b=Fraction(1, 25),
+                                p2p=Fraction(3, 100))  # each message 30 ms late: load
+    busy = demos.check_timing(late, sim, pads)
+    assert not busy["quiet"]
+    assert busy["why"] == "an operation started 30 ms after its input was there"
+    swapped = list(exact)  # rank 0's first two operations traded places
+    i, j = [k for k, e in enumerate(exact) if e.rank == 0][:2]
+    swapped[i], swapped[j] = (exact[j]._replace(start=exact[i].start, end=exact[i].end),
+                              exact[i]._replace(start=exact[j].start, end=exact[j].end))
+    with pytest.raises(AssertionError, match="rank 0 ran"):
+        demos.check_timing(swapped, sim, pads)
+    short = [e._replace(end=e.end - 0.001) if e.kind == "B" else e for e in exact]
+    with pytest.raises(AssertionError, match="less than its pad"):
+        demos.check_timing(short, sim, pads)
+    early = _shifted(exact, 1, -0.005)  # rank 1 computing on an activation not yet sent
+    with pytest.raises(AssertionError, match="started before its input"):
+        demos.check_timing(early, sim, pads)
+    fast = {**pads, "F": 0.01, "B": 0.02}  # everything padded to half: a step shorter than sim
+    halved = [e._replace(start=e.start / 2, end=e.end / 2) for e in exact]
+    with pytest.raises(AssertionError, match="less than the simulated"):
+        demos.check_timing(halved, sim, fast)
 
 
 # ---------------------------------------------------------------------------- tests: 2 ranks
@@ -395,7 +436,7 @@ def test_four_stages():
     for i, (shape, schedule, m, v) in enumerate(res[0]["config"]):
         _check_case([r["cases"][i] for r in res], shape, schedule, m, v)
     _check_held([[r["held"][i] for r in res] for i in range(2)], m=8)
-    _check_timeline([r["timeline"] for r in res], tolerance=0.25, bubble=0.1, t_f=0.04)
+    _check_timeline([r["timeline"] for r in res], tolerance=0.25, bubble=0.1)
     axis = [r["axis"] for r in res]
     for dp in (0, 1):  # each replica: ranks (dp, pp=0) and (dp, pp=1), equal to one process
         _check_equal([r for r in axis if r["coords"].dp == dp], TIED, engines=("ours",))

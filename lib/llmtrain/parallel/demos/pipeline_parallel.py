@@ -31,13 +31,14 @@ from llmtrain import check, memory, shapes
 from llmtrain.llama import Llama
 from llmtrain.parallel import comm
 from llmtrain.parallel import pipeline_parallel as pp
-from llmtrain.parallel.pp_schedule import SCHEDULES, bubble_formula, bubble_fraction, simulate
+from llmtrain.parallel.pp_schedule import (SCHEDULES, bubble_formula, bubble_fraction, makespan,
+                                          simulate)
 
 from .harness import DTYPES, positive, seconds
 from .harness import main as _main
 
 __all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of",
-           "model_of", "TORCH_SCHEDULES", "cli", "unresolved"]
+           "model_of", "TORCH_SCHEDULES", "cli", "unresolved", "check_timing", "SLACK"]
 
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
                    "interleaved": "ScheduleInterleaved1F1B"}
@@ -136,8 +137,10 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
     4 ms after) and one that measures the real compute.
 
     Returns {"rank", "events", "compute" ({"F", "B"}: this rank's longest unpadded forward and
-    backward, seconds: they must stay below the pads for the cost model to hold), "simulated"
-    (``simulate`` with the same costs), "formula" (``bubble_formula``)}."""
+    backward, seconds: they must stay below the pads for the cost model to hold), "pads"
+    ({"F": t_f / v, "B": t_b / v, "v": v}: what each operation is padded to), "simulated"
+    (``simulate`` with the same costs), "formula" (``bubble_formula``)}; ``check_timing``
+    holds the measured events against the simulated ones."""
     r, p = dist.get_rank(), dist.get_world_size()
     model = model_of(shape, "float32", seed)
     batch = batch or microbatches
@@ -150,6 +153,7 @@ def timeline(schedule: str = "1f1b", microbatches: int = 8, virtual: int = 1,
     dist.barrier()  # all ranks start together (the process is warm: two steps ran)
     pipe.step(ids, ids)
     return {"rank": r, "events": pipe.events, "compute": compute,
+            "pads": {"F": t_f / virtual, "B": t_b / virtual, "v": virtual},
             "simulated": simulate(schedule, p, microbatches, virtual, t_f=Fraction(str(t_f)),
                                   t_b=Fraction(str(t_b))),  # exact: 0.02 is 1/50
             "formula": bubble_formula(p, microbatches, virtual)}
@@ -208,7 +212,6 @@ def _rank(o: dict) -> dict[str, Any]:
     dist.all_gather_object(gathered, (res["events"], res["compute"]))
     res["events"] = [e for evs, _ in gathered for e in evs]
     res["compute"] = {k: max(c[k] for _, c in gathered) for k in "FB"}  # the slowest rank's
-    res["pads"] = {"F": o["t_f"] / o["virtual"], "B": o["t_b"] / o["virtual"], "v": o["virtual"]}
     return res
 
 
@@ -217,6 +220,65 @@ def unresolved(compute: dict[str, float], pads: dict[str, float]) -> list[str]:
     (the slowest rank's unpadded operation) takes more than half the pad, so jitter or a slow
     operation overruns it and the measured bubble is the real compute's, not the schedule's."""
     return [k for k in "FB" if compute[k] > pads[k] / 2]
+
+
+SLACK = 0.005  # s: the most an operation may overrun its pad, or start after its input arrived
+
+
+def check_timing(events: list, simulated: list, pads: dict[str, float], *,
+                 slack: float = SLACK) -> dict[str, Any]:
+    """Hold a padded step's measured ``events`` (all ranks, seconds; ``timeline``) against the
+    ``simulated`` ones (the same schedule with the pads as costs).
+
+    Asserted, because they hold on any machine however busy: every rank ran its operations in
+    the schedule's order; none started before its input was there (the previous stage's
+    forward, the next stage's backward: one monotonic clock for all processes of a machine);
+    each lasted at least its pad (``pads``: {"F": t_f / v, "B": t_b / v}); hence the step lasts
+    at least the simulated makespan, and each rank r idles at least r·(pad F + pad B) (its
+    first forward waits for r stages' forwards, its last backward is followed by r stages'
+    backwards), a lower bound of the bubble.
+
+    Returned: {"overrun" (s, the most an operation ran past its pad: compute longer than the pad,
+    or a sleep woken late), "lag" (s, the most an operation started after its rank was free and
+    its input was there: a message's latency, a receiver woken late), "ratio" (measured over
+    simulated makespan), "bubble" (measured), "bubble_floor" (the lower bound above), "quiet"
+    (both delays within ``slack``: only then can the step resolve a tolerance of a few per cent;
+    on a busy machine a descheduled rank adds tens of milliseconds per operation), "why" (on a
+    busy machine: which delay, how large)}."""
+    check.number("slack", slack, 0)
+    ranks = sorted({e.rank for e in simulated})
+    order = {r: [(e.kind, e.stage, e.mb) for e in sorted(simulated, key=lambda e: e.start)
+                 if e.rank == r] for r in ranks}
+    got = {r: sorted((e for e in events if e.rank == r), key=lambda e: e.start) for r in ranks}
+    for r in ranks:
+        ran = [(e.kind, e.stage, e.mb) for e in got[r]]
+        assert ran == order[r], f"rank {r} ran {ran}, the schedule says {order[r]}"
+    last = max(e.stage for e in simulated)
+    end = {(e.kind, e.stage, e.mb): e.end for e in events}
+    overrun = lag = 0.0
+    for r in ranks:
+        free = None
+        for e in got[r]:
+            dep = (("F", e.stage - 1, e.mb) if e.stage > 0 else None) if e.kind == "F" else \
+                ("B", e.stage + 1, e.mb) if e.stage < last else None
+            ready = max([t for t in (free, end.get(dep)) if t is not None], default=e.start)
+            assert e.start >= ready - 1e-6, f"{e} started before its input or its rank was free"
+            took = e.end - e.start
+            assert took >= pads[e.kind] - 1e-6, f"{e} lasted {took} s, less than its pad"
+            overrun, lag = max(overrun, took - pads[e.kind]), max(lag, e.start - ready)
+            free = e.end
+    measured, want = makespan(events), float(makespan(simulated))
+    assert measured >= want - 1e-6, f"the step took {measured} s, less than the simulated {want} s"
+    bub = float(bubble_fraction(events))
+    floor = sum(r * (pads["F"] + pads["B"]) for r in ranks) / (len(ranks) * measured)
+    assert bub >= floor - 1e-9, (bub, floor)
+    why = ""
+    if overrun > slack:
+        why = f"an operation overran its pad by {1e3 * overrun:.0f} ms"
+    elif lag > slack:
+        why = f"an operation started {1e3 * lag:.0f} ms after its input was there"
+    return {"overrun": overrun, "lag": lag, "ratio": measured / want, "bubble": bub,
+            "bubble_floor": floor, "quiet": not why, "why": why}
 
 
 def _report(res: dict, world: int) -> None:
