@@ -375,6 +375,16 @@ def quantization_error(x: torch.Tensor, name: str = "fp8_e4m3", granularity: str
     return (x - dequantize(q, s, granularity, tile)).norm().item() / norm if norm else 0.0
 
 
+def _check_gemm(a: torch.Tensor, b: torch.Tensor, granularity: str) -> None:
+    """The arguments of an emulated FP8 GEMM: float (M, K) and (K, N), a known granularity."""
+    check.tensor("a", a, floating=True)
+    check.tensor("b", b, floating=True)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"a, b must be (M, K) and (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if granularity not in ("fine", "tensor"):
+        raise ValueError(f"granularity must be 'fine' or 'tensor', got {granularity!r}")
+
+
 def fp8_matmul(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3", granularity: str = "fine",
                tile: int = 128) -> torch.Tensor:
     """Emulated FP8 GEMM a @ b: quantise, dequantise, multiply in fp32.
@@ -385,12 +395,7 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3", granula
     and promote partial sums to fp32 CUDA-core registers every N_C = 128 elements, applying
     the scales there; mathematically that is Σ_k (s_a q_a)(s_b q_b), which we compute in fp32.
     """
-    check.tensor("a", a, floating=True)
-    check.tensor("b", b, floating=True)
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"a, b must be (M, K) and (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if granularity not in ("fine", "tensor"):
-        raise ValueError(f"granularity must be 'fine' or 'tensor', got {granularity!r}")
+    _check_gemm(a, b, granularity)
     ga, gb = ("tile", "block") if granularity == "fine" else ("tensor", "tensor")
     qa, sa = quantize(a, name, ga, tile)
     qb, sb = quantize(b, name, gb, tile)
@@ -439,12 +444,7 @@ def fp8_gemm_accumulated(a: torch.Tensor, b: torch.Tensor, name: str = "fp8_e4m3
     None it runs over all of K (only possible with one scale per tensor: scales that change
     along K cannot be applied inside the tensor core). Fine scales need N_C | tile.
     """
-    check.tensor("a", a, floating=True)
-    check.tensor("b", b, floating=True)
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"a, b must be (M, K) and (K, N), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if granularity not in ("fine", "tensor"):
-        raise ValueError(f"granularity must be 'fine' or 'tensor', got {granularity!r}")
+    _check_gemm(a, b, granularity)
     check.integer("accumulator_bits", accumulator_bits, 1, 52)
     check.one_of("rounding", rounding, ROUNDINGS)
     k = a.shape[1]
