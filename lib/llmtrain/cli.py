@@ -79,8 +79,17 @@ def _build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--tp", type=_int_flag("tp"), default=1, help="tensor-parallel degree")
     pm.add_argument("--pp", type=_int_flag("pp"), default=1, help="pipeline-parallel degree")
     pm.add_argument("--sp", action="store_true", help="sequence parallel (with --tp > 1)")
+    pm.add_argument("--microbatches", type=_int_flag("microbatches"), default=None,
+                    help="micro-batches per step, with --pp > 1: how many the pipeline's first "
+                         "stage holds (default: at least its warm-up)")
+    pm.add_argument("--virtual", type=_int_flag("virtual"), default=1,
+                    help="chunks per pipeline rank: 1 = 1F1B (default), >1 = interleaved 1F1B")
+    pm.add_argument("--framework", default="slides",
+                    help="whose bytes and constants: slides (default: 16P, 1 + 4 + 1 GiB, 8BTV), "
+                         "deepspeed (18 bytes per sharded parameter), megatron (distributed "
+                         "optimizer, 6 + 12/d) or fsdp (16P, no ZeRO runtime)")
     pm.add_argument("--no-overheads", action="store_true",
-                    help="leave out the slides' framework / ZeRO runtime / fragmentation constants")
+                    help="leave out the framework's runtime / ZeRO runtime / fragmentation constants")
     pm.add_argument("--json", action="store_true", help="print parts and total in bytes, GB and GiB")
 
     pf = sub.add_parser("flops", help="FLOPs of one training step (forward + backward)")
@@ -206,17 +215,37 @@ def _memory_cmd(args) -> str:
     if args.galore_rank is not None and args.optimizer not in ("galore", "galore8bit"):
         raise ValueError(f"--galore-rank is only used with --optimizer galore or galore8bit, got "
                          f"--galore-rank {args.galore_rank} with --optimizer {args.optimizer}")
+    for flag, value, default in (("--microbatches", args.microbatches, None),
+                                 ("--virtual", args.virtual, 1)):
+        if value != default and args.pp == 1:
+            raise ValueError(f"{flag} is only used with --pp > 1 (a pipeline), got {flag} "
+                             f"{value} with --pp 1")
     dims = memory.parallel_dims(args.gpus, args.tp, args.pp)  # a ParallelDims(dp, tp, pp)
     est = memory.estimate(_shape(args), dims, batch=args.batch, seq=args.seq,
                           zero=args.zero, recompute=args.recompute, dtype=args.dtype,
                           impl=args.impl, precision=args.precision, optimizer=args.optimizer,
                           sp=args.sp, attention=args.attention or "sdpa",
                           overheads=not args.no_overheads,
-                          galore_rank=args.galore_rank)
+                          galore_rank=args.galore_rank, microbatches=args.microbatches,
+                          virtual=args.virtual, framework=args.framework)
+    d, count = est.details, est.details["in_flight"]
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
-                           "model_states": est.details["model states"], "dp": est.details["dp"]})
-    return est.table()
+                           "model_states": d["model states"], "dp": d["dp"],
+                           "framework": d["framework"],
+                           "pipeline": {"pp": args.pp, "schedule": d["schedule"],
+                                        "virtual": d["virtual"],
+                                        "microbatches": d["microbatches"],
+                                        "in_flight": float(count),
+                                        "in_flight_fraction": str(count)}})
+    if args.pp == 1:
+        return est.table()
+    name = {"1f1b": "1F1B", "interleaved": f"interleaved 1F1B, {args.virtual} chunks per rank"}
+    m = (f"m = {args.microbatches}" if args.microbatches is not None
+         else "m assumed at least the warm-up; --microbatches M sets it")
+    held = str(count) if count.denominator == 1 else f"{count} = {float(count):.3g}"
+    return (f"{est.table()}\nin flight: {held} micro-batches' activations on the first stage "
+            f"({name[d['schedule']]}, pp = {args.pp}; {m})")
 
 
 def _params(args) -> str:

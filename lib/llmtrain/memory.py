@@ -15,9 +15,11 @@ Everything is in bytes (ints); ``Estimate`` converts to GB (10⁹) or GiB (2³�
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Callable
 
 import torch
@@ -28,6 +30,7 @@ from . import memory_methods as _ms
 from . import params as _params
 from . import step_peak as _step_peak
 from .llama import ATTN_IMPLS
+from .parallel import pp_schedule as _pp
 from .parallel.mesh import ParallelDims, shard_range
 from .precision import dtype_bytes
 from .recompute import MODELLED
@@ -173,7 +176,8 @@ def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
 
 def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int = ParallelDims(),
                       zero: int = 0, precision: str = "mixed", optimizer: str = "adamw",
-                      rank: int | None = None, galore_rank: int | None = None) -> dict[str, int]:
+                      rank: int | None = None, galore_rank: int | None = None,
+                      framework: str | Framework = "slides") -> dict[str, int]:
     """Bytes per GPU of weights, gradients, master weights and optimizer states.
 
     ZeRO (Rajbhandari et al., SC'20) partitions over the dp = ``dims.dp`` data-parallel ranks:
@@ -186,9 +190,18 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     The memory-saving methods (``memory_methods.METHODS``, notebook 12) with a ModelShape and
     tp = pp = 1 are counted tensor by tensor (``memory_methods.method_state_bytes``; GaLore's
     rank ``galore_rank``, default h/4); ``PER_TENSOR`` ones need that.
+    ``framework`` (one of ``FRAMEWORKS``): "slides" and "fsdp" count as above; "deepspeed"
+    counts DeepSpeed's estimator exactly (2P + int(18P/N) at ZeRO-2, 4·largest layer +
+    int(18P/N) at ZeRO-3: a ModelShape is needed there), with an "fp32 gradients" part;
+    "megatron" its distributed optimizer (zero=1: 6 + 12/d bytes per parameter; zero=0: 18).
+    Those two are for mixed-precision Adam/AdamW (Megatron also fp32).
     """
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("optimizer", optimizer, OPTIMIZERS)
+    fw = framework_of(framework)
+    if fw.state_bytes is not None:
+        return _framework_model_states(fw, num_params, dims, zero, precision, optimizer, rank,
+                                       galore_rank)
     check.optional(check.positive_int, "galore_rank", galore_rank)
     if galore_rank is not None and optimizer not in ("galore", "galore8bit"):
         raise ValueError(f"galore_rank is only used by optimizer 'galore' or 'galore8bit', got "
@@ -231,6 +244,171 @@ def _zero_split(parts: dict[str, int], zero: int, dp: int) -> dict[str, int]:
     the gradients, 3 also the weights."""
     shard = {"weights": zero >= 3, "gradients": zero >= 2, "master": zero >= 1, "optimizer": zero >= 1}
     return {k: math.ceil(v / dp) if shard[k] else int(v) for k, v in parts.items()}
+
+
+# --- frameworks: whose bytes per parameter, whose constants --------------------------------
+
+@dataclass(frozen=True)
+class Framework:
+    """One framework's memory accounting, each constant with its source (``sources``).
+
+    ``state_bytes``: bytes per parameter element of each model state for mixed-precision Adam
+    (None: the slides' ``state_bytes_per_param``, any precision and optimizer);
+    ``sharded_from``: the ZeRO stage from which that state is split over dp (None: never);
+    ``gathered_layer_bytes``: at ZeRO-3, bytes per element of the largest layer gathered whole;
+    ``zeros``: the stages the framework has; ``softmax_extra``: bytes per B·T·V/tp kept by the
+    loss beyond the activation models' fp32 4BTV/tp; then the runtime constants per GPU."""
+
+    name: str
+    state_bytes: dict[str, int] | None
+    sharded_from: dict[str, int | None]
+    softmax_extra: int
+    framework_bytes: int
+    zero_runtime_bytes: int
+    fragmentation_bytes: int
+    zeros: tuple[int, ...] = (0, 1, 2, 3)
+    gathered_layer_bytes: int = 0
+    precisions: tuple[str, ...] = ("mixed", "fp32", "bf16")
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+_SLIDES_OTHER = ("the slides' 其他 (other), per GPU: PyTorch runtime ~1 GB, DeepSpeed 1-4 GB, "
+                 "fragmentation ~1 GB (notebook 11 §5)")
+_TRANSFORMERS_SOFTMAX = ("transformers' loss upcasts the logits to fp32 and keeps them: 8BTV "
+                         "beyond the 4BTV of the activation models (notebook 11; the slides' 12BTV)")
+_ZERO_SHARDS = {"weights": 3, "gradients": 2, "master": 1, "optimizer": 1}
+
+FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
+    Framework(
+        "slides", None, _ZERO_SHARDS, 8, 1 * GIB, 4 * GIB, 1 * GIB,
+        sources={"states": "Rajbhandari et al. SC'20 (ZeRO) §3: 2 + 2 + 12 = 16 bytes per "
+                           "parameter (mixed AdamW), partitioned by stage",
+                 "softmax_extra": _TRANSFORMERS_SOFTMAX, "constants": _SLIDES_OTHER}),
+    # DeepSpeed's own estimators, without offload: ZeRO-2 gpu_mem = 2P + int(18P/N) ("2 =
+    # params_16bit, 18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit +
+    # 8_optimizer_states_32bit"); ZeRO-3 gpu_mem = 4·largest_layer + int(18P/N), the 18 being
+    # "4b params, 4b grads, 4b momentum and 4b variance + 2b for fp16 params" and the largest
+    # layer's "2 bytes fp16 params gathered and 2 bytes fp16 grads" (no 16-bit gradient
+    # partition at stage 3). Stages 0 and 1 (no estimator in DeepSpeed) split the same list.
+    Framework(
+        "deepspeed",
+        {"weights": 2, "gradients": 2, "fp32 gradients": 4, "master": 4, "optimizer": 8},
+        {**_ZERO_SHARDS, "fp32 gradients": 1}, 8, 1 * GIB, 4 * GIB, 1 * GIB,
+        gathered_layer_bytes=4, precisions=("mixed",),
+        sources={"states": "deepspeedai/DeepSpeed edaa722, deepspeed/runtime/zero/"
+                           "stage_1_and_2.py estimate_zero2_model_states_mem_needs and "
+                           "stage3.py estimate_zero3_model_states_mem_needs (cpu_offload=False); "
+                           "docs/code-docs/source/memory.rst (the 18 and the largest layer)",
+                 "softmax_extra": _TRANSFORMERS_SOFTMAX, "constants": _SLIDES_OTHER}),
+    # Megatron-LM's distributed optimizer table (bf16 parameters, fp32 main gradients): 18 bytes
+    # per parameter without it, 6 + 12/d with it: bf16 weights 2 and fp32 main gradients 4 whole
+    # (backward accumulates into main_grad), fp32 main weights 4 and Adam 8 over dp. fp32: 16,
+    # 8 + 8/d. Its vocab-parallel cross entropy keeps one fp32 softmax of its V/t logits (the
+    # logits' .float() copy, exp and divided in place, ctx.save_for_backward): the 4BTV/t the
+    # activation models count, nothing more.
+    Framework(
+        "megatron", {"weights": 2, "gradients": 4, "master": 4, "optimizer": 8},
+        {"weights": None, "gradients": None, "master": 1, "optimizer": 1}, 0, 1 * GIB, 0,
+        1 * GIB, zeros=(0, 1), precisions=("mixed", "fp32"),
+        sources={"states": "NVIDIA/Megatron-LM d98e8a6, docs/user-guide/features/"
+                           "dist_optimizer.md, table: bf16 parameters, fp32 gradients: 18 "
+                           "(non-distributed), 6 + 12/d (distributed); fp32: 16, 8 + 8/d",
+                 "softmax_extra": "megatron/core/tensor_parallel/cross_entropy.py "
+                                  "(_VocabParallelCrossEntropy.forward): saves exp_logits, the "
+                                  "fp32 softmax of the V/t shard, in place of its .float() copy",
+                 "constants": "no DeepSpeed runtime (ZeRO runtime 0); PyTorch runtime and "
+                              "fragmentation as the slides (1 GiB each)"}),
+    # PyTorch FSDP2 as torchtitan runs it: fp32 sharded parameters, bf16 compute copies gathered
+    # per layer, fp32 reduced gradients, Adam: 16 bytes per parameter split as ZeRO-3 (or as
+    # ``zero`` says). torchtitan's loss is cross_entropy(pred.float()) and it frees the logits
+    # before backward: the fp32 log-softmax it saves is the activation models' 4BTV.
+    Framework(
+        "fsdp", None, _ZERO_SHARDS, 0, 1 * GIB, 0, 1 * GIB,
+        sources={"states": "16 bytes per parameter (fp32 parameters 4, fp32 gradients 4, Adam "
+                           "8), the slides' count; FSDP2 shards them as ZeRO-3",
+                 "softmax_extra": "pytorch/torchtitan b5bcd76, torchtitan/components/loss.py "
+                                  "cross_entropy_loss (F.cross_entropy(pred.float(), ...)) and "
+                                  "torchtitan/trainer.py (del pred before loss.backward())",
+                 "constants": "no DeepSpeed runtime (ZeRO runtime 0); PyTorch runtime and "
+                              "fragmentation as the slides (1 GiB each)"}),
+]}
+
+
+def framework_of(name: str | Framework) -> Framework:
+    """One of ``FRAMEWORKS`` by name ("slides", "deepspeed", "megatron", "fsdp"), or as given."""
+    if isinstance(name, Framework):
+        return name
+    return FRAMEWORKS[check.one_of("framework", name, tuple(FRAMEWORKS))]
+
+
+def largest_layer_params(shape: ModelShape, dims: ParallelDims | int = ParallelDims()) -> int:
+    """DeepSpeed's ``largest_layer_params`` (stage3.py ``model_to_params``: the most parameters
+    one module holds itself) of transformers' Llama on one GPU of the tp group: the embedding
+    or lm_head (⌈V/tp⌉·H), a projection (its TP shard and bias) or a norm."""
+    shape = check.shape("shape", shape)
+    dims = _dims(dims).check(shape)
+    H, tp = shape.hidden_size, dims.tp
+    q, kv = shape.q_size // tp, shape.kv_size // tp
+    f = math.ceil(shape.intermediate_size / tp)
+    ab, ob, mb = shape.attention_bias, shape.o_bias, shape.mlp_bias
+    return max(math.ceil(shape.vocab_size / tp) * H, H * q + q * ab, H * kv + kv * ab,
+               q * H + H * ob, H * f + f * mb, f * H + H * mb, H)
+
+
+def _framework_model_states(fw: Framework, num_params, dims, zero: int, precision: str,
+                            optimizer: str, rank: int | None, galore_rank) -> dict[str, int]:
+    """``model_state_bytes`` for a framework with its own table (DeepSpeed, Megatron)."""
+    check.one_of("precision", precision, PRECISIONS)
+    if zero not in fw.zeros:
+        check.fail("zero", f"one of {fw.zeros} for framework={fw.name!r}", zero)
+    if precision not in fw.precisions:
+        check.fail("precision", f"one of {fw.precisions} for framework={fw.name!r}", precision)
+    if optimizer not in ("adam", "adamw"):
+        check.fail("optimizer", f"'adam' or 'adamw' for framework={fw.name!r} (its table counts "
+                   "Adam's two fp32 moments)", optimizer)
+    if galore_rank is not None:
+        raise ValueError(f"galore_rank is only used by optimizer 'galore' or 'galore8bit', got "
+                         f"galore_rank={galore_rank} with optimizer={optimizer!r}")
+    dims = _dims(dims)
+    if isinstance(num_params, str):
+        num_params = check.shape("num_params", num_params)
+    if isinstance(num_params, ModelShape):
+        P = params_per_gpu(num_params, dims, rank)
+        largest = largest_layer_params(num_params, dims)
+    else:
+        if rank is not None:
+            raise ValueError("rank needs a ModelShape for num_params (a count is split evenly)")
+        check.positive_int("num_params", num_params)
+        P, largest = math.ceil(num_params / (dims.tp * dims.pp)), None
+        if fw.gathered_layer_bytes and zero == 3:
+            raise ValueError(f"framework={fw.name!r} at zero=3 counts the largest layer: "
+                             "num_params must be a ModelShape")
+    return _framework_states(fw, P, dims.dp, zero, precision, largest)
+
+
+def _framework_states(fw: Framework, P: int, dp: int, zero: int, precision: str,
+                      largest_layer: int) -> dict[str, int]:
+    """Model-state bytes of ``fw``'s table. DeepSpeed rounds the partitioned states as one,
+    int(18·P/N): the parts are cumulative floors, so they add up to exactly that."""
+    per = dict(fw.state_bytes)
+    if precision == "fp32":  # Megatron's fp32 row: fp32 weights and gradients, no main copy
+        per = {"weights": 4, "gradients": 4, "master": 0, "optimizer": 8}
+    if fw.gathered_layer_bytes and zero == 3:
+        per["gradients"] = 0  # at stage 3 only the gathered layer's 16-bit gradients exist
+    out: dict[str, int] = {}
+    shard = Fraction(0)
+    for k, v in per.items():
+        split = fw.sharded_from.get(k) is not None and zero >= fw.sharded_from[k]
+        if not split:
+            out[k] = v * P
+        elif fw.name == "deepspeed":
+            out[k] = math.floor((shard + Fraction(v * P, dp))) - math.floor(shard)
+            shard += Fraction(v * P, dp)
+        else:
+            out[k] = math.ceil(Fraction(v * P, dp))
+    if fw.gathered_layer_bytes and zero == 3:
+        out["gathered layer"] = fw.gathered_layer_bytes * largest_layer
+    return out
 
 
 def _adafactor_elements(shape: ModelShape) -> int:
@@ -290,6 +468,70 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
     return _af.saved_bytes(shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute, **kw)
 
 
+# --- a pipeline's micro-batches in flight ---------------------------------------------------
+
+def pipeline_schedule(pp: int, virtual: int = 1) -> str | None:
+    """The schedule ``estimate`` assumes: None for pp = 1, "1f1b" (PipeDream-Flush, Megatron's
+    default), or "interleaved" with ``virtual`` > 1 chunks per rank."""
+    check.positive_int("pp", pp)
+    check.positive_int("virtual", virtual)
+    if pp == 1:
+        if virtual != 1:
+            check.fail("virtual", "1 without pipeline parallelism (pp = 1)", virtual)
+        return None
+    return "1f1b" if virtual == 1 else "interleaved"
+
+
+def in_flight_microbatches(pp: int, microbatches: int | None = None,
+                           virtual: int = 1) -> Fraction:
+    """Micro-batches' worth of activations the first stage holds at its peak (rank 0 holds the
+    most): ``pp_schedule.held_microbatches(schedule, pp, m, 0, v)``. 1F1B: min(pp, m);
+    interleaved: min(2(pp − 1) + (v − 1)·pp + 1, m·v)/v; pp = 1: 1 (accumulated micro-batches
+    run one after another). ``microbatches=None``: m at least the warm-up, the large-m limit
+    (1F1B: pp; interleaved: pp + (pp − 1)/v)."""
+    name = pipeline_schedule(pp, virtual)
+    check.optional(check.positive_int, "microbatches", microbatches)
+    if name is None:
+        return Fraction(1)
+    m = 2 * pp if microbatches is None else microbatches  # 2·pp·v > the warm-up + 1
+    return _pp.held_microbatches(name, pp, m, 0, virtual)
+
+
+def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro_batch: int,
+                              seq: int, *, recompute: str | None = None, sp: bool = False,
+                              impl: str = "korthikanti", microbatches: int | None = None,
+                              virtual: int = 1, dtype: Any = "bf16",
+                              attention: str = "sdpa") -> tuple[int, int, Fraction]:
+    """(one micro-batch's activations of the first stage's ⌈L/pp⌉ layers, the bytes of the
+    other micro-batches in flight, how many are in flight) under the pipeline schedule.
+
+    One micro-batch: ``activation_bytes`` of the stage (its layers, with the loss, as
+    ``estimate`` always counted). In flight: c = ``in_flight_microbatches(pp, microbatches,
+    virtual)``; the others add ⌈(c − 1)·n·a⌉, with n = ⌈L/pp⌉ and a one layer's activations
+    (``activation_bytes`` of n + 1 layers minus of n). Korthikanti et al. (MLSys 2023, §4.2.3):
+    the first stage of 1F1B keeps pp micro-batches of L/pp layers, the activations of the
+    whole model. Cached: the planner calls it for every layout.
+    """
+    shape = check.shape("shape", shape)
+    dims = _dims(dims)
+    count = in_flight_microbatches(dims.pp, microbatches, virtual)
+    one, extra = _pipeline_activations(shape, dims.pp, dims.tp, micro_batch, seq, recompute, sp,
+                                       impl, dtype, attention, count)
+    return one, extra, count
+
+
+@functools.lru_cache(maxsize=4096)
+def _pipeline_activations(shape, pp, tp, b, seq, recompute, sp, impl, dtype, attention,
+                          count) -> tuple[int, int]:
+    n = math.ceil(shape.num_layers / pp)
+    kw = dict(dtype=dtype, impl=impl, recompute=recompute, tp=tp, sp=sp, attention=attention)
+    one = activation_bytes(shape if pp == 1 else shape.replace(num_layers=n), b, seq, **kw)
+    if count == 1:
+        return one, 0
+    layer = activation_bytes(shape.replace(num_layers=n + 1), b, seq, **kw) - one
+    return one, math.ceil((count - 1) * n * layer)
+
+
 # --- the whole estimate -------------------------------------------------------------------
 
 # The slides' "其他" (other), per GPU: PyTorch runtime ~1 GB, DeepSpeed 1-4 GB, fragmentation ~1 GB.
@@ -326,9 +568,10 @@ class Estimate:
         return {**{k: v / GIB for k, v in self.parts.items()}, "total": self.total / GIB}
 
     def table(self) -> str:
-        rows = [f"{'part':<16} {'bytes':>18} {'GB':>9} {'GiB':>9}"]
+        w = max(16, *map(len, self.parts))
+        rows = [f"{'part':<{w}} {'bytes':>18} {'GB':>9} {'GiB':>9}"]
         for k, v in {**self.parts, "total": self.total}.items():
-            rows.append(f"{k:<16} {v:>18,} {v / GB:>9.2f} {v / GIB:>9.2f}")
+            rows.append(f"{k:<{w}} {v:>18,} {v / GB:>9.2f} {v / GIB:>9.2f}")
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -340,18 +583,30 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
              dtype: Any = "bf16", impl: str = "textbook", precision: str = "mixed",
              optimizer: str = "adamw", sp: bool = False, attention: str = "sdpa",
              softmax_extra: bool = True, overheads: bool = True, set_to_none: bool = True,
-             optimizer_impl: str = "single-tensor", galore_rank: int | None = None) -> Estimate:
+             optimizer_impl: str = "single-tensor", galore_rank: int | None = None,
+             microbatches: int | None = None, virtual: int = 1,
+             framework: str | Framework = "slides") -> Estimate:
     """Per-GPU training memory: model states + activations + other.
 
     ``dims``: the layout, a ``ParallelDims(dp, tp, pp)`` (``parallel_dims(gpus, tp, pp)``
     builds it from a GPU count), or an int n = ParallelDims(dp=n), n data-parallel GPUs.
     ZeRO divides by dp; sp (sequence parallel) is an option of tp > 1. batch is the
-    micro-batch per GPU. Activations of a pipeline stage: its ⌈L/pp⌉ layers (one micro-batch
-    in flight; 1F1B keeps up to pp of them, see notebook 07).
-    Other: transformers' extra 8BTV in the softmax (``softmax_extra``), and the slides'
-    framework (1 GiB), ZeRO runtime (4 GiB) and fragmentation (1 GiB) (``overheads``).
+    micro-batch per GPU. Activations of the first pipeline stage (the busiest): "activations"
+    are one micro-batch's through its ⌈L/pp⌉ layers; with pp > 1 "in-flight activations" are
+    the schedule's other micro-batches (``pipeline_activation_bytes``: 1F1B holds min(pp, m),
+    interleaved with ``virtual`` chunks more; ``microbatches`` m per step, None = at least
+    the warm-up). ``.details["in_flight"]`` is that count, ``["schedule"]`` the schedule.
+    Other, by ``framework`` (one of ``FRAMEWORKS``, each constant sourced there): "slides"
+    (the default) adds transformers' extra 8BTV in the softmax (``softmax_extra``), and the
+    slides' framework (1 GiB), ZeRO runtime (4 GiB) and fragmentation (1 GiB)
+    (``overheads``); "deepspeed" counts its model states as DeepSpeed's estimator does;
+    "megatron" its distributed optimizer's 6 + 12/d, no softmax extra and no ZeRO runtime;
+    "fsdp" 16P split as ZeRO, no softmax extra and no ZeRO runtime.
     ``.step_peak``: the peak of one training step, which phase, what is live then
-    (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW).
+    (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW);
+    the other micro-batches in flight are live in every phase but the optimizer step. It
+    models PyTorch's mixed-precision states: None for "deepspeed" and "megatron" (their fp32
+    gradient buffers are not modelled phase by phase).
     ``optimizer``: one of ``OPTIMIZERS``, the memory-saving methods of notebook 12 included
     (``galore_rank`` for galore/galore8bit); for ``NO_STEP_PEAK`` ones ``.step_peak`` is None.
     """
@@ -361,31 +616,43 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     check.optional(check.positive_int, "seq", seq)
     for name, value in (("sp", sp), ("softmax_extra", softmax_extra), ("overheads", overheads)):
         check.boolean(name, value)
+    fw = framework_of(framework)
     seq = shape.max_seq_len if seq is None else seq
     tp, pp = dims.tp, dims.pp
     states = model_state_bytes(shape, dims=dims, zero=zero, precision=precision,
-                               optimizer=optimizer, galore_rank=galore_rank)
-    stage_shape = shape if pp == 1 else shape.replace(num_layers=math.ceil(shape.num_layers / pp))
-    act = activation_bytes(stage_shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute,
-                           tp=tp, sp=sp, attention=attention)
+                               optimizer=optimizer, galore_rank=galore_rank, framework=fw)
+    act, in_flight, count = pipeline_activation_bytes(
+        shape, dims, batch, seq, recompute=recompute, sp=sp, impl=impl,
+        microbatches=microbatches, virtual=virtual, dtype=dtype, attention=attention)
     parts = {"model states": sum(states.values()), "activations": act}
-    if softmax_extra:
-        parts["softmax extra"] = 8 * batch * seq * shape.vocab_size // tp
+    if pp > 1:
+        parts["in-flight activations"] = in_flight
+    if softmax_extra and fw.softmax_extra:
+        parts["softmax extra"] = fw.softmax_extra * batch * seq * shape.vocab_size // tp
     if overheads:
-        parts["framework"] = FRAMEWORK_BYTES
-        if zero:
-            parts["ZeRO runtime"] = ZERO_RUNTIME_BYTES
-        parts["fragmentation"] = FRAGMENTATION_BYTES
-    if optimizer in NO_STEP_PEAK:  # step_peak models an optimizer step after backward
-        return Estimate(parts, {"model states": states, "dp": dims.dp, "dims": dims}, None)
+        parts["framework"] = fw.framework_bytes
+        if zero and fw.zero_runtime_bytes:
+            parts["ZeRO runtime"] = fw.zero_runtime_bytes
+        parts["fragmentation"] = fw.fragmentation_bytes
+    details = {"model states": states, "dp": dims.dp, "dims": dims, "in_flight": count,
+               "schedule": pipeline_schedule(pp, virtual), "microbatches": microbatches,
+               "virtual": virtual, "framework": fw.name}
+    # step_peak models an optimizer step after backward, with PyTorch's mixed-precision states
+    if optimizer in NO_STEP_PEAK or fw.state_bytes is not None:
+        return Estimate(parts, details, None)
     peak = _step_peak.phases(
         shape, batch, seq, dims=dims, params_per_gpu=params_per_gpu(shape, dims), states=states,
         activations=act, zero=zero, recompute=recompute, dtype=dtype, impl=impl,
         precision=precision, optimizer=optimizer, sp=sp, attention=attention,
         set_to_none=set_to_none, optimizer_impl=optimizer_impl,
         other={k: v for k, v in parts.items()
-               if k not in ("model states", "activations", "softmax extra")})
-    return Estimate(parts, {"model states": states, "dp": dims.dp, "dims": dims}, peak)
+               if k not in ("model states", "activations", "in-flight activations",
+                            "softmax extra")})
+    if in_flight:  # the other micro-batches wait through forward and backward, not the step
+        peak = _step_peak.StepPeak(
+            {k: v if k == "optimizer step" else {**v, "in-flight activations": in_flight}
+             for k, v in peak.phases.items()}, peak.set_to_none, peak.optimizer_impl)
+    return Estimate(parts, details, peak)
 
 
 def step_peak(shape: ModelShape, batch: int = 1, seq: int | None = None, *,
