@@ -13,9 +13,15 @@ so a step is 6·P_mm·BT + 12·BT²·Nd·L (eager) or + 14·BT²·Nd·L (SDPA); 
 never discounted. Recomputation adds forward work during backward (``recompute_flops``).
 Pitfall: torch has no formula for the CPU flash SDPA op and its backward, so an SDPA model's
 attention silently counts 0 on CPU unless the counter is ``flop_counter()``.
+
+Papers count a step differently (6PT, Kaplan, PaLM, Narayanan, causal, MFU vs HFU):
+``CONVENTIONS`` names each with its formula and source, ``restate_mfu`` converts an MFU
+between them, ``conventions_table`` lists them all for one shape.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 from torch.utils import flop_counter as _fc
@@ -27,7 +33,8 @@ from .shapes import ModelShape
 
 __all__ = ["STRATEGIES", "CPU_SDPA_MAPPING", "flop_counter", "measured_flops",
            "matmul_params", "forward_flops", "backward_flops", "recompute_flops",
-           "training_flops", "six_p_tokens", "rule_of_thumb_error"]
+           "training_flops", "six_p_tokens", "rule_of_thumb_error", "non_embedding_params",
+           "Convention", "CONVENTIONS", "convention_flops", "restate_mfu", "conventions_table"]
 
 
 
@@ -181,3 +188,139 @@ def rule_of_thumb_error(shape: ModelShape, batch: int, seq: int, **kwargs) -> fl
     1.060 × 6PT); see tests/test_flops.py::test_llama_7b_rule_of_thumb."""
     exact = training_flops(shape, batch, seq, **kwargs)
     return six_p_tokens(shape, batch * seq) / exact - 1
+
+
+# --- conventions: how papers count a training step's FLOPs ---------------------------
+#
+# An MFU is FLOPs per step / (step time × peak): the same run has a different MFU in each
+# convention, so a published MFU means little without the convention it was counted in.
+# Notation below: B sequences of s tokens per step, L layers, h = hidden_size, V vocabulary,
+# Nd = num_heads·head_dim (d_attn), P = params.count, N = non_embedding_params,
+# P_mm = matmul_params. "As written" formulas (GPT's 12h² of matmul weights per layer) are
+# applied to the shape's (L, h, V, s) unchanged, even where the shape is not a GPT;
+# "megatron-generalised" and "hfu-*" are the same counts for any layer.
+# "causal" counts s²/2 scores per head, as Megatron-LM and FlashAttention's benchmarks do. The
+# lower triangle with its diagonal has s(s+1)/2, i.e. 6·B·s·Nd·L more (a 1/s share of the
+# core term); FlashAttention also computes the masked part of the diagonal tiles, and its
+# benchmarks count its backward as 2.5 forwards (QKᵀ recomputed: SDPA's 14 halved is 7).
+
+def non_embedding_params(shape: ModelShape) -> int:
+    """N = P − VH (embedding) − VH (lm_head, 0 when tied): Kaplan et al. 2020's model size
+    ("excluding all vocabulary and positional embeddings", §1.3); norms and biases stay in."""
+    b = params.breakdown(shape)
+    return params.count(shape) - b["embedding"] - b["lm_head"]
+
+
+class Convention(NamedTuple):
+    counts: str  # "model" (MFU: forward + backward only) or "hardware" (HFU: + recomputation)
+    definition: str  # the formula per step, in this module's notation
+    source: str  # where the formula is written
+    flops: Callable[[ModelShape, int, int], int]  # (shape, B, s) -> FLOPs per step
+
+
+def _gpt(shape: ModelShape, B: int, s: int, layer: int, core: int) -> int:
+    """Narayanan et al.'s form for GPT: layer·Bslh² + core·Bs²lh + 6BshV."""
+    L, h, V = shape.num_layers, shape.hidden_size, shape.vocab_size
+    return layer * B * s * L * h * h + core * B * s * s * L * h + 6 * B * s * h * V
+
+
+def _core(shape: ModelShape, B: int, s: int, per_unit: int) -> int:
+    """per_unit · B·s²·Nd·L: the attention core (QKᵀ and softmax·V) of all layers."""
+    return per_unit * B * s * s * shape.q_size * shape.num_layers
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "6PT": Convention(
+        "model", "6·P·Bs, P all parameters (embedding, norms included)",
+        "Kaplan et al. 2020 §2.1 (C ≈ 6N per training token; N there is non-embedding)",
+        lambda sh, B, s: 6 * params.count(sh) * B * s),
+    "6PT-nonembedding": Convention(
+        "model", "6·N·Bs, N = P − embedding − lm_head", "Kaplan et al. 2020 §2.1, Table 1",
+        lambda sh, B, s: 6 * non_embedding_params(sh) * B * s),
+    "kaplan": Convention(
+        "model", "3·(2N + 2·L·s·Nd)·Bs: Table 1's C_forward, ×3 for training; its one "
+                 "attention term is half of QKᵀ + softmax·V",
+        "Kaplan et al. 2020 Table 1 (Total row), §2.1",
+        lambda sh, B, s: 6 * non_embedding_params(sh) * B * s + _core(sh, B, s, 6)),
+    "palm": Convention(
+        "model", "(6P + 12·L·Nd·s)·Bs: 6N + 12LHQT per token, N all parameters",
+        "Chowdhery et al. 2022 App. B (MFU)",
+        lambda sh, B, s: 6 * params.count(sh) * B * s + _core(sh, B, s, 12)),
+    "narayanan-model": Convention(
+        "model", "72Bslh²(1 + s/6h + V/12lh) = 72Bslh² + 12Bs²lh + 6BshV, as written for GPT",
+        "Narayanan et al. 2021 Appendix (Eq. 3 without the recomputed forward)",
+        lambda sh, B, s: _gpt(sh, B, s, 72, 12)),
+    "megatron-generalised": Convention(
+        "model", "6·P_mm·Bs + 12·Bs²·Nd·L: Narayanan's count for any layer "
+                 "(= training_flops(..., attention='eager'))",
+        "Narayanan et al. 2021 Appendix, generalised; measured: tests/test_flops.py",
+        lambda sh, B, s: training_flops(sh, B, s)),
+    "causal": Convention(
+        "model", "6·P_mm·Bs + 6·Bs²·Nd·L: the attention core halved for the causal mask",
+        "Megatron-LM num_floating_point_operations (training.py); FlashAttention's benchmarks",
+        lambda sh, B, s: 6 * matmul_params(sh) * B * s + _core(sh, B, s, 6)),
+    "narayanan": Convention(
+        "hardware", "96Bslh²(1 + s/6h + V/16lh) = 96Bslh² + 16Bs²lh + 6BshV: full "
+                    "recomputation, as written for GPT",
+        "Narayanan et al. 2021 Eq. 3 (§5.1, Appendix)",
+        lambda sh, B, s: _gpt(sh, B, s, 96, 16)),
+    "hfu-full": Convention(
+        "hardware", "megatron-generalised + every layer's forward again (2·(P_mm − VH)·Bs + "
+                    "4·Bs²·Nd·L) = training_flops(..., recompute='full', early_stop=False)",
+        "Narayanan et al. 2021 Eq. 3, generalised; measured: tests/test_flops.py",
+        lambda sh, B, s: training_flops(sh, B, s, recompute="full", early_stop=False)),
+    "korthikanti-hfu": Convention(
+        "hardware", "72Bslh²(1 + s/3h + V/12lh) = 72Bslh² + 24Bs²lh + 6BshV: selective "
+                    "recomputation, as written for GPT (counts the core's forward and "
+                    "backward again, 12Bs²lh; the recomputation runs only its forward)",
+        "Korthikanti et al. 2023 Eq. 8",
+        lambda sh, B, s: _gpt(sh, B, s, 72, 24)),
+    "hfu-selective": Convention(
+        "hardware", "megatron-generalised + 4·Bs²·Nd·L (the core's forward again) = "
+                    "training_flops(..., recompute='selective', early_stop=False)",
+        "Korthikanti et al. 2023 §4.2.2 (what is recomputed); measured: tests/test_flops.py",
+        lambda sh, B, s: training_flops(sh, B, s, recompute="selective", early_stop=False)),
+}
+
+
+def convention_flops(shape: ModelShape, batch: int, seq: int, convention: str) -> int:
+    """FLOPs of one step of ``batch`` sequences of ``seq`` tokens, counted as
+    ``CONVENTIONS[convention]`` counts them (exact integers)."""
+    shape = _check(shape, batch, seq)
+    check.one_of("convention", convention, CONVENTIONS)
+    return CONVENTIONS[convention].flops(shape, batch, seq)
+
+
+def restate_mfu(mfu: float, shape: ModelShape, batch: int, seq: int, *,
+                from_convention: str, to_convention: str) -> float:
+    """The same step time's MFU in another convention: mfu · F_to / F_from (FLOPs per step).
+    Independent of ``batch``: every convention is linear in it."""
+    check.positive_number("mfu", mfu)
+    check.one_of("from_convention", from_convention, CONVENTIONS)
+    check.one_of("to_convention", to_convention, CONVENTIONS)
+    f_from = convention_flops(shape, batch, seq, from_convention)
+    return mfu * convention_flops(shape, batch, seq, to_convention) / f_from
+
+
+def conventions_table(shape: ModelShape, batch: int, seq: int, *, mfu: float | None = None,
+                      convention: str | None = None) -> list[dict]:
+    """One row per convention: name, counts, definition, source, flops (per step), ratio
+    (to ``megatron-generalised``, llmtrain's eager count) and, given a published ``mfu`` in
+    ``convention``, that MFU restated in each convention."""
+    shape = _check(shape, batch, seq)
+    if (mfu is None) != (convention is None):
+        raise ValueError("mfu and convention go together: give both or neither, got "
+                         f"mfu={mfu!r}, convention={convention!r}")
+    if mfu is not None:
+        check.positive_number("mfu", mfu)
+        check.one_of("convention", convention, CONVENTIONS)
+    counts = {name: convention_flops(shape, batch, seq, name) for name in CONVENTIONS}
+    ours = counts["megatron-generalised"]
+    rows = []
+    for name, c in CONVENTIONS.items():
+        row = dict(name=name, counts=c.counts, definition=c.definition, source=c.source,
+                   flops=counts[name], ratio=counts[name] / ours)
+        if mfu is not None:
+            row["mfu"] = mfu * counts[name] / counts[convention]
+        rows.append(row)
+    return rows
