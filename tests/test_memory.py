@@ -1,5 +1,7 @@
 """Training-memory estimators and the CPU peak tracker."""
 
+import re
+from fractions import Fraction
 
 import pytest
 import torch
@@ -236,3 +238,97 @@ def test_galore_rank_needs_a_galore_optimizer():
         memory.estimate(s, optimizer="lomo", galore_rank=8)
     assert memory.model_state_bytes(s, optimizer="galore", galore_rank=8) != \
         memory.model_state_bytes(s, optimizer="galore", galore_rank=16)
+
+
+# --- the pipeline's micro-batches in flight (issue 22, bug 2) ---------------------------------
+
+L70 = shapes.get("llama3-70b")
+
+
+def test_llama3_70b_first_stage_holds_two_microbatches():
+    # tp8 pp2 dp4, selective, Korthikanti with SP, b1 s8192: the first stage of 1F1B holds pp = 2
+    # micro-batches of its 40 layers; the external review (shared/reviews/external-calculators.md
+    # §1d) found 11.15 GiB here and 11.15 + 10.63 in plan.memory_parts and the cookbook's 21.25
+    dims = ParallelDims(dp=4, tp=8, pp=2)
+    est = memory.estimate(L70, dims, 1, 8192, zero=1, recompute="selective", impl="korthikanti",
+                          sp=True)
+    assert est.details["in_flight"] == 2 and est.details["schedule"] == "1f1b"
+    assert est.parts["activations"] == 11_967_397_888  # one micro-batch, 11.15 GiB
+    assert est.parts["in-flight activations"] == 11_408_506_880  # the other one's 40 layers
+    assert round((est.parts["activations"] + est.parts["in-flight activations"]) / GIB, 1) == 21.8
+
+
+def test_without_a_pipeline_nothing_is_in_flight():
+    est = memory.estimate(L70, ParallelDims(dp=8, tp=8), 1, 8192, zero=1, recompute="selective",
+                          impl="korthikanti", sp=True, microbatches=16)
+    assert "in-flight activations" not in est.parts and est.details["in_flight"] == 1
+    assert est.details["schedule"] is None
+    assert list(est.parts) == ["model states", "activations", "softmax extra", "framework",
+                               "ZeRO runtime", "fragmentation"]
+
+
+@pytest.mark.parametrize("pp,m,v,held", [
+    (2, None, 1, 2), (4, 2, 1, 2), (4, 16, 1, 4), (8, None, 1, 8),
+    # interleaved on rank 0: min(2(p − 1) + (v − 1)p + 1, m·v)/v; large m: p + (p − 1)/v
+    (8, None, 2, 8 + Fraction(7, 2)), (4, 4, 2, Fraction(8, 2)), (4, 8, 3, Fraction(15, 3)),
+    (2, 2, 3, Fraction(6, 3)), (1, 5, 1, 1)])
+def test_in_flight_microbatches(pp, m, v, held):
+    assert memory.in_flight_microbatches(pp, m, v) == held
+
+
+@given(pp=st.integers(2, 6), groups=st.integers(1, 4), v=st.integers(1, 4))
+def test_in_flight_is_the_schedules_peak(pp, groups, v):
+    # oracle: the schedule as data, replayed (pp_schedule.in_flight counts (micro-batch, chunk)
+    # pairs; a chunk is 1/v of a micro-batch's activations)
+    from llmtrain.parallel import pp_schedule
+
+    m = groups * pp
+    name = "1f1b" if v == 1 else "interleaved"
+    replayed = Fraction(pp_schedule.in_flight(pp_schedule.schedule(name, pp, m, 0, v)), v)
+    assert memory.in_flight_microbatches(pp, m, v) == replayed
+    big = Fraction(pp_schedule.in_flight(pp_schedule.schedule(name, pp, 4 * pp, 0, v)), v)
+    assert memory.in_flight_microbatches(pp, None, v) == big  # None: m past the warm-up
+
+
+@pytest.mark.parametrize("tp,pp,m,v,recompute,sp", [
+    (8, 2, 8, 1, "selective", True), (8, 4, 2, 1, "none", False), (4, 8, 16, 1, "full", True),
+    (8, 4, 8, 2, "selective", True), (2, 4, 4, 3, "none", False), (8, 8, 64, 2, "full", False)])
+def test_in_flight_equals_plan_memory_parts(tp, pp, m, v, recompute, sp):
+    # the planner and memory.estimate must agree (issue 22): same layout, same bytes
+    from llmtrain import plan
+
+    dims = ParallelDims(dp=2, tp=tp, pp=pp)
+    lay = plan.Layout(dims, 1, recompute, 1, m, v, sp)
+    want = plan.memory_parts(L70, lay, 4096)
+    est = memory.estimate(L70, dims, 1, 4096, zero=1, recompute=recompute, impl="korthikanti",
+                          sp=sp, microbatches=m, virtual=v)
+    assert est.parts == want
+    one, extra, count = memory.pipeline_activation_bytes(
+        L70, dims, 1, 4096, recompute=recompute, sp=sp, microbatches=m, virtual=v)
+    assert (one, extra) == (want["activations"], want["in-flight activations"])
+    assert count == est.details["in_flight"]
+
+
+def test_in_flight_activations_live_until_the_optimizer_step():
+    dims = ParallelDims(dp=2, tp=1, pp=4)
+    est = memory.estimate(S7, dims, 1, 512, zero=1, recompute="full", microbatches=8)
+    extra = est.parts["in-flight activations"]
+    assert extra > 0 and est.details["in_flight"] == 4
+    phases = est.step_peak.phases
+    assert all(p["in-flight activations"] == extra for k, p in phases.items() if k != "optimizer step")
+    assert "in-flight activations" not in phases["optimizer step"]
+    one = memory.estimate(S7, dims, 1, 512, zero=1, recompute="full", microbatches=1)
+    assert one.parts["in-flight activations"] == 0 and one.details["in_flight"] == 1
+    assert est.step_peak.totals["forward"] == one.step_peak.totals["forward"] + extra
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(virtual=2), "virtual must be 1 without pipeline parallelism (pp = 1), got 2"),
+    (dict(dims=ParallelDims(dp=1, pp=2), virtual=2, microbatches=3),
+     "microbatches must be a multiple of the 2 stages for schedule='interleaved'"),
+    (dict(dims=ParallelDims(dp=1, pp=2), microbatches=0), "microbatches must be a positive integer"),
+    (dict(dims=ParallelDims(dp=1, pp=2), virtual=0), "virtual must be a positive integer"),
+])
+def test_in_flight_arguments_are_checked(kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        memory.estimate(S7, **{"dims": ParallelDims(), **kw})
