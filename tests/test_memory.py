@@ -1,5 +1,6 @@
 """Training-memory estimators and the CPU peak tracker."""
 
+import json
 import re
 from fractions import Fraction
 
@@ -332,3 +333,67 @@ def test_in_flight_activations_live_until_the_optimizer_step():
 def test_in_flight_arguments_are_checked(kw, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         memory.estimate(S7, **{"dims": ParallelDims(), **kw})
+
+
+# --- the command line: llmtrain memory --pp (it must agree with estimate and name the count) --
+
+def cli(*args):
+    """(exit status, stdout, stderr) of ``llmtrain memory ...`` in this process."""
+    import contextlib
+    import io
+
+    from llmtrain import cli as _cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _cli.main(["memory", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+LAYOUT_70B = ("llama3-70b", "--gpus", "64", "--tp", "8", "--pp", "2", "--zero", "1", "--seq",
+              "8192", "--impl", "korthikanti", "--recompute", "selective", "--sp")
+
+
+def test_cli_pp_prints_the_microbatches_in_flight():
+    code, out, err = cli(*LAYOUT_70B)
+    assert code == 0, err
+    assert "in-flight activations     11,408,506,880     11.41     10.62" in out
+    assert out.rstrip().endswith("in flight: 2 micro-batches' activations on the first stage "
+                                 "(1F1B, pp = 2; m assumed at least the warm-up; --microbatches "
+                                 "M sets it)")
+    code, out, err = cli(*LAYOUT_70B, "--virtual", "3", "--microbatches", "4")
+    assert code == 0, err
+    assert ("in flight: 7/3 = 2.33 micro-batches' activations on the first stage (interleaved "
+            "1F1B, 3 chunks per rank, pp = 2; m = 4)") in out
+    code, out, err = cli("llama-7b", "--gpus", "2")  # no pipeline: the table alone, as before
+    assert code == 0 and "in flight" not in out and "in-flight" not in out
+
+
+def test_cli_pp_json_equals_estimate():
+    code, out, err = cli(*LAYOUT_70B, "--virtual", "2", "--microbatches", "8", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    est = memory.estimate(L70, ParallelDims(dp=4, tp=8, pp=2), 1, 8192, zero=1,
+                          recompute="selective", impl="korthikanti", sp=True, microbatches=8,
+                          virtual=2)
+    assert got["parts"] == est.parts and got["total"] == est.total
+    assert got["pipeline"] == {"pp": 2, "schedule": "interleaved", "virtual": 2,
+                               "microbatches": 8, "in_flight": 2.5, "in_flight_fraction": "5/2"}
+    assert got["framework"] == "slides"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--virtual", "2"], "--virtual is only used with --pp > 1 (a pipeline), got --virtual 2 "
+                         "with --pp 1"),
+    (["--microbatches", "8"], "--microbatches is only used with --pp > 1"),
+    (["--pp", "2", "--gpus", "2", "--microbatches", "0"],
+     "argument --microbatches: microbatches must be a positive integer, got 0"),
+    (["--pp", "2", "--gpus", "2", "--virtual", "x"],
+     "argument --virtual: virtual must be a positive integer, got 'x'"),
+    (["--pp", "2", "--gpus", "2", "--virtual", "2", "--microbatches", "3"],
+     "microbatches must be a multiple of the 2 stages for schedule='interleaved'"),
+])
+def test_cli_pipeline_flags_bad_input(args, needle):
+    code, out, err = cli("llama-7b", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and needle in lines[0], err

@@ -164,3 +164,54 @@ def test_every_framework_names_its_sources():
 def test_framework_arguments_are_checked(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+# --- the command line: llmtrain memory --framework ----------------------------------------
+
+def cli(*args):
+    """(exit status, stdout, stderr) of ``llmtrain memory ...`` in this process."""
+    import contextlib
+    import io
+
+    from llmtrain import cli as _cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _cli.main(["memory", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("framework,zero", [("slides", 3), ("deepspeed", 3), ("deepspeed", 2),
+                                            ("megatron", 1), ("fsdp", 3)])
+def test_cli_framework_equals_estimate(framework, zero):
+    import json
+
+    code, out, err = cli("llama2-7b", "--gpus", "8", "--zero", str(zero), "--framework",
+                         framework, "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    est = memory.estimate(shapes.get("llama2-7b"), 8, zero=zero, framework=framework)
+    assert got["parts"] == est.parts and got["framework"] == framework
+    assert got["model_states"] == est.details["model states"]
+
+
+def test_cli_deepspeed_table_names_its_fp32_gradients():
+    code, out, err = cli("llama2-7b", "--gpus", "8", "--zero", "2", "--framework", "deepspeed",
+                         "--no-overheads")
+    assert code == 0, err
+    shape, N, P, _ = MODELS["llama2-7b"]
+    assert f"model states     {ds_zero2(P, N):>18,}" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--framework", "colossal"], "framework must be one of ('slides', 'deepspeed', 'megatron', "
+                                  "'fsdp'), got 'colossal'"),
+    (["--framework", "megatron"], "zero must be one of (0, 1) for framework='megatron', got 3"),
+    (["--framework", "deepspeed", "--precision", "bf16"],
+     "precision must be one of ('mixed',) for framework='deepspeed', got 'bf16'"),
+    (["--framework", "fsdp", "--optimizer", "lion"], "optimizer must be one of"),
+])
+def test_cli_framework_bad_input(args, needle):
+    code, out, err = cli("llama2-7b", "--gpus", "8", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and needle in lines[0], err
