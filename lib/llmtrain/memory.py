@@ -10,6 +10,13 @@ Here each part is a function with its assumptions as arguments: precision and op
 activation models, from the slides' to exact ones (``llmtrain.activation_formulas``).
 Everything is in bytes (ints); ``Estimate`` converts to GB (10⁹) or GiB (2³⁰) for display.
 ``estimate(...).step_peak`` follows one training step phase by phase (``llmtrain.step_peak``).
+
+With a pipeline (pp > 1) the first stage holds several micro-batches' activations at once:
+``estimate`` counts them for its schedule (1F1B or interleaved, ``pipeline_activation_bytes``),
+as the planner does. Whose bytes: ``FRAMEWORKS`` names each framework's accounting, every
+constant with its source: the slides' (16P, DeepSpeed's runtime, transformers' softmax copy),
+DeepSpeed's own estimator (18 bytes per partitioned parameter), Megatron-LM's distributed
+optimizer (6 + 12/d) and FSDP2 as torchtitan runs it.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ from .shapes import ModelShape
 __all__ = ["GB", "GIB", "state_bytes_per_param", "parallel_dims", "params_per_gpu", "param_numels",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "step_peak",
            "slides_formula", "llmbox_activation_bytes", "llmbox_memory_bytes",
-           "llmbox_gpus_needed", "Peak", "measure_peak", "tracking", "PRECISIONS", "OPTIMIZERS"]
+           "llmbox_gpus_needed", "Peak", "measure_peak", "tracking", "PRECISIONS", "OPTIMIZERS",
+           "Framework", "FRAMEWORKS", "framework_of", "largest_layer_params", "pipeline_schedule",
+           "in_flight_microbatches", "pipeline_activation_bytes"]
 
 GB, GIB = 10**9, 2**30
 
@@ -514,6 +523,8 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims)
+    check.positive_int("micro_batch", micro_batch)
+    check.positive_int("seq", seq)
     count = in_flight_microbatches(dims.pp, microbatches, virtual)
     one, extra = _pipeline_activations(shape, dims.pp, dims.tp, micro_batch, seq, recompute, sp,
                                        impl, dtype, attention, count)
