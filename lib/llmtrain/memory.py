@@ -525,6 +525,11 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     dims = _dims(dims)
     check.positive_int("micro_batch", micro_batch)
     check.positive_int("seq", seq)
+    check.one_of("impl", impl, _af.IMPLS)  # before the cache, which needs hashable arguments
+    check.optional(check.one_of, "recompute", recompute, MODELLED)
+    check.boolean("sp", sp)
+    check.one_of("attention", attention, ATTN_IMPLS)
+    dtype_bytes(dtype)
     count = in_flight_microbatches(dims.pp, microbatches, virtual)
     one, extra = _pipeline_activations(shape, dims.pp, dims.tp, micro_batch, seq, recompute, sp,
                                        impl, dtype, attention, count)
