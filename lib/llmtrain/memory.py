@@ -333,8 +333,10 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
     # before backward: the fp32 log-softmax it saves is the activation models' 4BTV.
     Framework(
         "fsdp", None, _ZERO_SHARDS, 0, 1 * GIB, 0, 1 * GIB,
-        sources={"states": "16 bytes per parameter (fp32 parameters 4, fp32 gradients 4, Adam "
-                           "8), the slides' count; FSDP2 shards them as ZeRO-3",
+        sources={"states": "pytorch/torchtitan b5bcd76, torchtitan/config/configs.py: "
+                           "training dtype float32, mixed_precision_param bfloat16 (fully_shard's "
+                           "compute copies), mixed_precision_reduce float32: fp32 parameters 4 + "
+                           "fp32 gradients 4 + Adam 8 = 16 bytes per parameter, sharded as ZeRO-3",
                  "softmax_extra": "pytorch/torchtitan b5bcd76, torchtitan/components/loss.py "
                                   "cross_entropy_loss (F.cross_entropy(pred.float(), ...)) and "
                                   "torchtitan/trainer.py (del pred before loss.backward())",
