@@ -281,6 +281,11 @@ class Framework:
     sources: dict[str, str] = field(default_factory=dict)
 
 
+# The slides' "其他" (other), per GPU: PyTorch runtime ~1 GB, DeepSpeed 1-4 GB, fragmentation ~1 GB.
+FRAMEWORK_BYTES = 1 * GIB
+ZERO_RUNTIME_BYTES = 4 * GIB
+FRAGMENTATION_BYTES = 1 * GIB
+
 _SLIDES_OTHER = ("the slides' 其他 (other), per GPU: PyTorch runtime ~1 GB, DeepSpeed 1-4 GB, "
                  "fragmentation ~1 GB (notebook 11 §5)")
 _TRANSFORMERS_SOFTMAX = ("transformers' loss upcasts the logits to fp32 and keeps them: 8BTV "
@@ -289,9 +294,9 @@ _ZERO_SHARDS = {"weights": 3, "gradients": 2, "master": 1, "optimizer": 1}
 
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
     Framework(
-        "slides", None, _ZERO_SHARDS, 8, 1 * GIB, 4 * GIB, 1 * GIB,
-        sources={"states": "Rajbhandari et al. SC'20 (ZeRO) §3: 2 + 2 + 12 = 16 bytes per "
-                           "parameter (mixed AdamW), partitioned by stage",
+        "slides", None, _ZERO_SHARDS, 8, FRAMEWORK_BYTES, ZERO_RUNTIME_BYTES, FRAGMENTATION_BYTES,
+        sources={"states": "Rajbhandari et al. 2020 (ZeRO), Fig. 1: 2 + 2 + K bytes per "
+                           "parameter with K = 12 (mixed AdamW), partitioned by stage",
                  "softmax_extra": _TRANSFORMERS_SOFTMAX, "constants": _SLIDES_OTHER}),
     # DeepSpeed's own estimators, without offload: ZeRO-2 gpu_mem = 2P + int(18P/N) ("2 =
     # params_16bit, 18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit +
@@ -302,7 +307,8 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
     Framework(
         "deepspeed",
         {"weights": 2, "gradients": 2, "fp32 gradients": 4, "master": 4, "optimizer": 8},
-        {**_ZERO_SHARDS, "fp32 gradients": 1}, 8, 1 * GIB, 4 * GIB, 1 * GIB,
+        {**_ZERO_SHARDS, "fp32 gradients": 1}, 8, FRAMEWORK_BYTES, ZERO_RUNTIME_BYTES,
+        FRAGMENTATION_BYTES,
         gathered_layer_bytes=4, precisions=("mixed",),
         sources={"states": "deepspeedai/DeepSpeed edaa722, deepspeed/runtime/zero/"
                            "stage_1_and_2.py estimate_zero2_model_states_mem_needs and "
@@ -317,8 +323,8 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
     # activation models count, nothing more.
     Framework(
         "megatron", {"weights": 2, "gradients": 4, "master": 4, "optimizer": 8},
-        {"weights": None, "gradients": None, "master": 1, "optimizer": 1}, 0, 1 * GIB, 0,
-        1 * GIB, zeros=(0, 1), precisions=("mixed", "fp32"),
+        {"weights": None, "gradients": None, "master": 1, "optimizer": 1}, 0, FRAMEWORK_BYTES, 0,
+        FRAGMENTATION_BYTES, zeros=(0, 1), precisions=("mixed", "fp32"),
         sources={"states": "NVIDIA/Megatron-LM d98e8a6, docs/user-guide/features/"
                            "dist_optimizer.md, table: bf16 parameters, fp32 gradients: 18 "
                            "(non-distributed), 6 + 12/d (distributed); fp32: 16, 8 + 8/d",
@@ -332,7 +338,7 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
     # ``zero`` says). torchtitan's loss is cross_entropy(pred.float()) and it frees the logits
     # before backward: the fp32 log-softmax it saves is the activation models' 4BTV.
     Framework(
-        "fsdp", None, _ZERO_SHARDS, 0, 1 * GIB, 0, 1 * GIB,
+        "fsdp", None, _ZERO_SHARDS, 0, FRAMEWORK_BYTES, 0, FRAGMENTATION_BYTES,
         sources={"states": "pytorch/torchtitan b5bcd76, torchtitan/config/configs.py: "
                            "training dtype float32, mixed_precision_param bfloat16 (fully_shard's "
                            "compute copies), mixed_precision_reduce float32: fp32 parameters 4 + "
@@ -519,9 +525,9 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     One micro-batch: ``activation_bytes`` of the stage (its layers, with the loss, as
     ``estimate`` always counted). In flight: c = ``in_flight_microbatches(pp, microbatches,
     virtual)``; the others add ⌈(c − 1)·n·a⌉, with n = ⌈L/pp⌉ and a one layer's activations
-    (``activation_bytes`` of n + 1 layers minus of n). Korthikanti et al. (MLSys 2023, §4.2.3):
-    the first stage of 1F1B keeps pp micro-batches of L/pp layers, the activations of the
-    whole model. Cached: the planner calls it for every layout.
+    (``activation_bytes`` of n + 1 layers minus of n). So the first stage of 1F1B keeps pp
+    micro-batches of L/pp layers: as much as the whole model's L layers for one (notebook 07,
+    where the memory tracker measures it). Cached: the planner calls it for every layout.
     """
     shape = check.shape("shape", shape)
     dims = _dims(dims)
@@ -552,10 +558,6 @@ def _pipeline_activations(shape, pp, tp, b, seq, recompute, sp, impl, dtype, att
 
 # --- the whole estimate -------------------------------------------------------------------
 
-# The slides' "其他" (other), per GPU: PyTorch runtime ~1 GB, DeepSpeed 1-4 GB, fragmentation ~1 GB.
-FRAMEWORK_BYTES = 1 * GIB
-ZERO_RUNTIME_BYTES = 4 * GIB
-FRAGMENTATION_BYTES = 1 * GIB
 
 
 @dataclass(frozen=True)
