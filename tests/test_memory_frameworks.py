@@ -1,5 +1,6 @@
 """Memory per framework (issue 22): the slides' 16P and constants, DeepSpeed's estimator,
-Megatron-LM's distributed optimizer, FSDP2 (torchtitan). Oracles: each framework's own formula,
+Megatron-LM's distributed optimizer, FSDP2 (torchtitan), NeMo's distributed_fused_adam (Apex).
+Oracles: each framework's own formula,
 as its source writes it, and the numbers of shared/reviews/external-calculators.md §1b."""
 
 import math
@@ -8,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from llmtrain import memory, shapes
+from llmtrain import memory, plan, shapes
 from llmtrain.memory import GIB
 from llmtrain.parallel.mesh import ParallelDims
 from llmtrain.shapes import ModelShape
@@ -110,6 +111,54 @@ def test_megatron_on_a_3d_layout():
     assert got - states(shapes.get("llama3-70b"), dims, 1) == 2 * P  # fp32 main gradients
 
 
+# NeMo's distributed_fused_adam as NVIDIA/dgxc-benchmarking 35a9aec runs it
+# (nemotron/nemotron4-340b-synth.yaml optim: dtype bf16, grad_sync_dtype bf16,
+# contiguous_grad_buffer True; megatron_amp_O2, precision bf16). NVIDIA/NeMo 4801936
+# megatron_base_model.py setup_optimization: param_sync_dtype = model dtype (bf16) and
+#     elif optim_dtype == model_dtype:
+#         optim_kwargs['store_params'] = False
+# NVIDIA/apex 810ffae apex/contrib/optimizers/distributed_fused_adam.py, per parameter element:
+#     bf16 weights                                     2   whole
+#     _grad_buffers[...] = torch.zeros([buffer_size], dtype=grad_sync_dtype)   2   whole
+#     sync_grads_shard = torch.empty([shard_size], ...)  2/d (d > 1; d = 1: = grads_bucket, 0)
+#     exp_avg_shard, exp_avg_sq_shard in dtype (bf16)  4/d
+#     params_shard (store_params False): none          0
+#     step: params_shard = torch.empty([shard_size], dtype=param_sync_dtype)   2/d
+def nemo_bytes(P, d, zero=1):
+    if zero == 0 or d == 1:  # one distributed rank (disable_distributed_parameters at zero=0)
+        return 2 * P + 2 * P + 4 * P + 2 * P
+    return 2 * P + 2 * P + 2 * P // d + 4 * P // d + 2 * P // d
+
+
+@pytest.mark.parametrize("d", [1, 2, 8])
+def test_nemo_distributed_fused_adam_bytes(d):
+    P = 10**9 * 8
+    assert states(P, d, 1, "nemo") == nemo_bytes(P, d)
+    assert states(P, d, 0, "nemo") == nemo_bytes(P, d, zero=0) == 10 * P
+    assert states(P, d, 1, "nemo") == {1: 10 * P, 2: 8 * P, 8: 5 * P}[d]  # 4 + 8/d, d > 1
+
+
+def test_nemo_parts():
+    P, d = 10**9 * 8, 8
+    assert memory.model_state_bytes(P, dims=d, zero=1, framework="nemo") == {
+        "weights": 2 * P, "gradients": 2 * P, "gradient shards": 2 * P // d, "master": 0,
+        "optimizer": 4 * P // d, "step output shards": 2 * P // d}
+    assert memory.model_state_bytes(P, dims=1, zero=1, framework="nemo")["gradient shards"] == 0
+
+
+def test_nemo_on_the_nemotron4_340b_recipe_layout():
+    # dgxc-benchmarking 35a9aec nemotron: TP 8, PP 8, DP 2 on 128 H100 80GB (BF16, 4.61 s/step)
+    shape = plan.gpt_shape(18432, 96, 96, 256000, 4096, name="nemotron4-340b", kv_heads=8,
+                           biases=False, tie_embeddings=False)
+    dims = ParallelDims(dp=2, tp=8, pp=8)
+    P = memory.params_per_gpu(shape, dims)
+    assert P == 5_771_298_816
+    got = memory.model_state_bytes(shape, dims=dims, zero=1, framework="nemo")
+    assert sum(got.values()) == nemo_bytes(P, 2) == 8 * P  # 43.0 GiB
+    assert states(shape, dims, 1, "megatron") == 12 * P  # 6 + 12/d: 64.5 GiB
+    assert round(8 * P / GIB, 1) == 43.0 and round(12 * P / GIB, 1) == 64.5
+
+
 def test_fsdp_and_slides_count_16p():
     shape = shapes.get("llama2-7b")
     for z in range(4):
@@ -124,7 +173,7 @@ def test_estimate_parts_per_framework():
     assert est["slides"].parts == memory.estimate(shape, dims, 2, 4096, **kw).parts  # the default
     BTV = 2 * 4096 * shape.vocab_size
     assert est["slides"].parts["softmax extra"] == est["deepspeed"].parts["softmax extra"] == 8 * BTV
-    for f in ("megatron", "fsdp"):  # their losses keep only the fp32 softmax the models count
+    for f in ("megatron", "fsdp", "nemo"):  # their losses keep only the fp32 softmax the models count
         assert "softmax extra" not in est[f].parts and "ZeRO runtime" not in est[f].parts
         assert est[f].parts["framework"] == est[f].parts["fragmentation"] == GIB
     assert est["deepspeed"].parts["ZeRO runtime"] == 4 * GIB
@@ -134,6 +183,7 @@ def test_estimate_parts_per_framework():
         assert est[f].parts["model states"] == states(shape, dims, 1, f)
     # the phase model is PyTorch's mixed precision: none for DeepSpeed's and Megatron's buffers
     assert est["deepspeed"].step_peak is None and est["megatron"].step_peak is None
+    assert est["nemo"].step_peak is None
     assert est["fsdp"].step_peak is not None
     assert est["fsdp"].peak_bytes == est["slides"].peak_bytes - 4 * GIB  # no ZeRO runtime
     assert memory.estimate(shape, dims, 2, 4096, framework="megatron", zero=1, impl="korthikanti",
@@ -158,8 +208,12 @@ def test_every_framework_names_its_sources():
     (lambda: states(7 * 10**9, 8, 3, "deepspeed"),
      "framework='deepspeed' at zero=3 counts the largest layer: num_params must be a ModelShape"),
     (lambda: states(7 * 10**9, 8, 1, "colossal"), "framework must be one of ('slides', "
-                                                  "'deepspeed', 'megatron', 'fsdp'), got 'colossal'"),
-    (lambda: memory.estimate(shapes.get("tiny"), framework="nemo"), "framework must be one of"),
+                                                  "'deepspeed', 'megatron', 'fsdp', 'nemo'), got "
+                                                  "'colossal'"),
+    (lambda: memory.estimate(shapes.get("tiny"), framework="nemo2"), "framework must be one of"),
+    (lambda: states(7 * 10**9, 8, 2, "nemo"), "zero must be one of (0, 1) for framework='nemo'"),
+    (lambda: states(7 * 10**9, 8, 1, "nemo", precision="fp32"),
+     "precision must be one of ('mixed',) for framework='nemo', got 'fp32'"),
 ])
 def test_framework_arguments_are_checked(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -182,7 +236,8 @@ def cli(*args):
 
 
 @pytest.mark.parametrize("framework,zero", [("slides", 3), ("deepspeed", 3), ("deepspeed", 2),
-                                            ("megatron", 1), ("fsdp", 3)])
+                                            ("megatron", 1), ("fsdp", 3), ("nemo", 1),
+                                            ("nemo", 0)])
 def test_cli_framework_equals_estimate(framework, zero):
     import json
 
@@ -205,7 +260,8 @@ def test_cli_deepspeed_table_names_its_fp32_gradients():
 
 @pytest.mark.parametrize("args,needle", [
     (["--framework", "colossal"], "framework must be one of ('slides', 'deepspeed', 'megatron', "
-                                  "'fsdp'), got 'colossal'"),
+                                  "'fsdp', 'nemo'), got 'colossal'"),
+    (["--framework", "nemo"], "zero must be one of (0, 1) for framework='nemo', got 3"),
     (["--framework", "megatron"], "zero must be one of (0, 1) for framework='megatron', got 3"),
     (["--framework", "deepspeed", "--precision", "bf16"],
      "precision must be one of ('mixed',) for framework='deepspeed', got 'bf16'"),

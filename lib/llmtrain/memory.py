@@ -202,8 +202,10 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     ``framework`` (one of ``FRAMEWORKS``): "slides" and "fsdp" count as above; "deepspeed"
     counts DeepSpeed's estimator exactly (2P + int(18P/N) at ZeRO-2, 4·largest layer +
     int(18P/N) at ZeRO-3: a ModelShape is needed there), with an "fp32 gradients" part;
-    "megatron" its distributed optimizer (zero=1: 6 + 12/d bytes per parameter; zero=0: 18).
-    Those two are for mixed-precision Adam/AdamW (Megatron also fp32).
+    "megatron" its distributed optimizer (zero=1: 6 + 12/d bytes per parameter; zero=0: 18);
+    "nemo" Apex's DistributedFusedAdam with the Nemotron recipes' bf16 optimizer state (zero=1:
+    4 + 8/d, 10 at d = 1; zero=0: 10). Those are for mixed-precision Adam/AdamW (Megatron also
+    fp32).
     """
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("optimizer", optimizer, OPTIMIZERS)
@@ -279,6 +281,8 @@ class Framework:
     gathered_layer_bytes: int = 0
     precisions: tuple[str, ...] = ("mixed", "fp32", "bf16")
     sources: dict[str, str] = field(default_factory=dict)
+    # parts that are buffers of their own only when split over dp > 1 (else views of another)
+    split_only: tuple[str, ...] = ()
 
 
 # The slides' "其他" (other), per GPU: PyTorch runtime ~1 GB, DeepSpeed 1-4 GB, fragmentation ~1 GB.
@@ -348,11 +352,48 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in [
                                   "torchtitan/trainer.py (del pred before loss.backward())",
                  "constants": "no DeepSpeed runtime (ZeRO runtime 0); PyTorch runtime and "
                               "fragmentation as the slides (1 GiB each)"}),
+    # NeMo's distributed_fused_adam (Apex DistributedFusedAdam as MegatronDistributedFusedAdam)
+    # with the dgxc-benchmarking Nemotron-4 recipes' optim (dtype bf16, grad_sync_dtype bf16,
+    # contiguous_grad_buffer) and megatron_amp_O2 bf16: NeMo then sets param_sync_dtype bf16 and
+    # store_params False (optim dtype == model dtype), so no master weights: Adam updates the
+    # bf16 weights from bf16 moments. Whole: bf16 weights 2, the contiguous bf16 gradient buffer
+    # 2 (main_grad, accumulated over micro-batches). Over dp: the reduce-scatter's bf16 gradient
+    # shards 2 (a view of the buffer at dp = 1), Adam's bf16 moments 2 + 2, the step's bf16
+    # output shards 2 (held until each bucket's all-gather): 4 + 8/d at the step, 10 at d = 1.
+    # zero=0: NeMo's disable_distributed_parameters (a distributed group of one): 10.
+    # Not counted: the word embedding's fp32 gradients (with_fp32_embedding_grads, default True:
+    # +2 + 2/d bytes per embedding element on the first pipeline stage) and the bucket-sized
+    # transients. The recipe with NeMo's default dtype fp32 would keep 4 + 14/d instead (fp32
+    # moments 8, and the 16-bit remainders of fp32 weights 2: store_param_remainders).
+    Framework(
+        "nemo", {"weights": 2, "gradients": 2, "gradient shards": 2, "master": 0,
+                 "optimizer": 4, "step output shards": 2},
+        {"weights": None, "gradients": None, "gradient shards": 1, "master": 1, "optimizer": 1,
+         "step output shards": 1}, 0, FRAMEWORK_BYTES, 0, FRAGMENTATION_BYTES, zeros=(0, 1),
+        precisions=("mixed",), split_only=("gradient shards",),
+        sources={"states": "NVIDIA/dgxc-benchmarking 35a9aec nemotron/nemotron4-340b-synth.yaml "
+                           "optim (l. 182-189: distributed_fused_adam, grad_sync_dtype bf16, "
+                           "dtype bf16, contiguous_grad_buffer); NVIDIA/NeMo 4801936 (24.09-beta) "
+                           "megatron_base_model.py setup_optimization (l. 787-814: store_params "
+                           "False when optim dtype == model dtype) and nemo/core/optim/"
+                           "distributed_adam.py zero_grad (main_grad = grad_buffer_view); "
+                           "NVIDIA/apex 810ffae (NeMo's Dockerfile.ci APEX_TAG) apex/contrib/"
+                           "optimizers/distributed_fused_adam.py: StateBucket (exp_avg, exp_avg_sq "
+                           "shards in dtype; params_shard only if store_params), _init_grad_buffer "
+                           "(whole buffer in grad_sync_dtype), _start_bucket_grad_sync "
+                           "(sync_grads_shard, a view at distributed_size 1), step (params_shard "
+                           "of param_sync_dtype, freed in _finish_bucket_param_sync)",
+                 "softmax_extra": "as 'megatron' (Megatron's vocab-parallel cross entropy); not "
+                                  "re-read for the fused one the recipe enables "
+                                  "(cross_entropy_loss_fusion)",
+                 "constants": "no DeepSpeed runtime (ZeRO runtime 0); PyTorch runtime and "
+                              "fragmentation as the slides (1 GiB each)"}),
 ]}
 
 
 def framework_of(name: str | Framework) -> Framework:
-    """One of ``FRAMEWORKS`` by name ("slides", "deepspeed", "megatron", "fsdp"), or as given."""
+    """One of ``FRAMEWORKS`` by name ("slides", "deepspeed", "megatron", "fsdp", "nemo"), or as
+    given."""
     if isinstance(name, Framework):
         return name
     return FRAMEWORKS[check.one_of("framework", name, tuple(FRAMEWORKS))]
@@ -416,7 +457,9 @@ def _framework_states(fw: Framework, P: int, dp: int, zero: int, precision: str,
     shard = Fraction(0)
     for k, v in per.items():
         split = fw.sharded_from.get(k) is not None and zero >= fw.sharded_from[k]
-        if not split:
+        if k in fw.split_only and not (split and dp > 1):
+            out[k] = 0
+        elif not split:
             out[k] = v * P
         elif fw.name == "deepspeed":
             out[k] = math.floor((shard + Fraction(v * P, dp))) - math.floor(shard)
