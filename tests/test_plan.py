@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llmtrain import cli, flops, memory, params, plan, published_runs, shapes
+from llmtrain import cli, flops, memory, params, plan, plan_explain, published_runs, shapes, step_time
 from llmtrain.parallel import pp_schedule
 from llmtrain.parallel.mesh import ParallelDims
 
@@ -72,31 +72,7 @@ def test_bloom_approximation():
     assert 8 * h * h - 3 * h * shape.intermediate_size == h
 
 
-@pytest.fixture(scope="module")
-def bloom():
-    run = published_runs.BLOOM_176B
-    shape = plan.model(run["model"])
-    lay = plan.layout(shape, run["gpus"], run["batch_tokens"], run["seq"], tp=run["tp"],
-                      pp=run["pp"], zero=run["zero"], recompute=run["recompute"],
-                      micro_batch=run["micro_batch"])
-    published = plan.evaluate(shape, run["gpu"], lay, run["seq"])
-    plans = plan.search(shape, run["gpu"], run["gpus"], run["batch_tokens"], run["seq"])
-    return lay, published, plans
-
-
-def test_bloom_published_layout_fits_and_ranks(bloom):
-    lay, p, plans = bloom
-    assert lay.dims == ParallelDims(dp=8, tp=4, pp=12) and lay.microbatches == 128
-    assert p.fits and p.memory_bytes < 45 * GIB  # 40.4 GiB of 80
-    # among the layouts BLOOM could run (full recomputation, no sequence parallelism):
-    same = [q for q in plans if q.layout.recompute == "full" and not q.layout.sp]
-    assert plan.rank_of(same, p) <= len(same) // 4
-    assert p.step_time_s < 1.25 * same[0].step_time_s
-    # overall the planner prefers selective recomputation (not in Megatron-DeepSpeed then)
-    assert plans[0].layout.recompute != "full" and p.step_time_s < 1.5 * plans[0].step_time_s
-
-
-# --- Llama 3 405B ------------------------------------------------------------------------------
+# --- Llama 3 405B -----
 
 @pytest.mark.parametrize("run", published_runs.LLAMA3_405B, ids=lambda r: str(r["gpus"]))
 def test_llama3_table4_arithmetic(run):
@@ -107,53 +83,53 @@ def test_llama3_table4_arithmetic(run):
     assert abs(100 * run["tflops_per_gpu"] / 989 - run["mfu_percent"]) < 1
 
 
-@pytest.mark.parametrize("run", published_runs.LLAMA3_405B, ids=lambda r: str(r["gpus"]))
-def test_llama3_published_layout(run):
-    shape = plan.model(run["model"])
-    plans = plan.search(shape, run["gpu"], run["gpus"], run["batch_tokens"], run["seq"],
-                        virtuals=(1, 2, 4, 8))
-
-    def ev(recompute, virtual, **kw):
-        lay = plan.layout(shape, run["gpus"], run["batch_tokens"], run["seq"], tp=8, pp=16,
-                          zero=2, recompute=recompute, micro_batch=1, virtual=virtual, sp=True)
-        return plan.evaluate(shape, run["gpu"], lay, run["seq"], plan.Assumptions(**kw))
-
-    full = [ev("full", v) for v in (1, 2, 4, 8)]
-    assert all(p.fits for p in full) and max(p.memory_bytes for p in full) < 21 * GIB
-    best = min(full, key=lambda p: p.step_time_s)
-    assert best.layout.virtual >= 4 and plan.rank_of(plans, best) <= len(plans) // 4
-    assert best.step_time_s < 1.3 * plans[0].step_time_s
-    # selective recomputation: over 80 GiB with the slides' 6 GiB of (DeepSpeed) overheads;
-    # without them (Llama 3 ran FSDP) some interleaving fits, faster than full recomputation
-    assert not any(ev("selective", v).fits for v in (1, 2, 4, 8))
-    sel = [p for p in (ev("selective", v, overheads=False) for v in (1, 2, 4, 8)) if p.fits]
-    assert sel and min(p.step_time_s for p in sel) < best.step_time_s
-    # the published MFU (41-43 %) is above this model's (efficiency 0.6, exposed p2p): < 36 %
-    assert plans[0].mfu < 0.36 < run["mfu_percent"] / 100
-
-
 # --- memory: memory.estimate's parts + the pipeline's in-flight micro-batches ----------------
 
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from(["llama-7b", "llama2-70b", "llama3-8b"]), st.sampled_from([1, 2, 4, 8]),
        st.sampled_from([1, 2, 4]), st.sampled_from([0, 1, 2, 3]),
-       st.sampled_from(["none", "selective", "full"]), st.sampled_from([1, 2]), st.booleans())
-def test_memory_parts_are_estimates_plus_in_flight(name, tp, pp, zero, recompute, b, sp):
+       st.sampled_from(["none", "selective", "full"]), st.sampled_from([1, 2]), st.booleans(),
+       st.sampled_from(["slides", "fsdp"]))
+def test_memory_parts_are_estimates(name, tp, pp, zero, recompute, b, sp, framework):
+    """plan.memory_parts = memory.estimate's parts (pp divides L here), the in-flight
+    micro-batches included; with FlashAttention, no recomputation saves what selective does."""
     shape, gpus, seq = shapes.get(name), 32, 2048
     sp = sp and tp > 1
     lay = plan.layout(shape, gpus, 512 * seq, seq, tp=tp, pp=pp, zero=zero,
                       recompute=recompute, micro_batch=b, sp=sp)
-    parts = plan.memory_parts(shape, lay, seq)
-    est = memory.estimate(shape, lay.dims, b, seq, zero=zero, recompute=recompute,
-                          impl="korthikanti", sp=sp)
-    extra = parts.pop("in-flight activations")
+    a = plan.Assumptions(memory_framework=framework)
+    parts = plan.memory_parts(shape, lay, seq, a)
+    saved = "selective" if recompute == "none" else recompute
+    est = memory.estimate(shape, lay.dims, b, seq, zero=zero, recompute=saved,
+                          impl="korthikanti", sp=sp, microbatches=lay.microbatches,
+                          framework=framework)
     assert parts == est.parts
-    n = math.ceil(shape.num_layers / pp)
-    one_layer = (memory.activation_bytes(shape.replace(num_layers=n + 1), b, seq,
-                                         impl="korthikanti", recompute=recompute, tp=tp, sp=sp)
-                 - est.parts["activations"])
-    held = min(pp, lay.microbatches) if pp > 1 else 1  # 1F1B's first stage
-    assert extra == (held - 1) * n * one_layer
+    materialized = plan.memory_parts(shape, lay, seq, plan.Assumptions(
+        memory_framework=framework, attention_kernel="materialized"))
+    assert (materialized["activations"] > parts["activations"]) == (recompute == "none")
+
+
+def test_stage_layers():
+    """Llama 3 405B: 126 layers on 16 stages, 7 + 14 × 8 + 7; BLOOM: 70 on 12, 5 + 10 × 6 + 5
+    (its README: rank 0 = [embed | 5 blocks], ranks 1-10 = 6 blocks, rank 11 = [5 | embed])."""
+    assert plan.stage_layers(126, 16) == (7, 8, 7)
+    assert plan.stage_layers(70, 12) == (5, 6, 5)
+    assert plan.stage_layers(80, 8) == (10, 10, 10) and plan.stage_layers(80, 1) == (80, 80, 80)
+    assert plan.stage_layers(105, 64) == (2, 2, 2)  # short by 23: every stage counted at 2
+
+
+def test_the_fuller_second_stage_holds_the_most():
+    """With 7 layers on the first stage and 8 on the second, rank 1's 15 micro-batches of 8
+    layers outweigh rank 0's 16 of 7 (1F1B)."""
+    shape = plan.model("llama3-405b")
+    lay = plan.layout(shape, 8192, 2**24, 8192, tp=8, pp=16, zero=1, recompute="selective",
+                      sp=True)
+    parts = plan.memory_parts(shape, lay, 8192, plan.Assumptions(memory_framework="fsdp"))
+    kw = dict(impl="korthikanti", recompute="selective", tp=8, sp=True)
+    layer = (memory.activation_bytes(shape.replace(num_layers=9), 1, 8192, **kw)
+             - memory.activation_bytes(shape.replace(num_layers=8), 1, 8192, **kw))
+    assert parts["activations"] == 8 * layer
+    assert parts["activations"] + parts["in-flight activations"] == 15 * 8 * layer
 
 
 def test_interleaved_holds_more_chunks():
@@ -169,43 +145,53 @@ def test_interleaved_holds_more_chunks():
 
 # --- time: the parts equal the formulas ----------------------------------------------------
 
-def test_time_parts_are_the_formulas():
+def test_time_parts_are_the_terms():
+    """Each time part is its step_time term: m micro-batches of the busiest stage, the bubble
+    (p − 1)/(m + p − 1) of the pipeline, the ring bytes of TP, DP and PP over their links."""
     shape, c, seq = shapes.get("llama2-70b"), plan.cluster("h100-80g"), 4096
     lay = plan.layout(shape, 64, 4 * plan.MI, seq, tp=8, pp=4, zero=1, recompute="selective")
-    p, a = plan.evaluate(shape, c, lay, seq), plan.Assumptions()
+    a = plan.Assumptions(overlap=step_time.Overlap(dp=False))
+    p, k = plan.evaluate(shape, c, lay, seq, a), step_time.KERNELS["hopper"]
     t, d, m, b = 8, lay.dims, lay.microbatches, 1
     assert (d.dp, m) == (2, 512)
-    n, h, V = 20, shape.hidden_size, shape.vocab_size
+    n, h = 20, shape.hidden_size
     bsh2 = 2 * b * seq * h  # bytes of one b·s·h activation in bf16
     ring = Fraction(2 * (t - 1), t)
-    tp_bytes = ring * (4 * n * bsh2 + 2 * bsh2 + 3 * 2 * b * (seq - 1))
-    assert p.details["tp_bytes"] == tp_bytes  # 4 per layer, embedding, lm_head, loss
-    f1, f2 = (flops.training_flops(shape.replace(num_layers=k), b, seq, recompute="selective")
-              for k in (1, 2))
-    layer_f, head_f = f2 - f1, 2 * f1 - f2  # affine in L
-    compute = (n * layer_f + head_f) / (t * c.peak_flops * a.efficiency)
-    assert p.time_parts["compute"] == pytest.approx(m * compute, rel=1e-12)
-    assert p.time_parts["TP comm"] == pytest.approx(m * float(tp_bytes) / 450e9, rel=1e-12)
+    tp_bytes = ring * (4 * n * bsh2 + bsh2 + 3 * 2 * b * (seq - 1))
+    assert p.details["tp_bytes"] == tp_bytes  # 4 per layer, lm_head (not the embedding), loss
+    mb = step_time.micro_batch(shape, n, True, t, False, b, seq, "selective", "flash", k,
+                               c.peak_flops, c.hbm_bytes_per_s)
+    assert p.time_parts["compute"] == pytest.approx(m * sum(mb.values()), rel=1e-12)
+    assert p.time_parts["TP comm"] == pytest.approx(
+        m * float(tp_bytes) / (450e9 * k.nvlink), rel=1e-12)
     bubble = p.time_parts["bubble"] / (p.time_parts["bubble"] + p.time_parts["compute"]
                                        + p.time_parts["TP comm"])
     assert bubble == pytest.approx(float(pp_schedule.bubble_formula(4, m)), rel=1e-9)
-    grads = memory.params_per_gpu(shape, d) * 2  # tp·dp = 16 spans 2 nodes: the network
-    assert p.time_parts["DP comm"] == pytest.approx(grads / 50e9 * 0.5, rel=1e-12)
-    # the pipeline spans 8 nodes: 2(m + p − 1) messages of b·s·h on the network
-    assert p.time_parts["PP p2p"] == pytest.approx(2 * (m + 3) * bsh2 / 50e9, rel=1e-12)
+    params_gpu = memory.params_per_gpu(shape, d)  # tp·dp = 16 spans 2 nodes: the network
+    r = params_gpu * 2 / 2  # (d − 1)/d of the bf16 gradients (reduce-scatter) or weights
+    assert p.time_parts["DP comm"] == pytest.approx(2 * r / (50e9 * k.network), rel=1e-9)
+    # the pipeline spans 8 nodes: 2(m + p − 1) messages of b·s·h/t (scatter/gather) on the
+    # network, each all-gathered again on NVLink
+    msgs = 2 * (m + 3)
+    assert p.time_parts["PP p2p"] == pytest.approx(
+        msgs * bsh2 / t / (50e9 * k.network) + msgs * bsh2 / t * 7 / (450e9 * k.nvlink),
+        rel=1e-9)
+    assert p.time_parts["optimizer"] == pytest.approx(
+        params_gpu // 2 * step_time.OPTIMIZER_BYTES / (c.hbm_bytes_per_s * k.hbm))
     assert p.model_flops == flops.training_flops(shape, 1024, seq)
-    assert p.tokens == 4 * plan.MI and 0 < p.mfu < p.hfu < a.efficiency
+    assert p.tokens == 4 * plan.MI and 0 < p.mfu < p.hfu < k.gemm
 
 
 @settings(max_examples=10, deadline=None)
 @given(st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 8]), st.sampled_from([0, 1, 2, 3]),
        st.sampled_from(["none", "selective", "full"]), st.sampled_from(["a100-40g", "h100-80g"]))
-def test_utilisation_is_below_the_efficiency(tp, pp, zero, recompute, gpu):
+def test_utilisation_is_below_the_gemm_share(tp, pp, zero, recompute, gpu):
     shape = shapes.get("llama-13b")
     lay = plan.layout(shape, 64, 2**21, 2048, tp=tp, pp=pp, zero=zero, recompute=recompute)
     p = plan.evaluate(shape, gpu, lay, 2048)
+    k = step_time.KERNELS[plan.cluster(gpu).generation]
     assert all(v >= 0 for v in p.time_parts.values())
-    assert p.mfu <= p.hfu <= plan.Assumptions().efficiency * (1 + 1e-12)
+    assert p.mfu <= p.hfu <= k.gemm * (1 + 1e-12)
     assert (p.mfu == p.hfu) == (recompute == "none")
     if pp == 1:
         assert p.time_parts["bubble"] == 0 == p.time_parts["PP p2p"]
@@ -252,7 +238,8 @@ def test_names():
     (lambda: plan.layout("llama-7b", 8, 2**20, 2048, pp=2, virtual=2, micro_batch=128),
      "microbatches must be a multiple of the 2 stages"),
     (lambda: plan.search("llama-7b", "a100-80g", 12, 2**20), "gpus must be a multiple of the 8"),
-    (lambda: plan.Assumptions(efficiency=1.5), "efficiency must be a positive finite number"),
+    (lambda: plan.Assumptions(memory_framework="jax"), "memory_framework must be one of"),
+    (lambda: plan.search("llama-7b", "a100-80g", 8, 2**20, stages="odd"), "stages must be one of"),
 ])
 def test_bad_input_names_the_field(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("·", ".")):
@@ -267,7 +254,7 @@ def test_cli_json_is_the_search():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    plans = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096)
+    plans = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096, virtuals=range(1, 9))
     assert out["batch_tokens"] == 4 * 2**20 and out["seq"] == 4096
     assert out["feasible"] == len(plans) and len(out["layouts"]) == 3
     for got, p in zip(out["layouts"], plans):
@@ -281,7 +268,7 @@ def test_cli_table(capsys):
     assert cli.main(["plan", "llama-7b", "--gpus", "2", "--gpu", "a100-80g",
                      "--batch-tokens", "32K", "--seq", "2048", "--top", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    best = plan.search("llama-7b", "a100-80g", 2, 32768, 2048)[0]
+    best = plan.search("llama-7b", "a100-80g", 2, 32768, 2048, virtuals=range(1, 9))[0]
     assert out[0].startswith("llama-7b on 2 × a100-80g, 32,768 tokens per step (16 × 2048)")
     assert best.layout.label() in out[2] and f"{best.step_time_s:.3f}" in out[2]
     assert len(out) == 5
@@ -332,7 +319,7 @@ def test_divisors(n):
 def test_huge_batch_takes_as_long_as_a_small_one():
     """10³⁰ tokens per step never ended before (the schedule of every layout was built for all
     its micro-batches); now the same layouts, ranked the same, in seconds."""
-    small = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096)
+    small = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096, virtuals=range(1, 9))
     r = subprocess.run([sys.executable, "-m", "llmtrain", "plan", "llama-70b", "--gpus", "64",
                         "--gpu", "h100-80g", "--batch-tokens", str(10**30), "--top", "1",
                         "--json"], capture_output=True, text=True, timeout=120)
@@ -368,3 +355,64 @@ def test_too_little_memory_says_how_much_the_smallest_needs(capsys):
     least = min(p.memory_bytes for p in plan.search("llama2-70b", "a100-40g", 1, 4 * 2**20,
                                                      feasible_only=False))
     assert "(the smallest of the " in err and f"needs {least / GIB:.1f} GiB)" in err
+
+
+# --- issue 22: interleaving searched, --explain, --framework --------------------------------
+
+def test_cli_searches_interleaving_and_explains(capsys):
+    assert cli.main(["plan", "llama-70b", "--gpus", "64", "--gpu", "h100-80g",
+                     "--batch-tokens", "4M", "--top", "3", "--explain"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    plans = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096, virtuals=range(1, 9))
+    assert any(p.layout.virtual > 1 for p in plans)  # interleaving is in the list
+    assert out[2].split()[1:3] == plans[0].layout.label().split()[:2]
+    why = out.index(f"why #1 ({plans[0].layout.label()}) wins:")
+    assert out[why + 1].startswith("  memory per GPU: ") and out[why + 2].startswith("  time per")
+    rivals = plan_explain.rivals(plans)
+    assert len(out) == why + 3 + len(rivals) + 1
+    for (what, q), line in zip(rivals.items(), out[why + 3:]):
+        assert line.startswith(f"  best with {what}: {q.layout.label()}, {q.step_time_s:.3f} s")
+        assert q.step_time_s >= plans[0].step_time_s
+
+
+def test_rivals_differ_where_they_say():
+    plans = plan.search("llama2-70b", "h100-80g", 64, 4 * 2**20, 4096, virtuals=(1, 2, 4))
+    best = plans[0].layout
+    for what, q in plan_explain.rivals(plans).items():
+        lay = q.layout
+        if what.startswith("tp"):
+            assert lay.dims.tp != best.dims.tp
+        elif what.startswith("pp"):
+            assert lay.dims.pp != best.dims.pp
+        elif what.startswith("recompute"):
+            assert lay.recompute != best.recompute
+        # the fastest with that difference: nothing faster differs the same way
+        assert q == next(p for p in plans[1:] if p is q)
+    with pytest.raises(ValueError, match="plans must hold at least one plan"):
+        plan_explain.explain([])
+
+
+def test_cli_framework_changes_the_assumptions(capsys):
+    args = ["plan", "llama-7b", "--gpus", "8", "--gpu", "a100-80g", "--batch-tokens", "1M",
+            "--top", "1", "--json"]
+    assert cli.main(args) == 0
+    default = json.loads(capsys.readouterr().out)["layouts"][0]
+    assert cli.main([*args, "--framework", "megatron-2021"]) == 0
+    old = json.loads(capsys.readouterr().out)["layouts"][0]
+    # Megatron-LM 2021: full recomputation, no ZeRO, the fused softmax: slower
+    assert (old["recompute"], old["zero"]) == ("full", 0) or old["step_time_s"] > \
+        default["step_time_s"]
+
+
+@pytest.mark.parametrize("text, virtuals", [("1-4", (1, 2, 3, 4)), ("1,2,8", (1, 2, 8)),
+                                            ("3", (3,))])
+def test_virtual_flag(text, virtuals):
+    assert cli._virtuals(text) == virtuals
+
+
+@pytest.mark.parametrize("text", ["0", "a", "1-", "2,-1", ""])
+def test_virtual_flag_bad(text, capsys):
+    assert cli.main(["plan", "llama-7b", "--gpus", "8", "--gpu", "a100-80g",
+                     "--batch-tokens", "4M", "--virtual", text]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "virtual must be positive counts like 1,2,4" in err[0], err

@@ -157,7 +157,8 @@ def test_memory_calculator_bar_colours_do_not_depend_on_history():
 def test_planner_explorer_shows_the_search(setting):
     e = PlannerExplorer(**setting)
     s = {**PlannerExplorer.DEFAULTS, **setting}
-    plans = plan.search(s["model"], s["gpu"], s["gpus"], s["batch_tokens"], s["seq"])
+    plans = plan.search(s["model"], s["gpu"], s["gpus"], s["batch_tokens"], s["seq"],
+                        virtuals=range(1, 9))
     top = plans[:s["top"]]
     assert [p.layout for p in e.values["plans"]] == [p.layout for p in top]
     assert e.values["feasible"] == len(plans)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import sys
 
@@ -87,7 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--framework", default="slides",
                     help="whose bytes and constants: slides (default: 16P, 1 + 4 + 1 GiB, 8BTV), "
                          "deepspeed (18 bytes per sharded parameter), megatron (distributed "
-                         "optimizer, 6 + 12/d) or fsdp (16P, no ZeRO runtime)")
+                         "optimizer, 6 + 12/d), nemo (distributed_fused_adam, bf16 states: "
+                         "4 + 8/d) or fsdp (16P, no ZeRO runtime)")
     pm.add_argument("--no-overheads", action="store_true",
                     help="leave out the framework's runtime / ZeRO runtime / fragmentation constants")
     pm.add_argument("--json", action="store_true", help="print parts and total in bytes, GB and GiB")
@@ -113,15 +115,45 @@ def _build_parser() -> argparse.ArgumentParser:
                          "tokens): 4M = 4·2²⁰, 512K = 512·2¹⁰, 1G = 2³⁰, or a number")
     pl.add_argument("--seq", type=_int_flag("seq"), default=None,
                     help="sequence length (default: the model's context)")
+    pl.add_argument("--virtual", default="1-8",
+                    help="chunks per pipeline rank to search: a list like 1,2,4 or a range 1-8 "
+                         "(default 1-8: 1F1B and interleaved 1F1B with v dividing the layers "
+                         "of a stage)")
+    pl.add_argument("--framework", default=None,
+                    help="the assumptions of a framework: " + ", ".join(_plan_frameworks())
+                         + " (default: FlashAttention, data-parallel traffic overlapped, the "
+                           "slides' memory constants)")
     pl.add_argument("--top", type=_int_flag("top"), default=10, help="layouts shown (default 10)")
+    pl.add_argument("--explain", action="store_true",
+                    help="say why the fastest layout wins against the best of each other choice")
     pl.add_argument("--json", action="store_true", help="print the ranked layouts as JSON")
 
     sub.add_parser("models", help="list the presets")
     return p
 
 
+def _plan_frameworks() -> list[str]:
+    return ["megatron-2021", "megatron-2022", "megatron-2023",
+            "megatron-deepspeed", "megatron-core", "nemo", "megatron-core-2023", "fsdp",
+            "fsdp-llama3"]
+
+
+def _virtuals(text: str) -> tuple[int, ...]:
+    """"1,2,4" or "1-8" (or one number) as a tuple of positive ints."""
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    try:
+        vs = (tuple(range(int(m.group(1)), int(m.group(2)) + 1)) if m
+              else tuple(int(x) for x in text.split(",")))
+    except ValueError:
+        vs = ()
+    if not vs or min(vs) < 1:
+        raise ValueError(f"virtual must be positive counts like 1,2,4 or a range like 1-8, "
+                         f"got {text!r}")
+    return vs
+
+
 def _plan_cmd(args) -> str:
-    from . import plan  # imports torch: only for this command
+    from . import plan, plan_explain  # imports torch: only for this command
 
     shape = plan.model(args.model, what="model")
     card = plan.cluster(args.gpu)
@@ -131,7 +163,17 @@ def _plan_cmd(args) -> str:
               "optimizer step; it is the global batch of one step, not the total training "
               "tokens", file=sys.stderr)
     seq = shape.max_seq_len if args.seq is None else args.seq
-    layouts = plan.search(shape, card, args.gpus, tokens, seq, feasible_only=False)
+    virtuals = _virtuals(args.virtual)
+    a, options = plan.Assumptions(), {}
+    if args.framework is not None:  # its assumptions, and only the layouts it can run
+        a = plan.framework_assumptions(args.framework)
+        opts = plan.FRAMEWORK_OPTIONS[args.framework]
+        options = {k: opts[k] for k in ("zeros", "recomputes", "sps", "stages", "tps", "pps")
+                   if k in opts}
+        if opts["virtuals"] != "divisors":
+            virtuals = tuple(v for v in virtuals if v in opts["virtuals"]) or (1,)
+    layouts = plan.search(shape, card, args.gpus, tokens, seq, virtuals=virtuals,
+                          assumptions=a, feasible_only=False, **options)
     if not layouts:
         raise ValueError(plan.no_layout_reason(shape, card, args.gpus, tokens, seq))
     plans = [p for p in layouts if p.fits]
@@ -146,15 +188,13 @@ def _plan_cmd(args) -> str:
                            "batch_tokens": tokens, "seq": seq, "feasible": len(plans),
                            "layouts": [_plan_json(p) for p in top]})
     rows = [f"{shape.name} on {args.gpus} × {card.name}, {tokens:,} tokens per step "
-            f"({tokens // seq} × {seq}): {len(plans)} layouts fit; the {len(top)} fastest",
-            f"{'#':>3} {'layout':<40} {'m':>5} {'GiB/GPU':>8} {'s/step':>9} {'tokens/s':>11}"
-            f" {'MFU':>6} {'bubble':>7}"]
-    for i, p in enumerate(top, 1):
-        rows.append(f"{i:>3} {p.layout.label():<40} {p.layout.microbatches:>5} "
-                    f"{p.memory_bytes / plan.GIB:>8.1f} {p.step_time_s:>9.3f} "
-                    f"{p.tokens_per_s:>11,.0f} {100 * p.mfu:>5.1f}% "
-                    f"{100 * float(p.details['bubble_fraction']):>6.1f}%")
-    rows.append("model: llmtrain.plan (assumptions: plan.Assumptions; GiB = 2³⁰ bytes)")
+            f"({tokens // seq} × {seq}): {len(plans)} layouts fit; the {len(top)} fastest "
+            f"(m: micro-batches per step; GiB = 2³⁰ bytes; seconds per step by part)",
+            *plan_explain.table(top)]
+    if args.explain:
+        rows += plan_explain.explain(plans)
+    rows.append("model: llmtrain.step_time (time), llmtrain.memory (memory); assumptions: "
+                + (args.framework or "plan.Assumptions()"))
     return "\n".join(rows)
 
 

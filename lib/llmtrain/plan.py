@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple
 
-from . import check, shapes
+from . import check, shapes, step_time
 from .parallel import pp_schedule
 from .parallel.mesh import ParallelDims
 from .shapes import ModelShape
 
 __all__ = ["GIB", "MI", "Cluster", "CLUSTERS", "cluster", "MODELS", "ALIASES", "model",
-           "model_names", "parse_tokens", "Assumptions", "Layout", "Plan", "layout",
+           "model_names", "gpt_shape", "parse_tokens", "Assumptions", "FRAMEWORKS",
+           "framework_assumptions", "FRAMEWORK_OPTIONS", "Layout", "Plan", "layout", "stage_layers",
            "memory_parts", "evaluate", "search", "no_layout_reason", "rank_of",
            "LARGE_BATCH_TOKENS"]
 
@@ -66,7 +67,8 @@ MI = 2**20  # "4M tokens": 4·2²⁰ (Llama 3's 16M = 16 seqs × 8,192 × DP 128
 @dataclass(frozen=True)
 class Cluster:
     """One kind of GPU node. Bandwidths are per GPU and per direction (a ring sends and
-    receives at once), in bytes/s; FLOPs are dense bf16 tensor-core FLOP/s per GPU."""
+    receives at once), in bytes/s; FLOPs are dense bf16 tensor-core FLOP/s per GPU;
+    ``generation`` picks the fitted ``step_time.KERNELS``."""
 
     name: str
     gpus_per_node: int
@@ -74,23 +76,33 @@ class Cluster:
     peak_flops: float
     intra_node_bytes_per_s: float
     inter_node_bytes_per_s: float
+    hbm_bytes_per_s: float = 2.0e12
+    generation: str = "ampere"
     source: str = ""
 
     def __post_init__(self):
         check.positive_int("gpus_per_node", self.gpus_per_node)
         check.positive_int("memory_bytes", self.memory_bytes)
-        for f in ("peak_flops", "intra_node_bytes_per_s", "inter_node_bytes_per_s"):
+        for f in ("peak_flops", "intra_node_bytes_per_s", "inter_node_bytes_per_s",
+                  "hbm_bytes_per_s"):
             check.positive_number(f, getattr(self, f))
+        check.one_of("generation", self.generation, tuple(step_time.KERNELS))
 
 
 _A100 = ("NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, NVLink 600 GB/s (both directions: "
-         "300e9 B/s each way); DGX A100: 8 GPUs, 8 × 200 Gb/s HDR InfiniBand (25e9 B/s per GPU)")
+         "300e9 B/s each way), HBM2e 1,935 GB/s (80GB PCIe) / 2,039 GB/s (80GB SXM), HBM2 "
+         "1,555 GB/s (40GB); DGX A100: 8 GPUs, 8 × 200 Gb/s HDR InfiniBand (25e9 B/s per GPU)")
 _H100 = ("NVIDIA H100 SXM datasheet: 989 TFLOPS bf16 dense, NVLink 900 GB/s (450e9 B/s each "
-         "way); DGX H100: 8 GPUs, 8 × 400 Gb/s NDR (50e9 B/s per GPU; Llama 3 §3.3.1: 400 Gbps)")
+         "way), HBM3 3.35 TB/s; DGX H100: 8 GPUs, 8 × 400 Gb/s NDR (50e9 B/s per GPU; Llama 3 "
+         "§3.3.1: 400 Gbps)")
 CLUSTERS: dict[str, Cluster] = {c.name: c for c in [
-    Cluster("a100-40g", 8, 40 * GIB, 312e12, 300e9, 25e9, _A100),
-    Cluster("a100-80g", 8, 80 * GIB, 312e12, 300e9, 25e9, _A100),
-    Cluster("h100-80g", 8, 80 * GIB, 989e12, 450e9, 50e9, _H100),
+    Cluster("a100-40g", 8, 40 * GIB, 312e12, 300e9, 25e9, 1.555e12, "ampere", _A100),
+    Cluster("a100-80g", 8, 80 * GIB, 312e12, 300e9, 25e9, 2.039e12, "ampere", _A100),
+    Cluster("h100-80g", 8, 80 * GIB, 989e12, 450e9, 50e9, 3.35e12, "hopper", _H100),
+    # BLOOM's Jean Zay nodes: 8 A100 80GB on NVLink, "4 OmniPath links" per node (bigscience
+    # train/tr11-176B-ml/README.md) of 100 Gb/s each: 50 Gb/s = 6.25e9 B/s per GPU
+    Cluster("a100-80g-opa", 8, 80 * GIB, 312e12, 300e9, 6.25e9, 2.039e12, "ampere",
+            _A100 + "; Omni-Path 100 Gb/s per link"),
 ]}  # an "80G" card is 80 GiB (81,920 MiB), as in widgets.CARD_GIB
 
 
@@ -124,6 +136,21 @@ MODELS: dict[str, ModelShape] = {
 ALIASES = {"llama-70b": "llama2-70b"}  # the first LLaMA family with a 70B
 
 
+def gpt_shape(hidden: int, layers: int, heads: int, vocab: int, seq: int, *, name: str,
+              kv_heads: int | None = None, biases: bool = True,
+              tie_embeddings: bool = True) -> ModelShape:
+    """A GPT-style model (LayerNorm, a non-gated MLP of 4h: GeLU, or Nemotron's squared ReLU;
+    learned or rotary positions) as a ``ModelShape``, as BLOOM is above: SwiGLU with H' = ⌊8h/3⌋
+    (3hH' ≈ 8h² matmul weights: the same GEMM FLOPs up to 1/(8h); the GEMMs' widths and the
+    activation's bytes differ by under 1/3, which moves ``step_time`` by about 1 %), biases on
+    q/k/v, o and the MLP if ``biases``. A learned position embedding (s·h parameters, no FLOPs)
+    is not counted."""
+    return ModelShape(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                      num_kv_heads=kv_heads or heads, intermediate_size=8 * hidden // 3,
+                      max_seq_len=seq, tie_embeddings=tie_embeddings, attention_bias=biases,
+                      o_bias=biases, mlp_bias=biases, name=name)
+
+
 def model_names() -> list[str]:
     return [*shapes.names(), *MODELS, *ALIASES]
 
@@ -152,40 +179,125 @@ def parse_tokens(batch_tokens: str | int) -> int:
 
 @dataclass(frozen=True)
 class Assumptions:
-    """The step-time model's assumptions, each a stated default.
+    """The step-time and memory model's assumptions, each a stated default
+    (``llmtrain.step_time`` gives the reason for every term).
 
-    efficiency: achieved share of peak inside matmul-bound kernels. An assumption: the best
-      rows of Narayanan et al. 2021 Table 1 reach 52 % of peak end to end with everything
-      included (their Eq. 3 FLOPs), so kernels alone run above that; 0.6 is ours, not measured.
-    tp_overlap: share of the TP all-reduces hidden; 0: Megatron's f/g are synchronous, on the
-      critical path (Shoeybi et al. 2019 §3).
-    dp_overlap: share of the gradient all-reduce hidden behind backward; 0.5 is an assumption
-      (bucketed overlap, Li et al. 2020 PyTorch DDP §3.2.3, only reaches the last micro-batch's
-      backward when gradients accumulate).
-    pp_overlap: share of point-to-point time hidden; 0 (an assumption; Llama 3 §3.3.2 makes
-      them asynchronous).
+    kernels: achieved shares of the card's peaks (None: ``step_time.KERNELS`` of the card's
+      generation, fitted on the published runs by scripts/fit_planner.py).
+    attention_kernel: "flash" (FlashAttention: causal half skipped; Llama 3, torchtitan,
+      Megatron-Core today) or "materialized" (Megatron's fused softmax of 2021–22).
+    overlap: what is hidden behind compute (``step_time.Overlap``): Megatron-LM 2021 hid
+      nothing ("none"); Megatron-Core, DeepSpeed and FSDP overlap the data-parallel traffic
+      with backward ("dp", the default).
+    scatter_gather: pipeline messages of b·s·h/t per GPU, then an all-gather on NVLink
+      (Narayanan et al. 2021, §4.1; Megatron's default); False: b·s·h per GPU.
+    grad_bytes: bytes per gradient element in the data-parallel reduction (2: bf16; Megatron
+      reduces fp32 main gradients, 4).
+    memory_framework: whose bytes per parameter and constants (``memory.FRAMEWORKS``: "slides",
+      "deepspeed", "megatron", "fsdp").
     impl: the activation model of ``memory.estimate`` ("korthikanti": 16-bit, TP-aware).
-    attention: the FLOPs of ``flops`` ("eager": causal attention counted in full, as
-      Narayanan et al. Eq. 3 and PaLM's MFU do).
-    overheads: add the slides' constants of ``memory.estimate`` (framework 1 GiB, ZeRO runtime
-      4 GiB, fragmentation 1 GiB: DeepSpeed's; False leaves them out).
+    attention: the FLOPs convention of MFU and HFU (``flops``: "eager" counts causal attention
+      in full, as Narayanan et al. Eq. 3 and PaLM's MFU do).
+    overheads: add the framework's constants (the slides': framework 1 GiB, ZeRO runtime 4 GiB,
+      fragmentation 1 GiB; False leaves them out).
     """
 
-    efficiency: float = 0.6
-    tp_overlap: float = 0.0
-    dp_overlap: float = 0.5
-    pp_overlap: float = 0.0
+    kernels: step_time.Kernels | None = None
+    attention_kernel: str = "flash"
+    overlap: step_time.Overlap = step_time.OVERLAPS["dp"]
+    scatter_gather: bool = True
+    grad_bytes: int = 2
+    memory_framework: str = "slides"
     impl: str = "korthikanti"
     attention: str = "eager"
     overheads: bool = True
 
     def __post_init__(self):
-        check.number("efficiency", self.efficiency, maximum=1, positive=True)
-        for f in ("tp_overlap", "dp_overlap", "pp_overlap"):
-            check.number(f, getattr(self, f), 0, 1)
+        if self.kernels is not None and not isinstance(self.kernels, step_time.Kernels):
+            check.fail("kernels", "a step_time.Kernels or None", self.kernels)
+        check.one_of("attention_kernel", self.attention_kernel, step_time.ATTENTION_KERNELS)
+        if not isinstance(self.overlap, step_time.Overlap):
+            check.fail("overlap", "a step_time.Overlap", self.overlap)
+        check.boolean("scatter_gather", self.scatter_gather)
+        check.one_of("grad_bytes", self.grad_bytes, (2, 4))
+        check.one_of("memory_framework", self.memory_framework,
+                     ("slides", "deepspeed", "megatron", "fsdp", "nemo"))
         check.one_of("impl", self.impl, ("korthikanti", "textbook"))
         check.one_of("attention", self.attention, ("eager", "sdpa"))
         check.boolean("overheads", self.overheads)
+
+    def kernels_of(self, c: Cluster) -> step_time.Kernels:
+        return self.kernels or step_time.KERNELS[c.generation]
+
+
+# The frameworks of the published runs, as assumptions: what each source says it ran, or what
+# its framework did at the time (``llmtrain.published_runs``).
+#   megatron-2021: Narayanan et al. 2021 (sc21 scripts @6985e589): the fused softmax (no
+#     FlashAttention yet), fp16, full recomputation, scatter/gather; with pp > 1 Megatron's
+#     local DDP all-reduces after the flush; with pp = 1 torch's DDP overlaps it with the last
+#     backward (the scripts' DDP=local / DDP=torch).
+#   megatron-2022: Korthikanti et al. 2023: the same kernels, selective recomputation and
+#     sequence parallelism; "no overlapping of gradient all-reduces" (§6.3).
+#   megatron-2023: the Megatron-LM baseline of MegaScale (commit 285068c8): MegaScale adds
+#     FlashAttention-2 (its §3.3) and the overlaps, so the baseline is taken without them.
+#   megatron-deepspeed: BLOOM: Megatron's kernels, DeepSpeed's pipeline engine (gradients
+#     reduced after the flush, in fp32 by its BF16 optimizer), ZeRO-1, DeepSpeed's constants.
+#   megatron-core / nemo: Megatron-Core r0.8 (README 2024: --overlap-grad-reduce,
+#     --overlap-param-gather, --tp-comm-overlap, p2p overlapped "by default") and NeMo 24.11
+#     (dgxc-benchmarking: ub_tp_comm_overlap, overlap_p2p_comm): FlashAttention (Transformer
+#     Engine), TP collectives hidden behind the GEMMs they split; Megatron-Core reduces fp32
+#     main gradients, NeMo's distributed_fused_adam bf16 ones (grad_sync_dtype: bf16) and
+#     keeps 4 + 8/d bytes per parameter (memory.FRAMEWORKS["nemo"]).
+#   megatron-core-2023: Nemotron-4 15B's run: Megatron-Core with the distributed optimizer;
+#     no TP overlap said.
+#   fsdp: PyTorch FSDP (llm-foundry's MPT runs): FlashAttention, prefetched gathers and
+#     overlapped reduce-scatters, fp32 reduction; fsdp-llama3 adds Llama 3's asynchronous
+#     pipeline p2p (§3.3.2).
+FRAMEWORKS: dict[str, dict] = {
+    "megatron-2021": dict(attention_kernel="materialized",
+                          overlap=step_time.Overlap(dp="pp1"), grad_bytes=2,
+                          memory_framework="megatron"),
+    "megatron-2022": dict(attention_kernel="materialized", overlap=step_time.Overlap(dp=False),
+                          grad_bytes=2, memory_framework="megatron"),
+    "megatron-2023": dict(attention_kernel="materialized", overlap=step_time.Overlap(dp=False),
+                          grad_bytes=4, memory_framework="megatron"),
+    "megatron-deepspeed": dict(attention_kernel="materialized",
+                               overlap=step_time.Overlap(dp=False), grad_bytes=4,
+                               memory_framework="deepspeed"),
+    "megatron-core": dict(attention_kernel="flash",
+                          overlap=step_time.Overlap(dp=True, tp=1.0, pp=1.0),
+                          grad_bytes=4, memory_framework="megatron"),
+    "nemo": dict(attention_kernel="flash",
+                 overlap=step_time.Overlap(dp=True, tp=1.0, pp=1.0),
+                 grad_bytes=2, memory_framework="nemo"),
+    "megatron-core-2023": dict(attention_kernel="flash", overlap=step_time.Overlap(dp=True),
+                               grad_bytes=4, memory_framework="megatron"),
+    "fsdp": dict(attention_kernel="flash", overlap=step_time.Overlap(dp=True), grad_bytes=4,
+                 memory_framework="fsdp"),
+    "fsdp-llama3": dict(attention_kernel="flash", overlap=step_time.Overlap(dp=True, pp=1.0),
+                        grad_bytes=4, memory_framework="fsdp"),
+}
+_ALL = dict(zeros=(0, 1, 2, 3), recomputes=("none", "selective", "full"), sps=(False, True),
+            virtuals="divisors", stages="even")
+# What each framework could run (a published run's unpublished knobs are chosen among these).
+FRAMEWORK_OPTIONS: dict[str, dict] = {
+    "megatron-2021": dict(_ALL, zeros=(0,), recomputes=("full",), sps=(False,)),
+    "megatron-2022": dict(_ALL, zeros=(0,)),
+    "megatron-2023": dict(_ALL, zeros=(0, 1)),
+    "megatron-deepspeed": dict(_ALL, zeros=(0, 1), recomputes=("full",), sps=(False,),
+                               virtuals=(1,), stages="balanced"),
+    "megatron-core": dict(_ALL, zeros=(0, 1)),
+    "nemo": dict(_ALL, zeros=(0, 1)),
+    "megatron-core-2023": dict(_ALL, zeros=(0, 1)),
+    "fsdp": dict(_ALL, zeros=(2, 3), tps=(1,), pps=(1,)),  # llm-foundry: FSDP only
+    "fsdp-llama3": dict(_ALL, zeros=(1, 2), stages="balanced"),
+}
+
+
+def framework_assumptions(framework: str, **changes) -> "Assumptions":
+    """``Assumptions`` of one of ``FRAMEWORKS``, with ``changes``."""
+    return Assumptions(**{**FRAMEWORKS[check.one_of("framework", framework,
+                                                    tuple(FRAMEWORKS))], **changes})
 
 
 class Layout(NamedTuple):
@@ -288,41 +400,32 @@ def _sequences(batch_tokens: int, seq: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _layer_and_head_flops(shape: ModelShape, b: int, seq: int, recompute: str,
-                          attention: str) -> tuple[int, int]:
-    """FLOPs of one decoder layer and of the rest (output layer, loss) for b sequences:
-    training_flops is affine in L."""
-    from . import flops
-
-    f1, f2 = (flops.training_flops(shape.replace(num_layers=n), b, seq, attention=attention,
-                                   recompute=recompute) for n in (1, 2))
-    return f2 - f1, 2 * f1 - f2
-
-
-@functools.lru_cache(maxsize=4096)
-def _activations(shape: ModelShape, n: int, b: int, seq: int, recompute: str, tp: int,
-                 sp: bool, impl: str) -> tuple[int, int]:
-    """(bytes of n layers as memory.estimate counts them, bytes of one more layer)."""
-    from . import memory
-
-    a = [memory.activation_bytes(shape.replace(num_layers=k), b, seq, impl=impl,
-                                 recompute=recompute, tp=tp, sp=sp) for k in (n, n + 1)]
-    return a[0], a[1] - a[0]
-
-
-@functools.lru_cache(maxsize=4096)
 def _flops(shape: ModelShape, seqs: int, seq: int, recompute: str, attention: str) -> int:
     from . import flops
 
     return flops.training_flops(shape, seqs, seq, attention=attention, recompute=recompute)
 
 
+def stage_layers(layers: int, pp: int) -> tuple[int, int, int]:
+    """Decoder layers of the (first, middle, last) pipeline stages: ⌈L/pp⌉ each; where the
+    stages fall short of L by one or two layers, the first and last stages (which also hold
+    the embedding, the output layer and the loss) give them up, as Llama 3 405B does: 126
+    layers on 16 stages, 7 + 14 × 8 + 7 (Llama 3, §3.3.2). Any other uneven split counts
+    ⌈L/pp⌉ everywhere (the busiest stage; Megatron asks pp to divide L)."""
+    n = math.ceil(layers / pp)
+    short = pp * n - layers
+    if pp == 1 or short > 2:
+        return n, n, n
+    return n - (short + 1) // 2, n, n - short // 2
+
+
 @functools.lru_cache(maxsize=4096)
 def _tp_bytes(shape: ModelShape, tp: int, sp: bool, b: int, seq: int, n: int,
-              recompute: str) -> Fraction:
-    """Bytes one rank of the busiest stage sends for TP in one micro-batch (ring model): n
-    layers of ``comm_per_layer`` (forward ones twice under full recomputation: the layer's
-    forward runs again) + the embedding, output layer and loss of ``comm_per_model``."""
+              recompute: str, staged: bool = False, head: bool = True) -> Fraction:
+    """Bytes one rank of a stage sends for TP in one micro-batch (ring model): n layers of
+    ``comm_per_layer`` (forward ones twice under full recomputation: the layer's forward runs
+    again) + with ``head`` the output layer and loss of ``comm_per_model``, and the embedding's
+    unless ``staged`` (a pipeline: the embedding is on the first stage)."""
     from .parallel import tp_comm
 
     if tp == 1:
@@ -332,17 +435,19 @@ def _tp_bytes(shape: ModelShape, tp: int, sp: bool, b: int, seq: int, n: int,
         again = 2 if direction == "forward" and recompute == "full" else 1
         total += again * n * tp_comm.sent_bytes(op, t, tp, 2)
     for (op, _, part), t in tp_comm.comm_per_model(shape, tp, sp, b, seq).items():
-        if part != "layers":
+        if head and part != "layers" and not (staged and part == "embedding"):
             total += tp_comm.sent_bytes(op, t, tp, 2)
     return total
 
 
 @functools.lru_cache(maxsize=4096)
-def _states(shape: ModelShape, dims: ParallelDims, zero: int) -> tuple[int, int]:
+def _states(shape: ModelShape, dims: ParallelDims, zero: int,
+            framework: str = "slides") -> tuple[int, int]:
     """(model-state bytes, parameters) of the busiest GPU."""
     from . import memory
 
-    return (sum(memory.model_state_bytes(shape, dims=dims, zero=zero).values()),
+    return (sum(memory.model_state_bytes(shape, dims=dims, zero=zero,
+                                         framework=framework).values()),
             memory.params_per_gpu(shape, dims))
 
 
@@ -362,62 +467,136 @@ def _in_flight_schedule(pp: int, m: int, virtual: int) -> int:
     return pp_schedule.in_flight(pp_schedule.schedule(name, pp, m, 0, virtual))
 
 
-def _bandwidth(c: Cluster, span: int) -> float:
-    return c.intra_node_bytes_per_s if span <= c.gpus_per_node else c.inter_node_bytes_per_s
+def _bandwidth(c: Cluster, span: int, k: step_time.Kernels) -> tuple[float, float]:
+    """(datasheet bytes/s, achieved share) of the link a group spanning ``span`` consecutive
+    ranks uses: NVLink inside a node, the network beyond."""
+    if span <= c.gpus_per_node:
+        return c.intra_node_bytes_per_s, k.nvlink
+    return c.inter_node_bytes_per_s, k.network
+
+
+@functools.lru_cache(maxsize=4096)
+def _stage_activations(shape: ModelShape, pp: int, tp: int, b: int, seq: int, recompute: str,
+                       sp: bool, impl: str, m: int, v: int) -> tuple[int, int]:
+    """(one micro-batch's activations, the other in-flight micro-batches') of the stage that
+    holds the most: the first (``stage_layers``' first, with the loss's activations as
+    ``memory.estimate`` counts them, holding ``pp_schedule.held_microbatches`` of rank 0) or,
+    when it has fewer layers, the second (rank 1: one micro-batch fewer in flight, more layers).
+    Equal to ``memory.pipeline_activation_bytes`` when pp divides L."""
+    from . import memory
+
+    first, middle, _ = stage_layers(shape.num_layers, pp)
+    dims = ParallelDims(tp=tp, pp=pp)
+    one, extra, _ = memory.pipeline_activation_bytes(
+        shape.replace(num_layers=first * pp), dims, b, seq, recompute=recompute, sp=sp,
+        impl=impl, microbatches=m, virtual=v)
+    if middle == first:
+        return one, extra
+    kw = dict(impl=impl, recompute=recompute, tp=tp, sp=sp)
+    layer = (memory.activation_bytes(shape.replace(num_layers=middle + 1), b, seq, **kw)
+             - memory.activation_bytes(shape.replace(num_layers=middle), b, seq, **kw))
+    held = pp_schedule.held_microbatches("1f1b" if v == 1 else "interleaved", pp, m, 1, v)
+    second = math.ceil(held * middle * layer)
+    if second <= one + extra:
+        return one, extra
+    return middle * layer, second - middle * layer
 
 
 def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assumptions()):
-    """Bytes per GPU by part: ``memory.estimate``'s parts for one micro-batch (built from the
-    same functions, without its slower step-by-step peak) + "in-flight activations"."""
+    """Bytes per GPU by part: ``memory.estimate``'s parts (the first stage, its micro-batches in
+    flight, the framework's states and constants) built from the same functions, without its
+    slower step-by-step peak; with FlashAttention, no recomputation saves what selective
+    recomputation does."""
     from . import memory
 
     shape, a = model(shape, what="shape"), assumptions
     d, b = lay.dims, lay.micro_batch
-    n = math.ceil(shape.num_layers / d.pp)
-    act, per_layer = _activations(shape, n, b, seq, lay.recompute, d.tp, lay.sp, a.impl)
-    parts = {"model states": _states(shape, d, lay.zero)[0], "activations": act,
-             "softmax extra": 8 * b * seq * shape.vocab_size // d.tp}
+    fw = memory.framework_of(a.memory_framework)
+    # FlashAttention keeps no b·a·s² scores: without recomputation it saves what Korthikanti's
+    # selective recomputation saves (the 34·sbh of a layer, not its 5·as²b)
+    saved = "selective" if lay.recompute == "none" and a.attention_kernel == "flash" else lay.recompute
+    act, in_flight = _stage_activations(shape, d.pp, d.tp, b, seq, saved, lay.sp, a.impl,
+                                        lay.microbatches, lay.virtual)
+    parts = {"model states": _states(shape, d, lay.zero, fw.name)[0], "activations": act}
+    if d.pp > 1:
+        parts["in-flight activations"] = in_flight
+    if fw.softmax_extra:
+        parts["softmax extra"] = fw.softmax_extra * b * seq * shape.vocab_size // d.tp
     if a.overheads:
-        parts["framework"] = memory.FRAMEWORK_BYTES
-        if lay.zero:
-            parts["ZeRO runtime"] = memory.ZERO_RUNTIME_BYTES
-        parts["fragmentation"] = memory.FRAGMENTATION_BYTES
-    chunks = _in_flight(d.pp, lay.microbatches, lay.virtual) if d.pp > 1 else 1
-    extra = (Fraction(chunks, lay.virtual) - 1) * n * per_layer
-    parts["in-flight activations"] = max(0, math.ceil(extra))
+        parts["framework"] = fw.framework_bytes
+        if lay.zero and fw.zero_runtime_bytes:
+            parts["ZeRO runtime"] = fw.zero_runtime_bytes
+        parts["fragmentation"] = fw.fragmentation_bytes
     return parts
 
 
 def evaluate(shape, gpu: str | Cluster, lay: Layout, seq: int,
              assumptions: Assumptions = Assumptions()) -> Plan:
-    """Memory per GPU and seconds per step of one layout (see the module's docstring)."""
+    """Memory per GPU and seconds per step of one layout (see ``llmtrain.step_time``)."""
     shape, c, a = model(shape, what="shape"), cluster(gpu), assumptions
+    k = a.kernels_of(c)
     d, b, m, v = lay.dims, lay.micro_batch, lay.microbatches, lay.virtual
-    H, n = shape.hidden_size, math.ceil(shape.num_layers / d.pp)
-    layer_f, head_f = _layer_and_head_flops(shape, b, seq, lay.recompute, a.attention)
-    compute = (n * layer_f + head_f) / (d.tp * c.peak_flops * a.efficiency)
-    tp_bytes = _tp_bytes(shape, d.tp, lay.sp, b, seq, n, lay.recompute)
-    tp_time = float(tp_bytes) / _bandwidth(c, d.tp) * (1 - a.tp_overlap)
+    H = shape.hidden_size
+    _, middle, last = stage_layers(shape.num_layers, d.pp)
+
+    def stage(n: int, head: bool):  # one micro-batch through a stage: (compute parts, TP time)
+        mb = step_time.micro_batch(shape, n, head, d.tp, lay.sp, b, seq, lay.recompute,
+                                   a.attention_kernel, k, c.peak_flops, c.hbm_bytes_per_s)
+        tpb = _tp_bytes(shape, d.tp, lay.sp, b, seq, n, lay.recompute, d.pp > 1, head)
+        t = step_time.link_seconds(tpb, *_bandwidth(c, d.tp, k))
+        return mb, tpb, step_time.exposed(t, a.overlap.tp * mb["GEMMs"], a.overlap.tp > 0)
+
+    # the busiest stage: the last (its layers, the output layer, the loss) or a middle one
+    stages = [stage(last, True)] + ([stage(middle, False)] if middle > last else [])
+    mb, tp_bytes, tp_time = max(stages, key=lambda st: sum(st[0].values()) + st[2])
+    compute = sum(mb.values())
     slot = compute + tp_time  # one micro-batch through the busiest stage
     bubble = pp_schedule.bubble_formula(d.pp, m, v)
     pipeline = m * slot / (1 - float(bubble))
-    grads = _states(shape, d, lay.zero)[1] * 2  # 16-bit gradients of the busiest stage
-    ring = Fraction((d.dp - 1) * grads, d.dp)  # one reduce-scatter or all-gather of them
-    dp_bytes = ring * {0: 2, 1: 2, 2: m + 1, 3: 3 * m}[lay.zero]
-    dp_time = float(dp_bytes) / _bandwidth(c, d.tp * d.dp) * (1 - a.dp_overlap)
-    pp_time = 0.0
+    params, dp_time, dp_bytes = _states(shape, d, lay.zero)[1], 0.0, Fraction(0)
+    if d.dp > 1:  # one ring reduce-scatter (r_g) or all-gather (r_w) of this GPU's stage
+        r_g = Fraction((d.dp - 1) * params * a.grad_bytes, d.dp)
+        r_w = Fraction((d.dp - 1) * params * 2, d.dp)
+        bw, ov = _bandwidth(c, d.tp * d.dp, k), a.overlap.dp
+        ov = d.pp == 1 if ov == "pp1" else ov
+        sec = lambda nbytes: step_time.link_seconds(nbytes, *bw)  # noqa: E731
+        bwd, fwd = mb.backward_s, compute - mb.backward_s
+        x = step_time.exposed
+        if lay.zero == 0:  # all-reduce of the accumulated gradients during the last backward
+            dp_time, dp_bytes = x(sec(2 * r_g), bwd, ov), 2 * r_g
+        elif lay.zero == 1:  # reduce-scatter then, all-gather of the new weights before the
+            # next step's first forward needs them (Megatron's --overlap-param-gather)
+            dp_time, dp_bytes = x(sec(r_g), bwd, ov) + x(sec(r_w), fwd, ov), r_g + r_w
+        elif lay.zero == 2:  # a reduce-scatter per micro-batch, each free to run under every
+            # later micro-batch's compute
+            dp_time = x(m * sec(r_g), (m - 1) * slot + bwd, ov) + x(sec(r_w), fwd, ov)
+            dp_bytes = m * r_g + r_w
+        else:  # every micro-batch gathers the weights twice and reduce-scatters: prefetched
+            dp_time = x(m * sec(2 * r_w + r_g), m * compute, ov)
+            dp_bytes = m * (2 * r_w + r_g)
+    pp_time, pp_bytes = 0.0, Fraction(0)
     if d.pp > 1:
+        split = d.tp if (a.scatter_gather or lay.sp) else 1
+        msg = Fraction(b * seq * H * 2, split)
         msgs = 2 * (v * m + d.pp - 1)
-        pp_time = msgs * b * seq * H * 2 / _bandwidth(c, d.world_size) * (1 - a.pp_overlap)
+        pp_bytes = msgs * msg
+        pp_time = step_time.link_seconds(pp_bytes, *_bandwidth(c, 2 * d.tp * d.dp, k))
+        if split > 1 and not lay.sp:  # the receiver all-gathers the t pieces on NVLink
+            pp_time += step_time.link_seconds(msgs * msg * (d.tp - 1),
+                                              *_bandwidth(c, d.tp, k))
+        pp_time *= 1 - a.overlap.pp
+    updated = params // d.dp if lay.zero else params
+    opt_time = step_time.optimizer_seconds(updated, c.hbm_bytes_per_s, k)
     seqs = m * b * d.dp
     model_f = _flops(shape, seqs, seq, "none", a.attention)
     hw_f = _flops(shape, seqs, seq, lay.recompute, a.attention)
     times = {"compute": m * compute, "TP comm": m * tp_time, "bubble": pipeline - m * slot,
-             "DP comm": dp_time, "PP p2p": pp_time}
+             "DP comm": dp_time, "PP p2p": pp_time, "optimizer": opt_time}
     return Plan(lay, memory_parts(shape, lay, seq, a), c.memory_bytes, times, model_f, hw_f,
                 d.world_size, c.peak_flops, seqs * seq,
                 {"bubble_fraction": bubble, "in_flight": _in_flight(d.pp, m, v) if d.pp > 1
-                 else 1, "tp_bytes": tp_bytes, "dp_bytes": dp_bytes})
+                 else 1, "tp_bytes": tp_bytes, "dp_bytes": dp_bytes, "pp_bytes": pp_bytes,
+                 "compute_parts": {key: m * t for key, t in mb.items()}})
 
 
 def _divisors(n: int) -> list[int]:
@@ -428,12 +607,17 @@ def _divisors(n: int) -> list[int]:
 
 def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | None = None, *,
            zeros=(0, 1, 2, 3), recomputes=("none", "selective", "full"),
-           micro_batches=(1, 2, 4), virtuals=(1,), sps=(False, True),
-           assumptions: Assumptions = Assumptions(),
+           micro_batches=(1, 2, 4), virtuals=(1,), sps=(False, True), tps=None, pps=None,
+           stages: str = "any", assumptions: Assumptions = Assumptions(),
            feasible_only: bool = True) -> list[Plan]:
     """Every layout of ``gpus`` GPUs (tp | heads and kv heads, pp ≤ L, dp = gpus/(tp·pp),
-    m = batch/(dp·b) whole), evaluated, the fitting ones (all with ``feasible_only=False``)
-    sorted by step time, then memory. gpus: a multiple of a node, or a divisor of one."""
+    m = batch/(dp·b) whole; ``tps``, ``pps``: only these tp, pp), evaluated, the fitting ones
+    (all with ``feasible_only=False``) sorted by step time, then memory. gpus: a multiple of a
+    node, or a divisor of one. ``virtuals``: chunks per rank to try (a v > 1 must divide the
+    ⌈L/pp⌉ layers of a stage), or "divisors": every divisor of them. ``stages``: "any" pp,
+    "even" (pp divides L, as Megatron-LM asks) or "balanced" (``stage_layers``: the first and
+    last stages short by at most a layer each, as BLOOM and Llama 3 split)."""
+    check.one_of("stages", stages, ("any", "even", "balanced"))
     shape, c = model(shape, what="shape"), cluster(gpu)
     check.positive_int("gpus", gpus)
     if gpus % c.gpus_per_node and c.gpus_per_node % gpus:
@@ -443,16 +627,24 @@ def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | N
     seqs = _sequences(batch_tokens, seq)
     plans = []
     for tp in _divisors(gpus):
-        if shape.num_kv_heads % tp or shape.num_heads % tp:
+        if shape.num_kv_heads % tp or shape.num_heads % tp or (tps and tp not in tps):
             continue
         for pp in _divisors(gpus // tp):
             dp = gpus // (tp * pp)
-            if pp > shape.num_layers:
+            if pp > shape.num_layers or (pps and pp not in pps):
                 continue
+            short = pp * math.ceil(shape.num_layers / pp) - shape.num_layers
+            if (stages == "even" and short) or (stages == "balanced" and short > 2):
+                continue
+            per_stage = math.ceil(shape.num_layers / pp)
+            vs = ([v for v in range(1, per_stage + 1) if per_stage % v == 0]
+                  if virtuals == "divisors" else virtuals)
             for b in micro_batches:
                 if seqs % (dp * b):
                     continue
-                for v, sp in itertools.product(virtuals, sps):
+                for v, sp in itertools.product(vs, sps):
+                    if v > 1 and per_stage % v:
+                        continue  # Megatron: v chunks of equal layers per stage
                     try:
                         lays = [layout(shape, gpus, batch_tokens, seq, tp=tp, pp=pp, zero=z,
                                        recompute=r, micro_batch=b, virtual=v, sp=sp)

@@ -474,15 +474,17 @@ class MemoryCalculator(Explorer):
 
 @functools.lru_cache(maxsize=64)
 def _planner_search(model, gpu, gpus, batch_tokens, seq) -> tuple:
-    """``plan.search`` kept for the last settings: moving ``top`` searches nothing again."""
-    return tuple(plan.search(model, gpu, gpus, batch_tokens, seq))
+    """``plan.search`` kept for the last settings: moving ``top`` searches nothing again.
+    Interleaving with up to 8 chunks per rank is searched, as the CLI does."""
+    return tuple(plan.search(model, gpu, gpus, batch_tokens, seq, virtuals=range(1, 9)))
 
 
 class PlannerExplorer(Explorer):
     """``plan.search`` for a model, a number of GPUs of one kind and a global batch: the
     ``top`` fastest layouts that fit, one row each, its step time split into compute, TP
-    communication, pipeline bubble, DP communication and point-to-point (seconds); the row's
-    label names the layout and its GiB per GPU; the text is the ranked table. The defaults are
+    communication, pipeline bubble, DP communication, point-to-point and the optimizer step
+    (seconds); the row's label names the layout and its GiB per GPU; the text is the ranked
+    table. The defaults are
     the slides' example: LLaMA-7B on 2 A100 80G, B = 8 sequences of 2,048 per GPU."""
 
     DEFAULTS = dict(model="llama-7b", gpus=2, gpu="a100-80g", batch_tokens=32768, seq=2048,
@@ -490,7 +492,7 @@ class PlannerExplorer(Explorer):
     ROWS = 8  # the most rows ``top`` can show
     FIGSIZE = (6.5, 3.4)
     MARGINS = dict(left=0.43, right=0.97, bottom=0.3, top=0.8)
-    PARTS = ("compute", "TP comm", "bubble", "DP comm", "PP p2p")
+    PARTS = ("compute", "TP comm", "bubble", "DP comm", "PP p2p", "optimizer")
     ERROR_PREFIX = "invalid setup"
 
     def compute(self, *, model, gpus, gpu, batch_tokens, seq, top) -> dict:
@@ -513,7 +515,7 @@ class PlannerExplorer(Explorer):
         ax.set_xlabel("seconds per step")
         ax.grid(axis="y", visible=False)
         ax.legend(handles=[bars[0] for bars in self._bars.values()], labels=list(self.PARTS),
-                  ncols=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.3, -0.3),
+                  ncols=6, fontsize=7, loc="upper center", bbox_to_anchor=(0.3, -0.3),
                   handlelength=1.2, columnspacing=1.0)
         self._labels: tuple = ()
 
