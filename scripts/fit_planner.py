@@ -1,7 +1,7 @@
 """Fit the planner's kernel rates (``llmtrain.step_time.KERNELS``) on the published runs.
 
     .venv/bin/python scripts/fit_planner.py            # fit, print the table, write results/
-    .venv/bin/python scripts/fit_planner.py --write    # ... and the fitted KERNELS into step_time.py
+    .venv/bin/python scripts/fit_planner.py --write    # ... and KERNELS, published_ranks.py
     .venv/bin/python scripts/fit_planner.py --table    # the table for the committed KERNELS only
 
 Ten numbers are fitted, on every run of ``llmtrain.published_runs.RUNS`` at once: per GPU
@@ -27,6 +27,7 @@ from llmtrain import published_runs, step_time
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "planner_fit.txt"
 SOURCE = ROOT / "lib" / "llmtrain" / "step_time.py"
+RANKS = ROOT / "lib" / "llmtrain" / "published_ranks.py"
 NAMES = ("ampere.gemm", "hopper.gemm", "ampere.attention", "hopper.attention",
          "ampere.gemm_half", "hbm", "nvlink", "hopper.gemm_half", "rows_half", "network")
 # shares of a datasheet peak: at most 0.95 (no kernel reaches the datasheet's bandwidth or FLOPs;
@@ -117,24 +118,36 @@ def fit(runs, x0):
     return nelder_mead(lambda t: loss(t, runs), x0, steps)
 
 
-def table(theta, runs) -> list[str]:
+def table(theta, runs) -> tuple[list[str], dict]:
     """Each run: published and predicted step time, their ratio, and the published layout's
-    rank among the layouts its framework could run (``published_runs.rank``)."""
+    rank among the layouts its framework could run (``published_runs.rank``); and the ranks
+    as {key: (rank, layouts that fit, step time over the fastest's)}."""
     saved = dict(step_time.KERNELS)
     step_time.KERNELS.update(kernels(theta))
     rows = [f"{'run':<44} {'gpus':>6} {'published s':>11} {'predicted s':>11} {'ratio':>6} "
             f"{'rank':>11} {'× fastest':>9}"]
+    ranks = {}
     try:
         for r in runs:
             p = published_runs.predict(r)[0]
             k, n, x, _ = published_runs.rank(r, predicted=p)
+            ranks[r.key] = (k, n, None if x is None else round(x, 4))
             where = f"{k}/{n}" if k else "no fit"
             rows.append(f"{r.key:<44} {r.gpus:>6} {r.step_time_s:>11.2f} {p.step_time_s:>11.2f}"
                         f" {p.step_time_s / r.step_time_s:>6.3f} {where:>11} "
                         + (f"{x:>9.3f}" if x else f"{'':>9}"))
     finally:
         step_time.KERNELS.update(saved)
-    return rows
+    return rows, ranks
+
+
+def write_ranks(ranks: dict) -> None:
+    doc = ("The published layouts' ranks among the layouts their frameworks could run, as\n"
+           "``published_runs.rank`` gives them: {run: (rank, layouts that fit, its step time over\n"
+           "the fastest's)}. Written by scripts/fit_planner.py --write (the search takes half a\n"
+           "minute, too long for notebook 08); tests/test_published_runs.py recomputes each.")
+    body = "".join(f"    {k!r}: {v!r},\n" for k, v in ranks.items())
+    RANKS.write_text(f'"""{doc}"""\n\nRANKS = {{\n{body}}}\n')
 
 
 def main(argv=None) -> int:
@@ -155,7 +168,10 @@ def main(argv=None) -> int:
                      + f"; mean squared log error {loss(theta, runs):.5f}")
         if args.write:
             write_kernels(theta)
-    lines += table(theta, runs)
+    rows, ranks = table(theta, runs)
+    lines += rows
+    if args.write:
+        write_ranks(ranks)
     qs = ratios(theta, runs)
     lines.append(f"{len(runs)} runs: ratio {min(qs):.3f} to {max(qs):.3f}; "
                  f"{sum(abs(q - 1) <= 0.15 for q in qs)} within ±15 %")

@@ -515,8 +515,11 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
     # FlashAttention keeps no b·a·s² scores: without recomputation it saves what Korthikanti's
     # selective recomputation saves (the 34·sbh of a layer, not its 5·as²b)
     saved = "selective" if lay.recompute == "none" and a.attention_kernel == "flash" else lay.recompute
-    act, in_flight = _stage_activations(shape, d.pp, d.tp, b, seq, saved, lay.sp, a.impl,
-                                        lay.microbatches, lay.virtual)
+    # the count in flight stops growing once m covers the warm-up (below 2·pp, a multiple of
+    # pp as interleaving needs): the cache then serves every larger m
+    m = lay.microbatches if lay.microbatches < 2 * d.pp else 2 * d.pp
+    act, in_flight = _stage_activations(shape, d.pp, d.tp, b, seq, saved, lay.sp, a.impl, m,
+                                        lay.virtual)
     parts = {"model states": _states(shape, d, lay.zero, fw.name)[0], "activations": act}
     if d.pp > 1:
         parts["in-flight activations"] = in_flight

@@ -17,7 +17,7 @@ from .plan import MI, MODELS
 
 __all__ = ["NARAYANAN_V", "NARAYANAN_S", "A100_PEAK_TFLOPS", "NarayananRow", "NARAYANAN_TABLE1",
            "narayanan_params", "narayanan_flops", "narayanan_model_flops", "BLOOM_176B", "Run",
-           "RUNS", "predict", "rank", "NOT_FITTING", "NOT_AMONG_THE_BEST",
+           "RUNS", "predict", "rank", "NOT_FITTING", "NOT_AMONG_THE_BEST", "tflops_per_gpu",
            "BLOOM_176B_PARAMS", "LLAMA3_405B", "LLAMA3_405B_LONG_CONTEXT"]
 
 
@@ -133,6 +133,7 @@ class Run(NamedTuple):
     sp: bool | None = None
     recompute: str | None = None
     mp: int | None = None  # tp·pp where only the model-parallel size is published
+    convention: str = ""   # the flops.CONVENTIONS count its source's throughput and MFU use
 
 
 def _gpt(h, L, a, V, s, name, kv=None, bias=True, tie=True):
@@ -166,11 +167,33 @@ def _derive(how, value, shape, batch, seq, gpus) -> tuple[float, str]:
     return batch * seq / (value * gpus), f"{batch * seq:,} tokens / ({gpus} GPUs × {value} tokens/s)"
 
 
+# The FLOPs count each source quotes its throughput or MFU in (``flops.CONVENTIONS``): Eq. 3
+# with recomputation (Narayanan; BLOOM's log, math/README.md), without it (Korthikanti's Eq. 7,
+# MegaScale, Megatron-Core r0.8's logged count; dgxc-benchmarking's seq × (attention + MLP +
+# 6Vh), which sizes the attention projections as multi-head even for Nemotron's 8 KV groups),
+# PaLM's 6N + 12LHQT (Llama 3; llm-foundry's (6N·s + 12·L·d·s²) per sequence), and the
+# generalised Narayanan count, 6·(matmul weights) + 12·L·s·h per token (Nemotron-4 15B's 6N +
+# 12Lhs with N the non-embedding weights and the output layer, which gives its MFU).
+_CONVENTIONS = {"Narayanan et al. 2021": "narayanan", "BLOOM-176B README": "narayanan",
+                "Korthikanti et al. 2023": "narayanan-model", "MegaScale": "narayanan-model",
+                "Megatron-LM README (2024)": "narayanan-model", "Llama 3": "palm",
+                "llm-foundry benchmarks": "palm", "Nemotron-4 15B": "megatron-generalised",
+                "NVIDIA dgxc-benchmarking": "narayanan-model"}
+
+
 def _run(key, source, where, published, shape, gpu, gpus, tp, pp, dp, batch, seq, zero, framework,
          derive, knobs) -> Run:
     step, derived = _derive(*derive, shape, batch, seq, gpus)
     return Run(key, source, where, published, shape, gpu, gpus, tp, pp, dp, batch, seq, zero,
-               framework, step, derived, **knobs)
+               framework, step, derived, **knobs, convention=_CONVENTIONS[source])
+
+
+def tflops_per_gpu(run: Run, step_time_s: float) -> float:
+    """TFLOP/s per GPU of a step of ``step_time_s`` in the count the run's source uses."""
+    from . import flops
+
+    f = flops.convention_flops(run.model, run.batch, run.seq, run.convention)
+    return f / (step_time_s * run.gpus) / 1e12
 
 
 # The runs the planner is checked against. Kept out (why, in notebook 08 §7): context-parallel

@@ -75,13 +75,13 @@ class Kernels:
 # Fitted by scripts/fit_planner.py on the 69 runs of llmtrain.published_runs (its output, with
 # each run's error and a leave-one-source-out check, is kept in results/planner_fit.txt): gemm,
 # gemm_half and attention per GPU generation; rows_half, hbm, nvlink and network shared. Hopper
-# needs much wider GEMMs than Ampere to approach its peak (half efficiency at 808 columns against
-# 123), and reaches a smaller share of it (66 % against 74 %).
+# needs much wider GEMMs than Ampere to approach its peak (half efficiency at about 800 columns
+# against about 120), and reaches a smaller share of it (about 66 % against 74 %).
 KERNELS: dict[str, Kernels] = {
-    "ampere": Kernels(gemm=0.7432, gemm_half=121.8, rows_half=143.4, attention=0.3447,
-                      hbm=0.9499, nvlink=0.8456, network=0.8485),
-    "hopper": Kernels(gemm=0.6584, gemm_half=807.6, rows_half=143.4, attention=0.4632,
-                      hbm=0.9499, nvlink=0.8456, network=0.8485),
+    "ampere": Kernels(gemm=0.743, gemm_half=121.6, rows_half=142.7, attention=0.3403,
+                      hbm=0.9498, nvlink=0.8458, network=0.8479),
+    "hopper": Kernels(gemm=0.6583, gemm_half=805.0, rows_half=142.7, attention=0.4574,
+                      hbm=0.9498, nvlink=0.8458, network=0.8479),
 }
 
 
