@@ -31,7 +31,7 @@ SOURCES: tuple[Source, ...] = (
            "of Table 1 in Megatron-LM examples/sc21/run_table_1.sh @6985e589 (the commit its "
            "README names for reproducing the paper)",
            ("§2.2.1", "§2.2.2", "§3", "§3.3.2", "§4.1", "§5", "§5.1", "§5.2", "Table 1",
-            "Table 2", "Eq. 2", "Eq. 3", "Appendix"),
+            "Table 2", "Eq. 2", "Eq. 3"),
            ("arXiv 2104.04473", "Megatron-LM's paper")),
     Source("Narayanan et al., ICML 2021",
            "Memory-Efficient Pipeline-Parallel DNN Training (PipeDream-Flush, PipeDream-2BW)",
