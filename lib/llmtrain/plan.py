@@ -1,35 +1,30 @@
 """Planning a 3D layout (3D 并行训练: 如何切分): for a model, a cluster and a global batch, the
-memory per GPU and the step time of every (tp, pp, dp, ZeRO stage, recomputation, micro-batch),
-the feasible ones ranked by step time. Pure arithmetic, no processes.
+memory per GPU and the step time of every (tp, pp, dp, ZeRO stage, recomputation, micro-batch,
+interleaving, sequence parallelism), the feasible ones ranked by step time. Pure arithmetic.
 
 One layout, per GPU (``evaluate``):
 
-- memory: the parts of ``memory.estimate(shape, dims, micro_batch, seq, zero, recompute,
-  impl="korthikanti")`` (model states of the busiest stage, one micro-batch's activations of its
-  ⌈L/pp⌉ layers, the slides' constants; tests/test_plan.py checks they equal ``estimate``'s)
-  plus the pipeline's other in-flight micro-batches: the first stage of 1F1B holds min(pp, m)
-  micro-batches of activations, of interleaved 1F1B more chunks of 1/v the layers
-  (``pp_schedule.in_flight``; notebook 07);
-- time: the busiest stage's FLOPs (``flops.training_flops`` with the recomputation, ⌈L/pp⌉
-  layers plus the output layer) over tp GPUs at ``efficiency`` × peak, plus its exposed TP
-  all-reduces (``tp_comm.comm_per_layer``, ring 2(t−1)/t, on NVLink when tp ≤ GPUs per node),
-  stretched by the pipeline bubble (``pp_schedule.bubble_formula``: ideal/(1 − (p−1)/(vm+p−1)));
-  then the exposed share of the data-parallel traffic, in units r = (d−1)/d × the GPU's
-  16-bit gradient bytes (a ring reduce-scatter or all-gather; Rajbhandari et al. SC'20 §7):
-  ZeRO-0/1 one all-reduce per step, 2r; ZeRO-2 a reduce-scatter per micro-batch and one
-  all-gather of the new weights, (m + 1)r; ZeRO-3 two weight all-gathers and a reduce-scatter
-  per micro-batch, 3mr (DeepSpeed and FSDP shard each micro-batch's gradients); and the
-  pipeline's point-to-point activations (b·s·h per message, 2(vm + p − 1) on the critical
-  path).
-- MFU = model FLOPs (no recomputation) / (step time × GPUs × peak) (Chowdhery et al. 2022,
-  PaLM, App. B); HFU counts the recomputation too.
+- memory (``memory_parts``): ``memory.estimate``'s parts under the framework's count
+  (``memory.FRAMEWORKS``): model states of the busiest stage, the activations of the stage that
+  holds the most, the pipeline's micro-batches in flight (``pp_schedule.held_microbatches``;
+  notebook 07) and the framework's constants; tests/test_plan.py checks they equal
+  ``estimate``'s. Stages split the layers as ``stage_layers`` says (Llama 3's 7 + 14 × 8 + 7).
+- time: one micro-batch through the busiest stage (``llmtrain.step_time``: GEMMs by their
+  shapes, the attention core, memory-bound kernels, TP collectives on their link), m of them
+  stretched by the bubble (p − 1)/(vm + p − 1); the pipeline's p2p (b·s·h/t per message with
+  scatter/gather or SP, Narayanan et al. 2021, §4.1), the data-parallel traffic of the ZeRO
+  stage in units r = (d − 1)/d of this GPU's gradients or weights (ZeRO-0 an all-reduce 2r;
+  ZeRO-1 a reduce-scatter and an all-gather; ZeRO-2 a reduce-scatter per micro-batch; ZeRO-3
+  two gathers and a reduce-scatter per micro-batch), hidden only as far as the framework
+  overlaps it (``step_time.Overlap``); the optimizer step.
+- MFU = model FLOPs (``flops.training_flops``, no recomputation) / (step time × GPUs × peak);
+  HFU counts the recomputation too (``flops.CONVENTIONS`` names the other counts).
 
-A group's link: the ranks of a tp group span tp consecutive GPUs, a dp group tp·dp, the whole
-pipeline tp·dp·pp (``mesh.ParallelDims``' rank order); a span within ``gpus_per_node`` uses
-NVLink, otherwise the network. Every assumption is a field of ``Assumptions``.
-
-The published runs it is checked against (Megatron-LM's Table 1, BLOOM-176B, Llama 3 405B) are
-data with their sources in ``llmtrain.published_runs``; tests/test_plan.py checks them.
+A group's link: the ranks of a tp group span tp consecutive GPUs, a dp group tp·dp, two
+adjacent stages 2·tp·dp (``mesh.ParallelDims``' rank order); within ``gpus_per_node`` NVLink,
+otherwise the network. Every assumption is a field of ``Assumptions``; ``FRAMEWORKS`` holds
+those of the frameworks the published runs used, ``FRAMEWORK_OPTIONS`` what each could run.
+The runs themselves, and the planner's error on each, are ``llmtrain.published_runs``.
 """
 
 from __future__ import annotations
@@ -514,7 +509,8 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
     fw = memory.framework_of(a.memory_framework)
     # FlashAttention keeps no b·a·s² scores: without recomputation it saves what Korthikanti's
     # selective recomputation saves (the 34·sbh of a layer, not its 5·as²b)
-    saved = "selective" if lay.recompute == "none" and a.attention_kernel == "flash" else lay.recompute
+    flash = a.attention_kernel == "flash"
+    saved = "selective" if lay.recompute == "none" and flash else lay.recompute
     # the count in flight stops growing once m covers the warm-up (below 2·pp, a multiple of
     # pp as interleaving needs): the cache then serves every larger m
     m = lay.microbatches if lay.microbatches < 2 * d.pp else 2 * d.pp
