@@ -68,3 +68,8 @@ def pytest_terminal_summary(terminalreporter):
         for line in _differing:
             terminalreporter.line(f"  {line}")
         terminalreporter.line(f"  written to {FIGURES_OUT}; compare: cmp {FIGURES_OUT}/NAME figures/NAME")
+
+
+# The Chinese notebooks (notebooks/zh/) are the English ones with Chinese markdown: nbval runs
+# the English only; tests/test_zh.py checks that the Chinese are in step with them.
+collect_ignore_glob = ["notebooks/zh/*"]
