@@ -372,8 +372,10 @@ def copy_mathjax(html_dir: Path) -> Path:
     return dst
 
 
-def to_html(nb_path: Path, out: Path) -> None:
-    """Render a notebook as a page that works offline (MathJax from ./mathjax, no CDN)."""
+def to_html(nb_path, out: Path, switch: tuple[str, str] | None = None) -> None:
+    """Render a notebook (a path or a notebook node) as a page that works offline (MathJax from
+    ./mathjax, no CDN); ``switch`` = (href, label): a link to the page in the other language,
+    at the top of the page."""
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
@@ -383,8 +385,34 @@ def to_html(nb_path: Path, out: Path) -> None:
     exporter = HTMLExporter(extra_loaders=[DictLoader({"llmtrain_offline.html.j2": OFFLINE_TEMPLATE})],
                             template_file="llmtrain_offline.html.j2",
                             mathjax_url=f"mathjax/MathJax.js?config={MATHJAX_CONFIG}")
-    body, _ = exporter.from_notebook_node(without_live_widgets(nbformat.read(nb_path, as_version=4)))
+    nb = nb_path if not isinstance(nb_path, (str, Path)) else nbformat.read(nb_path, as_version=4)
+    body, _ = exporter.from_notebook_node(without_live_widgets(nb))
+    if switch:
+        link = (f'<div class="llmtrain-lang" style="text-align:right;margin:.5em 1em">'
+                f'<a href="{html.escape(switch[0])}">{html.escape(switch[1])}</a></div>')
+        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + link, body, count=1)
     out.write_text(body, encoding="utf-8")
+
+
+ZH_PAGE = "{stem}.zh.html"  # the Chinese page beside the English one (same mathjax/)
+
+
+def to_html_both(executed: Path, out: Path, stem: str) -> bool:
+    """The English page and, when STEM has a Chinese edition in step with it, the Chinese page
+    (the executed notebook's outputs, scripts/zh.py's markdown), each linking the other.
+    Returns True if the Chinese page was written."""
+    import nbformat
+
+    import zh  # scripts/zh.py
+
+    cn = zh.chinese(stem, nbformat.read(executed, as_version=4))
+    zh_name = ZH_PAGE.format(stem=stem)
+    to_html(executed, out, (zh_name, "中文版") if cn is not None else None)
+    if cn is None:
+        (out.parent / zh_name).unlink(missing_ok=True)
+        return False
+    to_html(cn, out.parent / zh_name, (out.name, "English"))
+    return True
 
 
 
@@ -431,7 +459,10 @@ def write_index(rows: list[dict], out: Path, device: str, stems: list[str] | Non
 
     def link(r):
         name = html.escape(r["stem"])
-        return f'<a href="{name}.html">{name}</a>' if (out.parent / f"{r['stem']}.html").is_file() else name
+        en = f'<a href="{name}.html">{name}</a>' if (out.parent / f"{r['stem']}.html").is_file() else name
+        zh_page = ZH_PAGE.format(stem=r["stem"])
+        return en + (f' · <a href="{html.escape(zh_page)}">中文版</a>'
+                     if (out.parent / zh_page).is_file() else "")
 
     def slowest(r):
         return f'{r["slowest"]:.1f} (cell {r["slowest_cell"]})' if r.get("slowest_cell", -1) >= 0 else ""
@@ -498,7 +529,7 @@ def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int =
         try:
             row["title"] = title_of(dst)
             if not in_place:
-                to_html(dst, build / "html" / f"{src.stem}.html")
+                to_html_both(dst, build / "html" / f"{src.stem}.html", src.stem)
         except Exception as e:  # noqa: BLE001  (the table and the index still get written)
             row["status"], row["error"] = "FAILED", f"HTML: {one_line(e)}"
             print(f"FAILED {src.stem}: {row['error']}", flush=True)

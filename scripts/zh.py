@@ -96,21 +96,47 @@ def badge_zh(text: str, stem: str) -> str:
     return text.replace(f"/notebooks/{stem}.ipynb", f"/notebooks/zh/{stem}.ipynb")
 
 
+def chinese(stem: str, nb):
+    """The notebook ``nb`` (the English one, or an executed copy of it) with its markdown
+    Chinese, in place; None if STEM has no Chinese edition or it is behind the English."""
+    path = ZH / f"{stem}.md"
+    if not path.exists() or out_of_sync(stem):
+        return None
+    blocks = {i: t for i, _, t in parse(path.read_text(encoding="utf-8"))}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            cell.source = badge_zh(blocks[i], stem)
+    nb.metadata["llmtrain"] = {"edition": "zh", "english": f"../{stem}.ipynb"}
+    return nb
+
+
 def build(stem: str) -> Path:
     """notebooks/zh/STEM.ipynb: the English notebook's cells and outputs, its markdown Chinese."""
     problems = out_of_sync(stem)
     if problems:
         raise SystemExit("\n".join(problems))
-    nb = english(stem)
-    blocks = {i: t for i, _, t in parse((ZH / f"{stem}.md").read_text(encoding="utf-8"))}
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "markdown":
-            cell.source = badge_zh(blocks[i], stem)
-    nb.metadata["language_info"] = {**nb.metadata.get("language_info", {}), "name": "python"}
-    nb.metadata["llmtrain"] = {"edition": "zh", "english": f"../{stem}.ipynb"}
     out = ZH / f"{stem}.ipynb"
-    nbformat.write(nb, out)
+    nbformat.write(chinese(stem, english(stem)), out)
     return out
+
+
+def title(stem: str) -> str:
+    """The Chinese title of STEM's Chinese edition: its first heading, before " · "."""
+    first = parse((ZH / f"{stem}.md").read_text(encoding="utf-8"))[0][2]
+    head = next(ln for ln in first.splitlines() if ln.startswith("# "))
+    return head[2:].split(" · ")[0].strip()
+
+
+def readme_table(url: str = "https://github.com/llmtrain/llmtrain") -> str:
+    """The README's table of the Chinese notebooks, with their Colab badges."""
+    gh = url.removeprefix("https://github.com/")
+    rows = ["| # | 笔记本 | 打开 |", "|---|---|---|"]
+    for s in stems():
+        rows.append(f"| {s[:2]} | [{title(s)}](notebooks/zh/{s}.ipynb) | "
+                    "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+                    f"(https://colab.research.google.com/github/{gh}/blob/main/notebooks/zh/"
+                    f"{s}.ipynb) |")
+    return "\n".join(rows)
 
 
 def stems() -> list[str]:

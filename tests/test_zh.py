@@ -81,3 +81,29 @@ def test_a_changed_english_cell_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(zh, "ZH", tmp_path / "zh")
     problems = zh.out_of_sync(stem)
     assert len(problems) == 1 and problems[0].startswith(f"{stem} cell {i}: the English text")
+
+
+def test_html_pages_link_each_other(tmp_path):
+    """make run writes NN.html and NN.zh.html side by side, each linking the other, and the
+    index links both."""
+    import notebooks as nbtool  # scripts/notebooks.py
+
+    stem = STEMS[0]
+    out = tmp_path / f"{stem}.html"
+    assert nbtool.to_html_both(zh.NOTEBOOKS / f"{stem}.ipynb", out, stem)
+    en, cn = out.read_text(encoding="utf-8"), (tmp_path / f"{stem}.zh.html").read_text(encoding="utf-8")
+    assert f'<a href="{stem}.zh.html">中文版</a>' in en and f'<a href="{stem}.html">English</a>' in cn
+    title = next(c.source for c in zh.english(stem).cells if c.cell_type == "markdown")
+    assert CJK.search(cn)
+    row = {"stem": stem, "title": title.splitlines()[0], "status": "ok", "seconds": 1.0,
+           "slowest": 0.5, "slowest_cell": 1, "error": ""}
+    nbtool.write_index([row], tmp_path / "index.html", "cpu")
+    index = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert f'<a href="{stem}.zh.html">中文版</a>' in index
+
+
+def test_readme_lists_every_chinese_notebook():
+    """README.md's table of the Chinese notebooks, with their Colab badges, is the current one
+    (python -c "import zh; print(zh.readme_table())" from scripts/ writes it)."""
+    readme = (zh.ROOT / "README.md").read_text(encoding="utf-8")
+    assert zh.readme_table() in readme
