@@ -386,8 +386,12 @@ def test_rivals_differ_where_they_say():
             assert lay.dims.pp != best.dims.pp
         elif what.startswith("recompute"):
             assert lay.recompute != best.recompute
-        # the fastest with that difference: nothing faster differs the same way
-        assert q == next(p for p in plans[1:] if p is q)
+        # the fastest with that difference: every faster plan has #1's tp, pp and recompute
+        faster = plans[1:plans.index(q)]
+        key = {"tp": lambda lay: lay.dims.tp, "pp": lambda lay: lay.dims.pp,
+               "recompute": lambda lay: lay.recompute}.get(what.split()[0])
+        if key:
+            assert all(key(p.layout) == key(best) for p in faster), what
     with pytest.raises(ValueError, match="plans must hold at least one plan"):
         plan_explain.explain([])
 
@@ -400,8 +404,9 @@ def test_cli_framework_changes_the_assumptions(capsys):
     assert cli.main([*args, "--framework", "megatron-2021"]) == 0
     old = json.loads(capsys.readouterr().out)["layouts"][0]
     # Megatron-LM 2021: full recomputation, no ZeRO, the fused softmax: slower
-    assert (old["recompute"], old["zero"]) == ("full", 0) or old["step_time_s"] > \
-        default["step_time_s"]
+    assert (old["recompute"], old["zero"]) == ("full", 0) != (default["recompute"],
+                                                              default["zero"])
+    assert old["step_time_s"] > default["step_time_s"]
 
 
 @pytest.mark.parametrize("text, virtuals", [("1-4", (1, 2, 3, 4)), ("1,2,8", (1, 2, 8)),

@@ -101,14 +101,15 @@ def test_narayanan_table1_step_times():
         assert (r.tp, r.pp, r.gpus, r.batch) == (row.tp, row.pp, row.gpus, row.batch)
 
 
-@pytest.mark.parametrize("key, mfu", [("megascale-175b-megatron-256gpu-bs768", 0.53),
-                                      ("megascale-175b-megatron-1024gpu-bs768", 0.447),
-                                      ("megascale-175b-megatron-12288gpu-bs6144", 0.412)])
-def test_megascale_iteration_times_give_their_mfu(key, mfu):
-    """Table 2: the MFU column is Eq. 3 without recomputation (V = 64,000) over 312 TFLOP/s."""
+@pytest.mark.parametrize("key, mfu, tol", [("megascale-175b-megatron-256gpu-bs768", 0.53, 0.005),
+                                           ("megascale-175b-megatron-1024gpu-bs768", 0.447, 0.002),
+                                           ("megascale-175b-megatron-12288gpu-bs6144", 0.412, 0.002)])
+def test_megascale_iteration_times_give_their_mfu(key, mfu, tol):
+    """Table 2: the MFU column is Eq. 3 without recomputation (V = 64,000) over 312 TFLOP/s
+    (tol: the MFU's last printed digit, the iteration time printed to 3 digits)."""
     r = RUNS[key]
     f = pr.narayanan_model_flops(r.batch, 96, 12288, 64000, 2048)
-    assert f / (r.step_time_s * r.gpus * 312e12) == pytest.approx(mfu, abs=0.006)
+    assert f / (r.step_time_s * r.gpus * 312e12) == pytest.approx(mfu, abs=tol)
 
 
 @pytest.mark.parametrize("key, n_params, mfu, peak", [
@@ -120,7 +121,8 @@ def test_llm_foundry_step_times_give_their_mfu(key, n_params, mfu, peak):
     r = RUNS[key]
     shape = r.model
     per_seq = 6 * n_params * 2048 + 12 * shape.num_layers * shape.hidden_size * 2048**2
-    assert per_seq * r.batch / (r.step_time_s * r.gpus * peak) == pytest.approx(mfu, rel=0.01)
+    # the table prints the MFU to 4 digits and tokens/s per GPU to 3-5: rel 1e-3 covers both
+    assert per_seq * r.batch / (r.step_time_s * r.gpus * peak) == pytest.approx(mfu, rel=1e-3)
 
 
 def test_llama3_step_times():
@@ -161,12 +163,15 @@ def test_llama3_long_context_row_is_table_4_v3():
     assert r["batch_tokens"] // r["seq"] == 128  # sequences per step: 16 per DP rank
 
 
-@pytest.mark.parametrize("key, mfu, peak", [
-    ("korthikanti-175b-sp-selective", 0.514, 312), ("megascale-175b-megatron-256gpu-bs768", 0.53, 312),
-    ("megatron-readme-2024-177b", 0.44, 989), ("dgxc-gpt3-175b-bf16-128gpu", 0.4993, 989),
-    ("dgxc-nemotron4-15b-bf16-16gpu", 0.621, 989), ("nemotron4-15b-dp96", 0.343, 989),
-    ("llama3-405b-t4-8192gpu-cp1", 0.43, 989), ("mpt-70b-h100-128gpu", 0.4336, 989)])
-def test_each_source_convention_gives_its_mfu(key, mfu, peak):
-    """The count a source quotes in (Run.convention) turns its step time back into its MFU."""
+@pytest.mark.parametrize("key, mfu, peak, tol", [
+    ("korthikanti-175b-sp-selective", 0.514, 312, 0.0005),
+    ("megascale-175b-megatron-256gpu-bs768", 0.53, 312, 0.005),
+    ("megatron-readme-2024-177b", 0.44, 989, 0.005), ("dgxc-gpt3-175b-bf16-128gpu", 0.4993, 989, 0.002),
+    ("dgxc-nemotron4-15b-bf16-16gpu", 0.621, 989, 0.002), ("nemotron4-15b-dp96", 0.343, 989, 0.002),
+    ("llama3-405b-t4-8192gpu-cp1", 0.43, 989, 0.005), ("mpt-70b-h100-128gpu", 0.4336, 989, 0.0005)])
+def test_each_source_convention_gives_its_mfu(key, mfu, peak, tol):
+    """The count a source quotes in (Run.convention) turns its step time back into its MFU.
+    tol: half a unit of the MFU's printed last digit (0.005 for whole percents), or 0.002 where
+    the step time itself is printed to 2-3 digits (dgxc, Nemotron-4 15B)."""
     r = RUNS[key]
-    assert pr.tflops_per_gpu(r, r.step_time_s) / peak == pytest.approx(mfu, abs=0.006)
+    assert pr.tflops_per_gpu(r, r.step_time_s) / peak == pytest.approx(mfu, abs=tol)

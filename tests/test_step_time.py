@@ -57,9 +57,10 @@ def test_flash_skips_the_masked_half():
     full = mb(shape, seq=4096, attention="materialized")
     assert flash["attention"] < full["attention"] and flash["GEMMs"] == full["GEMMs"]
     # recomputation: full reruns every forward, selective only the attention core's
-    none, sel, fullr = (mb(shape, recompute=r) for r in ("none", "selective", "full"))
+    none, sel, fullr = (mb(shape, recompute=r, head=False) for r in ("none", "selective", "full"))
+    # every layer's forward once more: 4 passes instead of 3 (the output layer is not recomputed)
     assert none["GEMMs"] == sel["GEMMs"] < fullr["GEMMs"] == pytest.approx(4 / 3 * none["GEMMs"],
-                                                                           rel=0.02)
+                                                                           rel=1e-12)
     assert none["attention"] < sel["attention"]
 
 

@@ -244,7 +244,7 @@ CONVENTIONS: dict[str, Convention] = {
         lambda sh, B, s: 6 * non_embedding_params(sh) * B * s + _core(sh, B, s, 6)),
     "palm": Convention(
         "model", "(6P + 12·L·Nd·s)·Bs: 6N + 12LHQT per token, N all parameters",
-        "Chowdhery et al. 2022 App. B (MFU)",
+        "Chowdhery et al. 2022 App. B (MFU; read in secondary sources, not the paper)",
         lambda sh, B, s: 6 * params.count(sh) * B * s + _core(sh, B, s, 12)),
     "narayanan-model": Convention(
         "model", "72Bslh²(1 + s/6h + V/12lh) = 72Bslh² + 12Bs²lh + 6BshV, as written for GPT",
@@ -273,7 +273,7 @@ CONVENTIONS: dict[str, Convention] = {
         "hardware", "72Bslh²(1 + s/3h + V/12lh) = 72Bslh² + 24Bs²lh + 6BshV: selective "
                     "recomputation, as written for GPT (counts the core's forward and "
                     "backward again, 12Bs²lh; the recomputation runs only its forward)",
-        "Korthikanti et al. 2023 Eq. 8",
+        "Korthikanti et al. 2023 Eq. 8 (read in a secondary note; the Megatron-LM README agrees)",
         lambda sh, B, s: _gpt(sh, B, s, 72, 24)),
     "hfu-selective": Convention(
         "hardware", "megatron-generalised + 4·Bs²·Nd·L (the core's forward again) = "
