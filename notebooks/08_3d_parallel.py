@@ -647,7 +647,13 @@ else:
 # （§3.3.2）。下面的 MFU 按 Llama 3 自己的计法（PaLM 的 6N + 12LHQT）：
 
 # %%
+from llmtrain.parallel import pp_schedule
+
+peak = plan.CLUSTERS["h100-80g"].peak_flops / 1e12
 print(f"{l3.num_layers} layers on 16 stages: first, middle, last {plan.stage_layers(l3.num_layers, 16)}")
+held = pp_schedule.held_microbatches("interleaved", 16, 32, 0, 8)
+print(f"interleaved, v = 8, m = 32: the first stage holds {float(held):.1f} micro-batches "
+      f"(p + (p − 1)/v); m = 16: {float(pp_schedule.held_microbatches('interleaved', 16, 16, 0, 8)):.1f}")
 for key in ("llama3-405b-t4-8192gpu-cp1", "llama3-405b-t4-16384gpu-cp1"):
     r, p = published_runs.RUNS[[x.key for x in published_runs.RUNS].index(key)], preds[key]
     print(f"{r.gpus:,} GPUs, {r.published}: {p.layout.label()}, m = {p.layout.microbatches}")
@@ -657,8 +663,8 @@ for key in ("llama3-405b-t4-8192gpu-cp1", "llama3-405b-t4-16384gpu-cp1"):
     print(f"  with the slides' constants instead of FSDP's: {slides.memory_bytes / GIB:.1f} GiB")
     print("  time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in p.time_parts.items())
           + f"; {p.step_time_s:.2f} against {r.step_time_s:.2f} published; MFU "
-          f"{100 * published_runs.tflops_per_gpu(r, p.step_time_s) / 989:.1f} % against "
-          f"{100 * published_runs.tflops_per_gpu(r, r.step_time_s) / 989:.1f} % "
+          f"{100 * published_runs.tflops_per_gpu(r, p.step_time_s) / peak:.1f} % against "
+          f"{100 * published_runs.tflops_per_gpu(r, r.step_time_s) / peak:.1f} % "
           f"(PaLM's count; PP p2p is asynchronous in Llama 3, hidden behind compute)")
 long = published_runs.LLAMA3_405B_LONG_CONTEXT
 print(f"Table 4, third row (v3): TP {long['tp']} × CP {long['cp']} × PP {long['pp']} × DP "

@@ -500,7 +500,7 @@ def rank(run: Run, assumptions=None, predicted=None):
 NOT_FITTING = {
     "llama3-405b-t4-8192gpu-cp1":
         "no recomputation with interleaving holds p + (p − 1)/v micro-batches on a stage by "
-        "the standard schedule (17.9 at v = 8, m = 32); Llama 3 says its own schedule, with a "
+        "the standard schedule (notebook 08 §7.5 prints it); Llama 3 says its own schedule, with a "
         "tunable number of micro-batches per round (§3.3.2), fits 8K sequences without "
         "activation checkpointing, but publishes neither that number nor its memory",
 }
@@ -518,7 +518,7 @@ NOT_AMONG_THE_BEST = {
                  "korthikanti-175b-full-recompute")},
     **{k: "llm-foundry ran FSDP's FULL_SHARD (ZeRO-3) for every model; the planner leaves "
           "part of FULL_SHARD's extra weight all-gathers exposed at 7B on H100 and prefers "
-          "SHARD_GRAD_OP (ZeRO-2); it predicts this run up to 6 % slow, so it likely "
+          "SHARD_GRAD_OP (ZeRO-2); it also predicts these runs slow, so it likely "
           "overcharges those gathers"
        for k in ("mpt-7b-h100-128gpu", "mpt-7b-h100-512gpu")},
 }
