@@ -1,10 +1,10 @@
-"""Fit the planner's kernel rates (``llmtrain.step_time.KERNELS``) on the published runs.
+"""Fit the planner's kernel rates (``llmtrain.cost.step_time.KERNELS``) on the published runs.
 
     .venv/bin/python scripts/fit_planner.py            # fit, print the table, write results/
     .venv/bin/python scripts/fit_planner.py --write    # ... and KERNELS, published_ranks.py
     .venv/bin/python scripts/fit_planner.py --table    # the table for the committed KERNELS only
 
-Ten numbers are fitted, on every run of ``llmtrain.published_runs.RUNS`` at once: per GPU
+Ten numbers are fitted, on every run of ``llmtrain.cost.published_runs.RUNS`` at once: per GPU
 generation (ampere, hopper) the share of peak of a large GEMM and of flash attention and the
 GEMM width at half efficiency; shared by both, the rows (tokens) at half efficiency and the
 achieved shares of HBM, NVLink and network bandwidth. The
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmtrain import published_runs, step_time
+from llmtrain.cost import published_runs, step_time
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "planner_fit.txt"

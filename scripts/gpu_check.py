@@ -43,10 +43,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without installing, too
 
-from llmtrain import gpu_results, memory  # noqa: E402
+from llmtrain import gpu_results
+from llmtrain.cost import memory  # noqa: E402
 from llmtrain.device import choose  # noqa: E402
-from llmtrain.llama import Llama  # noqa: E402
-from llmtrain.shapes import ModelShape  # noqa: E402
+from llmtrain.model.llama import Llama  # noqa: E402
+from llmtrain.model.shapes import ModelShape  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
 

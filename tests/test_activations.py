@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmtrain import activation_formulas as act
-from llmtrain import shapes
-from llmtrain.activation_formulas import saved_bytes
-from llmtrain.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure, measure_shape
-from llmtrain.recompute import MODELLED
-from llmtrain.llama import Llama
-from llmtrain.shapes import ModelShape
+from llmtrain.cost import activations as act
+from llmtrain.model import shapes
+from llmtrain.cost.activations import saved_bytes
+from llmtrain.measure.activations import CHECKPOINT_INPUTS, ROOT, Saved, measure, measure_shape
+from llmtrain.model.recompute import MODELLED
+from llmtrain.model.llama import Llama
+from llmtrain.model.shapes import ModelShape
 
 import transformers  # noqa: E402,F401  (a test dependency: missing, these tests must fail, not skip)
 

@@ -1,4 +1,4 @@
-"""Tests for llmtrain.amp: LossScaler against torch.amp.GradScaler (exact), the mixed-precision
+"""Tests for llmtrain.precision.amp: LossScaler against torch.amp.GradScaler (exact), the mixed-precision
 trainer against torch.autocast (loss curves), and the two notebook helpers (hand-picked numbers)."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from llmtrain import shapes
-from llmtrain.amp import LossScaler, MixedPrecisionTrainer, gradient_underflow, lost_update_fraction
-from llmtrain.llama import Llama
-from llmtrain.train import batches, corpus
+from llmtrain.model import shapes
+from llmtrain.precision.amp import (LossScaler, MixedPrecisionTrainer, gradient_underflow,
+    lost_update_fraction)
+from llmtrain.model.llama import Llama
+from llmtrain.recipes.train import batches, corpus
 
 # --- LossScaler == torch.amp.GradScaler -------------------------------------------------------
 
@@ -262,7 +263,7 @@ def _model64() -> Llama:
 
 
 def test_emulated_storage_rounds_what_is_stored_and_master_weights_win():
-    from llmtrain.amp import emulate_16bit_storage
+    from llmtrain.precision.amp import emulate_16bit_storage
 
     model = _model64()
     mixed = emulate_16bit_storage(model, batches(TOKENS, 8, 32, 0), steps=STEPS, lr=LR)
@@ -289,7 +290,7 @@ def test_emulated_storage_rounds_what_is_stored_and_master_weights_win():
 
 
 def test_emulated_storage_is_deterministic_and_checks_its_arguments():
-    from llmtrain.amp import emulate_16bit_storage
+    from llmtrain.precision.amp import emulate_16bit_storage
 
     a = emulate_16bit_storage(_model64(), batches(TOKENS, 8, 32, 0), steps=3)
     b = emulate_16bit_storage(_model64(), batches(TOKENS, 8, 32, 0), steps=3)

@@ -1,4 +1,4 @@
-"""Batch-size schedules, gradient accumulation and the gradient noise scale (llmtrain.batch)."""
+"""Batch-size schedules, gradient accumulation and the gradient noise scale (llmtrain.recipes.batch)."""
 
 import math
 
@@ -8,13 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmtrain import batch
-from llmtrain.batch import (PALM_STAGES, PALM_TOTAL_TOKENS, accumulate_gradients,
-                            accumulation_steps, linear_ramp, noise_scale, noise_scale_from_norms,
-                            noise_terms, noise_terms_from_norms, per_example_grads,
-                            linear_ramp_steps, steps_and_tokens, stepwise)
-from llmtrain.llama import Llama
-from llmtrain.shapes import get
+from llmtrain.recipes import batch
+from llmtrain.recipes.batch import (PALM_STAGES, PALM_TOTAL_TOKENS, accumulate_gradients,
+    accumulation_steps, linear_ramp, noise_scale, noise_scale_from_norms, noise_terms,
+    noise_terms_from_norms, per_example_grads, linear_ramp_steps, steps_and_tokens, stepwise)
+from llmtrain.model.llama import Llama
+from llmtrain.model.shapes import get
 
 GPT3 = dict(start_tokens=32_768, end_tokens=3_145_728, ramp_tokens=4_000_000_000)
 

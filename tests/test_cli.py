@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import hf_numel
-from llmtrain import params, shapes
+from llmtrain.cost import params
+from llmtrain.model import shapes
 
 SCRIPT = Path(sys.executable).with_name("llmtrain")  # the console script in this venv
 
@@ -157,8 +158,8 @@ def test_memory_table_has_gb_and_gib():
 
 
 def test_memory_flags_build_the_layout():
-    from llmtrain import memory
-    from llmtrain.parallel.mesh import ParallelDims
+    from llmtrain.cost import memory
+    from llmtrain.cost.layout import ParallelDims
 
     r = run("memory", "llama2-70b", "--gpus", "64", "--tp", "8", "--pp", "4", "--zero", "1",
             "--impl", "korthikanti", "--recompute", "selective", "--sp", "--json")
@@ -197,7 +198,7 @@ def test_memory_bad_input(args, needle):
 
 
 def test_flops_json_equals_library():
-    from llmtrain import flops
+    from llmtrain.cost import flops
 
     r = run("flops", "llama-7b", "--seq", "2048", "--attention", "sdpa", "--recompute", "full", "--json")
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""llmtrain.flops against torch's FlopCounterMode: the formulas equal the count exactly for the
+"""llmtrain.cost.flops against torch's FlopCounterMode: the formulas equal the count exactly for the
 reference Llama (eager/SDPA, every recomputation strategy) and transformers' LlamaForCausalLM;
 the CPU SDPA pitfall; LLaMA-7B's 1.060 × 6PT (facts §3)."""
 
@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from torch.utils.checkpoint import set_checkpoint_early_stop
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from llmtrain import flops, params, recompute
-from llmtrain.llama import ATTN_IMPLS, Llama
-from llmtrain.shapes import ModelShape, get
+from llmtrain.cost import flops, params
+from llmtrain.model import recompute
+from llmtrain.model.llama import ATTN_IMPLS, Llama
+from llmtrain.model.shapes import ModelShape, get
 
 aten = torch.ops.aten
 

@@ -1,4 +1,4 @@
-"""llmtrain.flops.CONVENTIONS: each paper's way of counting a training step, as exact integers.
+"""llmtrain.cost.flops.CONVENTIONS: each paper's way of counting a training step, as exact integers.
 
 Oracles: the papers' formulas written out again here from the shapes' published sizes (not from
 llmtrain), the external reviewer's table (shared/reviews/external-calculators.md §3), the
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmtrain import flops, params
-from llmtrain.published_runs import NARAYANAN_TABLE1, narayanan_flops, narayanan_model_flops
-from llmtrain.shapes import ModelShape, get
+from llmtrain.cost import flops, params
+from llmtrain.cost.published_runs import NARAYANAN_TABLE1, narayanan_flops, narayanan_model_flops
+from llmtrain.model.shapes import ModelShape, get
 
 NAMES = ("6PT", "6PT-nonembedding", "kaplan", "palm", "narayanan-model", "megatron-generalised",
          "causal", "narayanan", "hfu-full", "korthikanti-hfu", "hfu-selective")

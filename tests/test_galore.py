@@ -1,4 +1,4 @@
-"""Tests for llmtrain.galore: the projection (sides, shapes, exactness on low-rank gradients),
+"""Tests for llmtrain.optim.galore: the projection (sides, shapes, exactness on low-rank gradients),
 GaLoreAdamW against galore-torch 1.0 (weights after 12 steps with two projection refreshes),
 the state formulas against the bytes measured on both optimizers, and the notebook's demo."""
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from llmtrain.galore import GaLoreAdamW, Projector, compare_run, is_target, state_bytes, state_numel
-from llmtrain.memory_saving import state_tensor_bytes
+from llmtrain.optim.galore import (GaLoreAdamW, Projector, compare_run, is_target, state_bytes,
+    state_numel)
+from llmtrain.measure.optimizer_state import state_tensor_bytes
 
 galore_torch = pytest.importorskip("galore_torch")
 

@@ -7,9 +7,10 @@ from fractions import Fraction
 
 import pytest
 
-from llmtrain import headlines, memory, shapes
-from llmtrain import memory_methods as mm
-from llmtrain.memory import GIB
+from llmtrain.cost import headlines, memory
+from llmtrain.model import shapes
+from llmtrain.cost import methods as mm
+from llmtrain.cost.memory import GIB
 
 ROWS = {h.setting.model + ":" + h.method: (h, r) for h, r in zip(headlines.HEADLINES,
                                                                    headlines.verdicts())}

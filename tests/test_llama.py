@@ -1,4 +1,4 @@
-"""The reference LLaMA (llmtrain.llama) against transformers' LlamaForCausalLM / Qwen2ForCausalLM:
+"""The reference LLaMA (llmtrain.model.llama) against transformers' LlamaForCausalLM / Qwen2ForCausalLM:
 same logits, same loss, same state_dict keys, same parameter counts."""
 
 import pytest
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 import transformers  # noqa: E402  (a test dependency: missing, these tests must fail, not skip)
 
-from llmtrain.llama import Llama, Output  # noqa: E402
-from llmtrain.shapes import ModelShape, get  # noqa: E402
+from llmtrain.model.llama import Llama, Output  # noqa: E402
+from llmtrain.model.shapes import ModelShape, get  # noqa: E402
 
 B, T = 2, 16
 

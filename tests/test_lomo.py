@@ -1,4 +1,4 @@
-"""Tests for llmtrain.lomo: the optimizer step in backward and LOMO against torch.optim.SGD /
+"""Tests for llmtrain.optim.lomo: the optimizer step in backward and LOMO against torch.optim.SGD /
 AdamW run the ordinary way and against lomo-optim's Lomo (weights), and the peak of live
 gradient bytes measured at every hook against the formula (sum for plain, max with the step in
 backward) and the whole-step peak of the exact CPU tracker.
@@ -17,8 +17,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from llmtrain import lomo
-from llmtrain.llama import Llama
+from llmtrain.optim import lomo
+from llmtrain.model.llama import Llama
 
 lomo_optim = pytest.importorskip("lomo_optim")
 

@@ -1,4 +1,4 @@
-"""Tests for llmtrain.lowbit: the quantisation maps against torchao's and bitsandbytes' (exact), the
+"""Tests for llmtrain.optim.lowbit: the quantisation maps against torchao's and bitsandbytes' (exact), the
 block-wise round trip's error bound (hypothesis), AdamWLowBit against torchao's AdamW8bit/AdamW4bit
 (identical codes and scales after a step, close trajectories) and fp32 torch.optim.AdamW, and the
 state bytes formula against the bytes measured on all four optimizers."""
@@ -13,10 +13,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from llmtrain import lowbit
-from llmtrain.lowbit import (AdamWLowBit, bytes_per_param, dequantize_blockwise, dynamic_map,
-                             linear_map, quantize_blockwise, state_bytes)
-from llmtrain.memory_saving import eager, state_tensor_bytes
+from llmtrain.optim import lowbit
+from llmtrain.optim.lowbit import (AdamWLowBit, bytes_per_param, dequantize_blockwise,
+    dynamic_map, linear_map, quantize_blockwise, state_bytes)
+from llmtrain.measure.optimizer_state import eager, state_tensor_bytes
 
 ao = pytest.importorskip("torchao.optim")
 bnb = pytest.importorskip("bitsandbytes")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from llmtrain import memory, params, shapes
-from llmtrain.llama import Llama
-from llmtrain.memory import GB, GIB
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.cost import memory, params
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
+from llmtrain.cost.memory import GB, GIB
+from llmtrain.cost.layout import ParallelDims
 
 S7 = shapes.get("llama-7b")
 
@@ -281,7 +282,7 @@ def test_in_flight_microbatches(pp, m, v, held):
 def test_in_flight_is_the_schedules_peak(pp, groups, v):
     # oracle: the schedule as data, replayed (pp_schedule.in_flight counts (micro-batch, chunk)
     # pairs; a chunk is 1/v of a micro-batch's activations)
-    from llmtrain.parallel import pp_schedule
+    from llmtrain.cost import pp_schedule
 
     m = groups * pp
     name = "1f1b" if v == 1 else "interleaved"
@@ -297,7 +298,7 @@ def test_in_flight_is_the_schedules_peak(pp, groups, v):
 def test_in_flight_equals_plan_memory_parts(tp, pp, m, v, recompute, sp):
     # the planner and memory.estimate must agree (issue 22): same layout, same activations
     # (selective and full: the planner may assume a kernel that changes what "none" saves)
-    from llmtrain import plan
+    from llmtrain.cost import plan
 
     dims = ParallelDims(dp=2, tp=tp, pp=pp)
     lay = plan.Layout(dims, 1, recompute, 1, m, v, sp)

@@ -9,10 +9,11 @@ from fractions import Fraction
 
 import pytest
 
-from llmtrain import memory, plan, shapes
-from llmtrain.memory import GIB
-from llmtrain.parallel.mesh import ParallelDims
-from llmtrain.shapes import ModelShape
+from llmtrain.cost import memory, plan
+from llmtrain.model import shapes
+from llmtrain.cost.memory import GIB
+from llmtrain.cost.layout import ParallelDims
+from llmtrain.model.shapes import ModelShape
 
 # The five models of the review's §1b, with its P (deduplicated HF count) and DeepSpeed's
 # largest_layer_params (its model_to_params: the embedding here), and N GPUs. Mistral-7B-v0.1,

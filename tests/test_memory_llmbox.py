@@ -3,8 +3,9 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from llmtrain import memory, params, shapes
-from llmtrain.memory import GIB
+from llmtrain.cost import memory, params
+from llmtrain.model import shapes
+from llmtrain.cost.memory import GIB
 
 S7 = shapes.get("llama-7b")
 P7 = params.count(S7)

@@ -11,11 +11,13 @@ import math
 import pytest
 import torch
 
-from llmtrain import galore, lomo, lowbit, memory, shapes
-from llmtrain import memory_methods as mm
-from llmtrain.llama import Llama
-from llmtrain.memory_saving import (BlockAdam, FP8LMAdamW, eager, grad_bytes,
-                                    state_tensor_bytes)
+from llmtrain.optim import galore, lomo, lowbit
+from llmtrain.cost import memory
+from llmtrain.model import shapes
+from llmtrain.cost import methods as mm
+from llmtrain.model.llama import Llama
+from llmtrain.measure.optimizer_state import (BlockAdam, FP8LMAdamW, eager, grad_bytes,
+    state_tensor_bytes)
 
 SHAPES = [
     shapes.get("tiny"),
@@ -188,7 +190,7 @@ def test_fp8_lm_trains_like_adamw():
     # 40 steps of a small regression: FP8-LM's rounded states track fp32 AdamW's loss closely
     # (FP8 E4M3 keeps 3 mantissa bits of m: about 6 % relative error per element, which
     # averages out over the steps); measured 0.2833 vs 0.2827 at lr 3e-3.
-    from llmtrain.memory_saving import compare_fp8
+    from llmtrain.measure.optimizer_state import compare_fp8
 
     run = compare_fp8(steps=40)
     adamw, fp8 = run["AdamW"]["losses"], run["FP8LMAdamW"]["losses"]

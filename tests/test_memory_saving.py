@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from llmtrain import memory_saving as ms
-from llmtrain import shapes
-from llmtrain.llama import Llama
+from llmtrain.measure import optimizer_state as ms
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
 
 
 def _net():
@@ -72,7 +72,7 @@ def test_fp8_lm_states_have_their_formats():
     assert (st["master"][0].dtype, st["exp_avg"][0].dtype, st["exp_avg_sq"][0].dtype) == \
         (torch.float16, torch.float8_e4m3fn, torch.float16)
     # the model's weights are the master copy's values
-    from llmtrain.precision import dequantize
+    from llmtrain.precision.formats import dequantize
     assert torch.equal(net[0].weight.detach(), dequantize(*st["master"]))
 
 
@@ -95,7 +95,7 @@ def test_block_adam_trains_one_layer_at_a_time():
     (lambda: ms.state_tensor_bytes(object()), "optimizer must be a torch.optim.Optimizer"),
     (lambda: ms.FP8LMAdamW(_net().parameters(), lr=0), "lr must be a positive finite number, got 0"),
     (lambda: ms.FP8LMAdamW(_net().parameters(), betas=(0.9, 2)), "betas[1] must be"),
-    (lambda: ms.BlockAdam(_net()), "model must be a llmtrain.llama.Llama"),
+    (lambda: ms.BlockAdam(_net()), "model must be a llmtrain.model.llama.Llama"),
     (lambda: ms.BlockAdam(Llama(shapes.get("tiny")), switch_every=0),
      "switch_every must be a positive integer, got 0"),
     (lambda: ms.grad_bytes("net"), "model must be"),
@@ -108,7 +108,7 @@ def test_bad_input_is_named(make, message):
 
 def test_runs_without_the_optional_packages(monkeypatch):
     # On Colab the notebook runs without llmtrain[optim]: every demo then runs ours only
-    from llmtrain import galore, lomo, lowbit
+    from llmtrain.optim import galore, lomo, lowbit
 
     for name in ms.PACKAGES:
         monkeypatch.setitem(sys.modules, name, None)  # import name -> ImportError

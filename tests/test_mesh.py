@@ -1,4 +1,4 @@
-"""llmtrain.parallel.mesh and comm on sub-groups: the layout arithmetic against an independent
+"""llmtrain.cost.layout and comm on sub-groups: the layout arithmetic against an independent
 oracle (torch.arange(world).reshape(pp, dp, tp)), errors naming the field, the groups
 ``ParallelDims.build`` makes equal to ``init_device_mesh``'s, and every comm op on a sub-group
 computing the right thing and recording its axis, group size and bytes. One launch of 4 ranks;
@@ -15,8 +15,8 @@ from hypothesis import given, strategies as st
 
 from llmtrain.parallel import comm, launch
 from llmtrain.parallel.demos.three_d import groups as mesh_groups
-from llmtrain.parallel.mesh import AXES, Coords, ParallelDims, shard_range, shard_sizes
-from llmtrain.shapes import ModelShape
+from llmtrain.cost.layout import AXES, Coords, ParallelDims, shard_range, shard_sizes
+from llmtrain.model.shapes import ModelShape
 
 sizes = st.integers(1, 6)
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from llmtrain import memory
+from llmtrain.cost import memory
 from llmtrain.parallel import LaunchTimeout, RankError, comm, launch, zero
 from llmtrain.parallel import data_parallel
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.cost.layout import ParallelDims
 from llmtrain.parallel.demos import data_parallel_zero as demos
 from llmtrain.parallel.demos import harness
 

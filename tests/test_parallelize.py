@@ -25,13 +25,14 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from llmtrain import memory, params, shapes
-from llmtrain.llama import Llama
+from llmtrain.cost import memory, params
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
 from llmtrain.parallel import launch
 from llmtrain.parallel.demos import three_d
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.cost.layout import ParallelDims
 from llmtrain.parallel.parallelize import axis_bytes, parallelize
-from llmtrain.shapes import ModelShape
+from llmtrain.model.shapes import ModelShape
 
 TOL = 1e-12
 # GQA (6 heads, 2 kv heads), an MLP of 90 and a vocabulary of 61 that tp 2 splits unevenly,
@@ -144,7 +145,7 @@ def test_dp2_tp2_pp2_on_8_ranks_equals_one_process_both_engines():
 # ------------------------------------------------------------------------- no processes
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(dims=(1, 1, 1)), "dims must be a llmtrain.parallel.mesh.ParallelDims"),
+    (dict(dims=(1, 1, 1)), "dims must be a llmtrain.cost.layout.ParallelDims"),
     (dict(dims=ParallelDims(tp=3)), "tp must divide num_heads"),
     (dict(dims=ParallelDims(pp=3)), "pp must be at most num_layers"),
     (dict(zero=4), "zero must be"),

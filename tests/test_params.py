@@ -5,8 +5,9 @@ import sympy as sp
 from hypothesis import given, settings, strategies as st
 
 from conftest import hf_numel
-from llmtrain import params, shapes
-from llmtrain.shapes import ModelShape
+from llmtrain.cost import params
+from llmtrain.model import shapes
+from llmtrain.model.shapes import ModelShape
 
 # facts.md §2, measured on HF LlamaForCausalLM (meta device); C2 is the slides' two numbers
 KNOWN = {

@@ -21,13 +21,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from llmtrain.llama import Llama
+from llmtrain.model.llama import Llama
 from llmtrain.parallel import comm, launch
 from llmtrain.parallel import pipeline_parallel as pp
-from llmtrain.parallel import pp_schedule
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.cost import pp_schedule
+from llmtrain.cost.layout import ParallelDims
 from llmtrain.parallel.demos import pipeline_parallel as demos
-from llmtrain.shapes import ModelShape
+from llmtrain.model.shapes import ModelShape
 
 B, T = 8, 8
 # 6 heads sharing 2 kv heads, an MLP of 100, tied embeddings (the tied matrix crosses stages)
@@ -297,7 +297,7 @@ def test_impossible_settings_are_named_before_any_message(two):
               "interleaved-v1": "virtual must be at least 2",
               "layers": "num_layers must be at least the 6 pipeline stages",
               "schedule": "schedule must be one of", "costs": "fixed_costs must be a pair",
-              "model": "model must be a llmtrain.llama.Llama",
+              "model": "model must be a llmtrain.model.llama.Llama",
               "batch": "microbatches must be at most the batch size 1",
               "labels": "labels must have the shape of input_ids", "dim": "input_ids must be"}
     assert errors.keys() == expect.keys()
@@ -366,7 +366,8 @@ def test_stages_keep_the_models_recomputation(strategy):
     """recompute.apply's segments are cut at the stage edges (sqrt's [0,3) [3,6) [6,8) on the
     stages [0,4) [4,8): [0,3) [3,4) | [4,6) [6,8)); the stages compute the same gradients and
     save less for backward than the same stages without recomputation."""
-    from llmtrain import activations, recompute
+    from llmtrain.measure import activations
+    from llmtrain.model import recompute
 
     torch.manual_seed(0)
     plain = Llama(UNTIED).double()

@@ -1,4 +1,4 @@
-"""The planner (llmtrain.plan): its memory equals memory.estimate's, its time parts equal the
+"""The planner (llmtrain.cost.plan): its memory equals memory.estimate's, its time parts equal the
 formulas they cite, and the published runs: Narayanan et al. 2021 Table 1 (Eq. 2, Eq. 3, the
 fraction of peak), BLOOM-176B and Llama 3 405B (fit, rank)."""
 
@@ -13,9 +13,11 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from llmtrain import cli, flops, memory, params, plan, plan_explain, published_runs, shapes, step_time
-from llmtrain.parallel import pp_schedule
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain import cli
+from llmtrain.cost import flops, memory, params, plan, plan_explain, published_runs, step_time
+from llmtrain.model import shapes
+from llmtrain.cost import pp_schedule
+from llmtrain.cost.layout import ParallelDims
 
 GIB = 2**30
 

@@ -6,7 +6,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from llmtrain import params, plots, show  # noqa: E402
+from llmtrain.cost import params
+from llmtrain import plots, show  # noqa: E402
 from llmtrain.show import source  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def test_figures_dir_is_the_repository_folder_in_a_checkout(monkeypatch, root):
 
 def test_show_displays_the_running_source():
     shown = show(params.count)
-    assert "def count(shape" in repr(shown) and repr(shown).startswith("# llmtrain.params.count")
+    assert "def count(shape" in repr(shown) and repr(shown).startswith("# llmtrain.cost.params.count")
     html = shown._repr_html_()
     assert "<pre" in html and "count" in html
     assert source(params.count) == source(params.count).lstrip()  # dedented
@@ -77,7 +78,7 @@ def _boxes(ax):
 @pytest.mark.parametrize("name,p,m,v", [("gpipe", 4, 8, 1), ("1f1b", 3, 5, 1),
                                         ("interleaved", 2, 4, 2)])
 def test_gantt_one_box_per_event_at_its_times(name, p, m, v):
-    from llmtrain.parallel import pp_schedule
+    from llmtrain.cost import pp_schedule
 
     events = pp_schedule.simulate(name, p, m, v, t_f=Fraction(1, 3), t_b=Fraction(2, 3))
     fig, ax = _gantt(events, title=name)
@@ -101,7 +102,7 @@ def test_gantt_one_box_per_event_at_its_times(name, p, m, v):
 
 
 def test_gantt_measured_float_events_are_shifted_to_zero():
-    from llmtrain.parallel.pp_schedule import Event
+    from llmtrain.cost.pp_schedule import Event
 
     t = 1_700_000_000.25  # a wall-clock start, as the runtime measures
     events = [Event(0, 0, "F", 0, t, t + 0.5), Event(1, 1, "F", 0, t + 0.75, t + 1.25),
@@ -114,7 +115,7 @@ def test_gantt_measured_float_events_are_shifted_to_zero():
 
 
 def test_gantt_labels_only_boxes_wide_enough():
-    from llmtrain.parallel import pp_schedule
+    from llmtrain.cost import pp_schedule
 
     fig, ax = _gantt(pp_schedule.simulate("gpipe", 2, 10, t_f=1, t_b=30))
     texts = [t.get_text() for t in ax.texts]
@@ -123,7 +124,7 @@ def test_gantt_labels_only_boxes_wide_enough():
 
 
 def test_gantt_saves_byte_identical_twice(tmp_path, monkeypatch):
-    from llmtrain.parallel import pp_schedule
+    from llmtrain.cost import pp_schedule
 
     monkeypatch.setenv("LLMTRAIN_FIGURES", str(tmp_path))
     fig, _ = _gantt(pp_schedule.simulate("interleaved", 4, 8, 2), title="interleaved")
@@ -137,7 +138,7 @@ def test_gantt_saves_byte_identical_twice(tmp_path, monkeypatch):
                                         (dict(stages=1), "stages"), (dict(unit=None), "unit"),
                                         (dict(title=3), "title")])
 def test_gantt_bad_arguments_are_named(kwargs, arg):
-    from llmtrain.parallel import pp_schedule
+    from llmtrain.cost import pp_schedule
 
     args = dict(events=pp_schedule.simulate("1f1b", 2, 2)) | kwargs
     fig, ax = plt.subplots()
@@ -150,7 +151,7 @@ def test_gantt_bad_arguments_are_named(kwargs, arg):
 def test_rank_cube_one_box_per_rank_none_overlapping(dp, tp, pp):
     from matplotlib.patches import FancyBboxPatch
 
-    from llmtrain.parallel.mesh import ParallelDims
+    from llmtrain.cost.layout import ParallelDims
 
     dims = ParallelDims(dp=dp, tp=tp, pp=pp)
     fig, ax = plt.subplots()
@@ -168,7 +169,7 @@ def test_rank_cube_one_box_per_rank_none_overlapping(dp, tp, pp):
 
 
 def test_rank_cube_refuses_what_it_cannot_draw():
-    from llmtrain.parallel.mesh import ParallelDims
+    from llmtrain.cost.layout import ParallelDims
 
     fig, ax = plt.subplots()
     with pytest.raises(ValueError, match="dims must be"):

@@ -19,7 +19,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from llmtrain.parallel import pp_schedule as pps
+from llmtrain.cost import pp_schedule as pps
 
 SETTINGS = settings(max_examples=100, deadline=None)
 COSTS = st.integers(1, 5) | st.fractions(min_value=Fraction(1, 10), max_value=5, max_denominator=12)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmtrain import precision as P
+from llmtrain.precision import formats as P
 
 TORCH_FORMATS = [n for n in P.FORMATS if P.format_info(n).torch_dtype is not None]
 UINT = {8: torch.uint8, 16: torch.int16, 32: torch.int32}

@@ -1,4 +1,4 @@
-"""The planner against published training runs (llmtrain.published_runs): every step time
+"""The planner against published training runs (llmtrain.cost.published_runs): every step time
 predicted within ±15 %, the published layouts fit and rank among the planner's best, and the
 step times are what the sources' own numbers give."""
 
@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmtrain import cli, flops, params, plan, published_runs as pr, sources
-from llmtrain.published_ranks import RANKS
+from llmtrain import cli, sources
+from llmtrain.cost import flops, params, plan, published_runs as pr
+from llmtrain.cost.published_ranks import RANKS
 
 RUNS = {r.key: r for r in pr.RUNS}
 

@@ -16,9 +16,9 @@ from hypothesis import given, settings, strategies as st
 from torch.optim.lr_scheduler import (ConstantLR, CosineAnnealingLR, LinearLR, MultiStepLR,
                                       SequentialLR)
 
-from llmtrain import schedules
-from llmtrain.schedules import (inverse_sqrt, lr_lambda, scheduler, step_decay, warmup_cosine,
-                                warmup_linear, warmup_stable_decay)
+from llmtrain.recipes import schedules
+from llmtrain.recipes.schedules import (inverse_sqrt, lr_lambda, scheduler, step_decay,
+    warmup_cosine, warmup_linear, warmup_stable_decay)
 
 FAST = settings(max_examples=40, deadline=None)
 peaks = st.floats(1e-6, 1.0)

@@ -1,11 +1,11 @@
-"""The slides' table of pretraining settings, as data (llmtrain.settings)."""
+"""The slides' table of pretraining settings, as data (llmtrain.recipes.settings)."""
 
 import dataclasses
 
 import pytest
 
-from llmtrain import settings
-from llmtrain.settings import LR_SQUARED, TABLE, get, parse_batch, parse_tokens
+from llmtrain.recipes import settings
+from llmtrain.recipes.settings import LR_SQUARED, TABLE, get, parse_batch, parse_tokens
 
 SLIDE_ORDER = ["GPT-3", "OPT", "PaLM", "BLOOM", "LLaMA-2", "Baichuan-2", "Qwen-1.5", "InternLM-2",
                "Falcon", "DeepSeek", "YuLan", "GLM-130B"]

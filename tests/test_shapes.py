@@ -3,8 +3,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from llmtrain import shapes
-from llmtrain.shapes import ModelShape
+from llmtrain.model import shapes
+from llmtrain.model.shapes import ModelShape
 
 BASE = dict(vocab_size=100, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
             intermediate_size=96, max_seq_len=32)

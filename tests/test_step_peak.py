@@ -1,4 +1,4 @@
-"""The peak of one training step (llmtrain.step_peak) against the exact CPU tracker.
+"""The peak of one training step (llmtrain.cost.step_peak) against the exact CPU tracker.
 
 Every test runs real training steps of small reference LLaMAs and measures them with
 ``memory.measure_peak`` (model, optimizer and ids included), so the whole file stays under a
@@ -9,10 +9,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from llmtrain import activation_formulas, memory, recompute as rc, step_peak
-from llmtrain.amp import MixedPrecisionTrainer
-from llmtrain.llama import Llama
-from llmtrain.shapes import ModelShape
+from llmtrain.cost import activations as activation_formulas, memory, step_peak
+from llmtrain.model import recompute as rc
+from llmtrain.precision.amp import MixedPrecisionTrainer
+from llmtrain.model.llama import Llama
+from llmtrain.model.shapes import ModelShape
 
 OPT_KW = {"single-tensor": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -87,7 +88,7 @@ def test_step_peak_named_cases(shape, batch, seq, kw, phase):
 
 @pytest.mark.parametrize("impl,dtype", [("hf-sdpa", "fp32"), ("hf-eager", "bf16")])
 def test_transformers_llama(impl, dtype):
-    from llmtrain.activations import build
+    from llmtrain.measure.activations import build
 
     shape, B, T = shape_of(1000, 32, 2, 4, 2, 40, tie_embeddings=True), 2, 12
     torch.manual_seed(0)
@@ -203,7 +204,7 @@ def test_estimate_carries_the_step_peak():
 
 def test_step_peak_takes_the_layout():
     # dims divides the states as model_state_bytes does: tp·pp the parameters, ZeRO by dp
-    from llmtrain.parallel.mesh import ParallelDims
+    from llmtrain.cost.layout import ParallelDims
 
     shape = shape_of(2048, 256, 4, 8, 4, 688)
     dims = ParallelDims(dp=4, tp=2, pp=2)

@@ -1,4 +1,4 @@
-"""The planner's time model (llmtrain.step_time): the FLOPs it times are flops.training_flops',
+"""The planner's time model (llmtrain.cost.step_time): the FLOPs it times are flops.training_flops',
 and every term moves the way its reason says."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from fractions import Fraction
 
 import pytest
 
-from llmtrain import flops, plan, shapes, step_time
+from llmtrain.cost import flops, plan, step_time
+from llmtrain.model import shapes
 
 K = step_time.KERNELS["ampere"]
 A100 = plan.CLUSTERS["a100-80g"]

@@ -25,13 +25,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llmtrain import activation_formulas, memory
-from llmtrain.llama import Llama
+from llmtrain.cost import activations as activation_formulas, memory
+from llmtrain.model.llama import Llama
 from llmtrain.parallel import comm, launch
 from llmtrain.parallel import tensor_parallel as tp
 from llmtrain.parallel import tp_comm
-from llmtrain.parallel.mesh import ParallelDims
-from llmtrain.shapes import ModelShape
+from llmtrain.cost.layout import ParallelDims
+from llmtrain.model.shapes import ModelShape
 
 F64 = torch.float64
 B, T = 2, 8  # batch, seq: seq divisible by 2 and 4 (sequence parallel)
@@ -271,7 +271,7 @@ def dtensor_checks(shape, sp: bool) -> dict:
 
 def saved_checks(shape, configs) -> list[int]:
     """``activations.measure(model, ids, labels=ids)`` of the TP model, on this rank."""
-    from llmtrain import activations
+    from llmtrain.measure import activations
 
     out = []
     for sp, dtype, attn in configs:

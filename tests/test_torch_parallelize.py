@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 from hypothesis import given, strategies as st
 
-from llmtrain.llama import Llama
+from llmtrain.model.llama import Llama
 from llmtrain.parallel import launch
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.cost.layout import ParallelDims
 from llmtrain.parallel.pipeline_parallel import stage_layers
 from llmtrain.parallel.torch_parallelize import check_settings, parallelize_torch
-from llmtrain.shapes import ModelShape
+from llmtrain.model.shapes import ModelShape
 
 # GQA (4 query heads, 2 key/value heads), an odd vocabulary and MLP width: uneven DTensor shards
 SHAPE = ModelShape(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -198,8 +198,8 @@ def test_four_ranks_equal_one_process():
     (dict(recompute="every"), "recompute must be one of"),
     (dict(schedule="interleaved"), "schedule must be one of"),
     (dict(dims=ParallelDims(pp=2), microbatches=1), "microbatches must be at least the 2 pipeline"),
-    (dict(dims=(2, 1, 1)), "dims must be a llmtrain.parallel.mesh.ParallelDims"),
-    (dict(model="tiny"), "model must be a llmtrain.llama.Llama"),
+    (dict(dims=(2, 1, 1)), "dims must be a llmtrain.cost.layout.ParallelDims"),
+    (dict(model="tiny"), "model must be a llmtrain.model.llama.Llama"),
 ])
 def test_refused_without_processes(kwargs, message):
     args = dict(model=Llama(SHAPE), dims=ParallelDims(), zero=3, recompute="none",

@@ -1,4 +1,4 @@
-"""The Markov-chain corpus, its batches and the tiny training loop (llmtrain.train)."""
+"""The Markov-chain corpus, its batches and the tiny training loop (llmtrain.recipes.train)."""
 
 import math
 from collections import Counter
@@ -6,11 +6,11 @@ from collections import Counter
 import pytest
 import torch
 
-from llmtrain.batch import linear_ramp
-from llmtrain.llama import Llama
-from llmtrain.shapes import get
-from llmtrain.train import (History, batches, corpus, entropy_rate_nats, successor_table,
-                            train)
+from llmtrain.recipes.batch import linear_ramp
+from llmtrain.model.llama import Llama
+from llmtrain.model.shapes import get
+from llmtrain.recipes.train import (History, batches, corpus, entropy_rate_nats, successor_table,
+    train)
 
 TINY = get("tiny")
 

@@ -15,9 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from llmtrain import memory, params, plan, schedules, shapes, widgets
-from llmtrain.memory import GIB
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.cost import memory, params, plan
+from llmtrain.recipes import schedules
+from llmtrain.model import shapes
+from llmtrain import widgets
+from llmtrain.cost.memory import GIB
+from llmtrain.cost.layout import ParallelDims
 from llmtrain.widgets import MemoryCalculator, ParamsExplorer, PlannerExplorer, ScheduleExplorer
 
 

@@ -40,7 +40,10 @@ Each module mirrors a topic of the chapter and of the notebooks:
 
 import logging as _logging
 
+from . import _renamed
 from .show import show
+
+_renamed.install()  # old import paths (llmtrain.memory, ...) still work for one release
 
 # Packages installed for notebook 12's cross-checks log at import time what their CPU builds
 # cannot load (torchao's CUDA kernels, bitsandbytes' optional CPU kernels) and torch logs a

@@ -165,7 +165,7 @@ def shape(name: str, value: Any):
     Every function that takes a model shape accepts a preset name this way; an unknown name
     is refused with the list of presets.
     """
-    from .shapes import PRESETS, ModelShape
+    from .model.shapes import PRESETS, ModelShape
 
     if isinstance(value, ModelShape):
         return value

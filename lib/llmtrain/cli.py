@@ -15,7 +15,9 @@ import re
 import os
 import sys
 
-from . import check, params, recompute, shapes
+from . import check
+from .cost import params
+from .model import recompute, shapes
 
 __all__ = ["main"]
 
@@ -153,7 +155,7 @@ def _virtuals(text: str) -> tuple[int, ...]:
 
 
 def _plan_cmd(args) -> str:
-    from . import plan, plan_explain  # imports torch: only for this command
+    from .cost import plan, plan_explain  # imports torch: only for this command
 
     shape = plan.model(args.model, what="model")
     card = plan.cluster(args.gpu)
@@ -209,7 +211,7 @@ def _plan_json(p) -> dict:
 
 
 def _flops_cmd(args) -> str:
-    from . import flops
+    from .cost import flops
 
     shape = _shape(args)
     B, T = args.batch, shape.max_seq_len if args.seq is None else args.seq
@@ -230,7 +232,7 @@ def _flops_cmd(args) -> str:
 
 
 def _memory():
-    from . import memory  # imports torch: only for the commands that need it
+    from .cost import memory  # imports torch: only for the commands that need it
 
     return memory
 

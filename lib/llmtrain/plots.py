@@ -141,7 +141,7 @@ def rank_cube(ax, dims, labels=None, *, title: str | None = None):
     and ``labels[rank]`` (a short text: what it holds) below it."""
     from matplotlib.patches import FancyBboxPatch
 
-    from .parallel.mesh import ParallelDims
+    from .cost.layout import ParallelDims
 
     if not isinstance(dims, ParallelDims):
         check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)

@@ -41,9 +41,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from . import activation_formulas, check, memory, params, plan, plots, precision, schedules, shapes
-from . import recompute as _recompute  # ``recompute`` is a setting here
-from .memory import GIB
+from .cost import activations as activation_formulas, memory, params, plan
+from . import check, plots
+from .precision import formats as precision
+from .recipes import schedules
+from .model import shapes
+from .model import recompute as _recompute  # ``recompute`` is a setting here
+from .cost.memory import GIB
 
 __all__ = ["nice_limit", "Explorer", "ScheduleExplorer", "ParamsExplorer", "MemoryCalculator",
            "PlannerExplorer", "EXPLORERS", "CARD_GIB"]

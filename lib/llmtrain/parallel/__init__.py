@@ -27,7 +27,7 @@ The submodules are imported on use, so ``python -m llmtrain.parallel.zero`` runs
 """
 
 from .launch import (LaunchTimeout, RankError, default_backend, device, init_from_env, launch,
-                     rank, shutdown, world_size)
+    rank, shutdown, world_size)
 
 __all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown",
            "default_backend", "rank", "world_size", "device"]

@@ -47,16 +47,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .. import check, memory
-from ..llama import Llama
-from ..recompute import WITHOUT_K, segments as _recompute_segments
+from .. import check
+from ..cost import memory
+from ..model.llama import Llama
+from ..model.recompute import WITHOUT_K, segments as _recompute_segments
 from . import comm, data_parallel, zero as _zero
-from .mesh import ParallelDims, shard_range
+from ..cost.layout import ParallelDims, shard_range
 from .pipeline_parallel import (SCHEDULES, Pipeline, Stage, _same_on_every_rank, check_batch,
-                                cut_segments, stage_layers)
-from .pp_schedule import check_schedule
-from .tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, _gather,
-                              shard_layers, vocab_parallel_cross_entropy)
+    cut_segments, stage_layers)
+from ..cost.pp_schedule import check_schedule
+from .tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, _gather, shard_layers,
+    vocab_parallel_cross_entropy)
 
 __all__ = ["ORDER", "parallelize", "Parallel", "axis_bytes", "ENGINES"]
 

@@ -37,10 +37,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import check
-from ..llama import Llama, causal_lm_loss
+from ..model.llama import Llama, causal_lm_loss
 from . import comm
-from .mesh import shard_range
-from .pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
+from ..cost.layout import shard_range
+from ..cost.pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
 
 __all__ = ["SCHEDULES", "Stage", "Pipeline", "pipeline", "stage_layers", "split", "lm_loss",
            "cut_segments", "check_batch", "FORWARD", "BACKWARD", "TIED"]
@@ -100,7 +100,7 @@ class Stage(nn.Module):
         """Set this stage to recompute as ``llmtrain.recompute.apply`` sets the whole model
         (of ``num_layers`` layers; default: this stage's last layer + 1): the whole model's
         segments cut at the stage's edges; "selective" recomputes each attention core."""
-        from .. import recompute as _recompute
+        from ..model import recompute as _recompute
 
         total = self.layer_ids.stop if num_layers is None else num_layers
         self.recompute_segments = cut_segments(_recompute.segments(total, strategy, k),

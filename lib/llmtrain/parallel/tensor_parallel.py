@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import check
-from ..llama import MLP, Attention, Llama, Output, apply_rope
+from ..model.llama import MLP, Attention, Llama, Output, apply_rope
 from . import comm
-from .mesh import ParallelDims, shard_range, shard_sizes
+from ..cost.layout import ParallelDims, shard_range, shard_sizes
 from .tp_comm import (BACKWARD, FORWARD, STATE, all_gathered, all_reduced, copy_to_tp,
-                      gather_from_tp, reduce_from_tp, reduce_scatter_to_sp, sp_column_linear)
+    gather_from_tp, reduce_from_tp, reduce_scatter_to_sp, sp_column_linear)
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
            "vocab_parallel_cross_entropy", "gather_logits", "apply", "shard_layers",

@@ -59,11 +59,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import check, recompute
-from ..llama import Llama
+from .. import check
+from ..model import recompute
+from ..model.llama import Llama
 from . import pipeline_parallel as pp_mod
 from .launch import device as rank_device
-from .mesh import ParallelDims
+from ..cost.layout import ParallelDims
 
 __all__ = ["parallelize_torch", "TorchParallel", "SCHEDULES", "ZERO", "RECOMPUTE"]
 

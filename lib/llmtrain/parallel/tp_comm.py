@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from .. import check
 from . import comm
-from .mesh import ParallelDims
+from ..cost.layout import ParallelDims
 
 __all__ = ["FORWARD", "BACKWARD", "STATE", "copy_to_tp", "reduce_from_tp", "gather_from_sp",
            "reduce_scatter_to_sp", "gather_from_tp", "sp_column_linear", "all_reduced",

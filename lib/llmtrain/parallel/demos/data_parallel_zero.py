@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ...llama import Llama
+from ...model.llama import Llama
 from .. import comm, data_parallel, zero
 from ..launch import device
-from ..mesh import ParallelDims
+from ...cost.layout import ParallelDims
 from .harness import lm_loss, main, make_batches, make_model, max_weight_diff, positive
 
 __all__ = ["STRATEGIES", "train", "train_all", "compare", "memory_by_stage", "phases", "phases_all",

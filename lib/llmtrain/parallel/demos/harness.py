@@ -35,9 +35,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ... import check, shapes
-from ...llama import Llama
-from ...train import batches, corpus
+from ... import check
+from ...model import shapes
+from ...model.llama import Llama
+from ...recipes.train import batches, corpus
 from ..launch import RankError, init_from_env, launch, shutdown
 
 __all__ = ["DTYPES", "MODELS", "make_model", "make_batches", "lm_loss", "max_weight_diff",

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llmtrain import check, memory, shapes
-from llmtrain.llama import Llama
-from llmtrain.parallel import comm
-from llmtrain.parallel import pipeline_parallel as pp
-from llmtrain.parallel.pp_schedule import (SCHEDULES, bubble_formula, bubble_fraction, makespan,
-                                          simulate)
+from ... import check
+from ...cost import memory
+from ...model import shapes
+from ...model.llama import Llama
+from .. import comm
+from .. import pipeline_parallel as pp
+from ...cost.pp_schedule import SCHEDULES, bubble_formula, bubble_fraction, makespan, simulate
 
 from .harness import DTYPES, positive, seconds
 from .harness import main as _main
@@ -196,7 +197,7 @@ def _options(ap) -> None:
 
 
 def _validate(o: dict, world: int) -> None:
-    from llmtrain.parallel.pp_schedule import check_schedule
+    from ...cost.pp_schedule import check_schedule
 
     check_schedule(o["schedule"], world, o["microbatches"], o["virtual"])
     if o["microbatches"] < world:

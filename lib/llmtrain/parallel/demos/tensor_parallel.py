@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from llmtrain import check
-from llmtrain.parallel import comm
-from llmtrain.parallel.mesh import shard_range
+from ... import check
+from .. import comm
+from ...cost.layout import shard_range
 
 __all__ = ["split_inputs", "split_matmul", "mlp_reference", "llama_tp", "dtensor_llama",
            "comm_counts"]
@@ -173,9 +173,9 @@ def llama_tp(shape: Any = "tiny", batch: int = 2, seq: int = 16, seed: int = 0,
     from torch.distributed.tensor.debug import CommDebugMode
     from torch.distributed.tensor.parallel import loss_parallel
 
-    from llmtrain import activations
-    from llmtrain.llama import Llama
-    from llmtrain.parallel import tensor_parallel
+    from ...measure import activations
+    from ...model.llama import Llama
+    from .. import tensor_parallel
 
     shape = check.shape("shape", shape)
     check.positive_int("batch", batch)

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llmtrain import check, memory
-from llmtrain.parallel import comm
-from llmtrain.parallel.mesh import AXES, ParallelDims
-from llmtrain.parallel import zero as _zero
-from llmtrain.parallel.parallelize import ENGINES, axis_bytes, parallelize
+from ... import check
+from ...cost import memory
+from .. import comm
+from ...cost.layout import AXES, ParallelDims
+from .. import zero as _zero
+from ..parallelize import ENGINES, axis_bytes, parallelize
 
 from .harness import main as _main
 from .harness import max_weight_diff, positive

@@ -154,7 +154,7 @@ class ParallelDims:
         and return this rank's. torch.distributed must be initialised with world = dp·tp·pp."""
         import torch.distributed as dist
 
-        from . import comm
+        from ..parallel import comm
 
         if not dist.is_initialized():
             raise RuntimeError("ParallelDims.build must be called inside a rank: torch.distributed "

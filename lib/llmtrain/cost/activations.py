@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import check
-from .activations import MODELS, check_model
-from .llama import ATTN_IMPLS
-from .precision import torch_dtype
-from .recompute import MODELLED
+from .. import check
+from ..measure.activations import MODELS, check_model
+from ..model.shapes import ATTN_IMPLS
+from ..precision.formats import torch_dtype
+from ..model.recompute import MODELLED
 
 __all__ = ["textbook_bytes", "korthikanti_bytes", "saved_bytes", "saved_bytes_terms", "IMPLS",
            "MODELS"]

@@ -26,10 +26,11 @@ from typing import Callable, NamedTuple
 import torch
 from torch.utils import flop_counter as _fc
 
-from . import check, params
-from .llama import ATTN_IMPLS
-from .recompute import STRATEGIES, segments
-from .shapes import ModelShape
+from .. import check
+from . import params
+from ..model.shapes import ATTN_IMPLS
+from ..model.recompute import STRATEGIES, segments
+from ..model.shapes import ModelShape
 
 __all__ = ["STRATEGIES", "CPU_SDPA_MAPPING", "flop_counter", "measured_flops",
            "matmul_params", "forward_flops", "backward_flops", "recompute_flops",

@@ -43,8 +43,8 @@ import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
-from . import check
-from .shapes import ModelShape
+from .. import check
+from ..model.shapes import ModelShape
 
 __all__ = ["Kernels", "KERNELS", "Overlap", "OVERLAPS", "ELEMENTWISE", "SOFTMAX_BYTES",
            "OPTIMIZER_BYTES", "gemm_efficiency", "layer_gemms", "MicroBatch", "micro_batch",

@@ -30,8 +30,8 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import check
-from .memory import tracking
+from .. import check
+from ..cost.memory import tracking
 
 __all__ = ["step_in_backward", "InBackward", "LOMO", "METHODS", "make_step", "Step", "LiveGrads",
            "measure_step", "StepPeaks", "grad_peak_bytes", "compare_run"]
@@ -241,9 +241,9 @@ def compare_run(steps: int = 5, seed: int = 0, lr: float = 1e-2, batch_size: int
     largest weight difference from it after the run, and the peaks of one step measured by
     ``measure_step``; plus the sum and the largest of the parameters' bytes. A small batch, as
     in fine-tuning, where weights and gradients, not activations, fill the memory."""
-    from .llama import Llama
-    from .shapes import ModelShape
-    from .train import batches, corpus
+    from ..model.llama import Llama
+    from ..model.shapes import ModelShape
+    from ..recipes.train import batches, corpus
 
     check.positive_int("steps", steps)
     check.integer("seed", seed, 0)

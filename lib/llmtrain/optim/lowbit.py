@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import torch
 
-from . import check
+from .. import check
 
 __all__ = ["dynamic_map", "linear_map", "quantize_blockwise", "dequantize_blockwise",
            "AdamWLowBit", "quantised", "state_bytes", "bytes_per_param", "train_mlp", "compare_run"]
@@ -279,7 +279,7 @@ def train_mlp(make, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0,
     """The MLP of ``compare_run`` (64 → 512 → 64, seeded with ``seed``) trained on (x, y) with the
     MSE loss by ``make(params, lr)`` for ``steps`` steps, inside ``memory_saving.eager()``:
     (model, optimizer, the loss before each step)."""
-    from .memory_saving import eager
+    from ..measure.optimizer_state import eager
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(), torch.nn.Linear(512, 64))
@@ -297,7 +297,7 @@ def train_mlp(make, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0,
 
 def _run_one(make, x, y, steps: int, seed: int, lr: float) -> dict:
     """One optimizer's run for ``compare_run``: its losses, tensor sizes, measured state bytes."""
-    from .memory_saving import state_tensor_bytes
+    from ..measure.optimizer_state import state_tensor_bytes
 
     model, opt, losses = train_mlp(make, x, y, steps, seed, lr)
     nbytes = state_tensor_bytes(opt)

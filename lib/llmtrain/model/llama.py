@@ -25,13 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import check
-from .shapes import ModelShape
+from .. import check
+from .shapes import ATTN_IMPLS, ModelShape
 
 __all__ = ["Llama", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm",
            "RotaryEmbedding", "Output", "causal_lm_loss", "ATTN_IMPLS"]
-
-ATTN_IMPLS = ("sdpa", "eager")
 
 
 class RMSNorm(nn.Module):

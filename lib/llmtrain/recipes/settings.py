@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from . import check
+from .. import check
 
 __all__ = ["Setting", "TABLE", "get", "names", "as_rows", "format_table", "parse_tokens",
            "parse_batch", "format_lr", "HEADER", "DECAYS", "LR_SQUARED"]

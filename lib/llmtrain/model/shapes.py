@@ -17,8 +17,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import check
-__all__ = ["ModelShape", "get", "names", "PRESETS"]
+from .. import check
+__all__ = ["ModelShape", "get", "names", "PRESETS", "ATTN_IMPLS"]
+
+# How the attention core runs in the reference LLaMA: PyTorch's fused kernel, or written out
+# (softmax(QKᵀ/√d)V, which saves the scores). The cost formulas take the same names.
+ATTN_IMPLS = ("sdpa", "eager")
 
 
 @dataclass(frozen=True)

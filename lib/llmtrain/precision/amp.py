@@ -26,7 +26,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from . import check
+from .. import check
 
 __all__ = ["LossScaler", "MixedPrecisionTrainer", "lost_update_fraction", "gradient_underflow",
            "emulate_16bit_storage"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from . import check
+from .. import check
 
 if TYPE_CHECKING:
     from .llama import Llama

@@ -38,10 +38,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from . import check
-from . import recompute as _recompute
-from .llama import ATTN_IMPLS, Llama
-from .precision import torch_dtype
+from .. import check
+from ..model import recompute as _recompute
+from ..model.llama import ATTN_IMPLS, Llama
+from ..precision.formats import torch_dtype
 
 __all__ = ["Saved", "Row", "measure", "ROOT", "CHECKPOINT_INPUTS", "MODELS", "check_model",
            "build", "measure_shape"]

@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import check
+from .. import check
 from . import memory
-from . import memory_methods as mm
+from . import methods as mm
 from .memory import GIB
 
 __all__ = ["Setting", "Headline", "HEADLINES", "fit", "describe", "verdict", "verdicts",

@@ -63,12 +63,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import check
-from .activation_formulas import saved_bytes_terms
-from .activations import MODELS
-from .parallel.mesh import ParallelDims
-from .precision import dtype_bytes
-from .shapes import ModelShape
+from .. import check
+from .activations import saved_bytes_terms
+from ..measure.activations import MODELS
+from .layout import ParallelDims
+from ..precision.formats import dtype_bytes
+from ..model.shapes import ModelShape
 
 __all__ = ["StepPeak", "phases", "param_sizes", "optimizer_temporary_bytes", "OPTIMIZER_IMPLS",
            "PHASES"]

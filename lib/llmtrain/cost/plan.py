@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple
 
-from . import check, shapes, step_time
-from .parallel import pp_schedule
-from .parallel.mesh import ParallelDims
-from .shapes import ModelShape
+from .. import check
+from ..model import shapes
+from . import step_time
+from . import pp_schedule
+from .layout import ParallelDims
+from ..model.shapes import ModelShape
 
 __all__ = ["GIB", "MI", "Cluster", "CLUSTERS", "cluster", "MODELS", "ALIASES", "model",
            "model_names", "gpt_shape", "parse_tokens", "Assumptions", "FRAMEWORKS",
@@ -421,7 +423,7 @@ def _tp_bytes(shape: ModelShape, tp: int, sp: bool, b: int, seq: int, n: int,
     ``comm_per_layer`` (forward ones twice under full recomputation: the layer's forward runs
     again) + with ``head`` the output layer and loss of ``comm_per_model``, and the embedding's
     unless ``staged`` (a pipeline: the embedding is on the first stage)."""
-    from .parallel import tp_comm
+    from ..parallel import tp_comm
 
     if tp == 1:
         return Fraction(0)

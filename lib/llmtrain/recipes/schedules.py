@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from . import check
+from .. import check
 
 if TYPE_CHECKING:
     import torch

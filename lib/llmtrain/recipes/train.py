@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import check
+from .. import check
 from .batch import accumulate_gradients, accumulation_steps
-from .llama import Llama
-from .shapes import ModelShape
+from ..model.llama import Llama
+from ..model.shapes import ModelShape
 
 __all__ = ["DEFAULT_PROBS", "successor_table", "corpus", "entropy_rate_nats", "batches",
            "History", "train", "OPTIMIZERS", "CORPUS_TOKENS"]

@@ -26,7 +26,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from . import check
+from .. import check
 
 __all__ = ["linear_ramp", "stepwise", "PALM_SEQ_LEN", "PALM_STAGES", "PALM_TOTAL_TOKENS",
            "Step", "steps_and_tokens", "linear_ramp_steps", "accumulation_steps",

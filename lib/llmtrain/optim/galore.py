@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import check
+from .. import check
 
 __all__ = ["Projector", "GaLoreAdamW", "state_numel", "state_bytes", "is_target", "compare_run"]
 
@@ -229,9 +229,9 @@ def compare_run(steps: int = 40, ranks: Sequence[int] = (4, 16), seed: int = 0, 
     (most of this model is embeddings); r=64 = min side: 9.4 > 8, the projector on top of
     full-size moments.
     """
-    from .llama import Llama
-    from .memory_saving import measured_bytes_per_param
-    from .train import batches, corpus
+    from ..model.llama import Llama
+    from ..measure.optimizer_state import measured_bytes_per_param
+    from ..recipes.train import batches, corpus
 
     check.positive_int("steps", steps)
     ranks = check.sequence("ranks", ranks, item=check.positive_int)

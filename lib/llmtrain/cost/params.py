@@ -16,8 +16,8 @@ as a SymPy expression built term by term; tests check both against transformers'
 
 from __future__ import annotations
 
-from . import check
-from .shapes import ModelShape
+from .. import check
+from ..model.shapes import ModelShape
 
 __all__ = ["count", "breakdown", "describe", "terms", "formula", "symbols", "subs", "slides_count",
            "COMPONENTS"]

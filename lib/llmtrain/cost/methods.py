@@ -16,8 +16,8 @@ from functools import lru_cache
 
 import torch
 
-from . import check
-from .shapes import ModelShape
+from .. import check
+from ..model.shapes import ModelShape
 
 __all__ = ["PRECISIONS", "precision_bytes", "FP8_LM_BYTES", "lowbit_state_bytes_per_param",
            "param_shapes", "Method", "METHODS", "galore_max_rank", "galore_rank",
@@ -43,7 +43,7 @@ def lowbit_state_bytes_per_param(bits: int) -> float:
     """m and v of a large tensor under block-wise quantisation: 2·(bits/8 + 4/B), B the block
     (``lowbit.BLOCK_SIZE``: 256 for 8 bits, bitsandbytes' and torchao's choice, Dettmers et al.
     2022 use 2048; 128 for 4 bits): 2.03125 and 1.0625."""
-    from . import lowbit
+    from ..optim import lowbit
 
     return 2 * (bits / 8 + 4 / lowbit.BLOCK_SIZE[bits])
 
@@ -52,7 +52,7 @@ def lowbit_state_bytes_per_param(bits: int) -> float:
 
 @lru_cache(maxsize=64)
 def _shapes(shape: ModelShape) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    from .llama import Llama
+    from ..model.llama import Llama
 
     with torch.device("meta"):  # allocates nothing, even for 65B
         model = Llama(shape)
@@ -104,7 +104,7 @@ def galore_max_rank(shape: ModelShape | str) -> int:
     """The largest rank GaLore can use: the largest smaller side min(m, n) of the matrices it
     projects (``galore.is_target``), h for a LLaMA. A matrix whose smaller side is below the
     rank is projected to rank min(m, n) (``galore.state_numel``, as galore-torch does)."""
-    from . import galore
+    from ..optim import galore
 
     return max(min(d) for name, d in param_shapes(shape)
                if galore.is_target(name, torch.empty(d, device="meta")))
@@ -129,7 +129,7 @@ def _lowbit_state(numel: int, bits: int, state: int) -> int:
     """Bytes of m and v of one tensor under 8- or 4-bit block-wise quantisation (torchao's
     layout: ``lowbit.state_bytes``); a tensor it leaves unquantised (under 4096 elements, or
     not a whole number of blocks) keeps two states of ``state`` bytes."""
-    from . import lowbit
+    from ..optim import lowbit
 
     if not lowbit.quantised(numel, bits):
         return 2 * state * numel
@@ -166,7 +166,7 @@ def method_state_bytes(shape: ModelShape | str, method: str, *, precision: str =
         bits = 8 if method == "adamw8bit" else 4
         out["optimizer"] = sum(_lowbit_state(n, bits, state) for n in numels)
     elif method in ("galore", "galore8bit"):
-        from . import galore, lowbit
+        from ..optim import galore, lowbit
 
         r = galore_rank(shape, rank)
         opt = 0

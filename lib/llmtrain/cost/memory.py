@@ -31,17 +31,17 @@ from typing import Any, Callable
 
 import torch
 
-from . import activation_formulas as _af
-from . import check
-from . import memory_methods as _ms
+from . import activations as _af
+from .. import check
+from . import methods as _ms
 from . import params as _params
 from . import step_peak as _step_peak
-from .llama import ATTN_IMPLS
-from .parallel import pp_schedule as _pp
-from .parallel.mesh import ParallelDims, shard_range
-from .precision import dtype_bytes
-from .recompute import MODELLED
-from .shapes import ModelShape
+from ..model.shapes import ATTN_IMPLS
+from . import pp_schedule as _pp
+from .layout import ParallelDims, shard_range
+from ..precision.formats import dtype_bytes
+from ..model.recompute import MODELLED
+from ..model.shapes import ModelShape
 
 __all__ = ["GB", "GIB", "state_bytes_per_param", "parallel_dims", "params_per_gpu", "param_numels",
            "model_state_bytes", "activation_bytes", "Estimate", "estimate", "step_peak",

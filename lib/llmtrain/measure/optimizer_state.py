@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import check
+from .. import check
 
 __all__ = ["state_tensor_bytes", "measured_bytes_per_param", "eager", "packages", "FP8LMAdamW",
            "compare_fp8", "BlockAdam", "layer_blocks", "grad_bytes"]
@@ -143,7 +143,7 @@ class FP8LMAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from .precision import dequantize, quantize
+        from ..precision.formats import dequantize, quantize
 
         loss = None if closure is None else closure()
         for group in self.param_groups:

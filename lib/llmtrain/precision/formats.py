@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import check
+from .. import check
 
 __all__ = ["FORMATS", "FormatInfo", "format_info", "DTYPES", "torch_dtype", "dtype_name",
            "dtype_bytes", "decode", "round_exact", "bits_of", "neighbours", "round_to", "GRANULARITIES", "quantize", "dequantize",
