@@ -5,7 +5,7 @@
     python scripts/bench_widgets.py --baseline   # also: a new figure per update (the old way)
     python scripts/bench_widgets.py --check      # exit 1 if a median is over the 50 ms budget
 
-For each widget of notebooks 03, 10 and 11 (``llmtrain.widgets``) it draws N valid settings
+For each widget of notebooks 03, 08, 10 and 11 (``llmtrain.widgets.EXPLORERS``) it draws N valid settings
 at random (seeded) from the ranges of the widget's own ipywidgets controls, and times what a
 control's change runs: ``explorer.set(**setting)`` = validate + library call + move the
 artists of the one figure + render the PNG (blitted) + hand the PNG and the text to the
