@@ -28,6 +28,8 @@ from llmtrain.recipes import settings as slide_settings
 from llmtrain.parallel import parallelize, pipeline_parallel, tp_comm
 from llmtrain.cost import pp_schedule
 from llmtrain.cost.layout import ParallelDims
+from llmtrain.measure import tracker
+from llmtrain.cost import slides as slides_formulas
 
 TINY = shapes.get("tiny")
 
@@ -158,20 +160,20 @@ CASES = [
     ("step_peak.optimizer_temporary_bytes", step_peak.optimizer_temporary_bytes,
      dict(sizes=[4, 8], element_bytes=4),
      {"element_bytes": "pos", "impl": _choice(step_peak.OPTIMIZER_IMPLS)}),
-    ("memory.llmbox_memory_bytes", memory.llmbox_memory_bytes,
+    ("slides_formulas.llmbox_memory_bytes", slides_formulas.llmbox_memory_bytes,
      dict(num_params=7 * 10**9, gpus=2, L=32, B=8, T=2048, H=4096, V=32000),
      {**{k: "pos" for k in ("num_params", "gpus", "L", "B", "T", "H", "V")},
       "zero": _choice((0, 1, 2, 3)), "model_dtype": _choice(("bf16", "fp16", "int8", "fp8", "int4"))}),
-    ("memory.llmbox_gpus_needed", memory.llmbox_gpus_needed,
+    ("slides_formulas.llmbox_gpus_needed", slides_formulas.llmbox_gpus_needed,
      dict(num_params=7 * 10**9, L=32, B=8, T=2048, H=4096, V=32000),
      {**{k: "pos" for k in ("num_params", "L", "B", "T", "H", "V", "card_bytes", "max_gpus")},
       "usable": st.sampled_from([0, -0.5, 1.5, math.nan, None, "0.95"])}),
-    ("memory.slides_formula", memory.slides_formula,
+    ("slides_formulas.slides_formula", slides_formulas.slides_formula,
      dict(num_params=7 * 10**9, gpus=2, L=32, B=8, T=2048, H=4096, V=32000),
      {k: "pos" for k in ("num_params", "gpus", "L", "B", "T", "H", "V", "other_unit")}),
-    ("memory.llmbox_activation_bytes", memory.llmbox_activation_bytes,
+    ("slides_formulas.llmbox_activation_bytes", slides_formulas.llmbox_activation_bytes,
      dict(L=32, B=8, T=2048, H=4096, V=32000), {k: "pos" for k in ("L", "B", "T", "H", "V")}),
-    ("memory.measure_peak", memory.measure_peak, dict(fn=lambda: torch.ones(3)),
+    ("tracker.measure_peak", tracker.measure_peak, dict(fn=lambda: torch.ones(3)),
      {"fn": "callable"}),
     # activations: measured; the models; the closed forms
     ("activations.measure", lambda model: activations.measure(model, IDS, labels=IDS),

@@ -13,6 +13,8 @@ from llmtrain.model import shapes
 from llmtrain.model.llama import Llama
 from llmtrain.cost.memory import GB, GIB
 from llmtrain.cost.layout import ParallelDims
+from llmtrain.measure import tracker
+from llmtrain.cost import slides as slides_formulas
 
 S7 = shapes.get("llama-7b")
 
@@ -142,10 +144,10 @@ def test_slides_worked_example():
 
 def test_slides_formula_as_written():
     P = params.count(S7)
-    f = memory.slides_formula(P, 2, 32, 8, 2048, 4096, 32000)
+    f = slides_formulas.slides_formula(P, 2, 32, 8, 2048, 4096, 32000)
     assert f.parts == {"model states": 8 * P, "activations": 2 * 32 * 8 * 2048 * 4096 + 12 * 8 * 2048 * 32000,
                        "other": 6 * GB}
-    assert memory.slides_formula(P, 2, 32, 8, 2048, 4096, 32000, other_unit=GIB).parts["other"] == 6 * GIB
+    assert slides_formulas.slides_formula(P, 2, 32, 8, 2048, 4096, 32000, other_unit=GIB).parts["other"] == 6 * GIB
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -190,7 +192,7 @@ def test_measure_peak_sees_allocations_and_frees():
         c = torch.ones(100, dtype=torch.float64)  # 800 B after the others are freed
         return c.sum()
 
-    peak = memory.measure_peak(fn)
+    peak = tracker.measure_peak(fn)
     assert peak.peak_bytes == 6000  # later c (800 B) and its sum (8 B) never reach it
     assert peak.start_bytes == 0 and peak.end_bytes == 0
 
@@ -202,7 +204,7 @@ def test_measure_peak_keeps_live_tensors():
         kept.append(torch.zeros(256))  # 1024 B that outlives fn
         torch.zeros(1024)              # 4096 B temporary
 
-    peak = memory.measure_peak(fn)
+    peak = tracker.measure_peak(fn)
     assert peak.peak_bytes == 1024 + 4096 and peak.end_bytes == 1024
 
 
@@ -211,12 +213,12 @@ def test_measure_peak_include_and_training_step():
     model = Llama(shapes.get("tiny"))
     P = params.count(shapes.get("tiny"))
     x = torch.randint(0, 256, (2, 16))
-    peak = memory.measure_peak(lambda: model(x, labels=x).loss.backward(), include=model)
+    peak = tracker.measure_peak(lambda: model(x, labels=x).loss.backward(), include=model)
     assert peak.start_bytes == 4 * P + 4 * (shapes.get("tiny").d_head // 2)  # weights + inv_freq
     assert peak.end_bytes == peak.start_bytes + 4 * P  # gradients stay
     assert peak.peak_bytes > peak.end_bytes
     with pytest.raises(ValueError, match="include"):
-        memory.measure_peak(lambda: None, include=[42])
+        tracker.measure_peak(lambda: None, include=[42])
 
 
 def test_measure_peak_ignores_views_and_in_place_ops_on_outside_tensors():
@@ -227,7 +229,7 @@ def test_measure_peak_ignores_views_and_in_place_ops_on_outside_tensors():
         outside.mul_(2.0)
         return outside.view(10, 100)
 
-    assert memory.measure_peak(fn).peak_bytes == 0
+    assert tracker.measure_peak(fn).peak_bytes == 0
 
 
 def test_galore_rank_needs_a_galore_optimizer():

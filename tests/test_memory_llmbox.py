@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 from llmtrain.cost import memory, params
 from llmtrain.model import shapes
 from llmtrain.cost.memory import GIB
+from llmtrain.cost import slides as slides_formulas
 
 S7 = shapes.get("llama-7b")
 P7 = params.count(S7)
@@ -14,37 +15,37 @@ L, B, T, H, V = 32, 8, 2048, 4096, 32000
 
 def test_llmbox_activations_are_the_slides_plus_12bth():
     slides = 2 * L * B * T * H + 12 * B * T * V
-    assert memory.llmbox_activation_bytes(L, B, T, H, V) == slides + 12 * B * T * H
+    assert slides_formulas.llmbox_activation_bytes(L, B, T, H, V) == slides + 12 * B * T * H
 
 
 def test_llmbox_worked_example_zero3():
     # 16P/N, then the larger of the activations and a 2P/N gradient buffer (activations here)
     A = (12 + 2 * L) * B * T * H + 12 * B * T * V
     assert A > 2 * P7 // 2
-    assert memory.llmbox_memory_bytes(P7, 2, L, B, T, H, V, zero=3) == 16 * P7 // 2 + A
-    assert memory.llmbox_gpus_needed(P7, L, B, T, H, V, zero=3) == (2, 16 * P7 // 2 + A)
+    assert slides_formulas.llmbox_memory_bytes(P7, 2, L, B, T, H, V, zero=3) == 16 * P7 // 2 + A
+    assert slides_formulas.llmbox_gpus_needed(P7, L, B, T, H, V, zero=3) == (2, 16 * P7 // 2 + A)
 
 
 def test_llmbox_gradient_buffer_wins_when_activations_are_small():
     # B = T = 1: the activations are tiny, the max() picks the 16-bit gradient buffer
     P, N = 10**9, 4
-    a = memory.llmbox_activation_bytes(L, 1, 1, H, V)
+    a = slides_formulas.llmbox_activation_bytes(L, 1, 1, H, V)
     assert a < 2 * P // N
-    assert memory.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=3) == 16 * P // N + 2 * P // N
-    assert memory.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=0) == 16 * P + 2 * P
-    assert memory.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=2) == 2 * P + 14 * P // N + 2 * P + 2 * P // N
-    assert memory.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=1) == 4 * P + 12 * P // N + 2 * P + 2 * P // N
+    assert slides_formulas.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=3) == 16 * P // N + 2 * P // N
+    assert slides_formulas.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=0) == 16 * P + 2 * P
+    assert slides_formulas.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=2) == 2 * P + 14 * P // N + 2 * P + 2 * P // N
+    assert slides_formulas.llmbox_memory_bytes(P, N, L, 1, 1, H, V, zero=1) == 4 * P + 12 * P // N + 2 * P + 2 * P // N
 
 
 @given(P=st.integers(1, 10**11), N=st.integers(2, 64), b=st.integers(1, 16), t=st.integers(1, 8192))
 def test_llmbox_zero_stages_never_grow(P, N, b, t):
-    m = [memory.llmbox_memory_bytes(P, N, L, b, t, H, V, zero=z) for z in range(4)]
+    m = [slides_formulas.llmbox_memory_bytes(P, N, L, b, t, H, V, zero=z) for z in range(4)]
     assert m[0] >= m[1] >= m[2] >= m[3]
     # (on one GPU its ZeRO-1/2 buffer 2P + 2P/N = 4P exceeds ZeRO-0's 2P: the formula as written)
     P1 = max(P, 10**6)  # 2P1 > the activations at B = T = 1 (695,296 B)
-    one = [memory.llmbox_memory_bytes(P1, 1, L, 1, 1, H, V, zero=z) for z in range(4)]
+    one = [slides_formulas.llmbox_memory_bytes(P1, 1, L, 1, 1, H, V, zero=z) for z in range(4)]
     assert one == [18 * P1, 20 * P1, 20 * P1, 18 * P1]
-    a = memory.llmbox_activation_bytes(L, b, t, H, V)
+    a = slides_formulas.llmbox_activation_bytes(L, b, t, H, V)
     assert m[3] == -(-(16 * P + max(2 * P, N * a)) // N)  # ceil((16P + max(2P, NA)) / N)
 
 
@@ -52,11 +53,11 @@ def test_llmbox_usable_fraction_decides():
     # 1 GPU needs 0.97 of the card: above the calculator's 95 %, so it asks for 2
     card = 80 * GIB
     P = int(0.97 * card) // 18  # 16P + the 2P gradient buffer (B = T = 1: tiny activations)
-    assert memory.llmbox_activation_bytes(L, 1, 1, H, V) < 2 * P
-    need1 = memory.llmbox_memory_bytes(P, 1, L, 1, 1, H, V, zero=3)
+    assert slides_formulas.llmbox_activation_bytes(L, 1, 1, H, V) < 2 * P
+    need1 = slides_formulas.llmbox_memory_bytes(P, 1, L, 1, 1, H, V, zero=3)
     assert 0.95 * card < need1 <= card
-    assert memory.llmbox_gpus_needed(P, L, 1, 1, H, V)[0] == 2
-    assert memory.llmbox_gpus_needed(P, L, 1, 1, H, V, usable=1.0) == (1, need1)
+    assert slides_formulas.llmbox_gpus_needed(P, L, 1, 1, H, V)[0] == 2
+    assert slides_formulas.llmbox_gpus_needed(P, L, 1, 1, H, V, usable=1.0) == (1, need1)
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -69,7 +70,7 @@ def test_llmbox_usable_fraction_decides():
 def test_llmbox_memory_validation(kw, message):
     args = dict(num_params=P7, gpus=2, L=L, B=B, T=T, H=H, V=V) | kw
     with pytest.raises(ValueError, match=message):
-        memory.llmbox_memory_bytes(**args)
+        slides_formulas.llmbox_memory_bytes(**args)
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -82,4 +83,4 @@ def test_llmbox_memory_validation(kw, message):
 ])
 def test_llmbox_gpus_needed_validation(kw, message):
     with pytest.raises(ValueError, match=message):
-        memory.llmbox_gpus_needed(P7, L, B, T, H, V, **kw)
+        slides_formulas.llmbox_gpus_needed(P7, L, B, T, H, V, **kw)

@@ -1,7 +1,7 @@
 """The peak of one training step (llmtrain.cost.step_peak) against the exact CPU tracker.
 
 Every test runs real training steps of small reference LLaMAs and measures them with
-``memory.measure_peak`` (model, optimizer and ids included), so the whole file stays under a
+``tracker.measure_peak`` (model, optimizer and ids included), so the whole file stays under a
 minute on two cores.
 """
 
@@ -14,6 +14,8 @@ from llmtrain.model import recompute as rc
 from llmtrain.precision.amp import MixedPrecisionTrainer
 from llmtrain.model.llama import Llama
 from llmtrain.model.shapes import ModelShape
+from llmtrain.measure import tracker
+from llmtrain.cost import slides as slides_formulas
 
 OPT_KW = {"single-tensor": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -42,7 +44,7 @@ def measured_peak(shape, batch, seq, *, mode="fp32", set_to_none=True, attention
 
         include = [net, opt, ids]
     step()
-    return memory.measure_peak(step, include=include).peak_bytes
+    return tracker.measure_peak(step, include=include).peak_bytes
 
 
 def estimated(shape, batch, seq, *, mode="fp32", set_to_none=True, attention="sdpa",
@@ -102,7 +104,7 @@ def test_transformers_llama(impl, dtype):
         opt.zero_grad(set_to_none=False)
 
     step()
-    got = memory.measure_peak(step, include=[net, opt, ids]).peak_bytes
+    got = tracker.measure_peak(step, include=[net, opt, ids]).peak_bytes
     assert step_peak.param_sizes(shape, "hf") == [p.numel() for p in net.parameters()]
     est = memory.step_peak(shape, B, T, impl=impl, dtype=dtype, precision=dtype,
                            set_to_none=False)
@@ -137,7 +139,7 @@ def test_adamw_temporaries(impl):
         net(ids, labels=ids).loss.backward()
         if not opt.state:
             opt.step()
-    peak = memory.measure_peak(opt.step, include=[net, opt])
+    peak = tracker.measure_peak(opt.step, include=[net, opt])
     sizes = step_peak.param_sizes(shape)
     assert sizes == [p.numel() for p in net.parameters()]
     assert peak.peak_bytes - peak.start_bytes == step_peak.optimizer_temporary_bytes(sizes, 4, impl)
@@ -194,7 +196,7 @@ def test_estimate_carries_the_step_peak():
     assert est.peak_bytes == est.step_peak.peak_bytes == direct.peak_bytes
     assert set(est.step_peak.phases) <= set(step_peak.PHASES)
     assert est.step_peak.phase in est.step_peak.table()
-    assert memory.slides_formula(10**9, 1, 1, 1, 1, 1, 1).peak_bytes is None
+    assert slides_formulas.slides_formula(10**9, 1, 1, 1, 1, 1, 1).peak_bytes is None
     # the defaults (slides' setup) and every impl give a step peak
     for impl in activation_formulas.IMPLS:
         kw = {} if impl == "textbook" else {"recompute": "none"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import check
-from . import memory
+from . import frameworks, memory
 from . import methods as mm
 from .memory import GIB
 
@@ -84,7 +84,7 @@ def fit(s: Setting) -> dict[str, Any]:
         parts["gathered layer"] = 2 * layer
     parts["activations"] = memory.activation_bytes(shape, s.batch, s.seq, impl="korthikanti",
                                                    recompute=s.recompute)
-    parts["framework"] = memory.FRAMEWORK_BYTES
+    parts["framework"] = frameworks.FRAMEWORK_BYTES
     total = sum(parts.values())
     return {"parts": parts, "total": total, "fits": total <= s.card_bytes,
             "card_bytes": s.card_bytes, "gib": total / GIB}

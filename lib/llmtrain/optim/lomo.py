@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import check
-from ..cost.memory import tracking
+from ..measure.tracker import tracking
 
 __all__ = ["step_in_backward", "InBackward", "LOMO", "METHODS", "make_step", "Step", "LiveGrads",
            "measure_step", "StepPeaks", "grad_peak_bytes", "compare_run"]
@@ -204,7 +204,7 @@ def measure_step(model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor],
                  lr: float = 1e-3) -> StepPeaks:
     """Measured: the second step of ``method`` on a copy of ``model`` (``model`` is left
     untouched; the first step creates the optimizer states), ``loss_fn(copy)`` its loss; live
-    gradient bytes by ``LiveGrads``, the whole step by ``llmtrain.memory.tracking`` with the
+    gradient bytes by ``LiveGrads``, the whole step by ``llmtrain.measure.tracker.tracking`` with the
     weights and optimizer states included. See tests/test_lomo.py."""
     check.module("model", model)
     check.function("loss_fn", loss_fn)

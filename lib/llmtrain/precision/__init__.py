@@ -10,7 +10,12 @@ _HOMES = ("formats", "fp8")
 def __getattr__(name: str):
     # ``llmtrain.precision.X`` for the names of the old flat module (kept for one release)
     for home in _HOMES:
-        module = _importlib.import_module(f"{__name__}.{home}")
+        if name == home:  # a submodule not imported yet: let the import system load it
+            break
+        try:
+            module = _importlib.import_module(f"{__name__}.{home}")
+        except ModuleNotFoundError:
+            continue
         if hasattr(module, name):
             return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
