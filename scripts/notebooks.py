@@ -467,6 +467,8 @@ def write_index(rows: list[dict], out: Path, device: str, stems: list[str] | Non
     def slowest(r):
         return f'{r["slowest"]:.1f} (cell {r["slowest_cell"]})' if r.get("slowest_cell", -1) >= 0 else ""
 
+    api_link = ('\n<p><a href="api.html">API</a>: every public name of llmtrain, one line each, and '
+                'the notebook sections that use it</p>' if (out.parent / "api.html").is_file() else "")
     items = "\n".join(
         f'<tr><td>{link(r)}</td>'
         f'<td>{html.escape(r["title"])}</td><td>{html.escape(r["status"])}</td>'
@@ -479,7 +481,7 @@ def write_index(rows: list[dict], out: Path, device: str, stems: list[str] | Non
 max-width:60em;margin:2em auto}}
 td,th{{padding:.3em .8em;text-align:left}}tr:nth-child(even){{background:#f4f4f4}}</style></head>
 <body><h1>llmtrain · 预训练之训练技术</h1>
-<p>Executed notebooks. Device: {html.escape(device)}</p>
+<p>Executed notebooks. Device: {html.escape(device)}</p>{api_link}
 <table><tr><th>notebook</th><th>title</th><th>status</th><th>seconds</th><th>slowest cell (s)</th><th>error</th></tr>
 {items}
 </table>
@@ -487,6 +489,19 @@ td,th{{padding:.3em .8em;text-align:left}}tr:nth-child(even){{background:#f4f4f4
 """, encoding="utf-8")
     kept.write_text(json.dumps(table, indent=1, ensure_ascii=False), encoding="utf-8")
     return table
+
+
+def write_api_page(out: Path) -> None:
+    """build/html/api.html: every public name of llmtrain and the notebook sections that use it
+    (scripts/api.py, read from the source; a failure is printed, the index is still written)."""
+    if str(ROOT / "scripts") not in sys.path:  # imported from elsewhere than this folder
+        sys.path.append(str(ROOT / "scripts"))
+    try:
+        import api  # scripts/api.py
+
+        api.write(out)
+    except Exception as e:  # noqa: BLE001  (the notebooks' pages matter more)
+        print(f"FAILED api.html: {one_line(e)}", flush=True)
 
 
 def device_line() -> str:
@@ -537,6 +552,7 @@ def run(sources: list[Path], in_place: bool, build: Path = BUILD, timeout: int =
     total = time.perf_counter() - t_run
     table = rows
     if not in_place:
+        write_api_page(build / "html" / "api.html")
         table = write_index(rows, build / "html" / "index.html", device,
                             index_stems or [s.stem for s in sources])
     w = max([len(r["stem"]) for r in table] + [8])
