@@ -30,6 +30,7 @@ from llmtrain.cost import pp_schedule
 from llmtrain.cost.layout import ParallelDims
 from llmtrain.measure import tracker
 from llmtrain.cost import slides as slides_formulas
+from llmtrain.measure import flops as measured
 
 TINY = shapes.get("tiny")
 
@@ -117,7 +118,7 @@ CASES = [
       "recompute": _choice(flops.STRATEGIES), "backward": "bool", "early_stop": "bool"}),
     ("flops.six_p_tokens", flops.six_p_tokens, dict(shape=TINY, tokens=100),
      {"shape": "shape", "tokens": "pos"}),
-    ("flops.measured_flops", lambda **k: flops.measured_flops(**k),
+    ("measure.flops.measured_flops", lambda **k: measured.measured_flops(**k),
      dict(model=None, input_ids=IDS), {"model": "module", "input_ids": "tensor",
                                        "backward": "bool"}),
     # precision: dtype names
@@ -238,7 +239,7 @@ CASES = [
       "recompute": _choice(("none", "full", "sqrt", "selective")), "dtype_bytes": "pos",
       "loss_bytes": "pos?"}),
     # the planner
-    ("plan.model", plan.model, dict(name="llama-70b"), {"name": _choice(plan.model_names())}),
+    ("plan.model", plan.model, dict(name="llama-70b"), {"name": _choice(shapes.all_names())}),
     ("plan.cluster", plan.cluster, dict(gpu="h100-80g"), {"gpu": _choice(tuple(plan.CLUSTERS))}),
     ("plan.parse_tokens", plan.parse_tokens, dict(batch_tokens="4M"),
      {"batch_tokens": st.sampled_from(["0", "-4M", "4Q", "", None, 0, -3, True, 2.5, "4.5M"])}),
@@ -388,7 +389,7 @@ CASES = [
 _NET = _net()
 # valid values that cannot be built at import time (a fresh model per call)
 _LAZY = {"model": _net}
-_CALLS_WITH_NONE_MODEL = {"flops.measured_flops", "activations.measure",
+_CALLS_WITH_NONE_MODEL = {"measure.flops.measured_flops", "activations.measure",
                           "batch.accumulate_gradients", "batch.per_example_grads",
                           "amp.MixedPrecisionTrainer", "recompute.apply"}
 
@@ -507,7 +508,7 @@ def test_parameters_where_a_module_is_expected():
     hint = r"\(pass the model itself, not its parameters\)$"
     for fn in (lambda: batch.accumulate_gradients(ps, [IDS]),
                lambda: amp.MixedPrecisionTrainer(ps),
-               lambda: flops.measured_flops(ps, IDS),
+               lambda: measured.measured_flops(ps, IDS),
                lambda: recompute.apply(ps, "full"),
                lambda: train.train(ps, steps=1, batch_size=1, seq_len=4, peak_lr=1e-3)):
         with pytest.raises(ValueError, match=rf"^(model|shape_or_model) must be .*{hint}"):

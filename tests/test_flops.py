@@ -13,6 +13,7 @@ from llmtrain.cost import flops, params
 from llmtrain.model import recompute
 from llmtrain.model.llama import ATTN_IMPLS, Llama
 from llmtrain.model.shapes import ModelShape, get
+from llmtrain.measure import flops as measured
 
 aten = torch.ops.aten
 
@@ -73,15 +74,15 @@ def test_reference_llama_matches_counter(shape, batch, seq, k):
         assert flops.training_flops(shape, batch, seq, attention=attention) == \
             6 * P * BT + _attention_term(shape, batch, seq, unit)  # the closed form
         fwd = flops.training_flops(shape, batch, seq, attention=attention, backward=False)
-        assert flops.measured_flops(model, ids, backward=False) == fwd == \
+        assert measured.measured_flops(model, ids, backward=False) == fwd == \
             flops.forward_flops(shape, batch, seq)
         for strategy in recompute.STRATEGIES:
             kk = k if strategy == "every" else None
             recompute.apply(model, strategy, k=kk)
             kw = dict(attention=attention, recompute=strategy, k=kk)
-            assert flops.measured_flops(model, ids) == flops.training_flops(shape, batch, seq, **kw)
+            assert measured.measured_flops(model, ids) == flops.training_flops(shape, batch, seq, **kw)
             with set_checkpoint_early_stop(False):  # recomputation runs the whole region again
-                assert flops.measured_flops(model, ids) == \
+                assert measured.measured_flops(model, ids) == \
                     flops.training_flops(shape, batch, seq, early_stop=False, **kw)
 
 
@@ -125,9 +126,9 @@ def test_transformers_matches_counter(name, attention):
         # matmul, T·d FLOPs more per forward (that branch is not run in this environment).
         rope = 0 if int(transformers.__version__.split(".")[0]) >= 5 else seq * shape.d_head
         ids = _ids(shape, batch, seq)
-        assert flops.measured_flops(model, ids) - rope == \
+        assert measured.measured_flops(model, ids) - rope == \
             flops.training_flops(shape, batch, seq, attention=attention)
-        assert flops.measured_flops(model, ids, backward=False) - rope == \
+        assert measured.measured_flops(model, ids, backward=False) - rope == \
             flops.forward_flops(shape, batch, seq)
 
 
@@ -139,10 +140,10 @@ def test_cpu_sdpa_counts_zero_without_the_mapping():
         model(ids, labels=ids).loss.backward()
     exact = flops.training_flops(shape, batch, seq, attention="sdpa")
     assert exact - plain.get_total_flops() == _attention_term(shape, batch, seq, 14)
-    assert flops.measured_flops(model, ids) == exact
+    assert measured.measured_flops(model, ids) == exact
     # The mapping gives the CPU ops exactly torch's formulas for the CUDA flash ops.
     q, kv = torch.empty(2, 4, 16, 8), torch.empty(2, 2, 16, 8)
-    fwd, bwd = (flops.CPU_SDPA_MAPPING[op] for op in (
+    fwd, bwd = (measured.CPU_SDPA_MAPPING[op] for op in (
         aten._scaled_dot_product_flash_attention_for_cpu,
         aten._scaled_dot_product_flash_attention_for_cpu_backward))
     assert fwd(q.shape, kv.shape, kv.shape) == \
@@ -165,11 +166,11 @@ def test_llama_7b_rule_of_thumb():
     with torch.device("meta"):
         model = Llama(shape, attn_impl="eager")
     ids = torch.zeros(1, seq, dtype=torch.long, device="meta")
-    assert flops.measured_flops(model, ids) == exact
+    assert measured.measured_flops(model, ids) == exact
     # Pitfall: on meta tensors SDPA runs its math path (plain matmuls), so it counts as eager.
     for layer in model.model.layers:
         layer.self_attn.attn_impl = "sdpa"
-    assert flops.measured_flops(model, ids) == exact
+    assert measured.measured_flops(model, ids) == exact
 
 
 @pytest.mark.parametrize("kwargs,name", [

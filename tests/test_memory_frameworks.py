@@ -149,7 +149,7 @@ def test_nemo_parts():
 
 def test_nemo_on_the_nemotron4_340b_recipe_layout():
     # dgxc-benchmarking 35a9aec nemotron: TP 8, PP 8, DP 2 on 128 H100 80GB (BF16, 4.61 s/step)
-    shape = plan.gpt_shape(18432, 96, 96, 256000, 4096, name="nemotron4-340b", kv_heads=8,
+    shape = shapes.gpt_shape(18432, 96, 96, 256000, 4096, name="nemotron4-340b", kv_heads=8,
                            biases=False, tie_embeddings=False)
     dims = ParallelDims(dp=2, tp=8, pp=8)
     P = memory.params_per_gpu(shape, dims)

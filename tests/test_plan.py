@@ -18,6 +18,7 @@ from llmtrain.cost import flops, memory, params, plan, plan_explain, published_r
 from llmtrain.model import shapes
 from llmtrain.cost import pp_schedule
 from llmtrain.cost.layout import ParallelDims
+from llmtrain.cost import stage
 
 GIB = 2**30
 
@@ -65,7 +66,7 @@ def test_eq3_is_our_flops_count(row):
 # --- BLOOM-176B --------------------------------------------------------------------------------
 
 def test_bloom_approximation():
-    shape = plan.model("bloom-176b")
+    shape = shapes.resolve("bloom-176b")
     assert published_runs.BLOOM_176B_PARAMS == 176_247_271_424
     err = Fraction(params.count(shape) - published_runs.BLOOM_176B_PARAMS, published_runs.BLOOM_176B_PARAMS)
     assert abs(err) < Fraction(2, 100_000)  # -0.00097 %
@@ -123,7 +124,7 @@ def test_stage_layers():
 def test_the_fuller_second_stage_holds_the_most():
     """With 7 layers on the first stage and 8 on the second, rank 1's 15 micro-batches of 8
     layers outweigh rank 0's 16 of 7 (1F1B)."""
-    shape = plan.model("llama3-405b")
+    shape = shapes.resolve("llama3-405b")
     lay = plan.layout(shape, 8192, 2**24, 8192, tp=8, pp=16, zero=1, recompute="selective",
                       sp=True)
     parts = plan.memory_parts(shape, lay, 8192, plan.Assumptions(memory_framework="fsdp"))
@@ -135,7 +136,7 @@ def test_the_fuller_second_stage_holds_the_most():
 
 
 def test_interleaved_holds_more_chunks():
-    shape = plan.model("llama3-405b")
+    shape = shapes.resolve("llama3-405b")
     lays = [plan.layout(shape, 16384, 2**24, 8192, tp=8, pp=16, zero=2, recompute="full",
                         virtual=v, sp=True) for v in (1, 2)]
     p1, p2 = (plan.evaluate(shape, "h100-80g", lay, 8192) for lay in lays)
@@ -217,16 +218,16 @@ def test_parse_tokens(text, tokens):
 
 
 def test_names():
-    assert plan.model("llama-70b") == shapes.get("llama2-70b")
-    assert plan.model("llama3-405b").num_layers == 126
-    assert set(shapes.names()) < set(plan.model_names())
+    assert shapes.resolve("llama-70b") == shapes.get("llama2-70b")
+    assert shapes.resolve("llama3-405b").num_layers == 126
+    assert set(shapes.names()) < set(shapes.all_names())
     assert "llama3-405b" not in shapes.PRESETS  # the presets are unchanged
 
 
 @pytest.mark.parametrize("call, message", [
     (lambda: plan.parse_tokens("4Q"), "batch_tokens must be a positive count of tokens"),
     (lambda: plan.parse_tokens("0"), "batch_tokens must be a positive count"),
-    (lambda: plan.model("llama-8b"), "name must be one of"),
+    (lambda: shapes.resolve("llama-8b"), "model: unknown model name"),
     (lambda: plan.cluster("v100"), "gpu must be one of"),
     (lambda: plan.layout("llama-7b", 6, 2**20, 2048, tp=4), "gpus must be a multiple of tp·pp=4"),
     (lambda: plan.layout("llama-7b", 8, 2**20, 2048, tp=3, pp=1),
@@ -310,7 +311,7 @@ def test_in_flight_of_a_short_schedule_is_the_full_schedules(p, v):
     name = "1f1b" if v == 1 else "interleaved"
     for m in range(p if v > 1 else 1, 6 * p + 1, p if v > 1 else 1):
         full = pp_schedule.in_flight(pp_schedule.schedule(name, p, m, 0, v))
-        assert plan._in_flight(p, m, v) == full, (p, m, v)
+        assert stage.in_flight(p, m, v) == full, (p, m, v)
 
 
 @pytest.mark.parametrize("n", [1, 2, 12, 64, 97, 1024, 10**6, 2 * 3 * 5 * 7 * 11 * 13])

@@ -9,6 +9,7 @@ import pytest
 from llmtrain import cli, sources
 from llmtrain.cost import flops, params, plan, published_runs as pr
 from llmtrain.cost.published_ranks import RANKS
+from llmtrain.model import shapes
 
 RUNS = {r.key: r for r in pr.RUNS}
 
@@ -135,7 +136,7 @@ def test_llama3_step_times():
         f = flops.convention_flops(r.model, r.batch, r.seq, "palm")
         assert r.batch * r.seq == 2**24
         assert r.step_time_s == pytest.approx(f / (gpus * tf * 1e12), rel=1e-9)
-    assert params.count(plan.model("llama3-405b")) == pytest.approx(405e9, rel=0.01)
+    assert params.count(shapes.resolve("llama3-405b")) == pytest.approx(405e9, rel=0.01)
 
 
 def test_dgxc_and_korthikanti_times_are_published():

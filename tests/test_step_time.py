@@ -9,6 +9,7 @@ import pytest
 
 from llmtrain.cost import flops, plan, step_time
 from llmtrain.model import shapes
+from llmtrain.cost import stage
 
 K = step_time.KERNELS["ampere"]
 A100 = plan.CLUSTERS["a100-80g"]
@@ -41,7 +42,7 @@ def test_gemm_efficiency_grows_with_size_towards_the_peak_share():
 def test_tensor_parallelism_shrinks_the_gemms():
     """t GPUs each take 1/t of the FLOPs, but at a lower efficiency: more than 1/t of the
     time; the memory-bound norms and residuals are not split without sequence parallelism."""
-    shape = plan.MODELS["llama3-405b"]
+    shape = shapes.OTHERS["llama3-405b"]
     one, eight = mb(shape, layers=8, head=False), mb(shape, layers=8, head=False, tp=8)
     assert eight["GEMMs"] > one["GEMMs"] / 8
     assert eight["memory-bound"] > one["memory-bound"] / 8
@@ -74,7 +75,7 @@ def test_exposed_communication():
 def test_scatter_gather_sends_one_t_th():
     """Bug 1 of issue 22: pipeline messages are b·s·h/t per GPU with scatter/gather (Narayanan
     et al. 2021, §4.1) or sequence parallelism, b·s·h without."""
-    shape = plan.model("llama2-70b")
+    shape = shapes.resolve("llama2-70b")
     lay = plan.layout(shape, 64, 4 * plan.MI, 4096, tp=8, pp=4, zero=1)
     on = plan.evaluate(shape, "h100-80g", lay, 4096)
     off = plan.evaluate(shape, "h100-80g", lay, 4096, plan.Assumptions(scatter_gather=False))
@@ -90,7 +91,7 @@ def test_scatter_gather_sends_one_t_th():
 def test_interleaving_can_win():
     """With scatter/gather the ×v messages of interleaving cost little, and its smaller bubble
     wins: Llama 3 405B on 8,192 GPUs, TP 8 PP 16 (the published run chose interleaving)."""
-    shape = plan.model("llama3-405b")
+    shape = shapes.resolve("llama3-405b")
     t = [plan.evaluate(shape, "h100-80g", plan.layout(
         shape, 8192, 16 * plan.MI, 8192, tp=8, pp=16, zero=1, recompute="full", sp=True,
         virtual=v), 8192).step_time_s for v in (1, 2, 4)]
@@ -107,7 +108,7 @@ def test_data_parallel_overlap():
     bare = plan.evaluate(shape, "a100-80g", lay, 4096,
                          plan.Assumptions(overlap=step_time.Overlap(dp=False)))
     assert hid.time_parts["DP comm"] < bare.time_parts["DP comm"]
-    r = Fraction(63 * plan._states(shape, lay.dims, 0)[1] * 2, 64)
+    r = Fraction(63 * stage.stage_states(shape, lay.dims, 0)[1] * 2, 64)
     assert bare.details["dp_bytes"] == 2 * r
     assert bare.time_parts["DP comm"] == pytest.approx(float(2 * r) / (25e9 * K.network))
     pp1 = plan.Assumptions(overlap=step_time.Overlap(dp="pp1"))
@@ -123,7 +124,7 @@ def test_the_optimizer_step_is_memory_bound():
     shape = shapes.get("llama2-7b")
     lay = plan.layout(shape, 8, 8 * 4096, 4096, zero=1)
     p = plan.evaluate(shape, "a100-80g", lay, 4096)
-    n = plan._states(shape, lay.dims, 1)[1] // 8
+    n = stage.stage_states(shape, lay.dims, 1)[1] // 8
     assert p.time_parts["optimizer"] == pytest.approx(
         n * step_time.OPTIMIZER_BYTES / (A100.hbm_bytes_per_s * K.hbm))
 

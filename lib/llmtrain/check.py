@@ -159,23 +159,6 @@ def _is_array(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and len(getattr(value, "shape")) > 0
 
 
-def shape(name: str, value: Any):
-    """A ``ModelShape``, or a preset name resolved to its ``ModelShape`` (``shapes.get``).
-
-    Every function that takes a model shape accepts a preset name this way; an unknown name
-    is refused with the list of presets.
-    """
-    from .model.shapes import PRESETS, ModelShape
-
-    if isinstance(value, ModelShape):
-        return value
-    if isinstance(value, str):
-        if value in PRESETS:
-            return PRESETS[value]
-        raise ValueError(f"{name}: unknown model name {value!r}; known: {', '.join(PRESETS)}")
-    fail(name, f"a ModelShape or a preset name ({', '.join(PRESETS)})", value)
-
-
 def module(name: str, value: Any, cls: type | None = None, what: str | None = None):
     """A ``torch.nn.Module`` (or an instance of ``cls``; ``what`` says it in the message). A
     list of parameters, a common slip for "the model", gets a hint."""

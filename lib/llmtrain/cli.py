@@ -157,7 +157,7 @@ def _virtuals(text: str) -> tuple[int, ...]:
 def _plan_cmd(args) -> str:
     from .cost import plan, plan_explain  # imports torch: only for this command
 
-    shape = plan.model(args.model, what="model")
+    shape = shapes.resolve(args.model, "model")
     card = plan.cluster(args.gpu)
     tokens = plan.parse_tokens(args.batch_tokens)
     if tokens > plan.LARGE_BATCH_TOKENS:

@@ -22,13 +22,33 @@ from __future__ import annotations
 from typing import Any
 
 from .. import check
-from ..measure.activations import MODELS, check_model
-from ..model.shapes import ATTN_IMPLS
-from ..precision.formats import torch_dtype
 from ..model.recompute import MODELLED
+from ..model.shapes import ATTN_IMPLS, resolve
+from ..units import dtype_bytes
 
 __all__ = ["textbook_bytes", "korthikanti_bytes", "saved_bytes", "saved_bytes_terms", "IMPLS",
            "MODELS"]
+
+MODELS = ("reference", "hf-eager", "hf-sdpa")  # llmtrain.llama.Llama; transformers' LLaMA
+
+
+def check_model(impl: str, recompute: str = "none", attention: str | None = None) -> str:
+    """The attention kernel of model ``impl`` (one of ``MODELS``), after checking ``impl``,
+    ``recompute`` (one of ``recompute.MODELLED``; "selective" only for the reference) and
+    ``attention`` (the reference's ``attn_impl``, "sdpa" by default; None for transformers',
+    whose impl names it)."""
+    check.one_of("impl", impl, MODELS)
+    check.one_of("recompute", recompute, MODELLED)
+    if impl != "reference":
+        if recompute == "selective":
+            raise ValueError(f"recompute='selective' needs impl='reference', got impl={impl!r}")
+        if attention is not None:
+            raise ValueError(f"attention is only for impl='reference' (impl={impl!r} fixes it)")
+        return impl[3:]
+    if attention is None:
+        return "sdpa"
+    return check.one_of("attention", attention, ATTN_IMPLS)
+
 
 IMPLS = ("textbook", "korthikanti", *MODELS)  # every activation model, by name
 
@@ -43,7 +63,7 @@ def textbook_bytes(shape, batch: int, seq: int, *, dtype: Any = "bf16", tp: int 
     """
     shape = _check_sizes(batch, seq, shape)
     _check_tp(shape, tp, sp)
-    b = torch_dtype(dtype).itemsize
+    b = dtype_bytes(dtype)
     B, T, H, L, V = batch, seq, shape.hidden_size, shape.num_layers, shape.vocab_size
     return L * (b * B * T * H // (tp if sp else 1)) + 4 * B * T * V // tp
 
@@ -101,7 +121,7 @@ def saved_bytes_terms(shape, batch: int, seq: int, *, dtype: Any = "bf16",
     b = bytes per element of ``dtype``, BT = batch·seq tokens, q = N·d, kv = N_kv·d.
     """
     shape = _check_sizes(batch, seq, shape)
-    b = torch_dtype(dtype).itemsize
+    b = dtype_bytes(dtype)
     attention = check_model(impl, recompute, attention)
     B, T, H, Hf, V = batch, seq, shape.hidden_size, shape.intermediate_size, shape.vocab_size
     N, d, q, kv = shape.num_heads, shape.d_head, shape.q_size, shape.kv_size
@@ -160,7 +180,7 @@ def saved_bytes_terms(shape, batch: int, seq: int, *, dtype: Any = "bf16",
 
 def _check_sizes(batch: Any, seq: Any, shape: Any):
     """The shape (a preset name resolved), after checking batch and seq."""
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
     return shape
@@ -240,22 +260,21 @@ def tp_saved_bytes_terms(shape, batch: int, seq: int, tp: int, sequence_parallel
     of the layers: the embedding keeps local indices and a mask (9BT), the loss a c-byte
     softmax of its vocabulary shard, int64 targets, two bool masks and a count.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     for name, v in (("batch", batch), ("seq", seq), ("tp", tp)):
         check.positive_int(name, v)
     check.boolean("sequence_parallel", sequence_parallel)
     check.one_of("attention", attention, ATTN_IMPLS)
-    # Whole heads, as parallel.mesh.ParallelDims.check; this closed form is also for even splits
+    # Whole heads, as layout.ParallelDims.check; this closed form is also for even splits
     # of the MLP and the vocabulary (tensor_parallel shards them unevenly too: not modelled here).
     for field in ("num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
         if getattr(shape, field) % tp:
             raise ValueError(f"tp must divide {field}={getattr(shape, field)}, got tp={tp}")
     if sequence_parallel and seq % tp:
         raise ValueError(f"seq must be divisible by tp={tp} for sequence parallelism, got seq={seq}")
-    import torch
-
-    dt = dtype if dtype == torch.float64 else torch_dtype(dtype)  # float64 too: tests compare in it
-    b, c = dt.itemsize, torch.promote_types(dt, torch.float32).itemsize
+    # float64 too (tests compare in it); c: the bytes of the fp32 upcasts (float64 stays)
+    b = 8 if str(dtype) == "torch.float64" else dtype_bytes(dtype)
+    c = max(b, 4)
     B, T, H, Hf, V = batch, seq, shape.hidden_size, shape.intermediate_size, shape.vocab_size
     N, d, q, BT = shape.num_heads, shape.d_head, shape.q_size, batch * seq
     layer = {

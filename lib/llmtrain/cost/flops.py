@@ -11,8 +11,7 @@ P_mm = L(2H·Nd + 2H·N_kv·d + 3HH') + VH the weights that take part in matmuls
 
 so a step is 6·P_mm·BT + 12·BT²·Nd·L (eager) or + 14·BT²·Nd·L (SDPA); the causal mask is
 never discounted. Recomputation adds forward work during backward (``recompute_flops``).
-Pitfall: torch has no formula for the CPU flash SDPA op and its backward, so an SDPA model's
-attention silently counts 0 on CPU unless the counter is ``flop_counter()``.
+The count these formulas equal is ``llmtrain.measure.flops.measured_flops`` (tests/test_flops.py).
 
 Papers count a step differently (6PT, Kaplan, PaLM, Narayanan, causal, MFU vs HFU):
 ``CONVENTIONS`` names each with its formula and source, ``restate_mfu`` converts an MFU
@@ -23,67 +22,22 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import torch
-from torch.utils import flop_counter as _fc
-
 from .. import check
-from . import params
-from ..model.shapes import ATTN_IMPLS
 from ..model.recompute import STRATEGIES, segments
-from ..model.shapes import ModelShape
+from ..model.shapes import ATTN_IMPLS, ModelShape, resolve
+from . import params
 
-__all__ = ["STRATEGIES", "CPU_SDPA_MAPPING", "flop_counter", "measured_flops",
-           "matmul_params", "forward_flops", "backward_flops", "recompute_flops",
+__all__ = ["STRATEGIES", "matmul_params", "forward_flops", "backward_flops", "recompute_flops",
            "training_flops", "six_p_tokens", "rule_of_thumb_error", "non_embedding_params",
            "Convention", "CONVENTIONS", "convention_flops", "restate_mfu", "conventions_table"]
 
-
-
-# --- counting with torch ------------------------------------------------------------
-
-def _cpu_sdpa_forward(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return _fc.sdpa_flop_count(q, k, v)  # torch's formula for the CUDA flash op
-
-
-def _cpu_sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return _fc.sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-# The CPU flash-attention op and its backward, counted as torch counts the CUDA flash op.
-CPU_SDPA_MAPPING = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_forward,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
-}
-
-
-def flop_counter(**kwargs) -> _fc.FlopCounterMode:
-    """``FlopCounterMode`` that also counts CPU SDPA (``CPU_SDPA_MAPPING``); no table printed
-    unless ``display=True``. Other keyword arguments go to ``FlopCounterMode``."""
-    mapping = {**CPU_SDPA_MAPPING, **(kwargs.pop("custom_mapping", None) or {})}
-    kwargs.setdefault("display", False)
-    return _fc.FlopCounterMode(custom_mapping=mapping, **kwargs)
-
-
-def measured_flops(model: torch.nn.Module, input_ids: torch.Tensor, *,
-                   backward: bool = True) -> int:
-    """FLOPs counted by ``flop_counter()`` for ``model(input_ids=ids, labels=ids)`` and, with
-    ``backward``, ``loss.backward()``. Works for ``llmtrain.llama.Llama`` and transformers'
-    causal LMs, on real or meta tensors."""
-    check.module("model", model)
-    check.tensor("input_ids", input_ids, dim=2, floating=False)
-    check.boolean("backward", backward)
-    with flop_counter() as counter:
-        out = model(input_ids=input_ids, labels=input_ids)
-        if backward:
-            out.loss.backward()
-    return counter.get_total_flops()
 
 
 # --- formulas -----------------------------------------------------------------------
 
 def _check(shape, batch, seq, attention="eager", recompute="none", k=None) -> ModelShape:
     """The shape (a preset name resolved), after checking every argument."""
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
     check.one_of("attention", attention, ATTN_IMPLS)

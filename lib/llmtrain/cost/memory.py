@@ -30,8 +30,7 @@ from typing import Any
 from .. import check
 from ..model.recompute import MODELLED
 from ..model.shapes import ATTN_IMPLS, ModelShape
-from ..precision.formats import dtype_bytes
-from ..units import GB, GIB
+from ..units import GB, GIB, dtype_bytes
 from . import activations as _af
 from . import pp_schedule as _pp
 from . import step_peak as _step_peak
@@ -40,6 +39,7 @@ from .layout import ParallelDims
 from .states import (NO_STEP_PEAK, OPTIMIZERS, PER_TENSOR, PRECISIONS, _dims, largest_layer_params,
                      model_state_bytes, param_numels, parallel_dims, params_per_gpu,
                      state_bytes_per_param)
+from ..model.shapes import resolve
 
 # The estimate is this module's; the parts it adds up have their own homes (re-exported here
 # because ``memory.estimate``'s readers look for them here): model states in ``states``, whose
@@ -70,7 +70,7 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
     recompute: one of ``recompute.MODELLED`` ("none", "full", "selective"); None means the
     impl's own default. tp: the tensor-parallel degree, sp: sequence parallel.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.one_of("impl", impl, _af.IMPLS)
     check.boolean("sp", sp)
     check.one_of("attention", attention, ATTN_IMPLS)
@@ -140,7 +140,7 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     micro-batches of L/pp layers: as much as the whole model's L layers for one (notebook 07,
     where the memory tracker measures it). Cached: the planner calls it for every layout.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     dims = _dims(dims)
     check.positive_int("micro_batch", micro_batch)
     check.positive_int("seq", seq)
@@ -241,7 +241,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     ``optimizer``: one of ``OPTIMIZERS``, the memory-saving methods of notebook 12 included
     (``galore_rank`` for galore/galore8bit); for ``NO_STEP_PEAK`` ones ``.step_peak`` is None.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     dims = _dims(dims)
     check.positive_int("batch", batch)
     check.optional(check.positive_int, "seq", seq)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .. import check
 from ..model.shapes import ModelShape
+from ..model.shapes import resolve
 
 __all__ = ["count", "breakdown", "describe", "terms", "formula", "symbols", "subs", "slides_count",
            "COMPONENTS"]
@@ -32,7 +33,7 @@ def breakdown(shape: ModelShape) -> dict[str, int]:
     · norms (2L+1)H · lm_head VH, or 0 when tied. Source: slides; measured equal to
     transformers' LlamaForCausalLM/Qwen2ForCausalLM, see tests/test_params.py.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     H, V, L, Hff = shape.hidden_size, shape.vocab_size, shape.num_layers, shape.intermediate_size
     q, kv = shape.q_size, shape.kv_size
     attn = H * q + 2 * H * kv + q * H  # W^Q, W^K, W^V, W^O
@@ -62,7 +63,7 @@ def slides_count(shape: ModelShape) -> int:
 
     Right for MHA without biases or tied embeddings; it ignores N_kv, so it overcounts GQA.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     V, H, L, Hff = shape.vocab_size, shape.hidden_size, shape.num_layers, shape.intermediate_size
     return 2 * V * H + H + L * (4 * H * H + 3 * H * Hff + 2 * H)
 
@@ -70,7 +71,7 @@ def slides_count(shape: ModelShape) -> int:
 def describe(shape: ModelShape) -> str:
     """A small table: the total, each component with its share, and the slides' formula
     where it disagrees. Printed by ``llmtrain params`` and by the notebooks."""
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     parts = breakdown(shape)
     total = sum(parts.values())
     rows = [f"{shape.name}: {total:,} parameters ({_short(total)})"]
@@ -134,7 +135,7 @@ def formula(*, gqa: bool = False, tied: bool = False, bias: bool = False):
 
 def subs(shape: ModelShape) -> dict:
     """Substitution dict {symbol: value} for a shape, for ``formula(...).subs(subs(shape))``."""
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     s = symbols()
     values = {"V": shape.vocab_size, "H": shape.hidden_size, "Hp": shape.intermediate_size,
               "L": shape.num_layers, "N": shape.num_heads, "N_kv": shape.num_kv_heads}

@@ -42,6 +42,8 @@ from .. import check
 from ..model import recompute as _recompute
 from ..model.llama import ATTN_IMPLS, Llama
 from ..precision.formats import torch_dtype
+from ..model.shapes import resolve
+from ..cost.activations import MODELS, check_model
 
 __all__ = ["Saved", "Row", "measure", "ROOT", "CHECKPOINT_INPUTS", "MODELS", "check_model",
            "build", "measure_shape"]
@@ -315,34 +317,13 @@ def _tree_map(fn, obj: Any) -> Any:
 
 # --- the models the closed forms describe -------------------------------------------------
 
-MODELS = ("reference", "hf-eager", "hf-sdpa")  # llmtrain.llama.Llama; transformers' LLaMA
-
-
-def check_model(impl: str, recompute: str = "none", attention: str | None = None) -> str:
-    """The attention kernel of model ``impl`` (one of ``MODELS``), after checking ``impl``,
-    ``recompute`` (one of ``recompute.MODELLED``; "selective" only for the reference) and
-    ``attention`` (the reference's ``attn_impl``, "sdpa" by default; None for transformers',
-    whose impl names it)."""
-    check.one_of("impl", impl, MODELS)
-    check.one_of("recompute", recompute, _recompute.MODELLED)
-    if impl != "reference":
-        if recompute == "selective":
-            raise ValueError(f"recompute='selective' needs impl='reference', got impl={impl!r}")
-        if attention is not None:
-            raise ValueError(f"attention is only for impl='reference' (impl={impl!r} fixes it)")
-        return impl[3:]
-    if attention is None:
-        return "sdpa"
-    return check.one_of("attention", attention, ATTN_IMPLS)
-
-
 def build(shape, *, dtype: Any = "bf16", impl: str = "reference", recompute: str = "none",
           attention: str | None = None, device: Any = None) -> nn.Module:
     """Model ``impl`` of ``shape`` in ``dtype``, recomputation set, in train mode.
 
     ``device="meta"`` builds it without memory (for ``measure(..., fake=True)``).
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     attention = check_model(impl, recompute, attention)
     dt = torch_dtype(dtype)
     with torch.device(device if device is not None else "cpu"):
@@ -371,7 +352,7 @@ def measure_shape(shape, batch: int, seq: int, *, dtype: Any = "bf16", impl: str
     longer than ``shape.max_seq_len`` raises that limit (it changes no saved tensor).
     ``activation_formulas.saved_bytes`` with the same arguments is its closed form.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
     check.boolean("fake", fake)

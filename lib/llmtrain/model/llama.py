@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import check
 from .shapes import ATTN_IMPLS, ModelShape
+from .shapes import resolve
 
 __all__ = ["Llama", "LlamaModel", "DecoderLayer", "Attention", "MLP", "RMSNorm",
            "RotaryEmbedding", "Output", "causal_lm_loss", "ATTN_IMPLS"]
@@ -100,14 +101,21 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(H, shape.kv_size, bias=shape.attention_bias)  # W^K
         self.v_proj = nn.Linear(H, shape.kv_size, bias=shape.attention_bias)  # W^V
         self.o_proj = nn.Linear(shape.q_size, H, bias=shape.o_bias)  # W^O
+        self.qkv_proj = None  # or [W^Q W^K W^V] in one matmul (tensor parallelism's fused path)
         self.recompute_core = False  # set by llmtrain.recompute.apply(model, "selective")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        # Q = XW^Q, K = XW^K, V = XW^V, split into heads: (B, heads, T, d)
-        q = self.q_proj(x).view(B, T, self.n_heads, self.d).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d).transpose(1, 2)
+        # Q = XW^Q, K = XW^K, V = XW^V
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:  # fused: one matmul, its output cut into Q, K, V
+            kv = self.n_kv_heads * self.d
+            q, k, v = self.qkv_proj(x).split([self.n_heads * self.d, kv, kv], dim=-1)
+        B, T, _ = q.shape
+        # split into heads: (B, heads, T, d)
+        q = q.view(B, T, self.n_heads, self.d).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.d).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.recompute_core:  # selective recomputation: keep q, k, v; redo the rest in backward
             y = checkpoint(self.core, q, k, v, use_reentrant=False)
@@ -140,9 +148,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(H, Hff, bias=bias)  # W^G
         self.up_proj = nn.Linear(H, Hff, bias=bias)  # W^U
         self.down_proj = nn.Linear(Hff, H, bias=bias)  # W^D
+        self.gate_up_proj = None  # or [W^G W^U] in one matmul (tensor parallelism's fused path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # Swish = SiLU
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:  # fused: one matmul, its output cut in two halves
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)  # Swish = SiLU
 
 
 class DecoderLayer(nn.Module):
@@ -223,7 +236,7 @@ class Llama(nn.Module):
 
     def __init__(self, shape: ModelShape, attn_impl: str = "sdpa"):
         super().__init__()
-        shape = check.shape("shape", shape)  # a preset name is its ModelShape
+        shape = resolve(shape, "shape")  # a preset name is its ModelShape
         check.one_of("attn_impl", attn_impl, ATTN_IMPLS)
         self.shape, self.attn_impl = shape, attn_impl
         self.model = LlamaModel(shape, attn_impl)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .. import check
-__all__ = ["ModelShape", "get", "names", "PRESETS", "ATTN_IMPLS"]
+__all__ = ["ModelShape", "get", "names", "resolve", "all_names", "gpt_shape", "PRESETS", "OTHERS",
+           "ALIASES", "ATTN_IMPLS"]
 
 # How the attention core runs in the reference LLaMA: PyTorch's fused kernel, or written out
 # (softmax(QKᵀ/√d)V, which saves the scores). The cost formulas take the same names.
@@ -262,3 +263,61 @@ def get(name: str) -> ModelShape:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"name: unknown model name {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+# --- models beyond the slides' table: the published runs the planner reproduces --------------
+
+def gpt_shape(hidden: int, layers: int, heads: int, vocab: int, seq: int, *, name: str,
+              kv_heads: int | None = None, biases: bool = True,
+              tie_embeddings: bool = True) -> ModelShape:
+    """A GPT-style model (LayerNorm, a non-gated MLP of 4h: GeLU, or Nemotron's squared ReLU;
+    learned or rotary positions) as a ``ModelShape``, as BLOOM is below: SwiGLU with H' = ⌊8h/3⌋
+    (3hH' ≈ 8h² matmul weights: the same GEMM FLOPs up to 1/(8h); the GEMMs' widths and the
+    activation's bytes differ by under 1/3, which moves ``step_time`` by about 1 %), biases on
+    q/k/v, o and the MLP if ``biases``. A learned position embedding (s·h parameters, no FLOPs)
+    is not counted. Checked: tests/test_plan.py::test_bloom_approximation."""
+    return ModelShape(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                      num_kv_heads=kv_heads or heads, intermediate_size=8 * hidden // 3,
+                      max_seq_len=seq, tie_embeddings=tie_embeddings, attention_bias=biases,
+                      o_bias=biases, mlp_bias=biases, name=name)
+
+
+# BLOOM-176B (bigscience train/tr11-176B-ml README): 70 layers, h 14336, 112 heads, vocabulary
+# padded to 250,880, seq 2048, tied embeddings. BLOOM is not a LLaMA (ALiBi, LayerNorm, a GeLU
+# MLP of 4h: 8h² weights + 5h biases): ``gpt_shape``'s SwiGLU stand-in; the count differs from
+# BLOOM's by ``params.count(OTHERS["bloom-176b"]) − plan.BLOOM_176B_PARAMS``
+# (−0.0010 %, tests/test_plan.py::test_bloom_approximation).
+# Llama 3 405B (arXiv 2407.21783, Table 3; vocabulary 128,256 as in the released config.json,
+# the paper says "128K"), seq 8,192.
+OTHERS: dict[str, ModelShape] = {
+    "bloom-176b": gpt_shape(14336, 70, 112, 250880, 2048, name="bloom-176b"),
+    "llama3-405b": _llama("llama3-405b", 128256, 16384, 126, 128, 8, 53248, 8192, eps=1e-5,
+                          theta=500000.0),
+}
+ALIASES = {"llama-70b": "llama2-70b"}  # the first LLaMA family with a 70B
+
+
+def all_names() -> list[str]:
+    """Every name ``resolve`` accepts: the presets, the other models, the aliases."""
+    return [*PRESETS, *OTHERS, *ALIASES]
+
+
+def resolve(model: Any, name: str = "model") -> ModelShape:
+    """The one place a model name becomes a ``ModelShape`` (a ``ModelShape`` is returned as is).
+
+    Called at the boundary (the CLI, the widgets, ``Llama``, ``memory.estimate``,
+    ``plan.search``, ``headlines.fit`` and the other functions a notebook calls with a name);
+    the functions they call take the resolved shape. ``name``: the argument an error names; an
+    unknown name is refused with the list of names.
+    """
+    if isinstance(model, ModelShape):
+        return model
+    if isinstance(model, str):
+        key = ALIASES.get(model, model)
+        if key in PRESETS:
+            return PRESETS[key]
+        if key in OTHERS:
+            return OTHERS[key]
+        raise ValueError(f"{name}: unknown model name {model!r}; known: {', '.join(all_names())}")
+    check.fail(name, f"a ModelShape or a preset name ({', '.join(all_names())})", model)
+

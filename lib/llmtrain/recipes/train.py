@@ -26,6 +26,7 @@ from .. import check
 from .batch import accumulate_gradients, accumulation_steps
 from ..model.llama import Llama
 from ..model.shapes import ModelShape
+from ..model.shapes import resolve
 
 __all__ = ["DEFAULT_PROBS", "successor_table", "corpus", "entropy_rate_nats", "batches",
            "History", "train", "OPTIMIZERS", "CORPUS_TOKENS"]
@@ -234,7 +235,7 @@ def _model(shape_or_model, seed: int) -> nn.Module:
     if not isinstance(shape_or_model, (str, ModelShape)):  # a list of parameters gets a hint
         check.module("shape_or_model", shape_or_model,
                      what="a ModelShape, a preset name or a torch.nn.Module")
-    shape = check.shape("shape_or_model", shape_or_model)
+    shape = resolve(shape_or_model, "shape_or_model")
     with torch.random.fork_rng(devices=[]):  # seed the weights, leave the global RNG alone
         torch.manual_seed(seed)
         return Llama(shape)
