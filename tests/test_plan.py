@@ -279,7 +279,7 @@ def test_cli_table(capsys):
 
 @pytest.mark.parametrize("args, needle", [
     (["llama-8b", "--gpus", "8", "--gpu", "a100-80g", "--batch-tokens", "4M"],
-     "model must be one of"),
+     "model: unknown model name"),
     (["llama-7b", "--gpus", "8", "--gpu", "v100", "--batch-tokens", "4M"], "gpu must be one of"),
     (["llama-7b", "--gpus", "12", "--gpu", "a100-80g", "--batch-tokens", "4M"],
      "gpus must be a multiple of the 8 GPUs of a node"),
