@@ -143,6 +143,12 @@ def read_module(name: str, path: Path) -> ModuleInfo:
             kind = "class" if isinstance(node, ast.ClassDef) else "function"
             defined[node.name] = Entry(name, node.name, kind, _first_line(ast.get_docstring(node)),
                                        node.lineno)
+        elif (isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name)
+              and node.target.id == "__all__" and listed is not None):
+            try:
+                listed += list(ast.literal_eval(node.value))
+            except ValueError:
+                pass
         elif isinstance(node, ast.Assign | ast.AnnAssign):
             names = _targets(node)
             if names == ["__all__"]:
