@@ -564,3 +564,35 @@ def test_the_cli_offers_the_optimizer_registry():
         assert choices is not None and set(choices) == set(methods.OPTIMIZERS), (
             f"llmtrain/cli.py: --optimizer choices {choices} != cost.methods.OPTIMIZERS "
             f"{sorted(methods.OPTIMIZERS)}")
+
+
+# --- the checker itself, on small made-up inputs -------------------------------------------
+
+def test_the_circle_finder_lists_each_elementary_circle_once():
+    g = {"a": {"b": 1}, "b": {"c": 1, "a": 2}, "c": {"a": 1}, "d": {"a": 1}}
+    assert sorted(circles(g)) == [["a", "b"], ["a", "b", "c"]]
+    assert circles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_imports_are_resolved_relative_to_the_file_and_type_checking_is_left_out(tmp_path):
+    pkg = tmp_path / "llmtrain" / "cost"
+    pkg.mkdir(parents=True)
+    path = pkg / "memory.py"
+    path.write_text(textwrap.dedent("""
+        from typing import TYPE_CHECKING
+        from . import params
+        from ..model.shapes import resolve, _private
+        from .. import check as c
+        import llmtrain.units
+        if TYPE_CHECKING:
+            from ..parallel import launch
+        def late():
+            from ..measure import tracker
+    """))
+    mods = {m: Path() for m in ("llmtrain.cost.params", "llmtrain.model.shapes", "llmtrain.check",
+                                "llmtrain.units", "llmtrain.measure.tracker", "llmtrain.parallel.launch")}
+    found = sorted(imports_of("llmtrain.cost.memory", path, mods))
+    assert found == [("llmtrain.check", None, 5), ("llmtrain.cost.params", None, 3),
+                     ("llmtrain.measure.tracker", None, 10), ("llmtrain.model.shapes", "_private", 4),
+                     ("llmtrain.model.shapes", "resolve", 4), ("llmtrain.units", None, 6)]
+    assert layer("llmtrain.cost.memory") == 2 and layer("llmtrain.widgets.explorer") == 5
