@@ -16,7 +16,7 @@ import os
 import sys
 
 from . import check
-from .cost import params
+from .cost import activations, methods, params
 from .model import recompute, shapes
 
 __all__ = ["main"]
@@ -47,6 +47,19 @@ def _int_flag(name: str, minimum: int = 1):
     return parse
 
 
+def _choice_flag(name: str, choices: tuple[str, ...]):
+    """argparse ``type=`` for a flag with named choices, checked by ``check.one_of`` (the error
+    names the flag and lists the choices, as the library does)."""
+    def parse(text: str) -> str:
+        try:
+            return check.one_of(name, text, choices)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = name
+    return parse
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llmtrain", description="llmtrain: companion to 预训练之训练技术 (training techniques for pretraining)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -68,13 +81,14 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="activation recomputation (default: the activation model's own)")
     pm.add_argument("--impl", default="textbook",
                     help="activation model: textbook (default: the slides' 2BTH per layer + 4BTV), "
-                         "korthikanti, reference, hf-eager, hf-sdpa")
+                         f"{', '.join(activations.IMPLS[1:])}")
     pm.add_argument("--dtype", default="bf16", help="activation dtype: fp32, bf16, fp16 (default bf16)")
     pm.add_argument("--precision", default="mixed", help="mixed (default), fp32 or bf16")
-    pm.add_argument("--optimizer", default="adamw",
-                    help="adamw (default), adam, sgd, adafactor, or a memory-saving method "
-                         "(notebook 12): adamw8bit, adamw4bit, galore, galore8bit, "
-                         "adamw-in-backward, lomo, badam, fp8-lm")
+    optimizers = tuple(methods.OPTIMIZERS)  # the registry: one entry per optimizer
+    pm.add_argument("--optimizer", default="adamw", choices=optimizers,
+                    type=_choice_flag("optimizer", optimizers), metavar="OPTIMIZER",
+                    help=f"{optimizers[0]} (default), {', '.join(optimizers[1:4])}, or a "
+                         f"memory-saving method (notebook 12): {', '.join(optimizers[4:])}")
     pm.add_argument("--galore-rank", type=_int_flag("galore-rank"), default=None,
                     help="GaLore's rank r with --optimizer galore/galore8bit (default h/4)")
     pm.add_argument("--attention", default=None,
