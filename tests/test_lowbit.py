@@ -16,7 +16,8 @@ from hypothesis import given, settings, strategies as st
 from llmtrain.optim import lowbit
 from llmtrain.optim.lowbit import (AdamWLowBit, bytes_per_param, dequantize_blockwise,
     dynamic_map, linear_map, quantize_blockwise, state_bytes)
-from llmtrain.measure.optimizer_state import eager, state_tensor_bytes
+from llmtrain.measure.optimizer_state import state_tensor_bytes
+from llmtrain.optim._packages import eager
 
 ao = pytest.importorskip("torchao.optim")
 bnb = pytest.importorskip("bitsandbytes")

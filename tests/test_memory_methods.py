@@ -1,6 +1,6 @@
-"""memory_methods' counts, tensor by tensor, against the bytes real optimizers keep.
+"""cost.methods' counts, tensor by tensor, against the bytes real optimizers keep.
 
-Each method's count (``method_state_bytes``) is compared with ``memory_saving.state_tensor_bytes``
+Each method's count (``method_state_bytes``) is compared with ``optimizer_state.state_tensor_bytes``
 (or the live gradients) measured after real steps, on LLaMA shapes the formulas were not written
 for: GQA, tied embeddings, biases, tensors under 4096 elements and not whole blocks. fp32 models:
 the counts' ``precision="fp32"`` (4-byte weights and gradients, 4-byte states, no master).
@@ -16,8 +16,10 @@ from llmtrain.cost import memory
 from llmtrain.model import shapes
 from llmtrain.cost import methods as mm
 from llmtrain.model.llama import Llama
-from llmtrain.measure.optimizer_state import (BlockAdam, FP8LMAdamW, eager, grad_bytes,
-    state_tensor_bytes)
+from llmtrain.measure.optimizer_state import grad_bytes, state_tensor_bytes
+from llmtrain.optim._packages import eager
+from llmtrain.optim.badam import BlockAdam
+from llmtrain.optim.fp8_lm import FP8LMAdamW
 
 SHAPES = [
     shapes.get("tiny"),
@@ -44,9 +46,22 @@ def _steps(model, opt, n=2):
         opt.step()
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+# param_shapes is a closed form: the meta-device model's named_parameters for presets too, and
+# for shapes with o/MLP biases (Llama attention_bias=True, mlp_bias=True), GQA, tying
+ODD = [shapes.ModelShape(vocab_size=70, hidden_size=40, num_layers=2, num_heads=5, num_kv_heads=1,
+                         intermediate_size=72, max_seq_len=16, attention_bias=True, o_bias=True,
+                         mlp_bias=True, tie_embeddings=True, name="odd-biases-tied"),
+       shapes.ModelShape(vocab_size=33, hidden_size=24, num_layers=1, num_heads=3, num_kv_heads=3,
+                         intermediate_size=50, max_seq_len=16, o_bias=True, name="odd-o-bias")]
+
+
+@pytest.mark.parametrize("shape", SHAPES + ODD + [shapes.get(n) for n in ("llama-7b", "llama2-70b",
+                                                                          "llama3-8b")],
+                         ids=lambda s: s.name)
 def test_param_shapes_are_the_model_s(shape):
-    want = [(n, tuple(p.shape)) for n, p in _model(shape).named_parameters()]
+    with torch.device("meta"):  # allocates nothing, even for 70B
+        model = Llama(shape)
+    want = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     assert mm.param_shapes(shape) == want
     assert sum(math.prod(d) for _, d in want) == memory.params_per_gpu(shape)
     # the same tensors as memory.param_numels' closed form (one GPU): two listings, one model
@@ -190,7 +205,7 @@ def test_fp8_lm_trains_like_adamw():
     # 40 steps of a small regression: FP8-LM's rounded states track fp32 AdamW's loss closely
     # (FP8 E4M3 keeps 3 mantissa bits of m: about 6 % relative error per element, which
     # averages out over the steps); measured 0.2833 vs 0.2827 at lr 3e-3.
-    from llmtrain.measure.optimizer_state import compare_fp8
+    from llmtrain.optim.fp8_lm import compare_fp8
 
     run = compare_fp8(steps=40)
     adamw, fp8 = run["AdamW"]["losses"], run["FP8LMAdamW"]["losses"]
@@ -243,3 +258,15 @@ def test_galore_rank_default_and_cli(capsys):
     est = memory.estimate(shape, 1, batch=1, seq=256, zero=0, optimizer="galore8bit",
                           galore_rank=1024)
     assert f"{est.total:,}" in out
+
+
+def test_the_registry_is_every_optimizer_once():
+    """One registry: memory's names, the per-tensor and no-step-peak lists are its views."""
+    assert memory.OPTIMIZERS == tuple(mm.OPTIMIZERS) == (
+        "adamw", "adam", "sgd", "adafactor", *mm.METHODS)
+    assert all(name == spec.name for name, spec in mm.OPTIMIZERS.items())
+    assert memory.PER_TENSOR == ("galore", "galore8bit", "adamw-in-backward", "lomo", "badam")
+    assert memory.NO_STEP_PEAK == ("adamw-in-backward", "lomo", "badam")
+    assert list(mm.METHODS) == ["adamw8bit", "adamw4bit", "galore", "galore8bit",
+                                "adamw-in-backward", "lomo", "badam", "fp8-lm"]
+    assert lowbit.quantised is mm.lowbit_quantised and galore.state_numel is mm.galore_state_numel

@@ -1,4 +1,4 @@
-"""memory_saving: measuring what optimizers keep, FP8-LM's states, BAdam's blocks."""
+"""measure.optimizer_state, optim.fp8_lm, optim.badam, optim._packages (was memory_saving): measuring what optimizers keep, FP8-LM's states, BAdam's blocks."""
 
 import os
 import sys
@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from llmtrain.measure import optimizer_state as ms
+from llmtrain.measure import optimizer_state
+from llmtrain.optim import _packages, badam, fp8_lm
 from llmtrain.model import shapes
 from llmtrain.model.llama import Llama
 
@@ -30,10 +31,10 @@ def test_state_bytes_of_torch_optimizers(make, per_param):
     opt = make(net.parameters())
     _step(net, opt)
     n = sum(p.numel() for p in net.parameters())
-    assert ms.state_tensor_bytes(opt) == per_param * n
-    assert ms.measured_bytes_per_param(opt) == per_param
+    assert optimizer_state.state_tensor_bytes(opt) == per_param * n
+    assert optimizer_state.measured_bytes_per_param(opt) == per_param
     if per_param == 8:  # torch's AdamW keeps a 0-dim fp32 step per tensor: 4 tensors × 4 bytes
-        assert ms.state_tensor_bytes(opt, count_steps=True) == 8 * n + 4 * 4
+        assert optimizer_state.state_tensor_bytes(opt, count_steps=True) == 8 * n + 4 * 4
 
 
 def test_shared_storage_is_counted_once():
@@ -43,36 +44,36 @@ def test_shared_storage_is_counted_once():
     first = next(iter(opt.state.values()))
     first["alias"] = first["exp_avg"].view(-1)  # a view of a state: no new memory
     n = sum(p.numel() for p in net.parameters())
-    assert ms.state_tensor_bytes(opt) == 8 * n
+    assert optimizer_state.state_tensor_bytes(opt) == 8 * n
 
 
 def test_eager_restores_the_environment(monkeypatch):
     monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
-    with ms.eager():
+    with _packages.eager():
         assert os.environ["TORCHDYNAMO_DISABLE"] == "1"
         f = torch.compile(lambda x: x + 1)
         assert f(torch.ones(1)).item() == 2
     assert "TORCHDYNAMO_DISABLE" not in os.environ
     monkeypatch.setenv("TORCHDYNAMO_DISABLE", "0")
-    with ms.eager():
+    with _packages.eager():
         pass
     assert os.environ["TORCHDYNAMO_DISABLE"] == "0"
 
 
 def test_packages_reports_each():
-    found = ms.packages()
-    assert set(found) == set(ms.PACKAGES) and all(isinstance(v, bool) for v in found.values())
+    found = _packages.packages()
+    assert set(found) == set(_packages.PACKAGES) and all(isinstance(v, bool) for v in found.values())
 
 
 def test_fp8_lm_states_have_their_formats():
     net = _net()
-    opt = ms.FP8LMAdamW(net.parameters(), lr=1e-2)
+    opt = fp8_lm.FP8LMAdamW(net.parameters(), lr=1e-2)
     _step(net, opt)
     st = opt.state[net[0].weight]
     assert (st["master"][0].dtype, st["exp_avg"][0].dtype, st["exp_avg_sq"][0].dtype) == \
         (torch.float16, torch.float8_e4m3fn, torch.float16)
     # the model's weights are the master copy's values
-    from llmtrain.precision.formats import dequantize
+    from llmtrain.precision.fp8 import dequantize
     assert torch.equal(net[0].weight.detach(), dequantize(*st["master"]))
 
 
@@ -80,7 +81,7 @@ def test_block_adam_trains_one_layer_at_a_time():
     torch.manual_seed(0)
     model = Llama(shapes.get("tiny"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = ms.BlockAdam(model, lr=1e-2, switch_every=1)
+    opt = badam.BlockAdam(model, lr=1e-2, switch_every=1)
     ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
     opt.zero_grad()
     model(ids, ids).loss.backward()
@@ -92,13 +93,13 @@ def test_block_adam_trains_one_layer_at_a_time():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: ms.state_tensor_bytes(object()), "optimizer must be a torch.optim.Optimizer"),
-    (lambda: ms.FP8LMAdamW(_net().parameters(), lr=0), "lr must be a positive finite number, got 0"),
-    (lambda: ms.FP8LMAdamW(_net().parameters(), betas=(0.9, 2)), "betas[1] must be"),
-    (lambda: ms.BlockAdam(_net()), "model must be a llmtrain.model.llama.Llama"),
-    (lambda: ms.BlockAdam(Llama(shapes.get("tiny")), switch_every=0),
+    (lambda: optimizer_state.state_tensor_bytes(object()), "optimizer must be a torch.optim.Optimizer"),
+    (lambda: fp8_lm.FP8LMAdamW(_net().parameters(), lr=0), "lr must be a positive finite number, got 0"),
+    (lambda: fp8_lm.FP8LMAdamW(_net().parameters(), betas=(0.9, 2)), "betas[1] must be"),
+    (lambda: badam.BlockAdam(_net()), "model must be a llmtrain.model.llama.Llama"),
+    (lambda: badam.BlockAdam(Llama(shapes.get("tiny")), switch_every=0),
      "switch_every must be a positive integer, got 0"),
-    (lambda: ms.grad_bytes("net"), "model must be"),
+    (lambda: optimizer_state.grad_bytes("net"), "model must be"),
 ])
 def test_bad_input_is_named(make, message):
     with pytest.raises(ValueError) as info:
@@ -110,9 +111,9 @@ def test_runs_without_the_optional_packages(monkeypatch):
     # On Colab the notebook runs without llmtrain[optim]: every demo then runs ours only
     from llmtrain.optim import galore, lomo, lowbit
 
-    for name in ms.PACKAGES:
+    for name in _packages.PACKAGES:
         monkeypatch.setitem(sys.modules, name, None)  # import name -> ImportError
-    assert ms.packages() == {name: False for name in ms.PACKAGES}
+    assert _packages.packages() == {name: False for name in _packages.PACKAGES}
     assert set(lowbit.compare_run(steps=2)) == {"fp32 AdamW", "ours 8-bit", "ours 4-bit"}
     assert set(galore.compare_run(steps=2, ranks=(4,))) == {"AdamW", "GaLore r=4"}
     assert "lomo-optim" not in lomo.compare_run(steps=1)["methods"]

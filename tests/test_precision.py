@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmtrain.precision import formats as P
+from llmtrain.precision import fp8
 
 TORCH_FORMATS = [n for n in P.FORMATS if P.format_info(n).torch_dtype is not None]
 UINT = {8: torch.uint8, 16: torch.int16, 32: torch.int32}
@@ -185,15 +186,15 @@ def test_neighbours_examples():
 
 
 def group_amax(t, granularity):
-    g = P._grouped(t.float().abs(), granularity, 128)
+    g = fp8._grouped(t.float().abs(), granularity, 128)
     return g.amax(dim={"tensor": tuple(range(t.dim())), "tile": (-1,), "block": (-3, -1)}[granularity])
 
 
 @pytest.mark.parametrize("granularity, scale_shape", [("tensor", ()), ("tile", (256, 2)), ("block", (2, 2))])
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2"])
 def test_quantize_scales_map_absmax_to_format_max(name, granularity, scale_shape):
-    x = P.realistic_activations((256, 256), seed=3)
-    q, s = P.quantize(x, name, granularity)
+    x = fp8.realistic_activations((256, 256), seed=3)
+    q, s = fp8.quantize(x, name, granularity)
     assert q.dtype == P.format_info(name).torch_dtype and tuple(s.shape) == scale_shape
     assert (s > 0).all()
     assert (group_amax(q, granularity) == P.format_info(name).max).all()
@@ -203,9 +204,9 @@ def test_quantize_scales_map_absmax_to_format_max(name, granularity, scale_shape
 def test_zero_group_gets_scale_one():
     x = torch.zeros(2, 256)
     x[1, :128] = 1.0
-    q, s = P.quantize(x, granularity="tile")
+    q, s = fp8.quantize(x, granularity="tile")
     assert torch.equal(s, torch.tensor([[1.0, 1.0], [1 / 448, 1.0]]))
-    assert torch.equal(P.dequantize(q, s, "tile"), x)
+    assert torch.equal(fp8.dequantize(q, s, "tile"), x)
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2"])
@@ -216,27 +217,27 @@ def test_round_trip_exact_for_representable_values(name):
     x = grid[torch.randint(len(grid), (128, 256), generator=g)]
     x = x * torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0)
     x[:, ::128] = f.max                                    # every tile and block holds the max: scale 1
-    for granularity in P.GRANULARITIES:
-        q, s = P.quantize(x, name, granularity)
-        assert (s == 1).all() and torch.equal(P.dequantize(q, s, granularity), x)
+    for granularity in fp8.GRANULARITIES:
+        q, s = fp8.quantize(x, name, granularity)
+        assert (s == 1).all() and torch.equal(fp8.dequantize(q, s, granularity), x)
     # power-of-two scales are exact for any power-of-two multiple (no subnormals lost)
     y = x * 2.0**-20
-    q, s = P.quantize(y, name, "tile", pow2_scales=True)
-    assert torch.equal(P.dequantize(q, s, "tile"), y)
+    q, s = fp8.quantize(y, name, "tile", pow2_scales=True)
+    assert torch.equal(fp8.dequantize(q, s, "tile"), y)
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2"])
 def test_fine_grained_scaling_beats_per_tensor_on_outliers(name):
-    x = P.realistic_activations((256, 1024), outlier_fraction=0.01, outlier_scale=1e3)
-    assert P.quantization_error(x, name, "tile") < 0.6 * P.quantization_error(x, name, "tensor")
+    x = fp8.realistic_activations((256, 1024), outlier_fraction=0.01, outlier_scale=1e3)
+    assert fp8.quantization_error(x, name, "tile") < 0.6 * fp8.quantization_error(x, name, "tensor")
     # weights whose 128×128 blocks differ in magnitude by up to 2^±12
     g = torch.Generator().manual_seed(0)
     mags = torch.exp2(torch.randint(-12, 13, (4, 4), generator=g).float())
     w = torch.randn(512, 512, generator=g) * mags.repeat_interleave(128, 0).repeat_interleave(128, 1)
     def worst_block_error(granularity):          # Frobenius error hides small blocks: look at each
-        q, s = P.quantize(w, name, granularity)
-        err = P._grouped(P.dequantize(q, s, granularity) - w, "block", 128).norm(dim=(-3, -1))
-        return (err / P._grouped(w, "block", 128).norm(dim=(-3, -1))).max().item()
+        q, s = fp8.quantize(w, name, granularity)
+        err = fp8._grouped(fp8.dequantize(q, s, granularity) - w, "block", 128).norm(dim=(-3, -1))
+        return (err / fp8._grouped(w, "block", 128).norm(dim=(-3, -1))).max().item()
 
     assert worst_block_error("block") < P.format_info(name).eps
     if name == "fp8_e4m3":    # range 2^-9..448 (~2^18) < the blocks' 2^24 spread: small blocks vanish
@@ -245,40 +246,40 @@ def test_fine_grained_scaling_beats_per_tensor_on_outliers(name):
         assert worst_block_error("tensor") < P.format_info(name).eps
     # E4M3 (3 mantissa bits) is about twice as precise as E5M2 where nothing underflows
     if name == "fp8_e4m3":
-        assert P.quantization_error(x, "fp8_e4m3", "tile") < 0.6 * P.quantization_error(x, "fp8_e5m2", "tile")
+        assert fp8.quantization_error(x, "fp8_e4m3", "tile") < 0.6 * fp8.quantization_error(x, "fp8_e5m2", "tile")
 
 
 def elementwise_error_bound(x, name, granularity):
     """|x − x̂| ≤ u|x| + s·subnormal/2 for round-to-nearest (u = eps/2), plus fp32 scaling slack."""
     f = P.format_info(name)
-    _, s = P.quantize(x, name, granularity)
-    s = P._expand(s, x.shape, granularity, 128).double()
+    _, s = fp8.quantize(x, name, granularity)
+    s = fp8._expand(s, x.shape, granularity, 128).double()
     return (f.eps / 2 + 2.0**-20) * x.abs().double() + s * f.smallest_subnormal / 2 * (1 + 2.0**-20)
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2"])
 def test_quantization_error_within_rounding_bound(name):
-    x = P.realistic_activations((128, 512), outlier_scale=1e4)
-    for granularity in P.GRANULARITIES:
-        q, s = P.quantize(x, name, granularity)
-        err = (P.dequantize(q, s, granularity) - x).abs().double()
+    x = fp8.realistic_activations((128, 512), outlier_scale=1e4)
+    for granularity in fp8.GRANULARITIES:
+        q, s = fp8.quantize(x, name, granularity)
+        err = (fp8.dequantize(q, s, granularity) - x).abs().double()
         assert (err <= elementwise_error_bound(x, name, granularity)).all()
 
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2"])
 def test_fp8_matmul_error_bound_and_fine_beats_tensor(name):
     """|AB − ÂB̂| ≤ E_A|B| + |A|E_B + E_A E_B + γ_K |Â||B̂| elementwise (E: the bound above, γ_K = K·2^-24 fp32)."""
-    a = P.realistic_activations((256, 512), outlier_scale=1e3, seed=1)
+    a = fp8.realistic_activations((256, 512), outlier_scale=1e3, seed=1)
     b = torch.randn(512, 256, generator=torch.Generator().manual_seed(2)) / 512**0.5
     exact = a.double() @ b.double()
     for granularity, (ga, gb) in {"fine": ("tile", "block"), "tensor": ("tensor", "tensor")}.items():
-        c = P.fp8_matmul(a, b, name, granularity).double()
+        c = fp8.fp8_matmul(a, b, name, granularity).double()
         ea, eb = elementwise_error_bound(a, name, ga), elementwise_error_bound(b, name, gb)
         abs_a, abs_b = a.abs().double(), b.abs().double()
         bound = ea @ abs_b + abs_a @ eb + ea @ eb + 512 * 2.0**-23 * (abs_a + ea) @ (abs_b + eb)
         assert ((c - exact).abs() <= bound).all()
     u = P.format_info(name).eps / 2
-    rel = {g: ((P.fp8_matmul(a, b, name, g).double() - exact).norm() / exact.norm()).item()
+    rel = {g: ((fp8.fp8_matmul(a, b, name, g).double() - exact).norm() / exact.norm()).item()
            for g in ("fine", "tensor")}
     assert rel["fine"] < rel["tensor"] < 2 * u        # random rounding errors add like √K, not K
 
@@ -289,41 +290,41 @@ def test_fp8_matmul_error_bound_and_fine_beats_tensor(name):
 def test_validation_errors_name_the_argument():
     x = torch.randn(4, 100)
     with pytest.raises(ValueError, match=r"^x: last dimension .* tile=128"):
-        P.quantize(x, granularity="tile")
+        fp8.quantize(x, granularity="tile")
     with pytest.raises(ValueError, match=r"^x: last two dimensions"):
-        P.quantize(torch.randn(128, 256)[:100], granularity="block")
+        fp8.quantize(torch.randn(128, 256)[:100], granularity="block")
     with pytest.raises(ValueError, match="^granularity"):
-        P.quantize(x, granularity="row")
+        fp8.quantize(x, granularity="row")
     with pytest.raises(ValueError, match="^tile"):
-        P.quantize(x, granularity="tile", tile=0)
+        fp8.quantize(x, granularity="tile", tile=0)
     with pytest.raises(ValueError, match="^name"):
-        P.quantize(x, name="int8")
+        fp8.quantize(x, name="int8")
     with pytest.raises(ValueError, match="^x must be finite"):
-        P.quantize(torch.tensor([1.0, float("inf")]))
+        fp8.quantize(torch.tensor([1.0, float("inf")]))
     with pytest.raises(ValueError, match="^x must be a float32"):
         P.round_to(torch.ones(2, dtype=torch.float64), "bf16")
     with pytest.raises(ValueError, match="^a, b"):
-        P.fp8_matmul(torch.ones(2, 128), torch.ones(64, 128))
+        fp8.fp8_matmul(torch.ones(2, 128), torch.ones(64, 128))
     with pytest.raises(ValueError, match="^granularity"):
-        P.fp8_matmul(torch.ones(128, 128), torch.ones(128, 128), granularity="tile")
+        fp8.fp8_matmul(torch.ones(128, 128), torch.ones(128, 128), granularity="tile")
     with pytest.raises(ValueError, match="^outlier_fraction"):
-        P.realistic_activations((4, 8), outlier_fraction=2)
+        fp8.realistic_activations((4, 8), outlier_fraction=2)
     with pytest.raises(ValueError, match="^outlier_scale"):
-        P.realistic_activations((4, 8), outlier_scale=0)
+        fp8.realistic_activations((4, 8), outlier_scale=0)
     with pytest.raises(ValueError, match="^shape"):
-        P.realistic_activations((4, 0))
+        fp8.realistic_activations((4, 0))
 
 
 def test_realistic_activations_has_outlier_channels():
-    x = P.realistic_activations((512, 1000), outlier_fraction=0.01, outlier_scale=100.0, seed=5)
+    x = fp8.realistic_activations((512, 1000), outlier_fraction=0.01, outlier_scale=100.0, seed=5)
     std = x.std(dim=0)
     assert ((std > 20).sum().item(), x.dtype) == (10, torch.float32)
-    assert torch.equal(x, P.realistic_activations((512, 1000), 0.01, 100.0, seed=5))
+    assert torch.equal(x, fp8.realistic_activations((512, 1000), 0.01, 100.0, seed=5))
 
 
 def test_realistic_activations_outlier_scale_one_is_the_same_draw():
-    x = P.realistic_activations((64, 256), outlier_fraction=0.05, outlier_scale=1e3, seed=2)
-    base = P.realistic_activations((64, 256), outlier_fraction=0.05, outlier_scale=1.0, seed=2)
+    x = fp8.realistic_activations((64, 256), outlier_fraction=0.05, outlier_scale=1e3, seed=2)
+    base = fp8.realistic_activations((64, 256), outlier_fraction=0.05, outlier_scale=1.0, seed=2)
     outlier = (x != base).any(dim=0)
     assert outlier.sum().item() == round(0.05 * 256)
     assert torch.equal(x[:, ~outlier], base[:, ~outlier])
@@ -337,32 +338,32 @@ def test_quantization_stats_by_hand():
     # E4M3 per tensor, amax 448: scale 1. 2⁻¹⁰ is a tie between 0 and the smallest subnormal
     # 2⁻⁹ (rounds to even: 0), 2⁻¹¹ flushes, 1.0 and 448 are exact.
     x = torch.tensor([[448.0, 1.0, 2.0**-10, 2.0**-11, 0.0]])
-    s = P.quantization_stats(x, "fp8_e4m3")
+    s = fp8.quantization_stats(x, "fp8_e4m3")
     assert (s.flushed, s.nonzero, s.flushed_fraction) == (2, 4, Fraction(1, 2))
     expected = math.sqrt(2.0**-20 + 2.0**-22) / math.sqrt(448.0**2 + 1 + 2.0**-20 + 2.0**-22)
     assert s.error == pytest.approx(expected, rel=1e-12)
     ordinary = torch.tensor([False, True, True, True, True])  # a mask of the last dim
-    s = P.quantization_stats(x, "fp8_e4m3", where=ordinary)
+    s = fp8.quantization_stats(x, "fp8_e4m3", where=ordinary)
     assert (s.flushed, s.nonzero) == (2, 3)
     assert s.error == pytest.approx(math.sqrt(2.0**-20 + 2.0**-22) / math.sqrt(1 + 2.0**-20 + 2.0**-22))
-    assert P.quantization_stats(torch.zeros(3), "fp8_e4m3") == (0.0, 0, 0)
-    assert P.quantization_stats(torch.zeros(3), "fp8_e4m3").flushed_fraction == 0
+    assert fp8.quantization_stats(torch.zeros(3), "fp8_e4m3") == (0.0, 0, 0)
+    assert fp8.quantization_stats(torch.zeros(3), "fp8_e4m3").flushed_fraction == 0
     with pytest.raises(ValueError, match="^where must be broadcastable"):
-        P.quantization_stats(x, where=torch.ones(3, dtype=torch.bool))
+        fp8.quantization_stats(x, where=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="^where must be a bool tensor"):
-        P.quantization_stats(x, where=ordinary.float())
+        fp8.quantization_stats(x, where=ordinary.float())
 
 
 def test_quantization_stats_agrees_with_quantization_error_and_shows_the_squeeze():
     """On the whole tensor the error equals quantization_error; on the ordinary channels one
     scale per tensor flushes many values once the outliers are 10⁴× larger, 1×128 tiles few."""
-    x = P.realistic_activations((128, 512), outlier_scale=1e4, seed=0)
-    ordinary = (x == P.realistic_activations((128, 512), outlier_scale=1.0, seed=0)).all(dim=0)
-    for g in P.GRANULARITIES:
-        whole = P.quantization_stats(x, "fp8_e4m3", g)
-        assert whole.error == pytest.approx(P.quantization_error(x, "fp8_e4m3", g), rel=1e-5)
-    tensor = P.quantization_stats(x, "fp8_e4m3", "tensor", where=ordinary)
-    tile = P.quantization_stats(x, "fp8_e4m3", "tile", where=ordinary)
+    x = fp8.realistic_activations((128, 512), outlier_scale=1e4, seed=0)
+    ordinary = (x == fp8.realistic_activations((128, 512), outlier_scale=1.0, seed=0)).all(dim=0)
+    for g in fp8.GRANULARITIES:
+        whole = fp8.quantization_stats(x, "fp8_e4m3", g)
+        assert whole.error == pytest.approx(fp8.quantization_error(x, "fp8_e4m3", g), rel=1e-5)
+    tensor = fp8.quantization_stats(x, "fp8_e4m3", "tensor", where=ordinary)
+    tile = fp8.quantization_stats(x, "fp8_e4m3", "tile", where=ordinary)
     assert tensor.flushed_fraction > 0.05 > 0.02 > tile.flushed_fraction
     assert tensor.error > 1.5 * tile.error
 
@@ -375,7 +376,7 @@ def test_round_significand_to_nearest_equals_torch_casts(bits):
     normal numbers (their exponent range is not reached here); random doubles hit no ties."""
     dtype = {8: torch.bfloat16, 11: torch.float16, 24: torch.float32}[bits]
     x = torch.randn(4096, generator=torch.Generator().manual_seed(bits), dtype=torch.float64) * 100
-    assert torch.equal(P.round_significand(x, bits), x.to(dtype).double())
+    assert torch.equal(fp8.round_significand(x, bits), x.to(dtype).double())
 
 
 @pytest.mark.parametrize("bits", [1, 2, 8, 14, 24, 52])
@@ -384,17 +385,17 @@ def test_round_significand_toward_zero_truncates_the_significand(bits):
     x = torch.randn(4096, generator=torch.Generator().manual_seed(bits), dtype=torch.float64) * 1e3
     m, e = torch.frexp(x)
     expected = torch.trunc(m * 2.0**bits) * torch.exp2(e.double() - bits)
-    assert torch.equal(P.round_significand(x, bits, "toward_zero"), expected)
+    assert torch.equal(fp8.round_significand(x, bits, "toward_zero"), expected)
 
 
 def test_round_significand_by_hand():
     x = torch.tensor([1 + 2.0**-3 + 2.0**-5, -(1 + 2.0**-3 + 2.0**-5), 7.0, 0.0], dtype=torch.float64)
     # 4 significant bits: 1.001|01 → 1.001 (nearest and toward zero), 7 = 111 stays
-    assert P.round_significand(x, 4).tolist() == [1.125, -1.125, 7.0, 0.0]
-    assert P.round_significand(torch.tensor([1 + 2.0**-3 + 2.0**-4], dtype=torch.float64), 4).item() == 1.25
-    assert P.round_significand(torch.tensor([1 + 2.0**-3 + 2.0**-4 + 2.0**-6], dtype=torch.float64), 4,
+    assert fp8.round_significand(x, 4).tolist() == [1.125, -1.125, 7.0, 0.0]
+    assert fp8.round_significand(torch.tensor([1 + 2.0**-3 + 2.0**-4], dtype=torch.float64), 4).item() == 1.25
+    assert fp8.round_significand(torch.tensor([1 + 2.0**-3 + 2.0**-4 + 2.0**-6], dtype=torch.float64), 4,
                                "toward_zero").item() == 1.125
-    assert P.round_significand(torch.tensor([-7.5], dtype=torch.float64), 2, "toward_zero").item() == -6.0
+    assert fp8.round_significand(torch.tensor([-7.5], dtype=torch.float64), 2, "toward_zero").item() == -6.0
 
 
 def _gemm_inputs(k, seed=0, m=8, n=128):
@@ -409,12 +410,12 @@ def test_fp8_gemm_with_a_wide_accumulator_is_the_dequantised_product():
     a, b = _gemm_inputs(512)
     for g in ("tensor", "fine"):
         ga, gb = ("tile", "block") if g == "fine" else ("tensor", "tensor")
-        qa, sa = P.quantize(a, "fp8_e4m3", ga)
-        qb, sb = P.quantize(b, "fp8_e4m3", gb)
-        oracle = P.dequantize(qa, sa, ga).double() @ P.dequantize(qb, sb, gb).double()
-        got = P.fp8_gemm_accumulated(a, b, granularity=g, accumulator_bits=52)
+        qa, sa = fp8.quantize(a, "fp8_e4m3", ga)
+        qb, sb = fp8.quantize(b, "fp8_e4m3", gb)
+        oracle = fp8.dequantize(qa, sa, ga).double() @ fp8.dequantize(qb, sb, gb).double()
+        got = fp8.fp8_gemm_accumulated(a, b, granularity=g, accumulator_bits=52)
         assert ((got - oracle).abs().max() / oracle.abs().max()).item() < 1e-6
-        assert torch.allclose(got.float(), P.fp8_matmul(a, b, granularity=g), rtol=1e-5, atol=1e-4)
+        assert torch.allclose(got.float(), fp8.fp8_matmul(a, b, granularity=g), rtol=1e-5, atol=1e-4)
 
 
 def test_promotion_every_128_bounds_the_accumulation_error_and_long_sums_grow_it():
@@ -422,10 +423,10 @@ def test_promotion_every_128_bounds_the_accumulation_error_and_long_sums_grow_it
     fp32 every N_C = 128 elements fixes it. Errors against the product of the quantised inputs."""
     def acc_error(k, **kw):
         a, b = _gemm_inputs(k)
-        wide = P.fp8_gemm_accumulated(a, b, granularity="tensor", accumulator_bits=52, promote_every=128)
-        got = P.fp8_gemm_accumulated(a, b, granularity="tensor", **kw)
+        wide = fp8.fp8_gemm_accumulated(a, b, granularity="tensor", accumulator_bits=52, promote_every=128)
+        got = fp8.fp8_gemm_accumulated(a, b, granularity="tensor", **kw)
         return ((got - wide).abs().max() / wide.abs().max()).item()
-    for rounding in P.ROUNDINGS:
+    for rounding in fp8.ROUNDINGS:
         long512 = acc_error(512, promote_every=None, rounding=rounding)
         long4096 = acc_error(4096, promote_every=None, rounding=rounding)
         promoted = acc_error(4096, promote_every=128, rounding=rounding)
@@ -437,19 +438,19 @@ def test_promotion_every_128_bounds_the_accumulation_error_and_long_sums_grow_it
 def test_fp8_gemm_accumulated_rejects_what_it_cannot_model():
     a, b = _gemm_inputs(256)
     with pytest.raises(ValueError, match="promote_every=None needs granularity='tensor'"):
-        P.fp8_gemm_accumulated(a, b, granularity="fine", promote_every=None)
+        fp8.fp8_gemm_accumulated(a, b, granularity="fine", promote_every=None)
     with pytest.raises(ValueError, match="promote_every must divide K = 256 and tile = 128"):
-        P.fp8_gemm_accumulated(a, b, promote_every=96)
+        fp8.fp8_gemm_accumulated(a, b, promote_every=96)
     with pytest.raises(ValueError, match="rounding"):
-        P.fp8_gemm_accumulated(a, b, rounding="up")
+        fp8.fp8_gemm_accumulated(a, b, rounding="up")
     with pytest.raises(ValueError, match="bits"):
-        P.round_significand(torch.ones(2, dtype=torch.float64), 0)
+        fp8.round_significand(torch.ones(2, dtype=torch.float64), 0)
 
 
 def test_deepseek_v3_table_cites_only_checked_places_of_the_report():
     from llmtrain import sources
     checked = sources.find("DeepSeek-V3").checked
-    for what, fmt, places in P.DEEPSEEK_V3_FP8:
+    for what, fmt, places in fp8.DEEPSEEK_V3_FP8:
         assert what and fmt
         for place in places.split(", "):
             assert place in checked, (what, place)

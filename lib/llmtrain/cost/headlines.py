@@ -3,7 +3,7 @@
 Each ``Headline`` quotes the slide, names the method and its source, and states the setting we
 check it in (model, card, batch, sequence, recomputation): the assumptions are data, so a
 reader can change them. ``fit`` adds up one GPU's memory for a setting with
-``memory_methods.method_state_bytes`` (exact for the model's tensors) and
+``methods.method_state_bytes`` (exact for the model's tensors) and
 ``memory.activation_bytes`` (Korthikanti et al.'s 16-bit activations), plus the slides'
 ~1 GiB for the framework. Notebook 12 shows every row; tests/test_headlines.py checks them.
 """
@@ -17,7 +17,8 @@ from typing import Any
 from .. import check
 from . import frameworks, memory
 from . import methods as mm
-from .memory import GIB
+from ..model.shapes import resolve
+from ..units import GIB
 
 __all__ = ["Setting", "Headline", "HEADLINES", "fit", "describe", "verdict", "verdicts",
            "fp8_lm_arithmetic"]
@@ -29,7 +30,7 @@ CARD_24G = 24 * GIB  # RTX 3090 / 4090: 24 GiB of GDDR6X
 class Setting:
     """One GPU's share of a training run, as ``fit`` adds it up.
 
-    method: a ``memory_methods.METHODS`` name, or "adamw" (the 16P baseline). gpus > 1 splits
+    method: a ``methods.METHODS`` name, or "adamw" (the 16P baseline). gpus > 1 splits
     the model states evenly over them (ZeRO-3 / FSDP) and adds one decoder layer's gathered
     16-bit weights. recompute: "full" keeps each layer's input only (activation checkpointing).
     """
@@ -63,8 +64,9 @@ class Headline:
 
 
 def fit(s: Setting) -> dict[str, Any]:
-    """Per-GPU bytes of ``s`` by part, their total (+1 GiB framework) and whether it fits."""
-    shape = check.shape("model", s.model)
+    """Per-GPU bytes of ``s`` by part, their total (+1 GiB framework, the slides') and whether
+    it fits. Checked: tests/test_headlines.py."""
+    shape = resolve(s.model, "model")
     check.positive_int("gpus", s.gpus)
     if s.method == "adamw":
         states = memory.model_state_bytes(shape, precision=s.precision)
@@ -93,7 +95,8 @@ def fit(s: Setting) -> dict[str, Any]:
 def describe(s: Setting) -> str:
     """A baseline's name from what it keeps, with its bytes per parameter (weights + gradients
     + master + m and v): mixed-precision AdamW only with its fp32 master copy (16), 16-bit AdamW
-    with fp32 states and no master (12), pure-bf16 AdamW (8), fp32 AdamW (16)."""
+    with fp32 states and no master (12), pure-bf16 AdamW (8), fp32 AdamW (16): Micikevicius
+    et al. 2018's counts (tests/test_headlines.py)."""
     if s.method != "adamw":
         return s.method
     w, master, state = mm.precision_bytes(s.precision)
@@ -163,7 +166,7 @@ HEADLINES: list[Headline] = [
 def verdict(h: Headline, fits: bool) -> str:
     """✓ the setting fits the card, ✗ it does not, ? the method is not identified here;
     "consistent" where the setting is not the claim's own (``checked`` says what is) and fits;
-    a GPU-only part of the claim adds ", ? speed"."""
+    a GPU-only part of the claim adds ", ? speed". Checked: tests/test_headlines.py."""
     if not h.identified:
         mark = "?"
     elif not fits:
@@ -175,7 +178,8 @@ def verdict(h: Headline, fits: bool) -> str:
 
 def verdicts() -> list[dict[str, Any]]:
     """One row per headline: the method's and the baseline's per-GPU GiB, whether each fits,
-    the baseline's name (``describe``), the fraction saved against it, and the verdict."""
+    the baseline's name (``describe``), the fraction saved against it, and the verdict
+    (tests/test_headlines.py)."""
     rows = []
     for h in HEADLINES:
         a, b = fit(h.setting), fit(h.baseline)
@@ -190,7 +194,8 @@ def verdicts() -> list[dict[str, Any]]:
 def fp8_lm_arithmetic() -> dict[str, Any]:
     """FP8-LM's byte arithmetic: the optimizer side 4+4+4+4 → 2+1+1+2 bytes per parameter
     (master, gradient, m, v; −62.5 %, MS-AMP's O2), and the share f of memory the model states
-    must have for that to give the headline's 42 % end to end: f = 0.42 / 0.625."""
+    must have for that to give the headline's 42 % end to end: f = 0.42 / 0.625 (Peng et al.
+    2023, arXiv 2310.18313)."""
     from fractions import Fraction
 
     before, after = {"master": 4, "gradient": 4, "m": 4, "v": 4}, {"master": 2, "gradient": 1,

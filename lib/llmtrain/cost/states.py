@@ -19,15 +19,17 @@ from . import methods as _ms
 from . import params as _params
 from .frameworks import Framework, framework_of
 from .layout import ParallelDims, shard_range
+from ..model.shapes import resolve
 
 __all__ = ["PRECISIONS", "OPTIMIZERS", "PER_TENSOR", "NO_STEP_PEAK", "state_bytes_per_param",
            "param_numels", "params_per_gpu", "model_state_bytes", "largest_layer_params",
-           "parallel_dims"]
+           "parallel_dims", "as_dims"]
 
 # --- the layout: dp × tp × pp GPUs ----------------------------------------------------------
 
-def _dims(dims: Any) -> ParallelDims:
-    """A ParallelDims as given, or ParallelDims(dp=dims) for a positive integer."""
+def as_dims(dims: Any) -> ParallelDims:
+    """A ParallelDims as given, or ParallelDims(dp=dims) for a positive integer: what every
+    ``dims=`` argument accepts (tests/test_memory.py)."""
     if isinstance(dims, ParallelDims):
         return dims
     try:
@@ -39,7 +41,8 @@ def _dims(dims: Any) -> ParallelDims:
 def parallel_dims(gpus: int, tp: int = 1, pp: int = 1) -> ParallelDims:
     """The layout of ``gpus`` GPUs as tp × pp model-parallel groups: dp = gpus/(tp·pp).
 
-    What ``llmtrain memory --gpus --tp --pp`` and the notebook 11 calculator build.
+    What ``llmtrain memory --gpus --tp --pp`` and the notebook 11 calculator build
+    (Narayanan et al. 2021's dp × tp × pp; tests/test_memory.py).
     """
     for name, value in (("gpus", gpus), ("tp", tp), ("pp", pp)):
         check.positive_int(name, value)  # before gpus % (tp·pp): a zero degree is named
@@ -51,15 +54,15 @@ def parallel_dims(gpus: int, tp: int = 1, pp: int = 1) -> ParallelDims:
 # --- model states: weights, gradients, master weights, optimizer states ---------------
 
 PRECISIONS = _ms.PRECISIONS
-# The memory-saving methods of notebook 12 (``memory_methods.METHODS``): adamw8bit, adamw4bit,
-# galore, galore8bit, adamw-in-backward, lomo, badam, fp8-lm.
-OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", *_ms.METHODS)
+# Views of the one registry, ``methods.OPTIMIZERS`` (each name's ``OptimizerSpec``): every name;
+# the memory-saving methods of notebook 12 come after adamw, adam, sgd and adafactor.
+OPTIMIZERS = tuple(_ms.OPTIMIZERS)
 # Those whose bytes depend on the model's tensors, not only on P (a ModelShape is needed).
-PER_TENSOR = ("galore", "galore8bit", "adamw-in-backward", "lomo", "badam")
+PER_TENSOR = tuple(n for n, s in _ms.OPTIMIZERS.items() if s.per_tensor)
 # Those that step inside backward or train one block at a time: ``step_peak``'s phases (all
 # gradients alive, then one optimizer step with fp32 gradients) do not describe them, so
 # ``estimate`` gives no ``step_peak`` (their peaks are measured in notebook 12, tests/test_lomo.py).
-NO_STEP_PEAK = ("adamw-in-backward", "lomo", "badam")
+NO_STEP_PEAK = tuple(n for n, s in _ms.OPTIMIZERS.items() if not s.step_phases)
 
 
 def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") -> dict[str, float]:
@@ -72,22 +75,30 @@ def state_bytes_per_param(precision: str = "mixed", optimizer: str = "adamw") ->
     2023): 2·(1/2 + 4/128) = 1.0625 (large tensors; ``model_state_bytes`` with a ModelShape
     counts each tensor, small ones stay fp32); fp8-lm (Peng et al. 2023): 1 + 1 + 2 + (1 + 2).
     adafactor and ``PER_TENSOR`` depend on the model's tensors: see ``model_state_bytes``.
+    What each optimizer keeps is its ``methods.OPTIMIZERS`` entry.
     """
     check.one_of("precision", precision, PRECISIONS)
     check.one_of("optimizer", optimizer, OPTIMIZERS)
-    if optimizer in PER_TENSOR:
+    spec = _ms.OPTIMIZERS[optimizer]
+    if spec.per_tensor:
         raise ValueError(f"optimizer={optimizer!r} depends on the model's tensors, not only on "
                          "their count: use model_state_bytes with a ModelShape")
     w, master, state = _ms.precision_bytes(precision)
-    if optimizer == "fp8-lm":
+    if spec.fixed_bytes is not None:
         if precision != "mixed":
-            check.fail("precision", "'mixed' for optimizer='fp8-lm' (it fixes its own bytes)", precision)
-        return {**_ms.FP8_LM_BYTES, "optimizer": float(_ms.FP8_LM_BYTES["optimizer"])}
-    if optimizer in ("adamw8bit", "adamw4bit"):  # codes + block scales
-        opt = _ms.lowbit_state_bytes_per_param(8 if optimizer == "adamw8bit" else 4)
+            check.fail("precision", f"'mixed' for optimizer={optimizer!r} (it fixes its own "
+                       "bytes)", precision)
+        return {**spec.fixed_bytes, "optimizer": float(spec.fixed_bytes["optimizer"])}
+    if spec.bits is not None:  # codes + block scales
+        opt = _ms.lowbit_state_bytes_per_param(spec.bits)
     else:
-        opt = float({"adamw": 2, "adam": 2, "sgd": 1, "adafactor": 1}[optimizer] * state)
+        opt = float(spec.states * state)
     return {"weights": w, "gradients": w, "master": master, "optimizer": opt}
+
+
+def _projected() -> str:
+    """The optimizers that take a GaLore rank, for a message: "'galore' or 'galore8bit'"."""
+    return " or ".join(repr(n) for n, s in _ms.OPTIMIZERS.items() if s.projected)
 
 
 def param_numels(shape: ModelShape, dims: ParallelDims | int, rank: int) -> list[int]:
@@ -99,8 +110,8 @@ def param_numels(shape: ModelShape, dims: ParallelDims | int, rank: int) -> list
     output layer on the last (with tied embeddings and pp > 1 the last stage keeps its own
     copy of the matrix, Megatron-LM's). ZeRO pads each to a multiple of dp:
     ``parallel.zero.expected_bytes(param_numels(...), dp, stage)`` is what the rank holds."""
-    shape = check.shape("shape", shape)
-    dims = _dims(dims).check(shape)
+    shape = resolve(shape, "shape")
+    dims = as_dims(dims).check(shape)
     c = dims.coords(rank)
     H, tp = shape.hidden_size, dims.tp
     q, kv = shape.q_size // tp, shape.kv_size // tp  # tp divides the heads
@@ -135,8 +146,8 @@ def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
     Without ``rank``: the larger stage. ``dims.check(shape)`` refuses a layout the shape
     cannot take (tp | heads, pp ≤ L, ...).
     """
-    shape = check.shape("shape", shape)
-    dims = _dims(dims).check(shape)
+    shape = resolve(shape, "shape")
+    dims = as_dims(dims).check(shape)
     if rank is not None:
         return sum(param_numels(shape, dims, rank))
     tp, pp = dims.tp, dims.pp
@@ -167,8 +178,8 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     ``params_per_gpu`` splits it exactly; needed for adafactor's factored states).
     ``dims``: a ParallelDims, or an int = ParallelDims(dp=dims). ``rank`` (with a ModelShape):
     that global rank's states exactly, else the busiest GPU's.
-    The memory-saving methods (``memory_methods.METHODS``, notebook 12) with a ModelShape and
-    tp = pp = 1 are counted tensor by tensor (``memory_methods.method_state_bytes``; GaLore's
+    The memory-saving methods (``methods.METHODS``, notebook 12) with a ModelShape and
+    tp = pp = 1 are counted tensor by tensor (``methods.method_state_bytes``; GaLore's
     rank ``galore_rank``, default h/4); ``PER_TENSOR`` ones need that.
     ``framework`` (one of ``FRAMEWORKS``): "slides" and "fsdp" count as above; "deepspeed"
     counts DeepSpeed's estimator exactly (2P + int(18P/N) at ZeRO-2, 4·largest layer +
@@ -185,13 +196,14 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
         return _framework_model_states(fw, num_params, dims, zero, precision, optimizer, rank,
                                        galore_rank)
     check.optional(check.positive_int, "galore_rank", galore_rank)
-    if galore_rank is not None and optimizer not in ("galore", "galore8bit"):
-        raise ValueError(f"galore_rank is only used by optimizer 'galore' or 'galore8bit', got "
+    spec = _ms.OPTIMIZERS[optimizer]
+    if galore_rank is not None and not spec.projected:
+        raise ValueError(f"galore_rank is only used by optimizer {_projected()}, got "
                          f"galore_rank={galore_rank} with optimizer={optimizer!r}")
-    dims = _dims(dims)
+    dims = as_dims(dims)
     if isinstance(num_params, str):  # a preset name
-        num_params = check.shape("num_params", num_params)
-    if optimizer in _ms.METHODS and (isinstance(num_params, ModelShape) or optimizer in PER_TENSOR):
+        num_params = resolve(num_params, "num_params")
+    if spec.saving and (isinstance(num_params, ModelShape) or spec.per_tensor):
         if not isinstance(num_params, ModelShape):
             raise ValueError(f"optimizer={optimizer!r} needs a ModelShape for num_params: its "
                              "bytes depend on the model's tensors")
@@ -209,12 +221,12 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
         check.positive_int("num_params", num_params)
         P, shape = math.ceil(num_params / (dims.tp * dims.pp)), None
     state_elems = P
-    if optimizer == "adafactor":
+    if spec.factored:
         if shape is None:
-            raise ValueError("optimizer='adafactor' needs a ModelShape: its second moment is "
+            raise ValueError(f"optimizer={optimizer!r} needs a ModelShape: its second moment is "
                              "factored per matrix (rows + columns)")
         if dims.tp != 1 or dims.pp != 1:
-            raise ValueError("optimizer='adafactor' is modelled for tp=1, pp=1 only")
+            raise ValueError(f"optimizer={optimizer!r} is modelled for tp=1, pp=1 only")
         state_elems = _adafactor_elements(shape)
     parts = {"weights": P * per["weights"], "gradients": P * per["gradients"],
              "master": P * per["master"], "optimizer": math.ceil(state_elems * per["optimizer"])}
@@ -234,8 +246,8 @@ def largest_layer_params(shape: ModelShape, dims: ParallelDims | int = ParallelD
     """DeepSpeed's ``largest_layer_params`` (stage3.py ``model_to_params``: the most parameters
     one module holds itself) of transformers' Llama on one GPU of the tp group: the embedding
     or lm_head (⌈V/tp⌉·H), a projection (its TP shard and bias) or a norm."""
-    shape = check.shape("shape", shape)
-    dims = _dims(dims).check(shape)
+    shape = resolve(shape, "shape")
+    dims = as_dims(dims).check(shape)
     H, tp = shape.hidden_size, dims.tp
     q, kv = shape.q_size // tp, shape.kv_size // tp
     f = math.ceil(shape.intermediate_size / tp)
@@ -252,15 +264,16 @@ def _framework_model_states(fw: Framework, num_params, dims, zero: int, precisio
         check.fail("zero", f"one of {fw.zeros} for framework={fw.name!r}", zero)
     if precision not in fw.precisions:
         check.fail("precision", f"one of {fw.precisions} for framework={fw.name!r}", precision)
-    if optimizer not in ("adam", "adamw"):
-        check.fail("optimizer", f"'adam' or 'adamw' for framework={fw.name!r} (its table counts "
+    if not _ms.OPTIMIZERS[optimizer].framework_tables:
+        tabled = " or ".join(repr(n) for n, s in _ms.OPTIMIZERS.items() if s.framework_tables)
+        check.fail("optimizer", f"{tabled} for framework={fw.name!r} (its table counts "
                    "Adam's two fp32 moments)", optimizer)
     if galore_rank is not None:
-        raise ValueError(f"galore_rank is only used by optimizer 'galore' or 'galore8bit', got "
+        raise ValueError(f"galore_rank is only used by optimizer {_projected()}, got "
                          f"galore_rank={galore_rank} with optimizer={optimizer!r}")
-    dims = _dims(dims)
+    dims = as_dims(dims)
     if isinstance(num_params, str):
-        num_params = check.shape("num_params", num_params)
+        num_params = resolve(num_params, "num_params")
     if isinstance(num_params, ModelShape):
         P = params_per_gpu(num_params, dims, rank)
         largest = largest_layer_params(num_params, dims)
@@ -313,3 +326,6 @@ def _adafactor_elements(shape: ModelShape) -> int:
     per_layer += (b["attention"] + b["mlp"]) // L - sum(r * c for r, c in mats)  # biases
     head = (V + H) if not shape.tie_embeddings else 0
     return L * per_layer + (V + H) + head + H
+
+
+_dims = as_dims  # the name cost/memory.py imports (until it imports as_dims)

@@ -64,11 +64,11 @@ import math
 from dataclasses import dataclass
 
 from .. import check
-from .activations import saved_bytes_terms
-from ..measure.activations import MODELS
+from ..model.shapes import ModelShape, resolve
+from ..units import dtype_bytes
+from . import methods
+from .activations import MODELS, saved_bytes_terms
 from .layout import ParallelDims
-from ..precision.formats import dtype_bytes
-from ..model.shapes import ModelShape
 
 __all__ = ["StepPeak", "phases", "param_sizes", "optimizer_temporary_bytes", "OPTIMIZER_IMPLS",
            "PHASES"]
@@ -82,7 +82,8 @@ PHASES = ("forward", "backward: loss", "backward: output layer", "backward: fina
 
 @dataclass(frozen=True)
 class StepPeak:
-    """Bytes live at the high point of each phase of one training step, part by part."""
+    """Bytes live at the high point of each phase of one training step, part by part
+    (measured to the byte: tests/test_step_peak.py)."""
 
     phases: dict[str, dict[str, int]]
     set_to_none: bool = True
@@ -131,7 +132,7 @@ def param_sizes(shape: ModelShape, impl: str = "reference") -> list[int]:
     then its bias), post-attention norm, gate, up, down; final norm; lm_head (absent when tied).
     transformers' decoder layer registers attention and MLP before the two norms.
     """
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.one_of("impl", impl, ("reference", "hf", "hf-eager", "hf-sdpa"))
     V, H = shape.vocab_size, shape.hidden_size
     sizes = [V * H] + _layer_sizes(shape, impl) * shape.num_layers + [H]
@@ -187,9 +188,12 @@ def phases(shape: ModelShape, batch: int, seq: int, *, dims: ParallelDims, param
            recompute: str | None, dtype, impl: str, precision: str, optimizer: str, sp: bool,
            attention: str, set_to_none: bool, optimizer_impl: str) -> StepPeak:
     """The ``StepPeak`` of the parts ``memory.estimate`` computed (called by it, with the
-    layout ``dims``, ``memory.params_per_gpu`` and ``memory.model_state_bytes``)."""
+    layout ``dims``, ``memory.params_per_gpu`` and ``memory.model_state_bytes``); what the
+    optimizer adds (step counters, Adam's temporaries) is its ``methods.OPTIMIZERS`` entry's.
+    Measured: tests/test_step_peak.py."""
     check.boolean("set_to_none", set_to_none)
     check.one_of("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
+    spec = methods.OPTIMIZERS[check.one_of("optimizer", optimizer, tuple(methods.OPTIMIZERS))]
     B, T, H, V = batch, seq, shape.hidden_size, shape.vocab_size
     b = dtype_bytes(dtype)
     dp, tp, p_gpu = dims.dp, dims.tp, params_per_gpu
@@ -203,7 +207,7 @@ def phases(shape: ModelShape, batch: int, seq: int, *, dims: ParallelDims, param
     base = {"weights": states["weights"], "master weights": states["master"],
             "optimizer states": states["optimizer"],
             # torch's Adam/AdamW/Adafactor: a float32 scalar tensor "step" per parameter tensor
-            "step counters": 4 * len(sizes) if optimizer in ("adam", "adamw", "adafactor") else 0,
+            "step counters": 4 * len(sizes) if spec.step_counters else 0,
             # RoPE's inv_freq (d/2 elements; transformers also keeps original_inv_freq), fp32
             # unless the whole model is bf16
             "buffers": shape.d_head // 2 * (2 if precision == "bf16" else 4)
@@ -297,7 +301,7 @@ def phases(shape: ModelShape, batch: int, seq: int, *, dims: ParallelDims, param
     if precision == "mixed":  # fp32 master gradients replace the 16-bit ones for the step
         grads = math.ceil(4 * p_gpu / shard)
     temps = 0
-    if optimizer in ("adam", "adamw"):
+    if spec.adam_temporaries:
         temps = optimizer_temporary_bytes(sizes, 2 if precision == "bf16" else 4, optimizer_impl)
     out["optimizer step"] = {**base, "gradients": grads, "optimizer temporaries": temps, **other}
     return StepPeak(out, set_to_none, optimizer_impl)

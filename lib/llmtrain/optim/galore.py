@@ -15,7 +15,9 @@ The moments are not rotated when P changes: they keep their coordinates in the o
 (as in the paper and galore-torch). Checked in tests/test_galore.py against galore-torch 1.0
 (``galore_torch.GaLoreAdamW``), whose AdamW is transformers' old one: ε is added to √V before
 bias correction, and weight decay is p -= lr·wd·p *after* the update (torch.optim.AdamW
-decays before it). We do the same, so the two agree.
+decays before it). We do the same, so the two agree. The byte rules (``state_numel``, which
+matrices ``is_target``) have one home, ``llmtrain.cost.methods`` (torch-free, as
+``galore_state_numel`` and ``galore_is_target``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any, Sequence
 import torch
 
 from .. import check
+from ..cost.methods import GALORE_TARGETS, galore_is_target
+from ..cost.methods import galore_state_numel as state_numel
 
 __all__ = ["Projector", "GaLoreAdamW", "state_numel", "state_bytes", "is_target", "compare_run"]
 
@@ -141,24 +145,6 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
 # --- state memory -------------------------------------------------------------------------
 
-def state_numel(m: int, n: int, rank: int, *, galore_torch: bool = False) -> dict[str, int]:
-    """Numbers GaLore keeps for one (m, n) weight, with r = min(rank, m, n): moments (exp_avg
-    and exp_avg_sq) 2r·max(m, n), projector r·min(m, n) (P is r×n for m >= n, m×r for m < n);
-    total = 2r·max(m, n) + r·min(m, n). Zhao et al. 2024.
-
-    ``galore_torch=True``: what galore-torch 1.0 really holds. Its P is a view (Vh[:r] or
-    U[:, :r]) that keeps the whole SVD factor alive: min(m, n)² numbers whatever r.
-    Measured: see tests/test_galore.py::test_state_bytes_match_measured.
-    """
-    check.positive_int("m", m)
-    check.positive_int("n", n)
-    check.positive_int("rank", rank)
-    check.boolean("galore_torch", galore_torch)
-    r, big, small = min(rank, m, n), max(m, n), min(m, n)
-    projector = small * small if galore_torch else r * small
-    return {"moments": 2 * r * big, "projector": projector, "total": 2 * r * big + projector}
-
-
 def _shape(name: str, value: Any) -> tuple[int, ...]:
     return tuple(check.sequence(name, value, nonempty=True, item=check.positive_int))
 
@@ -182,18 +168,15 @@ def state_bytes(shapes: Sequence[Sequence[int]], rank: int, dtype_bytes: int = 4
 
 # --- a small run for the notebook -------------------------------------------------------------
 
-TARGETS = ("attn_mlp", "all")
+TARGETS = GALORE_TARGETS
 
 
 def is_target(name: str, param: torch.Tensor, targets: str = "attn_mlp") -> bool:
-    """Whether GaLore projects this parameter of ``llmtrain.llama.Llama``. "attn_mlp": the
-    attention and MLP matrices, as in the paper's runs (the GaLore repository's
-    ``target_modules_list = ["attn", "mlp"]``; embeddings, lm_head and norms keep AdamW);
-    "all": every matrix."""
-    check.one_of("targets", targets, TARGETS)
-    if param.dim() != 2:
-        return False
-    return targets == "all" or ".self_attn." in name or ".mlp." in name
+    """Whether GaLore projects this parameter of ``model.llama.Llama``: the rule
+    ``cost.methods.galore_is_target`` on the parameter's shape. "attn_mlp": the attention and
+    MLP matrices, as in the paper's runs (embeddings, lm_head and norms keep AdamW); "all":
+    every matrix."""
+    return galore_is_target(name, tuple(param.shape), targets)
 
 
 def _galore_groups(model: torch.nn.Module, rank: int | None, gap: int, scale: float,
@@ -217,7 +200,7 @@ def compare_run(steps: int = 40, ranks: Sequence[int] = (4, 16), seed: int = 0, 
     hyper-parameters for every run; ``targets`` as in ``is_target``.
 
     Returns {run name: {"losses": [per step], "state_bytes_per_param": measured with
-    ``memory_saving.measured_bytes_per_param``, "seconds": wall time}}; runs "AdamW" (ours with
+    ``measure.optimizer_state.measured_bytes_per_param``, "seconds": wall time}}; runs "AdamW" (ours with
     rank=None), "GaLore r=k" and, if galore-torch is installed (``package=None``) or
     ``package=True``, "galore-torch r=k" (equal to ours; its first import takes ~3 s).
 

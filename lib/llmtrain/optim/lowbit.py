@@ -11,7 +11,9 @@ use B = 256, and so do we. Li, Chen, Zhu 2023, "Memory Efficient Optimizers with
 Each step: dequantise m and v, do the fp32 AdamW update, requantise. Tensors under
 ``min_quantize_numel`` = 4096 elements (biases, norms) stay fp32, as in torchao and bitsandbytes.
 State bytes per parameter: 2·(bits/8 + 4/B), plus the maps, and 8 for the small tensors
-(``state_bytes``).
+(``state_bytes``). The byte rules (``BLOCK_SIZE``, ``quantised``, ``state_bytes``) have one home,
+``llmtrain.cost.methods`` (torch-free, as ``LOWBIT_BLOCK_SIZE``, ``lowbit_quantised``,
+``lowbit_state_bytes``), and are the same objects here.
 
 Checked in tests/test_lowbit.py against torchao 0.18 (``AdamW8bit``, ``AdamW4bit``: the same maps,
 blocks and rounding, so the same codes, scales and bytes) and bitsandbytes 0.50 (``AdamW8bit``).
@@ -26,13 +28,16 @@ from typing import Any, Iterable
 import torch
 
 from .. import check
+from ..measure.optimizer_state import state_tensor_bytes
+from ..cost.methods import LOWBIT_BLOCK_SIZE as BLOCK_SIZE
+from ..cost.methods import LOWBIT_LAYOUTS as LAYOUTS
+from ..cost.methods import lowbit_quantised as quantised
+from ..cost.methods import lowbit_state_bytes as state_bytes
+from ._packages import eager
 
-__all__ = ["dynamic_map", "linear_map", "quantize_blockwise", "dequantize_blockwise",
-           "AdamWLowBit", "quantised", "state_bytes", "bytes_per_param", "train_mlp", "compare_run"]
-
-BLOCK_SIZE = {8: 256, 4: 128}  # torchao's and bitsandbytes' 256 (Dettmers et al.: 2048); Li et al.'s (and torchao's) 128
-LAYOUTS = ("torchao", "bitsandbytes")
-
+__all__ = ["BLOCK_SIZE", "LAYOUTS", "dynamic_map", "linear_map", "quantize_blockwise",
+           "dequantize_blockwise", "AdamWLowBit", "quantised", "state_bytes", "bytes_per_param",
+           "train_mlp", "compare_run"]
 
 def _bits(bits: Any) -> int:
     return check.one_of("bits", bits, (4, 8))
@@ -187,36 +192,6 @@ class AdamWLowBit(torch.optim.Optimizer):
         return loss
 
 
-def quantised(numel: int, bits: int, block_size: int | None = None,
-              min_quantize_numel: int = 4096) -> bool:
-    """torchao's rule (and ``AdamWLowBit``'s): a tensor's moments are quantised when it has at
-    least ``min_quantize_numel`` elements and a whole number of blocks; else they stay fp32."""
-    b = block_size or BLOCK_SIZE[_bits(bits)]
-    return numel >= min_quantize_numel and numel % b == 0
-
-
-def state_bytes(numel: int, bits: int, block_size: int | None = None,
-                min_quantize_numel: int = 4096, layout: str = "torchao") -> int:
-    """Bytes of one tensor's two moments. Quantised: 2·(numel·bits/8 codes + 4·numel/B scales
-    + 4·2**bits map); else fp32: 8·numel. ``layout="torchao"`` (torchao's AdamW8bit/4bit and
-    ``AdamWLowBit``): quantised iff numel >= min_quantize_numel and B divides numel.
-    ``"bitsandbytes"`` (8 bits only): quantised iff numel >= min_quantize_numel, ⌈numel/B⌉ scales
-    (a last partial block), no map per tensor (one shared pair: ``bytes_per_param`` adds it).
-    Measured: see tests/test_lowbit.py::test_state_bytes_equal_measured."""
-    numel = check.integer("numel", numel, 0)
-    bits = _bits(bits)
-    b = check.optional(check.positive_int, "block_size", block_size) or BLOCK_SIZE[bits]
-    min_q = check.integer("min_quantize_numel", min_quantize_numel, 0)
-    check.one_of("layout", layout, LAYOUTS)
-    if layout == "bitsandbytes":
-        if bits != 8:
-            check.fail("bits", "8 with layout='bitsandbytes'", bits)
-        return 8 * numel if numel < min_q else 2 * (numel + 4 * -(-numel // b))
-    if not quantised(numel, bits, b, min_q):
-        return 8 * numel
-    return 2 * (numel * bits // 8 + 4 * (numel // b) + 4 * 2 ** bits)
-
-
 def bytes_per_param(numels: Iterable[int], bits: int, block_size: int | None = None,
                     min_quantize_numel: int = 4096, layout: str = "torchao") -> Fraction:
     """Σ state_bytes / Σ numel over a model's tensors (exact), plus bitsandbytes' shared map pair
@@ -256,8 +231,8 @@ def compare_run(steps: int = 20, seed: int = 0, lr: float = 1e-3) -> dict[str, d
     """Train the same seeded MLP (64 → 512 → 64, 66k parameters: two 32768-element weights,
     quantised; biases of 512 and 64, kept fp32) on a fixed random regression task with each
     optimizer; per optimizer: ``losses`` (one per step, before it), ``state_bytes`` and
-    ``bytes_per_param`` measured from its state tensors (``memory_saving.state_tensor_bytes``).
-    torchao's optimizers run inside ``memory_saving.eager()`` (no gcc compile). One CPU thread
+    ``bytes_per_param`` measured from its state tensors (``measure.optimizer_state.state_tensor_bytes``).
+    torchao's optimizers run inside ``optim._packages.eager()`` (no gcc compile). One CPU thread
     (restored after): on matrices this small threads only contend, 1.2 s for the whole run
     against 17 s with 2 threads on 2 busy cores (measured)."""
     steps = check.positive_int("steps", steps)
@@ -277,10 +252,8 @@ def compare_run(steps: int = 20, seed: int = 0, lr: float = 1e-3) -> dict[str, d
 def train_mlp(make, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0,
               lr: float = 1e-3) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[float]]:
     """The MLP of ``compare_run`` (64 → 512 → 64, seeded with ``seed``) trained on (x, y) with the
-    MSE loss by ``make(params, lr)`` for ``steps`` steps, inside ``memory_saving.eager()``:
+    MSE loss by ``make(params, lr)`` for ``steps`` steps, inside ``optim._packages.eager()``:
     (model, optimizer, the loss before each step)."""
-    from ..measure.optimizer_state import eager
-
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(), torch.nn.Linear(512, 64))
     opt = make(model.parameters(), lr)
@@ -297,8 +270,6 @@ def train_mlp(make, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0,
 
 def _run_one(make, x, y, steps: int, seed: int, lr: float) -> dict:
     """One optimizer's run for ``compare_run``: its losses, tensor sizes, measured state bytes."""
-    from ..measure.optimizer_state import state_tensor_bytes
-
     model, opt, losses = train_mlp(make, x, y, steps, seed, lr)
     nbytes = state_tensor_bytes(opt)
     numels = [p.numel() for p in model.parameters()]
