@@ -119,6 +119,8 @@ def saved_bytes_terms(shape, batch: int, seq: int, *, dtype: Any = "bf16",
     them) and the once-per-model terms; all but ``"one layer"`` add up to ``saved_bytes``.
 
     b = bytes per element of ``dtype``, BT = batch·seq tokens, q = N·d, kv = N_kv·d.
+    Checked term by term against the measured saved tensors:
+    tests/test_activations.py::test_closed_form_equals_measure.
     """
     shape = _check_sizes(batch, seq, shape)
     b = dtype_bytes(dtype)

@@ -130,6 +130,9 @@ FRAMEWORK_OPTIONS: dict[str, dict] = {
 
 
 def framework_assumptions(framework: str, **changes) -> "Assumptions":
-    """``Assumptions`` of one of ``FRAMEWORKS``, with ``changes``."""
+    """``Assumptions`` of one of ``FRAMEWORKS``, with ``changes``.
+
+    Checked: tests/test_published_runs.py::test_step_time_within_15_percent (each run is
+    predicted with its framework's assumptions)."""
     return Assumptions(**{**FRAMEWORKS[check.one_of("framework", framework,
                                                     tuple(FRAMEWORKS))], **changes})

@@ -19,7 +19,8 @@ __all__ = ["Cluster", "CLUSTERS", "cluster"]
 class Cluster:
     """One kind of GPU node. Bandwidths are per GPU and per direction (a ring sends and
     receives at once), in bytes/s; FLOPs are dense bf16 tensor-core FLOP/s per GPU;
-    ``generation`` picks the fitted ``step_time.KERNELS``."""
+    ``generation`` picks the fitted ``step_time.KERNELS``. The presets' numbers are the
+    vendors' datasheets, quoted in each ``source``."""
 
     name: str
     gpus_per_node: int
@@ -58,7 +59,9 @@ CLUSTERS: dict[str, Cluster] = {c.name: c for c in [
 
 
 def cluster(gpu: str | Cluster) -> Cluster:
-    """A preset by name ("a100-40g", "a100-80g", "h100-80g") or a Cluster as given."""
+    """A preset by name ("a100-40g", "a100-80g", "h100-80g") or a Cluster as given.
+
+    Checked: tests/test_plan.py::test_bad_input_names_the_field (an unknown name)."""
     if isinstance(gpu, Cluster):
         return gpu
     return CLUSTERS[check.one_of("gpu", gpu, tuple(CLUSTERS))]

@@ -240,7 +240,9 @@ CONVENTIONS: dict[str, Convention] = {
 
 def convention_flops(shape: ModelShape, batch: int, seq: int, convention: str) -> int:
     """FLOPs of one step of ``batch`` sequences of ``seq`` tokens, counted as
-    ``CONVENTIONS[convention]`` counts them (exact integers)."""
+    ``CONVENTIONS[convention]`` counts them (exact integers).
+
+    Checked: tests/test_flops_conventions.py::test_each_convention_is_its_papers_formula."""
     shape = _check(shape, batch, seq)
     check.one_of("convention", convention, CONVENTIONS)
     return CONVENTIONS[convention].flops(shape, batch, seq)
@@ -249,7 +251,10 @@ def convention_flops(shape: ModelShape, batch: int, seq: int, convention: str) -
 def restate_mfu(mfu: float, shape: ModelShape, batch: int, seq: int, *,
                 from_convention: str, to_convention: str) -> float:
     """The same step time's MFU in another convention: mfu · F_to / F_from (FLOPs per step).
-    Independent of ``batch``: every convention is linear in it."""
+    Independent of ``batch``: every convention is linear in it.
+
+    Checked:
+    tests/test_flops_conventions.py::test_narayanan_as_written_is_published_runs_formula."""
     check.positive_number("mfu", mfu)
     check.one_of("from_convention", from_convention, CONVENTIONS)
     check.one_of("to_convention", to_convention, CONVENTIONS)
@@ -261,7 +266,9 @@ def conventions_table(shape: ModelShape, batch: int, seq: int, *, mfu: float | N
                       convention: str | None = None) -> list[dict]:
     """One row per convention: name, counts, definition, source, flops (per step), ratio
     (to ``megatron-generalised``, llmtrain's eager count) and, given a published ``mfu`` in
-    ``convention``, that MFU restated in each convention."""
+    ``convention``, that MFU restated in each convention.
+
+    Checked: tests/test_flops_conventions.py::test_conventions_table_rows."""
     shape = _check(shape, batch, seq)
     if (mfu is None) != (convention is None):
         raise ValueError("mfu and convention go together: give both or neither, got "

@@ -116,7 +116,10 @@ def in_flight_microbatches(pp: int, microbatches: int | None = None,
     most): ``pp_schedule.held_microbatches(schedule, pp, m, 0, v)``. 1F1B: min(pp, m);
     interleaved: min(2(pp − 1) + (v − 1)·pp + 1, m·v)/v; pp = 1: 1 (accumulated micro-batches
     run one after another). ``microbatches=None``: m at least the warm-up, the large-m limit
-    (1F1B: pp; interleaved: pp + (pp − 1)/v)."""
+    (1F1B: pp; interleaved: pp + (pp − 1)/v).
+
+    Checked against the replayed schedule:
+    tests/test_memory.py::test_in_flight_is_the_schedules_peak."""
     name = pipeline_schedule(pp, virtual)
     check.optional(check.positive_int, "microbatches", microbatches)
     if name is None:
@@ -139,6 +142,8 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     (``activation_bytes`` of n + 1 layers minus of n). So the first stage of 1F1B keeps pp
     micro-batches of L/pp layers: as much as the whole model's L layers for one (notebook 07,
     where the memory tracker measures it). Cached: the planner calls it for every layout.
+    Checked: tests/test_memory.py::test_in_flight_equals_plan_memory_parts and (through
+    ``estimate``) tests/test_memory.py::test_llama3_70b_first_stage_holds_two_microbatches.
     """
     shape = resolve(shape, "shape")
     dims = _dims(dims)
@@ -173,7 +178,9 @@ def _pipeline_activations(shape, pp, tp, b, seq, recompute, sp, impl, dtype, att
 
 @dataclass(frozen=True)
 class Estimate:
-    """Per-GPU memory by part, in bytes, with GB (10⁹) and GiB (2³⁰) views."""
+    """Per-GPU memory by part, in bytes, with GB (10⁹) and GiB (2³⁰) views.
+
+    Checked: tests/test_memory.py::test_slides_worked_example (the slides' totals, both views)."""
 
     parts: dict[str, int]
     details: dict[str, Any] = field(default_factory=dict)

@@ -64,7 +64,9 @@ MI = 2**20  # "4M tokens": 4·2²⁰ (Llama 3's 16M = 16 seqs × 8,192 × DP 128
 
 
 def parse_tokens(batch_tokens: str | int) -> int:
-    """"4M" = 4·2²⁰, "512K" = 512·2¹⁰, "1G" = 2³⁰, "32768" = 32768 (binary prefixes: see MI)."""
+    """"4M" = 4·2²⁰, "512K" = 512·2¹⁰, "1G" = 2³⁰, "32768" = 32768 (binary prefixes: see MI).
+
+    Checked: tests/test_plan.py::test_parse_tokens."""
     if isinstance(batch_tokens, int) and not isinstance(batch_tokens, bool):
         return check.positive_int("batch_tokens", batch_tokens)
     m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", str(batch_tokens), re.IGNORECASE)
@@ -97,7 +99,9 @@ class Layout(NamedTuple):
 
 @dataclass(frozen=True)
 class Plan:
-    """One layout evaluated: bytes per GPU by part, seconds per step by part."""
+    """One layout evaluated: bytes per GPU by part, seconds per step by part.
+
+    Checked: tests/test_plan.py::test_time_parts_are_the_terms (parts, FLOPs, MFU < HFU)."""
 
     layout: Layout
     memory_parts: dict[str, int]
@@ -139,7 +143,10 @@ def layout(shape, gpus: int, batch_tokens: int, seq: int, *, tp: int = 1, pp: in
            zero: int = 1, recompute: str = "selective", micro_batch: int = 1,
            virtual: int = 1, sp: bool = False) -> Layout:
     """A checked Layout: gpus = dp·tp·pp, the global batch batch_tokens/seq sequences split into
-    dp × m micro-batches of micro_batch; ``dims.check(shape)`` (tp | heads, pp ≤ L)."""
+    dp × m micro-batches of micro_batch; ``dims.check(shape)`` (tp | heads, pp ≤ L).
+
+    Checked: tests/test_plan.py::test_time_parts_are_the_terms (dp, m) and
+    tests/test_plan.py::test_bad_input_names_the_field."""
     shape = shapes.resolve(shape, "shape")
     dims = ParallelDims.from_gpus(gpus, tp, pp).check(shape)
     check.one_of("zero", zero, (0, 1, 2, 3))
@@ -174,7 +181,7 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
     """Bytes per GPU by part: ``memory.estimate``'s parts (the first stage, its micro-batches in
     flight, the framework's states and constants) built from the same functions, without its
     slower step-by-step peak; with FlashAttention, no recomputation saves what selective
-    recomputation does."""
+    recomputation does. Checked: tests/test_plan.py::test_memory_parts_are_estimates."""
     shape, a = shapes.resolve(shape, "shape"), assumptions
     d, b = lay.dims, lay.micro_batch
     fw = memory.framework_of(a.memory_framework)
@@ -202,7 +209,10 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
 
 def evaluate(shape, gpu: str | Cluster, lay: Layout, seq: int,
              assumptions: Assumptions = Assumptions()) -> Plan:
-    """Memory per GPU and seconds per step of one layout (see ``llmtrain.step_time``)."""
+    """Memory per GPU and seconds per step of one layout (see ``llmtrain.step_time``).
+
+    Checked: tests/test_plan.py::test_time_parts_are_the_terms (each time part is its term)
+    and tests/test_published_runs.py::test_step_time_within_15_percent (published runs)."""
     shape, c, a = shapes.resolve(shape, "shape"), cluster(gpu), assumptions
     k = a.kernels_of(c)
     d, b, m, v = lay.dims, lay.micro_batch, lay.microbatches, lay.virtual
@@ -331,7 +341,9 @@ def no_layout_reason(shape, gpu: str | Cluster, gpus: int, batch_tokens: int,
                      seq: int | None = None) -> str:
     """Why ``search(..., feasible_only=False)`` found no layout at all: the batch's sequences
     cannot be split over dp = gpus/(tp·pp) replicas for any tp (dividing the heads) and
-    pp ≤ num_layers (each replica needs a whole number of sequences)."""
+    pp ≤ num_layers (each replica needs a whole number of sequences).
+
+    Checked: tests/test_plan.py::test_too_many_gpus_names_the_sequences_not_memory."""
     shape, c = shapes.resolve(shape, "shape"), cluster(gpu)
     seq = shape.max_seq_len if seq is None else seq
     seqs = _sequences(batch_tokens, seq)
@@ -346,5 +358,9 @@ def no_layout_reason(shape, gpu: str | Cluster, gpus: int, batch_tokens: int,
 
 
 def rank_of(plans: list[Plan], target: Plan) -> int:
-    """1 + the number of plans strictly faster than ``target`` (ties share a rank)."""
+    """1 + the number of plans strictly faster than ``target`` (ties share a rank).
+
+    Checked: tests/test_plan.py::test_search_is_sorted_and_fits and, through
+    ``published_runs.rank``, tests/test_published_runs.py::test_published_layout_is_among_the_best.
+    """
     return 1 + sum(p.step_time_s < target.step_time_s * (1 - 1e-12) for p in plans)

@@ -16,7 +16,8 @@ _SHORT = {"compute": "compute", "TP comm": "TP", "bubble": "bubble", "DP comm": 
 
 def table(plans: list[Plan]) -> list[str]:
     """One row per plan: layout, micro-batches, GiB per GPU (model states + activations +
-    other), seconds per step and its parts, MFU."""
+    other), seconds per step and its parts, MFU. Checked (the CLI's table):
+    tests/test_plan.py::test_cli_table."""
     head = (f"{'#':>3} {'layout':<40} {'m':>5} {'GiB/GPU':>7} {'states':>6} {'acts':>6} "
             f"{'s/step':>8} " + " ".join(f"{_SHORT[k]:>7}" for k in TIME_PARTS) + f" {'MFU':>6}")
     rows = [head]
@@ -33,7 +34,9 @@ def table(plans: list[Plan]) -> list[str]:
 
 def rivals(plans: list[Plan]) -> dict[str, Plan]:
     """The fastest plan of each choice the fastest (``plans[0]``) did not make: {what differs:
-    that plan}. ``plans`` sorted fastest first, as ``plan.search`` returns them."""
+    that plan}. ``plans`` sorted fastest first, as ``plan.search`` returns them.
+
+    Checked: tests/test_plan.py::test_rivals_differ_where_they_say."""
     best = plans[0].layout
     tests = {
         f"tp ≠ {best.dims.tp}": lambda lay: lay.dims.tp != best.dims.tp,
@@ -56,7 +59,10 @@ def rivals(plans: list[Plan]) -> dict[str, Plan]:
 
 def explain(plans: list[Plan]) -> list[str]:
     """Why ``plans[0]`` wins: its memory and time by part, then for each rival (``rivals``) how
-    much slower it is and the two parts that cost it most."""
+    much slower it is and the two parts that cost it most.
+
+    Checked (the CLI's --explain):
+    tests/test_plan.py::test_cli_searches_interleaving_and_explains."""
     if not plans:
         raise ValueError("plans must hold at least one plan")
     p = plans[0]

@@ -142,7 +142,9 @@ def _run(key, source, where, published, shape, gpu, gpus, tp, pp, dp, batch, seq
 
 
 def tflops_per_gpu(run: Run, step_time_s: float) -> float:
-    """TFLOP/s per GPU of a step of ``step_time_s`` in the count the run's source uses."""
+    """TFLOP/s per GPU of a step of ``step_time_s`` in the count the run's source uses.
+
+    Checked: tests/test_published_runs.py::test_each_source_convention_gives_its_mfu."""
     f = flops.convention_flops(run.model, run.batch, run.seq, run.convention)
     return f / (step_time_s * run.gpus) / 1e12
 
@@ -182,7 +184,8 @@ def predict(run: Run, assumptions=None):
     """The planner's plan for the run's published layout: where the source leaves a knob open
     (micro-batch, interleaving, sequence parallelism, recomputation, ZeRO stage, the split of
     tp·pp), the fastest choice that fits (the fastest of all if none fits). Returns (plan, how
-    many choices were open)."""
+    many choices were open). Checked: tests/test_published_runs.py::test_step_time_within_15_percent
+    and tests/test_published_runs.py::test_published_knobs_are_kept."""
     a = assumptions or plan.framework_assumptions(run.framework)
     shape = run.model
     plans = []
@@ -197,7 +200,9 @@ def rank(run: Run, assumptions=None, predicted=None):
     """Where the published layout stands among every layout the run's framework could have
     used on the same GPUs, batch and sequence (``plan.FRAMEWORK_OPTIONS``), with its published
     recomputation and sequence parallelism: (its rank among those that fit, how many fit, its
-    step time over the fastest's, the fastest plan)."""
+    step time over the fastest's, the fastest plan).
+
+    Checked: tests/test_published_runs.py::test_published_layout_is_among_the_best."""
     a = assumptions or plan.framework_assumptions(run.framework)
     mine = predicted or predict(run, a)[0]
     opts = plan.FRAMEWORK_OPTIONS[run.framework]

@@ -20,6 +20,9 @@ __all__ = ["stage_layers", "stage_flops", "tp_bytes", "stage_states", "in_flight
 
 @functools.lru_cache(maxsize=4096)
 def stage_flops(shape: ModelShape, seqs: int, seq: int, recompute: str, attention: str) -> int:
+    """``flops.training_flops`` of ``seqs`` sequences of ``seq`` tokens, cached for the planner.
+
+    Checked: tests/test_plan.py::test_time_parts_are_the_terms (``Plan.model_flops``)."""
     return flops.training_flops(shape, seqs, seq, attention=attention, recompute=recompute)
 
 
@@ -42,7 +45,9 @@ def tp_bytes(shape: ModelShape, tp: int, sp: bool, b: int, seq: int, n: int,
     """Bytes one rank of a stage sends for TP in one micro-batch (ring model): n layers of
     ``comm_per_layer`` (forward ones twice under full recomputation: the layer's forward runs
     again) + with ``head`` the output layer and loss of ``comm_per_model``, and the embedding's
-    unless ``staged`` (a pipeline: the embedding is on the first stage)."""
+    unless ``staged`` (a pipeline: the embedding is on the first stage).
+
+    Checked by hand count: tests/test_plan.py::test_time_parts_are_the_terms (``tp_bytes``)."""
     if tp == 1:
         return Fraction(0)
     total = Fraction(0)
@@ -58,7 +63,10 @@ def tp_bytes(shape: ModelShape, tp: int, sp: bool, b: int, seq: int, n: int,
 @functools.lru_cache(maxsize=4096)
 def stage_states(shape: ModelShape, dims: ParallelDims, zero: int,
             framework: str = "slides") -> tuple[int, int]:
-    """(model-state bytes, parameters) of the busiest GPU."""
+    """(model-state bytes, parameters) of the busiest GPU.
+
+    Checked: tests/test_plan.py::test_memory_parts_are_estimates (the bytes) and
+    tests/test_plan.py::test_time_parts_are_the_terms (the parameters, through DP comm)."""
     return (sum(states.model_state_bytes(shape, dims=dims, zero=zero,
                                          framework=framework).values()),
             states.params_per_gpu(shape, dims))

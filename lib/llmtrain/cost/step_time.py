@@ -127,7 +127,10 @@ OPTIMIZER_BYTES = 30
 
 
 def gemm_efficiency(k: Kernels, M: int, N: int, K: int) -> float:
-    """e(M, N, K) = gemm · M/(M + rows_half) · N/(N + gemm_half) · K/(K + gemm_half)."""
+    """e(M, N, K) = gemm · M/(M + rows_half) · N/(N + gemm_half) · K/(K + gemm_half).
+
+    Checked:
+    tests/test_step_time.py::test_gemm_efficiency_grows_with_size_towards_the_peak_share."""
     return (k.gemm * M / (M + k.rows_half) * N / (N + k.gemm_half)
             * K / (K + k.gemm_half))
 
@@ -135,7 +138,8 @@ def gemm_efficiency(k: Kernels, M: int, N: int, K: int) -> float:
 def layer_gemms(shape: ModelShape, tp: int, tokens: int) -> list[tuple[str, int, int, int]]:
     """(name, M, N, K) of the forward GEMMs of one decoder layer on one of tp ranks, for
     ``tokens`` = b·s rows: q/k/v fused (column-parallel), o (row-parallel), gate/up fused
-    (column), down (row)."""
+    (column), down (row). Checked (their FLOPs, through ``micro_batch``):
+    tests/test_step_time.py::test_the_flops_timed_are_training_flops."""
     H, Hf = shape.hidden_size, shape.intermediate_size
     return [("qkv", tokens, (shape.q_size + 2 * shape.kv_size) // tp, H),
             ("o", tokens, H, shape.q_size // tp),
@@ -155,7 +159,10 @@ def micro_batch(shape: ModelShape, layers: int, head: bool, tp: int, sp: bool, b
                 recompute: str, attention: str, kernels: Kernels, peak_flops: float,
                 hbm_bytes_per_s: float) -> MicroBatch:
     """One micro-batch of b sequences through ``layers`` decoder layers (and the output layer and
-    loss if ``head``) on one of tp GPUs: seconds by term (no communication)."""
+    loss if ``head``) on one of tp GPUs: seconds by term (no communication).
+
+    Checked: tests/test_step_time.py::test_the_flops_timed_are_training_flops (``.flops``) and,
+    with the fitted ``KERNELS``, tests/test_published_runs.py::test_step_time_within_15_percent."""
     check.one_of("attention", attention, ATTENTION_KERNELS)
     k, T = kernels, b * seq
     passes = 4 if recompute == "full" else 3  # forward, 2 × backward, forward again
@@ -198,17 +205,21 @@ def micro_batch(shape: ModelShape, layers: int, head: bool, tp: int, sp: bool, b
 
 
 def optimizer_seconds(params: int, hbm_bytes_per_s: float, kernels: Kernels) -> float:
-    """The optimizer step over ``params`` parameters (this GPU's share), memory-bound."""
+    """The optimizer step over ``params`` parameters (this GPU's share), memory-bound.
+
+    Checked: tests/test_step_time.py::test_the_optimizer_step_is_memory_bound."""
     return params * OPTIMIZER_BYTES / (hbm_bytes_per_s * kernels.hbm)
 
 
 def exposed(comm_s: float, window_s: float, overlap: bool) -> float:
     """Communication time left on the critical path: all of it, or what exceeds the compute
-    window it overlaps with."""
+    window it overlaps with. Checked: tests/test_step_time.py::test_exposed_communication."""
     return max(0.0, comm_s - window_s) if overlap else comm_s
 
 
 def link_seconds(nbytes: float | Fraction, bytes_per_s: float, share: float) -> float:
     """Bytes sent over a link of ``bytes_per_s`` (per direction), at ``share`` of it
-    (``Kernels.nvlink`` or ``Kernels.network``)."""
+    (``Kernels.nvlink`` or ``Kernels.network``).
+
+    Checked: tests/test_plan.py::test_time_parts_are_the_terms (TP comm, DP comm, PP p2p)."""
     return float(nbytes) / (bytes_per_s * share)
