@@ -19,7 +19,7 @@ from llmtrain.cost import memory, params, plan
 from llmtrain.recipes import schedules
 from llmtrain.model import shapes
 from llmtrain import widgets
-from llmtrain.cost.memory import GIB
+from llmtrain.units import GIB
 from llmtrain.cost.layout import ParallelDims
 from llmtrain.widgets import MemoryCalculator, ParamsExplorer, PlannerExplorer, ScheduleExplorer
 
@@ -315,3 +315,12 @@ def test_nice_limit_is_above_and_close(x):
 def test_nice_limit_refuses_non_positive_numbers(x):
     with pytest.raises(ValueError, match="x must be a positive finite number"):
         widgets.nice_limit(x)
+
+
+def test_the_package_docstring_lists_every_explorer_and_counts_them():
+    words = {3: "Three", 4: "Four", 5: "Five", 6: "Six"}
+    assert f"{words[len(widgets.EXPLORERS)]} explorers" in widgets.__doc__
+    for cls in widgets.EXPLORERS.values():
+        assert f"``{cls.__name__}``" in widgets.__doc__
+        assert f"``{cls.__module__.rsplit('.', 1)[1]}``" in widgets.__doc__  # its module
+        assert getattr(widgets, cls.__name__) is cls and cls.__name__ in widgets.__all__
