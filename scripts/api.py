@@ -384,13 +384,17 @@ def wing_of(module: str) -> str:
     return best
 
 
+MAX_LINKS = 8  # a name used everywhere (GIB) lists its first sections and a count
+
+
 def _uses_html(uses: list) -> str:
     links = []
-    for stem, section, shown in uses:
+    for stem, section, shown in uses[:MAX_LINKS]:
         label = f"{stem[:2]} § {section}" if section else stem[:2]
         links.append(f'<a href="{html.escape(stem)}.html#{html.escape(anchor(section))}">'
                      f"{html.escape(label)}</a>{' (shown)' if shown else ''}")
-    return "; ".join(links)
+    more = f"; and {len(uses) - MAX_LINKS} more" if len(uses) > MAX_LINKS else ""
+    return "; ".join(links) + more
 
 
 def page(content: dict[str, list[Entry]], package_doc: dict[str, str] | None = None) -> str:
