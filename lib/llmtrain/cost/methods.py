@@ -101,8 +101,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {s.name: s for s in [
                   per_tensor=True),
     OptimizerSpec("galore8bit", "galore, in bitsandbytes' 8-bit Adam: every state of >= 4096 "
                   "elements (projected or not: embeddings, output layer) 1-byte codes + an fp32 "
-                  "absmax per block of 256; smaller states fp32", "Zhao et al. 2024 (galore-torch's "
-                  "GaLoreAdamW8bit, a bitsandbytes Optimizer2State)", bits=8,
+                  "absmax per block of 256; smaller states fp32",
+                  "Zhao et al. 2024 (galore-torch's GaLoreAdamW8bit, a bitsandbytes "
+                  "Optimizer2State)", bits=8,
                   layout="bitsandbytes", projected=True, per_tensor=True),
     OptimizerSpec("adamw-in-backward", "AdamW stepped per parameter in backward: one "
                   "parameter's gradient alive, not all", "PyTorch "
@@ -124,7 +125,8 @@ METHODS: dict[str, OptimizerSpec] = {n: s for n, s in OPTIMIZERS.items() if s.sa
 
 # --- 8- and 4-bit states (Dettmers et al. 2022; Li et al. 2023): ``optim.lowbit``'s rules -------
 
-LOWBIT_BLOCK_SIZE = {8: 256, 4: 128}  # torchao's and bitsandbytes' 256 (Dettmers et al.: 2048); Li et al.'s (and torchao's) 128
+# the block B: torchao's and bitsandbytes' 256 (Dettmers et al.: 2048); Li et al.'s (torchao's) 128
+LOWBIT_BLOCK_SIZE = {8: 256, 4: 128}
 LOWBIT_LAYOUTS = ("torchao", "bitsandbytes")
 
 

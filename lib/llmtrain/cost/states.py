@@ -265,7 +265,8 @@ def _framework_model_states(fw: Framework, num_params, dims, zero: int, precisio
     if precision not in fw.precisions:
         check.fail("precision", f"one of {fw.precisions} for framework={fw.name!r}", precision)
     if not _ms.OPTIMIZERS[optimizer].framework_tables:
-        tabled = " or ".join(repr(n) for n, s in _ms.OPTIMIZERS.items() if s.framework_tables)
+        tabled = " or ".join(sorted(repr(n) for n, s in _ms.OPTIMIZERS.items()
+                                    if s.framework_tables))
         check.fail("optimizer", f"{tabled} for framework={fw.name!r} (its table counts "
                    "Adam's two fp32 moments)", optimizer)
     if galore_rank is not None:
