@@ -1,4 +1,4 @@
-"""measure.optimizer_state, optim.fp8_lm, optim.badam, optim._packages (was memory_saving): measuring what optimizers keep, FP8-LM's states, BAdam's blocks."""
+"""measure.optimizer_state, optim.fp8_lm, optim.badam, optim.packages (was memory_saving): measuring what optimizers keep, FP8-LM's states, BAdam's blocks."""
 
 import os
 import sys
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmtrain.measure import optimizer_state
-from llmtrain.optim import _packages, badam, fp8_lm
+from llmtrain.optim import badam, fp8_lm, packages
 from llmtrain.model import shapes
 from llmtrain.model.llama import Llama
 
@@ -49,20 +49,20 @@ def test_shared_storage_is_counted_once():
 
 def test_eager_restores_the_environment(monkeypatch):
     monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
-    with _packages.eager():
+    with packages.eager():
         assert os.environ["TORCHDYNAMO_DISABLE"] == "1"
         f = torch.compile(lambda x: x + 1)
         assert f(torch.ones(1)).item() == 2
     assert "TORCHDYNAMO_DISABLE" not in os.environ
     monkeypatch.setenv("TORCHDYNAMO_DISABLE", "0")
-    with _packages.eager():
+    with packages.eager():
         pass
     assert os.environ["TORCHDYNAMO_DISABLE"] == "0"
 
 
 def test_packages_reports_each():
-    found = _packages.packages()
-    assert set(found) == set(_packages.PACKAGES) and all(isinstance(v, bool) for v in found.values())
+    found = packages.packages()
+    assert set(found) == set(packages.PACKAGES) and all(isinstance(v, bool) for v in found.values())
 
 
 def test_fp8_lm_states_have_their_formats():
@@ -111,9 +111,9 @@ def test_runs_without_the_optional_packages(monkeypatch):
     # On Colab the notebook runs without llmtrain[optim]: every demo then runs ours only
     from llmtrain.optim import galore, lomo, lowbit
 
-    for name in _packages.PACKAGES:
+    for name in packages.PACKAGES:
         monkeypatch.setitem(sys.modules, name, None)  # import name -> ImportError
-    assert _packages.packages() == {name: False for name in _packages.PACKAGES}
+    assert packages.packages() == {name: False for name in packages.PACKAGES}
     assert set(lowbit.compare_run(steps=2)) == {"fp32 AdamW", "ours 8-bit", "ours 4-bit"}
     assert set(galore.compare_run(steps=2, ranks=(4,))) == {"AdamW", "GaLore r=4"}
     assert "lomo-optim" not in lomo.compare_run(steps=1)["methods"]

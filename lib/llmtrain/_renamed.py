@@ -36,7 +36,7 @@ OLD_NAMES: dict[str, tuple[str, ...]] = {
     "llmtrain.parallel.pp_schedule": ("llmtrain.cost.pp_schedule",),
     "llmtrain.activations": ("llmtrain.measure.activations",),
     "llmtrain.memory_saving": ("llmtrain.measure.optimizer_state", "llmtrain.optim.badam",
-                               "llmtrain.optim.fp8_lm", "llmtrain.optim._packages"),
+                               "llmtrain.optim.fp8_lm", "llmtrain.optim.packages"),
     "llmtrain.lowbit": ("llmtrain.optim.lowbit",),
     "llmtrain.galore": ("llmtrain.optim.galore",),
     "llmtrain.lomo": ("llmtrain.optim.lomo",),

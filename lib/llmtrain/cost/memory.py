@@ -32,11 +32,12 @@ from ..model.recompute import MODELLED
 from ..model.shapes import ATTN_IMPLS, ModelShape
 from ..units import GB, GIB, dtype_bytes
 from . import activations as _af
+from . import methods as _ms
 from . import pp_schedule as _pp
 from . import step_peak as _step_peak
 from .frameworks import FRAMEWORKS, Framework, framework_of
 from .layout import ParallelDims
-from .states import (NO_STEP_PEAK, OPTIMIZERS, PER_TENSOR, PRECISIONS, _dims, largest_layer_params,
+from .states import (NO_STEP_PEAK, OPTIMIZERS, PER_TENSOR, PRECISIONS, as_dims, largest_layer_params,
                      model_state_bytes, param_numels, parallel_dims, params_per_gpu,
                      state_bytes_per_param)
 from ..model.shapes import resolve
@@ -146,7 +147,7 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     ``estimate``) tests/test_memory.py::test_llama3_70b_first_stage_holds_two_microbatches.
     """
     shape = resolve(shape, "shape")
-    dims = _dims(dims)
+    dims = as_dims(dims)
     check.positive_int("micro_batch", micro_batch)
     check.positive_int("seq", seq)
     check.one_of("impl", impl, _af.IMPLS)  # before the cache, which needs hashable arguments
@@ -249,7 +250,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     (``galore_rank`` for galore/galore8bit); for ``NO_STEP_PEAK`` ones ``.step_peak`` is None.
     """
     shape = resolve(shape, "shape")
-    dims = _dims(dims)
+    dims = as_dims(dims)
     check.positive_int("batch", batch)
     check.optional(check.positive_int, "seq", seq)
     for name, value in (("sp", sp), ("softmax_extra", softmax_extra), ("overheads", overheads)):
@@ -276,7 +277,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
                "schedule": pipeline_schedule(pp, virtual), "microbatches": microbatches,
                "virtual": virtual, "framework": fw.name}
     # step_peak models an optimizer step after backward, with PyTorch's mixed-precision states
-    if optimizer in NO_STEP_PEAK or fw.state_bytes is not None:
+    if not _ms.OPTIMIZERS[optimizer].step_phases or fw.state_bytes is not None:
         return Estimate(parts, details, None)
     peak = _step_peak.phases(
         shape, batch, seq, dims=dims, params_per_gpu=params_per_gpu(shape, dims), states=states,

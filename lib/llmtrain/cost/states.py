@@ -39,16 +39,9 @@ def as_dims(dims: Any) -> ParallelDims:
 
 
 def parallel_dims(gpus: int, tp: int = 1, pp: int = 1) -> ParallelDims:
-    """The layout of ``gpus`` GPUs as tp × pp model-parallel groups: dp = gpus/(tp·pp).
-
-    What ``llmtrain memory --gpus --tp --pp`` and the notebook 11 calculator build
-    (Narayanan et al. 2021's dp × tp × pp; tests/test_memory.py).
-    """
-    for name, value in (("gpus", gpus), ("tp", tp), ("pp", pp)):
-        check.positive_int(name, value)  # before gpus % (tp·pp): a zero degree is named
-    if gpus % (tp * pp):
-        raise ValueError(f"gpus must be a multiple of tp·pp={tp * pp}, got {gpus}")
-    return ParallelDims(dp=gpus // (tp * pp), tp=tp, pp=pp)
+    """``ParallelDims.from_gpus(gpus, tp, pp)`` under its older name (kept for one release):
+    the one constructor of a layout from a GPU count (tests/test_memory.py)."""
+    return ParallelDims.from_gpus(gpus, tp, pp)
 
 
 # --- model states: weights, gradients, master weights, optimizer states ---------------
@@ -328,5 +321,3 @@ def _adafactor_elements(shape: ModelShape) -> int:
     head = (V + H) if not shape.tie_embeddings else 0
     return L * per_layer + (V + H) + head + H
 
-
-_dims = as_dims  # the name cost/memory.py imports (until it imports as_dims)

@@ -1,7 +1,7 @@
 """Memory-saving optimizers from their papers, checked against their packages (notebook 12).
 
 8-bit and 4-bit states (``lowbit``), ``galore``, ``lomo``, BAdam (``badam``), FP8-LM's states
-(``fp8_lm``); ``_packages`` imports the optional packages quietly.
+(``fp8_lm``); ``packages`` imports the optional packages quietly.
 
 Three of them write AdamW's update by hand, and AdamW is not one formula: implementations differ
 in where ε goes (after bias correction, as torch.optim.AdamW: m̂ / (√v̂ + ε); or before it, as

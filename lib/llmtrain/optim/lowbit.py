@@ -33,7 +33,7 @@ from ..cost.methods import LOWBIT_BLOCK_SIZE as BLOCK_SIZE
 from ..cost.methods import LOWBIT_LAYOUTS as LAYOUTS
 from ..cost.methods import lowbit_quantised as quantised
 from ..cost.methods import lowbit_state_bytes as state_bytes
-from ._packages import eager
+from .packages import eager
 
 __all__ = ["BLOCK_SIZE", "LAYOUTS", "dynamic_map", "linear_map", "quantize_blockwise",
            "dequantize_blockwise", "AdamWLowBit", "quantised", "state_bytes", "bytes_per_param",
@@ -232,7 +232,7 @@ def compare_run(steps: int = 20, seed: int = 0, lr: float = 1e-3) -> dict[str, d
     quantised; biases of 512 and 64, kept fp32) on a fixed random regression task with each
     optimizer; per optimizer: ``losses`` (one per step, before it), ``state_bytes`` and
     ``bytes_per_param`` measured from its state tensors (``measure.optimizer_state.state_tensor_bytes``).
-    torchao's optimizers run inside ``optim._packages.eager()`` (no gcc compile). One CPU thread
+    torchao's optimizers run inside ``optim.packages.eager()`` (no gcc compile). One CPU thread
     (restored after): on matrices this small threads only contend, 1.2 s for the whole run
     against 17 s with 2 threads on 2 busy cores (measured)."""
     steps = check.positive_int("steps", steps)
@@ -252,7 +252,7 @@ def compare_run(steps: int = 20, seed: int = 0, lr: float = 1e-3) -> dict[str, d
 def train_mlp(make, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0,
               lr: float = 1e-3) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[float]]:
     """The MLP of ``compare_run`` (64 → 512 → 64, seeded with ``seed``) trained on (x, y) with the
-    MSE loss by ``make(params, lr)`` for ``steps`` steps, inside ``optim._packages.eager()``:
+    MSE loss by ``make(params, lr)`` for ``steps`` steps, inside ``optim.packages.eager()``:
     (model, optimizer, the loss before each step)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(), torch.nn.Linear(512, 64))
