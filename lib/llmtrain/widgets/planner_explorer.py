@@ -6,6 +6,7 @@ import functools
 
 from .. import check, plots
 from ..cost import plan
+from ..model import shapes
 from ..units import GIB
 from .explorer import Explorer, nice_limit
 
@@ -36,7 +37,7 @@ class PlannerExplorer(Explorer):
     ERROR_PREFIX = "invalid setup"
 
     def compute(self, *, model, gpus, gpu, batch_tokens, seq, top) -> dict:
-        check.one_of("model", model, plan.model_names())
+        check.one_of("model", model, shapes.all_names())
         check.integer("top", top, 1, self.ROWS)
         plans = _planner_search(model, gpu, gpus, batch_tokens, seq)
         if not plans:
@@ -91,7 +92,7 @@ class PlannerExplorer(Explorer):
         return "\n".join(rows)
 
     def _controls(self, w) -> dict:
-        return dict(model=w.Dropdown(options=plan.model_names(), description="model"),
+        return dict(model=w.Dropdown(options=shapes.all_names(), description="model"),
                     gpus=w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
                                     description="GPUs"),
                     gpu=w.Dropdown(options=list(plan.CLUSTERS), description="GPU"),
