@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from llmtrain.cost import (activations as activation_formulas, flops, memory,
     methods as memory_methods, params, plan, step_peak)
 from llmtrain.measure import activations
-from llmtrain.precision import amp, formats as precision
+from llmtrain.precision import amp, fp8, formats as precision
 from llmtrain.recipes import batch, schedules, train
 from llmtrain import check, device, plots, show, widgets
 from llmtrain.model import llama, recompute, shapes
@@ -212,7 +212,7 @@ CASES = [
     ("tp_comm.comm_per_layer", tp_comm.comm_per_layer,
      dict(tp=2, sequence_parallel=False, batch=2, seq=8, hidden=64),
      {"tp": "pos", "sequence_parallel": "bool", "batch": "pos", "seq": "pos", "hidden": "pos",
-      "dtype_bytes": "pos", "fused": "bool"}),
+      "fused": "bool"}),
     ("tp_comm.comm_per_model", tp_comm.comm_per_model,
      dict(shape=TINY, tp=2, sequence_parallel=True, batch=2, seq=8),
      {"shape": "shape", "tp": "pos", "sequence_parallel": "bool", "batch": "pos", "seq": "pos"}),
@@ -239,7 +239,7 @@ CASES = [
       "recompute": _choice(("none", "full", "sqrt", "selective")), "dtype_bytes": "pos",
       "loss_bytes": "pos?"}),
     # the planner
-    ("plan.model", plan.model, dict(name="llama-70b"), {"name": _choice(shapes.all_names())}),
+    ("shapes.resolve", shapes.resolve, dict(model="llama-70b"), {"model": "shape"}),
     ("plan.cluster", plan.cluster, dict(gpu="h100-80g"), {"gpu": _choice(tuple(plan.CLUSTERS))}),
     ("plan.parse_tokens", plan.parse_tokens, dict(batch_tokens="4M"),
      {"batch_tokens": st.sampled_from(["0", "-4M", "4Q", "", None, 0, -3, True, 2.5, "4.5M"])}),
@@ -323,17 +323,17 @@ CASES = [
       for f in (precision.round_exact, precision.bits_of, precision.neighbours)],
     ("precision.round_to", precision.round_to, dict(x=torch.ones(4), name="bf16"),
      {"x": "tensor", "name": _choice(precision.FORMATS)}),
-    ("precision.quantize", precision.quantize, dict(x=torch.ones(2, 8), tile=4),
+    ("fp8.quantize", fp8.quantize, dict(x=torch.ones(2, 8), tile=4),
      {"x": "tensor", "name": _choice(precision.FORMATS),
-      "granularity": _choice(precision.GRANULARITIES), "tile": "pos", "pow2_scales": "bool"}),
-    ("precision.quantization_error", precision.quantization_error,
+      "granularity": _choice(fp8.GRANULARITIES), "tile": "pos", "pow2_scales": "bool"}),
+    ("fp8.quantization_error", fp8.quantization_error,
      dict(x=torch.ones(2, 8), tile=4),
      {"x": "tensor", "name": _choice(precision.FORMATS),
-      "granularity": _choice(precision.GRANULARITIES), "tile": "pos"}),
-    ("precision.fp8_matmul", precision.fp8_matmul,
+      "granularity": _choice(fp8.GRANULARITIES), "tile": "pos"}),
+    ("fp8.fp8_matmul", fp8.fp8_matmul,
      dict(a=torch.ones(4, 4), b=torch.ones(4, 4), tile=4),
      {"a": "tensor", "b": "tensor", "granularity": _choice(("fine", "tensor")), "tile": "pos"}),
-    ("precision.realistic_activations", precision.realistic_activations, dict(shape=(4, 8)),
+    ("fp8.realistic_activations", fp8.realistic_activations, dict(shape=(4, 8)),
      {"shape": "seq", "outlier_fraction": st.sampled_from([-0.1, 1.5, None, "0.1", math.nan]),
       "outlier_scale": "posnum", "seed": "nonneg"}),
     # amp
@@ -549,7 +549,7 @@ def test_messages_are_stable():
         (lambda: check.tensor("ids", torch.ones(2), dim=2, floating=False),
          "ids must be a 2-D integer tensor, got shape (2,) and dtype torch.float32"),
         (lambda: check.function("fn", 3), "fn must be callable (a function), got 3"),
-        (lambda: check.shape("shape", 3.0), "shape must be a ModelShape or a preset name"),
+        (lambda: shapes.resolve(3.0, "shape"), "shape must be a ModelShape or a preset name"),
     ]
     for fn, message in cases:
         with pytest.raises(ValueError) as info:
@@ -608,9 +608,9 @@ def _imports_of(path, module: str) -> set[str]:
     return found
 
 
-# The one import against the layers, at call time only: check is the bottom layer (every module
-# imports it, shapes at import time), and ``check.shape`` looks up the presets when called.
-_CALL_TIME_ONLY = {("llmtrain.check", "llmtrain.model.shapes")}
+# No import against the layers, not even at call time (tests/test_architecture.py checks the
+# layers themselves).
+_CALL_TIME_ONLY: set = set()
 
 
 def test_no_import_cycle():

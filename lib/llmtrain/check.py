@@ -23,7 +23,7 @@ import numbers
 from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 __all__ = ["fail", "describe", "integer", "positive_int", "number", "positive_number",
-           "one_of", "boolean", "optional", "sequence", "shape", "module", "tensor",
+           "one_of", "boolean", "optional", "sequence", "module", "tensor",
            "function"]
 
 
