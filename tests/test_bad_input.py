@@ -65,7 +65,7 @@ def test_zero_wrap_of_parameters_names_the_argument(model):
 ])
 def test_pipeline_demo_bad_flag(capsys, argv, needle):
     line = one_line_exit_2(capsys, pipeline_parallel.cli, argv)
-    assert line.startswith("python -m llmtrain.parallel.pipeline_parallel: error: ") and needle in line
+    assert line.startswith("python -m llmtrain.parallel.demos.pipeline_parallel: error: ") and needle in line
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -77,7 +77,7 @@ def test_pipeline_demo_bad_flag(capsys, argv, needle):
 ])
 def test_3d_demo_bad_flag(capsys, argv, needle):
     line = one_line_exit_2(capsys, three_d.cli, argv)
-    assert line.startswith("python -m llmtrain.parallel.parallelize: error: ") and needle in line
+    assert line.startswith("python -m llmtrain.parallel.demos.parallelize: error: ") and needle in line
 
 
 # --- RANK in the environment: one of torchrun's ranks, or a stray variable -----------------------
@@ -123,7 +123,7 @@ def test_a_ranks_value_error_is_one_line(capsys):
     stops every rank, and the traceback of 35-39 lines becomes its last line."""
     line = one_line_exit_2(capsys, three_d.cli, ["--dp", "1", "--tp", "1", "--pp", "2",
                                                   "--microbatches", "1"])
-    assert line.startswith("python -m llmtrain.parallel.parallelize: error: microbatches must be "
+    assert line.startswith("python -m llmtrain.parallel.demos.parallelize: error: microbatches must be "
                            "at least pp=2"), line
     assert line.endswith(", got microbatches=1 (rank 0)") or line.endswith("(rank 1)"), line
 
@@ -157,7 +157,7 @@ def test_pads_shorter_than_the_compute_warn(capsys):
 ])
 def test_demo_command_line_in_a_process(argv, env, needle):
     clean = {k: v for k, v in os.environ.items() if k not in harness.TORCHRUN_VARS}
-    r = subprocess.run([sys.executable, "-m", "llmtrain.parallel.pipeline_parallel", *argv],
+    r = subprocess.run([sys.executable, "-m", "llmtrain.parallel.demos.pipeline_parallel", *argv],
                        env={**clean, **env}, capture_output=True, text=True, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
@@ -173,4 +173,4 @@ def test_ctrl_c_is_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         pipeline_parallel.cli([])
     assert exit_.value.code == 130
-    assert capsys.readouterr().err == "python -m llmtrain.parallel.pipeline_parallel: interrupted\n"
+    assert capsys.readouterr().err == "python -m llmtrain.parallel.demos.pipeline_parallel: interrupted\n"

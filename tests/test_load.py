@@ -46,7 +46,7 @@ def test_two_notebooks_multi_process_cells_at_once_agree_with_one_process():
         t.start()
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "llmtrain.parallel.zero", "--stage", "3", "--steps", "2", "--dtype", "float64"],
+         "-m", "llmtrain.parallel.demos.zero", "--stage", "3", "--steps", "2", "--dtype", "float64"],
         capture_output=True, text=True, timeout=600)
     for t in threads:
         t.join()

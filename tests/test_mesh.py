@@ -1,11 +1,13 @@
 """llmtrain.cost.layout and comm on sub-groups: the layout arithmetic against an independent
 oracle (torch.arange(world).reshape(pp, dp, tp)), errors naming the field, the groups
-``ParallelDims.build`` makes equal to ``init_device_mesh``'s, and every comm op on a sub-group
+``groups.build`` makes equal to ``init_device_mesh``'s, and every comm op on a sub-group
 computing the right thing and recording its axis, group size and bytes. One launch of 4 ranks;
 the 8-rank layouts are one ``slow`` launch."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from fractions import Fraction
 
 import pytest
@@ -14,8 +16,10 @@ import torch.distributed as dist
 from hypothesis import given, strategies as st
 
 from llmtrain.parallel import comm, launch
+from llmtrain.parallel.groups import build
 from llmtrain.parallel.demos.three_d import groups as mesh_groups
-from llmtrain.cost.layout import AXES, Coords, ParallelDims, shard_range, shard_sizes
+from llmtrain.cost.layout import (AXES, Coords, ParallelDims, cut_segments, shard_range, shard_sizes,
+    stage_layers)
 from llmtrain.model.shapes import ModelShape
 
 sizes = st.integers(1, 6)
@@ -129,8 +133,33 @@ def test_check_accepts_what_fits():
     assert str(e.value) == ("tp must be at most vocab_size=2 (every rank holds at least one "
                             "row), got tp=3")
     assert ParallelDims(tp=2, pp=2).check("tiny").tp == 2  # a preset name works too
-    with pytest.raises(ValueError, match="shape: unknown model name"):
+    with pytest.raises(ValueError, match="shape"):  # names the argument
         ParallelDims().check("tinyy")
+
+
+def test_from_gpus_is_the_layout_of_a_gpu_count():
+    assert ParallelDims.from_gpus(16, tp=2, pp=2) == ParallelDims(dp=4, tp=2, pp=2)
+    assert ParallelDims.from_gpus(8) == ParallelDims(dp=8)
+    with pytest.raises(ValueError, match=r"^gpus must be a multiple of tp·pp=4, got 10$"):
+        ParallelDims.from_gpus(10, tp=4)
+    with pytest.raises(ValueError, match="^tp must be a positive integer, got 0$"):
+        ParallelDims.from_gpus(8, tp=0)
+
+
+def test_stage_layers_split_like_shard_range():
+    assert stage_layers(5, 2) == [range(0, 3), range(3, 5)]
+    assert cut_segments([range(0, 2), range(2, 5)], range(1, 4)) == [range(1, 2), range(2, 4)]
+    with pytest.raises(ValueError, match="num_layers must be at least the 3 pipeline stages"):
+        stage_layers(2, 3)
+
+
+def test_layout_imports_no_torch():
+    code = ("import sys; sys.modules['torch'] = None; "
+            "from llmtrain.cost import layout, comm, pp_schedule; "
+            "print(layout.ParallelDims.from_gpus(8, tp=2).dp, comm.ring_bytes('all_gather', 8, 2))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "(Fraction(4,", "1),", "Fraction(4,", "1))"]
 
 
 def test_bad_coordinates_name_the_argument():
@@ -148,7 +177,7 @@ def test_bad_coordinates_name_the_argument():
 
 def test_build_outside_a_rank():
     with pytest.raises(RuntimeError, match="inside a rank"):
-        ParallelDims().build()
+        build(ParallelDims())
 
 
 # ---------------------------------------------------------------- inside ranks
@@ -163,7 +192,7 @@ def subgroup_comm():
     rank = dist.get_rank()
     out = {}
     d = ParallelDims(dp=2, tp=2)
-    g = d.build()
+    g = build(d)
     with comm.counting() as log:
         t = torch.full((3,), rank + 1.0)
         comm.all_reduce(t, "sum", group=g.tp, tag="tp-sum")
@@ -186,7 +215,7 @@ def subgroup_comm():
     out["collectives"] = _records(log)
 
     p = ParallelDims(pp=2, dp=2)
-    pg = p.build()
+    pg = build(p)
     first = pg.coords.pp == 0
     peer = p.rank(pp=1 - pg.coords.pp, dp=pg.coords.dp)
     with comm.counting() as log:
@@ -211,7 +240,7 @@ def subgroup_comm():
     out["peer"] = peer
 
     try:
-        ParallelDims(dp=3).build()
+        build(ParallelDims(dp=3))
     except ValueError as e:
         out["mismatch"] = str(e)
     out["refused"] = []  # checked before any message is sent: no rank waits for the others

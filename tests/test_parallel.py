@@ -494,8 +494,8 @@ def test_demo_rejects_bad_arguments():
 
 # ---------------------------------------------------------------- the command line
 
-@pytest.mark.parametrize("module, args", [("llmtrain.parallel.data_parallel", []),
-                                          ("llmtrain.parallel.zero", ["--stage", "2"])])
+@pytest.mark.parametrize("module, args", [("llmtrain.parallel.demos.data_parallel", []),
+                                          ("llmtrain.parallel.demos.zero", ["--stage", "2"])])
 def test_entry_points_run_alone_and_under_torchrun(module, args):
     plain = subprocess.run([sys.executable, "-m", module, "--steps", "2", *args],
                            capture_output=True, text=True, timeout=300)
@@ -692,7 +692,7 @@ def test_no_sync_accumulates_locally_and_communicates_once(no_orphans):
                                            (["--stage", "4"], "--stage: invalid choice"),
                                            (["--dtype", "fp16"], "--dtype: invalid choice")])
 def test_entry_point_rejects_bad_arguments(args, message):
-    out = subprocess.run([sys.executable, "-m", "llmtrain.parallel.zero", *args],
+    out = subprocess.run([sys.executable, "-m", "llmtrain.parallel.demos.zero", *args],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and message in out.stderr
 
@@ -733,3 +733,15 @@ def test_formula_is_the_zero_papers_and_the_memory_modules():
         [120.0, 31.4, 16.6, 1.9]
     with pytest.raises(ValueError, match="stage"):
         zero.formula(4)
+
+
+def test_the_package_imports_nothing_eagerly():
+    """``import llmtrain.parallel`` loads no submodule; ``from llmtrain.parallel import launch``
+    is the function, also after another submodule imported ``launch`` first."""
+    code = ("import sys; import llmtrain.parallel; "
+            "print(sorted(m for m in sys.modules if m.startswith('llmtrain.parallel.'))); "
+            "from llmtrain.parallel import data_parallel, launch, RankError; "
+            "print(launch is sys.modules['llmtrain.parallel.launch'].launch, RankError.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True RankError"]

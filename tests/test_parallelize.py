@@ -207,7 +207,7 @@ def test_zero_stages_cost_more_with_micro_batches():
 
 
 def test_module_runs_as_a_command():
-    out = subprocess.run([sys.executable, "-m", "llmtrain.parallel.parallelize", "--dp", "1",
+    out = subprocess.run([sys.executable, "-m", "llmtrain.parallel.demos.parallelize", "--dp", "1",
                           "--tp", "1", "--pp", "2"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "2 ranks, engine ours: gradients equal one process's" in out.stdout

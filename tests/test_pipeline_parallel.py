@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import inspect
 import subprocess
 import sys
 from fractions import Fraction
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from llmtrain.model.llama import Llama
 from llmtrain.parallel import comm, launch
+from llmtrain.parallel.groups import build
 from llmtrain.parallel import pipeline_parallel as pp
 from llmtrain.cost import pp_schedule
 from llmtrain.cost.layout import ParallelDims
@@ -110,7 +112,7 @@ def _ranks_fast() -> dict:
 def _on_the_pp_axis() -> dict:
     """dp2 × pp2 on 4 ranks: each data-parallel replica is a 2-stage pipeline on its pp group
     (ranks 0, 2 and 1, 3), on its half of the batch; messages go to global ranks of that group."""
-    g = ParallelDims(dp=2, pp=2).build()
+    g = build(ParallelDims(dp=2, pp=2))
     model = demos.model_of(TIED, "float64")
     ids = demos.batch_of(TIED, B, T)[g.coords.dp::2]
     out = {"rank": g.rank, "coords": g.coords}
@@ -424,7 +426,7 @@ def test_cli_reports_the_bubble_and_refuses_impossible_flags(capsys):
 
 
 def test_module_runs_as_a_command():
-    ok = subprocess.run([sys.executable, "-m", "llmtrain.parallel.pipeline_parallel", "--help"],
+    ok = subprocess.run([sys.executable, "-m", "llmtrain.parallel.demos.pipeline_parallel", "--help"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "--schedule" in ok.stdout, ok.stderr
 
@@ -467,3 +469,10 @@ def test_torch_engine_needs_equal_microbatches():
     with pytest.raises(ValueError,
                        match="batch must be a multiple of microbatches=3 for engine 'torch'"):
         demos.step(TIED, "1f1b", 3, 1, batch=7)
+
+
+def test_what_3d_parallelism_changes_is_a_constructor_argument():
+    params = inspect.signature(pp.Pipeline).parameters
+    for name in ("loss_fn", "tied_grad", "on_start", "on_op"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert params["loss_fn"].default is pp.lm_loss

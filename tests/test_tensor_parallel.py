@@ -28,6 +28,7 @@ from torch import nn
 from llmtrain.cost import activations as activation_formulas, memory
 from llmtrain.model.llama import Llama
 from llmtrain.parallel import comm, launch
+from llmtrain.parallel.groups import build
 from llmtrain.parallel import tensor_parallel as tp
 from llmtrain.parallel import tp_comm
 from llmtrain.cost.layout import ParallelDims
@@ -323,7 +324,7 @@ def everything(n: int) -> dict:
     # Qwen2-style q/k/v biases, o and MLP biases, tied embeddings: SP, 2 SGD steps
     out["biased"] = model_checks(BIASED, True, steps=2)
     if n == 4:  # a dp × tp layout: TP inside each tp group of ParallelDims(dp=2, tp=2)
-        groups = ParallelDims(dp=2, tp=2).build()
+        groups = build(ParallelDims(dp=2, tp=2))
         out["dp x tp"] = model_checks(SHAPES[2], True, steps=2, group=groups.tp)
     return out
 
@@ -403,7 +404,7 @@ def _check_comm(ranks, n, shape=None, seq=T):
             if ("model L=1", sp) in r:
                 # per layer: (count with L = 3) − (count with L = 1) = 2 × comm_per_layer
                 per_two = _records_as_counter(records) - _records_as_counter(r[("model L=1", sp)])
-                layer = tp_comm.comm_per_layer(n, sp, B, seq, shape.hidden_size, 8)
+                layer = tp_comm.comm_per_layer(n, sp, B, seq, shape.hidden_size)
                 assert per_two == _expected_counter({k: tp_comm.Traffic(2 * v.calls, v.elements)
                                                      for k, v in layer.items()}, 8)
             # bytes sent with the ring factor: 2(t−1)/t of each all-reduce, (t−1)/t otherwise
@@ -425,8 +426,8 @@ def _check_dtensor(ranks, n):
             assert d["loss"] < 1e-12 and d["grads"] < 1e-12, d  # measured 0.0 and ≤ 2.5e-16
         # DTensor's separate q/k/v and gate/up: 2 forward, 5 backward all-reduces per layer
         # (one per column-parallel input), ours fused: 2 + 2 (comm_per_layer, fused or not)
-        ours = tp_comm.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, 8)
-        separate = tp_comm.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, 8, fused=False)
+        ours = tp_comm.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size)
+        separate = tp_comm.comm_per_layer(n, False, B, T, SHAPES[n].hidden_size, fused=False)
         layer = r[("dtensor", False)]["counts"]["LlamaModel.layers.0"]
         assert layer["forward"] == {"all_reduce": separate[("all_reduce", "forward")].calls}
         assert layer["backward"] == {"all_reduce": separate[("all_reduce", "backward")].calls}
@@ -439,7 +440,7 @@ def _check_dtensor(ranks, n):
         # SP: the same forward as ours (2 all-gathers, 2 reduce-scatters); DTensor keeps the
         # gathered input for backward, so it needs no re-gather: 2 all-gathers backward vs our 4
         sp_layer = r[("dtensor", True)]["counts"]["LlamaModel.layers.0"]
-        ours_sp = tp_comm.comm_per_layer(n, True, B, T, SHAPES[n].hidden_size, 8)
+        ours_sp = tp_comm.comm_per_layer(n, True, B, T, SHAPES[n].hidden_size)
         assert sp_layer["forward"] == {
             "all_gather_into_tensor": ours_sp[("all_gather", "forward")].calls,
             "reduce_scatter_tensor": ours_sp[("reduce_scatter", "forward")].calls}
@@ -583,3 +584,36 @@ def test_formulas_reject_bad_arguments():
 def test_apply_needs_a_process_group():
     with pytest.raises(RuntimeError, match="torch.distributed"):
         tp.apply(Llama(SHAPES[2]))
+
+
+def plan_on_one_rank() -> dict:
+    """``apply`` on a world of one: which classes the plan put where, and the outputs."""
+    torch.manual_seed(0)
+    single = Llama(SHAPES[2]).double()
+    model = tp.apply(Llama(SHAPES[2]).double(), None)
+    tp.load_full_state_dict(model, single.state_dict())
+    ids = torch.randint(0, SHAPES[2].vocab_size, (2, 8))
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    out = {"classes": [type(m).__name__ for m in (attn, mlp, attn.qkv_proj, attn.o_proj,
+                                                  mlp.gate_up_proj, mlp.down_proj,
+                                                  model.model.embed_tokens, model.lm_head)],
+           "children": [[n for n, _ in m.named_children()] for m in (attn, mlp)],
+           "logits": (model(ids).logits - single(ids).logits).abs().max().item(),
+           "keys": list(tp.full_state_dict(model)) == list(single.state_dict())}
+    try:
+        tp.shard(model, {"lm_head": "diagonal"})
+    except ValueError as e:
+        out["bad"] = str(e)
+    return out
+
+
+def test_the_plan_shards_the_reference_modules():
+    """The plan replaces modules of the reference model; Attention and MLP stay themselves (their
+    fused path), in the single model's order, with its outputs and state_dict keys."""
+    out = launch(plan_on_one_rank, 1)[0]
+    assert out["classes"] == ["Attention", "MLP", "ColumnParallelLinear", "RowParallelLinear",
+                              "ColumnParallelLinear", "RowParallelLinear",
+                              "VocabParallelEmbedding", "ColumnParallelLinear"]
+    assert out["children"] == [["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]]
+    assert out["logits"] < 1e-12 and out["keys"]
+    assert out["bad"] == "plan['lm_head'] must be one of ('column', 'row', 'vocab'), got 'diagonal'"

@@ -1,4 +1,4 @@
-"""The layout of dp × tp × pp ranks (3D 并行): one validated description, its process groups.
+"""The layout of dp × tp × pp ranks (3D 并行): one validated description, arithmetic only.
 
 ``ParallelDims(dp, tp, pp)`` says how ``world = dp·tp·pp`` ranks are arranged. Global rank
 
@@ -12,8 +12,10 @@ activations twice per layer in forward and backward (the most bytes, latency-bou
 NVLink), DP all-reduces gradients once per step (overlapped with backward), PP only sends one
 activation per micro-batch to one neighbour (the least).
 
-``dims.check(shape)`` refuses a layout the model cannot take, naming the field; ``dims.build()``
-(inside every rank) creates the groups and returns this rank's ``Groups``.
+``dims.check(shape)`` refuses a layout the model cannot take, naming the field;
+``ParallelDims.from_gpus(gpus, tp, pp)`` is the layout of a GPU count. Arithmetic only (no
+torch): inside every rank ``llmtrain.parallel.groups.build(dims)`` creates the process groups.
+Pipeline stages take consecutive layers by the same rule (``stage_layers``).
 
 Sizes that tp does not divide (a vocabulary of 100 rows, an MLP of 128 columns on 3 ranks) are
 split unevenly by one rule, ``torch.tensor_split``'s: n rows over t ranks give the first n mod t
@@ -35,8 +37,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .. import check
+from ..model.shapes import resolve
 
-__all__ = ["ParallelDims", "Coords", "Groups", "AXES", "shard_sizes", "shard_range"]
+__all__ = ["ParallelDims", "Coords", "AXES", "shard_sizes", "shard_range", "stage_layers",
+           "cut_segments"]
 
 AXES = ("pp", "dp", "tp")  # outermost first: the order of the ranks and of the device mesh
 
@@ -51,11 +55,30 @@ def shard_sizes(size: int, parts: int) -> list[int]:
 
 
 def shard_range(size: int, parts: int, index: int) -> tuple[int, int]:
-    """(start, length) of shard ``index``: rows [start, start + length) of ``size``."""
+    """(start, length) of shard ``index``: rows [start, start + length) of ``size``
+    (``torch.tensor_split``'s; tests/test_mesh.py::test_shards_follow_torch_tensor_split)."""
     check.positive_int("parts", parts)
     check.integer("index", index, 0, parts - 1)
     q, extra = divmod(check.integer("size", size, 0), parts)
     return index * q + min(index, extra), q + (index < extra)
+
+
+def stage_layers(num_layers: int, stages: int) -> list[range]:
+    """The decoder layers of each pipeline stage: consecutive, split as ``shard_range`` splits
+    rows (the first num_layers mod stages stages take one more: they do not hold the costly
+    lm_head; tests/test_mesh.py::test_stage_layers_split_like_shard_range)."""
+    check.positive_int("stages", stages)
+    if check.integer("num_layers", num_layers, 0) < stages:
+        raise ValueError(f"num_layers must be at least the {stages} pipeline stages (each holds "
+                         f"one layer or more), got num_layers={num_layers}")
+    return [range(s, s + n) for s, n in (shard_range(num_layers, stages, i) for i in range(stages))]
+
+
+def cut_segments(segments: list[range], layers: range) -> list[range]:
+    """The parts of the whole model's recompute ``segments`` inside a stage's ``layers``
+    (tests/test_mesh.py::test_stage_layers_split_like_shard_range)."""
+    return [range(max(g.start, layers.start), min(g.stop, layers.stop)) for g in segments
+            if g.start < layers.stop and layers.start < g.stop]
 
 
 class Coords(NamedTuple):
@@ -68,7 +91,8 @@ class Coords(NamedTuple):
 
 @dataclass(frozen=True)
 class ParallelDims:
-    """dp data-parallel replicas × tp tensor-parallel shards × pp pipeline stages."""
+    """dp data-parallel replicas × tp tensor-parallel shards × pp pipeline stages, in
+    Megatron-LM's rank order (tests/test_mesh.py: against ``init_device_mesh``)."""
 
     dp: int = 1
     tp: int = 1
@@ -133,7 +157,7 @@ class ParallelDims:
         divisible: they are split by ``shard_sizes``; tp must only not exceed them (every rank
         holds at least one row).
         """
-        shape = check.shape("shape", shape)
+        shape = resolve(shape, "shape")
         for field in ("num_heads", "num_kv_heads"):
             value = getattr(shape, field)
             if value % self.tp:
@@ -147,49 +171,11 @@ class ParallelDims:
             raise ValueError(f"pp must be at most num_layers={shape.num_layers}, got pp={self.pp}")
         return self
 
-    # --- process groups (inside a rank) ------------------------------------------------------
-
-    def build(self, rank: int | None = None) -> "Groups":
-        """Create the dp, tp and pp groups (every rank must call this, in the same order)
-        and return this rank's. torch.distributed must be initialised with world = dp·tp·pp."""
-        import torch.distributed as dist
-
-        from ..parallel import comm
-
-        if not dist.is_initialized():
-            raise RuntimeError("ParallelDims.build must be called inside a rank: torch.distributed "
-                               "is not initialised (use llmtrain.parallel.launch or torchrun)")
-        world = dist.get_world_size()
-        if world != self.world_size:
-            raise ValueError(f"dp·tp·pp = {self.dp}·{self.tp}·{self.pp} = {self.world_size} must "
-                             f"equal the world size {world}")
-        rank = dist.get_rank() if rank is None else rank
-        mine: dict[str, Any] = {}
-        for axis in AXES:
-            for ranks in self.group_ranks(axis):  # new_group is collective: all ranks, all groups
-                g = dist.new_group(ranks)
-                if rank in ranks:
-                    mine[axis] = g
-                    comm.name_group(g, axis)
-        return Groups(self, rank, self.coords(rank), mine["pp"], mine["dp"], mine["tp"])
-
-    def device_mesh(self, device_type: str = "cpu"):
-        """PyTorch's own: ``init_device_mesh(device_type, (pp, dp, tp), mesh_dim_names=AXES)``."""
-        from torch.distributed.device_mesh import init_device_mesh
-
-        return init_device_mesh(device_type, self.shape, mesh_dim_names=AXES)
-
-
-class Groups(NamedTuple):
-    """This rank's place in the layout and its three process groups."""
-
-    dims: ParallelDims
-    rank: int
-    coords: Coords
-    pp: Any
-    dp: Any
-    tp: Any
-
-    def group(self, axis: str):
-        check.one_of("axis", axis, AXES)
-        return getattr(self, axis)
+    @classmethod
+    def from_gpus(cls, gpus: int, tp: int = 1, pp: int = 1) -> "ParallelDims":
+        """The layout of ``gpus`` GPUs as tp × pp model-parallel groups: dp = gpus/(tp·pp)."""
+        for name, value in (("gpus", gpus), ("tp", tp), ("pp", pp)):
+            check.positive_int(name, value)  # before gpus % (tp·pp): a zero degree is named
+        if gpus % (tp * pp):
+            raise ValueError(f"gpus must be a multiple of tp·pp={tp * pp}, got {gpus}")
+        return cls(dp=gpus // (tp * pp), tp=tp, pp=pp)

@@ -65,7 +65,7 @@ class Event(NamedTuple):
 
 
 def stage_of(rank: int, chunk: int, p: int) -> int:
-    """Global stage of ``rank``'s ``chunk``: chunk·p + rank (round-robin)."""
+    """Global stage of ``rank``'s ``chunk``: chunk·p + rank (round-robin, Megatron-LM's)."""
     return chunk * p + rank
 
 
@@ -92,12 +92,14 @@ def check_schedule(schedule: str, p: int, microbatches: int, virtual: int = 1) -
 
 
 def gpipe(p: int, m: int, rank: int) -> list[Op]:
-    """All m forwards, then all m backwards (every rank the same)."""
+    """All m forwards, then all m backwards (every rank the same; GPipe, Huang et al. 2019,
+    arXiv 1811.06965)."""
     return [Op("F", i) for i in range(m)] + [Op("B", i) for i in range(m)]
 
 
 def one_f_one_b(p: int, m: int, rank: int) -> list[Op]:
-    """Warm up with p − rank − 1 forwards, alternate one forward / one backward, cool down."""
+    """Warm up with p − rank − 1 forwards, alternate one forward / one backward, cool down
+    (PipeDream-Flush, Narayanan et al. 2021, arXiv 2104.04473 §2.2; Megatron-LM's)."""
     warmup = min(p - rank - 1, m)
     ops = [Op("F", i) for i in range(warmup)]
     for i in range(m - warmup):  # steady state: 1F1B
@@ -125,7 +127,8 @@ def interleaved(p: int, m: int, rank: int, virtual: int) -> list[Op]:
 
 
 def schedule(schedule: str, p: int, microbatches: int, rank: int, virtual: int = 1) -> list[Op]:
-    """Rank ``rank``'s operations under ``schedule`` ("gpipe", "1f1b", "interleaved")."""
+    """Rank ``rank``'s operations under ``schedule`` ("gpipe", "1f1b", "interleaved"); each
+    operation once, backward after forward (tests/test_pp_schedule.py)."""
     check_schedule(schedule, p, microbatches, virtual)
     check.integer("rank", rank, 0, p - 1)
     build = {"gpipe": gpipe, "1f1b": one_f_one_b}.get(schedule)
@@ -145,7 +148,8 @@ def simulate(schedule: str, p: int, microbatches: int, virtual: int = 1, *, t_f:
     micro-batch through one rank's layers (a chunk takes 1/v of it), ``p2p`` the time a
     message takes between ranks. Exact with ints or Fractions. Events in start order.
     ``programs`` (one list of ``Op`` per rank) replays your own order instead of the schedule's.
-    Raises RuntimeError if the lists can deadlock (see ``replay``)."""
+    Raises RuntimeError if the lists can deadlock (see ``replay``). Its bubble and makespan are
+    the formulas exactly (tests/test_pp_schedule.py)."""
     name, m = schedule, microbatches
     check_schedule(name, p, m, virtual)
     for arg, value in (("t_f", t_f), ("t_b", t_b), ("p2p", p2p)):
@@ -174,7 +178,8 @@ def replay(programs: list[list[tuple[str, int, int]]], costs: dict[str, Real], *
     stage s − 1; a backward of stage s (B, or I: its input-gradient half) after the backward or
     I of stage s + 1 (after its own F on the last stage); W (the weight-gradient half of a split
     backward, as in zero-bubble schedules) after its own I. ``p2p`` is added when the input comes
-    from another rank. Raises RuntimeError when every rank waits on another (a deadlock)."""
+    from another rank. Raises RuntimeError when every rank waits on another (a deadlock).
+    Checked against torch's zero-bubble schedules in tests/test_pipeline_parallel.py."""
     stages = stages or 1 + max(s for ops in programs for _, s, _ in ops)
     need = {"F": lambda s, mb: ("F", s - 1, mb) if s > 0 else None,
             "B": lambda s, mb: ("G", s + 1, mb) if s < stages - 1 else ("F", s, mb),
@@ -208,17 +213,20 @@ def replay(programs: list[list[tuple[str, int, int]]], costs: dict[str, Real], *
 
 
 def makespan(events: list[Event]) -> Real:
-    """Time from the first operation's start to the last one's end, over all ranks."""
+    """Time from the first operation's start to the last one's end, over all ranks
+    (tests/test_pp_schedule.py::test_gpipe_p4_m8_makespan_by_hand)."""
     return max(e.end for e in events) - min(e.start for e in events)
 
 
 def busy(events: list[Event], rank: int) -> Real:
-    """Time ``rank`` spent computing (the sum of its operations' durations)."""
+    """Time ``rank`` spent computing: the sum of its operations' durations
+    (tests/test_pp_schedule.py)."""
     return sum((e.end - e.start for e in events if e.rank == rank), 0)
 
 
 def bubble_fraction(events: list[Event]) -> Real:
-    """Idle share of the step: 1 − Σ_r busy(r) / (p · makespan). Exact for exact costs."""
+    """Idle share of the step: 1 − Σ_r busy(r) / (p · makespan). Exact for exact costs; equals
+    ``bubble_formula`` (tests/test_pp_schedule.py)."""
     ranks = sorted({e.rank for e in events})
     return 1 - sum(busy(events, r) for r in ranks) / (len(ranks) * makespan(events))
 
@@ -263,7 +271,8 @@ def held_microbatches(schedule: str, p: int, microbatches: int, rank: int = 0,
 
 def p2p_messages(p: int, microbatches: int, virtual: int = 1) -> int:
     """Messages per step in all: each of the p·v − 1 stage boundaries carries m activations
-    forward and m gradients back, 2(p·v − 1)·m; each is one micro-batch's b·s·h elements."""
+    forward and m gradients back, 2(p·v − 1)·m; each is one micro-batch's b·s·h elements
+    (tests/test_pp_schedule.py::test_p2p_messages_counts_them)."""
     check.positive_int("p", p)
     m = check.positive_int("microbatches", microbatches)
     check.positive_int("virtual", virtual)

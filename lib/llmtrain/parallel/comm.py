@@ -2,13 +2,13 @@
 
 Every call goes straight to ``torch.distributed`` on an explicit ``group`` (default: the
 world); inside ``with counting() as log:`` it is also recorded: which op, on which group
-(its axis name — "dp", "tp", "pp" — when ``mesh.ParallelDims`` built it, else "world" or
+(its axis name — "dp", "tp", "pp" — when ``groups.build`` built it, else "world" or
 "group"), how big its buffer is, and the bytes this rank sends and receives
 under the bandwidth-optimal ring algorithm (NCCL's for large buffers). These are the cost
 model's bytes, computed from the real calls' sizes, not a wire capture: gloo may pick another
 algorithm, but the sizes handed to each collective are what the formulas are about.
 
-Per rank, for a buffer of M bytes on N ranks (Patarasuk & Yuan 2009; ZeRO paper §7):
+Per rank, for a buffer of M bytes on N ranks (``cost.comm.ring_bytes``, re-exported here):
 
     all_reduce       sends 2(N−1)/N · M   (reduce-scatter then all-gather)
     reduce_scatter   sends  (N−1)/N · M   (M = the whole input; each rank keeps M/N)
@@ -16,9 +16,6 @@ Per rank, for a buffer of M bytes on N ranks (Patarasuk & Yuan 2009; ZeRO paper 
     broadcast        root sends M, every other rank receives M (a pipelined chain)
     send / recv      M to one peer / M from one peer (pipeline stages; also inside
                      ``batch_isend_irecv``)
-
-and receives as much as it sends (broadcast: the root receives 0, the last rank sends 0 —
-counted here as M received, M sent, for every non-root rank but the last).
 """
 
 from __future__ import annotations
@@ -32,12 +29,11 @@ import torch
 import torch.distributed as dist
 
 from .. import check
+from ..cost.comm import OPS, ring_bytes  # the formulas; re-exported here
 
 __all__ = ["Record", "Log", "counting", "all_reduce", "reduce_scatter", "all_gather", "broadcast",
            "send", "recv", "isend", "irecv", "P2P", "batch_isend_irecv", "ring_bytes",
            "name_group", "axis_of", "OPS"]
-
-OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv")
 
 _OPS = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
@@ -109,33 +105,9 @@ def counting() -> Iterator[Log]:
         _ACTIVE.remove(log)
 
 
-def ring_bytes(op: str, buffer_bytes: int, world_size: int, rank: int = 0,
-               src: int = 0) -> tuple[Fraction, Fraction]:
-    """(sent, received) bytes of one rank for one collective on ``buffer_bytes`` (see above)."""
-    check.one_of("op", op, OPS)
-    n = check.positive_int("world_size", world_size)
-    m = Fraction(check.integer("buffer_bytes", buffer_bytes, 0))
-    check.integer("rank", rank, 0, n - 1)
-    check.integer("src", src, 0, n - 1)
-    if op == "send":
-        return m, Fraction(0)
-    if op == "recv":
-        return Fraction(0), m
-    if n == 1:
-        return Fraction(0), Fraction(0)
-    if op == "all_reduce":
-        return 2 * (n - 1) * m / n, 2 * (n - 1) * m / n
-    if op in ("reduce_scatter", "all_gather"):
-        return (n - 1) * m / n, (n - 1) * m / n
-    if op == "broadcast":  # chain src → src+1 → … ; the last one only receives
-        pos = (rank - src) % n
-        return (m if pos < n - 1 else Fraction(0)), (Fraction(0) if pos == 0 else m)
-    raise ValueError(f"op must be one of {OPS}, got {op!r}")
-
-
 # --- groups and their names ---------------------------------------------------------------
 
-_AXES: dict[Any, str] = {}  # process group -> axis name, filled by mesh.ParallelDims.build
+_AXES: dict[Any, str] = {}  # process group -> axis name, filled by groups.build
 
 
 def name_group(group, axis: str) -> None:

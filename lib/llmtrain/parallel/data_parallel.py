@@ -14,7 +14,7 @@ identically. Three collectives make it:
 If each rank's loss is the mean over its B/N examples, the average of the N gradients is the
 gradient of the mean loss over all B: the same step as one process on the whole batch.
 
-    python -m llmtrain.parallel.data_parallel            # 2 ranks here, or under torchrun
+    python -m llmtrain.parallel.demos.data_parallel      # 2 ranks here, or under torchrun
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import check
 from . import comm
+from .launch import require_process_group
 
 __all__ = ["wrap", "no_sync", "broadcast_module", "first_rank", "GradReducer"]
 
@@ -43,7 +44,7 @@ def wrap(model: nn.Module, bucket_bytes: int = 25 * 2**20, overlap: bool = True,
     parameter per bucket), asynchronously when ``overlap``. A parameter that gets no gradient
     on some rank is reduced as zeros there, so every rank runs the same collectives.
     """
-    _require_process_group("data_parallel.wrap")
+    require_process_group("data_parallel.wrap")
     check.integer("bucket_bytes", bucket_bytes, 0)
     check.boolean("overlap", overlap)
     broadcast_module(model, group=group)
@@ -166,15 +167,3 @@ def _buckets(params: Sequence[nn.Parameter], bucket_bytes: int) -> list[list[nn.
 def first_rank(group=None) -> int:
     """The global rank of ``group``'s rank 0 (0 for the world)."""
     return 0 if group is None else dist.get_global_rank(group, 0)
-
-
-def _require_process_group(what: str) -> None:
-    if not dist.is_initialized():
-        raise RuntimeError(f"{what} must be called inside a rank: torch.distributed is not "
-                           "initialised (use llmtrain.parallel.launch, or torchrun + init_from_env)")
-
-
-if __name__ == "__main__":
-    from .demos.data_parallel_zero import main_data_parallel
-
-    main_data_parallel()

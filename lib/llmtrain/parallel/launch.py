@@ -45,7 +45,8 @@ import torch.distributed as dist
 from .. import check
 
 __all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
-           "check_backend", "rank", "world_size", "device", "DEFAULT_TIMEOUT_S"]
+           "check_backend", "rank", "world_size", "device", "DEFAULT_TIMEOUT_S",
+           "require_process_group", "same_on_every_rank"]
 
 
 class RankError(RuntimeError):
@@ -352,3 +353,23 @@ def device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def require_process_group(what: str) -> None:
+    """RuntimeError saying ``what`` must run inside a rank, when torch.distributed is not up."""
+    if not dist.is_initialized():
+        raise RuntimeError(f"{what} must be called inside a rank: torch.distributed is not "
+                           "initialised (use llmtrain.parallel.launch, or torchrun + init_from_env)")
+
+
+def same_on_every_rank(group, what: str = "the group", **settings) -> None:
+    """ValueError on every rank (not a hang on some) when the ranks of ``group`` disagree on
+    one of ``settings`` (compared by ``repr``); ``what`` names the ranks in the message."""
+    mine = {k: repr(v) for k, v in settings.items()}
+    seen: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(seen, mine, group=group)
+    for name in settings:
+        values = [s[name] for s in seen]
+        if len(set(values)) > 1:
+            raise ValueError(f"{name} must be the same on every rank of {what}, got "
+                             f"{values[:4]} on ranks 0-{min(len(values), 4) - 1}")

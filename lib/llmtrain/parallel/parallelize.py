@@ -19,7 +19,7 @@ model and applies, in this order (the order Megatron-LM builds a model in):
 
 Every rank then sits at ``dims.coords(rank)`` = (pp, dp, tp): its tp group (same stage, same
 data, a shard of each matrix: inside one node), its dp group (same stage and shard, other
-data) and its pp group (same shard and data, the other stages), built by ``dims.build()`` —
+data) and its pp group (same shard and data, the other stages), built by ``groups.build(dims)`` —
 the groups of ``init_device_mesh(("pp", "dp", "tp"))`` (tests/test_mesh.py).
 
     par = parallelize(model, ParallelDims(dp=2, tp=2, pp=2), zero=1, recompute="full")
@@ -35,28 +35,28 @@ whatever the split; the loss returned (last-stage ranks) is that global mean.
 ``engine="torch"`` builds the same with PyTorch's own engines instead (DTensor TP,
 ``fully_shard``, ``torch.distributed.pipelining``: ``torch_parallelize``).
 
-    python -m llmtrain.parallel.parallelize --dp 2 --tp 2 --pp 2     # 8 CPU ranks, or torchrun
+    python -m llmtrain.parallel.demos.parallelize --dp 2 --tp 2 --pp 2   # 8 CPU ranks, or torchrun
 """
 
 from __future__ import annotations
 
 import contextlib
-from fractions import Fraction
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .. import check
-from ..cost import memory
-from ..model.llama import Llama
-from ..model.recompute import WITHOUT_K, segments as _recompute_segments
-from . import comm, data_parallel, zero as _zero
-from ..cost.layout import ParallelDims, shard_range
-from .pipeline_parallel import (SCHEDULES, Pipeline, Stage, _same_on_every_rank, check_batch,
-    cut_segments, stage_layers)
+from ..cost.comm import axis_bytes  # the formula of what ``Parallel.step`` sends; re-exported
+from ..cost.layout import ParallelDims, shard_range, stage_layers
 from ..cost.pp_schedule import check_schedule
-from .tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, _gather, shard_layers,
+from ..model.llama import Llama
+from ..model.recompute import WITHOUT_K
+from . import comm, data_parallel, zero as _zero
+from .groups import build
+from .launch import require_process_group, same_on_every_rank
+from .pipeline_parallel import SCHEDULES, Pipeline, Stage, check_batch, lm_loss
+from .tensor_parallel import (STAGE_PLAN, gather_full, shard, shard_layers,
     vocab_parallel_cross_entropy)
 
 __all__ = ["ORDER", "parallelize", "Parallel", "axis_bytes", "ENGINES"]
@@ -72,13 +72,13 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
                 **optimizer_kwargs: Any):
     """This rank's part of ``model`` on the layout ``dims``, and its optimizer (``ORDER``).
 
-    ``model``: an ``llmtrain.llama.Llama``, the same on every rank (same seed). ``dims``: a
+    ``model``: an ``llmtrain.model.llama.Llama``, the same on every rank (same seed). ``dims``: a
     ``ParallelDims`` with dp·tp·pp = the world size (``dims.check(model.shape)`` refuses
     what the shape cannot take, naming the field). ``zero``: 0–3. ``recompute``: a
     ``llmtrain.recompute`` strategy ("none", "full", "selective", "sqrt"). ``schedule``:
     "1f1b" or "gpipe"; ``microbatches`` per step of each pipeline (default pp, at least pp).
     ``optimizer_cls(**optimizer_kwargs)`` steps this rank's parameters (or ZeRO shards).
-    ``groups``: ``dims.build()`` already made (else built here: collective). Returns a
+    ``groups``: ``groups.build(dims)`` already made (else built here: collective). Returns a
     ``Parallel`` (hand-written) or, ``engine="torch"``, a ``torch_parallelize.TorchParallel``.
     """
     check.one_of("engine", engine, ENGINES)
@@ -88,9 +88,9 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
         return parallelize_torch(model, dims, zero=zero, recompute=recompute, schedule=schedule,
                                  microbatches=microbatches, optimizer_cls=optimizer_cls,
                                  **optimizer_kwargs)
-    check.module("model", model, Llama, "a llmtrain.llama.Llama")
+    check.module("model", model, Llama, "a llmtrain.model.llama.Llama")
     if not isinstance(dims, ParallelDims):
-        check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
+        check.fail("dims", "a llmtrain.cost.layout.ParallelDims", dims)
     dims.check(model.shape)
     check.integer("zero", zero, 0, 3)
     check.one_of("recompute", recompute, WITHOUT_K)
@@ -100,12 +100,10 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
     if m < dims.pp:
         raise ValueError(f"microbatches must be at least pp={dims.pp} (with fewer, some stages "
                          f"never overlap), got microbatches={m}")
-    if not dist.is_initialized():
-        raise RuntimeError("parallelize must be called inside a rank: torch.distributed is not "
-                           "initialised (use llmtrain.parallel.launch or torchrun)")
-    _same_on_every_rank(None, dims=dims, zero=zero, recompute=recompute, schedule=schedule,
-                        microbatches=m, shape=model.shape)
-    g = dims.build() if groups is None else groups
+    require_process_group("parallelize")
+    same_on_every_rank(None, "the world", dims=dims, zero=zero, recompute=recompute,
+                       schedule=schedule, microbatches=m, shape=model.shape)
+    g = build(dims) if groups is None else groups
     c = g.coords
     # 1. pipeline split: this rank's stage (pp index c.pp), copies of its layers
     ranges = stage_layers(model.shape.num_layers, dims.pp)
@@ -115,10 +113,6 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
         _tensor_parallel(stage, g.tp)
     # 3. recomputation
     stage.recompute(recompute, num_layers=model.shape.num_layers)
-    # the schedule that runs the stage over the pp group (the loss: vocab-parallel under TP)
-    pipe = Pipeline([stage], g.pp, schedule, m, 1, None)
-    if dims.tp > 1:
-        pipe.loss_fn = _vocab_parallel_loss(g.tp, model.shape.vocab_size)
     # 4. data parallel / ZeRO over the dp group
     if zero == 0:
         if dims.dp > 1:
@@ -126,8 +120,11 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
         optimizer = optimizer_cls(stage.parameters(), **optimizer_kwargs)
     else:  # stage 3 gathers the stage's weights before each of its forwards and backwards
         _, optimizer = _zero.wrap(stage, zero, optimizer_cls, group=g.dp, **optimizer_kwargs)
-        if zero >= 2:  # the tied matrix's gradient is a shard by the end of backward
-            pipe.tied_grad = lambda w: optimizer.grad_shards[optimizer._index[id(w)]]
+    # the schedule that runs the stage over the pp group: the loss vocab-parallel under TP; the
+    # tied matrix's gradient a ZeRO shard by the end of backward under ZeRO-2/3
+    pipe = Pipeline([stage], g.pp, schedule, m, loss_fn=(
+        _vocab_parallel_loss(g.tp, model.shape.vocab_size) if dims.tp > 1 else lm_loss),
+        tied_grad=optimizer.grad_shard if zero >= 2 else None)
     pipe.connect()
     return Parallel(model.shape, dims, g, stage, pipe, optimizer, zero, recompute)
 
@@ -135,13 +132,9 @@ def parallelize(model: Llama, dims: ParallelDims, *, zero: int = 0, recompute: s
 def _tensor_parallel(stage: Stage, group) -> None:
     """Step 2 on one stage: what ``tensor_parallel.apply`` does to a whole model."""
     shard_layers(stage.layers.values(), group)
-    if stage.first:
-        stage.embed_tokens = VocabParallelEmbedding.from_embedding(stage.embed_tokens, group)
-    if stage.last:
-        stage.lm_head = ColumnParallelLinear.from_linear(stage.lm_head, group)
-        if stage.first and stage.tied:  # one stage holds both ends: keep them one tensor
-            stage.lm_head.weight = stage.embed_tokens.weight
-    stage.tp_group, stage.tp = group, dist.get_world_size(group)
+    shard(stage, STAGE_PLAN, group)  # the embedding (first stage), lm_head (last)
+    if stage.first and stage.last and stage.tied:  # one stage holds both ends: one tensor
+        stage.lm_head.weight = stage.embed_tokens.weight
 
 
 def _vocab_parallel_loss(group, vocab_size: int):
@@ -223,7 +216,7 @@ class Parallel:
 
     def _tp_full(self, get) -> dict[str, torch.Tensor]:
         if self.dims.tp > 1:
-            local = _gather(self.module, get)
+            local = gather_full(self.module, self.groups.tp, get)
         else:
             local = {n: (None if get(p) is None else get(p).detach().clone())
                      for n, p in self.module.named_parameters()}
@@ -243,88 +236,3 @@ class Parallel:
     def memory_report(self) -> dict[str, int]:
         """Bytes this rank holds (``zero.memory_report``): after ``optimizer.step()``."""
         return _zero.memory_report(self.module, self.optimizer)
-
-
-# --- the bytes each axis carries in one step, as formulas ------------------------------------
-
-def axis_bytes(shape, dims: ParallelDims, rank: int, batch: int, seq: int, *,
-               microbatches: int | None = None, zero: int = 0, recompute: str = "none",
-               dtype_bytes: int = 4, loss_bytes: int | None = None) -> dict[str, Fraction]:
-    """Bytes global ``rank`` sends along each axis in one ``Parallel.step`` of a global batch
-    (batch × seq tokens; ring model of ``comm``), without the optimizer's step:
-
-    - tp: ``tp_comm.comm_per_model`` of the stage's layers, per micro-batch (the embedding's
-      all-reduce on the first stage, lm_head's and the cross entropy's on the last); with
-      "full"/"sqrt" recomputation a segment of k layers runs 2k − 1 of its forward
-      all-reduces again in backward (measured: torch.utils.checkpoint stops recomputing
-      after the last tensor backward needs, before the segment's last all-reduce;
-      "selective" recomputes only the attention core: no communication);
-    - pp: b·s·h·e per micro-batch forward (not on the last stage) and backward (not on the
-      first), plus the tied matrix's gradient shard exchanged by the first and last stage;
-    - dp: zero 0: one all-reduce of this rank's gradients, 2(d−1)/d · P·e; zero 1: none
-      before the optimizer's step; zero 2: a reduce-scatter of every micro-batch's gradients,
-      m · (d−1)/d · P̃·e; zero 3: also the weights all-gathered in each forward and backward,
-      3m · (d−1)/d · P̃·e (P̃: every parameter padded to a multiple of d); plus the loss's
-      average over dp on the last stage (one number).
-    """
-    from .tp_comm import Traffic, comm_per_model, sent_bytes
-
-    shape = check.shape("shape", shape)
-    if not isinstance(dims, ParallelDims):
-        check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
-    dims.check(shape)
-    c = dims.coords(rank)
-    check.positive_int("batch", batch)
-    check.positive_int("seq", seq)
-    m = dims.pp if microbatches is None else check.positive_int("microbatches", microbatches)
-    check.integer("zero", zero, 0, 3)
-    check.one_of("recompute", recompute, WITHOUT_K)
-    check.positive_int("dtype_bytes", dtype_bytes)
-    check.optional(check.positive_int, "loss_bytes", loss_bytes)
-    if batch % dims.dp or batch // dims.dp < m:
-        raise ValueError(f"batch must be a multiple of dp={dims.dp} with at least "
-                         f"microbatches={m} sequences per share, got batch={batch}")
-    share = batch // dims.dp
-    first, last = c.pp == 0, c.pp == dims.pp - 1
-    layers = stage_layers(shape.num_layers, dims.pp)[c.pp]
-    out = {"tp": Fraction(0), "pp": Fraction(0), "dp": Fraction(0)}
-    loss_bytes = max(dtype_bytes, 4) if loss_bytes is None else loss_bytes
-    # torch's non-reentrant checkpoint stops recomputing once it has every tensor backward
-    # needs: a segment's last all-reduce (the MLP's g, whose output nothing saves) is not run
-    # again, so a segment of k layers repeats 2k − 1 of its 2k forward all-reduces
-    again = sum(2 * len(g) - 1 for g in cut_segments(_recompute_segments(shape.num_layers, recompute),
-                                                      layers))
-    for mb in range(m):
-        b = shard_range(share, m, mb)[1]
-        traffic = comm_per_model(shape.replace(num_layers=len(layers)), dims.tp, False, b, seq)
-        for (op, direction, part), t in traffic.items():
-            keep = {"embedding": first, "lm_head": last, "cross entropy": last}.get(part, True)
-            if keep:
-                e = loss_bytes if part == "cross entropy" else dtype_bytes
-                out["tp"] += sent_bytes(op, t, dims.tp, e)
-        if dims.tp > 1 and again:  # the recomputed forwards' all-reduces of b·s·h
-            out["tp"] += sent_bytes("all_reduce", Traffic(again, b * seq * shape.hidden_size),
-                                    dims.tp, dtype_bytes)
-        out["pp"] += b * seq * shape.hidden_size * dtype_bytes * ((not last) + (not first))
-    if shape.tie_embeddings and dims.pp > 1 and (first or last):
-        rows = shard_range(shape.vocab_size, dims.tp, c.tp)[1] * shape.hidden_size
-        out["pp"] += (-(-rows // dims.dp) if zero >= 2 else rows) * dtype_bytes  # both ways
-    d = dims.dp
-    numels = memory.param_numels(shape, dims, rank)
-    full = sum(numels) * dtype_bytes
-    padded = sum(-(-n // d) * d for n in numels) * dtype_bytes  # ZeRO's flat, padded tensors
-
-    def sent(op: str, nbytes: int) -> Fraction:  # comm's ring model
-        return comm.ring_bytes(op, nbytes, d)[0]
-
-    out["dp"] += {0: sent("all_reduce", full), 1: 0, 2: m * sent("reduce_scatter", padded),
-                  3: m * (2 * sent("all_gather", padded) + sent("reduce_scatter", padded))}[zero]
-    if last:
-        out["dp"] += sent("all_reduce", loss_bytes)
-    return out
-
-
-if __name__ == "__main__":
-    from .demos.three_d import cli
-
-    cli()

@@ -3,10 +3,11 @@ flowing through them, on counted point-to-point messages.
 
 "将连续的层分配到不同卡，依次经过每卡串行计算，需要与梯度累积联合使用" (the slides). The model is
 cut into p·v stages of consecutive decoder layers (``stage_layers``: the layers split as
-evenly as ``mesh.shard_range`` splits rows, earlier stages taking one more; the embedding goes
-with the first stage, the final RMSNorm, lm_head and loss with the last). Rank r holds stages
-r, r + p, … (v > 1 only when interleaved). The global batch is cut into m micro-batches (the
-gradient accumulation of notebook 02), and a schedule of ``pp_schedule`` says in which order
+evenly as ``cost.layout.shard_range`` splits rows, earlier stages taking one more; the
+embedding goes with the first stage, the final RMSNorm, lm_head and loss with the last). Rank
+r holds stages r, r + p, … (v > 1 only when interleaved). The global batch is cut into m
+micro-batches (the gradient accumulation of notebook 02), and a schedule of ``pp_schedule``
+says in which order
 each rank runs their forwards and backwards; between stages only one activation (b·s·h
 elements) goes forward and one gradient of the same size back, per micro-batch.
 
@@ -39,23 +40,14 @@ from torch.utils.checkpoint import checkpoint
 from .. import check
 from ..model.llama import Llama, causal_lm_loss
 from . import comm
-from ..cost.layout import shard_range
+from .launch import require_process_group, same_on_every_rank
+from ..cost.layout import cut_segments, stage_layers  # re-exported: the layers of each stage
 from ..cost.pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
 
 __all__ = ["SCHEDULES", "Stage", "Pipeline", "pipeline", "stage_layers", "split", "lm_loss",
            "cut_segments", "check_batch", "FORWARD", "BACKWARD", "TIED"]
 
 FORWARD, BACKWARD, TIED, INIT = "pp-forward", "pp-backward", "pp-tied", "pp-init"
-
-
-def stage_layers(num_layers: int, stages: int) -> list[range]:
-    """The decoder layers of each stage: consecutive, as even as possible (the first
-    num_layers mod stages stages take one more: they do not hold the costly lm_head)."""
-    check.positive_int("stages", stages)
-    if check.integer("num_layers", num_layers, 0) < stages:
-        raise ValueError(f"num_layers must be at least the {stages} pipeline stages (each holds "
-                         f"one layer or more), got num_layers={num_layers}")
-    return [range(s, s + n) for s, n in (shard_range(num_layers, stages, i) for i in range(stages))]
 
 
 class Stage(nn.Module):
@@ -122,12 +114,6 @@ class Stage(nn.Module):
         return name if name.startswith("lm_head.") else "model." + name
 
 
-def cut_segments(segments: list[range], layers: range) -> list[range]:
-    """The parts of the whole model's recompute ``segments`` inside the stage's ``layers``."""
-    return [range(max(g.start, layers.start), min(g.stop, layers.stop)) for g in segments
-            if g.start < layers.stop and layers.start < g.stop]
-
-
 def check_batch(input_ids: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """The labels of a batch (B, T) of token ids (None: the ids themselves), both checked."""
     labels = input_ids if labels is None else labels
@@ -141,7 +127,7 @@ def check_batch(input_ids: torch.Tensor, labels: torch.Tensor | None) -> torch.T
 
 def split(model: Llama, stages: int) -> list[Stage]:
     """All ``stages`` stages of ``model`` (one process; ``pipeline`` keeps only its own)."""
-    check.module("model", model, Llama, "a llmtrain.llama.Llama")
+    check.module("model", model, Llama, "a llmtrain.model.llama.Llama")
     ranges = stage_layers(model.shape.num_layers, stages)
     return [Stage(model, r, i == 0, i == stages - 1) for i, r in enumerate(ranges)]
 
@@ -152,11 +138,27 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, tokens: int | torch.Tens
     return causal_lm_loss(logits, labels, reduction="sum") / tokens
 
 
+def _own_grad(w: nn.Parameter) -> torch.Tensor | None:
+    return w.grad
+
+
 class Pipeline:
     """This rank's stages of a pipeline and the schedule that runs them (made by ``pipeline``)."""
 
     def __init__(self, stages: list[Stage], group, schedule_name: str, microbatches: int,
-                 virtual: int, fixed_costs: tuple[float, float] | None):
+                 virtual: int = 1, fixed_costs: tuple[float, float] | None = None, *,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = lm_loss,
+                 tied_grad: Callable[[nn.Parameter], torch.Tensor | None] | None = None,
+                 on_start: Callable[[], None] | None = None,
+                 on_op: Callable[[Event], None] | None = None):
+        """``loss_fn(logits, labels, tokens)``: the last stage's loss of one micro-batch, Σ loss
+        / tokens (tensor parallelism passes the vocab-parallel cross entropy); ``tied_grad(w)``:
+        where the tied matrix's gradient lives (default ``w.grad``; ZeRO 2-3 keep only a shard,
+        ``ZeroOptimizer.grad_shard``); ``on_start()`` runs before a step's first operation,
+        ``on_op(event)`` after each (to sample memory, say)."""
+        check.function("loss_fn", loss_fn)
+        for name, fn in (("tied_grad", tied_grad), ("on_start", on_start), ("on_op", on_op)):
+            check.optional(check.function, name, fn)
         self.stages, self.group, self.schedule = stages, group, schedule_name
         self.microbatches, self.virtual, self.fixed_costs = microbatches, virtual, fixed_costs
         self.p, self.rank = dist.get_world_size(group), dist.get_rank(group)
@@ -167,14 +169,9 @@ class Pipeline:
         self.ops: list[Op] = schedule(schedule_name, self.p, microbatches, self.rank, virtual)
         self.events: list[Event] = []
         self.peak_in_flight = 0  # most (micro-batch, stage) activations held during the last step
-        self.on_start: Callable[[], None] | None = None  # called before the first operation
-        self.on_op: Callable[[Event], None] | None = None  # called after each operation
+        self.on_start, self.on_op, self.loss_fn = on_start, on_op, loss_fn
+        self.tied_grad = _own_grad if tied_grad is None else tied_grad
         self.dtype = next(stages[0].parameters()).dtype
-        # the last stage's loss of one micro-batch: (logits, labels, tokens) -> Σ loss / tokens
-        # (tensor parallelism swaps in the vocab-parallel cross entropy)
-        self.loss_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = lm_loss
-        # where the tied matrix's gradient lives (ZeRO stage 2-3 keep only a shard of it)
-        self.tied_grad: Callable[[nn.Parameter], torch.Tensor | None] = lambda w: w.grad
 
     def parameters(self):
         """This rank's parameters (every stage it holds), for an optimizer."""
@@ -344,24 +341,24 @@ class Pipeline:
 
 def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int = 4,
              virtual: int = 1, *, fixed_costs: tuple[float, float] | None = None,
-             warm: bool = True) -> Pipeline:
+             warm: bool = True, on_start: Callable[[], None] | None = None,
+             on_op: Callable[[Event], None] | None = None) -> Pipeline:
     """This rank's part of ``model`` as a pipeline over ``group`` (default: the world).
 
     Call it on every rank of ``group`` with the same full model. ``schedule`` is "gpipe",
     "1f1b" or "interleaved" (``virtual`` ≥ 2 stages per rank, microbatches a multiple of p).
     ``fixed_costs`` = (t_f, t_b) seconds pads every forward / backward of a rank's layers to
     that time (a cost model for measuring schedules; the compute must fit inside). ``warm``
-    exchanges one message with each neighbour first (``Pipeline.connect``)."""
-    check.module("model", model, Llama, "a llmtrain.llama.Llama")
-    if not dist.is_initialized():
-        raise RuntimeError("pipeline parallelism needs torch.distributed: run it inside "
-                           "llmtrain.parallel.launch (or torchrun)")
+    exchanges one message with each neighbour first (``Pipeline.connect``). ``on_start`` and
+    ``on_op``: ``Pipeline``'s hooks, called before each step and after each operation."""
+    check.module("model", model, Llama, "a llmtrain.model.llama.Llama")
+    require_process_group("pipeline")
     p, rank = dist.get_world_size(group), dist.get_rank(group)
     if rank < 0:
         raise ValueError(f"group must contain this rank ({dist.get_rank()}): call pipeline on the "
                          f"ranks of the group only")
-    _same_on_every_rank(group, schedule=schedule, microbatches=microbatches, virtual=virtual,
-                        shape=model.shape)
+    same_on_every_rank(group, "the pipeline", schedule=schedule, microbatches=microbatches,
+                       virtual=virtual, shape=model.shape)
     check_schedule(schedule, p, microbatches, virtual)
     if microbatches < p:
         raise ValueError(f"microbatches must be at least the {p} pipeline stages (with fewer, "
@@ -380,25 +377,8 @@ def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int
     mine = [Stage(model, ranges[s], s == 0, s == stages - 1)
             for s in (stage_of(rank, c, p) for c in range(virtual))]
     pipe = Pipeline(mine, group, schedule, microbatches, virtual,
-                    None if fixed_costs is None else tuple(fixed_costs))
+                    None if fixed_costs is None else tuple(fixed_costs), on_start=on_start,
+                    on_op=on_op)
     if warm:
         pipe.connect()
     return pipe
-
-
-def _same_on_every_rank(group, **settings) -> None:
-    """ValueError on every rank (not a hang on some) when the ranks of ``group`` disagree."""
-    mine = {k: repr(v) for k, v in settings.items()}
-    seen: list = [None] * dist.get_world_size(group)
-    dist.all_gather_object(seen, mine, group=group)
-    for name in settings:
-        values = [s[name] for s in seen]
-        if len(set(values)) > 1:
-            raise ValueError(f"{name} must be the same on every rank of the pipeline, got "
-                             f"{values[:4]} on ranks 0-{min(len(values), 4) - 1}")
-
-
-if __name__ == "__main__":
-    from .demos.pipeline_parallel import cli
-
-    cli()

@@ -63,6 +63,7 @@ from .. import check
 from ..model import recompute
 from ..model.llama import Llama
 from . import pipeline_parallel as pp_mod
+from .groups import device_mesh
 from .launch import device as rank_device
 from ..cost.layout import ParallelDims
 
@@ -77,9 +78,9 @@ def check_settings(model: Any, dims: Any, zero: Any, recompute_: Any, schedule: 
                    microbatches: Any) -> int:
     """ValueError naming the field for settings ``parallelize_torch`` cannot take (no
     processes needed); returns the number of micro-batches (default pp)."""
-    check.module("model", model, Llama, "a llmtrain.llama.Llama")
+    check.module("model", model, Llama, "a llmtrain.model.llama.Llama")
     if not isinstance(dims, ParallelDims):
-        check.fail("dims", "a llmtrain.parallel.mesh.ParallelDims", dims)
+        check.fail("dims", "a llmtrain.cost.layout.ParallelDims", dims)
     dims.check(model.shape)
     if isinstance(zero, bool):
         check.fail("zero", "0, 2 or 3", zero)
@@ -123,7 +124,7 @@ def parallelize_torch(model: Llama, dims: ParallelDims, *, zero: int = 3,
         raise ValueError(f"dims must have dp·tp·pp = the world size {dist.get_world_size()}, got "
                          f"{dims.dp}·{dims.tp}·{dims.pp} = {dims.world_size}")
     device = rank_device()  # the CPU under gloo (tested), the rank's GPU under NCCL
-    mesh = dims.device_mesh(device.type)
+    mesh = device_mesh(dims, device.type)
     coords = dims.coords(dist.get_rank())
     # 1. pipeline split: the hand path's stages
     ranges = pp_mod.stage_layers(model.shape.num_layers, dims.pp)

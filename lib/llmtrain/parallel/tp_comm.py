@@ -27,28 +27,24 @@ re-gathers. The replicated RMSNorm weights then see only their shard's tokens: t
 are all-reduced (a gradient hook, f's backward), 2 all-reduces of h per layer.
 
 ``gather_from_tp`` makes whole the shards of a last dimension (gather_output, the logits);
-unequal shards (``mesh.shard_range``) are padded to the largest, all-gathered and trimmed (the
+unequal shards (``cost.layout.shard_range``) are padded to the largest, all-gathered and trimmed (the
 padding is counted: it is sent). The per-layer collectives (b·s·h) do not depend on the split.
 
 Every collective goes through ``comm`` on ``group``, tagged ``FORWARD`` ("tp-forward") or
 ``BACKWARD`` ("tp-backward"), ``STATE`` ("tp-state") for gathering weights, so a
-``comm.counting()`` log splits by direction; ``comm_per_layer`` / ``comm_per_model`` are the
-formulas those logs equal and ``sent_bytes`` their bytes under the ring model
-(tests/test_tensor_parallel.py).
+``comm.counting()`` log splits by direction; ``comm_per_layer`` / ``comm_per_model`` (in
+``cost.comm``, re-exported here) are the formulas those logs equal and ``sent_bytes`` their
+bytes under the ring model (tests/test_tensor_parallel.py).
 """
 
 from __future__ import annotations
-
-from fractions import Fraction
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import check
+from ..cost.comm import Traffic, comm_per_layer, comm_per_model, sent_bytes  # re-exported
 from . import comm
-from ..cost.layout import ParallelDims
 
 __all__ = ["FORWARD", "BACKWARD", "STATE", "copy_to_tp", "reduce_from_tp", "gather_from_sp",
            "reduce_scatter_to_sp", "gather_from_tp", "sp_column_linear", "all_reduced",
@@ -205,88 +201,3 @@ def sp_column_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """SP's f fused with the column-parallel matmul: gather(x) Wᵀ + b, saving only x's sequence
     shard (backward all-gathers it again, then reduce-scatters the input's gradient)."""
     return _SPColumnLinear.apply(x, weight, bias, group)
-
-
-# --- the formulas the counted logs equal ------------------------------------------------------
-
-class Traffic(NamedTuple):
-    """``calls`` collectives of ``elements`` elements each (all-reduce: the buffer;
-    reduce-scatter: its input; all-gather: its output)."""
-
-    calls: int
-    elements: int
-
-
-def comm_per_layer(tp: int, sequence_parallel: bool, batch: int, seq: int, hidden: int,
-                   dtype_bytes: int = 2, fused: bool = True) -> dict[tuple[str, str], Traffic]:
-    """{(op, "forward"|"backward"): Traffic} of one decoder layer on each rank (no biases on
-    o/down; each would add one all-reduce of h backward under SP). b·s·h = batch·seq·hidden.
-
-    TP, fused qkv and gate/up: all_reduce 2 × bsh forward, 2 × bsh backward (Shoeybi et al.
-    §3). Separate projections (``fused=False``, DTensor's plan): 5 backward. SP: forward
-    all_gather 2 × bsh + reduce_scatter 2 × bsh; backward reduce_scatter 2 × bsh, all_gather
-    4 × bsh (2 conjugates + 2 re-gathers), all_reduce 2 × h (the norms' γ). Counts are in
-    elements, so ``dtype_bytes`` (checked, part of the agreed signature) changes none of them:
-    ``sent_bytes(op, traffic, tp, dtype_bytes)`` turns one into bytes.
-    """
-    for name, v in (("tp", tp), ("batch", batch), ("seq", seq), ("hidden", hidden),
-                    ("dtype_bytes", dtype_bytes)):
-        check.positive_int(name, v)
-    check.boolean("sequence_parallel", sequence_parallel)
-    check.boolean("fused", fused)
-    if tp == 1:
-        return {}
-    bsh = batch * seq * hidden
-    if not sequence_parallel:
-        return {("all_reduce", "forward"): Traffic(2, bsh),
-                ("all_reduce", "backward"): Traffic(2 if fused else 5, bsh)}
-    if not fused:
-        raise ValueError("fused must be True with sequence_parallel (separate projections are "
-                         "modelled without SP only)")
-    if seq % tp:
-        raise ValueError(f"seq must be divisible by tp={tp}, got seq={seq}")
-    return {("all_gather", "forward"): Traffic(2, bsh),
-            ("reduce_scatter", "forward"): Traffic(2, bsh),
-            ("reduce_scatter", "backward"): Traffic(2, bsh),
-            ("all_gather", "backward"): Traffic(4, bsh),
-            ("all_reduce", "backward"): Traffic(2, hidden)}
-
-
-def comm_per_model(shape, tp: int, sequence_parallel: bool, batch: int,
-                   seq: int) -> dict[tuple[str, str, str], Traffic]:
-    """{(op, direction, part): Traffic} of one forward+backward of ``apply``'s model with
-    labels: part "layers" (L × ``comm_per_layer``), "embedding" (all-reduce, SP: reduce-scatter
-    of bsh forward; SP: its all-gather backward), "lm_head" (its input: TP all-reduce bsh
-    backward; SP all-gather bsh forward, re-gather + reduce-scatter backward), "final norm"
-    (SP: all-reduce h backward), "row biases" (SP: one all-reduce of h backward each) and
-    "cross entropy" (3 all-reduces of b(s−1) forward: max, target logit, Σ exp)."""
-    shape = check.shape("shape", shape)
-    ParallelDims(tp=tp).check(shape)
-    L, H = shape.num_layers, shape.hidden_size
-    out = {(op, d, "layers"): Traffic(L * c.calls, c.elements) for (op, d), c in
-           comm_per_layer(tp, sequence_parallel, batch, seq, H).items()}
-    if tp == 1:
-        return out
-    bsh = batch * seq * H
-    if sequence_parallel:
-        out[("reduce_scatter", "forward", "embedding")] = Traffic(1, bsh)
-        out[("all_gather", "backward", "embedding")] = Traffic(1, bsh)
-        out[("all_gather", "forward", "lm_head")] = Traffic(1, bsh)
-        out[("all_gather", "backward", "lm_head")] = Traffic(1, bsh)
-        out[("reduce_scatter", "backward", "lm_head")] = Traffic(1, bsh)
-        out[("all_reduce", "backward", "final norm")] = Traffic(1, H)
-        biases = L * (int(shape.o_bias) + int(shape.mlp_bias))
-        if biases:
-            out[("all_reduce", "backward", "row biases")] = Traffic(biases, H)
-    else:
-        out[("all_reduce", "forward", "embedding")] = Traffic(1, bsh)
-        out[("all_reduce", "backward", "lm_head")] = Traffic(1, bsh)
-    out[("all_reduce", "forward", "cross entropy")] = Traffic(3, batch * (seq - 1))
-    return out
-
-
-def sent_bytes(op: str, traffic: Traffic, tp: int, dtype_bytes: int) -> Fraction:
-    """Bytes one rank sends for ``traffic`` under the ring model (``comm.ring_bytes``):
-    all-reduce 2(t−1)/t, reduce-scatter and all-gather (t−1)/t of each buffer."""
-    check.positive_int("dtype_bytes", dtype_bytes)
-    return traffic.calls * comm.ring_bytes(op, traffic.elements * dtype_bytes, tp)[0]

@@ -23,13 +23,13 @@ owns shard r of every parameter (as FSDP2 does, per parameter). One step:
   reduce-scattered: three times (N−1)/N·Ψ instead of DP's two, ×1.5.
 
 Every collective runs on ``group`` (default: the world): the N ranks that share the model
-states are a data-parallel group, e.g. ``ParallelDims(...).build().dp``, and "rank r" is the
+states are a data-parallel group, e.g. ``groups.build(ParallelDims(...)).dp``, and "rank r" is the
 rank inside it.
 
 fp32 (and fp64) models step their shard in place (the shard is a view of the weights: no
 master copy); 16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
 
-    python -m llmtrain.parallel.zero --stage 3           # 2 ranks here, or under torchrun
+    python -m llmtrain.parallel.demos.zero --stage 3     # 2 ranks here, or under torchrun
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from torch.utils._pytree import tree_flatten
 
 from .. import check
 from . import comm
-from .data_parallel import GradReducer, _require_process_group, broadcast_module, first_rank
+from .data_parallel import GradReducer, broadcast_module, first_rank
+from .launch import require_process_group
 
 __all__ = ["wrap", "ZeroOptimizer", "memory_report", "formula", "expected_bytes", "full_state_dict"]
 
@@ -70,18 +71,18 @@ def wrap(model: nn.Module, stage: int, optimizer_cls: type = torch.optim.AdamW, 
     ``full_state_dict`` or ``with optimizer.gathered():`` (on every rank: they all-gather).
     """
     check.module("model", model)  # before the process group: a slip is named even outside
-    _require_process_group("zero.wrap")
-    if isinstance(stage, bool) or stage not in STAGES:
-        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
+    require_process_group("zero.wrap")
+    check.integer("stage", stage, 0, 3)
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer class, got {optimizer_cls!r}")
+        check.fail("optimizer_cls", "a torch.optim.Optimizer class", optimizer_cls)
     if units is not None:
         if stage != 3:
-            raise ValueError(f"units only apply to stage 3 (it gathers weights per unit); stage={stage}")
+            check.fail("units", "None below stage 3 (stage 3 gathers weights per unit; "
+                       f"stage={stage})", units)
         units = list(units)
         inside = {id(m) for m in model.modules()}
         if any(not isinstance(m, nn.Module) or id(m) not in inside for m in units):
-            raise ValueError("units must be submodules of the model being wrapped")
+            check.fail("units", "submodules of the model being wrapped", units)
     return model, ZeroOptimizer(model, stage, optimizer_cls, units, optimizer_kwargs, group)
 
 
@@ -281,6 +282,13 @@ class ZeroOptimizer:
             if self.stage == 1:
                 self.grad_shards[i] = None
 
+    def grad_shard(self, param: nn.Parameter) -> torch.Tensor | None:
+        """This rank's shard of ``param``'s averaged gradient (stage 2–3; None before any)."""
+        i = self._index.get(id(param))
+        if i is None:
+            check.fail("param", "a trained parameter of the wrapped model", param)
+        return self.grad_shards[i]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the gradients (full ones and shards)."""
         for i, p in enumerate(self.params):
@@ -352,8 +360,7 @@ def formula(stage: int, psi: Any = None, n: Any = None, k: Any = 12, *, weight_b
     """
     import sympy as sp
 
-    if isinstance(stage, bool) or stage not in STAGES:
-        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
+    check.integer("stage", stage, 0, 3)
     psi = sp.Symbol("Psi", positive=True) if psi is None else psi
     n = sp.Symbol("N", positive=True) if n is None else n
     weights = weight_bytes * psi / (n if stage >= 3 else 1)
@@ -368,13 +375,12 @@ def expected_bytes(numels: Iterable[int], world_size: int, stage: int, *, weight
 
     Each parameter of n elements becomes N shards of ⌈n/N⌉: stage 1–2 keep the padded N·⌈n/N⌉
     weights, stage 3 one shard. With Ψ = Σn and no padding this is exactly
-    ``memory.model_state_bytes(Ψ, zero=stage, dp=N)``: 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N, 16Ψ/N for
+    ``memory.model_state_bytes(Ψ, zero=stage, dims=ParallelDims(dp=N))``: 16Ψ, 4Ψ+12Ψ/N,
+    2Ψ+14Ψ/N, 16Ψ/N for
     mixed AdamW (2/2/4/8 bytes); fp32 AdamW is weight_bytes=4, grad_bytes=4, master_bytes=0.
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    check.integer("stage", stage, 0, 3)
+    check.positive_int("world_size", world_size)
     numels = list(numels)
     N = world_size if stage else 1
     full = sum(numels)
@@ -392,9 +398,3 @@ def full_state_dict(model: nn.Module, optimizer: ZeroOptimizer | None = None) ->
     ctx = optimizer.gathered() if isinstance(optimizer, ZeroOptimizer) else contextlib.nullcontext()
     with ctx:
         return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-
-if __name__ == "__main__":
-    from .demos.data_parallel_zero import main_zero
-
-    main_zero()

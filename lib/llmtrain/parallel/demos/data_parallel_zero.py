@@ -1,5 +1,5 @@
 """Notebook 05's rank functions (data parallelism and ZeRO), and the command line of
-``python -m llmtrain.parallel.data_parallel`` and ``python -m llmtrain.parallel.zero``.
+``python -m llmtrain.parallel.demos.data_parallel`` and ``python -m llmtrain.parallel.demos.zero``.
 
 ``train`` trains one strategy (single process, hand-written DP, DDP, ZeRO stage 0–3, FSDP2)
 for a few steps on the Markov corpus of ``llmtrain.train`` and returns losses, final weights,
@@ -19,12 +19,13 @@ from torch import nn
 
 from ...model.llama import Llama
 from .. import comm, data_parallel, zero
+from ..groups import build, device_mesh
 from ..launch import device
 from ...cost.layout import ParallelDims
 from .harness import lm_loss, main, make_batches, make_model, max_weight_diff, positive
 
 __all__ = ["STRATEGIES", "train", "train_all", "compare", "memory_by_stage", "phases", "phases_all",
-           "collectives", "main_data_parallel", "main_zero"]
+           "collectives", "command"]
 
 STRATEGIES = ("single", "dp", "ddp", "zero0", "zero1", "zero2", "zero3", "fsdp2")
 
@@ -64,7 +65,7 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
     group, n, r = None, 1, 0
     if strategy != "single":
         if dims is not None:
-            groups = dims.build()
+            groups = build(dims)
             group, n, r = groups.dp, dims.dp, groups.coords.dp
         else:
             n, r = dist.get_world_size(), dist.get_rank()
@@ -85,7 +86,7 @@ def train(strategy: str, *, steps: int = 3, model: str = "tiny", dtype: str = "f
         elif strategy == "fsdp2":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
-            mesh = dims.device_mesh(dev.type)["dp"] if dims else init_device_mesh(dev.type, (n,))
+            mesh = device_mesh(dims, dev.type)["dp"] if dims else init_device_mesh(dev.type, (n,))
             for unit in _units(net, units) or []:
                 fully_shard(unit, mesh=mesh)
             fully_shard(net, mesh=mesh)
@@ -239,18 +240,10 @@ def _report(out: dict, n: int) -> None:
     print(f"rank 0 sent {float(sent):,.0f} bytes in step 0 ({len(out['comm'])} collectives)")
 
 
-def _main(prog: str, zero_stage: bool) -> None:
+def command(prog: str, zero_stage: bool, argv: list[str] | None = None) -> None:
+    """The command line ``prog`` (``demos.data_parallel``, or ``demos.zero`` with ``--stage``):
+    train with the strategy its flags name, compare with one process, print rank 0's report."""
     what = "ZeRO" if zero_stage else "data parallelism"
     main(prog, cli_compare, _report, options=_options(zero_stage), validate=_validate,
          description=f"train a tiny LLaMA with {what} and compare with one process on the "
-                     "whole batch")
-
-
-def main_data_parallel() -> None:
-    """``python -m llmtrain.parallel.data_parallel``."""
-    _main("python -m llmtrain.parallel.data_parallel", zero_stage=False)
-
-
-def main_zero() -> None:
-    """``python -m llmtrain.parallel.zero``."""
-    _main("python -m llmtrain.parallel.zero", zero_stage=True)
+                     "whole batch", argv=argv)

@@ -15,10 +15,11 @@ To add a notebook's module (``demos/<topic>.py``): write its rank functions at m
 taking and returning plain data (tensors, dicts, numbers: ``launch`` pickles them back);
 import the shared pieces from here; for a command line, give ``main`` a rank function, a
 report, the flags (``options``) and their cross-checks (``validate``), and call it from the
-``if __name__ == "__main__":`` block of the library module it demonstrates::
+``if __name__ == "__main__":`` block of a module here (``demos/zero.py``), never from a library
+module::
 
-    python -m llmtrain.parallel.data_parallel                          # launches 2 CPU ranks
-    torchrun --nproc-per-node=4 -m llmtrain.parallel.zero --stage 3    # GPUs or many machines
+    python -m llmtrain.parallel.demos.data_parallel                          # launches 2 CPU ranks
+    torchrun --nproc-per-node=4 -m llmtrain.parallel.demos.zero --stage 3    # GPUs or many machines
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What the ranks run in notebook 07 (流水线并行), and the command line
-``python -m llmtrain.parallel.pipeline_parallel``.
+``python -m llmtrain.parallel.demos.pipeline_parallel``.
 
 Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record``\\ s):
 
@@ -11,7 +11,7 @@ Each function returns plain data (tensors, numbers, ``Event``\\ s, ``comm.Record
   forward and backward padded with a sleep to a known time), after a warm-up step: the
   measured Gantt chart and bubble, to hold against ``pp_schedule.simulate``.
 - ``held``: the live bytes of this rank after every operation, from the exact storage tracker
-  (``memory.tracking``): how many micro-batches of activations a stage really holds.
+  (``measure.tracker.tracking``): how many micro-batches of activations a stage really holds.
 - ``torch_schedule``: one step by torch's zero-bubble or DualPipeV schedule on the same stages,
   and the order torch runs them in (to replay with ``pp_schedule.replay``).
 - ``run_all``: several of these in one launch.
@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from ... import check
 from ...cost import memory
+from ...measure.tracker import tracking
 from ...model import shapes
 from ...model.llama import Llama
 from .. import comm
@@ -37,6 +38,7 @@ from ...cost.pp_schedule import SCHEDULES, bubble_formula, bubble_fraction, make
 
 from .harness import DTYPES, positive, seconds
 from .harness import main as _main
+from ...model.shapes import resolve
 
 __all__ = ["step", "timeline", "held", "torch_schedule", "run_all", "LOOK_AHEAD", "batch_of",
            "model_of", "TORCH_SCHEDULES", "cli", "unresolved", "check_timing", "SLACK"]
@@ -50,12 +52,12 @@ def model_of(shape: Any = "tiny", dtype: str = "float64", seed: int = 0) -> Llam
     check.one_of("dtype", dtype, tuple(DTYPES))
     check.integer("seed", seed, 0)
     torch.manual_seed(seed)
-    return Llama(check.shape("shape", shape)).to(DTYPES[dtype])
+    return Llama(resolve(shape, "shape")).to(DTYPES[dtype])
 
 
 def batch_of(shape: Any, batch: int, seq: int, seed: int = 0) -> torch.Tensor:
     """batch × seq token ids drawn from ``seed`` (labels = the ids: next-token prediction)."""
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
     g = torch.Generator().manual_seed(seed)
@@ -172,12 +174,20 @@ def held(schedule: str = "1f1b", microbatches: int = 8, shape: Any = "tiny",
     r = dist.get_rank()
     model = model_of(shape, dtype, seed)
     ids = batch_of(model.shape, batch or microbatches, seq, seed + 1)
-    pipe = pp.pipeline(model, None, schedule, microbatches, virtual)
+    tracker, base, samples = None, [], []
+
+    def on_start() -> None:  # sampled in the tracked step only
+        if tracker is not None:
+            base.append(tracker.live)
+
+    def on_op(event) -> None:
+        if tracker is not None:
+            samples.append(tracker.live - base[0])
+
+    pipe = pp.pipeline(model, None, schedule, microbatches, virtual, on_start=on_start,
+                       on_op=on_op)
     pipe.step(ids, ids)  # warm-up: the .grad buffers exist from now on
-    base, samples = [], []
-    with memory.tracking() as tracker:
-        pipe.on_start = lambda: base.append(tracker.live)
-        pipe.on_op = lambda event: samples.append(tracker.live - base[0])
+    with tracking() as tracker:
         pipe.step(ids, ids)
     per_mb = samples[0]
     return {"rank": r, "ops": [(e.kind, e.mb) for e in pipe.events], "live": samples,
@@ -297,9 +307,9 @@ def _report(res: dict, world: int) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``python -m llmtrain.parallel.pipeline_parallel [--nproc 4] [--schedule gpipe] …``:
+    """``python -m llmtrain.parallel.demos.pipeline_parallel [--nproc 4] [--schedule gpipe] …``:
     one padded step, its bubble measured, simulated and by the formula."""
-    _main("python -m llmtrain.parallel.pipeline_parallel", _rank, _report,
+    _main("python -m llmtrain.parallel.demos.pipeline_parallel", _rank, _report,
           description="Pipeline parallelism: measure the bubble of one schedule.",
           options=_options, validate=_validate, nproc=2, argv=argv)
 
@@ -360,3 +370,9 @@ def run_all(fn, configs: list[dict[str, Any]]) -> list[Any]:
     costs seconds of process start)."""
     check.function("fn", fn)
     return [fn(**c) for c in configs]
+
+
+if __name__ == "__main__":  # the ranks import _rank by this module's name, not "__main__"
+    from llmtrain.parallel.demos.pipeline_parallel import cli as _cli
+
+    _cli()

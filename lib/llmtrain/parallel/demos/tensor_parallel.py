@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ... import check
 from .. import comm
 from ...cost.layout import shard_range
+from ...model.shapes import resolve
 
 __all__ = ["split_inputs", "split_matmul", "mlp_reference", "llama_tp", "dtensor_llama",
            "comm_counts"]
@@ -52,7 +53,7 @@ def mlp_reference(X: torch.Tensor, G: torch.Tensor, U: torch.Tensor, D: torch.Te
 
 
 def _shard(t: torch.Tensor, dim: int, r: int, n: int) -> torch.Tensor:
-    """Rank r's block of ``t`` along ``dim``: the one split rule, ``mesh.shard_range``."""
+    """Rank r's block of ``t`` along ``dim``: the one split rule, ``cost.layout.shard_range``."""
     return t.narrow(dim, *shard_range(t.shape[dim], n, r))
 
 
@@ -177,7 +178,7 @@ def llama_tp(shape: Any = "tiny", batch: int = 2, seq: int = 16, seed: int = 0,
     from ...model.llama import Llama
     from .. import tensor_parallel
 
-    shape = check.shape("shape", shape)
+    shape = resolve(shape, "shape")
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
     check.integer("seed", seed, 0)

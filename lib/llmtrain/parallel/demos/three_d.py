@@ -1,10 +1,10 @@
-"""What the ranks run in notebook 08 (3D 并行训练), and the command line
-``python -m llmtrain.parallel.parallelize``.
+"""What the ranks run in notebook 08 (3D 并行训练), and the command line of
+``python -m llmtrain.parallel.demos.parallelize``.
 
 - ``compare``: one training step of the same LLaMA and global batch on this rank's part of a
   ``ParallelDims`` layout (``parallelize``, hand-written and/or PyTorch's engines) beside one
   process: the losses, the largest gradient and weight differences after one SGD step, the
-  bytes sent per axis in the step (counted, and by ``parallelize.axis_bytes``) and in the
+  bytes sent per axis in the step (counted, and by ``cost.comm.axis_bytes``) and in the
   optimizer's step after it (counted: ZeRO-1/2's reduce-scatter and all-gather), the model-state bytes
   this rank holds (measured, and by ``memory.model_state_bytes(rank=)``).
 - ``compare_all``: several layouts in one launch (a launch costs seconds; each layout needs
@@ -25,6 +25,7 @@ from ...cost import memory
 from .. import comm
 from ...cost.layout import AXES, ParallelDims
 from .. import zero as _zero
+from ..groups import build, device_mesh
 from ..parallelize import ENGINES, axis_bytes, parallelize
 
 from .harness import main as _main
@@ -76,7 +77,7 @@ def compare(dims: tuple[int, int, int] = (2, 2, 2), shape: Any = "tiny", *, zero
     r = dist.get_rank()
     out: dict[str, Any] = {"rank": r, "coords": tuple(layout.coords(r)),
                            "single_loss": float(single["loss"])}
-    groups = layout.build()
+    groups = build(layout)
     for engine in engines:
         par = parallelize(model_of(shape, dtype, seed), layout, zero=zero, recompute=recompute,
                           schedule=schedule, microbatches=microbatches, engine=engine, lr=lr,
@@ -119,8 +120,8 @@ def groups(layouts: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     out = []
     for pp, dp, tp in layouts:
         d = ParallelDims(dp=dp, tp=tp, pp=pp)
-        g = d.build()
-        mesh = d.device_mesh("cpu")
+        g = build(d)
+        mesh = device_mesh(d, "cpu")
         out.append({"coords": tuple(g.coords), "rank": g.rank,
                     "mesh_coords": tuple(mesh.get_coordinate()),
                     "ours": {a: dist.get_process_group_ranks(g.group(a)) for a in AXES},
@@ -164,7 +165,7 @@ def _report(res: dict, world: int) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``python -m llmtrain.parallel.parallelize --dp 2 --tp 2 --pp 2 [--zero 1] …``: one
+    """``python -m llmtrain.parallel.demos.parallelize --dp 2 --tp 2 --pp 2 [--zero 1] …``: one
     step of the tiny LLaMA on dp·tp·pp ranks against one process."""
     import sys
 
@@ -175,7 +176,7 @@ def cli(argv: list[str] | None = None) -> None:
             if a in sizes:
                 sizes[a] = int(args[i + 1]) if args[i + 1].isdigit() else 0
         args = args + ["--nproc", str(max(1, sizes["--dp"] * sizes["--tp"] * sizes["--pp"]))]
-    _main("python -m llmtrain.parallel.parallelize", _rank, _report,
+    _main("python -m llmtrain.parallel.demos.parallelize", _rank, _report,
           description="3D parallelism: one step on dp x tp x pp ranks against one process.",
           options=_options, validate=_check_world, nproc=8, argv=args)
 
