@@ -17,7 +17,7 @@ from llmtrain.optim import lowbit
 from llmtrain.optim.lowbit import (AdamWLowBit, bytes_per_param, dequantize_blockwise,
     dynamic_map, linear_map, quantize_blockwise, state_bytes)
 from llmtrain.measure.optimizer_state import state_tensor_bytes
-from llmtrain.optim._packages import eager
+from llmtrain.optim.packages import eager
 
 ao = pytest.importorskip("torchao.optim")
 bnb = pytest.importorskip("bitsandbytes")

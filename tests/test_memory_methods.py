@@ -17,7 +17,7 @@ from llmtrain.model import shapes
 from llmtrain.cost import methods as mm
 from llmtrain.model.llama import Llama
 from llmtrain.measure.optimizer_state import grad_bytes, state_tensor_bytes
-from llmtrain.optim._packages import eager
+from llmtrain.optim.packages import eager
 from llmtrain.optim.badam import BlockAdam
 from llmtrain.optim.fp8_lm import FP8LMAdamW
 
