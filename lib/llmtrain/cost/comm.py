@@ -1,5 +1,7 @@
-"""What the collectives send, in closed form (通信量): the ring model, tensor parallelism's
-collectives per layer and per model, and the bytes of each 3D axis in one step.
+"""What the collectives send, in closed form (通信量): ring, tensor parallel, 3D axes.
+
+The ring model of one collective, tensor parallelism's collectives per layer and per model,
+and the bytes of each 3D axis in one step.
 
 Per rank, for a buffer of M bytes on N ranks (Patarasuk & Yuan 2009; ZeRO paper §7), under
 the bandwidth-optimal ring algorithm (NCCL's for large buffers):

@@ -1,5 +1,6 @@
-"""Tensor parallelism (张量并行) and sequence parallelism by hand, Megatron-style: a plan
-says which linear of a LLaMA is split how, and ``apply`` carries it out.
+"""Tensor parallelism (张量并行) and sequence parallelism of a LLaMA by hand, from a plan.
+
+Megatron-style: a plan says which linear of a LLaMA is split how, and ``apply`` carries it out.
 
 A LLaMA layer uses columns then rows twice (Shoeybi et al. 2019, arXiv 1909.08053, §3): q/k/v
 (fused into one matrix) and gate/up (fused) column-parallel — whole heads and whole SwiGLU

@@ -1,5 +1,4 @@
-"""Megatron's tensor-parallel layers (张量并行的层): column- and row-parallel linears, the
-vocabulary-parallel embedding and cross entropy.
+"""Megatron's tensor-parallel layers (张量并行的层): split linears, embedding and loss.
 
 Split one product Y = XW over t ranks: by columns, W = [W₁ … W_t], each rank computes XWᵣ
 (no communication; the outputs are shards); by rows, X = [X₁ … X_t], W = [W₁; …; W_t], each
