@@ -174,3 +174,15 @@ def test_ctrl_c_is_one_line(capsys, monkeypatch):
         pipeline_parallel.cli([])
     assert exit_.value.code == 130
     assert capsys.readouterr().err == "python -m llmtrain.parallel.demos.pipeline_parallel: interrupted\n"
+
+
+@pytest.mark.parametrize("module", ["data_parallel", "zero", "pipeline_parallel", "parallelize"])
+def test_a_moved_command_says_where_it_went(module):
+    """``python -m llmtrain.parallel.X`` ran the demo before issue 24; now the demo is
+    ``llmtrain.parallel.demos.X``: the old command says so in one line and exits 2, and runs
+    nothing (it would otherwise exit 0 having done nothing)."""
+    r = subprocess.run([sys.executable, "-m", f"llmtrain.parallel.{module}", "--nproc", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"python -m llmtrain.parallel.{module}: this command moved; "
+                        f"run python -m llmtrain.parallel.demos.{module}\n")

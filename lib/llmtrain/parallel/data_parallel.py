@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import check
 from . import comm
-from .launch import require_process_group
+from .launch import command_moved, require_process_group
 
 __all__ = ["wrap", "no_sync", "broadcast_module", "first_rank", "GradReducer"]
 
@@ -167,3 +167,7 @@ def _buckets(params: Sequence[nn.Parameter], bucket_bytes: int) -> list[list[nn.
 def first_rank(group=None) -> int:
     """The global rank of ``group``'s rank 0 (0 for the world)."""
     return 0 if group is None else dist.get_global_rank(group, 0)
+
+
+if __name__ == "__main__":  # the demo moved to llmtrain.parallel.demos
+    command_moved(__spec__.name)

@@ -44,7 +44,7 @@ import torch.distributed as dist
 
 from .. import check
 
-__all__ = ["launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
+__all__ = ["command_moved", "launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
            "check_backend", "rank", "world_size", "device", "DEFAULT_TIMEOUT_S",
            "require_process_group", "same_on_every_rank"]
 
@@ -373,3 +373,12 @@ def same_on_every_rank(group, what: str = "the group", **settings) -> None:
         if len(set(values)) > 1:
             raise ValueError(f"{name} must be the same on every rank of {what}, got "
                              f"{values[:4]} on ranks 0-{min(len(values), 4) - 1}")
+
+
+def command_moved(module: str) -> None:
+    """The command ``python -m llmtrain.parallel.X`` of a library module before issue 24: its
+    demo moved to ``python -m llmtrain.parallel.demos.X``. Says so in one line, exit status 2
+    (tests/test_bad_input.py), instead of running nothing silently."""
+    new = module.replace("llmtrain.parallel.", "llmtrain.parallel.demos.", 1)
+    print(f"python -m {module}: this command moved; run python -m {new}", file=sys.stderr)
+    raise SystemExit(2)

@@ -22,14 +22,10 @@ owns shard r of every parameter (as FSDP2 does, per parameter). One step:
   after, gathers them again just before its backward, and frees them when its gradients are
   reduce-scattered: three times (N−1)/N·Ψ instead of DP's two, ×1.5.
 
-Every collective runs on ``group`` (default: the world): the N ranks that share the model
-states are a data-parallel group, e.g. ``groups.build(ParallelDims(...)).dp``, and "rank r" is the
-rank inside it.
-
-fp32 (and fp64) models step their shard in place (the shard is a view of the weights: no
-master copy); 16-bit models keep an fp32 master shard, as mixed-precision training does (notebook 04).
-
-    python -m llmtrain.parallel.demos.zero --stage 3     # 2 ranks here, or under torchrun
+Every collective runs on ``group`` (default: the world), a data-parallel group (e.g.
+``groups.build(ParallelDims(...)).dp``); "rank r" is the rank inside it. fp32 (and fp64) models
+step their shard in place (no master copy); 16-bit ones keep an fp32 master shard (notebook 04).
+Run it: ``python -m llmtrain.parallel.demos.zero --stage 3`` (2 ranks here, or under torchrun).
 """
 
 from __future__ import annotations
@@ -47,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 from .. import check
 from . import comm
 from .data_parallel import GradReducer, broadcast_module, first_rank
-from .launch import require_process_group
+from .launch import command_moved, require_process_group
 
 __all__ = ["wrap", "ZeroOptimizer", "memory_report", "formula", "expected_bytes", "full_state_dict"]
 
@@ -398,3 +394,7 @@ def full_state_dict(model: nn.Module, optimizer: ZeroOptimizer | None = None) ->
     ctx = optimizer.gathered() if isinstance(optimizer, ZeroOptimizer) else contextlib.nullcontext()
     with ctx:
         return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+if __name__ == "__main__":  # the demo moved to llmtrain.parallel.demos
+    command_moved(__spec__.name)
