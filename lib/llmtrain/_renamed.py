@@ -47,6 +47,14 @@ OLD_NAMES: dict[str, tuple[str, ...]] = {
     "llmtrain.train": ("llmtrain.recipes.train",),
 }
 
+# Names that changed their name too: old module -> {old name: "new module:new name"}.
+RENAMED: dict[str, dict[str, str]] = {
+    "llmtrain.plan": {"MODELS": "llmtrain.model.shapes:OTHERS",
+                      "model": "llmtrain.model.shapes:resolve",
+                      "model_names": "llmtrain.model.shapes:all_names"},
+    "llmtrain.memory_methods": {"Method": "llmtrain.cost.methods:OptimizerSpec"},
+}
+
 
 def _module(old: str) -> types.ModuleType:
     """A module named ``old`` whose attributes come from its new homes, first match wins."""
@@ -54,6 +62,9 @@ def _module(old: str) -> types.ModuleType:
     module = types.ModuleType(old, f"Old path of {', '.join(homes)} (kept for one release).")
 
     def __getattr__(name: str):
+        if name in RENAMED.get(old, {}):
+            home, _, new = RENAMED[old][name].partition(":")
+            return getattr(importlib.import_module(home), new)
         for home in homes:
             target = importlib.import_module(home)
             if hasattr(target, name):
