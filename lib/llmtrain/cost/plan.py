@@ -147,7 +147,13 @@ def layout(shape, gpus: int, batch_tokens: int, seq: int, *, tp: int = 1, pp: in
 
     Checked: tests/test_plan.py::test_time_parts_are_the_terms (dp, m) and
     tests/test_plan.py::test_bad_input_names_the_field."""
-    shape = shapes.resolve(shape, "shape")
+    return _layout(shapes.resolve(shape, "shape"), gpus, batch_tokens, seq, tp, pp, zero,
+                   recompute, micro_batch, virtual, sp)
+
+
+def _layout(shape: ModelShape, gpus, batch_tokens, seq, tp, pp, zero, recompute, micro_batch,
+            virtual, sp) -> Layout:
+    """``layout`` of a resolved shape (``search`` resolves it once, checks each layout here)."""
     dims = ParallelDims.from_gpus(gpus, tp, pp).check(shape)
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("recompute", recompute, ("none", "selective", "full"))
@@ -182,7 +188,10 @@ def memory_parts(shape, lay: Layout, seq: int, assumptions: Assumptions = Assump
     flight, the framework's states and constants) built from the same functions, without its
     slower step-by-step peak; with FlashAttention, no recomputation saves what selective
     recomputation does. Checked: tests/test_plan.py::test_memory_parts_are_estimates."""
-    shape, a = shapes.resolve(shape, "shape"), assumptions
+    return _memory_parts(shapes.resolve(shape, "shape"), lay, seq, assumptions)
+
+
+def _memory_parts(shape: ModelShape, lay: Layout, seq: int, a: Assumptions) -> dict[str, int]:
     d, b = lay.dims, lay.micro_batch
     fw = memory.framework_of(a.memory_framework)
     # FlashAttention keeps no b·a·s² scores: without recomputation it saves what Korthikanti's
@@ -213,7 +222,11 @@ def evaluate(shape, gpu: str | Cluster, lay: Layout, seq: int,
 
     Checked: tests/test_plan.py::test_time_parts_are_the_terms (each time part is its term)
     and tests/test_published_runs.py::test_step_time_within_15_percent (published runs)."""
-    shape, c, a = shapes.resolve(shape, "shape"), cluster(gpu), assumptions
+    return _evaluate(shapes.resolve(shape, "shape"), cluster(gpu), lay, seq, assumptions)
+
+
+def _evaluate(shape: ModelShape, c: Cluster, lay: Layout, seq: int, a: Assumptions) -> Plan:
+    """``evaluate`` of a resolved shape and cluster (``search`` resolves them once)."""
     k = a.kernels_of(c)
     d, b, m, v = lay.dims, lay.micro_batch, lay.microbatches, lay.virtual
     H = shape.hidden_size
@@ -272,7 +285,7 @@ def evaluate(shape, gpu: str | Cluster, lay: Layout, seq: int,
     hw_f = _stage.stage_flops(shape, seqs, seq, lay.recompute, a.attention)
     times = {"compute": m * compute, "TP comm": m * tp_time, "bubble": pipeline - m * slot,
              "DP comm": dp_time, "PP p2p": pp_time, "optimizer": opt_time}
-    return Plan(lay, memory_parts(shape, lay, seq, a), c.memory_bytes, times, model_f, hw_f,
+    return Plan(lay, _memory_parts(shape, lay, seq, a), c.memory_bytes, times, model_f, hw_f,
                 d.world_size, c.peak_flops, seqs * seq,
                 {"bubble_fraction": bubble, "in_flight": _stage.in_flight(d.pp, m, v) if d.pp > 1
                  else 1, "tp_bytes": tp_bytes, "dp_bytes": dp_bytes, "pp_bytes": pp_bytes,
@@ -326,12 +339,11 @@ def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | N
                     if v > 1 and per_stage % v:
                         continue  # Megatron: v chunks of equal layers per stage
                     try:
-                        lays = [layout(shape, gpus, batch_tokens, seq, tp=tp, pp=pp, zero=z,
-                                       recompute=r, micro_batch=b, virtual=v, sp=sp)
+                        lays = [_layout(shape, gpus, batch_tokens, seq, tp, pp, z, r, b, v, sp)
                                 for r in recomputes for z in zeros]
                     except ValueError:  # this (v, sp) does not apply to this (tp, pp, m)
                         continue
-                    plans += [evaluate(shape, c, lay, seq, assumptions) for lay in lays]
+                    plans += [_evaluate(shape, c, lay, seq, assumptions) for lay in lays]
     if feasible_only:
         plans = [p for p in plans if p.fits]
     return sorted(plans, key=lambda p: (p.step_time_s, p.memory_bytes))
