@@ -213,7 +213,9 @@ print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their noteboo
 # you read is what runs and what is tested:
 
 # %%
-from llmtrain import params, shapes, show
+from llmtrain import show
+from llmtrain.cost import params
+from llmtrain.model import shapes
 
 show(params.count)
 

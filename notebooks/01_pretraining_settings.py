@@ -29,13 +29,13 @@
 # - state the recipe most of these models share, computed from the table, and where the slide
 #   and the papers behind it disagree.
 #
-# The table lives in `llmtrain.settings` as data (`Setting` records, tested cell by cell against
+# The table lives in `llmtrain.recipes.settings` as data (`Setting` records, tested cell by cell against
 # the slides in `tests/test_settings.py`); everything below is computed from it.
 
 # %% [markdown]
 # > **导读**
 # > 课件开篇的表格列出了十二个大语言模型预训练时所用的批次大小、学习率（预热 → 峰值 → 衰减）、优化器、精度类型、权重衰减和梯度裁剪。
-# > 本笔记本把这张表存为数据（`llmtrain.settings`），逐列解释每个单元格的含义，并各用几行 PyTorch 代码演示。
+# > 本笔记本把这张表存为数据（`llmtrain.recipes.settings`），逐列解释每个单元格的含义，并各用几行 PyTorch 代码演示。
 # > 我们画出峰值学习率随模型规模、批次大小变化的散点图，从表中统计出多数模型共用的训练配方，并用一个小实验说明大模型为什么常取 β2 = 0.95。
 # > 最后对照原始论文，指出课件中 DeepSeek 学习率衰减方式的一处错误。
 
@@ -63,8 +63,11 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import torch
 
-from llmtrain import memory, plots, settings, shapes, show
-from llmtrain.memory import GB
+from llmtrain import plots, show
+from llmtrain.cost import memory
+from llmtrain.model import shapes
+from llmtrain.recipes import settings
+from llmtrain.units import GB
 
 plots.use_style()
 torch.manual_seed(0)
@@ -77,7 +80,7 @@ print(f"{len(TABLE)} models in the slides' table:", ", ".join(settings.names()))
 # > 模型 | 批次大小 | 学习率 (预热 → 峰值 → 衰减) | 优化器 | 精度类型 | 权重衰减 | 梯度裁剪
 #
 # (model | batch size | learning rate: warmup → peak → decay | optimizer | precision | weight decay |
-# gradient clipping). Here it is as `llmtrain.settings` holds it, in English notation:
+# gradient clipping). Here it is as `llmtrain.recipes.settings` holds it, in English notation:
 # 余弦 = cosine, 平方根倒数 = inverse square root, 手动 = manual, 预热 = warmup; "-" where the slide
 # has "-".
 
@@ -196,7 +199,7 @@ plt.show()
 # batch that grows during training (动态批次调整, dynamic batch size: notebook
 # [02](02_batch_schedules.ipynb)); "预热 → 4M" (Falcon) a ramp whose start the slide does not give.
 #
-# The slides do not say whether "M" is 10⁶ or 2²⁰. `llmtrain.settings` stores what is printed,
+# The slides do not say whether "M" is 10⁶ or 2²⁰. `llmtrain.recipes.settings` stores what is printed,
 # reading M as 10⁶; where the paper gives sequences and sequence length, the exact batch is in
 # `paper_batch`, and there "M" turns out to be 2²⁰:
 
@@ -313,7 +316,7 @@ for beta2 in (0.95, 0.999):
 # Adafactor (Shazeer & Stern 2018, arXiv 1804.04235) keeps, for each $n \times m$ weight matrix, a
 # row vector and a column vector of second-moment statistics ($n + m$ numbers) instead of Adam's
 # full $v$ ($nm$ numbers), and by default no first moment $m$. On LLaMA-7B (notebook
-# [11](11_memory_estimation.ipynb), `llmtrain.memory`):
+# [11](11_memory_estimation.ipynb), `llmtrain.cost.memory`):
 
 # %%
 S7 = shapes.get("llama-7b")
@@ -460,7 +463,7 @@ for frac in [0.0, 0.25, 0.5, 0.79, 0.85, 0.95]:
 # > DeepSeek LLM 67B warms up and then decays in steps, not along a cosine: the paper uses "a
 # > multi-step learning rate scheduler … instead of the typical cosine scheduler" (DeepSeek-AI 2024,
 # > §2.3), 31.6 % of the peak after 80 % of the tokens and 10 % after 90 % (the cell above prints the
-# > record and both schedules). `llmtrain.settings` keeps the slide's value, records the paper's
+# > record and both schedules). `llmtrain.recipes.settings` keeps the slide's value, records the paper's
 # > steps in `paper_lr_steps` and says so in the record's notes.
 # > **更正：** DeepSeek 一行应为“预热 → 3.2×10⁻⁴ → 多步（阶梯式）衰减”：训练到 80% 的词元后降到峰值的 31.6%，到 90% 后降到 10%。
 #

@@ -58,8 +58,10 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import batch, plots, settings, shapes, show, train
-from llmtrain.llama import Llama
+from llmtrain import plots, show
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
+from llmtrain.recipes import batch, settings, train
 
 plots.use_style()
 _ = torch.manual_seed(0)  # assigned: nbval shows a bare call's Generator even after ";"

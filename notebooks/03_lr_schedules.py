@@ -56,7 +56,8 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import batch, plots, schedules, settings, show, train
+from llmtrain import plots, show
+from llmtrain.recipes import batch, schedules, settings, train
 
 plots.use_style()
 _ = torch.manual_seed(0)  # assigned: nbval shows a bare call's Generator even after ";"
@@ -207,7 +208,7 @@ Image(filename=png, width=650)  # the saved figure, as in figures/03_explore_def
 # ## 6. What warmup does: training runs · 预热的作用：训练实验
 #
 # The tiny LLaMA (125k parameters) on a generated Markov corpus whose best possible loss is its entropy
-# rate (`llmtrain.train`, printed below). 300 steps of AdamW with gradient clipping at 1.0, as in the
+# rate (`llmtrain.recipes.train`, printed below). 300 steps of AdamW with gradient clipping at 1.0, as in the
 # table; the same data order and initial weights in every run. First: warmup or not, at a moderate and
 # at a very high peak learning rate, both followed by a cosine to a tenth.
 

@@ -27,7 +27,7 @@
 # scaling rescues it, explain why the optimizer keeps fp32 master weights, say exactly which bytes
 # halve, measure the speed-up on the machine in front of you, compare FP8 scaling schemes, and say
 # which parts of DeepSeek-V3's training run in FP8 and why its GEMMs promote their sums to FP32.
-# The code is `llmtrain.precision` (formats, FP8) and `llmtrain.amp` (loss scaling, mixed-precision step).
+# The code is `llmtrain.precision` (`formats`, `fp8`) and `llmtrain.precision.amp` (loss scaling, mixed-precision step).
 
 # %% [markdown]
 # > **导读**
@@ -61,9 +61,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from llmtrain import amp, memory, plots, precision, shapes, show, train
+from llmtrain import plots, show
+from llmtrain.cost import memory
 from llmtrain.device import choose
-from llmtrain.llama import Llama
+from llmtrain.measure import tracker
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
+from llmtrain.precision import amp
+from llmtrain.precision import formats as precision, fp8
+from llmtrain.recipes import train
 
 plots.use_style()
 _ = torch.manual_seed(0)
@@ -203,7 +209,7 @@ for scale in (1, 2**8, 2**16):
 # Multiplying the loss by $s$ multiplies every gradient by $s$ (the chain rule is linear), lifting
 # them above fp16's floor; the optimizer step divides by $s$ again. Too large a scale overflows
 # (fp16's max is 65504) and the step must be skipped. A *dynamic* scaler starts high, halves the scale
-# on every overflow and doubles it after `growth_interval` clean steps — `llmtrain.amp.LossScaler`,
+# on every overflow and doubles it after `growth_interval` clean steps — `llmtrain.precision.amp.LossScaler`,
 # written from scratch and tested to take exactly the same scales and skipped steps as
 # `torch.amp.GradScaler` on random gradient sequences:
 
@@ -294,7 +300,7 @@ plots.save(fig, "04_master_weights")
 plt.show()
 
 # %% [markdown]
-# The step that does it with real 16-bit kernels, from `llmtrain.amp`:
+# The step that does it with real 16-bit kernels, from `llmtrain.precision.amp`:
 
 # %%
 show(amp.MixedPrecisionTrainer.step)
@@ -321,7 +327,7 @@ print(f"{'total':<10} {sum(fp32.values()):>5.0f} {sum(mixed.values()):>6.0f}")
 # (transformers' SDPA model, notebook 11):
 
 # %%
-from llmtrain import activation_formulas
+from llmtrain.cost import activations as activation_formulas
 
 S7 = shapes.get("llama-7b")
 a32 = activation_formulas.saved_bytes(S7, 1, 2048, dtype="fp32", impl="hf-sdpa")
@@ -330,7 +336,7 @@ print(f"activations fp32 {a32 / 1e9:.2f} GB, bf16 {a16 / 1e9:.2f} GB: ratio {a16
       f"(bf16: {a16 / 2**30:.2f} GiB, as notebook 11 prints it)")
 
 # %% [markdown]
-# Measured on this machine with the exact tracker (`memory.measure_peak`): one forward and backward of
+# Measured on this machine with the exact tracker (`tracker.measure_peak`): one forward and backward of
 # a small reference LLaMA in fp32 and in bf16 (weights, gradients and activations all 16-bit here):
 
 # %%
@@ -341,7 +347,7 @@ peaks = {}
 for dtype in (torch.float32, torch.bfloat16):
     torch.manual_seed(0)
     net = Llama(small).to(dtype)
-    peaks[dtype] = memory.measure_peak(lambda: net(ids, labels=ids).loss.backward(), include=net)
+    peaks[dtype] = tracker.measure_peak(lambda: net(ids, labels=ids).loss.backward(), include=net)
     print(f"{str(dtype):<15} weights {peaks[dtype].start_bytes:>11,} B   peak {peaks[dtype].peak_bytes:>11,} B")
 print(f"peak ratio bf16/fp32: {peaks[torch.bfloat16].peak_bytes / peaks[torch.float32].peak_bytes:.3f}")
 
@@ -486,11 +492,11 @@ if dev.type != "cuda":  # no GPU here: the same step measured by scripts/gpu_che
 # FP8, the activations cached for backward are FP8 too. Components that are sensitive to precision or
 # cheap keep their original precision, and §3.3.3 keeps the master weights and gradients in FP32
 # while storing AdamW's moments in BF16. Each row with its place in the report
-# (`precision.DEEPSEEK_V3_FP8`):
+# (`fp8.DEEPSEEK_V3_FP8`):
 
 # %%
 print(f"{'component':<76} {'format':<40} report")
-for what, fmt, where in precision.DEEPSEEK_V3_FP8:
+for what, fmt, where in fp8.DEEPSEEK_V3_FP8:
     print(f"{what:<76} {fmt:<40} {where}")
 
 # %% [markdown]
@@ -502,21 +508,21 @@ for what, fmt, where in precision.DEEPSEEK_V3_FP8:
 # 1×128 tile (one token, 128 channels) and weights per 128×128 block, and uses E4M3 for all tensors.
 # On activations (256 × 1024, N(0, 1)) with 10 outlier
 # channels (1 %) 10² or 10⁴ times larger: the relative error of the whole tensor, then the error on the 99 %
-# ordinary channels alone and the share of their values flushed to 0 (`precision.quantization_stats`;
+# ordinary channels alone and the share of their values flushed to 0 (`fp8.quantization_stats`;
 # the norms in float64, the counts exact):
 
 # %%
 GROUPS = ("tensor", "tile", "block")
 stats = {}
 for outlier_scale in (1e2, 1e4):
-    acts = precision.realistic_activations((256, 1024), outlier_scale=outlier_scale, seed=0)
-    plain = precision.realistic_activations((256, 1024), outlier_scale=1.0, seed=0)  # same draws
+    acts = fp8.realistic_activations((256, 1024), outlier_scale=outlier_scale, seed=0)
+    plain = fp8.realistic_activations((256, 1024), outlier_scale=1.0, seed=0)  # same draws
     ordinary = (acts == plain).all(dim=0)  # the channels outlier_scale did not touch
     assert int((~ordinary).sum()) == 10
     for fmt in ("fp8_e4m3", "fp8_e5m2"):
         for g in GROUPS:
-            stats[outlier_scale, fmt, g] = (precision.quantization_stats(acts, fmt, g),
-                                            precision.quantization_stats(acts, fmt, g, where=ordinary))
+            stats[outlier_scale, fmt, g] = (fp8.quantization_stats(acts, fmt, g),
+                                            fp8.quantization_stats(acts, fmt, g, where=ordinary))
 print(f"activations of shape {tuple(acts.shape)}, N(0, 1), {int((~ordinary).sum())} outlier channels")
 print(f"{'outliers':>8} {'format':<9} {'scale per':<14} {'error, all':>10} {'error, ordinary':>15} "
       f"{'ordinary flushed to 0':>22}")
@@ -549,12 +555,12 @@ assert all(ordinary_stats[x, "fp8_e5m2", g].flushed == 0 for x in (1e2, 1e4) for
 # against the exact product (float64):
 
 # %%
-acts = precision.realistic_activations((256, 1024), outlier_scale=1e2, seed=0)
+acts = fp8.realistic_activations((256, 1024), outlier_scale=1e2, seed=0)
 weights = torch.randn(1024, 512, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float() / 32
 exact = acts.double() @ weights.double()
 for fmt in ("fp8_e4m3", "fp8_e5m2"):
     for g in ("tensor", "fine"):
-        approx = precision.fp8_matmul(acts, weights, fmt, granularity=g)
+        approx = fp8.fp8_matmul(acts, weights, fmt, granularity=g)
         err = (approx.double() - exact).norm() / exact.norm()
         print(f"{fmt:<9} {g:<7} relative error {err.item():.4f}")
 
@@ -569,7 +575,7 @@ for fmt in ("fp8_e4m3", "fp8_e5m2"):
 # instructions) the partial sums are copied into FP32 registers on the CUDA cores, multiplied there by
 # the tile's and the block's scales, and added in full FP32 precision.
 #
-# `precision.fp8_gemm_accumulated` emulates it: the products of two FP8 values (exact), a running sum
+# `fp8.fp8_gemm_accumulated` emulates it: the products of two FP8 values (exact), a running sum
 # rounded to 14 significant bits after each addition, a promotion every $N_C$ elements. How the
 # hardware rounds is not public, so both ends are shown: to nearest (unbiased) and toward zero
 # (biased). The error is the largest over the output, relative to the output's largest value, against
@@ -582,17 +588,17 @@ print(f"{'K':>5} {'accumulator (14 significant bits)':<40} {'rounding':<12} {'ac
 for K in (512, 4096):
     a = torch.randn(8, K, generator=gen, dtype=torch.float64).float()
     b = torch.randn(K, 128, generator=gen, dtype=torch.float64).float()
-    wide = precision.fp8_gemm_accumulated(a, b, granularity="tensor", accumulator_bits=52)  # quantisation only
-    for rounding in precision.ROUNDINGS:
+    wide = fp8.fp8_gemm_accumulated(a, b, granularity="tensor", accumulator_bits=52)  # quantisation only
+    for rounding in fp8.ROUNDINGS:
         for n_c in ((None, 128) if K == 4096 else (None,)):
-            got = precision.fp8_gemm_accumulated(a, b, granularity="tensor", rounding=rounding, promote_every=n_c)
+            got = fp8.fp8_gemm_accumulated(a, b, granularity="tensor", rounding=rounding, promote_every=n_c)
             acc_err[K, rounding, n_c] = err = float((got - wide).abs().max() / wide.abs().max())
             how = f"over all K = {K}" if n_c is None else f"promoted to fp32 every N_C = {n_c}"
             print(f"{K:>5} {how:<40} {rounding:<12} {err:>17.3%}")
 exact = a.double() @ b.double()
 print(f"for scale: FP8 (E4M3) rounding of the inputs themselves, K = 4096: "
       f"{float((wide - exact).abs().max() / exact.abs().max()):.1%}")
-for rounding in precision.ROUNDINGS:
+for rounding in fp8.ROUNDINGS:
     assert acc_err[4096, rounding, None] > 2 * acc_err[512, rounding, None]    # longer sums, larger error
     assert acc_err[4096, rounding, 128] < acc_err[4096, rounding, None] / 10   # promotion: > 10× smaller
 assert acc_err[4096, "nearest", None] < 0.01 < acc_err[4096, "toward_zero", None]

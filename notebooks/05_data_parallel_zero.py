@@ -66,11 +66,13 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import memory, params, plots, shapes, show
+from llmtrain import plots, show
+from llmtrain.cost import memory, params
+from llmtrain.cost.layout import ParallelDims
+from llmtrain.model import shapes
 from llmtrain.parallel import comm, data_parallel, launch, zero
 from llmtrain.parallel.demos import data_parallel_zero as demos  # this notebook's rank functions
 from llmtrain.parallel.demos.harness import max_weight_diff
-from llmtrain.parallel.mesh import ParallelDims
 
 plots.use_style()
 _ = torch.manual_seed(0)
@@ -401,10 +403,10 @@ assert rank0["zero3"]["memory"] == rank0["fsdp2"]["memory"]
 # joins with `llmtrain.parallel.init_from_env()` — NCCL when each rank has a GPU, gloo otherwise.
 #
 # ```bash
-# torchrun --standalone --nproc-per-node=8 -m llmtrain.parallel.zero --stage 3   # one machine, 8 GPUs
+# torchrun --standalone --nproc-per-node=8 -m llmtrain.parallel.demos.zero --stage 3   # one machine, 8 GPUs
 # torchrun --nnodes=2 --nproc-per-node=8 --node-rank=0 \
-#          --rdzv-endpoint=host0:29500 -m llmtrain.parallel.zero --stage 3    # and node-rank=1 on host1
-# python -m llmtrain.parallel.data_parallel --nproc 4                         # no torchrun: uses launch
+#          --rdzv-endpoint=host0:29500 -m llmtrain.parallel.demos.zero --stage 3    # and node-rank=1 on host1
+# python -m llmtrain.parallel.demos.data_parallel --nproc 4                         # no torchrun: uses launch
 # ```
 #
 # Here, on this CPU, with `RANKS` ranks and `--dtype float64` as in §3 (its output is rank 0's
@@ -418,7 +420,7 @@ import re
 
 torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
 # --standalone: torchrun picks a free port (not a fixed 29500 that another run may hold)
-run = subprocess.run([*torchrun, "--standalone", f"--nproc-per-node={RANKS}", "-m", "llmtrain.parallel.zero",
+run = subprocess.run([*torchrun, "--standalone", f"--nproc-per-node={RANKS}", "-m", "llmtrain.parallel.demos.zero",
                       "--stage", "3", "--steps", "3", "--dtype", "float64"],
                      capture_output=True, text=True, timeout=600)
 if run.returncode:  # a failed `!torchrun` would not stop a notebook: make it
@@ -459,7 +461,7 @@ except ValueError as e:
 # </details>
 
 # %%
-GIB = 2**30
+from llmtrain.units import GIB
 card = 80 * GIB  # an "80 GB" A100/H100: 81,920 MiB
 print(f"card: {card:,} B = {card // 2**20:,} MiB")
 for z in range(4):

@@ -62,10 +62,12 @@ import sympy as sp
 import torch
 from matplotlib.patches import FancyBboxPatch
 
-from llmtrain import activation_formulas, flops, memory, plots, shapes, show
+from llmtrain import plots, show
+from llmtrain.cost import activations as activation_formulas, flops, memory
+from llmtrain.cost.layout import ParallelDims
+from llmtrain.model import shapes
 from llmtrain.parallel import comm, launch, tensor_parallel, tp_comm
 from llmtrain.parallel.demos import tensor_parallel as demos
-from llmtrain.parallel.mesh import ParallelDims
 
 plots.use_style()
 _ = torch.manual_seed(0)
@@ -553,7 +555,7 @@ print(f"DTensor, TP + SP, backward: the same {dt_sp['reduce_scatter']} reduce-sc
 # Per layer and step, each rank sends $4\cdot 2\frac{t-1}{t}\, b s h \cdot 2$ bytes (bf16, TP),
 # and computes $1/t$ of the layer's FLOPs. Both grow with $b\cdot s$, so their ratio — FLOPs per
 # byte sent — depends only on the shape and $t$. For LLaMA-7B ($s$ = 2048, $t$ = 8), with the
-# layer's training FLOPs from `llmtrain.flops` (notebook 11: forward + backward, SDPA):
+# layer's training FLOPs from `llmtrain.cost.flops` (notebook 11: forward + backward, SDPA):
 
 # %%
 big, t8, S = shapes.get("llama-7b"), 8, 2048

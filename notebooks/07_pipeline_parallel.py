@@ -69,8 +69,10 @@ import matplotlib.pyplot as plt
 import sympy as sp
 from matplotlib.ticker import MaxNLocator
 
-from llmtrain import plots, shapes, show
-from llmtrain.parallel import launch, pipeline_parallel, pp_schedule, tp_comm
+from llmtrain import plots, show
+from llmtrain.cost import pp_schedule
+from llmtrain.model import shapes
+from llmtrain.parallel import launch, pipeline_parallel, tp_comm
 from llmtrain.parallel.demos import pipeline_parallel as demos
 
 plots.use_style()
@@ -299,7 +301,7 @@ compare("1f1b")
 # ### 5.1 Activations held, measured exactly · 精确测量保存的激活值
 #
 # `demos.held` runs one step under the exact storage tracker of notebook 04/09
-# (`memory.tracking`, every tensor storage counted once) and records the live bytes after each
+# (`tracker.tracking`, every tensor storage counted once) and records the live bytes after each
 # operation, relative to just before the first. Held micro-batches = the most live bytes ÷ what
 # one forward adds:
 
@@ -659,7 +661,7 @@ print(f"rank 0 holds {pp_schedule.in_flight(pp_schedule.gpipe(8, m1, 0))} "
 # %%
 cited = re.search(r"GPipe, Huang et al\. \d{4}, arXiv [\d.]+",
                   " ".join(pp_schedule.__doc__.split()))
-print(f"llmtrain.parallel.pp_schedule cites: {cited.group(0)}")
+print(f"llmtrain.cost.pp_schedule cites: {cited.group(0)}")
 arxiv = cited.group(0).split()[-1]
 print(f"arXiv {arxiv}: posted 20{arxiv[:2]}-{arxiv[2:4]}; published at NeurIPS 2019")
 

@@ -61,11 +61,12 @@ print(report())
 # %%
 import matplotlib.pyplot as plt
 
-from llmtrain import memory, plots, shapes, show
+from llmtrain import plots, show
+from llmtrain.cost import memory
+from llmtrain.cost.layout import AXES, ParallelDims, stage_layers
+from llmtrain.model import shapes
 from llmtrain.parallel import launch, parallelize as parallelize_module
 from llmtrain.parallel.demos import three_d
-from llmtrain.parallel.mesh import AXES, ParallelDims
-from llmtrain.parallel.pipeline_parallel import stage_layers
 
 plots.use_style()
 DIMS = ParallelDims(dp=2, tp=2, pp=2)  # 8 ranks; try (dp=1, tp=2, pp=4) or (dp=4, tp=2, pp=1)
@@ -125,8 +126,8 @@ for axis in AXES:
     print(f"{axis} groups: {DIMS.group_ranks(axis)}")
 
 # %% [markdown]
-# `ParallelDims.build()` creates these groups with `torch.distributed.new_group` on every rank;
-# `ParallelDims.device_mesh()` asks PyTorch for `init_device_mesh("cpu", (pp, dp, tp),
+# `groups.build(dims)` creates these groups with `torch.distributed.new_group` on every rank;
+# `groups.device_mesh(dims)` asks PyTorch for `init_device_mesh("cpu", (pp, dp, tp),
 # mesh_dim_names=("pp", "dp", "tp"))`. One launch of 8 processes (gloo on this CPU) builds both,
 # and runs the training steps of §3 (a launch costs seconds; everything shares one):
 
@@ -241,8 +242,8 @@ for r, out in enumerate(runs):
 # of $k$ layers repeats $2k-1$ of its $2k$ forward all-reduces:
 
 # %%
-from llmtrain import recompute
-from llmtrain.parallel.pipeline_parallel import cut_segments
+from llmtrain.cost.layout import cut_segments
+from llmtrain.model import recompute
 
 share = (B // DIMS.dp) * S * SHAPE.hidden_size * 8  # rank 0's b·s·h over its 4 micro-batches
 one = 2 * (DIMS.tp - 1) * share // DIMS.tp  # sent for one forward all-reduce of all of them
@@ -317,7 +318,7 @@ print(f"ZeRO-2: (m + 1)/2 = {(m + 1) / 2} times ZeRO-0; ZeRO-3: 3m/2 = {3 * m //
 
 # %% [markdown]
 # ZeRO-1 sends what plain data parallelism sends; ZeRO-2 $(m+1)/2$ times as much and ZeRO-3 $3m/2$
-# times, and $m$ is large exactly when the pipeline keeps its bubble small. (`llmtrain.plan`
+# times, and $m$ is large exactly when the pipeline keeps its bubble small. (`llmtrain.cost.plan`
 # charges the same $(m+1)/2$ for ZeRO-2.) That is a price, not a prohibition; systems choose
 # differently:
 #
@@ -338,15 +339,15 @@ print(f"ZeRO-2: (m + 1)/2 = {(m + 1) / 2} times ZeRO-0; ZeRO-3: 3m/2 = {3 * m //
 # 三个维度每一步要传的字节数相差几个数量级（the three axes move very different amounts of data
 # per step）。取一个布局：Llama-2 70B 在 64 张 H100 上（8 个节点），TP 8 × PP 4 × DP 2，全局
 # 批次 4M（$4 \cdot 2^{20}$）个词元（token），序列长度 4,096，微批次 1，选择性重计算，ZeRO-1。
-# 下面按 `llmtrain.plan` 的计数给出每张卡每步发送的字节数（环形算法），以及它们在节点内 NVLink
+# 下面按 `llmtrain.cost.plan` 的计数给出每张卡每步发送的字节数（环形算法），以及它们在节点内 NVLink
 # 与节点间 InfiniBand 上各需多久（带宽见输出）。1 GB = $10^9$ 字节。最后一行是 Megatron-LM 的
 # scatter/gather 优化（Narayanan et al. 2021, §4.1）：同一流水级的 $t$ 张卡各发激活值的 $1/t$，
 # 即每卡 $b\cdot s\cdot h/t$，接收方再在 NVLink 上 all-gather 拼回完整的激活值。
 
 # %%
-from llmtrain import plan
+from llmtrain.cost import plan
 
-shape, card, seq = plan.model("llama2-70b"), plan.cluster("h100-80g"), 4096
+shape, card, seq = shapes.resolve("llama2-70b"), plan.cluster("h100-80g"), 4096
 lay = plan.layout(shape, 64, 4 * plan.MI, seq, tp=8, pp=4, zero=1, recompute="selective")
 p = plan.evaluate(shape, card, lay, seq)
 m, b, h, t = lay.microbatches, lay.micro_batch, shape.hidden_size, lay.dims.tp
@@ -365,7 +366,7 @@ for axis, nbytes in per_axis.items():
     print(f"{axis:<60} {float(nbytes) / 1e9:>9.1f} {float(nbytes) / card.intra_node_bytes_per_s:>9.2f}s"
           f" {float(nbytes) / card.inter_node_bytes_per_s:>7.2f}s")
 print(f"compute of the busiest stage: {p.time_parts['compute']:.1f} s per step "
-      f"(llmtrain.step_time, §7: GEMMs by their shapes on a {card.peak_flops / 1e12:.0f} "
+      f"(llmtrain.cost.step_time, §7: GEMMs by their shapes on a {card.peak_flops / 1e12:.0f} "
       f"TFLOP/s H100); TP on the network: {float(per_axis[next(iter(per_axis))]) / card.inter_node_bytes_per_s / p.time_parts['compute']:.1f}× that")
 print(f"PP with scatter/gather: {float(pp_bytes / t) / 1e9:.1f} GB on IB per GPU, then an all-gather "
       f"of {float(comm.ring_bytes('all_gather', pp_bytes, t)[0]) / 1e9:.1f} GB per GPU on NVLink; "
@@ -403,7 +404,7 @@ print(f"PP with scatter/gather: {float(pp_bytes / t) / 1e9:.1f} GB on IB per GPU
 #
 # - **显存**：`memory.estimate` 的各部分（模型状态、第一个流水级的激活值、流水线在途的微批次、
 #   框架常数；`memory.FRAMEWORKS` 给出课件、DeepSpeed、Megatron、NeMo、FSDP 各自的计法）；
-# - **单步耗时**：`llmtrain.step_time` 逐项相加——每个 GEMM 按它在这张卡上的形状算效率（张量并行
+# - **单步耗时**：`llmtrain.cost.step_time` 逐项相加——每个 GEMM 按它在这张卡上的形状算效率（张量并行
 #   和小微批次都会让 GEMM 变小、变慢），注意力核心、访存受限的算子（归一化、残差、激活函数、损失）、
 #   优化器更新各自成项；TP、DP、PP 的通信按各自的链路（NVLink 或网络）计时，哪些能与计算重叠由
 #   框架决定；流水线的气泡按 `pp_schedule.bubble_formula`。
@@ -415,7 +416,7 @@ print(f"PP with scatter/gather: {float(pp_bytes / t) / 1e9:.1f} GB on IB per GPU
 # 即每步 32K 个词元。其余各行：每步 4M 个词元（课件里的“4M”是词元数，这里取 $4\cdot2^{20}$）。
 
 # %%
-GIB = 2**30
+from llmtrain.units import GIB
 rows = [("llama-7b", 2, "a100-80g", 2 * 8 * 2048, 2048)]  # the slides' example first
 rows += [(name, gpus, gpu, 4 * plan.MI, None)
          for gpus, gpu in ((8, "a100-80g"), (64, "h100-80g"))
@@ -448,7 +449,7 @@ cli.main(["plan", "llama-70b", "--gpus", "64", "--gpu", "h100-80g", "--batch-tok
 # %% [markdown]
 # ## 7. The published runs, checked · 与公开的训练配置对照
 #
-# 规划器是否可信，要看它能否复现实际测得的训练结果。`llmtrain.published_runs.RUNS` 收录了 9 个来源的
+# 规划器是否可信，要看它能否复现实际测得的训练结果。`llmtrain.cost.published_runs.RUNS` 收录了 9 个来源的
 # 69 次公开训练（每条都写明读的是哪一版、哪张表）：
 #
 # - Megatron-LM 论文 Narayanan et al. 2021 的 Table 1（十行 GPT，1.7B 到 1T；每行的微批次与虚拟流水级数 $v$
@@ -474,15 +475,15 @@ cli.main(["plan", "llama-70b", "--gpus", "64", "--gpu", "h100-80g", "--batch-tok
 # 2022）换算到每种计法：
 
 # %%
-from llmtrain import flops, published_runs, step_time
+from llmtrain.cost import flops, published_runs, step_time
 
-l3 = plan.model("llama3-405b")
+l3 = shapes.resolve("llama3-405b")
 print(f"{'convention':<21} {'counts':<9} {'/ eager':>7} {'43 % MFU is':>12}  definition")
 for row in flops.conventions_table(l3, 1, 8192, mfu=0.43, convention="palm"):
     print(f"{row['name']:<21} {row['counts']:<9} {row['ratio']:>7.3f} {100 * row['mfu']:>11.1f}%"
           f"  {row['definition'][:58]}")
 top = published_runs.NARAYANAN_TABLE1[-1]
-t1 = plan.gpt_shape(top.hidden, top.layers, top.heads, 51200, 2048, name="gpt-1t")
+t1 = shapes.gpt_shape(top.hidden, top.layers, top.heads, 51200, 2048, name="gpt-1t")
 print(f"Narayanan Table 1, {top.params_b:g}B: {top.tflops_per_gpu} TFLOP/s in Eq. 3 = "
       f"{100 * top.tflops_per_gpu / 312:.1f} % of peak (HFU); as model FLOPs (MFU): "
       f"{100 * flops.restate_mfu(top.tflops_per_gpu / 312, t1, 1, 2048, from_convention='narayanan', to_convention='narayanan-model'):.1f} %")
@@ -490,7 +491,7 @@ print(f"Narayanan Table 1, {top.params_b:g}B: {top.tflops_per_gpu} TFLOP/s in Eq
 # %% [markdown]
 # 同一个 43%：按 6PT 只有 39.7%；若按 Eq. 3（它假设完全重计算，而 Llama 3 并未重计算）则是 57.5%。Megatron-LM 论文 Table 1 的
 # “52% of peak”用的是 Eq. 3（含重计算的硬件 FLOPs），换成模型 FLOPs 只有 39.2%。所以比较两个 MFU
-# 之前，先问它用的是哪一种计法。`llmtrain.flops.CONVENTIONS` 给出每种的公式和出处；本笔记本的
+# 之前，先问它用的是哪一种计法。`llmtrain.cost.flops.CONVENTIONS` 给出每种的公式和出处；本笔记本的
 # MFU 一律是模型 FLOPs 的“megatron-generalised”计法（表中的 eager 列以它为 1：因果注意力按全量计，
 # 与 Narayanan 的 Eq. 3 去掉重计算、与 PaLM 的计法只差嵌入层），HFU 再加上重计算。下表把每个来源
 # 公开的吞吐换算成几种常见计法下的 MFU（每个来源取一条）：
@@ -534,12 +535,12 @@ for gen, k in step_time.KERNELS.items():
 #
 # 每一行：公开的布局、规划器为它算出的每卡显存与单步耗时、公开的单步耗时、两者之比，公开布局在
 # 该框架可用的全部布局中的名次（`published_runs.rank`：同样的 GPU、批次与序列，保留公开的重计算和
-# 序列并行；全部搜索一次要半分钟，名次由 `scripts/fit_planner.py` 写进 `llmtrain.published_ranks`，
+# 序列并行；全部搜索一次要半分钟，名次由 `scripts/fit_planner.py` 写进 `llmtrain.cost.published_ranks`，
 # 测试逐条重算核对），以及按来源自己的 FLOPs 计法（`Run.convention`，§7.1）折算的每卡 TFLOP/s：
 # 公开值与规划器的值用同一种计法，才能直接比较。
 
 # %%
-from llmtrain.published_ranks import RANKS
+from llmtrain.cost.published_ranks import RANKS
 
 preds = {r.key: published_runs.predict(r)[0] for r in published_runs.RUNS}
 print(f"{'run':<40} {'framework':<18} {'layout':<34} {'GiB':>5} {'published':>9} {'predicted':>9} "
@@ -588,7 +589,7 @@ bx.axhspan(0.85, 1.15, color="0.85", zorder=1, label="±15 %")
 bx.set(xscale="log", xlim=(lo, hi), ylim=(0.75, 1.4), xlabel="published step time (s)",
        ylabel="predicted / published")
 bx.legend(fontsize=6.5, loc="upper center", ncols=2)
-fig.suptitle(f"llmtrain.plan against {len(published_runs.RUNS)} published runs")
+fig.suptitle(f"llmtrain.cost.plan against {len(published_runs.RUNS)} published runs")
 fig.tight_layout()
 png, svg = plots.save(fig, "08_published_runs")
 plt.close(fig)
@@ -647,7 +648,7 @@ else:
 # （§3.3.2）。下面的 MFU 按 Llama 3 自己的计法（PaLM 的 6N + 12LHQT）：
 
 # %%
-from llmtrain.parallel import pp_schedule
+from llmtrain.cost import pp_schedule
 
 peak = plan.CLUSTERS["h100-80g"].peak_flops / 1e12
 print(f"{l3.num_layers} layers on 16 stages: first, middle, last {plan.stage_layers(l3.num_layers, 16)}")

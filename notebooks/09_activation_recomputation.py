@@ -27,7 +27,7 @@
 # After this notebook you can list, tensor by tensor, what a LLaMA layer keeps for backward; apply
 # the usual recomputation strategies (full, every k-th layer, √L segments, selective) to a real
 # model; and weigh what each saves in bytes against what it costs in FLOPs and seconds — all
-# measured, and checked against closed forms in `llmtrain.activations` and `llmtrain.flops`.
+# measured, and checked against closed forms in `llmtrain.measure.activations` and `llmtrain.cost.flops`.
 
 # %% [markdown]
 # > **导读**
@@ -60,9 +60,12 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from llmtrain import activation_formulas, activations, flops, memory, plots, recompute, show
-from llmtrain.llama import Llama
-from llmtrain.shapes import ModelShape
+from llmtrain import plots, show
+from llmtrain.cost import activations as activation_formulas, flops, memory
+from llmtrain.measure import activations, flops as measured, tracker
+from llmtrain.model import recompute
+from llmtrain.model.llama import Llama
+from llmtrain.model.shapes import ModelShape
 
 plots.use_style()
 torch.manual_seed(0)
@@ -95,7 +98,7 @@ show(activations.measure)
 # %% [markdown]
 # ## 2. Everything one LLaMA decoder layer keeps · 一个解码器层保存的全部激活值
 #
-# A small LLaMA from the reference implementation (`llmtrain.llama`), in bf16 as in training,
+# A small LLaMA from the reference implementation (`llmtrain.model.llama`), in bf16 as in training,
 # with the loss (labels = inputs). Per module, then per operation:
 
 # %%
@@ -122,7 +125,7 @@ for op, b in sorted(by_op.items(), key=lambda kv: -kv[1]):
 # %% [markdown]
 # The layer keeps far more than its input: the fp32 copies made by RMSNorm, Q, K, V, the
 # $T\times T$ attention probabilities (the eager kernel keeps them in fp32 *and* bf16), the SwiGLU
-# intermediates of width $H'$. The closed form in `llmtrain.activation_formulas.saved_bytes` adds the same
+# intermediates of width $H'$. The closed form in `llmtrain.cost.activations.saved_bytes` adds the same
 # terms; it equals the measurement to the byte (tests check it on random shapes):
 
 # %%
@@ -134,7 +137,7 @@ print(f"the slides' 2BTH per layer would be {2 * BTH:,} B; one layer really keep
 # %% [markdown]
 # ## 3. The strategies side by side · 各种重计算策略对比
 #
-# `llmtrain.recompute.apply` sets a strategy on the reference model; it wraps layers (or the attention
+# `llmtrain.model.recompute.apply` sets a strategy on the reference model; it wraps layers (or the attention
 # core) in `torch.utils.checkpoint` (non-reentrant):
 
 # %%
@@ -142,7 +145,7 @@ show(recompute.segments)
 
 # %% [markdown]
 # A 16-layer model, fp32 on this machine. For each strategy: bytes kept after forward (exact), the
-# peak during the whole step (exact CPU tracker, `memory.measure_peak`), FLOPs of the step
+# peak during the whole step (exact CPU tracker, `tracker.measure_peak`), FLOPs of the step
 # (`FlopCounterMode`, equal to `flops.training_flops`), and seconds (measured; they vary by machine).
 
 # %%
@@ -168,8 +171,8 @@ rows = {}
 for strategy, k in STRATS:
     recompute.apply(net, strategy, k=k)
     kept = activations.measure(net, ids, labels=ids).total_bytes
-    peak = memory.measure_peak(step, include=net).peak_bytes
-    counted = flops.measured_flops(net, ids)
+    peak = tracker.measure_peak(step, include=net).peak_bytes
+    counted = measured.measured_flops(net, ids)
     formula = flops.training_flops(deep, B, T, attention="eager", recompute=strategy, k=k)
     assert counted == formula, (strategy, counted, formula)
     rows[label(strategy, k)] = dict(kept=kept, peak=peak, flops=counted)
@@ -242,10 +245,10 @@ for strategy, k in STRATS[1:]:
 # it keeps q, k, v, its output and one fp32 logsumexp per row and head ($4BNT$ bytes). A checkpoint
 # around the core must keep its inputs q, k, v all the same, and the core's output is `o_proj`'s input,
 # kept anyway; so with SDPA selective recomputation saves just the logsumexp. For LLaMA-7B, bf16,
-# $B = 1$, $T = 2048$ (the closed forms of `llmtrain.activation_formulas`, notebook 11 §3):
+# $B = 1$, $T = 2048$ (the closed forms of `llmtrain.cost.activations`, notebook 11 §3):
 
 # %%
-from llmtrain.shapes import get
+from llmtrain.model.shapes import get
 
 S7, B7, T7 = get("llama-7b"), 1, 2048
 sdpa = {rc: activation_formulas.saved_bytes(S7, B7, T7, dtype="bf16", impl="reference", attention="sdpa",

@@ -27,14 +27,14 @@
 # - count any Llama, Mistral or Qwen2 model from its `config.json` (`llmtrain params --hf-config`)
 #   and know the answer matches what Hugging Face `transformers` builds.
 #
-# Every number below is computed by `llmtrain.params` and checked against two real
-# implementations: `transformers`' `LlamaForCausalLM` and our from-scratch `llmtrain.llama.Llama`,
+# Every number below is computed by `llmtrain.cost.params` and checked against two real
+# implementations: `transformers`' `LlamaForCausalLM` and our from-scratch `llmtrain.model.llama.Llama`,
 # both built on PyTorch's *meta* device (shapes only, no memory, no download).
 
 # %% [markdown]
 # > **导读**
 # > 本笔记本逐项推导课件中 LLaMA 的参数量公式 $2VH + H + L(4H^2 + 3HH' + 2H)$，并复现课件中的两个数字（7B 为 6,738,415,616，65B 为 65,285,660,672）。
-# > 每个数字都由 `llmtrain.params` 计算，并与 Hugging Face `transformers` 的 `LlamaForCausalLM` 和我们从零实现的参考模型逐一对照（在 meta 设备上构建，不占内存、无需下载）。
+# > 每个数字都由 `llmtrain.cost.params` 计算，并与 Hugging Face `transformers` 的 `LlamaForCausalLM` 和我们从零实现的参考模型逐一对照（在 meta 设备上构建，不占内存、无需下载）。
 # > 这个公式只适用于多头注意力（MHA）：对采用分组查询注意力（GQA）的 Llama-2 70B 和 Llama-3，它会多算 10%–14%，本笔记本给出一般公式。
 # > 最后处理共享词嵌入与偏置（以 Qwen2.5-0.5B 为例），并比较 Llama 系列各部分参数的占比。
 
@@ -59,8 +59,10 @@ print(report())
 import sympy as sp
 import torch
 
-from llmtrain import params, plots, shapes, show
-from llmtrain.llama import Llama
+from llmtrain import plots, show
+from llmtrain.cost import params
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
 
 plots.use_style()
 torch.manual_seed(0)
@@ -108,10 +110,10 @@ P_slides
 # %%
 as_printed = 2 * V * H + H + L * (4 * H**2 + 3 * H * Hp + 2 * H)
 print("sum of terms − slide formula =", sp.simplify(P_slides - as_printed))
-print("llmtrain.params.formula()   − slide formula =", sp.simplify(params.formula() - as_printed))
+print("llmtrain.cost.params.formula()   − slide formula =", sp.simplify(params.formula() - as_printed))
 
 # %% [markdown]
-# `llmtrain.params` holds the same terms (with switches for what the slides leave out); this is
+# `llmtrain.cost.params` holds the same terms (with switches for what the slides leave out); this is
 # the code that runs in every count below:
 
 # %%
@@ -146,7 +148,7 @@ print(params.describe(shapes.get("llama-7b")))
 # build two models on the meta device and count `numel()` of their parameters:
 #
 # - `transformers.LlamaForCausalLM` from a config (nothing downloaded);
-# - `llmtrain.llama.Llama`, our from-scratch reference model (its `state_dict` loads into
+# - `llmtrain.model.llama.Llama`, our from-scratch reference model (its `state_dict` loads into
 #   `LlamaForCausalLM`; the tests check their logits agree to 1e-5).
 #
 # $T$ never appears: RoPE has no parameters (its `inv_freq` is a buffer, not a parameter).
@@ -175,7 +177,7 @@ for name in shapes.names():
 # whose output widths already allow GQA (`kv_size` = $N_{kv} d$):
 
 # %%
-from llmtrain.llama import Attention
+from llmtrain.model.llama import Attention
 
 show(Attention.__init__)
 
@@ -363,7 +365,7 @@ print(f"{params.count(mha):,}", params.count(mha) == params.slides_count(shapes.
 # ## 要点 · Key points
 #
 # - 按矩阵形状逐项相加（SymPy），正好得到课件的公式 $2VH + H + L(4H^2 + 3HH' + 2H)$；代入后得到 LLaMA-7B 的 6,738,415,616 和 65B 的 65,285,660,672，与课件一致。
-# - 三方独立核对：`llmtrain.params`、`transformers` 的 `LlamaForCausalLM` 与参考模型数出的参数量逐个相等。RoPE 没有参数，所以上下文长度 $T$ 不出现在公式里。
+# - 三方独立核对：`llmtrain.cost.params`、`transformers` 的 `LlamaForCausalLM` 与参考模型数出的参数量逐个相等。RoPE 没有参数，所以上下文长度 $T$ 不出现在公式里。
 # - 课件的公式假设多头注意力（$N_{kv} = N$）。对分组查询注意力（GQA），它多算 $2LH^2(N - N_{kv})/N$：Llama-2 70B 多算 13.6%，Llama-3 8B 多算 10.0%。
 # - 一般公式为 $P = 2VH + H + L(2H^2 + 2H\,d\,N_{kv} + 3HH' + 2H)$，$d = H/N$。Llama-3 70B 若改用多头注意力，会有 79,948,947,456 个参数，恰是课件公式给出的值。
 # - 小模型常共享词嵌入：按 Qwen2.5-0.5B 配置构建的模型有 494,032,768 个参数，词嵌入占 27.6%；课件公式会给出 663,169,920。

@@ -36,13 +36,13 @@
 # "GB" is read as **GiB** — the worked example (§4) adds up only that way, and the authors' own
 # calculator (§5) counts an "80G" card as 80·2³⁰ bytes — so "17GB" of activations (§3) is 17 GiB too.
 # The one exception is the slides' own arithmetic $16 \times 7B = 112GB$, decimal by construction
-# (§1). The code is `llmtrain.memory`.
+# (§1). The code is `llmtrain.cost.memory`.
 
 # %% [markdown]
 # > **导读**
 # > 本笔记本逐字节推导课件中单卡训练显存的公式 $16P/N + 2LBTH + 12BTV + 6$：$16P$ 从何而来，ZeRO 的三个阶段如何切分它，以及激活值的四种估算口径（课件、Korthikanti 等人、参考模型和 `transformers` 的精确闭式公式）。
 # > 课件中的“GB”统一按 GiB（$2^{30}$ 字节）理解（唯一例外是十进制算式 $16 \times 7B = 112GB$），因为只有这样，“2 张 A100 80G 训练 LLaMA 7B，单卡 66GB”的算例才能对上；“激活值 6.2GB”有两种读法，本笔记本把两种算术都写了出来。
-# > 教材作者团队的计算器（LLMBox）取梯度缓冲与激活值中的较大者，并且只用显存的 95%；本笔记本把它写成经过测试的函数，与课件和 `llmtrain.memory.estimate` 逐项比较。
+# > 教材作者团队的计算器（LLMBox）取梯度缓冲与激活值中的较大者，并且只用显存的 95%；本笔记本把它写成经过测试的函数，与课件和 `llmtrain.cost.memory.estimate` 逐项比较。
 # > 最后在 CPU 上精确跟踪一个训练步的显存峰值，看峰值落在哪个阶段，并与估计逐项核对。
 # > 学完本笔记本，你能估算一个模型在给定批次、序列长度和 ZeRO 阶段下每张卡的显存，并说清每一项的来历。
 
@@ -68,10 +68,14 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import lowbit, memory, params, plots, shapes, show
+from llmtrain import plots, show
+from llmtrain.cost import memory, params
+from llmtrain.cost import slides as slides_formulas
+from llmtrain.cost.layout import ParallelDims
+from llmtrain.model import shapes
+from llmtrain.optim import lowbit
 from llmtrain.parallel import zero
-from llmtrain.memory import GB, GIB
-from llmtrain.parallel.mesh import ParallelDims
+from llmtrain.units import GB, GIB
 
 plots.use_style()
 torch.manual_seed(0)
@@ -93,7 +97,7 @@ w16, g16, master, m, v = sp.symbols("w_16 g_16 master_32 m_32 v_32", positive=Tr
 bytes_per_param = {w16: 2, g16: 2, master: 4, m: 4, v: 4}
 per_param = w16 + g16 + master + m + v
 print("bytes per parameter:", per_param, "=", per_param.subs(bytes_per_param))
-print("llmtrain.memory    :", memory.state_bytes_per_param("mixed", "adamw"))
+print("llmtrain.cost.memory    :", memory.state_bytes_per_param("mixed", "adamw"))
 
 # %% [markdown]
 # The same bookkeeping for other recipes — pure fp32 (no master copy needed), pure bf16 (states in
@@ -226,8 +230,8 @@ for impl, rc, kw in cases:
 # %%
 from transformers import LlamaForCausalLM
 
-from llmtrain import activations
-from llmtrain.llama import Llama
+from llmtrain.measure import activations, tracker
+from llmtrain.model.llama import Llama
 
 ids = torch.zeros(B1, T1, dtype=torch.long)
 with torch.device("meta"):
@@ -325,9 +329,9 @@ print(f"total                        = {(states + act + other) / GIB:.2f} GiB = 
       f"{(states + act + other) / GB:.2f} GB   (slides: 66)")
 
 # %% [markdown]
-# `llmtrain.memory.estimate` builds the same sum from its parts (the slides' 6 GB of "other" is
+# `llmtrain.cost.memory.estimate` builds the same sum from its parts (the slides' 6 GB of "other" is
 # PyTorch ~1 + DeepSpeed up to 4 + fragmentation ~1). The GPUs are described by one object,
-# `ParallelDims(dp, tp, pp)` (`llmtrain.parallel.mesh`, the layout the parallel notebooks run):
+# `ParallelDims(dp, tp, pp)` (`llmtrain.cost.layout`, the layout the parallel notebooks run):
 # here 2 data-parallel GPUs; a plain integer $n$ means `ParallelDims(dp=n)`.
 
 # %%
@@ -384,11 +388,11 @@ assert round(float(reading_a), 1) == round(float(reading_b), 1) == 6.2
 # activation term is $(12 + 2L)BTH + 12BTV$ — the slides' formula plus $12BTH$:
 
 # %%
-show(memory.llmbox_activation_bytes)
+show(slides_formulas.llmbox_activation_bytes)
 
 # %%
-slides = memory.slides_formula(P7, 2, L, B, T, H, V, other_unit=GIB)
-llmbox = memory.llmbox_activation_bytes(L, B, T, H, V)
+slides = slides_formulas.slides_formula(P7, 2, L, B, T, H, V, other_unit=GIB)
+llmbox = slides_formulas.llmbox_activation_bytes(L, B, T, H, V)
 print(f"slides 2LBTH + 12BTV        : {slides.parts['activations'] / GIB:6.2f} GiB")
 print(f"LLMBox (12 + 2L)BTH + 12BTV : {llmbox / GIB:6.2f} GiB")
 
@@ -397,24 +401,24 @@ print(f"LLMBox (12 + 2L)BTH + 12BTV : {llmbox / GIB:6.2f} GiB")
 # `calc_memory_usage` and `calc_gpu_num`) adds to the model states the **larger** of the activations
 # and a 16-bit gradient buffer — not their sum —, has no "+6", and accepts a number of GPUs when it
 # needs at most **95 %** of the card, counted as 80·2³⁰ B for an A100/H100. Written out as
-# `memory.llmbox_memory_bytes` and `memory.llmbox_gpus_needed` (tested in
+# `slides_formulas.llmbox_memory_bytes` and `slides_formulas.llmbox_gpus_needed` (tested in
 # `tests/test_memory_llmbox.py`):
 
 # %%
-show(memory.llmbox_memory_bytes)
+show(slides_formulas.llmbox_memory_bytes)
 
 # %% [markdown]
 # The slides' example end to end (LLaMA-7B, two cards, $B = 8$, $T = 2048$, ZeRO-3), each with the
 # budget it compares against. `estimate` gives two numbers: the sum of its parts (an upper bound,
 # what the slides add up) and the modelled peak of one training step (§6), where the gradients are
-# fp32 for the update of the fp32 master weights (`llmtrain.step_peak`):
+# fp32 for the update of the fp32 master weights (`llmtrain.cost.step_peak`):
 
 # %%
 USABLE = 0.95  # the LLMBox calculator's usable share of the card
-box = memory.llmbox_memory_bytes(P7, 2, L, B, T, H, V, zero=3)
+box = slides_formulas.llmbox_memory_bytes(P7, 2, L, B, T, H, V, zero=3)
 rows = [("slides' formula as written (+6 GiB)", slides.total, CARD),
         ("slides' worked example", 66 * GIB, CARD),
-        ("llmtrain.memory.estimate, sum of parts", est.total, CARD),
+        ("llmtrain.cost.memory.estimate, sum of parts", est.total, CARD),
         (f"llmtrain step peak ({est.step_peak.phase}; §6)", est.peak_bytes, CARD),
         ("LLMBox: 16P/N + max(2P/N, activations)", box, USABLE * CARD)]
 print(f"{'per GPU':<42} {'GiB':>7}   budget (GiB)")
@@ -437,7 +441,7 @@ print(f"{'model':<10} {'B':>3} {'LLMBox':>7} {'llmtrain':>9}")
 for name in ["llama-7b", "llama-13b", "llama-65b", "llama3-8b"]:
     s_ = shapes.get(name)
     for b in [1, 8, 16]:
-        n_box, _ = memory.llmbox_gpus_needed(params.count(s_), s_.num_layers, b, 2048, s_.hidden_size,
+        n_box, _ = slides_formulas.llmbox_gpus_needed(params.count(s_), s_.num_layers, b, 2048, s_.hidden_size,
                                              s_.vocab_size, zero=3)
         print(f"{name:<10} {b:>3} {n_box:>7} {fewest_gpus(s_, b):>9}")
 
@@ -467,11 +471,11 @@ for name, parts in [("llmtrain (dp = 4)", ours), ("shards over all 16 GPUs", ele
 # ## 6. Measured against estimated · 实测与估计
 #
 # A training step of a small reference LLaMA (fp32 AdamW on this CPU), with every tensor tracked:
-# `memory.measure_peak` counts each storage an op creates and sees it freed (exact, repeatable).
+# `tracker.measure_peak` counts each storage an op creates and sees it freed (exact, repeatable).
 # Adam's states exist after the first step, so we measure the second.
 
 # %%
-from llmtrain.shapes import ModelShape
+from llmtrain.model.shapes import ModelShape
 
 small = ModelShape(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4,
                    intermediate_size=688, max_seq_len=256, name="small")
@@ -489,7 +493,7 @@ def train_step():
 
 
 train_step()  # creates Adam's m and v
-measured = memory.measure_peak(train_step, include=[net, opt, batch])  # the input ids too
+measured = tracker.measure_peak(train_step, include=[net, opt, batch])  # the input ids too
 print(measured)
 
 # %% [markdown]
@@ -507,7 +511,7 @@ print(f"\nmeasured peak {measured.peak_bytes:,} B; the sum of all parts {est.tot
 
 # %% [markdown]
 # The plain sum is an upper bound: no moment of the step holds every part at once. `estimate(...)
-# .step_peak` (`llmtrain.step_peak`) follows the step phase by phase — the forward pass up to the
+# .step_peak` (`llmtrain.cost.step_peak`) follows the step phase by phase — the forward pass up to the
 # loss, the backward pass, `optimizer.step()` with AdamW's temporaries — and lists what is live at
 # each phase's high point; the step's peak is the largest of them:
 
@@ -544,7 +548,7 @@ def wide_step():
 
 
 wide_step()
-w_measured = memory.measure_peak(wide_step, include=[wnet, wopt, wbatch])
+w_measured = tracker.measure_peak(wide_step, include=[wnet, wopt, wbatch])
 w_est = memory.estimate(wide, 1, batch=B6w, seq=T6w, zero=0, recompute="none", dtype="fp32",
                         impl="reference", attention="sdpa", precision="fp32", overheads=False)
 
@@ -578,7 +582,7 @@ before = 12 * P_small + 4 * n_tensors + rope + ids_bytes
 print(f"before the step: {measured.start_bytes:,} B; 12P + 4·{n_tensors} + {rope} + ids {ids_bytes:,} = "
       f"{before:,} B; equal: {measured.start_bytes == before}")
 kept = []
-fwd = memory.measure_peak(lambda: kept.append(net(batch, labels=batch)), include=[net, opt])
+fwd = tracker.measure_peak(lambda: kept.append(net(batch, labels=batch)), include=[net, opt])
 acts = memory.activation_bytes(small, B6, T6, dtype="fp32", impl="reference", recompute="none",
                                attention="sdpa")
 logits = 4 * B6 * T6 * small.vocab_size
@@ -604,7 +608,7 @@ if torch.cuda.is_available():
         gopt.zero_grad(set_to_none=True)
 
     gpu_step()
-    g = memory.measure_peak(gpu_step, device="cuda")
+    g = tracker.measure_peak(gpu_step, device="cuda")
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     print(f"max_memory_allocated {g.peak_bytes:,} B; CPU tracker {measured.peak_bytes:,} B; "
           f"estimate {at_backward_start:,} B ({at_backward_start / g.peak_bytes - 1:+.1%})")

@@ -25,12 +25,13 @@
 # After this notebook you can
 #
 # - say, for each method, which of the 16 bytes (and which activations) it removes, with its
-#   formula counted tensor by tensor on the real model (`llmtrain.memory_methods`);
+#   formula counted tensor by tensor on the real model (`llmtrain.cost.methods`);
 # - recompute each headline for the model and card it names, and say what it takes to hold:
 #   which batch, sequence length, recomputation, and which tricks at once;
-# - run each method on this CPU — written from scratch (`llmtrain.lowbit`, `llmtrain.galore`,
-#   `llmtrain.lomo`, `llmtrain.memory_saving`) and checked against the packages (torchao,
-#   bitsandbytes, galore-torch, lomo-optim) — and measure the bytes it really keeps.
+# - run each method on this CPU — written from scratch (`llmtrain.optim.lowbit`, `llmtrain.optim.galore`,
+#   `llmtrain.optim.lomo`, `llmtrain.optim.badam`, `llmtrain.optim.fp8_lm`) and checked against
+#   the packages (torchao, bitsandbytes, galore-torch, lomo-optim) — and measure the bytes it
+#   really keeps.
 #
 # Units: **GB** = 10⁹ bytes, **GiB** = 2³⁰ bytes, always said; a "24 GB" RTX 3090/4090 holds
 # 24 GiB. Per-GPU totals here are model states + activations (Korthikanti et al.'s count, notebook
@@ -67,15 +68,19 @@ import matplotlib.pyplot as plt
 import sympy as sp
 import torch
 
-from llmtrain import galore, headlines, lomo, lowbit, memory, plots, shapes, show
-from llmtrain import memory_methods as mm
-from llmtrain import memory_saving as ms
-from llmtrain.llama import Llama
-from llmtrain.memory import GB, GIB
+from llmtrain import plots, show
+from llmtrain.cost import headlines, memory
+from llmtrain.cost import methods as mm
+from llmtrain.measure import optimizer_state
+from llmtrain.model import shapes
+from llmtrain.model.llama import Llama
+from llmtrain.optim import galore, lomo, lowbit
+from llmtrain.optim import badam, fp8_lm, packages
+from llmtrain.units import GB, GIB
 
 plots.use_style()
 torch.manual_seed(0)
-PACKAGES = ms.packages()  # imported once, quietly (their CPU builds log missing CUDA kernels)
+PACKAGES = packages.packages()  # imported once, quietly (their CPU builds log missing CUDA kernels)
 print("packages to check against:", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in PACKAGES.items()))
 if not all(PACKAGES.values()):
     print("(pip install 'llmtrain[optim]' adds them; without them those comparisons are skipped)")
@@ -88,17 +93,17 @@ print(f"LLaMA-7B: P = {P7:,} parameters")
 #
 # Mixed-precision AdamW keeps, per parameter, 2 bytes of 16-bit weights, 2 of 16-bit gradients,
 # 4 of fp32 master weights and 4 + 4 of Adam's $m$ and $v$. Each method of the headlines removes
-# some of these; `memory_methods.METHODS` says which, with its source:
+# some of these; `methods.METHODS` says which, with its source:
 
 # %%
 for m in mm.METHODS.values():
     print(f"{m.name:<18} {m.changes}\n{'':<18} [{m.source}]")
 
 # %% [markdown]
-# Counted tensor by tensor on LLaMA-7B (`method_state_bytes` builds the model on the meta device
-# and counts each parameter: block-wise quantisation pads per tensor, tensors under 4096 elements
-# stay fp32, GaLore projects each attention and MLP matrix; GaLore's rank is the paper's $h/4 =
-# 1024$ for 7B). 8-bit GaLore is counted as galore-torch's `GaLoreAdamW8bit` keeps it: that
+# Counted tensor by tensor on LLaMA-7B (`method_state_bytes` counts each parameter of
+# `param_shapes`, the model's tensors from its shape, equal to the real model's in the tests:
+# block-wise quantisation pads per tensor, tensors under 4096 elements stay fp32, GaLore
+# projects each attention and MLP matrix; GaLore's rank is the paper's $h/4 = 1024$ for 7B). 8-bit GaLore is counted as galore-torch's `GaLoreAdamW8bit` keeps it: that
 # optimizer is a bitsandbytes 8-bit Adam, so every state of at least 4096 elements is 8-bit —
 # the projected moments, and also the embedding and output matrices GaLore does not project:
 
@@ -132,7 +137,7 @@ plt.show()
 
 # %% [markdown]
 # Every count above is checked in tests/test_memory_methods.py against the bytes real optimizers
-# keep (`memory_saving.state_tensor_bytes` reads every tensor in an optimizer's state, each storage
+# keep (`optimizer_state.state_tensor_bytes` reads every tensor in an optimizer's state, each storage
 # once) on LLaMA shapes the formulas were not written for: GQA, tied embeddings, biases, tensors
 # that are not a whole number of blocks. 8-bit GaLore is checked against galore-torch's own
 # `GaLoreAdamW8bit`, stepped on this CPU: bitsandbytes' state initialisation allocates, tensor by
@@ -249,7 +254,7 @@ if PACKAGES["galore_torch"]:
 # $2P + 14 P_\text{block}$ bytes instead of $16P$.
 
 # %%
-show(ms.BlockAdam)
+show(badam.BlockAdam)
 
 # %%
 b = H["badam?"].setting
@@ -265,16 +270,16 @@ show_fit(H["badam?"].baseline)
 torch.manual_seed(0)
 shape4 = tiny.replace(num_layers=4)
 model = Llama(shape4)
-opt = ms.BlockAdam(model, switch_every=2)
+opt = badam.BlockAdam(model, switch_every=2)
 ids = torch.randint(0, shape4.vocab_size, (2, 32))
 want = mm.method_state_bytes(shape4, "badam", precision="fp32")
 print(f"counted: gradients {want['gradients']:,} B, optimizer states {want['optimizer']:,} B (one layer)")
 for step in range(8):
     opt.zero_grad()
     model(ids, ids).loss.backward()
-    grads, block = ms.grad_bytes(model), opt.active
+    grads, block = optimizer_state.grad_bytes(model), opt.active
     opt.step()
-    states = ms.state_tensor_bytes(opt.optimizer)
+    states = optimizer_state.state_tensor_bytes(opt.optimizer)
     print(f"step {step}: layer {block}  gradients {grads:,} B  "
           f"states {states:,} B" + ("  (block switched: states freed)" if not states else ""))
     assert grads == want["gradients"] and states in (0, want["optimizer"])
@@ -458,10 +463,10 @@ print("checked:", H["fp8-lm"].checked)
 # each), dequantises, runs AdamW in fp32 and requantises:
 
 # %%
-show(ms.FP8LMAdamW.step)
+show(fp8_lm.FP8LMAdamW.step)
 
 # %% tags=["nbval-ignore-output"]
-fp8_run = ms.compare_fp8(steps=40)
+fp8_run = fp8_lm.compare_fp8(steps=40)
 for name, r in fp8_run.items():
     print(f"{name:<11} loss {r['losses'][0]:.4f} → {r['losses'][-1]:.4f} after 40 steps")
 final = {name: r["losses"][-1] for name, r in fp8_run.items()}
