@@ -177,12 +177,14 @@ def test_ctrl_c_is_one_line(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("module", ["data_parallel", "zero", "pipeline_parallel", "parallelize"])
-def test_a_moved_command_says_where_it_went(module):
-    """``python -m llmtrain.parallel.X`` ran the demo before issue 24; now the demo is
-    ``llmtrain.parallel.demos.X``: the old command says so in one line and exits 2, and runs
-    nothing (it would otherwise exit 0 having done nothing)."""
-    r = subprocess.run([sys.executable, "-m", f"llmtrain.parallel.{module}", "--nproc", "2"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == (f"python -m llmtrain.parallel.{module}: this command moved; "
-                        f"run python -m llmtrain.parallel.demos.{module}\n")
+def test_an_old_command_runs_the_demo_it_moved_to(module):
+    """``python -m llmtrain.parallel.X`` ran the demo before issue 24; the demo is now
+    ``llmtrain.parallel.demos.X`` and the old command runs it (for one release): its usage is the
+    new command's, and a bad flag is one line naming the new command, exit 2."""
+    ok = subprocess.run([sys.executable, "-m", f"llmtrain.parallel.{module}", "--help"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"usage: python -m llmtrain.parallel.demos.{module} ")
+    bad = subprocess.run([sys.executable, "-m", f"llmtrain.parallel.{module}", "--nproc", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
+    assert bad.stderr.startswith(f"python -m llmtrain.parallel.demos.{module}: error: ")

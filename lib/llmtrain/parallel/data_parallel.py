@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import check
 from . import comm
-from .launch import command_moved, require_process_group
+from .launch import run_moved_command, require_process_group
 
 __all__ = ["wrap", "no_sync", "broadcast_module", "first_rank", "GradReducer"]
 
@@ -169,5 +169,5 @@ def first_rank(group=None) -> int:
     return 0 if group is None else dist.get_global_rank(group, 0)
 
 
-if __name__ == "__main__":  # the demo moved to llmtrain.parallel.demos
-    command_moved(__spec__.name)
+if __name__ == "__main__":  # the old command (one release): runs llmtrain.parallel.demos.<this>
+    run_moved_command(__spec__.name)

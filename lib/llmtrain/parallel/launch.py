@@ -31,6 +31,7 @@ import datetime
 import io
 import os
 import pickle
+import runpy
 import selectors
 import subprocess
 import sys
@@ -44,7 +45,7 @@ import torch.distributed as dist
 
 from .. import check
 
-__all__ = ["command_moved", "launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
+__all__ = ["run_moved_command", "launch", "RankError", "LaunchTimeout", "init_from_env", "shutdown", "default_backend",
            "check_backend", "rank", "world_size", "device", "DEFAULT_TIMEOUT_S",
            "require_process_group", "same_on_every_rank"]
 
@@ -375,10 +376,10 @@ def same_on_every_rank(group, what: str = "the group", **settings) -> None:
                              f"{values[:4]} on ranks 0-{min(len(values), 4) - 1}")
 
 
-def command_moved(module: str) -> None:
-    """The command ``python -m llmtrain.parallel.X`` of a library module before issue 24: its
-    demo moved to ``python -m llmtrain.parallel.demos.X``. Says so in one line, exit status 2
-    (tests/test_bad_input.py), instead of running nothing silently."""
-    new = module.replace("llmtrain.parallel.", "llmtrain.parallel.demos.", 1)
-    print(f"python -m {module}: this command moved; run python -m {new}", file=sys.stderr)
-    raise SystemExit(2)
+def run_moved_command(module: str) -> None:
+    """Run ``python -m llmtrain.parallel.X`` (the command of a library module before issue 24)
+    as the demo it moved to, ``python -m llmtrain.parallel.demos.X``: the old command lines, in
+    scripts and torchrun jobs, keep working for one release. The demo is found by name when the
+    command runs, never when the library is imported (tests/test_bad_input.py)."""
+    runpy.run_module(module.replace("llmtrain.parallel.", "llmtrain.parallel.demos.", 1),
+                     run_name="__main__", alter_sys=True)

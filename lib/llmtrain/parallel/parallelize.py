@@ -54,7 +54,7 @@ from ..model.llama import Llama
 from ..model.recompute import WITHOUT_K
 from . import comm, data_parallel, zero as _zero
 from .groups import build
-from .launch import command_moved, require_process_group, same_on_every_rank
+from .launch import run_moved_command, require_process_group, same_on_every_rank
 from .pipeline_parallel import SCHEDULES, Pipeline, Stage, check_batch, lm_loss
 from .tensor_parallel import (STAGE_PLAN, gather_full, shard, shard_layers,
     vocab_parallel_cross_entropy)
@@ -238,5 +238,5 @@ class Parallel:
         return _zero.memory_report(self.module, self.optimizer)
 
 
-if __name__ == "__main__":  # the demo moved to llmtrain.parallel.demos
-    command_moved(__spec__.name)
+if __name__ == "__main__":  # the old command (one release): runs llmtrain.parallel.demos.<this>
+    run_moved_command(__spec__.name)

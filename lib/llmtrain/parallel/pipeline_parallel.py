@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import check
 from ..model.llama import Llama, causal_lm_loss
 from . import comm
-from .launch import command_moved, require_process_group, same_on_every_rank
+from .launch import run_moved_command, require_process_group, same_on_every_rank
 from ..cost.layout import cut_segments, stage_layers  # re-exported: the layers of each stage
 from ..cost.pp_schedule import SCHEDULES, Event, Op, check_schedule, schedule, stage_of
 
@@ -384,5 +384,5 @@ def pipeline(model: Llama, group=None, schedule: str = "1f1b", microbatches: int
     return pipe
 
 
-if __name__ == "__main__":  # the demo moved to llmtrain.parallel.demos
-    command_moved(__spec__.name)
+if __name__ == "__main__":  # the old command (one release): runs llmtrain.parallel.demos.<this>
+    run_moved_command(__spec__.name)

@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 from .. import check
 from . import comm
 from .data_parallel import GradReducer, broadcast_module, first_rank
-from .launch import command_moved, require_process_group
+from .launch import run_moved_command, require_process_group
 
 __all__ = ["wrap", "ZeroOptimizer", "memory_report", "formula", "expected_bytes", "full_state_dict"]
 
@@ -396,5 +396,5 @@ def full_state_dict(model: nn.Module, optimizer: ZeroOptimizer | None = None) ->
         return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-if __name__ == "__main__":  # the demo moved to llmtrain.parallel.demos
-    command_moved(__spec__.name)
+if __name__ == "__main__":  # the old command (one release): runs llmtrain.parallel.demos.<this>
+    run_moved_command(__spec__.name)
