@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without installing,
 
 from llmtrain import gpu_results
 from llmtrain.cost import memory  # noqa: E402
+from llmtrain.measure import tracker  # noqa: E402
 from llmtrain.device import choose  # noqa: E402
 from llmtrain.model.llama import Llama  # noqa: E402
 from llmtrain.model.shapes import ModelShape  # noqa: E402
@@ -199,7 +200,7 @@ def _peak_once(shape: ModelShape, B: int, T: int, dev: torch.device) -> dict:
 
     step()  # creates AdamW's states
     cuda = dev.type == "cuda"
-    peak = memory.measure_peak(step, device=dev, include=() if cuda else [net, opt, ids])
+    peak = tracker.measure_peak(step, device=dev, include=() if cuda else [net, opt, ids])
     reserved = torch.cuda.max_memory_reserved(dev) if cuda else None  # same window (reset by measure_peak)
     impl = "foreach" if cuda else "single-tensor"
     est = memory.estimate(shape, 1, batch=B, seq=T, zero=0, recompute="none", dtype="fp32",
