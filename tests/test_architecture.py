@@ -615,3 +615,17 @@ def test_every_public_name_before_the_wings_is_still_reachable():
                if (module, name) not in REMOVED
                and not hasattr(importlib.import_module(module), name)]
     assert not missing, f"{len(missing)} old public name(s) no longer reachable: {missing}"
+
+
+def test_a_star_import_of_an_old_path_gives_its_old_names():
+    """``from llmtrain.memory import *`` (an old path) binds every public name the module had
+    before the wings, from whichever new home now holds it."""
+    import json
+
+    old = json.loads((ROOT / "tests" / "data" / "old_public_names.json").read_text())
+    for module in OLD_NAMES():
+        namespace: dict = {}
+        exec(f"from {module} import *", namespace)  # noqa: S102
+        missing = [n for n in old[module] if (module, n) not in REMOVED and n not in namespace]
+        assert not missing, f"from {module} import * misses {missing}"
+

@@ -62,6 +62,13 @@ def _module(old: str) -> types.ModuleType:
     module = types.ModuleType(old, f"Old path of {', '.join(homes)} (kept for one release).")
 
     def __getattr__(name: str):
+        if name == "__all__":  # ``from <old> import *``: every home's public names
+            names = set(RENAMED.get(old, {}))
+            for home in homes:
+                target = importlib.import_module(home)
+                names |= set(getattr(target, "__all__", None)
+                             or [n for n in vars(target) if not n.startswith("_")])
+            return sorted(names)
         if name in RENAMED.get(old, {}):
             home, _, new = RENAMED[old][name].partition(":")
             return getattr(importlib.import_module(home), new)
