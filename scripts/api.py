@@ -451,6 +451,19 @@ def write(out: Path, pkg: Path = PKG, notebooks: Path = NOTEBOOKS) -> Path:
     return out
 
 
+def main(argv: list[str]) -> int:
+    """``python scripts/api.py [OUT]``: write the page (default build/html/api.html)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python scripts/api.py", description=__doc__.splitlines()[0])
+    p.add_argument("out", nargs="?", type=Path, default=ROOT / "build" / "html" / "api.html",
+                   help="where to write the page (default build/html/api.html)")
+    args = p.parse_args(argv)
+    if args.out.suffix != ".html":
+        p.error(f"out must be a path ending in .html, got {str(args.out)!r}")
+    print(write(args.out))
+    return 0
+
+
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "html" / "api.html"
-    print(write(target))
+    sys.exit(main(sys.argv[1:]))

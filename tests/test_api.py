@@ -16,6 +16,8 @@ from nbconvert import HTMLExporter
 import api  # scripts/api.py
 import notebooks as nbtool  # scripts/notebooks.py
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CONTENT = api.collect()
 LISTED = {(m, e.name) for m, rows in CONTENT.items() for e in rows}
 
@@ -122,3 +124,22 @@ def test_the_index_links_the_page(tmp_path: Path):
         assert f'<h3 id="{m}">' in page
     nbtool.write_index([], tmp_path / "html" / "index.html", "cpu", ["00_overview"])
     assert '<a href="api.html">API</a>' in (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+
+
+def test_the_command_line_refuses_a_page_that_is_not_html(tmp_path):
+    """``python scripts/api.py --help`` shows its usage (it once wrote the page to a file named
+    "--help"); an OUT that is not .html is one line, exit 2; a good one is written."""
+    import subprocess
+    import sys
+
+    script = [sys.executable, str(ROOT / "scripts" / "api.py")]
+    ok = subprocess.run([*script, "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ok.returncode == 0 and ok.stdout.startswith("usage: python scripts/api.py")
+    assert list(tmp_path.iterdir()) == []
+    bad = subprocess.run([*script, "page.txt"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
+        "python scripts/api.py: error: out must be a path ending in .html, got 'page.txt'")
+    good = subprocess.run([*script, str(tmp_path / "api.html")], capture_output=True, text=True,
+                          timeout=120)
+    assert good.returncode == 0 and (tmp_path / "api.html").read_text().startswith("<!doctype html>")
+
