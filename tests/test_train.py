@@ -130,6 +130,11 @@ def test_progress(capsys):
     (dict(grad_clip=0.0), "grad_clip"),
     (dict(micro_batch_size=3), "micro_batch_size=3 must divide batch_size=4"),
     (dict(seq_len=1), "seq_len"),
+    (dict(betas=(0.9, 1.0)), "betas"),
+    (dict(eps=0.0), "eps"),
+    (dict(param_groups=lambda m: [{"weights": []}]), "param_groups"),
+    (dict(param_groups=lambda m: [{"params": m.parameters(), "lr_scale": 0}]), "lr_scale"),
+    (dict(batch_transform=lambda s, b: b[:, :-1]), "batch_transform"),
 ])
 def test_train_validation(kw, name):
     args = {**dict(steps=2, batch_size=4, seq_len=16, peak_lr=1e-3), **kw}
@@ -137,3 +142,56 @@ def test_train_validation(kw, name):
         train(TINY, **args)
     with pytest.raises(ValueError, match="shape_or_model"):
         train(42, steps=1, batch_size=1, seq_len=16, peak_lr=1e-3)
+
+
+def test_each_optimizer_is_the_torch_optimizer_it_names():
+    """One step of train(optimizer=...) equals one step of the torch optimizer by hand."""
+    kw = dict(steps=1, batch_size=2, seq_len=16, peak_lr=1e-2, weight_decay=0.1, grad_clip=None)
+    data = next(batches(corpus(4096, TINY.vocab_size, 0), 2, 16, 0))
+    for name, make in [("adamw", lambda g: torch.optim.AdamW(g, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)),
+                       ("adam_l2", lambda g: torch.optim.Adam(g, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)),
+                       ("adafactor", lambda g: torch.optim.Adafactor(g, lr=1e-2)),
+                       ("sgd", lambda g: torch.optim.SGD(g, lr=1e-2, momentum=0.9))]:
+        torch.manual_seed(3)
+        a, b = Llama(TINY), Llama(TINY)
+        b.load_state_dict(a.state_dict())
+        train(a, optimizer=name, tokens=corpus(4096, TINY.vocab_size, 0), **kw)
+        groups = [{"params": [p for p in b.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                  {"params": [p for p in b.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+        opt = make(groups)
+        b(data, labels=data).loss.backward()
+        opt.step()
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), (name, n)
+
+
+def test_adam_l2_and_adamw_differ_only_where_decay_acts():
+    kw = dict(steps=3, batch_size=2, seq_len=16, peak_lr=1e-2, grad_clip=None)
+    assert train("tiny", optimizer="adamw", weight_decay=0.0, **kw).loss == \
+        train("tiny", optimizer="adam_l2", weight_decay=0.0, **kw).loss
+    assert train("tiny", optimizer="adamw", **kw).loss[-1] != train("tiny", optimizer="adam_l2", **kw).loss[-1]
+
+
+def test_param_groups_scale_each_groups_learning_rate():
+    """lr_scale 0 is refused; a tiny lr_scale freezes a group to rounding, the other moves."""
+    torch.manual_seed(0)
+    model = Llama(TINY)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    emb = [p for n, p in model.named_parameters() if "embed" in n]
+    rest = [p for n, p in model.named_parameters() if "embed" not in n]
+    train(model, steps=2, batch_size=2, seq_len=16, peak_lr=1e-2, weight_decay=0.0,
+          param_groups=lambda m: [{"params": emb, "lr_scale": 1e-30}, {"params": rest}])
+    for n, p in model.named_parameters():
+        moved = float((p.detach() - before[n]).abs().max())
+        assert (moved == 0.0) if "embed" in n else (moved > 1e-4), n
+
+
+def test_batch_transform_replaces_the_batch_of_one_step():
+    seen = []
+    def bad(step, b):
+        seen.append(step)
+        return torch.zeros_like(b) if step == 3 else b
+    h = train("tiny", steps=5, batch_size=2, seq_len=16, peak_lr=3e-3, batch_transform=bad)
+    ref = train("tiny", steps=5, batch_size=2, seq_len=16, peak_lr=3e-3)
+    assert seen == [0, 1, 2, 3, 4]
+    assert h.loss[:3] == ref.loss[:3] and h.loss[3] != ref.loss[3]

@@ -134,7 +134,10 @@ class History:
     batch_size: list[int] = field(default_factory=list)
 
 
-OPTIMIZERS = ("adamw", "sgd")
+# adamw: decoupled weight decay (Loshchilov and Hutter); adam_l2: Adam with the decay added to the
+# gradient (torch.optim.Adam's weight_decay); adafactor: torch.optim.Adafactor (no first moment,
+# factored second moment, decoupled decay); sgd: momentum 0.9.
+OPTIMIZERS = ("adamw", "adam_l2", "adafactor", "sgd")
 CORPUS_TOKENS = 2**18  # the default corpus: 262,144 tokens, generated in ~0.05 s
 
 
@@ -143,7 +146,10 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
           peak_lr: float | None = None, optimizer: str = "adamw", weight_decay: float = 0.1,
           grad_clip: float | None = 1.0, batch_schedule: Callable[[int], int] | None = None,
           micro_batch_size: int | None = None, seed: int = 0, progress: bool = False,
-          device: str | torch.device = "cpu", tokens: torch.Tensor | None = None) -> History:
+          device: str | torch.device = "cpu", tokens: torch.Tensor | None = None,
+          betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+          param_groups: Callable[[nn.Module], list[dict]] | None = None,
+          batch_transform: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> History:
     """Train a Llama on ``corpus`` (or on ``tokens``) for ``steps`` optimizer steps.
 
     - model: a ``ModelShape`` or preset name builds ``Llama(shape)`` with weights seeded by
@@ -152,9 +158,17 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
       ``batches(tokens, ·, seq_len, seed)``.
     - learning rate of step s (from 0): ``lr_schedule(s)`` if given, else the constant
       ``peak_lr`` (one of them is required; with a schedule, peak_lr is not used).
-    - optimizer: ``"adamw"`` (β = (0.9, 0.95), ε = 1e-8, as GPT-3 and LLaMA) or ``"sgd"``
-      (momentum 0.9); weight decay on matrices and embeddings only (nanoGPT's rule; norms'
-      gains are not decayed).
+    - optimizer: one of ``OPTIMIZERS``: ``"adamw"`` (``betas`` (0.9, 0.95) and ``eps`` 1e-8 by
+      default, as GPT-3 and LLaMA), ``"adam_l2"`` (the same Adam, the decay added to the
+      gradient), ``"adafactor"`` (``torch.optim.Adafactor``: no first moment, its own ε;
+      betas and eps are not used) or ``"sgd"`` (momentum 0.9); weight decay on matrices and
+      embeddings only (nanoGPT's rule; norms' gains are not decayed).
+    - ``param_groups(model)``: the parameter groups instead of that rule, a list of dicts
+      with ``"params"`` and optionally ``"weight_decay"`` (default ``weight_decay``) and
+      ``"lr_scale"`` (default 1): a group's learning rate is lr_scale × the step's lr
+      (per-layer rates, as μP's).
+    - ``batch_transform(step, micro_batch)``: returns the micro-batch to use instead (a rare
+      bad batch, say); it must keep the shape.
     - clipping: the global gradient norm is clipped to ``grad_clip`` (None: no clipping; the
       norm is recorded either way, before clipping).
     - batch: ``batch_size`` sequences per step, or ``batch_schedule(tokens_seen)`` tokens;
@@ -177,6 +191,12 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
     check.optional(check.function, "batch_schedule", batch_schedule)
     check.integer("seed", seed, 0)
     check.boolean("progress", progress)
+    check.sequence("betas", betas, item=check.number)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    check.positive_number("eps", eps)
+    check.optional(check.function, "param_groups", param_groups)
+    check.optional(check.function, "batch_transform", batch_transform)
     if tokens is not None:
         check.tensor("tokens", tokens, dim=1, floating=False)
     micro = batch_size if micro_batch_size is None else micro_batch_size
@@ -190,13 +210,15 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
         tokens = corpus(CORPUS_TOKENS, V or 256, seed)
     data = batches(tokens, micro, seq_len, seed)
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = _groups(model, weight_decay, param_groups)
+    scales = [g.pop("lr_scale", 1.0) for g in groups]
     lr0 = peak_lr if peak_lr is not None else 1.0  # replaced at every step below
     if optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr0, betas=(0.9, 0.95), eps=1e-8)
+        opt = torch.optim.AdamW(groups, lr=lr0, betas=tuple(betas), eps=eps)
+    elif optimizer == "adam_l2":
+        opt = torch.optim.Adam(groups, lr=lr0, betas=tuple(betas), eps=eps)
+    elif optimizer == "adafactor":
+        opt = torch.optim.Adafactor(groups, lr=lr0)
     else:
         opt = torch.optim.SGD(groups, lr=lr0, momentum=0.9)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -209,10 +231,12 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
         else:
             k = accumulation_steps(int(batch_schedule(seen)), micro * seq_len)
         lr = float(lr_schedule(step)) if lr_schedule is not None else float(peak_lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(opt.param_groups, scales):
+            group["lr"] = lr * scale
         opt.zero_grad(set_to_none=True)
         micro_batches = [next(data).to(device) for _ in range(k)]
+        if batch_transform is not None:
+            micro_batches = [_transformed(batch_transform, step, b) for b in micro_batches]
         loss = accumulate_gradients(model, micro_batches, reduction="micro_batches")
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
         opt.step()
@@ -227,6 +251,32 @@ def train(shape_or_model: ModelShape | str | nn.Module, *, steps: int, batch_siz
             print(f"step {step + 1:>5}/{steps}  loss {loss:.4f}  lr {lr:.2e}  "
                   f"|g| {float(norm):.3f}  batch {k * micro:>4} seq  tokens {seen:,}")
     return hist
+
+
+def _groups(model: nn.Module, weight_decay: float, param_groups) -> list[dict]:
+    if param_groups is None:
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(model)
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) and "params" in g
+                                                        for g in groups):
+        raise ValueError("param_groups(model) must return a list of dicts, each with 'params'")
+    out = []
+    for g in groups:
+        g = {"weight_decay": weight_decay, **g, "params": list(g["params"])}
+        check.positive_number("lr_scale", g.get("lr_scale", 1.0))
+        out.append(g)
+    return out
+
+
+def _transformed(fn, step: int, batch: torch.Tensor) -> torch.Tensor:
+    out = fn(step, batch)
+    if not isinstance(out, torch.Tensor) or out.shape != batch.shape or out.dtype != batch.dtype:
+        raise ValueError(f"batch_transform(step, batch) must return a tensor of the batch's shape "
+                         f"{tuple(batch.shape)} and dtype {batch.dtype}, got {out!r:.80}")
+    return out
 
 
 def _model(shape_or_model, seed: int) -> nn.Module:
