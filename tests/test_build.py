@@ -346,6 +346,17 @@ def test_make_test_portable_runs_nbval_under_two_other_cpus():
     assert "pytest notebooks --nbval" in text
     ci = (nbtool.ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test\n" in ci and "make test-portable" in ci
+    # CI drops only the pass whose kernels make test just ran (AVX2 on an AVX2 CPU)
+    assert 'if [ "$native" = AVX2 ]; then portable=base; else portable="avx2 base"; fi' in ci
+    one = subprocess.run(["make", "-n", "test-portable", "PORTABLE=base"], cwd=nbtool.ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "for isa in base;" in one and "for isa in avx2 base;" in text
+
+
+def test_make_test_portable_refuses_an_unknown_pass():
+    r = subprocess.run(["make", "test-portable", "PORTABLE=avx9", "STAMP=Makefile"], cwd=nbtool.ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "PORTABLE: 'avx9' is not one of: avx2 base" in r.stdout
 
 
 # ---------------------------------------------------------------------------------------------
