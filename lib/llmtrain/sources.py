@@ -65,8 +65,19 @@ SOURCES: tuple[Source, ...] = (
            "two transcriptions (§2.3 Hyperparameters)", ("§2.3",), ("arXiv 2401.02954", "DeepSeek LLM's paper")),
     Source("Chowdhery et al. 2022",
            "PaLM: Scaling Language Modeling with Pathways", "JMLR 2023, arXiv 2204.02311",
-           "an arXiv-HTML transcription (§5 Training Setup)",
-           ("§5",), ("arXiv 2204.02311",)),
+           "an arXiv-HTML transcription (§5 Training Setup); §5.1 Training Instability in two "
+           "transcriptions found by code search (one of arXiv v5)",
+           ("§5", "§5.1"), ("arXiv 2204.02311",)),
+    Source("Zhang et al. 2022", "OPT: Open Pre-trained Transformer Language Models",
+           "arXiv 2205.01068",
+           "a full-text transcription found by code search (§2.5 Training Processes: loss "
+           "divergences, Fig. 1's empirical learning-rate schedule, clipping lowered 1.0 -> 0.3)",
+           ("§2.5", "Fig. 1"), ("arXiv 2205.01068", "OPT's paper")),
+    Source("Zeng et al. 2022", "GLM-130B: An Open Bilingual Pre-trained Model",
+           "ICLR 2023, arXiv 2210.02414",
+           "a full-text transcription found by code search (§3 The Training Stability of "
+           "GLM-130B: embedding layer gradient shrink, α = 0.1, Fig. 4)",
+           ("§3", "Fig. 4"), ("arXiv 2210.02414", "GLM-130B's paper")),
     Source("Brown et al. 2020", "Language Models are Few-Shot Learners", "NeurIPS 2020, arXiv 2005.14165",
            "v4, Appendix B 'Details of Model Training' (p. 43; public transcriptions)", ("Appendix B",),
            ("arXiv 2005.14165",)),
