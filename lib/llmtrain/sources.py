@@ -130,6 +130,23 @@ SOURCES: tuple[Source, ...] = (
            "its H100 and A100 BF16 tables and the MPT yaml files", (), ("llm-foundry",)),
     Source("Qi et al. 2024", "Zero Bubble Pipeline Parallelism", "ICLR 2024, arXiv 2401.10241", "cited without a place", (),
            ("arXiv 2401.10241",)),
+    Source("Yang et al. 2022",
+           "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer",
+           "NeurIPS 2021 (2022), arXiv 2203.03466",
+           "cited without a place; the rules taken from its package, github.com/microsoft/mup "
+           "(README 'Basic Usage' and 'The Basic Math', mup/layer.py MuReadout, mup/optim.py "
+           "MuAdam, mup/init.py constant_std_init_)",
+           (), ("arXiv 2203.03466", "Tensor Programs V", "the mup package")),
+    Source("Hu et al. 2024",
+           "MiniCPM: Unveiling the Potential of Small Language Models with Scalable Training "
+           "Strategies", "arXiv 2404.06395",
+           "cited without a place: its abstract, and the released model code (the readout's input "
+           "divided by hidden_size / dim_model_base, as in vLLM's models/minicpm.py)",
+           (), ("arXiv 2404.06395", "MiniCPM")),
+    Source("Cerebras μP guide", "Train an LLM using Maximal Update Parameterization",
+           "Cerebras documentation, docs.cerebras.net, how_to_guides/mup_docs",
+           "the page's introduction: Cerebras-GPT trained in SP and μP, μTransfer from a 40M "
+           "model to models up to 2.7B parameters", (), ("Cerebras-GPT",)),
 )
 
 
