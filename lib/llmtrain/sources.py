@@ -132,7 +132,7 @@ SOURCES: tuple[Source, ...] = (
            ("arXiv 2401.10241",)),
     Source("Yang et al. 2022",
            "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer",
-           "NeurIPS 2021 (2022), arXiv 2203.03466",
+           "arXiv 2203.03466",
            "cited without a place; the rules taken from its package, github.com/microsoft/mup "
            "(README 'Basic Usage' and 'The Basic Math', mup/layer.py MuReadout, mup/optim.py "
            "MuAdam, mup/init.py constant_std_init_)",
