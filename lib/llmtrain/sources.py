@@ -62,7 +62,11 @@ SOURCES: tuple[Source, ...] = (
            ("arXiv 2412.19437", "DeepSeek-V3 technical report")),
     Source("DeepSeek-AI 2024",
            "DeepSeek LLM: Scaling Open-Source Language Models with Longtermism", "arXiv 2401.02954",
-           "two transcriptions (§2.3 Hyperparameters)", ("§2.3",), ("arXiv 2401.02954", "DeepSeek LLM's paper")),
+           "two transcriptions (§2.3 Hyperparameters); two full-text transcriptions of v1 found by "
+           "code search (§2.2 Table 2; §3.1 with Eq. 1 and Fig. 3's caption: near-optimal = "
+           "error within 0.25 % of the minimum; §3.2 with Eq. 2 and Table 3)",
+           ("§2.3", "§2.2", "§3.1", "§3.2", "Table 2", "Table 3", "Eq. 1", "Eq. 2", "Fig. 3"),
+           ("arXiv 2401.02954", "DeepSeek LLM's paper")),
     Source("Chowdhery et al. 2022",
            "PaLM: Scaling Language Modeling with Pathways", "JMLR 2023, arXiv 2204.02311",
            "an arXiv-HTML transcription (§5 Training Setup); §5.1 Training Instability in two "
@@ -79,7 +83,9 @@ SOURCES: tuple[Source, ...] = (
            "GLM-130B: embedding layer gradient shrink, α = 0.1, Fig. 4)",
            ("§3", "Fig. 4"), ("arXiv 2210.02414", "GLM-130B's paper")),
     Source("Brown et al. 2020", "Language Models are Few-Shot Learners", "NeurIPS 2020, arXiv 2005.14165",
-           "v4, Appendix B 'Details of Model Training' (p. 43; public transcriptions)", ("Appendix B",),
+           "v4, Appendix B 'Details of Model Training' (p. 43; public transcriptions); Table 2.1 "
+           "and its caption ('All models were trained for a total of 300 billion tokens'; "
+           "several transcriptions found by code search)", ("Appendix B", "Table 2.1"),
            ("arXiv 2005.14165",)),
     Source("Rajbhandari et al. 2020",
            "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models",
