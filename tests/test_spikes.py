@@ -63,18 +63,26 @@ def test_recovery_steps_is_the_first_step_from_which_the_excess_stays_within_tol
     assert spikes.recovery_steps([0.0, 0.0, -0.3, 0.0], 0, 0.05) == 3
 
 
+def test_moving_mean_is_a_trailing_mean_shorter_at_the_start():
+    assert spikes.moving_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert spikes.moving_mean([1.0, 3.0, 5.0, 7.0], 3) == [1.0, 2.0, 3.0, 5.0]
+    assert spikes.moving_mean([2.0, 4.0], 1) == [2.0, 4.0]
+
+
 def test_spike_stats_on_a_hand_made_pair_of_histories():
-    ref = history([5.0, 4.0, 3.0, 2.5, 2.0, 1.8], [2.0, 1.0, 3.0, 1.5, 1.0, 1.0])
-    run = history([5.0, 4.0, 9.0, 3.5, 2.25, 1.8], [2.0, 1.0, 30.0, 4.0, 1.0, 1.0])
-    s = spikes.spike_stats(run, ref, after=2, clip=1.0, tolerance=0.5)
-    assert s.typical_norm == 1.25                 # median of the reference's six norms
+    ref = history([5.0, 4.0, 3.0, 2.5, 2.0, 1.75, 1.5], [2.0, 1.0, 3.0, 1.5, 1.0, 1.0, 1.0])
+    run = history([5.0, 4.0, 9.0, 3.5, 2.5, 1.75, 1.5], [2.0, 1.0, 30.0, 4.0, 1.0, 1.0, 1.0])
+    s = spikes.spike_stats(run, ref, after=2, clip=1.0, tolerance=0.5, window=2)
+    assert s.typical_norm == 1.0                  # median of the reference's seven norms
     assert s.peak_norm == 30.0
-    assert (s.clipped, s.steps) == (3, 6)          # 2.0, 30.0, 4.0 are above 1.0
-    assert s.clipped_fraction == 0.5
+    assert (s.clipped, s.steps) == (3, 7)          # 2.0, 30.0, 4.0 are above 1.0
+    assert s.clipped_fraction == 3 / 7
     assert s.loss_peak == 1.0                     # step 3: 3.5 - 2.5; step 2 (the bad batch) excluded
-    assert s.recovery == 2                        # within 0.5 from step 4 on
-
-
+    assert s.mean_excess == 0.75                  # steps 3 and 4: (1.0 + 0.5) / 2
+    # 2-step means of [0, 0, 0, 1, .5, 0, 0] from step 3: .5, .75, .25, 0: within .5 from step 5
+    assert s.recovery == 3
+    raw = spikes.spike_stats(run, ref, after=2, clip=None, tolerance=0.5, window=1)
+    assert raw.recovery == 2 and raw.clipped == 0  # raw excess 1.0, .5, 0, 0: within .5 from step 4
 # --- Adam under a huge gradient (oracle: torch.optim.Adam) ---------------------------------
 
 @pytest.mark.parametrize("beta2", [0.95, 0.999])
@@ -100,6 +108,27 @@ def test_adam_spike_update_limit_is_one_minus_beta1_over_root_one_minus_beta2():
         spikes.adam_spike_update(0.9, 0.95), rel=1e-12)
 
 
+@pytest.mark.parametrize("beta2", [0.95, 0.99])
+def test_adam_spike_displacement_is_the_sum_of_torch_adams_updates_after_one_huge_gradient(beta2):
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.Adam([p], lr=1.0, betas=(0.9, beta2), eps=1e-300)
+    for _ in range(4000):                          # bias corrections ~1 by the spike
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    p.grad = torch.tensor([1e6], dtype=torch.float64)
+    opt.step()
+    for _ in range(2000):                          # then nothing but zero gradients
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    assert -float(p.detach()) == pytest.approx(spikes.adam_spike_displacement(0.9, beta2), rel=1e-9)
+
+
+def test_adam_spike_displacement_closed_form_values():
+    assert spikes.adam_spike_displacement(0.9, 0.95) == pytest.approx(
+        0.1 / math.sqrt(0.05) / (1 - 0.9 / math.sqrt(0.95)), rel=1e-15)
+    assert spikes.adam_spike_displacement(0.9, 0.999) > 5 * spikes.adam_spike_displacement(0.9, 0.95)
+
+
 # --- one small real run ---------------------------------------------------------------------
 
 def test_a_bad_batch_of_zeros_makes_a_gradient_norm_spike_and_changes_nothing_before_it():
@@ -108,7 +137,7 @@ def test_a_bad_batch_of_zeros_makes_a_gradient_norm_spike_and_changes_nothing_be
     assert run.loss[:5] == ref.loss[:5] and run.grad_norm[:5] == ref.grad_norm[:5]
     others = [n for i, n in enumerate(run.grad_norm) if i != 5]
     assert run.grad_norm[5] > 5 * max(others)      # measured ~15x at step 5
-    s = spikes.spike_stats(run, ref, after=5, clip=None)
+    s = spikes.spike_stats(run, ref, after=5, clip=None, window=2)
     assert s.clipped == 0 and s.peak_norm == run.grad_norm[5]
 
 
@@ -150,8 +179,12 @@ def test_every_reported_spike_names_a_registered_source_and_a_checked_place():
     (lambda: spikes.recovery_steps([0.0, 1.0], 1, 0.1), "after"),
     (lambda: spikes.recovery_steps([0.0, 1.0], 0, 0.0), "tolerance"),
     (lambda: spikes.spike_stats([1.0], [1.0], after=0, clip=None), "History"),
+    (lambda: spikes.spike_stats(history([1.0] * 5, [1.0] * 5), history([1.0] * 5, [1.0] * 5),
+                                after=1, clip=None, window=4), "window"),
+    (lambda: spikes.moving_mean([1.0], 0), "window"),
     (lambda: spikes.adam_spike_update(0.9, 1.0), "beta2"),
     (lambda: spikes.adam_spike_update(0.9, 0.95, 0), "step"),
+    (lambda: spikes.adam_spike_displacement(0.9, 0.8), "sqrt"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
