@@ -48,8 +48,8 @@ def adam_update(decoupled: bool) -> dict:
         Δw = −η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)   [− ηλw for AdamW]
 
     Returns {"m", "v", "update"} (SymPy expressions) and "symbols" (name -> Symbol: w, g,
-    m_prev, v_prev, t, eta, lam, beta1, beta2, eps). Kingma & Ba 2015 (Algorithm 1) with the
-    decay as torch applies it; checked step by step against torch.optim.Adam(weight_decay=λ)
+    m_prev, v_prev, t, eta, lam, beta1, beta2, eps). Kingma & Ba 2015 with the
+    decay as torch applies it (arXiv 1412.6980); checked step by step against torch.optim.Adam(weight_decay=λ)
     and torch.optim.AdamW: tests/test_optimizers.py::test_symbolic_update_is_torchs."""
     check.boolean("decoupled", decoupled)
     w, g = sp.symbols("w g", real=True)
@@ -172,7 +172,7 @@ def adam_updates(pieces: Sequence[tuple[float, int]], beta1: float = 0.9, beta2:
     stream of constant pieces [(c₁, n₁), (c₂, n₂), ...], in closed form: a piece c over steps
     a..b contributes c·(β₁^(t−min(t,b)) − β₁^(t−a+1)) to m_t (t ≥ a; the geometric sum of
     (1−β₁)β₁^(t−i)c), and c² with β₂ to v_t; m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ) (Kingma & Ba 2015,
-    Algorithm 1). Equal to torch.optim.Adam to rounding:
+    arXiv 1412.6980). Equal to torch.optim.Adam to rounding:
     tests/test_optimizers.py::test_closed_form_updates_equal_torch_adam."""
     ps = _pieces(pieces)
     b1, b2 = _beta("beta1", beta1), _beta("beta2", beta2)
