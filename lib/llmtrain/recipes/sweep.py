@@ -41,7 +41,7 @@ EVAL_TOKENS = 2**14  # held-out tokens: 256 windows of 64
 
 # The grids. Budgets are training tokens D (C = M·D); batches in sequences of seq_len tokens.
 FULL = {"shape": "tiny", "seq_len": 64, "budgets_tokens": (2**14, 2**15, 2**16, 2**17),
-        "batch_sizes": (4, 8, 16, 32, 64), "peak_lrs": (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2),
+        "batch_sizes": (2, 4, 8, 16, 32), "peak_lrs": (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2),
         "seed": 0}
 SMALL = {"shape": "tiny", "seq_len": 32, "budgets_tokens": (2**11, 2**12),
          "batch_sizes": (4, 8), "peak_lrs": (4e-3, 1.6e-2), "seed": 0}
