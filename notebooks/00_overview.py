@@ -31,7 +31,7 @@
 # %% [markdown]
 # > **导读**
 # > 这是《大语言模型》教材“预训练之训练技术”一章的配套笔记本的总览。
-# > 本笔记本先给出章节地图：课件的每一节由哪个笔记本讲解，下面的表格显示 12 个笔记本全部已完成。
+# > 本笔记本先给出章节地图：课件的每一节由哪个笔记本讲解，下面的表格显示 13 个笔记本全部已完成，其中 13 号笔记本是表格之外的延伸。
 # > 术语表把课件中的中文术语对应到笔记本使用的英文术语，并注明出现在哪个笔记本；记号对照表把课件的 B、T、H、N、P 对应到论文中的 b、s、h、a、Ψ。
 # > 另一张表列出正文常用、课件里没有的英文术语及其中文译法；代码打印的文字和图中的标签一律用英文。
 # > 最后说明如何在笔记本电脑、GPU 服务器或 Colab 上运行全部笔记本，以及本机将使用的设备。
@@ -84,10 +84,10 @@ print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their noteboo
 # | 余弦 (衰减) | cosine (decay) | 03 |
 # | 平方根倒数 | inverse square root (decay) | 03 |
 # | 手动 (调整) | manual (schedule adjusted by hand) | 01, 03 |
-# | 优化器 | optimizer (Adam, AdamW, Adafactor) | 01 |
+# | 优化器 | optimizer (Adam, AdamW, Adafactor) | 01, 13 |
 # | 精度类型 | numeric precision (FP16, BF16, FP8) | 04 |
-# | 权重衰减 | weight decay | 01 |
-# | 梯度裁剪 | gradient clipping (max global norm) | 01 |
+# | 权重衰减 | weight decay | 01, 13 |
+# | 梯度裁剪 | gradient clipping (max global norm) | 01, 13 |
 # | 混合精度训练 | mixed-precision training | 04 |
 # | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08 |
 # | 数据并行 | data parallelism (DP) | 05 |
@@ -251,7 +251,7 @@ else:
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 课件 11 节共对应 12 个笔记本（“训练显存估计”一节对应 11、12 两个），全部已完成；章节地图随 `llmtrain` 软件包安装，在 Colab 上同样正确。
+# - 课件 11 节共对应 12 个笔记本（“训练显存估计”一节对应 11、12 两个），另有 13 号笔记本解释表格中设置的来由，全部已完成；章节地图随 `llmtrain` 软件包安装，在 Colab 上同样正确。
 # - 术语表给出课件术语的英文和正文术语的中文；记号对照表说明课件的 B、T、H、N、P 就是论文中的 b、s、h、a、Ψ。单位一律区分 GB（10⁹ 字节）和 GiB（2³⁰ 字节）。
 # - 笔记本运行的代码都在 `llmtrain` 软件包中并有测试，笔记本用 `llmtrain.show` 展示源码：例如 `params.count` 算出 LLaMA-7B 的参数量为 6,738,415,616。
 # - `make run` 执行全部笔记本，`make test` 运行全部测试；`make test-portable` 再在 AVX2、SSE4 两种指令集的计算内核下各跑一遍 nbval，检验存储的输出在不同 CPU 上是否一致。

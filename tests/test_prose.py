@@ -128,7 +128,7 @@ def test_every_number_in_the_prose_comes_from_an_output(stem):
 # ---------------------------------------------------------------------------------------------
 # 2. Citations
 
-PLACE = re.compile(r"(?:§\s?(\d+(?:\.\d+)*)|\bSection\s(\d+(?:\.\d+)*)|\bTable\s(\d+)|\bEq(?:uation|\.)\s?\(?(\d+)"
+PLACE = re.compile(r"(?:§\s?(\d+(?:\.\d+)*)|\bSection\s(\d+(?:\.\d+)*)|\bTable\s(\d+(?:\.\d+)*)|\bEq(?:uation|\.)\s?\(?(\d+)"
                    r"|\bFig(?:ure|\.)\s?(\d+)|\bAlgorithm\s(\d+)|\bAppendix\s([A-Z](?:\.\d+)*))")
 KINDS = ("§", "§", "Table ", "Eq. ", "Fig. ", "Algorithm ", "Appendix ")
 AUTHOR_YEAR = re.compile(r"[A-Z][\w'-]+(?: et al\.?| and [A-Z][\w'-]+|, [A-Z][\w'-]+, [A-Z][\w'-]+),? (?:\w+ )?(19|20)\d\d")
@@ -196,6 +196,8 @@ def test_citation_check_finds_an_unchecked_place_and_an_unknown_source():
     assert bad_citations("as Smith et al. 2020 show in Table 3") == [
         "Table 3 of 'Smith et al. 2020': source not in llmtrain.sources"]
     assert bad_citations("see §3 above, and notebook 05 §2") == []
+    assert bad_citations("as Smith et al. 2020 show in Table 2.1") == [
+        "Table 2.1 of 'Smith et al. 2020': source not in llmtrain.sources"]
 
 
 def test_every_registered_source_is_complete():
@@ -204,7 +206,7 @@ def test_every_registered_source_is_complete():
     for s in sources.SOURCES:
         assert s.title and s.where and s.read, s.key
         for place in s.checked:
-            assert re.fullmatch(r"(§\d+(\.\d+)*|(Table|Eq\.|Fig\.|Algorithm) \d+|Appendix [A-Z](\.\d+)*)",
+            assert re.fullmatch(r"(§\d+(\.\d+)*|Table \d+(\.\d+)*|(Eq\.|Fig\.|Algorithm) \d+|Appendix [A-Z](\.\d+)*)",
                                 place), f"{s.key}: place {place!r} not in the canonical form"
 
 

@@ -17,4 +17,5 @@ NOTEBOOKS: tuple[str, ...] = (
     "10_parameter_count",
     "11_memory_estimation",
     "12_memory_saving",
+    "13_why_these_settings",
 )

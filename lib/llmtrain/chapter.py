@@ -25,6 +25,8 @@ CHAPTER_MAP: tuple[tuple[str, str, str], ...] = (
     ("10_parameter_count", "模型参数量估计", "parameter count"),
     ("11_memory_estimation", "训练显存估计", "training memory"),
     ("12_memory_saving", "训练显存估计 · 显存优化方法", "memory-saving methods: the six headlines checked"),
+    ("13_why_these_settings", "现有大语言模型的预训练优化设置（延伸）",
+     "why those settings: optimizer, weight decay, clipping, batch and lr at scale, μP"),
 )
 
 
