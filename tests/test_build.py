@@ -345,7 +345,7 @@ def test_make_test_portable_runs_nbval_under_two_other_cpus():
     assert "ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41" in text
     assert "pytest notebooks --nbval" in text
     ci = (nbtool.ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "make test\n" in ci and "make test-portable" in ci
+    assert "time make test " in ci and "make test-portable" in ci and "make venv\n" in ci
     # CI drops only the pass whose kernels make test just ran (AVX2 on an AVX2 CPU)
     assert 'if [ "$native" = AVX2 ]; then portable=base; else portable="avx2 base"; fi' in ci
     one = subprocess.run(["make", "-n", "test-portable", "PORTABLE=base"], cwd=nbtool.ROOT,
