@@ -23,17 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "results" / "batch_lr_sweep.json"
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     import torch
 
+    from llmtrain.device import cpu_name
     from llmtrain.recipes import sweep
 
     torch.set_num_threads(1)
@@ -87,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": grid["seed"],
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 1),  # wall clock (the machine may be shared)

@@ -36,19 +36,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(grid: dict, command: str, progress: bool = False) -> dict:
     import torch
 
+    from llmtrain.device import cpu_name
     from llmtrain.recipes import mup
 
     torch.set_num_threads(1)

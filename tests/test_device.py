@@ -64,3 +64,17 @@ def test_importing_the_device_module_makes_openmp_wait_passively_unless_set(pres
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+def test_cpu_name_reads_the_model_name_or_says_what_machine_it_is():
+    from llmtrain.device import cpu_name
+
+    name = cpu_name()
+    assert isinstance(name, str) and name and "\n" not in name
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return
+    models = [l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")]
+    if models:
+        assert name == models[0]

@@ -27,7 +27,7 @@ import torch  # noqa: E402  (after the line above, on purpose)
 
 from . import check
 
-__all__ = ["Choice", "choose", "report"]
+__all__ = ["Choice", "choose", "report", "cpu_name"]
 
 ENV_VAR = "LLMTRAIN_DEVICE"
 
@@ -107,3 +107,16 @@ def report(choice: Choice | None = None) -> str:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the record of a measurement: /proc/cpuinfo's "model name" on
+    Linux, else ``platform.processor()``, else the machine type (e.g. "x86_64")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
