@@ -697,12 +697,14 @@ assert 2.1 < per_10x["batch"] < 2.2 and 0.74 < per_10x["lr"] < 0.76
 
 # %%
 ds = next(r for r in hl.TRAINING_RUNS if r.model == "DeepSeek")
-p = hl.place(ds, 4608 * 4096, 3.2e-4)
+row = settings.get("DeepSeek")  # the table's row: 67B, its paper's batch in sequences × length
+(n_seq, _), chosen_lr = row.paper_batch, row.peak_lr
+p = hl.place(ds, row.paper_batch_tokens, chosen_lr)
 print(f"DeepSeek 67B: {ds.n_layer} layers, d_model {ds.d_model}, l_seq {ds.seq_len}, "
-      f"{ds.tokens / 1e12:.1f}T tokens, batch 4608 x {ds.seq_len}")
+      f"{ds.tokens / 1e12:.1f}T tokens, batch {n_seq} x {ds.seq_len}")
 print(f"M = {p['flops_per_token']:.3e} FLOPs/token, C = M·D = {p['compute_flops']:.2e} FLOPs")
-print(f"B_opt = {p['batch_opt_tokens'] / 1e6:.1f}M tokens (chosen: {4608 * 4096 / 1e6:.1f}M, "
-      f"ratio {p['batch_ratio']:.2f});  eta_opt = {p['lr_opt']:.2e} (chosen: 3.2e-4, "
+print(f"B_opt = {p['batch_opt_tokens'] / 1e6:.1f}M tokens (chosen: {row.paper_batch_tokens / 1e6:.1f}M, "
+      f"ratio {p['batch_ratio']:.2f});  eta_opt = {p['lr_opt']:.2e} (chosen: {settings.format_lr(chosen_lr)}, "
       f"ratio {p['lr_ratio']:.2f})")
 assert 0.85 < p["batch_ratio"] < 1 and 1 < p["lr_ratio"] < 1.05
 
