@@ -136,3 +136,35 @@ def test_round_trip_through_transformers_config():
         s = shapes.get(name)
         back = ModelShape.from_hf_config(s.to_hf_config(), name=name)
         assert back == s, name
+
+
+MOE = dict(num_experts=4, experts_per_token=2, moe_intermediate_size=32)
+
+
+def test_moe_fields_default_to_a_dense_shape():
+    s = ModelShape(**BASE)
+    assert not s.is_moe and s.moe_layers == 0 and not s.is_mla
+    m = ModelShape(**BASE, **MOE, shared_expert_size=64, first_dense_layers=1)
+    assert m.is_moe and m.moe_layers == 1
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(num_experts=-1), "num_experts must be an integer >= 0"),
+    (dict(MOE, experts_per_token=0), r"experts_per_token must be an integer in \[1, 4\]"),
+    (dict(MOE, experts_per_token=5), r"experts_per_token must be an integer in \[1, 4\]"),
+    (dict(MOE, moe_intermediate_size=None), "moe_intermediate_size must be given"),
+    (dict(MOE, moe_intermediate_size=0), "moe_intermediate_size must be a positive integer"),
+    (dict(MOE, first_dense_layers=3), r"first_dense_layers must be an integer in \[0, 2\]"),
+    (dict(MOE, shared_expert_gate=True), "shared_expert_gate=True needs shared_expert_size"),
+    (dict(MOE, mlp_bias=True), "mlp_bias=True is not supported with num_experts"),
+    (dict(experts_per_token=2), "experts_per_token=2 needs num_experts > 0"),
+    (dict(shared_expert_size=8), "shared_expert_size=8 needs num_experts > 0"),
+    (dict(kv_lora_rank=8), "v_head_dim must be given with kv_lora_rank"),
+    (dict(q_lora_rank=8), "q_lora_rank=8 needs kv_lora_rank"),
+    (dict(kv_lora_rank=8, v_head_dim=16, qk_rope_head_dim=16),
+     r"qk_rope_head_dim=16 must be even and in \(0, head_dim=16\)"),
+    (dict(kv_lora_rank=8, v_head_dim=16, qk_rope_head_dim=8), "num_kv_heads=2 must equal"),
+])
+def test_moe_and_mla_validation_names_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelShape(**{**BASE, **changes})

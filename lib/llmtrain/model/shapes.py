@@ -45,6 +45,18 @@ class ModelShape:
     mlp_bias: bool = False  # biases on gate, up, down (Llama mlp_bias=True)
     norm_eps: float = 1e-6  # RMSNorm epsilon (does not change any count)
     rope_theta: float = 10000.0  # RoPE base (does not change any count)
+    # --- mixture of experts (num_experts = 0: a dense model, every other MoE field unset) ---
+    num_experts: int = 0  # E, routed experts per MoE layer
+    experts_per_token: int = 0  # k, the router's top-k
+    moe_intermediate_size: int | None = None  # one routed expert's SwiGLU width
+    shared_expert_size: int = 0  # SwiGLU width of the always-on shared expert(s), 0 = none
+    shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid(Linear(H, 1)) scales the shared expert
+    first_dense_layers: int = 0  # DeepSeek-V3's first_k_dense_replace: dense FFN (H') below
+    # --- multi-head latent attention (DeepSeek-V2/V3); kv_lora_rank None = MHA/GQA ----------
+    q_lora_rank: int | None = None  # query compressed to this rank first (None: full W^Q)
+    kv_lora_rank: int | None = None  # width of the compressed K/V latent
+    qk_rope_head_dim: int = 0  # the part of head_dim that carries RoPE (the rest does not)
+    v_head_dim: int | None = None  # value head width (head_dim is the query/key width)
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -68,6 +80,55 @@ class ModelShape:
         check.positive_number("rope_theta", self.rope_theta)
         if not isinstance(self.name, str):
             check.fail("name", "a string", self.name)
+        self._check_moe()
+        self._check_mla()
+
+    def _check_moe(self) -> None:
+        check.integer("num_experts", self.num_experts, 0)
+        check.integer("shared_expert_size", self.shared_expert_size, 0)
+        check.boolean("shared_expert_gate", self.shared_expert_gate)
+        check.integer("first_dense_layers", self.first_dense_layers, 0, self.num_layers)
+        if self.num_experts == 0:
+            for f, dense in (("experts_per_token", 0), ("moe_intermediate_size", None),
+                             ("shared_expert_size", 0), ("shared_expert_gate", False),
+                             ("first_dense_layers", 0)):
+                if getattr(self, f) != dense:
+                    raise ValueError(f"{f}={getattr(self, f)!r} needs num_experts > 0 (a MoE "
+                                     f"shape); a dense shape has {f}={dense!r}")
+            return
+        check.integer("experts_per_token", self.experts_per_token, 1, self.num_experts)
+        if self.moe_intermediate_size is None:
+            raise ValueError("moe_intermediate_size must be given when num_experts > 0 "
+                             "(one routed expert's SwiGLU width)")
+        check.positive_int("moe_intermediate_size", self.moe_intermediate_size)
+        if self.shared_expert_gate and not self.shared_expert_size:
+            raise ValueError("shared_expert_gate=True needs shared_expert_size > 0")
+        if self.mlp_bias:
+            raise ValueError("mlp_bias=True is not supported with num_experts > 0 (no MoE "
+                             "model here has biases on its experts)")
+
+    def _check_mla(self) -> None:
+        check.optional(check.positive_int, "q_lora_rank", self.q_lora_rank)
+        check.optional(check.positive_int, "kv_lora_rank", self.kv_lora_rank)
+        check.integer("qk_rope_head_dim", self.qk_rope_head_dim, 0)
+        check.optional(check.positive_int, "v_head_dim", self.v_head_dim)
+        if self.kv_lora_rank is None:
+            for f, unset in (("q_lora_rank", None), ("qk_rope_head_dim", 0),
+                             ("v_head_dim", None)):
+                if getattr(self, f) != unset:
+                    raise ValueError(f"{f}={getattr(self, f)!r} needs kv_lora_rank (multi-head "
+                                     f"latent attention); without it {f}={unset!r}")
+            return
+        if self.v_head_dim is None:
+            raise ValueError("v_head_dim must be given with kv_lora_rank (MLA)")
+        if not 0 < self.qk_rope_head_dim < self.d_head or self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even and in "
+                             f"(0, head_dim={self.d_head}) with kv_lora_rank (MLA)")
+        if self.num_kv_heads != self.num_heads:
+            raise ValueError(f"num_kv_heads={self.num_kv_heads} must equal num_heads="
+                             f"{self.num_heads} with kv_lora_rank (MLA: every head has its K/V)")
+        if self.attention_bias or self.o_bias:
+            raise ValueError("attention_bias and o_bias must be False with kv_lora_rank (MLA)")
 
     # --- derived sizes -------------------------------------------------------------
     @property
@@ -88,6 +149,31 @@ class ModelShape:
     @property
     def is_gqa(self) -> bool:
         return self.num_kv_heads != self.num_heads
+
+    @property
+    def is_moe(self) -> bool:
+        """A mixture of experts: num_experts > 0."""
+        return self.num_experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose FFN is a MoE block: L − first_dense_layers (0 for a dense shape)."""
+        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+
+    @property
+    def is_mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3): kv_lora_rank is set."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def qk_nope_head_dim(self) -> int:
+        """MLA: the part of a query/key head without RoPE, head_dim − qk_rope_head_dim."""
+        return self.d_head - self.qk_rope_head_dim
+
+    @property
+    def v_dim(self) -> int:
+        """Width of one value head: v_head_dim under MLA, else head_dim."""
+        return self.v_head_dim if self.v_head_dim is not None else self.d_head
 
     def replace(self, **changes: Any) -> "ModelShape":
         """A copy with some fields changed (validated again)."""
