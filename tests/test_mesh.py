@@ -168,8 +168,8 @@ def test_bad_coordinates_name_the_argument():
                           (lambda: d.coords(-1), "rank must be an integer in [0, 5], got -1"),
                           (lambda: d.rank(tp=3), "tp must be an integer in [0, 2], got 3"),
                           (lambda: d.rank(dp=2), "dp must be an integer in [0, 1], got 2"),
-                          (lambda: d.group_ranks("ep"), "axis must be one of"),
-                          (lambda: d.group_of(0, "ep"), "axis must be one of")]:
+                          (lambda: d.group_ranks("sp"), "axis must be one of"),
+                          (lambda: d.group_of(0, "sp"), "axis must be one of")]:
         with pytest.raises(ValueError) as e:
             call()
         assert str(e.value).startswith(message)

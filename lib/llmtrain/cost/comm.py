@@ -11,6 +11,8 @@ the bandwidth-optimal ring algorithm (NCCL's for large buffers):
     all_gather       sends  (N−1)/N · M   (M = the whole output)
     broadcast        root sends M, every other rank receives M (a pipelined chain)
     send / recv      M to one peer / M from one peer (pipeline stages)
+    all_to_all       sends  (N−1)/N · M   (M = the whole input, split evenly: chunk j goes to
+                     rank j, the own chunk stays; DeepSpeed-Ulysses, expert parallelism)
 
 and receives as much as it sends (broadcast: the root receives 0, the last rank sends 0 —
 counted here as M received, M sent, for every non-root rank but the last).
@@ -38,7 +40,7 @@ from ..model.shapes import resolve
 __all__ = ["OPS", "ring_bytes", "Traffic", "comm_per_layer", "comm_per_model", "sent_bytes",
            "axis_bytes"]
 
-OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv")
+OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "all_to_all")
 
 
 def ring_bytes(op: str, buffer_bytes: int, world_size: int, rank: int = 0,
@@ -58,7 +60,7 @@ def ring_bytes(op: str, buffer_bytes: int, world_size: int, rank: int = 0,
         return Fraction(0), Fraction(0)
     if op == "all_reduce":
         return 2 * (n - 1) * m / n, 2 * (n - 1) * m / n
-    if op in ("reduce_scatter", "all_gather"):
+    if op in ("reduce_scatter", "all_gather", "all_to_all"):
         return (n - 1) * m / n, (n - 1) * m / n
     if op == "broadcast":  # chain src → src+1 → … ; the last one only receives
         pos = (rank - src) % n

@@ -16,6 +16,9 @@ Per rank, for a buffer of M bytes on N ranks (``cost.comm.ring_bytes``, re-expor
     broadcast        root sends M, every other rank receives M (a pipelined chain)
     send / recv      M to one peer / M from one peer (pipeline stages; also inside
                      ``batch_isend_irecv``)
+    all_to_all       sends the input rows bound for the other ranks, receives theirs: (N−1)/N · M
+                     for an even split of an M-byte input (``all_to_all(..., split sizes)``:
+                     exactly the rows of the splits, the rank's own chunk not counted)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .. import check
 from ..cost.comm import OPS, ring_bytes  # the formulas; re-exported here
 
 __all__ = ["Record", "Log", "counting", "all_reduce", "reduce_scatter", "all_gather", "broadcast",
+           "all_to_all",
            "send", "recv", "isend", "irecv", "P2P", "batch_isend_irecv", "ring_bytes",
            "name_group", "axis_of", "OPS"]
 
@@ -42,8 +46,9 @@ _OPS = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp
 class Record:
     """One collective as this rank saw it."""
 
-    op: str            # all_reduce | reduce_scatter | all_gather | broadcast | send | recv
-    buffer_bytes: int  # M: the whole buffer (reduce_scatter: input; all_gather: output)
+    op: str            # all_reduce | reduce_scatter | all_gather | broadcast | send | recv |
+                       # all_to_all
+    buffer_bytes: int  # M: the whole buffer (reduce_scatter, all_to_all: input; all_gather: output)
     world_size: int    # ranks in the group it ran on
     sent_bytes: Fraction
     received_bytes: Fraction
@@ -183,6 +188,46 @@ def broadcast(tensor: torch.Tensor, src: int = 0, *, group=None, tag: str = "",
         local = dist.get_group_rank(group, src)
     _record("broadcast", tensor, tag, group, local)
     return dist.broadcast(tensor, src=src, group=group, async_op=async_op)
+
+
+def all_to_all(output: torch.Tensor, input: torch.Tensor,
+               output_split_sizes: list[int] | None = None,
+               input_split_sizes: list[int] | None = None, *, group=None, tag: str = "",
+               async_op: bool = False):
+    """Rank r's ``output`` = chunk r of every rank's ``input``, in group-rank order (dim 0).
+
+    Even split (sizes None): chunk j of ``input`` is its j-th 1/N along dim 0. Uneven:
+    ``input_split_sizes[j]`` rows go to rank j and ``output_split_sizes[j]`` rows come from it
+    (expert parallelism's dispatch). Counted exactly: the rows sent to and received from the
+    other ranks (the own chunk stays; an even split sends (N−1)/N of the input)."""
+    n, r = _size_rank(group)
+    if input.dim() == 0 or output.dim() == 0:
+        raise ValueError("input and output must have a first dimension to split (all_to_all)")
+    row_in = input[0].numel() * input.element_size() if input.shape[0] else 0
+    row_out = output[0].numel() * output.element_size() if output.shape[0] else 0
+    for name, sizes, t in (("input_split_sizes", input_split_sizes, input),
+                           ("output_split_sizes", output_split_sizes, output)):
+        if sizes is None:
+            if t.shape[0] % n:
+                raise ValueError(f"{name} is needed: dim 0 of {name.split('_')[0]} ({t.shape[0]}) "
+                                 f"is not a multiple of the group size {n}")
+            continue
+        if len(sizes) != n or any(not isinstance(x, int) or x < 0 for x in sizes):
+            check.fail(name, f"{n} non-negative ints (one per rank of the group)", sizes)
+        if sum(sizes) != t.shape[0]:
+            raise ValueError(f"{name} must sum to dim 0 of {name.split('_')[0]} ({t.shape[0]}), "
+                             f"got {sum(sizes)}")
+    if _ACTIVE:
+        ins = input_split_sizes or [input.shape[0] // n] * n
+        outs = output_split_sizes or [output.shape[0] // n] * n
+        sent = Fraction((sum(ins) - ins[r]) * row_in)
+        received = Fraction((sum(outs) - outs[r]) * row_out)
+        rec = Record("all_to_all", input.numel() * input.element_size(), n, sent, received, tag,
+                     axis_of(group))
+        for log in _ACTIVE:
+            log.records.append(rec)
+    return dist.all_to_all_single(output, input, output_split_sizes, input_split_sizes,
+                                  group=group, async_op=async_op)
 
 
 # --- point to point (pipeline stages) -----------------------------------------------------
