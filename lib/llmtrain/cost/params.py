@@ -20,10 +20,35 @@ from .. import check
 from ..model.shapes import ModelShape
 from ..model.shapes import resolve
 
-__all__ = ["count", "breakdown", "describe", "terms", "formula", "symbols", "subs", "slides_count",
-           "COMPONENTS"]
+__all__ = ["count", "active", "breakdown", "active_breakdown", "attention_matmul_params",
+           "describe", "terms", "formula", "symbols", "subs", "slides_count", "COMPONENTS",
+           "MOE_COMPONENTS"]
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "lm_head")
+# a mixture of experts' breakdown: "mlp" is then the dense layers' FFN (first_dense_layers)
+MOE_COMPONENTS = ("embedding", "attention", "mlp", "router", "shared", "experts", "norms",
+                  "lm_head")
+
+
+def attention_matmul_params(shape: ModelShape) -> int:
+    """One layer's attention weights that take part in matmuls (no biases, no norms).
+
+    GQA: H·Nd (W^Q) + 2H·N_kv·d (W^K, W^V) + Nd·H (W^O). Multi-head latent attention
+    (DeepSeek-V2/V3; d_qk = head_dim, d_v = v_head_dim, r_q, r_kv the ranks, d_R the RoPE part):
+    H·r_q + r_q·N·d_qk (or H·N·d_qk without r_q) + H·(r_kv + d_R) + r_kv·N·(d_qk − d_R + d_v)
+    + N·d_v·H. Source: DeepSeek-V2 report §2.1 (MLA); measured equal to transformers'
+    DeepseekV3ForCausalLM: tests/test_moe_counts.py::test_deepseek_v3_full_config_equals_transformers.
+    """
+    shape = resolve(shape, "shape")
+    H, N = shape.hidden_size, shape.num_heads
+    if not shape.is_mla:
+        q, kv = shape.q_size, shape.kv_size
+        return H * q + 2 * H * kv + q * H
+    dqk, dv, rkv = shape.d_head, shape.v_dim, shape.kv_lora_rank
+    rq = shape.q_lora_rank
+    q = H * N * dqk if rq is None else H * rq + rq * N * dqk
+    kv = H * (rkv + shape.qk_rope_head_dim) + rkv * N * (shape.qk_nope_head_dim + dv)
+    return q + kv + N * dv * H
 
 
 def breakdown(shape: ModelShape) -> dict[str, int]:
@@ -32,11 +57,20 @@ def breakdown(shape: ModelShape) -> dict[str, int]:
     embedding VH · attention L(H·Nd + 2H·N_kv·d + Nd·H + biases) · mlp L·3HH' (+ biases)
     · norms (2L+1)H · lm_head VH, or 0 when tied. Source: slides; measured equal to
     transformers' LlamaForCausalLM/Qwen2ForCausalLM, see tests/test_params.py.
+
+    A mixture of experts (``shape.is_moe``; keys ``MOE_COMPONENTS``), L_moe = L − first_dense
+    layers: mlp first_dense·3HH' · router L_moe·EH · shared L_moe·(3H·H_s + H if gated) ·
+    experts L_moe·E·3H·H_e. Multi-head latent attention: ``attention_matmul_params`` plus its two
+    norms (r_q + r_kv) per layer, counted in attention. The router's bias for choosing (DeepSeek-
+    V3's e_score_correction_bias) is a buffer in transformers, not counted. Measured equal to
+    transformers' Mixtral, Qwen2-MoE and DeepSeek-V3: tests/test_moe_counts.py.
     """
     shape = resolve(shape, "shape")
     H, V, L, Hff = shape.hidden_size, shape.vocab_size, shape.num_layers, shape.intermediate_size
     q, kv = shape.q_size, shape.kv_size
-    attn = H * q + 2 * H * kv + q * H  # W^Q, W^K, W^V, W^O
+    attn = attention_matmul_params(shape)  # W^Q, W^K, W^V, W^O (MLA: its low-rank factors)
+    if shape.is_mla:
+        attn += (shape.q_lora_rank or 0) + shape.kv_lora_rank  # q_a_layernorm, kv_a_layernorm
     if shape.attention_bias:
         attn += q + 2 * kv
     if shape.o_bias:
@@ -44,20 +78,42 @@ def breakdown(shape: ModelShape) -> dict[str, int]:
     mlp = 3 * H * Hff  # W^G, W^U, W^D
     if shape.mlp_bias:
         mlp += 2 * Hff + H
-    return {
-        "embedding": V * H,
-        "attention": L * attn,
-        "mlp": L * mlp,
-        "norms": (2 * L + 1) * H,
-        "lm_head": 0 if shape.tie_embeddings else V * H,
-    }
+    parts = {"embedding": V * H, "attention": L * attn, "mlp": (L - shape.moe_layers) * mlp}
+    if shape.is_moe:
+        Lm, E = shape.moe_layers, shape.num_experts
+        shared = 3 * H * shape.shared_expert_size + (H if shape.shared_expert_gate else 0)
+        parts.update(router=Lm * E * H, shared=Lm * shared,
+                     experts=Lm * E * 3 * H * shape.moe_intermediate_size)
+    parts.update(norms=(2 * L + 1) * H, lm_head=0 if shape.tie_embeddings else V * H)
+    return parts
 
 
 def count(shape: ModelShape) -> int:
-    """Total number of parameters: sum of ``breakdown(shape)``.
+    """Total number of parameters: sum of ``breakdown(shape)`` (a MoE: every expert).
 
-    Checked against transformers' numel: tests/test_params.py::test_presets_equal_transformers."""
+    Checked against transformers' numel: tests/test_params.py::test_presets_equal_transformers,
+    tests/test_moe_counts.py (Mixtral, Qwen2-MoE, DeepSeek-V3)."""
     return sum(breakdown(shape).values())
+
+
+def active_breakdown(shape: ModelShape) -> dict[str, int]:
+    """``breakdown`` of the parameters one token uses: the same, but k of the E routed experts
+    (experts L_moe·k·3H·H_e); the router, the shared expert, attention, embedding and lm_head
+    all count, as DeepSeek-V3's 37B activated does (README_WEIGHTS.md: "including 0.9B for
+    Embedding and 0.9B for the output Head"). Equal to ``breakdown`` for a dense shape.
+    Checked: tests/test_moe_counts.py (Mixtral's 12.9B, DeepSeek-V3's 37B)."""
+    parts = breakdown(shape)
+    shape = resolve(shape, "shape")
+    if shape.is_moe:
+        parts["experts"] = (shape.moe_layers * shape.experts_per_token * 3 * shape.hidden_size
+                            * shape.moe_intermediate_size)
+    return parts
+
+
+def active(shape: ModelShape) -> int:
+    """Parameters one token uses (sum of ``active_breakdown``): ``count`` − the routed experts
+    it is not sent to. Checked: tests/test_moe_counts.py::test_published_totals_and_active."""
+    return sum(active_breakdown(shape).values())
 
 
 def slides_count(shape: ModelShape) -> int:
@@ -72,15 +128,26 @@ def slides_count(shape: ModelShape) -> int:
 
 def describe(shape: ModelShape) -> str:
     """A small table: the total, each component with its share, and the slides' formula
-    where it disagrees. Printed by ``llmtrain params`` and by the notebooks."""
+    where it disagrees; for a mixture of experts also the active parameters per token (a
+    second column). Printed by ``llmtrain params`` and by the notebooks."""
     shape = resolve(shape, "shape")
     parts = breakdown(shape)
     total = sum(parts.values())
+    if shape.is_moe:
+        used = active_breakdown(shape)
+        act = sum(used.values())
+        rows = [f"{shape.name}: {total:,} parameters ({_short(total)}), {act:,} active per "
+                f"token ({_short(act)}: {shape.experts_per_token} of {shape.num_experts} routed "
+                f"experts in {shape.moe_layers} MoE layers)",
+                f"  {'':<10} {'total':>16}  {'':>7}  {'active':>16}"]
+        for k, v in parts.items():
+            rows.append(f"  {k:<10} {v:>16,}  {100 * v / total:5.1f} %  {used[k]:>16,}")
+        return "\n".join(rows)
     rows = [f"{shape.name}: {total:,} parameters ({_short(total)})"]
     for k, v in parts.items():
         rows.append(f"  {k:<10} {v:>16,}  {100 * v / total:5.1f} %")
     slides = slides_count(shape)
-    if slides != total:
+    if slides != total and not shape.is_mla:
         rows.append(f"  (the slides' 2VH + H + L(4H² + 3HH' + 2H) gives {slides:,}: "
                     f"{slides - total:+,}; it assumes N_kv = N, untied embeddings, no biases)")
     return "\n".join(rows)

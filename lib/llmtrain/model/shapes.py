@@ -12,10 +12,8 @@ tied embeddings and biases (Qwen2 puts biases on q/k/v).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .. import check
 __all__ = ["ModelShape", "get", "names", "resolve", "all_names", "gpt_shape", "PRESETS", "OTHERS",
@@ -179,139 +177,23 @@ class ModelShape:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    # --- from Hugging Face configs -------------------------------------------------
+    # --- from and to Hugging Face configs (llmtrain.model.hf_config) ----------------
     @classmethod
     def from_hf_config(cls, config: Any, name: str | None = None) -> "ModelShape":
-        """Read a Llama, Mistral or Qwen2 config: a transformers config object, a dict,
-        or a path to a ``config.json``. No network access."""
-        cfg = _config_as_dict(config)
-        moe = [k for k in _MOE_KEYS if cfg.get(k) is not None]
-        if moe and "model_type" not in cfg:  # a MoE config stripped of its model_type
-            raise ValueError(f"model_type missing; MoE configs ({', '.join(moe)}) are not "
-                             f"supported: only dense {', '.join(_HF_TYPES)} configs")
-        model_type = cfg.get("model_type", "llama")
-        if model_type not in _HF_TYPES:
-            raise ValueError(
-                f"model_type={model_type!r} is not supported; supported: {', '.join(_HF_TYPES)}")
-        if moe:
-            raise ValueError(f"MoE configs ({', '.join(moe)}) are not supported: only dense "
-                             f"{', '.join(_HF_TYPES)} configs")
-        for key in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
-            if cfg.get(key) is not None and not isinstance(cfg[key], bool):  # "false" is truthy
-                check.fail(f"config[{key!r}]", "a JSON boolean (true or false, no quotes)",
-                           cfg[key])
-        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size"):
-            if cfg.get(key) is None:
-                raise ValueError(f"config has no {key!r}")
-            check.positive_int(f"config[{key!r}]", cfg[key])
-        for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
-            check.optional(check.positive_int, f"config[{key!r}]", cfg.get(key))  # 0 is no default
-        for key in ("rms_norm_eps", "rope_theta"):
-            check.optional(check.positive_number, f"config[{key!r}]", cfg.get(key))
-        heads = cfg["num_attention_heads"]
-        kv = cfg.get("num_key_value_heads")
-        kv = heads if kv is None else kv  # absent: multi-head attention
-        bias = bool(cfg.get("attention_bias") or False)
-        if model_type == "llama":
-            qkv_bias, o_bias, mlp_bias = bias, bias, bool(cfg.get("mlp_bias") or False)
-        elif model_type == "qwen2":  # q/k/v always carry a bias, o_proj never
-            qkv_bias, o_bias, mlp_bias = True, False, False
-        else:  # mistral: no biases
-            qkv_bias, o_bias, mlp_bias = False, False, False
-        head_dim = cfg.get("head_dim")
-        if head_dim is not None and head_dim * heads == cfg["hidden_size"]:
-            head_dim = None  # the usual H/N: keep the shape canonical
-        rope = cfg.get("rope_parameters") or {}
-        theta = rope.get("rope_theta") if isinstance(rope, Mapping) else None
-        check.optional(check.positive_number, "config['rope_parameters']['rope_theta']", theta)
-        theta = theta or cfg.get("rope_theta") or 10000.0
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=kv,
-            intermediate_size=cfg["intermediate_size"],
-            max_seq_len=_default(cfg.get("max_position_embeddings"), 2048),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=qkv_bias,
-            o_bias=o_bias,
-            mlp_bias=mlp_bias,
-            head_dim=head_dim,
-            norm_eps=float(_default(cfg.get("rms_norm_eps"), 1e-6)),
-            rope_theta=float(theta),
-            name=name or cfg.get("_name_or_path") or model_type,
-        )
+        """Read a Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE or DeepSeek-V3 config: a
+        transformers config object, a dict, or a path to a ``config.json``. No network access.
+        What is read and what is refused: ``llmtrain.model.hf_config``."""
+        from .hf_config import shape_from_hf_config
+
+        return shape_from_hf_config(cls, config, name)
 
     def to_hf_config(self, **overrides: Any):
-        """The matching transformers config: ``Qwen2Config`` for q/k/v-bias-only shapes,
-        ``MistralConfig`` for bias-free shapes whose N does not divide H (explicit head_dim),
-        else ``LlamaConfig``. Needs transformers; used by notebooks and cross-check tests."""
-        import transformers
+        """The matching transformers config (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE or
+        DeepSeek-V3: ``llmtrain.model.hf_config.hf_config_of``). Needs transformers; used by
+        notebooks and cross-check tests."""
+        from .hf_config import hf_config_of
 
-        common = dict(
-            vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size, num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-            max_position_embeddings=self.max_seq_len, rms_norm_eps=self.norm_eps,
-            tie_word_embeddings=self.tie_embeddings, head_dim=self.d_head,
-        )
-        if int(transformers.__version__.split(".")[0]) >= 5:
-            common["rope_parameters"] = {"rope_type": "default", "rope_theta": self.rope_theta}
-        else:
-            common["rope_theta"] = self.rope_theta
-        common.update(overrides)
-        if self.attention_bias and not self.o_bias and not self.mlp_bias:
-            return transformers.Qwen2Config(**common)
-        if self.attention_bias != self.o_bias:
-            raise ValueError("Llama configs put a bias on q, k, v and o together or on none: "
-                             f"attention_bias={self.attention_bias}, o_bias={self.o_bias}")
-        if self.hidden_size % self.num_heads:
-            if self.attention_bias or self.mlp_bias:
-                raise ValueError("no transformers config has biases and num_heads not dividing "
-                                 f"hidden_size ({self.num_heads} ∤ {self.hidden_size})")
-            return transformers.MistralConfig(**common)
-        return transformers.LlamaConfig(attention_bias=self.attention_bias,
-                                        mlp_bias=self.mlp_bias, **common)
-
-
-_HF_TYPES = ("llama", "mistral", "qwen2")
-# keys of mixture-of-experts configs (Mixtral, Qwen2-MoE, DeepSeek): their experts are not counted
-_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-
-
-def _default(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _config_as_dict(config: Any) -> dict:
-    if isinstance(config, (str, os.PathLike)):
-        path = os.fspath(config)
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ValueError(f"config file {path!r} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path!r} is not valid JSON: {e}") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"config file {path!r} is not UTF-8 text (a config.json): "
-                             f"byte {e.start} is {e.object[e.start:e.start + 1]!r}") from None
-        except OSError as e:
-            raise ValueError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
-        if not isinstance(data, Mapping):
-            raise ValueError(f"config file {path!r} does not hold a JSON object")
-        return dict(data)
-    if isinstance(config, Mapping):
-        return dict(config)
-    if hasattr(config, "to_dict"):
-        d = config.to_dict()
-        d.setdefault("model_type", getattr(config, "model_type", "llama"))
-        return d
-    check.fail("config", "a dict, a path or a transformers config", config)
+        return hf_config_of(self, **overrides)
 
 
 def _llama(name, V, H, L, N, Nkv, Hff, T, eps=1e-6, theta=10000.0):
@@ -375,10 +257,28 @@ def gpt_shape(hidden: int, layers: int, heads: int, vocab: int, seq: int, *, nam
 # (−0.0010 %, tests/test_plan.py::test_bloom_approximation).
 # Llama 3 405B (arXiv 2407.21783, Table 3; vocabulary 128,256 as in the released config.json,
 # the paper says "128K"), seq 8,192.
+# Mixtures of experts, from their released config.json files (counts: tests/test_moe_counts.py):
+# Mixtral-8x7B-v0.1 (8 experts as wide as Mistral 7B's FFN, top-2; transformers' MixtralConfig
+# documents that checkpoint); DeepSeek-V3 (deepseek-ai/DeepSeek-V3 inference/configs/
+# config_671B.json @9b4e978, with the Hugging Face config.json's 163,840 positions, ε and θ:
+# 256 routed experts of 2048, top-8, one shared expert, 3 dense layers first, MLA); Qwen1.5-MoE-
+# A2.7B (transformers' Qwen2MoeConfig defaults, documented as that checkpoint: 60 experts of
+# 1408, top-4, a gated shared expert of 5632).
 OTHERS: dict[str, ModelShape] = {
     "bloom-176b": gpt_shape(14336, 70, 112, 250880, 2048, name="bloom-176b"),
     "llama3-405b": _llama("llama3-405b", 128256, 16384, 126, 128, 8, 53248, 8192, eps=1e-5,
                           theta=500000.0),
+    "mixtral-8x7b": _llama("mixtral-8x7b", 32000, 4096, 32, 32, 8, 14336, 32768, eps=1e-5,
+                           theta=1e6).replace(num_experts=8, experts_per_token=2,
+                                              moe_intermediate_size=14336),
+    "deepseek-v3": _llama("deepseek-v3", 129280, 7168, 61, 128, 128, 18432, 163840).replace(
+        num_experts=256, experts_per_token=8, moe_intermediate_size=2048,
+        shared_expert_size=2048, first_dense_layers=3, q_lora_rank=1536, kv_lora_rank=512,
+        head_dim=128 + 64, qk_rope_head_dim=64, v_head_dim=128),
+    "qwen1.5-moe-a2.7b": _llama("qwen1.5-moe-a2.7b", 151936, 2048, 24, 16, 16, 5632, 32768,
+                                theta=1e6).replace(
+        attention_bias=True, num_experts=60, experts_per_token=4, moe_intermediate_size=1408,
+        shared_expert_size=5632, shared_expert_gate=True),
 }
 ALIASES = {"llama-70b": "llama2-70b"}  # the first LLaMA family with a 70B
 
