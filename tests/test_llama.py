@@ -233,3 +233,16 @@ def test_backward_reaches_every_parameter(name):
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
         if not n.endswith("bias"):  # biases start at 0 but still get gradients
             assert p.grad.abs().sum() > 0, n
+
+
+def test_llama_refuses_shapes_it_would_build_wrong():
+    """A MoE shape built as a dense Llama, or MLA attention run as GQA, would be a silently
+    wrong model: both are refused, naming what builds or counts them."""
+    tiny = get("tiny")
+    moe = tiny.replace(num_experts=4, experts_per_token=2, moe_intermediate_size=32)
+    with pytest.raises(ValueError, match="mixture of experts: build it with .*MoELlama"):
+        Llama(moe)
+    mla = tiny.replace(num_kv_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
+                       v_head_dim=16)
+    with pytest.raises(ValueError, match="multi-head latent attention"):
+        Llama(mla)

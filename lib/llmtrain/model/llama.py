@@ -238,6 +238,12 @@ class Llama(nn.Module):
         super().__init__()
         shape = resolve(shape, "shape")  # a preset name is its ModelShape
         check.one_of("attn_impl", attn_impl, ATTN_IMPLS)
+        if shape.is_mla:  # counted by cost.params, not run: this model has GQA attention only
+            raise ValueError(f"shape: {shape.name!r} has multi-head latent attention "
+                             "(kv_lora_rank): the reference Llama runs GQA attention only")
+        if shape.is_moe and type(self) is Llama:  # its MLPs would be dense: a silent wrong model
+            raise ValueError(f"shape: {shape.name!r} is a mixture of experts: build it with "
+                             "llmtrain.model.moe.MoELlama (Llama builds dense models)")
         self.shape, self.attn_impl = shape, attn_impl
         self.model = LlamaModel(shape, attn_impl)
         self.lm_head = nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)  # W^out
