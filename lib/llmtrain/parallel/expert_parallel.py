@@ -1,0 +1,211 @@
+"""Expert parallelism by hand (专家并行): a MoE layer's routed experts sharded over an ep group,
+tokens dispatched to them and combined back with counted all-to-alls.
+
+Rank r of the ep group keeps experts [r·E/ep, (r+1)·E/ep) (``cost.moe_comm.expert_range``; the
+others' weights are dropped) and every non-expert weight (router, shared expert). Its forward on
+its own tokens x (n × H), as GShard (Lepikhin et al. 2020, arXiv 2006.16668) and Megatron-Core's
+all-to-all token dispatcher do it:
+
+    route      weights, experts = moe.route(x)                   n × k each (top-k)
+    capacity   keep the first ⌈c·k·n/E⌉ rows of each expert (token order), drop the rest
+    sort       the kept (token, slot) rows by expert: rows for rank 0's experts first, …
+    counts     all-to-all of the E row counts → how many rows each rank will send me
+    dispatch   all-to-all of the rows (uneven splits)            → my experts' inputs
+    experts    each local expert on its rows
+    combine    all-to-all back (the splits reversed)             → my rows' expert outputs
+    sum        out[t] = Σ_slots weight · expert output (+ shared expert(x), computed here)
+
+A dropped row contributes 0: its token keeps only the residual (and the shared expert).
+
+``dispatch`` and ``combine`` are autograd Functions whose backward is the reverse all-to-all
+of the gradient (forward and backward side by side, as ``tp_comm``'s f and g), so the expert
+weights get the gradients of every rank's tokens and x the gradients of its expert outputs.
+Every exchange goes through ``comm.all_to_all``, tagged ``cost.moe_comm.TAGS``; the bytes equal
+``cost.moe_comm.layer_bytes`` (tests/test_expert_parallel.py, which also shows the ep ranks
+equal one process running the whole MoE on all tokens, outputs and every gradient, float64).
+
+The MoE layer is any module with ``route(x2d) -> (weights, indices)``, ``experts`` (a
+ModuleList of E modules mapping rows to rows) and ``shared`` (a module or None): the
+``llmtrain.model.moe`` layer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import check
+from ..cost.moe_comm import capacity as capacity_of
+from ..cost.moe_comm import expert_range
+from . import comm
+
+__all__ = ["COUNTS", "DISPATCH", "COMBINE", "ExpertParallel", "Dispatch", "keep_mask",
+           "all_to_all_rows", "dispatch", "combine", "apply"]
+
+COUNTS, DISPATCH, COMBINE = "counts", "dispatch", "combine"  # comm tags; backward: "<tag>-backward"
+
+
+def all_to_all_rows(x: torch.Tensor, output_splits: list[int], input_splits: list[int],
+                    group, tag: str) -> torch.Tensor:
+    """A new tensor: ``input_splits[j]`` rows of x go to rank j, ``output_splits[j]`` rows come
+    from rank j (group-rank order), through the counted ``comm.all_to_all``."""
+    out = x.new_empty((sum(output_splits), *x.shape[1:]))
+    comm.all_to_all(out, x.contiguous(), list(output_splits), list(input_splits), group=group,
+                    tag=tag)
+    return out
+
+
+class _AllToAll(torch.autograd.Function):
+    """Rows out along the splits forward; their gradients back along the reversed splits."""
+
+    @staticmethod
+    def forward(ctx, x, output_splits, input_splits, group, tag):
+        ctx.splits, ctx.group, ctx.tag = (output_splits, input_splits), group, tag
+        return all_to_all_rows(x, output_splits, input_splits, group, tag)
+
+    @staticmethod
+    def backward(ctx, grad):
+        output_splits, input_splits = ctx.splits
+        back = all_to_all_rows(grad, input_splits, output_splits, ctx.group, f"{ctx.tag}-backward")
+        return back, None, None, None, None
+
+
+def dispatch(rows: torch.Tensor, output_splits: list[int], input_splits: list[int],
+             group=None) -> torch.Tensor:
+    """Send the rows sorted by destination (``input_splits[j]`` to rank j), receive the experts'
+    inputs (``output_splits[j]`` from rank j); backward sends their gradients back."""
+    return _AllToAll.apply(rows, output_splits, input_splits, group, DISPATCH)
+
+
+def combine(rows: torch.Tensor, output_splits: list[int], input_splits: list[int],
+            group=None) -> torch.Tensor:
+    """Send the expert outputs back to the ranks their tokens came from; backward sends the
+    gradients of those outputs to the experts again."""
+    return _AllToAll.apply(rows, output_splits, input_splits, group, COMBINE)
+
+
+def keep_mask(indices: torch.Tensor, num_experts: int, capacity: int | None) -> torch.Tensor:
+    """n × k booleans: which (token, slot) rows an expert takes when it takes at most
+    ``capacity`` rows: the first ones in token order (Megatron-Core's "position" drop policy:
+    the tokens at the end of the batch drop). All True when ``capacity`` is None."""
+    check.tensor("indices", indices, dim=2, floating=False)
+    check.positive_int("num_experts", num_experts)
+    if capacity is None:
+        return torch.ones_like(indices, dtype=torch.bool)
+    check.integer("capacity", capacity, 0)
+    flat = indices.flatten()
+    order = torch.argsort(flat, stable=True)  # rows grouped by expert, token order within
+    counts = torch.bincount(flat, minlength=num_experts)
+    first = torch.cumsum(counts, 0) - counts  # where each expert's group starts
+    position = torch.empty_like(flat)
+    position[order] = torch.arange(flat.numel()) - first[flat[order]]
+    return (position < capacity).view_as(indices)
+
+
+class Dispatch(NamedTuple):
+    """What one forward of an ``ExpertParallel`` layer routed, on this rank."""
+
+    capacity: int | None          # rows one expert takes from this rank (None: no limit)
+    routed: list[int]             # rows this rank's tokens chose, per expert (E)
+    kept: list[int]               # of them, within capacity: sent (or kept here), per expert
+    received: list[list[int]]     # rows received from each ep rank for each local expert
+    dropped: torch.Tensor         # n × k booleans: the (token, slot) rows dropped
+    indices: torch.Tensor         # n × k: the experts chosen
+    weights: torch.Tensor         # n × k: their weights (detached)
+
+    @property
+    def dropped_rows(self) -> int:
+        return int(self.dropped.sum())
+
+    @property
+    def rows_in(self) -> int:
+        """Rows my experts computed (from every rank, mine included): this rank's work."""
+        return sum(map(sum, self.received))
+
+
+class ExpertParallel(nn.Module):
+    """``moe`` with its routed experts sharded over ``group`` (every rank builds the same full
+    ``moe``, e.g. from one seed, and wraps it here); ``capacity_factor`` c limits each expert to
+    ⌈c·k·n/E⌉ rows of a rank's n tokens (None: no limit, nothing dropped). ``last`` holds the
+    ``Dispatch`` of the latest forward."""
+
+    def __init__(self, moe: nn.Module, group=None, capacity_factor: float | None = None):
+        super().__init__()
+        check.module("moe", moe)
+        if not (callable(getattr(moe, "route", None))
+                and isinstance(getattr(moe, "experts", None), nn.ModuleList)):
+            check.fail("moe", "a MoE layer with route() and an experts ModuleList", moe)
+        check.optional(check.positive_number, "capacity_factor", capacity_factor)
+        if not dist.is_initialized():
+            raise RuntimeError("ExpertParallel must be built inside a rank: torch.distributed "
+                               "is not initialised (use llmtrain.parallel.launch or torchrun)")
+        self.group, self.capacity_factor = group, capacity_factor
+        self.num_experts = len(moe.experts)
+        self.ep, self.ep_rank = dist.get_world_size(group), dist.get_rank(group)
+        self.start, self.stop = expert_range(self.num_experts, self.ep, self.ep_rank)
+        for e in range(self.num_experts):  # keep my experts only; the others live elsewhere
+            if not self.start <= e < self.stop:
+                moe.experts[e] = nn.Identity()
+        self.moe = moe
+        self.last: Dispatch | None = None
+
+    def local_experts(self) -> range:
+        return range(self.start, self.stop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        weights, indices = self.moe.route(x2)
+        n, k = indices.shape
+        E, ep, per = self.num_experts, self.ep, self.stop - self.start
+        cap = None if self.capacity_factor is None else capacity_of(n, k, E, self.capacity_factor)
+        keep = keep_mask(indices, E, cap)
+        routed = torch.bincount(indices.flatten(), minlength=E)
+        # the kept rows, sorted by expert (token order within): rank 0's experts first
+        kept_ids = keep.flatten().nonzero().squeeze(1)
+        experts = indices.flatten()[kept_ids]
+        rows = kept_ids[torch.argsort(experts, stable=True)]
+        token = rows // k
+        kept = torch.bincount(experts, minlength=E)
+        received = torch.empty_like(kept)
+        comm.all_to_all(received, kept, group=self.group, tag=COUNTS)  # E/ep counts per rank
+        received = received.view(ep, per)  # [source rank, my expert]
+        send = kept.view(ep, per).sum(1).tolist()
+        recv = received.sum(1).tolist()
+        inputs = dispatch(x2[token], recv, send, self.group)
+        # my experts' rows arrive grouped by source rank; regroup them by expert
+        mine = torch.arange(per).repeat(ep).repeat_interleave(received.flatten())
+        order = torch.argsort(mine, stable=True)
+        blocks = inputs[order].split(received.sum(0).tolist())
+        outputs = torch.cat([self.moe.experts[self.start + j](b) for j, b in enumerate(blocks)])
+        outputs = outputs[torch.argsort(order)]  # back to arrival order
+        back = combine(outputs, send, recv, self.group)
+        w = weights.flatten()[rows].to(back.dtype).unsqueeze(1)
+        out = torch.zeros_like(x2).index_add(0, token, back * w)
+        if getattr(self.moe, "shared", None) is not None:
+            out = out + self.moe.shared(x2)
+        self.last = Dispatch(cap, routed.tolist(), kept.tolist(), received.tolist(), ~keep,
+                             indices.detach(), weights.detach())
+        return out.view(shape)
+
+
+def apply(model: nn.Module, group=None, capacity_factor: float | None = None,
+          is_moe=None) -> list[ExpertParallel]:
+    """Wrap every MoE layer of ``model`` in place (a submodule with ``route`` and ``experts``;
+    or where ``is_moe(module)`` is true) as an ``ExpertParallel`` on ``group``; returns them."""
+    check.module("model", model)
+    check.optional(check.function, "is_moe", is_moe)
+    test = is_moe or (lambda m: callable(getattr(m, "route", None))
+                      and isinstance(getattr(m, "experts", None), nn.ModuleList))
+    wrapped = []
+    for name, child in list(model.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if not isinstance(child, ExpertParallel) and not isinstance(sub, ExpertParallel) \
+                    and test(sub):
+                layer = ExpertParallel(sub, group, capacity_factor)
+                setattr(child, attr, layer)
+                wrapped.append(layer)
+    return wrapped

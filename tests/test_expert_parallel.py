@@ -1,0 +1,265 @@
+"""llmtrain.parallel.expert_parallel on real gloo ranks and its closed forms, cost.moe_comm.
+
+The oracle for every equality is one process running the whole MoE layer on all ranks' tokens
+concatenated (``demos.expert_parallel.one_process``), in float64: equal means < 1e-12 (float
+reassociation; measured gaps in comments). The counted all-to-all bytes equal
+``moe_comm.layer_bytes`` exactly (Fractions); the dropped rows equal ``moe_comm.dropped_rows``
+of the per-expert loads; DeepSeek-V3's numbers are its report's (§4.2, §3.2.2).
+
+One launch of 2 ranks (module fixture ``two``) runs the layer with no capacity and with a
+small one; ``slow``: the same on 4 ranks. ``TinyMoE`` is a stand-in with the MoE layer's
+interface (route, experts, shared, last_load), written here as HF's Mixtral block loops.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmtrain.cost import moe_comm
+from llmtrain.parallel import launch
+from llmtrain.parallel import expert_parallel as ep_mod
+from llmtrain.parallel.demos import expert_parallel as demo
+
+F64 = torch.float64
+TOKENS = 12  # per rank
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, ffn: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, ffn, bias=False)
+        self.up_proj = nn.Linear(hidden, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TinyMoE(nn.Module):
+    """Softmax router, top-k (weights renormalised), SwiGLU experts, one shared expert."""
+
+    def __init__(self, hidden=8, experts=4, top_k=2, ffn=6, shared=5):
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(hidden, experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(hidden, ffn) for _ in range(experts))
+        self.shared = SwiGLU(hidden, shared) if shared else None
+        self.last_load = None
+
+    def route(self, x):
+        probs = torch.softmax(self.gate(x), dim=-1)
+        w, i = torch.topk(probs, self.top_k, dim=-1)
+        self.last_load = torch.bincount(i.flatten(), minlength=len(self.experts))
+        return w / w.sum(-1, keepdim=True), i
+
+    def forward(self, x):
+        w, i = self.route(x)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):  # HF Mixtral's loop: each expert its tokens
+            tok, slot = torch.where(i == e)
+            if len(tok):
+                out = out.index_add(0, tok, expert(x[tok]) * w[tok, slot, None])
+        return out + (self.shared(x) if self.shared is not None else 0)
+
+
+def tiny4():
+    return TinyMoE(experts=4).to(F64)
+
+
+def tiny8():
+    return TinyMoE(experts=8, top_k=3).to(F64)
+
+
+CAPS = (None, 0.5)  # no limit; half the even share: some rows must drop
+
+
+def _maxdiff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def two():
+    return launch(demo.ep_layer, 2, tiny4, TOKENS, CAPS, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def four():
+    return launch(demo.ep_layer, 4, tiny8, TOKENS, CAPS, timeout=240)
+
+
+def _check_equal_to_one_process(ranks, make):
+    ref = demo.one_process(make, TOKENS, len(ranks))
+    runs = [r[0] for r in ranks]  # capacity None
+    assert _maxdiff(torch.cat([r["out"] for r in runs]), ref["out"]) < 1e-12  # measured 2.2e-16
+    assert _maxdiff(torch.cat([r["x_grad"] for r in runs]), ref["x_grad"]) < 1e-12
+    owners = {}
+    for r in runs:
+        for name, g in r["grads"].items():
+            if name.startswith("experts."):
+                assert int(name.split(".")[1]) in r["experts"]  # a rank holds only its experts
+                owners[name] = g
+    expert_names = {n for n in ref["grads"] if n.startswith("experts.")}
+    assert owners.keys() == expert_names  # every expert has exactly one owner
+    for name in expert_names:
+        assert _maxdiff(owners[name], ref["grads"][name]) < 1e-12, name
+    for name, g in ref["grads"].items():
+        if not name.startswith("experts."):  # router and shared expert: summed over the ranks
+            assert _maxdiff(sum(r["grads"][name] for r in runs), g) < 1e-12, name
+    assert torch.equal(sum(r["load"] for r in runs), ref["load"])  # exact integers
+    assert all(r["dropped"].sum() == 0 for r in runs)
+
+
+def _check_bytes(ranks, hidden=8):
+    for cap_index in range(len(CAPS)):
+        runs = [r[cap_index] for r in ranks]
+        loads = [r["kept"] for r in runs]
+        for rank, r in enumerate(runs):
+            want = moe_comm.layer_bytes(loads, len(runs), rank, hidden, 8)
+            for tag, b in want.items():
+                got = [rec for rec in r["records"] if rec.tag == tag]
+                assert len(got) == 1 and got[0].op == "all_to_all", tag
+                assert (got[0].sent_bytes, got[0].received_bytes) == b, (rank, tag)
+            assert {rec.tag for rec in r["records"]} == set(moe_comm.TAGS)
+
+
+def _check_received(ranks):
+    for runs in zip(*ranks):
+        for rank, r in enumerate(runs):
+            for s, src in enumerate(runs):  # what I received from s = what s kept for my experts
+                assert r["received"][s] == [src["kept"][e] for e in r["experts"]]
+
+
+def _check_drops(ranks, make):
+    runs = [r[1] for r in ranks]
+    full = demo._build(make, 0)
+    E, k = len(full.experts), full.top_k
+    x, _ = demo.batch(TOKENS, 8, len(runs))
+    ref = demo.one_process(make, TOKENS, len(runs))["out"]
+    dropped_tokens = 0
+    for rank, r in enumerate(runs):
+        cap = moe_comm.capacity(TOKENS, k, E, 0.5)
+        assert r["capacity"] == cap
+        assert r["kept"] == [min(v, cap) for v in r["routed"]]
+        assert int(r["dropped"].sum()) == moe_comm.dropped_rows(r["routed"], cap) > 0
+        assert torch.equal(~r["dropped"], ep_mod.keep_mask(r["indices"], E, cap))
+        xs, refs = x[rank * TOKENS:(rank + 1) * TOKENS], ref[rank * TOKENS:(rank + 1) * TOKENS]
+        hit = r["dropped"].any(1)
+        dropped_tokens += int(hit.sum())
+        # tokens without a dropped row: the same as one process
+        assert _maxdiff(r["out"][~hit], refs[~hit]) < 1e-12
+        # the others: one process's output minus exactly the dropped rows' contributions
+        missing = torch.zeros_like(xs)
+        for t, s in r["dropped"].nonzero().tolist():
+            e = int(r["indices"][t, s])
+            with torch.no_grad():
+                missing[t] += r["weights"][t, s] * full.experts[e](xs[t:t + 1])[0]
+        assert _maxdiff(r["out"] + missing, refs) < 1e-12
+        assert (r["out"][hit] - refs[hit]).abs().amax(1).min() > 1e-6  # they do differ
+    assert dropped_tokens > 0
+
+
+# ------------------------------------------------------------------ 2 ranks (one launch)
+
+def test_two_ep_ranks_equal_one_process_outputs_load_and_every_gradient(two):
+    _check_equal_to_one_process(two, tiny4)
+
+
+def test_counted_all_to_all_bytes_equal_the_formula(two):
+    _check_bytes(two)
+
+
+def test_each_rank_receives_what_the_others_kept_for_its_experts(two):
+    _check_received(two)
+
+
+def test_a_small_capacity_drops_the_formulas_rows_and_changes_only_those_tokens(two):
+    _check_drops(two, tiny4)
+
+
+# ------------------------------------------------------------------ 4 ranks
+
+@pytest.mark.slow
+def test_four_ep_ranks_equal_one_process_count_their_bytes_and_drop_by_the_formula(four):
+    _check_equal_to_one_process(four, tiny8)
+    _check_bytes(four)
+    _check_received(four)
+    _check_drops(four, tiny8)
+
+
+# ------------------------------------------------------------------ closed forms, one process
+
+def test_keep_mask_keeps_each_experts_first_rows_in_token_order():
+    idx = torch.tensor([[0, 1], [0, 2], [1, 0], [0, 1]])  # expert 0: tokens 0,1,2,3; 1: 0,2,3
+    keep = ep_mod.keep_mask(idx, 3, 2)
+    assert keep.tolist() == [[True, True], [True, True], [True, False], [False, False]]
+    assert ep_mod.keep_mask(idx, 3, None).all()
+    assert int((~keep).sum()) == moe_comm.dropped_rows([4, 3, 1], 2) == 3
+
+
+def test_capacity_is_the_ceiling_of_c_k_n_over_e():
+    assert moe_comm.capacity(12, 2, 4, 0.5) == 3
+    assert moe_comm.capacity(12, 2, 4, 1) == 6
+    assert moe_comm.capacity(10, 2, 4, 1.25) == math.ceil(Fraction(25, 4)) == 7
+    assert moe_comm.capacity(0, 1, 4, 2) == 0
+
+
+def test_experts_live_in_contiguous_blocks_and_the_owner_inverts_the_range():
+    assert [moe_comm.expert_range(8, 4, r) for r in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert [moe_comm.expert_owner(e, 8, 4) for e in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_uniform_routing_sends_k_n_times_ep_minus_one_over_ep_rows_each_way():
+    E, ep, n, k = 8, 4, 16, 2
+    loads = [[n * k // E] * E for _ in range(ep)]  # every expert k·n/E rows from every rank
+    for r in range(ep):
+        assert moe_comm.rows_sent(loads, ep, r) == moe_comm.rows_received(loads, ep, r) \
+            == moe_comm.uniform_rows(n, k, ep) == 24
+    b = moe_comm.layer_bytes(loads, ep, 0, hidden=10, dtype_bytes=2)
+    assert b["dispatch"] == b["combine"] == b["dispatch-backward"] == (480, 480)
+    assert b["counts"] == (48, 48)  # 8 int64 counts, 3/4 of them to others
+
+
+def test_load_imbalance_is_max_over_mean():
+    assert moe_comm.load_imbalance([10, 10, 10, 10]) == 1
+    assert moe_comm.load_imbalance([16, 8, 8, 8]) == Fraction(8, 5)
+
+
+def test_deepseek_v3_dispatch_per_token_at_most_four_nodes_instead_of_eight_experts():
+    v3 = moe_comm.DEEPSEEK_V3  # report §4.2: hidden 7168, 256 routed experts, top-8, ≤ 4 nodes
+    assert (v3.hidden, v3.routed_experts, v3.top_k, v3.max_nodes) == (7168, 256, 8, 4)
+    assert moe_comm.token_dispatch_bytes(v3.hidden, v3.top_k, 2) == 114_688  # BF16, per expert
+    assert moe_comm.token_dispatch_bytes(v3.hidden, v3.max_nodes, 2) == 57_344  # once per node
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: moe_comm.expert_range(6, 4, 0), "num_experts"),
+    (lambda: moe_comm.expert_range(8, 0, 0), "ep"),
+    (lambda: moe_comm.expert_range(8, 4, 4), "rank"),
+    (lambda: moe_comm.expert_owner(8, 8, 4), "expert"),
+    (lambda: moe_comm.capacity(12, 2, 4, 0), "capacity_factor"),
+    (lambda: moe_comm.capacity(12, 5, 4, 1), "top_k"),
+    (lambda: moe_comm.capacity(-1, 2, 4, 1), "tokens"),
+    (lambda: moe_comm.dropped_rows([1, -2], 1), "loads[1]"),
+    (lambda: moe_comm.rows_sent([[1, 2]], 2, 0), "loads_by_rank"),
+    (lambda: moe_comm.rows_sent([[1, 2], [1]], 2, 0), "loads_by_rank"),
+    (lambda: moe_comm.layer_bytes([[1, 1], [1, 1]], 2, 0, 0, 2), "hidden"),
+    (lambda: moe_comm.uniform_rows(4, 0, 2), "top_k"),
+    (lambda: moe_comm.load_imbalance([0, 0]), "loads"),
+    (lambda: moe_comm.token_dispatch_bytes(7168, -1, 2), "copies"),
+    (lambda: ep_mod.keep_mask(torch.zeros(3, 2), 4, 1), "indices"),
+    (lambda: ep_mod.keep_mask(torch.zeros(3, 2, dtype=torch.long), 4, -1), "capacity"),
+    (lambda: ep_mod.ExpertParallel(nn.Linear(2, 2)), "moe"),
+    (lambda: ep_mod.ExpertParallel(TinyMoE(), capacity_factor=0), "capacity_factor"),
+    (lambda: demo.batch(0, 8, 2), "tokens"),
+])
+def test_bad_arguments_raise_valueerror_naming_the_argument(call, name):
+    with pytest.raises(ValueError, match="^" + re.escape(name) + " must"):
+        call()
+
