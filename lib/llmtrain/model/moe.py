@@ -10,9 +10,10 @@ outputs weighted by the (renormalised) scores; an optional shared expert sees ev
 
 Only k of the E experts run per token: total parameters grow with E, the compute per token
 (the "active" parameters) with k. Module names follow transformers (``mlp.gate.weight``,
-``mlp.gate.e_score_correction_bias``, ``mlp.experts.{e}.{gate,up,down}_proj.weight``,
-``mlp.shared_expert.*``, ``mlp.shared_expert_gate.weight``); ``hf_state_dict_to_ours`` maps
-Mixtral's, Qwen2-MoE's and DeepSeek-V3's stacked expert tensors onto these.
+``mlp.gate.e_score_correction_bias``) except where a plain ModuleList reads better:
+``mlp.experts.{e}.{gate,up,down}_proj.weight``, ``mlp.shared.*``, ``mlp.shared_gate.weight``.
+``hf_state_dict_to_ours`` maps Mixtral's, Qwen2-MoE's and DeepSeek-V3's keys (their experts
+stacked in 3-D tensors) onto these.
 
 Checked against transformers' MixtralForCausalLM, Qwen2MoeForCausalLM and DeepseekV3MoE in
 tests/test_moe.py (logits, parameter counts, the load-balancing loss).
@@ -136,13 +137,14 @@ def expert_load(indices: torch.Tensor, num_experts: int) -> torch.Tensor:
 def aux_loss(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Switch Transformer's load-balancing loss E·Σ_i f_i·P_i for one layer: f_i = tokens sent to
     expert i / tokens (each of a token's k choices counts, so Σ f_i = k, as transformers'
-    ``load_balancing_loss_func``), P_i = mean router probability of expert i. Uniform routing
-    gives k. (Fedus et al. 2022; checked against transformers in tests/test_moe.py.)"""
+    ``load_balancing_loss_func``), P_i = mean router probability of expert i (sigmoid scores
+    normalised to sum 1 per token first, as DeepSeek-V3's s'). Uniform routing gives k. (Fedus et al. 2022; checked against transformers in tests/test_moe.py.)"""
     check.tensor("scores", scores, dim=2, floating=True)
     check.tensor("indices", indices, dim=2, floating=False)
     n, E = scores.shape
     f = expert_load(indices, E).to(scores.dtype) / n
-    return E * (f * scores.mean(0)).sum()
+    P = (scores / scores.sum(-1, keepdim=True)).mean(0)  # sigmoid scores normalised first
+    return E * (f * P).sum()
 
 
 def imbalance(load: torch.Tensor) -> float:
@@ -278,7 +280,7 @@ def hf_state_dict_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """transformers' Mixtral / Qwen2-MoE / DeepSeek-V3 state_dict with our key names: the stacked
     ``experts.gate_up_proj`` (E, 2I, H) cut into each expert's gate (first I rows) and up,
     ``experts.down_proj`` (E, H, I) into each expert's down; ``shared_expert(s)`` -> ``shared``;
-    a router without a balancing bias gets zeros. Other keys pass unchanged."""
+    ``shared_expert_gate`` -> ``shared_gate``; a router without a balancing bias gets zeros. Other keys pass unchanged."""
     if not isinstance(state, dict):
         check.fail("state", "a dict of tensors (a state_dict)", state)
     out: dict[str, torch.Tensor] = {}
@@ -292,6 +294,8 @@ def hf_state_dict_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         elif key.endswith("experts.down_proj"):
             for e in range(t.shape[0]):
                 out[f"{head}.{e}.down_proj.weight"] = t[e]
+        elif ".shared_expert_gate." in key:
+            out[key.replace(".shared_expert_gate.", ".shared_gate.")] = t
         elif ".shared_experts." in key or ".shared_expert." in key:
             out[key.replace(".shared_experts.", ".shared.").replace(".shared_expert.",
                                                                      ".shared.")] = t
