@@ -239,6 +239,10 @@ def _flops_cmd(args) -> str:
     if args.json:
         return json.dumps({"total": total, "parts": parts, "six_p_tokens": rule})
     rows = [f"{shape.name}, B={B}, T={T}, {args.attention} attention, recompute={args.recompute}"]
+    if shape.is_moe:
+        rows.append(f"  (a mixture of experts: matmuls of the {flops.matmul_params(shape):,} "
+                    f"active matmul weights, {shape.experts_per_token} of {shape.num_experts} "
+                    "routed experts per token; 6·P uses the active parameters)")
     rows += [f"  {k:<10} {v:>26,} FLOPs" for k, v in parts.items()]
     rows.append(f"  {'total':<10} {total:>26,} FLOPs")
     rows.append(f"  6·P·tokens {rule:>26,} FLOPs ({100 * (rule / total - 1):+.1f} %)")
@@ -253,13 +257,16 @@ def _memory():
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("model", nargs="?", help=f"a preset: {', '.join(shapes.names())}")
+    src.add_argument("model", nargs="?", help=f"a model: {', '.join(shapes.all_names())}")
     src.add_argument("--hf-config", metavar="PATH",
-                     help="a Hugging Face config.json (Llama, Mistral or Qwen2), or its folder")
+                     help="a Hugging Face config.json (Llama, Mistral, Qwen2; MoE: Mixtral, "
+                          "Qwen2-MoE, DeepSeek-V3), or its folder")
 
 
 def _shape(args) -> shapes.ModelShape:
-    return shapes.ModelShape.from_hf_config(args.hf_config) if args.hf_config else shapes.get(args.model)
+    if args.hf_config:
+        return shapes.ModelShape.from_hf_config(args.hf_config)
+    return shapes.resolve(args.model, "model")
 
 
 def _memory_cmd(args) -> str:
@@ -308,7 +315,11 @@ def _params(args) -> str:
     shape = _shape(args)
     if args.json:
         parts = params.breakdown(shape)
-        return json.dumps({"total": sum(parts.values()), "breakdown": parts})
+        out = {"total": sum(parts.values()), "breakdown": parts}
+        if shape.is_moe:  # a mixture of experts: also what one token uses
+            used = params.active_breakdown(shape)
+            out.update(active=sum(used.values()), active_breakdown=used)
+        return json.dumps(out)
     return params.describe(shape)
 
 
