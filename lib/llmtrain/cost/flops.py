@@ -46,29 +46,55 @@ def _check(shape, batch, seq, attention="eager", recompute="none", k=None) -> Mo
     return shape
 
 
-def _layer_params(shape: ModelShape) -> int:
-    """Matmul weights of one decoder layer: 2H·Nd + 2H·N_kv·d + 3HH'."""
+def _layer_params(shape: ModelShape, layer: int = 0) -> int:
+    """Matmul weights one token meets in decoder layer ``layer``: attention
+    (``params.attention_matmul_params``) + the dense FFN 3HH', or in a MoE layer the router EH,
+    k routed experts k·3H·H_e, the shared expert 3H·H_s and its gate H."""
+    attn = params.attention_matmul_params(shape)
     H = shape.hidden_size
-    return 2 * H * shape.q_size + 2 * H * shape.kv_size + 3 * H * shape.intermediate_size
+    if layer < shape.num_layers - shape.moe_layers:
+        return attn + 3 * H * shape.intermediate_size
+    return (attn + shape.num_experts * H
+            + 3 * H * (shape.experts_per_token * shape.moe_intermediate_size
+                       + shape.shared_expert_size)
+            + (H if shape.shared_expert_gate else 0))
 
 
 def matmul_params(shape: ModelShape) -> int:
     """P_mm = L(2H·Nd + 2H·N_kv·d + 3HH') + VH: weights that take part in matmuls (lm_head
     yes, even when tied; input embedding, norms and biases no). Source: facts §3; measured:
-    see tests/test_flops.py::test_matmul_params."""
+    see tests/test_flops.py::test_matmul_params. A mixture of experts: the ACTIVE matmul
+    weights, each layer's ``_layer_params`` (router, k routed experts, shared expert) summed,
+    + VH; multi-head latent attention: its low-rank factors. Measured equal to FlopCounterMode
+    on transformers' Mixtral, Qwen2-MoE and DeepSeek-V3: tests/test_moe_counts.py."""
     shape = _check(shape, 1, 1)
-    return shape.num_layers * _layer_params(shape) + shape.vocab_size * shape.hidden_size
+    return (sum(n * _layer_params(shape, i) for i, n in _layer_kinds(shape).items())
+            + shape.vocab_size * shape.hidden_size)
+
+
+def _layer_kinds(shape: ModelShape) -> dict[int, int]:
+    """{first layer of a kind: how many}: the dense layers, then the MoE layers (same sums
+    as looping over all L layers, in two terms)."""
+    dense = shape.num_layers - shape.moe_layers
+    return {i: n for i, n in ((0, dense), (dense, shape.moe_layers)) if n}
 
 
 def _core_flops(shape: ModelShape, batch: int, seq: int) -> int:
-    """One layer's attention core, forward: 2·BT²·Nd (QKᵀ) + 2·BT²·Nd (softmax·V)."""
-    return 4 * batch * seq * seq * shape.q_size
+    """One layer's attention core, forward: 2·BT²·Nd (QKᵀ) + 2·BT²·Nd (softmax·V); with MLA's
+    value width d_v: 2·BT²·N·(d + d_v)."""
+    return 2 * batch * seq * seq * shape.num_heads * (shape.d_head + shape.v_dim)
+
+
+def _qk_flops(shape: ModelShape, batch: int, seq: int) -> int:
+    """One layer's QKᵀ, forward: 2·BT²·Nd."""
+    return 2 * batch * seq * seq * shape.q_size
 
 
 def forward_flops(shape: ModelShape, batch: int, seq: int) -> int:
     """2·P_mm·BT + 4·BT²·Nd·L, eager and SDPA alike. Source: Kaplan et al. 2020 (2P per
     token), attention term as in Narayanan et al. 2021 (arXiv 2104.04473, FLOPs appendix);
-    measured: see tests/test_flops.py::test_reference_llama_matches_counter."""
+    measured: see tests/test_flops.py::test_reference_llama_matches_counter (MoE, MLA:
+    tests/test_moe_counts.py)."""
     shape = _check(shape, batch, seq)
     return (2 * matmul_params(shape) * batch * seq
             + shape.num_layers * _core_flops(shape, batch, seq))
@@ -82,7 +108,7 @@ def backward_flops(shape: ModelShape, batch: int, seq: int, *, attention: str = 
     shape = _check(shape, batch, seq, attention)
     core = 2 * _core_flops(shape, batch, seq)
     if attention == "sdpa":
-        core += 2 * batch * seq * seq * shape.q_size
+        core += _qk_flops(shape, batch, seq)
     return 4 * matmul_params(shape) * batch * seq + shape.num_layers * core
 
 
@@ -96,18 +122,26 @@ def recompute_flops(shape: ModelShape, batch: int, seq: int, *, attention: str =
     the segment's last down_proj, so that matmul never runs again). Selective: 4·BT²·Nd per
     layer; eager with early stop 2·BT²·Nd (softmax·V is the core's last op). Source: Chen et
     al. 2016, Korthikanti et al., MLSys 2023; measured (with and without early stop): see
-    tests/test_flops.py::test_reference_llama_matches_counter.
+    tests/test_flops.py::test_reference_llama_matches_counter. A segment ending in a MoE layer
+    with early stop is refused (its last matmul depends on the routing: not modelled).
     """
     shape = _check(shape, batch, seq, attention, recompute, k)
     check.boolean("early_stop", early_stop)
     core = _core_flops(shape, batch, seq)
     if recompute == "selective":
         if early_stop and attention == "eager":
-            core //= 2
+            core = _qk_flops(shape, batch, seq)
         return shape.num_layers * core
-    layer = 2 * _layer_params(shape) * batch * seq + core
-    skipped = 2 * batch * seq * shape.hidden_size * shape.intermediate_size if early_stop else 0
-    return sum(len(seg) * layer - skipped for seg in segments(shape.num_layers, recompute, k))
+    dense = shape.num_layers - shape.moe_layers
+    total = 0
+    for seg in segments(shape.num_layers, recompute, k):
+        if early_stop and seg[-1] >= dense:
+            raise ValueError(f"early_stop=True is not modelled for a segment ending in a MoE "
+                             f"layer (layer {seg[-1]} of {shape.name}): pass early_stop=False")
+        total += sum(2 * _layer_params(shape, i) * batch * seq + core for i in seg)
+        if early_stop:
+            total -= 2 * batch * seq * shape.hidden_size * shape.intermediate_size
+    return total
 
 
 def training_flops(shape: ModelShape, batch: int, seq: int, *, attention: str = "eager",
@@ -130,11 +164,12 @@ def training_flops(shape: ModelShape, batch: int, seq: int, *, attention: str = 
 
 
 def six_p_tokens(shape: ModelShape, tokens: int) -> int:
-    """The rule of thumb 6·P·tokens with P = params.count(shape), all parameters (embedding,
-    norms and biases included). Source: Kaplan et al. 2020 §2.1."""
+    """The rule of thumb 6·P·tokens with P = params.active(shape), all parameters a token uses
+    (embedding, norms and biases included; = params.count for a dense model, the active ones
+    for a mixture of experts). Source: Kaplan et al. 2020 §2.1."""
     check.positive_int("tokens", tokens)
     shape = _check(shape, 1, 1)
-    return 6 * params.count(shape) * tokens
+    return 6 * params.active(shape) * tokens
 
 
 def rule_of_thumb_error(shape: ModelShape, batch: int, seq: int, **kwargs) -> float:
@@ -150,7 +185,8 @@ def rule_of_thumb_error(shape: ModelShape, batch: int, seq: int, **kwargs) -> fl
 # An MFU is FLOPs per step / (step time × peak): the same run has a different MFU in each
 # convention, so a published MFU means little without the convention it was counted in.
 # Notation below: B sequences of s tokens per step, L layers, h = hidden_size, V vocabulary,
-# Nd = num_heads·head_dim (d_attn), P = params.count, N = non_embedding_params,
+# Nd = num_heads·head_dim (d_attn), P = params.active (= params.count unless a mixture of
+# experts: then the parameters one token uses), N = non_embedding_params,
 # P_mm = matmul_params. "As written" formulas (GPT's 12h² of matmul weights per layer) are
 # applied to the shape's (L, h, V, s) unchanged, even where the shape is not a GPT;
 # "megatron-generalised" and "hfu-*" are the same counts for any layer.
@@ -161,9 +197,10 @@ def rule_of_thumb_error(shape: ModelShape, batch: int, seq: int, **kwargs) -> fl
 
 def non_embedding_params(shape: ModelShape) -> int:
     """N = P − VH (embedding) − VH (lm_head, 0 when tied): Kaplan et al. 2020's model size
-    ("excluding all vocabulary and positional embeddings", §1.3); norms and biases stay in."""
+    ("excluding all vocabulary and positional embeddings", §1.3); norms and biases stay in.
+    A mixture of experts: P is ``params.active`` (the parameters one token uses)."""
     b = params.breakdown(shape)
-    return params.count(shape) - b["embedding"] - b["lm_head"]
+    return params.active(shape) - b["embedding"] - b["lm_head"]
 
 
 class Convention(NamedTuple):
@@ -188,7 +225,7 @@ CONVENTIONS: dict[str, Convention] = {
     "6PT": Convention(
         "model", "6·P·Bs, P all parameters (embedding, norms included)",
         "Kaplan et al. 2020 §2.1 (C ≈ 6N per training token; N there is non-embedding)",
-        lambda sh, B, s: 6 * params.count(sh) * B * s),
+        lambda sh, B, s: 6 * params.active(sh) * B * s),
     "6PT-nonembedding": Convention(
         "model", "6·N·Bs, N = P − embedding − lm_head", "Kaplan et al. 2020 §2.1, Table 1",
         lambda sh, B, s: 6 * non_embedding_params(sh) * B * s),
@@ -200,7 +237,7 @@ CONVENTIONS: dict[str, Convention] = {
     "palm": Convention(
         "model", "(6P + 12·L·Nd·s)·Bs: 6N + 12LHQT per token, N all parameters",
         "Chowdhery et al. 2022 App. B (MFU; read in secondary sources, not the paper)",
-        lambda sh, B, s: 6 * params.count(sh) * B * s + _core(sh, B, s, 12)),
+        lambda sh, B, s: 6 * params.active(sh) * B * s + _core(sh, B, s, 12)),
     "narayanan-model": Convention(
         "model", "72Bslh²(1 + s/6h + V/12lh) = 72Bslh² + 12Bs²lh + 6BshV, as written for GPT",
         "Narayanan et al. 2021 Appendix (Eq. 3 without the recomputed forward)",
