@@ -26,7 +26,7 @@ from ..model.recompute import MODELLED
 from ..model.shapes import ATTN_IMPLS, resolve
 from ..units import dtype_bytes
 
-__all__ = ["textbook_bytes", "korthikanti_bytes", "saved_bytes", "saved_bytes_terms", "IMPLS",
+__all__ = ["textbook_bytes", "korthikanti_bytes", "check_cp", "saved_bytes", "saved_bytes_terms", "IMPLS",
            "MODELS"]
 
 MODELS = ("reference", "hf-eager", "hf-sdpa")  # llmtrain.llama.Llama; transformers' LLaMA
@@ -54,39 +54,53 @@ IMPLS = ("textbook", "korthikanti", *MODELS)  # every activation model, by name
 
 
 def textbook_bytes(shape, batch: int, seq: int, *, dtype: Any = "bf16", tp: int = 1,
-                   sp: bool = False) -> int:
+                   sp: bool = False, cp: int = 1) -> int:
     """The slides' count: L·b·BTH + 4BTV (b bytes per element of ``dtype``).
 
     Each layer keeps its input (full recomputation), the loss the fp32 softmax input. With
     tensor parallelism tp the logits are split: 4BTV/tp; sequence parallelism (``sp``) also
-    splits each layer's input: L·b·BTH/tp.
+    splits each layer's input: L·b·BTH/tp. Context parallelism ``cp`` gives each rank T/cp of
+    every sequence: the same count at T/cp (tests/test_memory_5d.py).
     """
     shape = _check_sizes(batch, seq, shape)
     _check_tp(shape, tp, sp)
+    T = seq // check_cp(cp, seq)
     b = dtype_bytes(dtype)
-    B, T, H, L, V = batch, seq, shape.hidden_size, shape.num_layers, shape.vocab_size
+    B, H, L, V = batch, shape.hidden_size, shape.num_layers, shape.vocab_size
     return L * (b * B * T * H // (tp if sp else 1)) + 4 * B * T * V // tp
 
 
+def check_cp(cp: Any, seq: int) -> int:
+    """cp, a positive integer dividing ``seq`` (each context-parallel rank holds seq/cp):
+    tests/test_memory_5d.py::test_bad_cp_and_ep_are_named."""
+    check.positive_int("cp", cp)
+    if seq % cp:
+        raise ValueError(f"cp must divide seq={seq} (each rank holds seq/cp tokens), got cp={cp}")
+    return cp
+
+
 def korthikanti_bytes(shape, batch: int, seq: int, *, recompute: str = "none", tp: int = 1,
-                      sp: bool = False) -> int:
+                      sp: bool = False, cp: int = 1) -> int:
     """Korthikanti et al. (MLSys 2023, arXiv 2205.05198, Table 2 and §4): a GPT layer in 16-bit
     (4h MLP, dropout), s = seq, b = batch, h = hidden, a = heads, t = tp, v = vocab.
 
     Per layer, recompute "none": sbh(34 + 5as/h); with TP: sbh(10 + 24/t + 5as/(ht)); with SP
     all of it /t: (sbh/t)(34 + 5as/h). "selective" drops the 5as²b attention term, "full"
     keeps the layer input 2sbh (/t with SP). Output layer and cross entropy: 4sbh(1 + v/h)/t.
-    Rounded to whole bytes.
+    Context parallelism ``cp``: every term at s/cp tokens, except the scores, which pair the
+    rank's s/cp queries with all s keys: 5a(s/cp)sb/t (tests/test_memory_5d.py). Rounded to
+    whole bytes.
     """
     shape = _check_sizes(batch, seq, shape)
     check.one_of("recompute", recompute, MODELLED)
     _check_tp(shape, tp, sp)
-    a, s, h, t, L, v = shape.num_heads, seq, shape.hidden_size, tp, shape.num_layers, shape.vocab_size
+    s = seq // check_cp(cp, seq)
+    a, h, t, L, v = shape.num_heads, shape.hidden_size, tp, shape.num_layers, shape.vocab_size
     sbh = s * batch * h
     if recompute == "full":
         layer = 2 * sbh / (t if sp else 1)
     else:
-        attn_scores = 5 * a * s * s * batch / t if recompute == "none" else 0
+        attn_scores = 5 * a * s * seq * batch / t if recompute == "none" else 0
         layer = (34 * sbh / t if sp else sbh * (10 + 24 / t)) + attn_scores
     return round(L * layer + 4 * sbh * (1 + v / h) / t)
 

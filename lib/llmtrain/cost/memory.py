@@ -57,7 +57,7 @@ __all__ = ["GB", "GIB", "activation_bytes", "Estimate", "estimate", "step_peak",
 
 def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "bf16",
                      impl: str = "textbook", recompute: str | None = None, tp: int = 1,
-                     sp: bool = False, attention: str = "sdpa") -> int:
+                     sp: bool = False, attention: str = "sdpa", cp: int = 1) -> int:
     """Bytes of activations kept for backward in one forward pass (with the loss), by the
     activation model ``impl`` (one of ``activation_formulas.IMPLS``):
 
@@ -69,7 +69,10 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
       ``llmtrain.llama.Llama`` (``attention`` picks its kernel) and transformers'
       LlamaForCausalLM at the pinned release. tp must be 1.
     recompute: one of ``recompute.MODELLED`` ("none", "full", "selective"); None means the
-    impl's own default. tp: the tensor-parallel degree, sp: sequence parallel.
+    impl's own default. tp: the tensor-parallel degree, sp: sequence parallel. cp: context
+    parallelism, seq/cp tokens of each sequence per rank ("textbook" and "korthikanti" only).
+    A MoE shape is counted by "textbook" only (each layer's input: the FFN's kind does not
+    matter there).
     """
     shape = resolve(shape, "shape")
     check.one_of("impl", impl, _af.IMPLS)
@@ -78,7 +81,14 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
     check.positive_int("batch", batch)
     check.positive_int("seq", seq)
     check.positive_int("tp", tp)
+    _af.check_cp(cp, seq)
     b = dtype_bytes(dtype)
+    if impl != "textbook" and (shape.is_moe or shape.is_mla):
+        raise ValueError(f"impl={impl!r} counts a dense LLaMA/GPT layer: a MoE or MLA shape "
+                         f"({shape.name!r}) needs impl='textbook'")
+    if cp > 1 and impl not in ("textbook", "korthikanti"):
+        raise ValueError(f"cp > 1 is counted by impl='textbook' or 'korthikanti', got "
+                         f"impl={impl!r} (the reference model's cp count: cost.context)")
     if recompute is None:
         recompute = "full" if impl == "textbook" else "none"
     check.one_of("recompute", recompute, MODELLED)
@@ -86,11 +96,11 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
         if recompute != "full":
             raise ValueError("impl='textbook' keeps each layer's input, i.e. recompute='full'; "
                              f"got recompute={recompute!r}")
-        return _af.textbook_bytes(shape, batch, seq, dtype=dtype, tp=tp, sp=sp)
+        return _af.textbook_bytes(shape, batch, seq, dtype=dtype, tp=tp, sp=sp, cp=cp)
     if impl == "korthikanti":
         if b != 2:
             raise ValueError("impl='korthikanti' counts 16-bit activations: dtype must be bf16 or fp16")
-        return _af.korthikanti_bytes(shape, batch, seq, recompute=recompute, tp=tp, sp=sp)
+        return _af.korthikanti_bytes(shape, batch, seq, recompute=recompute, tp=tp, sp=sp, cp=cp)
     if tp != 1 or sp:
         raise ValueError(f"impl={impl!r} is exact for one device: tp must be 1 and sp False")
     kw = {"attention": attention} if impl == "reference" else {}
@@ -157,19 +167,22 @@ def pipeline_activation_bytes(shape: ModelShape, dims: ParallelDims | int, micro
     dtype_bytes(dtype)
     count = in_flight_microbatches(dims.pp, microbatches, virtual)
     one, extra = _pipeline_activations(shape, dims.pp, dims.tp, micro_batch, seq, recompute, sp,
-                                       impl, dtype, attention, count)
+                                       impl, dtype, attention, count, dims.cp)
     return one, extra, count
 
 
 @functools.lru_cache(maxsize=4096)
 def _pipeline_activations(shape, pp, tp, b, seq, recompute, sp, impl, dtype, attention,
-                          count) -> tuple[int, int]:
+                          count, cp=1) -> tuple[int, int]:
     n = math.ceil(shape.num_layers / pp)
-    kw = dict(dtype=dtype, impl=impl, recompute=recompute, tp=tp, sp=sp, attention=attention)
-    one = activation_bytes(shape if pp == 1 else shape.replace(num_layers=n), b, seq, **kw)
+    kw = dict(dtype=dtype, impl=impl, recompute=recompute, tp=tp, sp=sp, attention=attention,
+              cp=cp)
+    def layers(k):  # the shape cut to k layers (textbook counts a MoE layer as any layer)
+        return shape.replace(num_layers=k, first_dense_layers=min(shape.first_dense_layers, k))
+    one = activation_bytes(shape if pp == 1 else layers(n), b, seq, **kw)
     if count == 1:
         return one, 0
-    layer = activation_bytes(shape.replace(num_layers=n + 1), b, seq, **kw) - one
+    layer = activation_bytes(layers(n + 1), b, seq, **kw) - one
     return one, math.ceil((count - 1) * n * layer)
 
 
@@ -224,7 +237,8 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
              softmax_extra: bool = True, overheads: bool = True, set_to_none: bool = True,
              optimizer_impl: str = "single-tensor", galore_rank: int | None = None,
              microbatches: int | None = None, virtual: int = 1,
-             framework: str | Framework = "slides") -> Estimate:
+             framework: str | Framework = "slides",
+             bytes_per_param: dict[str, float] | None = None) -> Estimate:
     """Per-GPU training memory: model states + activations + other.
 
     ``dims``: the layout, a ``ParallelDims(dp, tp, pp)`` (``parallel_dims(gpus, tp, pp)``
@@ -245,7 +259,16 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     (``llmtrain.step_peak``; ``set_to_none`` of ``zero_grad``, ``optimizer_impl`` of AdamW);
     the other micro-batches in flight are live in every phase but the optimizer step. It
     models PyTorch's mixed-precision states: None for "deepspeed" and "megatron" (their fp32
-    gradient buffers are not modelled phase by phase).
+    gradient buffers are not modelled phase by phase), and None beyond 3D (cp, ep, a MoE shape
+    or ``bytes_per_param``).
+    Beyond 3D (notebook 14): ``dims.cp`` splits every sequence, so the activations (and the
+    softmax extra) are counted at seq/cp, and with cp > 1 "ring K/V in flight" adds the next
+    K and V block a rank receives while it attends to the current one (ring attention: one
+    block of B·(seq/cp)·kv/tp each, 2·b·B·(seq/cp)·kv/tp bytes; the rank's own K/V are among
+    the saved activations); ``dims.ep`` shards a MoE shape's routed experts; the model states
+    hold TOTAL parameters (``states.held_params``), ZeRO divides the non-expert states by dp·cp
+    and the expert states by dp·cp/ep (``states.zero_groups``). ``bytes_per_param``: see
+    ``model_state_bytes``. Checked: tests/test_memory_5d.py.
     ``optimizer``: one of ``OPTIMIZERS``, the memory-saving methods of notebook 12 included
     (``galore_rank`` for galore/galore8bit); for ``NO_STEP_PEAK`` ones ``.step_peak`` is None.
     """
@@ -259,15 +282,20 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     seq = shape.max_seq_len if seq is None else seq
     tp, pp = dims.tp, dims.pp
     states = model_state_bytes(shape, dims=dims, zero=zero, precision=precision,
-                               optimizer=optimizer, galore_rank=galore_rank, framework=fw)
+                               optimizer=optimizer, galore_rank=galore_rank, framework=fw,
+                               bytes_per_param=bytes_per_param)
     act, in_flight, count = pipeline_activation_bytes(
         shape, dims, batch, seq, recompute=recompute, sp=sp, impl=impl,
         microbatches=microbatches, virtual=virtual, dtype=dtype, attention=attention)
     parts = {"model states": sum(states.values()), "activations": act}
     if pp > 1:
         parts["in-flight activations"] = in_flight
+    if dims.cp > 1:
+        parts["ring K/V in flight"] = 2 * dtype_bytes(dtype) * batch * (seq // dims.cp) * (
+            shape.kv_size // tp)
     if softmax_extra and fw.softmax_extra:
-        parts["softmax extra"] = fw.softmax_extra * batch * seq * shape.vocab_size // tp
+        parts["softmax extra"] = (fw.softmax_extra * batch * (seq // dims.cp) * shape.vocab_size
+                                  // tp)
     if overheads:
         parts["framework"] = fw.framework_bytes
         if zero and fw.zero_runtime_bytes:
@@ -277,7 +305,8 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
                "schedule": pipeline_schedule(pp, virtual), "microbatches": microbatches,
                "virtual": virtual, "framework": fw.name}
     # step_peak models an optimizer step after backward, with PyTorch's mixed-precision states
-    if not _ms.OPTIMIZERS[optimizer].step_phases or fw.state_bytes is not None:
+    beyond_3d = dims.cp > 1 or dims.ep > 1 or shape.is_moe or bytes_per_param is not None
+    if not _ms.OPTIMIZERS[optimizer].step_phases or fw.state_bytes is not None or beyond_3d:
         return Estimate(parts, details, None)
     peak = _step_peak.phases(
         shape, batch, seq, dims=dims, params_per_gpu=params_per_gpu(shape, dims), states=states,

@@ -6,7 +6,8 @@ papers (what ``llmtrain.plan`` is checked against: tests/test_plan.py, notebook 
   without, ``narayanan_model_flops``);
 - ``BLOOM_176B``: the BigScience README's layout and size;
 - ``LLAMA3_405B``: the Llama 3 paper's two 405B configurations of Table 4 at 8K context, and
-  ``LLAMA3_405B_LONG_CONTEXT`` its third (context parallelism, 128K context);
+  ``LLAMA3_405B_LONG_CONTEXT`` its third (context parallelism, 128K context); ``DEEPSEEK_V3``
+  its layout (PP 16, EP 64, ZeRO-1 DP); ``per_gpu_memory`` what one GPU of each holds;
 - ``RUNS``: 69 published runs of 9 sources as ``Run`` records (layout as published, step time
   published or derived in the source's own FLOPs count, ``Run.convention``); ``predict`` the
   planner's plan for one, ``rank`` where its layout stands in the planner's list;
@@ -21,7 +22,9 @@ import itertools
 import math
 from typing import NamedTuple
 
-from . import flops, plan
+from .. import check
+from . import flops, memory, plan
+from .layout import ParallelDims
 from .narayanan import (A100_PEAK_TFLOPS, NARAYANAN_S, NARAYANAN_TABLE1, NARAYANAN_V, NarayananRow,
                         narayanan_flops, narayanan_model_flops, narayanan_params)
 from .params import count
@@ -32,7 +35,8 @@ from .plan import MI
 __all__ = ["NARAYANAN_V", "NARAYANAN_S", "A100_PEAK_TFLOPS", "NarayananRow", "NARAYANAN_TABLE1",
            "narayanan_params", "narayanan_flops", "narayanan_model_flops", "BLOOM_176B", "Run",
            "RUNS", "predict", "rank", "NOT_FITTING", "NOT_AMONG_THE_BEST", "tflops_per_gpu",
-           "BLOOM_176B_PARAMS", "LLAMA3_405B", "LLAMA3_405B_LONG_CONTEXT"]
+           "BLOOM_176B_PARAMS", "LLAMA3_405B", "LLAMA3_405B_LONG_CONTEXT", "DEEPSEEK_V3",
+           "MEMORY_ASSUMPTIONS", "per_gpu_memory"]
 
 
 # BLOOM-176B (bigscience-workshop/bigscience, train/tr11-176B-ml/README.md): 384 A100 80GB
@@ -64,7 +68,49 @@ LLAMA3_405B = (
 # HTML transcription, show DP 4, which would make 8,192). ``llmtrain.plan`` has no context parallelism, so this row
 # is data only (notebook 08 §7 prints its product), not a planner check.
 LLAMA3_405B_LONG_CONTEXT = dict(model="llama3-405b", gpu="h100-80g", gpus=16384, tp=8, cp=16,
-                                pp=16, dp=8, batch_tokens=16 * MI, seq=131072)
+                                pp=16, dp=8, batch_tokens=16 * MI, seq=131072, zero=2)
+
+# DeepSeek-V3 (arXiv 2412.19437, read in full-text transcriptions): 2,048 H800 GPUs (§3.1), "16-way
+# Pipeline Parallelism (PP), 64-way Expert Parallelism (EP) spanning 8 nodes, and ZeRO-1 Data
+# Parallelism (DP)" (§3.2), no tensor parallelism (§3.2), 4K sequences in pre-training (§4.2).
+# dp = 2,048/16 = 128 ranks per stage, experts over ep = 64 of them: edp = 2 copies of each expert.
+# Precision (§3.3.3): FP32 master weights and gradients ("used for batch size accumulation"), BF16
+# AdamW moments (2 + 2 bytes); the 16-bit working copy of the weights is our assumption (GEMMs run
+# in FP8, §3.3.1). Not modelled: DualPipe's two copies of the parameters (§3.2.1, Table 2), its
+# PP + 1 micro-batches of activations (1F1B's PP here), the MTP module, FP8 activation caching.
+DEEPSEEK_V3 = dict(model="deepseek-v3", gpu="h800", gpus=2048, tp=1, cp=1, pp=16, dp=128, ep=64,
+                   zero=1, seq=4096,
+                   bytes_per_param={"weights": 2, "gradients": 4, "master": 4, "optimizer": 4})
+
+# What the sources leave open, for ``per_gpu_memory`` (our assumptions, not theirs): one sequence
+# per micro-batch; Llama 3: FlashAttention (no scores kept: Korthikanti et al.'s selective count,
+# as ``plan`` counts it), sequence parallelism in the TP group, 1F1B with the micro-batches of
+# Table 4's "Batch size/DP"; DeepSeek-V3: each layer's input only (the slides' count, a lower
+# bound: it recomputes only RMSNorm and the MLA up-projections, §3.2.3), the large-m 1F1B count.
+MEMORY_ASSUMPTIONS = {
+    "llama3-405b": dict(micro_batch=1, impl="korthikanti", recompute="selective", sp=True),
+    "deepseek-v3": dict(micro_batch=1, impl="textbook", recompute="full", sp=False),
+}
+
+
+def per_gpu_memory(run: dict, **layout):
+    """What one GPU of a published layout holds (``memory.Estimate``, the busiest stage): its
+    model states (TOTAL parameters of its stage, experts over ep, ZeRO over dp·cp and dp·cp/ep)
+    and activations, by ``memory.estimate`` under ``MEMORY_ASSUMPTIONS`` (no framework
+    constants, no softmax copy). ``layout``: dp, tp, pp, cp or ep replacing the run's (what if
+    Llama 3's 128K ran with cp = 1?). tests/test_memory_5d.py::test_llama3_cp16_fits_128k and
+    ::test_deepseek_v3_per_gpu."""
+    for k in layout:
+        check.one_of("layout key", k, ("dp", "tp", "pp", "cp", "ep"))
+    knobs = {k: run.get(k, 1) for k in ("dp", "tp", "pp", "cp", "ep")} | layout
+    dims = ParallelDims(**knobs)
+    a = MEMORY_ASSUMPTIONS[run["model"]]
+    m = run["batch_tokens"] // (run["seq"] * dims.dp * a["micro_batch"]) if "batch_tokens" in run \
+        else None
+    return memory.estimate(run["model"], dims, a["micro_batch"], run["seq"], zero=run["zero"],
+                           recompute=a["recompute"], impl=a["impl"], sp=a["sp"],
+                           microbatches=m or None, overheads=False, softmax_extra=False,
+                           bytes_per_param=run.get("bytes_per_param"))
 
 
 # --- every run as one record, and the planner's prediction of it ------------------------------

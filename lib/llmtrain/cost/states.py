@@ -16,14 +16,15 @@ from typing import Any
 from .. import check
 from ..model.shapes import ModelShape
 from . import methods as _ms
+from . import experts as _experts
 from . import params as _params
 from .frameworks import Framework, framework_of
 from .layout import ParallelDims, shard_range
 from ..model.shapes import resolve
 
 __all__ = ["PRECISIONS", "OPTIMIZERS", "PER_TENSOR", "NO_STEP_PEAK", "state_bytes_per_param",
-           "param_numels", "params_per_gpu", "model_state_bytes", "largest_layer_params",
-           "parallel_dims", "as_dims"]
+           "param_numels", "params_per_gpu", "held_params", "zero_groups", "model_state_bytes",
+           "largest_layer_params", "parallel_dims", "as_dims", "STATES"]
 
 # --- the layout: dp × tp × pp GPUs ----------------------------------------------------------
 
@@ -158,10 +159,56 @@ def params_per_gpu(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
     return max(n * layer + emb, n * layer + head + H)
 
 
+STATES = ("weights", "gradients", "master", "optimizer")  # the model states, in this order
+
+
+def held_params(shape: ModelShape, dims: ParallelDims | int = ParallelDims(),
+                rank: int | None = None) -> dict[str, int]:
+    """{"non-expert": ..., "experts": ...}: the parameters the busiest GPU (or global ``rank``)
+    holds. Dense shapes: ``params_per_gpu`` (cp and dp replicate), no experts. MoE shapes
+    (tp = 1; expert tensor parallelism is not modelled): ``experts.stage_params`` of its stage,
+    E/ep routed experts of each MoE layer. tests/test_memory_5d.py::test_ep_divides_the_experts."""
+    shape = resolve(shape, "shape")
+    dims = as_dims(dims).check(shape)
+    if not shape.is_moe:
+        if dims.ep > 1:
+            raise ValueError(f"ep > 1 needs a MoE shape (num_experts > 0), got ep={dims.ep} "
+                             f"for {shape.name!r}")
+        return {"non-expert": params_per_gpu(shape, dims, rank), "experts": 0}
+    if dims.tp > 1:
+        raise ValueError(f"tp must be 1 for a MoE shape (expert tensor parallelism is not "
+                         f"modelled), got tp={dims.tp}")
+    if rank is not None:
+        return _experts.stage_params(shape, dims.pp, dims.place(rank).pp, dims.ep)
+    return max((_experts.stage_params(shape, dims.pp, s, dims.ep) for s in range(dims.pp)),
+               key=lambda h: h["non-expert"] + h["experts"])
+
+
+def zero_groups(dims: ParallelDims | int) -> tuple[int, int]:
+    """(ranks sharing the non-expert states, ranks sharing the expert states) = (dp·cp,
+    dp·cp/ep): what ZeRO (or a distributed optimizer) divides each by. cp ranks hold the same
+    weights and reduce their gradients with dp, so Megatron-Core shards its distributed
+    optimizer over dp × cp (``get_megatron_optimizer``: dense parameters over
+    ``intra_dp_cp_group``, experts over ``intra_expt_dp_group``, whose size in
+    ``parallel_state.initialize_model_parallel`` is world/(expert tp · ep · pp) = dp·cp/ep with
+    expert tp = tp; NVIDIA/Megatron-LM @d98e8a64). tests/test_memory_5d.py."""
+    dims = as_dims(dims)
+    return dims.dp * dims.cp, dims.dp * dims.cp // dims.ep
+
+
+def _check_bytes_per_param(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or tuple(value) != STATES:
+        check.fail("bytes_per_param", f"a dict with the keys {STATES} in that order", value)
+    for k, v in value.items():
+        check.number(f"bytes_per_param[{k!r}]", v, 0)
+    return value
+
+
 def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int = ParallelDims(),
                       zero: int = 0, precision: str = "mixed", optimizer: str = "adamw",
                       rank: int | None = None, galore_rank: int | None = None,
-                      framework: str | Framework = "slides") -> dict[str, int]:
+                      framework: str | Framework = "slides",
+                      bytes_per_param: dict[str, float] | None = None) -> dict[str, int]:
     """Bytes per GPU of weights, gradients, master weights and optimizer states.
 
     ZeRO (Rajbhandari et al., SC'20) partitions over the dp = ``dims.dp`` data-parallel ranks:
@@ -181,10 +228,23 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
     "nemo" Apex's DistributedFusedAdam with the Nemotron recipes' bf16 optimizer state (zero=1:
     4 + 8/d, 10 at d = 1; zero=0: 10). Those are for mixed-precision Adam/AdamW (Megatron also
     fp32).
+    Beyond 3D (notebook 14): ZeRO divides the non-expert states by dp·cp and a MoE shape's
+    routed-expert states by dp·cp/ep (``zero_groups``); each GPU holds ``held_params``: its
+    stage, E/ep of each MoE layer's routed experts (counted with a ModelShape; TOTAL
+    parameters, not the active ones). cp = ep = 1 and a dense shape: the 3D count above.
+    ``bytes_per_param``: each state's bytes per parameter ({"weights", "gradients", "master",
+    "optimizer"}), replacing ``precision``'s and ``optimizer``'s (DeepSeek-V3's FP32 master
+    weights and gradients with BF16 moments: ``published_runs.DEEPSEEK_V3``).
     """
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("optimizer", optimizer, OPTIMIZERS)
     fw = framework_of(framework)
+    if bytes_per_param is not None:
+        _check_bytes_per_param(bytes_per_param)
+        if fw.state_bytes is not None or _ms.OPTIMIZERS[optimizer].saving:
+            raise ValueError("bytes_per_param replaces the slides' Adam count: framework must be "
+                             f"'slides' or 'fsdp' and optimizer 'adamw' or 'adam', got "
+                             f"framework={fw.name!r}, optimizer={optimizer!r}")
     if fw.state_bytes is not None:
         return _framework_model_states(fw, num_params, dims, zero, precision, optimizer, rank,
                                        galore_rank)
@@ -200,12 +260,20 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
         if not isinstance(num_params, ModelShape):
             raise ValueError(f"optimizer={optimizer!r} needs a ModelShape for num_params: its "
                              "bytes depend on the model's tensors")
-        if dims.tp != 1 or dims.pp != 1:
-            raise ValueError(f"optimizer={optimizer!r} is counted for tp=1, pp=1 only")
+        if dims.tp != 1 or dims.pp != 1 or num_params.is_moe:
+            raise ValueError(f"optimizer={optimizer!r} is counted for tp=1, pp=1 only (and a "
+                             "dense shape)")
         _ms.galore_rank(num_params, galore_rank, name="galore_rank")  # r <= min(m, n)
         parts = _ms.method_state_bytes(num_params, optimizer, precision=precision, rank=galore_rank)
-        return _zero_split(parts, zero, dims.dp)
-    per = state_bytes_per_param(precision, optimizer)
+        return _zero_split(parts, zero, zero_groups(dims)[0])
+    per = bytes_per_param or state_bytes_per_param(precision, optimizer)
+    if isinstance(num_params, ModelShape) and (num_params.is_moe or dims.ep > 1):
+        if spec.factored:
+            check.fail("optimizer", "not a factored one for a MoE shape", optimizer)
+        held, (dense_group, expert_group) = held_params(num_params, dims, rank), zero_groups(dims)
+        return _add(*(_zero_split({k: math.ceil(n * per[k]) for k in STATES}, zero, group)
+                      for n, group in ((held["non-expert"], dense_group),
+                                       (held["experts"], expert_group))))
     if isinstance(num_params, ModelShape):
         P, shape = params_per_gpu(num_params, dims, rank), num_params
     else:
@@ -223,7 +291,11 @@ def model_state_bytes(num_params: int | ModelShape, *, dims: ParallelDims | int 
         state_elems = _adafactor_elements(shape)
     parts = {"weights": P * per["weights"], "gradients": P * per["gradients"],
              "master": P * per["master"], "optimizer": math.ceil(state_elems * per["optimizer"])}
-    return _zero_split(parts, zero, dims.dp)
+    return _zero_split(parts, zero, zero_groups(dims)[0])
+
+
+def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a[k] + b[k] for k in a}
 
 
 def _zero_split(parts: dict[str, int], zero: int, dp: int) -> dict[str, int]:
@@ -231,8 +303,6 @@ def _zero_split(parts: dict[str, int], zero: int, dp: int) -> dict[str, int]:
     the gradients, 3 also the weights."""
     shard = {"weights": zero >= 3, "gradients": zero >= 2, "master": zero >= 1, "optimizer": zero >= 1}
     return {k: math.ceil(v / dp) if shard[k] else int(v) for k, v in parts.items()}
-
-
 
 
 def largest_layer_params(shape: ModelShape, dims: ParallelDims | int = ParallelDims()) -> int:
@@ -268,6 +338,12 @@ def _framework_model_states(fw: Framework, num_params, dims, zero: int, precisio
     dims = as_dims(dims)
     if isinstance(num_params, str):
         num_params = resolve(num_params, "num_params")
+    if isinstance(num_params, ModelShape) and (num_params.is_moe or dims.ep > 1):
+        if fw.gathered_layer_bytes and zero == 3:
+            raise ValueError(f"framework={fw.name!r} at zero=3 is not modelled for a MoE shape")
+        held, groups = held_params(num_params, dims, rank), zero_groups(dims)
+        return _add(*(_framework_states(fw, n, g, zero, precision, None)
+                      for n, g in zip(held.values(), groups)))
     if isinstance(num_params, ModelShape):
         P = params_per_gpu(num_params, dims, rank)
         largest = largest_layer_params(num_params, dims)
@@ -279,7 +355,7 @@ def _framework_model_states(fw: Framework, num_params, dims, zero: int, precisio
         if fw.gathered_layer_bytes and zero == 3:
             raise ValueError(f"framework={fw.name!r} at zero=3 counts the largest layer: "
                              "num_params must be a ModelShape")
-    return _framework_states(fw, P, dims.dp, zero, precision, largest)
+    return _framework_states(fw, P, zero_groups(dims)[0], zero, precision, largest)
 
 
 def _framework_states(fw: Framework, P: int, dp: int, zero: int, precision: str,
