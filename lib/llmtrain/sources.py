@@ -57,9 +57,28 @@ SOURCES: tuple[Source, ...] = (
            ("§3.3.1", "§3.3.2", "Table 3", "Table 4", "Fig. 5"), ("arXiv 2407.21783",)),
     Source("DeepSeek-V3",
            "DeepSeek-V3 Technical Report", "arXiv 2412.19437",
-           "two Markdown transcriptions of the report found by code search (§3.3: section titles, Fig. 6 and 7 captions)",
-           ("§3.2.1", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "Fig. 6", "Fig. 7"),
+           "two Markdown transcriptions of the report found by code search (§3.3: section titles, Fig. 6 and 7 captions); "
+           "a page-marked transcription of §2.1.2 (Eqs. 12-20: sigmoid affinities, bias b_i for the "
+           "top-K choice only, decrease/increase by the bias update speed γ, the sequence-wise balance "
+           "loss) and the report's LaTeX source of §4.2 (γ = 0.001 for the first 14.3T tokens, 0.0 for "
+           "the last 500B; α = 0.0001; 1 shared + 256 routed experts of width 2048, 8 activated, first "
+           "three layers dense; 671B total, 37B activated)",
+           ("§2.1.2", "§3.2.1", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "§4.2", "Eq. 12", "Eq. 13",
+            "Eq. 15", "Eq. 16", "Eq. 17", "Eq. 18", "Eq. 19", "Eq. 20", "Fig. 6", "Fig. 7"),
            ("arXiv 2412.19437", "DeepSeek-V3 technical report")),
+    Source("Fedus et al. 2022",
+           "Switch Transformers: Scaling to Trillion Parameter Models with Simple and Efficient "
+           "Sparsity", "JMLR 2022, arXiv 2101.03961",
+           "a full-text transcription found by code search (§2.2 'A Differentiable Load Balancing "
+           "Loss': Eqs. 4-6, loss = α·N·Σ f_i·P_i added for each Switch layer, α = 10^-2)",
+           ("§2.2", "Eq. 4", "Eq. 5", "Eq. 6"), ("arXiv 2101.03961", "Switch Transformer")),
+    Source("Mixtral",
+           "Mixtral of Experts (Jiang, Sablayrolles, Roux, Mensch et al., Mistral AI)",
+           "arXiv 2401.04088",
+           "the abstract (8 experts per layer, 2 chosen per token, 47B parameters, 13B active) and a "
+           "transcription of §2.1's equations found by page search (G(x) := Softmax(TopK(x·Wg)); "
+           "y = Σ Softmax(Top2(x·Wg))_i·SwiGLU_i(x), K = 2), placed in §2.1 by two summaries",
+           ("§2.1",), ("arXiv 2401.04088", "Mixtral of Experts")),
     Source("DeepSeek-AI 2024",
            "DeepSeek LLM: Scaling Open-Source Language Models with Longtermism", "arXiv 2401.02954",
            "two transcriptions (§2.3 Hyperparameters); two full-text transcriptions of v1 found by "
