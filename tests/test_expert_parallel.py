@@ -25,6 +25,7 @@ from torch import nn
 from llmtrain.cost import moe_comm
 from llmtrain.parallel import launch
 from llmtrain.parallel import expert_parallel as ep_mod
+from llmtrain.model.moe import DEEPSEEK_V3, QWEN2_MOE, Routing
 from llmtrain.parallel.demos import expert_parallel as demo
 
 F64 = torch.float64
@@ -77,21 +78,41 @@ def tiny8():
     return TinyMoE(experts=8, top_k=3).to(F64)
 
 
+def qwen_gated():  # llmtrain.model.moe.MoE: softmax without renormalising, a gated shared expert
+    return demo.moe_layer(shared_gate=True, routing=QWEN2_MOE)
+
+
+def deepseek_like():  # sigmoid scores, 2 groups of 2 experts, 1 group kept, scaling 2.5
+    return demo.moe_layer(routing=Routing("sigmoid", n_group=2, topk_group=1,
+                                          routed_scaling_factor=2.5))
+
+
 CAPS = (None, 0.5)  # no limit; half the even share: some rows must drop
+MOE_LAYERS = {"mixtral": demo.moe_layer, "qwen-gated": qwen_gated, "deepseek": deepseek_like}
 
 
 def _maxdiff(a, b) -> float:
     return (a - b).abs().max().item()
 
 
+def everything(world: int) -> dict:
+    """One launch: the stand-in with and without capacity, llmtrain's MoE layer in three
+    routings, and a MoE LLaMA step on ParallelDims(dp=world, ep=2)."""
+    out = {"tiny": demo.ep_layer(tiny4 if world == 2 else tiny8, TOKENS, CAPS)}
+    for name, make in MOE_LAYERS.items():
+        out[name] = demo.ep_layer(make, TOKENS)
+    out["llama"] = demo.llama_step(demo.moe_llama(4), world, 2)
+    return out
+
+
 @pytest.fixture(scope="module")
 def two():
-    return launch(demo.ep_layer, 2, tiny4, TOKENS, CAPS, timeout=240)
+    return launch(everything, 2, 2, timeout=240)
 
 
 @pytest.fixture(scope="module")
 def four():
-    return launch(demo.ep_layer, 4, tiny8, TOKENS, CAPS, timeout=240)
+    return launch(everything, 4, 4, timeout=240)
 
 
 def _check_equal_to_one_process(ranks, make):
@@ -116,8 +137,8 @@ def _check_equal_to_one_process(ranks, make):
     assert all(r["dropped"].sum() == 0 for r in runs)
 
 
-def _check_bytes(ranks, hidden=8):
-    for cap_index in range(len(CAPS)):
+def _check_bytes(ranks, hidden=8, caps=len(CAPS)):
+    for cap_index in range(caps):
         runs = [r[cap_index] for r in ranks]
         loads = [r["kept"] for r in runs]
         for rank, r in enumerate(runs):
@@ -167,30 +188,69 @@ def _check_drops(ranks, make):
 
 # ------------------------------------------------------------------ 2 ranks (one launch)
 
+def _check_llama(ranks):
+    world = len(ranks)
+    ref = demo.llama_one_process(demo.moe_llama(4), world)
+    runs = [r["llama"] for r in ranks]
+    # equal batches per rank: the mean of the ranks' mean losses is the one-process mean
+    assert abs(sum(r["loss"] for r in runs) / world - ref["loss"]) < 1e-12
+    assert torch.equal(sum(r["load"] for r in runs), ref["load"])
+    held = set()
+    for r in runs:
+        for name, g in r["grads"].items():
+            assert _maxdiff(g, ref["grads"][name]) < 1e-12, (r["place"], name)  # after dp/edp
+            if ep_mod.expert_parameter(name):
+                held.add(name)
+                assert int(name.split(".experts.")[1].split(".")[0]) in r["experts"]
+    assert held == {n for n in ref["grads"] if ep_mod.expert_parameter(n)}
+
+
+def _split(ranks, key):
+    return [r[key] for r in ranks]
+
+
 def test_two_ep_ranks_equal_one_process_outputs_load_and_every_gradient(two):
-    _check_equal_to_one_process(two, tiny4)
+    _check_equal_to_one_process(_split(two, "tiny"), tiny4)
+
+
+@pytest.mark.parametrize("name", sorted(MOE_LAYERS))
+def test_llmtrain_moe_layers_on_two_ep_ranks_equal_one_process(two, name):
+    _check_equal_to_one_process(_split(two, name), MOE_LAYERS[name])
+    _check_bytes(_split(two, name), caps=1)
+
+
+def test_a_moe_llama_step_on_dp2_ep2_equals_one_process_loss_load_and_every_gradient(two):
+    _check_llama(two)
 
 
 def test_counted_all_to_all_bytes_equal_the_formula(two):
-    _check_bytes(two)
+    _check_bytes(_split(two, "tiny"))
 
 
 def test_each_rank_receives_what_the_others_kept_for_its_experts(two):
-    _check_received(two)
+    _check_received(_split(two, "tiny"))
 
 
 def test_a_small_capacity_drops_the_formulas_rows_and_changes_only_those_tokens(two):
-    _check_drops(two, tiny4)
+    _check_drops(_split(two, "tiny"), tiny4)
 
 
 # ------------------------------------------------------------------ 4 ranks
 
 @pytest.mark.slow
 def test_four_ep_ranks_equal_one_process_count_their_bytes_and_drop_by_the_formula(four):
-    _check_equal_to_one_process(four, tiny8)
-    _check_bytes(four)
-    _check_received(four)
-    _check_drops(four, tiny8)
+    tiny = _split(four, "tiny")
+    _check_equal_to_one_process(tiny, tiny8)
+    _check_bytes(tiny)
+    _check_received(tiny)
+    _check_drops(tiny, tiny8)
+    for name, make in MOE_LAYERS.items():
+        _check_equal_to_one_process(_split(four, name), make)
+
+
+@pytest.mark.slow
+def test_a_moe_llama_step_on_dp4_ep2_averages_experts_over_edp_and_equals_one_process(four):
+    _check_llama(four)
 
 
 # ------------------------------------------------------------------ closed forms, one process

@@ -2,7 +2,9 @@
 tokens dispatched to them and combined back with counted all-to-alls.
 
 Rank r of the ep group keeps experts [r·E/ep, (r+1)·E/ep) (``cost.moe_comm.expert_range``; the
-others' weights are dropped) and every non-expert weight (router, shared expert). Its forward on
+others' weights are dropped) and every non-expert weight (router, shared expert).
+``shard(moe, group, capacity_factor)`` does it to one layer in place, ``apply(model, ...)`` to
+every MoE layer of a model; ``reduce_gradients`` averages the gradients over dp (experts: edp). Its forward on
 its own tokens x (n × H), as GShard (Lepikhin et al. 2020, arXiv 2006.16668) and Megatron-Core's
 all-to-all token dispatcher do it:
 
@@ -24,9 +26,9 @@ Every exchange goes through ``comm.all_to_all``, tagged ``cost.moe_comm.TAGS``; 
 ``cost.moe_comm.layer_bytes`` (tests/test_expert_parallel.py, which also shows the ep ranks
 equal one process running the whole MoE on all tokens, outputs and every gradient, float64).
 
-The MoE layer is any module with ``route(x2d) -> (weights, indices)``, ``experts`` (a
-ModuleList of E modules mapping rows to rows) and ``shared`` (a module or None): the
-``llmtrain.model.moe`` layer.
+The MoE layer is ``llmtrain.model.moe.MoE`` or any module with ``route(x2d) -> (weights,
+indices)``, ``experts`` (a ModuleList of E modules mapping rows to rows) and ``shared`` (a module
+or None; ``shared_gate`` optional).
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ from torch import nn
 from .. import check
 from ..cost.moe_comm import capacity as capacity_of
 from ..cost.moe_comm import expert_range
+from ..model.moe import aux_loss
 from . import comm
 
 __all__ = ["COUNTS", "DISPATCH", "COMBINE", "ExpertParallel", "Dispatch", "keep_mask",
-           "all_to_all_rows", "dispatch", "combine", "apply"]
+           "all_to_all_rows", "dispatch", "combine", "shard", "apply", "is_moe_layer",
+           "expert_parameter", "reduce_gradients"]
 
 COUNTS, DISPATCH, COMBINE = "counts", "dispatch", "combine"  # comm tags; backward: "<tag>-backward"
 
@@ -126,39 +130,49 @@ class Dispatch(NamedTuple):
         return sum(map(sum, self.received))
 
 
-class ExpertParallel(nn.Module):
-    """``moe`` with its routed experts sharded over ``group`` (every rank builds the same full
-    ``moe``, e.g. from one seed, and wraps it here); ``capacity_factor`` c limits each expert to
+class ExpertParallel:
+    """The expert-parallel forward of one MoE layer on ``group``: ``shard(moe, group, c)``
+    installs it as ``moe.forward``, so the layer stays where it is (its parameter names, and
+    ``MoELlama.moe_layers``, unchanged) and only its experts [start, stop) keep their weights
+    (the others become ``nn.Identity``). ``capacity_factor`` c limits each expert to
     ⌈c·k·n/E⌉ rows of a rank's n tokens (None: no limit, nothing dropped). ``last`` holds the
-    ``Dispatch`` of the latest forward."""
+    ``Dispatch`` of the latest forward; the layer's ``last_load`` (this rank's routed rows per
+    expert) and ``last_aux_loss`` (on this rank's tokens) are set as its own forward sets them."""
 
     def __init__(self, moe: nn.Module, group=None, capacity_factor: float | None = None):
-        super().__init__()
         check.module("moe", moe)
         if not (callable(getattr(moe, "route", None))
                 and isinstance(getattr(moe, "experts", None), nn.ModuleList)):
             check.fail("moe", "a MoE layer with route() and an experts ModuleList", moe)
+        if isinstance(moe.__dict__.get("forward"), ExpertParallel):
+            check.fail("moe", "a MoE layer not sharded yet", moe)
         check.optional(check.positive_number, "capacity_factor", capacity_factor)
         if not dist.is_initialized():
             raise RuntimeError("ExpertParallel must be built inside a rank: torch.distributed "
                                "is not initialised (use llmtrain.parallel.launch or torchrun)")
-        self.group, self.capacity_factor = group, capacity_factor
+        self.moe, self.group, self.capacity_factor = moe, group, capacity_factor
         self.num_experts = len(moe.experts)
         self.ep, self.ep_rank = dist.get_world_size(group), dist.get_rank(group)
         self.start, self.stop = expert_range(self.num_experts, self.ep, self.ep_rank)
         for e in range(self.num_experts):  # keep my experts only; the others live elsewhere
             if not self.start <= e < self.stop:
                 moe.experts[e] = nn.Identity()
-        self.moe = moe
         self.last: Dispatch | None = None
 
     def local_experts(self) -> range:
         return range(self.start, self.stop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _route(self, x2):
+        gate = getattr(self.moe, "gate", None)
+        if callable(getattr(gate, "route", None)):  # llmtrain.model.moe: the scores too
+            return gate.route(x2)
+        return (*self.moe.route(x2), None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        moe = self.moe
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        weights, indices = self.moe.route(x2)
+        weights, indices, scores = self._route(x2)
         n, k = indices.shape
         E, ep, per = self.num_experts, self.ep, self.stop - self.start
         cap = None if self.capacity_factor is None else capacity_of(n, k, E, self.capacity_factor)
@@ -180,32 +194,70 @@ class ExpertParallel(nn.Module):
         mine = torch.arange(per).repeat(ep).repeat_interleave(received.flatten())
         order = torch.argsort(mine, stable=True)
         blocks = inputs[order].split(received.sum(0).tolist())
-        outputs = torch.cat([self.moe.experts[self.start + j](b) for j, b in enumerate(blocks)])
+        outputs = torch.cat([moe.experts[self.start + j](b) for j, b in enumerate(blocks)])
         outputs = outputs[torch.argsort(order)]  # back to arrival order
         back = combine(outputs, send, recv, self.group)
         w = weights.flatten()[rows].to(back.dtype).unsqueeze(1)
         out = torch.zeros_like(x2).index_add(0, token, back * w)
-        if getattr(self.moe, "shared", None) is not None:
-            out = out + self.moe.shared(x2)
+        if getattr(moe, "shared", None) is not None:
+            shared = moe.shared(x2)
+            if getattr(moe, "shared_gate", None) is not None:  # Qwen2-MoE's sigmoid gate
+                shared = torch.sigmoid(moe.shared_gate(x2)) * shared
+            out = out + shared
+        moe.last_load = routed.detach()
+        if scores is not None:
+            moe.last_aux_loss = aux_loss(scores, indices)
         self.last = Dispatch(cap, routed.tolist(), kept.tolist(), received.tolist(), ~keep,
                              indices.detach(), weights.detach())
         return out.view(shape)
 
 
-def apply(model: nn.Module, group=None, capacity_factor: float | None = None,
-          is_moe=None) -> list[ExpertParallel]:
-    """Wrap every MoE layer of ``model`` in place (a submodule with ``route`` and ``experts``;
-    or where ``is_moe(module)`` is true) as an ``ExpertParallel`` on ``group``; returns them."""
+def is_moe_layer(module: nn.Module) -> bool:
+    """A module with ``route`` and an ``experts`` ModuleList (``llmtrain.model.moe.MoE``)."""
+    return callable(getattr(module, "route", None)) and isinstance(
+        getattr(module, "experts", None), nn.ModuleList)
+
+
+def shard(moe: nn.Module, group=None, capacity_factor: float | None = None) -> ExpertParallel:
+    """Make ``moe`` expert parallel on ``group`` in place (every rank builds the same full layer,
+    e.g. from one seed, then calls this): its forward becomes ``ExpertParallel``'s."""
+    ep = ExpertParallel(moe, group, capacity_factor)
+    moe.forward = ep  # a plain attribute: the module tree and state_dict keys stay as they were
+    return ep
+
+
+def apply(model: nn.Module, group=None, capacity_factor: float | None = None) -> list[ExpertParallel]:
+    """``shard`` every MoE layer of ``model`` (``is_moe_layer``) on ``group``; returns them."""
     check.module("model", model)
-    check.optional(check.function, "is_moe", is_moe)
-    test = is_moe or (lambda m: callable(getattr(m, "route", None))
-                      and isinstance(getattr(m, "experts", None), nn.ModuleList))
-    wrapped = []
-    for name, child in list(model.named_modules()):
-        for attr, sub in list(child.named_children()):
-            if not isinstance(child, ExpertParallel) and not isinstance(sub, ExpertParallel) \
-                    and test(sub):
-                layer = ExpertParallel(sub, group, capacity_factor)
-                setattr(child, attr, layer)
-                wrapped.append(layer)
-    return wrapped
+    layers = [m for m in model.modules() if is_moe_layer(m)]
+    if not layers:
+        check.fail("model", "a model with at least one MoE layer (route() and experts)", model)
+    return [shard(m, group, capacity_factor) for m in layers]
+
+
+def expert_parameter(name: str) -> bool:
+    """True for a routed expert's parameter (``…experts.<e>.…``): these are sharded over ep and
+    averaged over edp; every other parameter is replicated and averaged over dp."""
+    if not isinstance(name, str):
+        check.fail("name", "a parameter name (str)", name)
+    return ".experts." in f".{name}"
+
+
+def reduce_gradients(model: nn.Module, dp_group=None, edp_group=None, tag: str = "grads") -> None:
+    """Data parallelism beside expert parallelism, after backward: a replicated parameter's
+    gradient is averaged over dp; an expert's (``expert_parameter``) is summed over edp (the
+    replicas of that expert, one per ep group) and divided by dp. Why: each rank's loss is the
+    mean over its own tokens and the step's loss the mean over the dp ranks; an expert already
+    holds Σ over its ep group's ranks of their losses' gradients (the dispatch brought their
+    tokens), so the sum over edp is Σ over all dp ranks (equal to one process:
+    tests/test_expert_parallel.py)."""
+    check.module("model", model)
+    dp = dist.get_world_size(dp_group)
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        if expert_parameter(name):
+            comm.all_reduce(p.grad, "sum", group=edp_group, tag=tag)
+            p.grad.div_(dp)
+        else:
+            comm.all_reduce(p.grad, "avg", group=dp_group, tag=tag)

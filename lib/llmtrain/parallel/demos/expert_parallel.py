@@ -24,9 +24,13 @@ import torch.distributed as dist
 
 from ... import check
 from .. import comm
-from ..expert_parallel import ExpertParallel
+from ...cost.layout import ParallelDims
+from ...model.moe import MIXTRAL, MoE, MoELlama, Routing
+from ...model.shapes import ModelShape
+from .. import expert_parallel, groups
 
-__all__ = ["batch", "ep_layer", "one_process"]
+__all__ = ["batch", "moe_layer", "ep_layer", "one_process", "moe_llama", "llama_step",
+           "llama_one_process"]
 
 
 def batch(tokens: int, hidden: int, world: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +42,14 @@ def batch(tokens: int, hidden: int, world: int, seed: int = 0) -> tuple[torch.Te
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(world * tokens, hidden, generator=g, dtype=torch.float64)
     return x, torch.randn(world * tokens, hidden, generator=g, dtype=torch.float64)
+
+
+def moe_layer(hidden: int = 8, experts: int = 4, top_k: int = 2, expert_size: int = 6,
+              shared_size: int = 5, shared_gate: bool = False,
+              routing: Routing = MIXTRAL) -> MoE:
+    """The notebook's MoE layer (``llmtrain.model.moe.MoE``), float64: 4 experts of width 6,
+    top-2, one shared expert of width 5, on hidden size 8."""
+    return MoE(hidden, expert_size, experts, top_k, shared_size, shared_gate, routing).double()
 
 
 def _build(make: Callable[[], Any], seed: int):
@@ -74,19 +86,72 @@ def ep_layer(make: Callable[[], Any], tokens: int, capacity_factors: tuple = (No
     rows = slice(rank * tokens, (rank + 1) * tokens)
     results = []
     for c in capacity_factors:
-        layer = ExpertParallel(copy.deepcopy(full), None, c)
+        moe = copy.deepcopy(full)
+        layer = expert_parallel.shard(moe, None, c)
         x = x_all[rows].clone().requires_grad_()
         with comm.counting() as log:
-            out = layer(x)
+            out = moe(x)
             (out * G_all[rows]).sum().backward()
         d = layer.last
-        load = getattr(layer.moe, "last_load", None)
+        load = getattr(moe, "last_load", None)
         results.append({
             "capacity_factor": c, "capacity": d.capacity, "experts": list(layer.local_experts()),
             "out": out.detach(), "x_grad": x.grad,
-            "grads": {n: p.grad.clone() for n, p in layer.moe.named_parameters()
+            "grads": {n: p.grad.clone() for n, p in moe.named_parameters()
                       if p.grad is not None},
             "routed": d.routed, "kept": d.kept, "received": d.received,
             "dropped": d.dropped, "indices": d.indices, "weights": d.weights,
             "load": None if load is None else load.clone(), "records": log.records})
     return results
+
+
+def moe_llama(num_experts: int = 4) -> ModelShape:
+    """The tiny LLaMA with a MoE in both layers: ``num_experts`` experts of width 32, top-2, a
+    shared expert of width 32 (vocabulary 256, hidden 64, 4 heads, 2 kv heads)."""
+    from ...model import shapes
+
+    return shapes.get("tiny").replace(num_experts=num_experts, experts_per_token=2,
+                                      moe_intermediate_size=32, shared_expert_size=32,
+                                      name=f"tiny-moe-{num_experts}")
+
+
+def _ids(shape: ModelShape, rows: int, seq: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 2)
+    return torch.randint(0, shape.vocab_size, (rows, seq), generator=g)
+
+
+def _llama(shape: ModelShape, seed: int) -> MoELlama:
+    torch.manual_seed(seed)
+    return MoELlama(shape).double()
+
+
+def llama_one_process(shape: ModelShape, dp: int, batch: int = 2, seq: int = 16,
+                      seed: int = 0) -> dict:
+    """One process: the whole MoE LLaMA on the dp ranks' batches concatenated (dp·batch rows):
+    loss, every gradient, the load per MoE layer."""
+    model = _llama(shape, seed)
+    loss = model(_ids(shape, dp * batch, seq, seed), labels=_ids(shape, dp * batch, seq, seed)).loss
+    loss.backward()
+    return {"loss": loss.detach(), "load": model.load(),
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+
+
+def llama_step(shape: ModelShape, dp: int, ep: int, batch: int = 2, seq: int = 16,
+               seed: int = 0) -> dict:
+    """On every rank of ``ParallelDims(dp=dp, ep=ep)`` (world dp; ep carved out of dp): the
+    same MoE LLaMA, experts sharded over the ep group, this dp rank's ``batch`` rows; one
+    forward + backward, then ``reduce_gradients`` (dp; experts: edp). Returns the local loss,
+    every gradient this rank holds, its experts, the load and the comm records by axis."""
+    dims = ParallelDims(dp=dp, ep=ep)
+    g = groups.build(dims)
+    place = dims.place(dist.get_rank())
+    model = _llama(shape, seed)
+    layers = expert_parallel.apply(model, g.ep)
+    ids = _ids(shape, dp * batch, seq, seed)[place.dp * batch:(place.dp + 1) * batch]
+    with comm.counting() as log:
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        expert_parallel.reduce_gradients(model, g.dp, g.edp)
+    return {"loss": loss.detach(), "load": model.load(), "experts": list(layers[0].local_experts()),
+            "place": tuple(place), "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+            "summary": log.summary(by=("op", "tag", "axis"))}
