@@ -62,8 +62,11 @@ SOURCES: tuple[Source, ...] = (
            "top-K choice only, decrease/increase by the bias update speed γ, the sequence-wise balance "
            "loss) and the report's LaTeX source of §4.2 (γ = 0.001 for the first 14.3T tokens, 0.0 for "
            "the last 500B; α = 0.0001; 1 shared + 256 routed experts of width 2048, 8 activated, first "
-           "three layers dense; 671B total, 37B activated)",
-           ("§2.1.2", "§3.2.1", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "§4.2", "Eq. 12", "Eq. 13",
+           "three layers dense; 671B total, 37B activated); "
+           "transcriptions of §3.2 (16-way PP, 64-way EP spanning 8 nodes, ZeRO-1 DP), §3.2.2 (each token "
+           "dispatched to at most 4 nodes to reduce IB traffic, IB to the same in-node index then NVLink; NVLink 160 GB/s vs IB 50 GB/s; "
+           "up to 13 experts = 4 nodes x 3.2 at the same cost) and §2.1.2's No Token-Dropping",
+           ("§2.1.2", "§3.2", "§3.2.1", "§3.2.2", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "§4.2", "Eq. 12", "Eq. 13",
             "Eq. 15", "Eq. 16", "Eq. 17", "Eq. 18", "Eq. 19", "Eq. 20", "Fig. 6", "Fig. 7"),
            ("arXiv 2412.19437", "DeepSeek-V3 technical report")),
     Source("Fedus et al. 2022",
