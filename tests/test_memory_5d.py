@@ -1,0 +1,197 @@
+"""Memory beyond 3D: context parallelism (cp) and expert parallelism (ep) in ``memory.estimate``,
+and what one GPU of Llama 3 405B's and DeepSeek-V3's published layouts holds.
+
+Oracles: the 3D estimates as they were before cp and ep (numbers printed by the code of
+commit e919c9e), closed forms written out term by term below, ``params.count`` (itself equal
+to transformers' models on the meta device) and the published layouts' own numbers.
+"""
+
+import math
+
+import pytest
+
+from llmtrain.cost import activations as af
+from llmtrain.cost import experts, memory, params, plan, states
+from llmtrain.cost import published_runs as pr
+from llmtrain.cost.layout import ParallelDims
+from llmtrain.model import shapes
+
+DSV3 = shapes.resolve("deepseek-v3")
+L405 = shapes.resolve("llama3-405b")
+
+
+# --- cp = ep = 1: the 3D estimate, unchanged -------------------------------------------------
+
+@pytest.mark.parametrize("name, dims, kw, parts, peak", [
+    ("llama-7b", ParallelDims(dp=8), dict(zero=3),
+     {'model states': 13476831232, 'activations': 1598029824, 'softmax extra': 1048576000,
+      'framework': 1073741824, 'ZeRO runtime': 4294967296, 'fragmentation': 1073741824},
+     21734994316),
+    ("llama2-70b", ParallelDims(dp=4, tp=4, pp=4),
+     dict(zero=1, impl="korthikanti", recompute="selective", sp=True, microbatches=8),
+     {'model states': 30408433664, 'activations': 5868879872,
+      'in-flight activations': 17112760320, 'softmax extra': 262144000,
+      'framework': 1073741824, 'ZeRO runtime': 4294967296, 'fragmentation': 1073741824},
+     79998137050),
+    ("llama3-8b", ParallelDims(dp=2, tp=2, pp=2),
+     dict(zero=1, framework="megatron", impl="korthikanti", recompute="none"),
+     {'model states': 24091607040, 'activations': 17727225856,
+      'in-flight activations': 16642998272, 'framework': 1073741824,
+      'fragmentation': 1073741824}, None)])
+def test_cp_and_ep_of_one_give_the_3d_estimate(name, dims, kw, parts, peak):
+    """The numbers the 3D code (commit e919c9e) printed for these layouts, to the byte."""
+    for d in (dims, ParallelDims(dp=dims.dp, tp=dims.tp, pp=dims.pp, cp=1, ep=1)):
+        est = memory.estimate(name, d, 2, 2048, **kw)
+        assert est.parts == parts and est.peak_bytes == peak
+
+
+# --- cp: every rank holds seq/cp of each sequence ---------------------------------------------
+
+@pytest.mark.parametrize("cp", [1, 2, 4, 16])
+def test_cp_divides_activations_as_stated(cp):
+    """Oracle: each formula written out at s/cp (the scores: s/cp queries × s keys)."""
+    shape, B, s, t = shapes.get("llama2-70b"), 2, 4096, 4
+    a, h, L, V = shape.num_heads, shape.hidden_size, shape.num_layers, shape.vocab_size
+    sl = s // cp
+    assert memory.activation_bytes(shape, B, s, cp=cp, tp=t) == L * 2 * B * sl * h + 4 * B * sl * V // t
+    assert memory.activation_bytes(shape, B, s, cp=cp, tp=t, sp=True) == \
+        memory.activation_bytes(shape, B, sl, tp=t, sp=True)
+    for rec in ("full", "selective"):  # no s² term: exactly the count at s/cp
+        assert af.korthikanti_bytes(shape, B, s, recompute=rec, tp=t, cp=cp) == \
+            af.korthikanti_bytes(shape, B, sl, recompute=rec, tp=t)
+    sbh = sl * B * h
+    none = L * (sbh * (10 + 24 / t) + 5 * a * sl * s * B / t) + 4 * sbh * (1 + V / h) / t
+    assert af.korthikanti_bytes(shape, B, s, recompute="none", tp=t, cp=cp) == round(none)
+
+
+def test_cp_adds_the_next_kv_block_and_shards_zero_over_dp_cp():
+    """cp ranks hold the same weights: ZeRO-3 over dp = 2, cp = 4 is ZeRO-3 over 8 ranks; the
+    activations are those of seq/cp; "ring K/V in flight" = 2·b·B·(s/cp)·kv/tp."""
+    shape, s = shapes.get("llama3-8b"), 8192
+    kw = dict(zero=3, impl="korthikanti", recompute="selective", overheads=False)
+    cp = memory.estimate(shape, ParallelDims(dp=2, tp=2, cp=4), 1, s, **kw)
+    flat = memory.estimate(shape, ParallelDims(dp=8, tp=2), 1, s // 4, **kw)
+    assert cp.details["model states"] == flat.details["model states"]
+    assert cp.parts["activations"] == flat.parts["activations"]
+    assert cp.parts["softmax extra"] == flat.parts["softmax extra"]
+    assert cp.parts["ring K/V in flight"] == 2 * 2 * 1 * (s // 4) * shape.kv_size // 2 == 4194304
+    assert cp.step_peak is None and flat.step_peak is not None  # not modelled phase by phase
+    assert states.zero_groups(ParallelDims(dp=2, tp=2, cp=4)) == (8, 8)
+
+
+# --- ep: a MoE shape's routed experts over ep ranks --------------------------------------------
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "mixtral-8x7b", "qwen1.5-moe-a2.7b",
+                                  "llama3-405b", "tiny"])
+@pytest.mark.parametrize("pp", [1, 2, 16])
+def test_stages_add_up_to_the_count(name, pp):
+    """Σ over the pipeline stages (ep = 1) = params.count (a tied embedding's copy on the last
+    stage aside): every parameter is placed once."""
+    shape = shapes.resolve(name)
+    if pp > shape.num_layers:
+        pp = shape.num_layers
+    held = [experts.stage_params(shape, pp, s) for s in range(pp)]
+    copy = params.breakdown(shape)["embedding"] if shape.tie_embeddings and pp > 1 else 0
+    assert sum(h["non-expert"] + h["experts"] for h in held) == params.count(shape) + copy
+    if not shape.is_moe:  # the dense count of the 3D code, stage by stage
+        assert [h["non-expert"] for h in held] == [
+            states.params_per_gpu(shape, ParallelDims(pp=pp), s) for s in range(pp)]
+
+
+@pytest.mark.parametrize("ep", [1, 2, 8, 64, 256])
+def test_ep_divides_the_experts(ep):
+    """DeepSeek-V3's middle stage (4 MoE layers): E/ep of each layer's 256 routed experts of
+    3·7168·2048 parameters; attention, norms, router and shared expert stay whole."""
+    mid = experts.stage_params(DSV3, 16, 5, ep)
+    assert mid["experts"] == 4 * (256 // ep) * 3 * 7168 * 2048
+    assert mid["non-expert"] == experts.stage_params(DSV3, 16, 5)["non-expert"]
+    d = ParallelDims(dp=256, pp=16, ep=ep)
+    assert states.held_params(DSV3, d, rank=5 * 256 + 3) == mid  # a rank of stage 5
+    assert states.zero_groups(d) == (256, 256 // ep)
+    st = states.model_state_bytes(DSV3, dims=d, zero=1)  # mixed AdamW: 2 + 2 + 4 + 8
+    busiest = states.held_params(DSV3, d)
+    ne, ex = busiest["non-expert"], busiest["experts"]
+    assert st == {"weights": 2 * (ne + ex), "gradients": 2 * (ne + ex),
+                  "master": math.ceil(4 * ne / 256) + math.ceil(4 * ex / (256 // ep)),
+                  "optimizer": math.ceil(8 * ne / 256) + math.ceil(8 * ex / (256 // ep))}
+
+
+# --- the published layouts ----------------------------------------------------------------------
+
+def test_llama3_cp16_fits_128k():
+    """Table 4: 8K on TP 8, PP 16, DP 128; 128K on TP 8, CP 16, PP 16, DP 8 (16,384 GPUs each).
+    Oracle, per GPU of the first stage: P = 3,450,617,856 parameters (TP 8 × PP 16), ZeRO-2
+    over dp·cp = 128; Korthikanti's selective count with SP, 8 layers: 34·sbh/t each, plus the
+    output layer 4sbh(1 + v/h)/t, at s = 8,192 tokens per rank in both stages; 16 in flight."""
+    P = states.params_per_gpu(L405, ParallelDims(tp=8, pp=16))
+    assert P == 3_450_617_856
+    s, h, v, t = 8192, 16384, 128256, 8
+    act = 8 * 34 * s * h // t + 4 * s * (h + v) // t
+    short, long_ = pr.per_gpu_memory(pr.LLAMA3_405B[1]), pr.per_gpu_memory(pr.LLAMA3_405B_LONG_CONTEXT)
+    for est in (short, long_):
+        assert est.details["model states"] == {"weights": 2 * P, "gradients": 2 * P // 128,
+                                               "master": 4 * P // 128, "optimizer": 8 * P // 128}
+        assert est.parts["activations"] == act == 5_155_848_192
+        assert est.parts["in-flight activations"] == 15 * 8 * 34 * s * h // t
+        assert est.details["in_flight"] == 16  # 16 sequences per DP group, 1F1B on 16 stages
+    assert long_.parts["ring K/V in flight"] == 2 * 2 * s * 1024 // t
+    card = plan.cluster("h100-80g").memory_bytes
+    assert long_.total == 80_889_730_816 <= card == 80 * 2**30
+    no_cp = pr.per_gpu_memory(pr.LLAMA3_405B_LONG_CONTEXT, cp=1)  # 128K on one rank
+    # one 128K micro-batch alone: 16× the 8K one (the scores are not kept: no s² term)
+    assert no_cp.parts["activations"] == 82_493_571_072 == 16 * act
+    assert no_cp.parts["model states"] + no_cp.parts["activations"] > card
+    assert no_cp.total > 13 * card  # with the 15 others in flight
+
+
+def test_deepseek_v3_per_gpu():
+    """§3.2: PP 16, EP 64, ZeRO-1 DP over 2,048 GPUs (dp = 128, edp = 2); §3.3.3: FP32 master
+    weights and gradients, BF16 moments. Oracle for the first stage (3 dense layers, 1 MoE
+    layer, the embedding): parameters from the config, then bytes per state."""
+    r = pr.DEEPSEEK_V3
+    assert r["pp"] * r["dp"] == r["gpus"] == 2048 and r["dp"] % r["ep"] == 0
+    attn_norms = 187_121_664  # MLA attention and the layer's norms
+    ne = 4 * attn_norms + 3 * 3 * 7168 * 18432 + 45_875_200 + 129280 * 7168
+    ex = 256 * 3 * 7168 * 2048 // 64
+    assert experts.layer_params(DSV3)["attention and norms"] == attn_norms
+    assert experts.layer_params(DSV3)["MoE block, non-expert"] == 45_875_200  # router + shared
+    est = pr.per_gpu_memory(r)
+    assert est.details["model states"] == {
+        "weights": 2 * (ne + ex), "gradients": 4 * (ne + ex),
+        "master": 4 * ne // 128 + 4 * ex // 2, "optimizer": 4 * ne // 128 + 4 * ex // 2}
+    assert est.details["model states"]["gradients"] == 12_345_147_392
+    assert est.parts["activations"] == 4 * 2 * 4096 * 7168 + 4 * 4096 * 129280 == 2_353_004_544
+    assert est.parts["in-flight activations"] == 15 * 4 * 2 * 4096 * 7168
+    assert est.total == 25_280_466_944
+    one = pr.per_gpu_memory(r, ep=1)  # all 256 experts: a middle stage (4 MoE layers) is busiest
+    mid = 4 * (attn_norms + 45_875_200 + 256 * 3 * 7168 * 2048)
+    assert one.details["model states"]["weights"] == 2 * mid == 92_058_288_128
+
+
+# --- bad arguments name themselves -------------------------------------------------------------
+
+def test_bad_cp_and_ep_are_named():
+    with pytest.raises(ValueError, match="cp must divide seq=100"):
+        memory.estimate("tiny", ParallelDims(cp=3), 1, 100)
+    with pytest.raises(ValueError, match="cp must be a positive integer"):
+        memory.activation_bytes("tiny", 1, 64, cp=0)
+    with pytest.raises(ValueError, match="cp > 1 is counted by impl='textbook' or 'korthikanti'"):
+        memory.activation_bytes("tiny", 1, 64, cp=2, impl="reference")
+    with pytest.raises(ValueError, match="ep must divide dp=4"):
+        ParallelDims(dp=4, ep=3)
+    with pytest.raises(ValueError, match="ep=2 shards experts: the model has none"):
+        memory.estimate("tiny", ParallelDims(dp=2, ep=2), 1, 64)
+    with pytest.raises(ValueError, match="ep must divide num_experts=256"):
+        experts.stage_params(DSV3, 16, 0, ep=3)
+    with pytest.raises(ValueError, match="tp must be 1 for a MoE shape"):
+        states.held_params(DSV3, ParallelDims(dp=2, tp=2))
+    with pytest.raises(ValueError, match="needs impl='textbook'"):
+        memory.estimate(DSV3, ParallelDims(dp=64, pp=16, ep=64), 1, 4096, impl="korthikanti",
+                        recompute="selective")
+    with pytest.raises(ValueError, match="bytes_per_param must be a dict with the keys"):
+        memory.estimate("tiny", 1, 1, 64, bytes_per_param={"weights": 2})
+    with pytest.raises(ValueError, match=r"bytes_per_param\['master'\] must be a finite number"):
+        memory.estimate("tiny", 1, 1, 64, bytes_per_param=dict(
+            weights=2, gradients=4, master=-1, optimizer=4))
+    with pytest.raises(ValueError, match="layout key must be one of"):
+        pr.per_gpu_memory(pr.DEEPSEEK_V3, zero=3)
