@@ -65,8 +65,12 @@ SOURCES: tuple[Source, ...] = (
            "three layers dense; 671B total, 37B activated); "
            "transcriptions of §3.2 (16-way PP, 64-way EP spanning 8 nodes, ZeRO-1 DP), §3.2.2 (each token "
            "dispatched to at most 4 nodes to reduce IB traffic, IB to the same in-node index then NVLink; NVLink 160 GB/s vs IB 50 GB/s; "
-           "up to 13 experts = 4 nodes x 3.2 at the same cost) and §2.1.2's No Token-Dropping",
-           ("§2.1.2", "§3.2", "§3.2.1", "§3.2.2", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "§4.2", "Eq. 12", "Eq. 13",
+           "up to 13 experts = 4 nodes x 3.2 at the same cost) and §2.1.2's No Token-Dropping; "
+           "a full-text transcription of §3.1 (2,048 H800, 8 per node), §3.2 (no TP), §3.2.1 with "
+           "Table 2 (DualPipe: 2× parameters, PP + 1 activations), §3.2.3 (recomputation of RMSNorm "
+           "and MLA up-projections, EMA in CPU) and §3.3.3 (BF16 moments; FP32 master weights and "
+           "gradients)",
+           ("§2.1.2", "§3.1", "§3.2", "§3.2.1", "§3.2.2", "§3.2.3", "Table 2", "§3.3", "§3.3.1", "§3.3.2", "§3.3.3", "§4.2", "Eq. 12", "Eq. 13",
             "Eq. 15", "Eq. 16", "Eq. 17", "Eq. 18", "Eq. 19", "Eq. 20", "Fig. 6", "Fig. 7"),
            ("arXiv 2412.19437", "DeepSeek-V3 technical report")),
     Source("Fedus et al. 2022",
