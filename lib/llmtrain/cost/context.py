@@ -54,7 +54,8 @@ def element_bytes(dtype: Any) -> int:
 
 def chunk_tokens(seq: int, cp: int, layout: str = "zigzag") -> int:
     """Tokens per chunk: T/cp (contiguous) or T/(2cp) (zigzag); ValueError naming seq when it
-    does not divide. A definition (the two layouts above)."""
+    does not divide (the two layouts above; tests/test_context_parallel.py::
+    test_formulas_reject_bad_arguments)."""
     check.positive_int("seq", seq)
     check.positive_int("cp", cp)
     check.one_of("layout", layout, LAYOUTS)
@@ -68,7 +69,8 @@ def chunk_tokens(seq: int, cp: int, layout: str = "zigzag") -> int:
 
 def chunks(seq: int, cp: int, rank: int, layout: str = "zigzag") -> list[tuple[int, int]]:
     """The [start, stop) token ranges rank ``rank`` holds, in the order it holds them
-    (zigzag: chunks r and 2cp−1−r; contiguous: one range). A definition."""
+    (zigzag: chunks r and 2cp−1−r; contiguous: one range); they partition the sequence:
+    tests/test_context_parallel.py::test_layouts_partition_the_sequence."""
     c = chunk_tokens(seq, cp, layout)
     check.integer("rank", rank, 0, cp - 1)
     if layout == "contiguous":
@@ -78,7 +80,8 @@ def chunks(seq: int, cp: int, rank: int, layout: str = "zigzag") -> list[tuple[i
 
 def positions(seq: int, cp: int, rank: int, layout: str = "zigzag") -> list[int]:
     """The global positions of rank ``rank``'s tokens, in its order (RoPE and the causal mask
-    use these). A definition (``chunks`` flattened)."""
+    use these): ``chunks`` flattened (tests/test_context_parallel.py::
+    test_layouts_partition_the_sequence; the runs equal one process with them)."""
     return [t for a, b in chunks(seq, cp, rank, layout) for t in range(a, b)]
 
 
@@ -93,7 +96,8 @@ def ring_owner(step: int, rank: int, cp: int) -> int:
 
 def pairs_between(queries: tuple[int, int], keys: tuple[int, int]) -> int:
     """Causal (query, key) pairs with key ≤ query, queries in [a, b), keys in [c, d):
-    Σ_q clamp(q − c + 1, 0, d − c). Checked against counting every pair (tests)."""
+    Σ_q clamp(q − c + 1, 0, d − c). Checked against counting every pair:
+    tests/test_context_parallel.py::test_pairs_between_counts_every_pair."""
     (a, b), (c, d) = queries, keys
     for name, (lo, hi) in (("queries", queries), ("keys", keys)):
         check.integer(f"{name} start", lo, 0)
@@ -126,7 +130,8 @@ def ring_schedule(seq: int, cp: int, layout: str = "zigzag") -> list[list[tuple[
 
 def causal_pairs(seq: int, cp: int, layout: str = "zigzag") -> list[int]:
     """Causal score entries each rank computes over all steps (its share of T(T+1)/2): the
-    work of attention per rank. Zigzag: all equal. Checked: sums to T(T+1)/2 (tests)."""
+    work of attention per rank. Zigzag: all equal; the sum is T(T+1)/2:
+    tests/test_context_parallel.py::test_zigzag_balances_causal_work."""
     sched = ring_schedule(seq, cp, layout)
     return [sum(step[r][1] for step in sched) for r in range(cp)]
 
@@ -192,7 +197,8 @@ def long_context_bytes(shape, seq: int, *, batch: int = 1, cp: int = 1,
     "layer (flash)" (SDPA's fused kernel: linear in T), "layer (eager)" (the explicit softmax
     keeps B·N·T² scores: quadratic), "scores (eager)" (that T² part), "model (flash)" and
     "model (eager)" (L layers + embedding, final norm, lm_head, loss). The eager scores at
-    seq/cp are what a rank would hold if it materialised its own (T/cp)² block only."""
+    seq/cp are what a rank would hold if it materialised its own (T/cp)² block only.
+    Checked: tests/test_context_parallel.py::test_long_context_numbers_for_llama3_405b."""
     shape = resolve(shape, "shape")
     check.positive_int("cp", cp)
     if seq % cp:
@@ -211,20 +217,29 @@ def long_context_bytes(shape, seq: int, *, batch: int = 1, cp: int = 1,
 
 
 def cp_saved_bytes(shape, batch: int, seq: int, cp: int, *, method: str = "ring",
-                   dtype: Any = "fp32") -> int:
+                   layout: str = "zigzag", dtype: Any = "fp32") -> int:
     """Bytes one rank of ``parallel.context_parallel.apply``'s LLaMA saves for backward in
-    ``model(ids, labels)`` (ids its B × T/cp tokens): the dense reference (SDPA) at T/cp tokens
-    for everything but attention and the loss, which differ as follows (b, g as above; t = T/cp,
-    q = N·d, kv = N_kv·d):
+    ``model(ids, labels)`` (ids its B × t tokens, t = T/cp): the dense reference (SDPA,
+    ``activations.saved_bytes``) at t tokens, except (b, g as above; q = N·d, kv = N_kv·d):
 
-        attention, ring      q, k, v as they arrive (k, v not repeated to N heads), its output
-                             and its log-sum-exp: b·B·t·(2q + 2kv) + g·B·N·t, instead of SDPA's
-                             3b·B·t·q + 4B·N·t
-        attention, ulysses   SDPA on N/cp heads × T tokens: the dense term at t tokens (the
-                             same bytes), plus, for zigzag, the two int64 index vectors that
-                             reorder the gathered sequence
-        loss                 all B·t logits rows (the dense loss drops the last position of each
-                             sequence): 4·B·t·V + 8·B·t + 4
+        attention, ring     its own q, k, v (k, v not repeated to N heads) and log-sum-exp:
+                            b·B·t·(q + 2kv) + g·B·N·t per layer, instead of SDPA's repeated
+                            3b·B·t·q + 4·B·N·t (the output is o_proj's input in both)
+        attention, ulysses  SDPA on N/cp heads × T tokens saves what it saves at t tokens, but
+                            its head-sharded output is not o_proj's input (the sequence-sharded
+                            one is): + b·B·t·q per layer; zigzag: + 2 int64 index vectors of T
+        loss                all B·t rows (the dense loss drops each sequence's last position)
+                            and the all-reduced (sum, count): 4B·t·V + 8B·t + 4 + 2g
 
     Measured: tests/test_context_parallel.py::test_saved_activations_equal_cp_saved_bytes."""
-    raise NotImplementedError  # filled in after measuring
+    shape, b = _sizes(shape, batch, seq, cp, method, dtype)
+    chunk_tokens(seq, cp, layout)
+    t, L, N, V = seq // cp, shape.num_layers, shape.num_heads, shape.vocab_size
+    q, kv, g, B = shape.q_size, shape.kv_size, max(b, 4), batch
+    dense = activations.saved_bytes_terms(shape, B, t, dtype=dtype, attention="sdpa")
+    total = sum(v for k, v in dense.items() if k != "one layer") - dense["loss"]
+    if method == "ring":
+        total += L * (b * B * t * (q + 2 * kv) + g * B * N * t - 3 * b * B * t * q - 4 * B * N * t)
+    else:
+        total += L * (b * B * t * q + (2 * 8 * seq if layout == "zigzag" else 0))
+    return total + 4 * B * t * V + 8 * B * t + 4 + 2 * g

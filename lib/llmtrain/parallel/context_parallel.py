@@ -110,9 +110,10 @@ class _RingAttention(torch.autograd.Function):
             new = torch.logaddexp(lse, block_lse)
             out = out * torch.exp(lse - new) + (p @ _expand(kv[1], g).to(acc)) * torch.exp(m - new)
             lse = new
-        ctx.save_for_backward(q, k, v, out.to(q.dtype), lse)
+        out = out.to(q.dtype)  # laid out as q, (B, t, N, d) in memory: o_proj's input is a view
+        ctx.save_for_backward(q, k, v, out, lse)
         ctx.pos, ctx.group, ctx.scale, ctx.skipped = pos, group, scale, skipped
-        return out.to(q.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
