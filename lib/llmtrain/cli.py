@@ -71,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pm = sub.add_parser("memory", help="per-GPU training memory (训练显存估计)")
     _model_args(pm)
     pm.add_argument("--gpus", type=_int_flag("gpus"), default=1,
-                    help="number of GPUs, dp·tp·pp (default 1)")
+                    help="number of GPUs, dp·cp·tp·pp (default 1)")
     pm.add_argument("--batch", type=_int_flag("batch"), default=1,
                     help="micro-batch per GPU, B (default 1)")
     pm.add_argument("--seq", type=_int_flag("seq"), default=None,
@@ -96,6 +96,11 @@ def _build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--tp", type=_int_flag("tp"), default=1, help="tensor-parallel degree")
     pm.add_argument("--pp", type=_int_flag("pp"), default=1, help="pipeline-parallel degree")
     pm.add_argument("--sp", action="store_true", help="sequence parallel (with --tp > 1)")
+    pm.add_argument("--cp", type=_int_flag("cp"), default=1,
+                    help="context-parallel degree: each GPU holds seq/cp of every sequence")
+    pm.add_argument("--ep", type=_int_flag("ep"), default=1,
+                    help="expert-parallel degree (a MoE model): the routed experts over ep of "
+                         "the dp ranks; must divide dp")
     pm.add_argument("--microbatches", type=_int_flag("microbatches"), default=None,
                     help="micro-batches per step, with --pp > 1: how many the pipeline's first "
                          "stage holds (default: at least its warm-up)")
@@ -283,8 +288,15 @@ def _memory_cmd(args) -> str:
         if value != default and args.pp == 1:
             raise ValueError(f"{flag} is only used with --pp > 1 (a pipeline), got {flag} "
                              f"{value} with --pp 1")
-    dims = memory.parallel_dims(args.gpus, args.tp, args.pp)  # a ParallelDims(dp, tp, pp)
-    est = memory.estimate(_shape(args), dims, batch=args.batch, seq=args.seq,
+    dp, rest = divmod(args.gpus, args.tp * args.cp * args.pp)
+    if not rest and dp % args.ep:
+        raise ValueError(f"--ep must divide dp = gpus/(tp·cp·pp) = {dp}, got --ep {args.ep}")
+    shape = _shape(args)
+    seq = args.seq or shape.max_seq_len
+    if seq % args.cp:
+        raise ValueError(f"--cp must divide the sequence length {seq} (--seq), got --cp {args.cp}")
+    dims = memory.parallel_dims(args.gpus, args.tp, args.pp, args.cp, args.ep)
+    est = memory.estimate(shape, dims, batch=args.batch, seq=args.seq,
                           zero=args.zero, recompute=args.recompute, dtype=args.dtype,
                           impl=args.impl, precision=args.precision, optimizer=args.optimizer,
                           sp=args.sp, attention=args.attention or "sdpa",
@@ -295,6 +307,7 @@ def _memory_cmd(args) -> str:
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
                            "model_states": d["model states"], "dp": d["dp"],
+                           "cp": args.cp, "ep": args.ep,
                            "framework": d["framework"],
                            "pipeline": {"pp": args.pp, "schedule": d["schedule"],
                                         "virtual": d["virtual"],
