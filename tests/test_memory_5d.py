@@ -195,3 +195,39 @@ def test_bad_cp_and_ep_are_named():
             weights=2, gradients=4, master=-1, optimizer=4))
     with pytest.raises(ValueError, match="layout key must be one of"):
         pr.per_gpu_memory(pr.DEEPSEEK_V3, zero=3)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def test_cli_memory_takes_cp_and_ep(capsys):
+    """--cp and --ep reach memory.estimate: the JSON equals the estimate of the same layout."""
+    import json
+
+    from llmtrain import cli
+    argv = ["memory", "deepseek-v3", "--gpus", "2048", "--pp", "16", "--ep", "64", "--zero", "1",
+            "--seq", "4096", "--no-overheads", "--json"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    est = memory.estimate(DSV3, ParallelDims(dp=128, pp=16, ep=64), 1, 4096, zero=1,
+                          overheads=False)
+    assert out["parts"] == est.parts and (out["dp"], out["cp"], out["ep"]) == (128, 1, 64)
+    assert cli.main(["memory", "llama3-8b", "--gpus", "8", "--cp", "4", "--seq", "8192",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["parts"]["ring K/V in flight"] == 2 * 2 * 2048 * 1024 and out["dp"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["deepseek-v3", "--gpus", "2048", "--pp", "16", "--ep", "3"],
+     "--ep must divide dp = gpus/(tp·cp·pp) = 128, got --ep 3"),
+    (["llama3-8b", "--gpus", "4", "--cp", "3", "--seq", "100"],
+     "--cp must divide the sequence length 100 (--seq), got --cp 3"),
+    (["llama3-8b", "--cp", "0"], "argument --cp: cp must be a positive integer, got 0"),
+    (["llama3-8b", "--ep", "x"], "argument --ep: ep must be a positive integer"),
+    (["llama3-8b", "--gpus", "6", "--cp", "4"], "gpus must be a multiple of tp·cp·pp=4, got 6"),
+])
+def test_cli_bad_cp_and_ep_are_one_line_exit_2(capsys, argv, message):
+    from llmtrain import cli
+    assert cli.main(["memory", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -39,10 +39,10 @@ def as_dims(dims: Any) -> ParallelDims:
         check.fail("dims", "a ParallelDims or a positive integer (= ParallelDims(dp=dims))", dims)
 
 
-def parallel_dims(gpus: int, tp: int = 1, pp: int = 1) -> ParallelDims:
-    """``ParallelDims.from_gpus(gpus, tp, pp)`` under its older name (kept for one release):
-    the one constructor of a layout from a GPU count (tests/test_memory.py)."""
-    return ParallelDims.from_gpus(gpus, tp, pp)
+def parallel_dims(gpus: int, tp: int = 1, pp: int = 1, cp: int = 1, ep: int = 1) -> ParallelDims:
+    """``ParallelDims.from_gpus(gpus, tp, pp, cp, ep)`` under its older name (kept for one
+    release): the one constructor of a layout from a GPU count (tests/test_memory.py)."""
+    return ParallelDims.from_gpus(gpus, tp, pp, cp, ep)
 
 
 # --- model states: weights, gradients, master weights, optimizer states ---------------
