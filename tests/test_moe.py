@@ -23,7 +23,8 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from llmtrain.model.moe import (DEEPSEEK_V3, MIXTRAL, QWEN2_MOE, Expert, MoE, MoELlama, Routing,
-                                aux_loss, expert_load, hf_state_dict_to_ours, imbalance)
+                                aux_loss, balancing_run, expert_load, hf_state_dict_to_ours,
+                                imbalance)
 from llmtrain.model.shapes import ModelShape
 
 B, T = 2, 16
@@ -219,11 +220,11 @@ def test_aux_loss_equals_transformers_per_layer_but_not_its_pooling_over_layers(
     for m, logits in zip(layers, ref.router_logits):  # one layer: the same E·Σ f_i·P_i
         hf_one = load_balancing_loss_func((logits,), 4, 2)
         assert abs(m.last_aux_loss.item() - hf_one.item()) < 1e-5
-    # transformers pools f and P over the layers before multiplying; ours averages the
-    # layers' losses: E·Σ(mean_l f)(mean_l P) differs from mean_l E·Σ f·P
-    mean_of_layers = torch.stack([m.last_aux_loss for m in layers]).mean().item()
-    assert abs(ours.last_aux_loss.item() - mean_of_layers) < 1e-12
-    assert abs(ref.aux_loss.item() - mean_of_layers) > 1e-3
+    # transformers pools f and P over the layers before multiplying, E·Σ(mean_l f)(mean_l P);
+    # ours adds each layer's loss (Switch §2.2): Σ_l E·Σ f·P, not L times the pooled value
+    per_layer = [m.last_aux_loss.item() for m in layers]
+    assert abs(ours.last_aux_loss.item() - sum(per_layer)) < 1e-6
+    assert abs(len(layers) * ref.aux_loss.item() - sum(per_layer)) > 1e-3
 
 
 def test_aux_loss_is_k_for_uniform_routing_and_e_times_k_on_one_expert():
@@ -282,7 +283,7 @@ def test_last_load_counts_every_tokens_k_choices():
     assert imbalance(torch.tensor([8, 0, 0, 0])) == 4.0
 
 
-def test_moe_llama_loss_adds_coef_times_mean_aux_and_backward_reaches_router_and_experts():
+def test_moe_llama_loss_adds_coef_times_summed_aux_and_backward_reaches_router_and_experts():
     torch.manual_seed(0)
     shape = _shape(first_dense_layers=1, num_layers=3)
     plain = MoELlama(shape, MIXTRAL).double()
@@ -307,6 +308,37 @@ def test_meta_then_to_empty_then_init_weights_zeroes_the_balancing_bias():
     model.init_weights()
     assert all((m.gate.e_score_correction_bias == 0).all() for m in model.moe_layers())
     assert torch.isfinite(model(_ids(MIXTRAL_SHAPE)).logits).all()
+
+
+def _skewed(routing):
+    """Experts 0 and 1 favoured by every token (notebook 14 §3.4's setup, 40 steps)."""
+    torch.manual_seed(0)
+    moe = MoE(32, 16, 8, 2, routing=routing).double()
+    g = torch.Generator().manual_seed(1)
+    u = F.normalize(torch.randn(32, generator=g, dtype=torch.float64), dim=0)
+    with torch.no_grad():
+        moe.gate.weight.normal_(0, 0.3, generator=g)
+        moe.gate.weight[:2] += 2.0 * u
+    return moe, torch.randn(40, 256, 32, generator=g, dtype=torch.float64) + u
+
+
+def test_bias_balances_a_skewed_router_without_moving_its_weights_and_aux_loss_by_moving_them():
+    results = {}
+    for name, routing, lr in [("none", Routing("sigmoid"), 0.0),
+                              ("aux", Routing("sigmoid"), 0.5),
+                              ("bias", Routing("sigmoid", bias_update_speed=0.01), 0.0)]:
+        moe, tokens = _skewed(routing)
+        w0 = moe.gate.weight.detach().clone()
+        loads = balancing_run(moe, tokens, aux_lr=lr)
+        assert tuple(loads.shape) == (40, 8) and (loads.sum(1) == 256 * 2).all()
+        moved = (moe.gate.weight - w0).norm().item()
+        results[name] = (imbalance(loads[-10:].sum(0)), moved)
+        bias = moe.gate.e_score_correction_bias
+        steps = (bias / 0.01).round()  # the bias moves in whole steps of γ
+        assert torch.allclose(bias, 0.01 * steps, atol=1e-12)
+    assert results["none"][0] > 2.0 and results["none"][1] == 0.0
+    assert 1.0 < results["aux"][0] < results["none"][0] and results["aux"][1] > 0.5
+    assert results["bias"][0] < 1.2 and results["bias"][1] == 0.0
 
 
 def test_expert_is_a_swiglu_without_biases():
@@ -335,6 +367,9 @@ def test_expert_is_a_swiglu_without_biases():
     (lambda: expert_load([0, 1], 2), "indices"),
     (lambda: imbalance(torch.zeros(4)), "load"),
     (lambda: hf_state_dict_to_ours([1]), "state"),
+    (lambda: balancing_run(torch.nn.Linear(2, 2), torch.zeros(1, 2, 8)), "moe"),
+    (lambda: balancing_run(MoE(8, 4, 4, 1), torch.zeros(2, 8)), "tokens"),
+    (lambda: balancing_run(MoE(8, 4, 4, 1), torch.zeros(1, 2, 8), aux_lr=-1), "aux_lr"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_argument(make, name):
     with pytest.raises(ValueError, match=name):

@@ -32,7 +32,8 @@ from .llama import MLP, Llama, Output, upcast
 from .shapes import ModelShape, resolve
 
 __all__ = ["Routing", "MIXTRAL", "QWEN2_MOE", "DEEPSEEK_V3", "SCORINGS", "Router", "Expert",
-           "MoE", "MoELlama", "expert_load", "aux_loss", "imbalance", "hf_state_dict_to_ours"]
+           "MoE", "MoELlama", "expert_load", "aux_loss", "imbalance", "balancing_run",
+           "hf_state_dict_to_ours"]
 
 SCORINGS = ("softmax", "sigmoid")
 
@@ -226,8 +227,9 @@ class MoE(nn.Module):
 
 class MoELlama(Llama):
     """The reference Llama with a ``MoE`` in place of the MLP in every layer from
-    ``shape.first_dense_layers`` on; the loss adds aux_loss_coef × the mean over MoE layers of
-    their load-balancing losses (when the coefficient is > 0)."""
+    ``shape.first_dense_layers`` on; the loss adds aux_loss_coef × each MoE layer's
+    load-balancing loss (when the coefficient is > 0), "for each Switch layer, this auxiliary
+    loss is added to the total model loss" (Fedus et al. 2022, §2.2)."""
 
     def __init__(self, shape: ModelShape, routing: Routing = MIXTRAL, attn_impl: str = "sdpa"):
         shape = resolve(shape, "shape")
@@ -259,9 +261,10 @@ class MoELlama(Llama):
         return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> Output:
-        """Logits; with labels the LM loss + aux_loss_coef · mean over layers of E·Σ f_i·P_i."""
+        """Logits; with labels the LM loss + aux_loss_coef · Σ over MoE layers of E·Σ_i f_i·P_i
+        (``last_aux_loss``: that sum over layers)."""
         logits, loss = super().forward(input_ids, labels)
-        self.last_aux_loss = torch.stack([m.last_aux_loss for m in self.moe_layers()]).mean()
+        self.last_aux_loss = torch.stack([m.last_aux_loss for m in self.moe_layers()]).sum()
         if loss is not None and self.routing.aux_loss_coef > 0:
             loss = loss + self.routing.aux_loss_coef * self.last_aux_loss
         return Output(logits, loss)
@@ -274,6 +277,32 @@ class MoELlama(Llama):
     def load(self) -> torch.Tensor:
         """(MoE layers, E) tokens per expert in the last forward."""
         return torch.stack([m.last_load for m in self.moe_layers()])
+
+
+def balancing_run(moe: MoE, tokens: torch.Tensor, aux_lr: float = 0.0) -> torch.Tensor:
+    """Route batch s of ``tokens`` (steps, n, H) through ``moe``'s router, s = 0, 1, ...; after
+    each batch, balance: with ``moe.routing.bias_update_speed`` γ > 0 the bias moves by ±γ
+    (``update_bias``, DeepSeek-V3's rule), with ``aux_lr`` > 0 the router weights take one SGD
+    step on the aux loss E·Σ f_i·P_i (its gradient changes the scores themselves). Returns the
+    load of every step, (steps, E) tokens per expert. Only the router runs (the experts do not
+    change which expert a token goes to)."""
+    check.module("moe", moe, MoE, "a moe.MoE")
+    check.tensor("tokens", tokens, dim=3, floating=True)
+    check.number("aux_lr", aux_lr, 0)
+    opt = torch.optim.SGD([moe.gate.weight], lr=aux_lr) if aux_lr > 0 else None
+    loads = []
+    for x in tokens:
+        with torch.set_grad_enabled(opt is not None):
+            _, indices, scores = moe.gate.route(x)
+        load = expert_load(indices, moe.num_experts)
+        if opt is not None:
+            opt.zero_grad()
+            aux_loss(scores, indices).backward()
+            opt.step()
+        if moe.routing.bias_update_speed > 0:
+            moe.update_bias(load)
+        loads.append(load)
+    return torch.stack(loads)
 
 
 def hf_state_dict_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
