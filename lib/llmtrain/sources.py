@@ -179,6 +179,16 @@ SOURCES: tuple[Source, ...] = (
            "Cerebras documentation, docs.cerebras.net, how_to_guides/mup_docs",
            "the page's introduction: Cerebras-GPT trained in SP and μP, μTransfer from a 40M "
            "model to models up to 2.7B parameters", (), ("Cerebras-GPT",)),
+    Source("Mixtral paper", "Mixtral of Experts", "arXiv 2401.04088",
+           "cited without a place: its abstract (each token has access to 47B parameters, uses "
+           "13B active); 46.7B / 12.9B from Mistral's release text as the model card quotes it",
+           (), ("arXiv 2401.04088", "Mixtral of Experts")),
+    Source("DeepSeek-V3 README", "DeepSeek-V3 README.md and README_WEIGHTS.md",
+           "github.com/deepseek-ai/DeepSeek-V3 @9b4e978",
+           "README.md (671B total, 37B activated; 685B on Hugging Face = 671B main model + 14B "
+           "MTP module), README_WEIGHTS.md (main model 671B, 36.7B activated including 0.9B "
+           "embedding and 0.9B head; MTP 11.5B unique) and inference/configs/config_671B.json",
+           (), ("README_WEIGHTS.md", "config_671B.json")),
 )
 
 
