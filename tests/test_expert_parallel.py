@@ -159,7 +159,7 @@ def _check_received(ranks):
 
 def _check_drops(ranks, make):
     runs = [r[1] for r in ranks]
-    full = demo._build(make, 0)
+    full = demo.build(make, 0)
     E, k = len(full.experts), full.top_k
     x, _ = demo.batch(TOKENS, 8, len(runs))
     ref = demo.one_process(make, TOKENS, len(runs))["out"]

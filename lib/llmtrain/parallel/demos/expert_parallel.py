@@ -12,6 +12,9 @@ ints, ``comm.Record``\\ s), never a model.
   kept, received and dropped, and the comm records.
 - ``one_process(make, tokens, world, seed)``: the same batch through the whole layer in one
   process: the oracle the ranks are compared with.
+- ``llama_step(shape, dp, ep)`` / ``llama_one_process(shape, dp)``: a MoE LLaMA (``moe_llama``)
+  on ``ParallelDims(dp, ep)``, gradients reduced over dp (experts: edp), and its oracle.
+- ``section()``: what notebook 14 §4 runs, in one launch.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from ...model.moe import MIXTRAL, MoE, MoELlama, Routing
 from ...model.shapes import ModelShape
 from .. import expert_parallel, groups
 
-__all__ = ["batch", "moe_layer", "ep_layer", "one_process", "moe_llama", "llama_step",
-           "llama_one_process"]
+__all__ = ["batch", "build", "moe_layer", "ep_layer", "one_process", "moe_llama", "llama_step",
+           "llama_one_process", "section"]
 
 
 def batch(tokens: int, hidden: int, world: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +55,10 @@ def moe_layer(hidden: int = 8, experts: int = 4, top_k: int = 2, expert_size: in
     return MoE(hidden, expert_size, experts, top_k, shared_size, shared_gate, routing).double()
 
 
-def _build(make: Callable[[], Any], seed: int):
+def build(make: Callable[[], Any], seed: int = 0):
+    """``make()`` after ``torch.manual_seed(seed)``: the layer every rank (and one process) builds."""
+    check.function("make", make)
+    check.integer("seed", seed, 0)
     torch.manual_seed(seed)
     moe = make()
     check.module("make()", moe)
@@ -62,7 +68,7 @@ def _build(make: Callable[[], Any], seed: int):
 def one_process(make: Callable[[], Any], tokens: int, world: int, seed: int = 0) -> dict:
     """The whole layer on all world·tokens rows in one process: output, x's gradient, every
     parameter's gradient ({name: grad}) and ``last_load`` when the layer keeps one."""
-    moe = _build(make, seed)
+    moe = build(make, seed)
     hidden = next(moe.parameters()).shape[-1]
     x, G = batch(tokens, hidden, world, seed)
     x.requires_grad_()
@@ -80,7 +86,7 @@ def ep_layer(make: Callable[[], Any], tokens: int, capacity_factors: tuple = (No
     check.positive_int("tokens", tokens)
     check.sequence("capacity_factors", capacity_factors, nonempty=True)
     world, rank = dist.get_world_size(), dist.get_rank()
-    full = _build(make, seed)
+    full = build(make, seed)
     hidden = next(full.parameters()).shape[-1]
     x_all, G_all = batch(tokens, hidden, world, seed)
     rows = slice(rank * tokens, (rank + 1) * tokens)
@@ -155,3 +161,11 @@ def llama_step(shape: ModelShape, dp: int, ep: int, batch: int = 2, seq: int = 1
     return {"loss": loss.detach(), "load": model.load(), "experts": list(layers[0].local_experts()),
             "place": tuple(place), "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
             "summary": log.summary(by=("op", "tag", "axis"))}
+
+
+def section(tokens: int = 12, capacity_factor: float = 1.0, seed: int = 0) -> dict:
+    """Notebook 14 §4 in one launch on 2 ranks: ``ep_layer`` of ``moe_layer`` without capacity
+    and with ``capacity_factor``, and ``llama_step`` of ``moe_llama()`` on dp=2, ep=2."""
+    return {"layer": ep_layer(moe_layer, tokens, (None, capacity_factor), seed),
+            "llama": llama_step(moe_llama(), dist.get_world_size(), dist.get_world_size(),
+                                seed=seed)}
