@@ -129,11 +129,27 @@ def _compare(hf, ours, shape, tol):
     return ours
 
 
-def test_mixtral_logits_and_loss_equal_transformers_in_float64(hf_float64):
+def test_mixtral_logits_loss_and_every_gradient_equal_transformers_in_float64(hf_float64):
     hf, ours = _pair(transformers.MixtralForCausalLM(_mixtral_config(MIXTRAL_SHAPE, "eager")),
                      MIXTRAL_SHAPE, MIXTRAL, torch.float64)
     ours = _compare(hf, ours, MIXTRAL_SHAPE, 1e-10)
     assert all(0 < (m.last_load > 0).sum() for m in ours.moe_layers())
+    ids = _ids(MIXTRAL_SHAPE)
+    hf(input_ids=ids, labels=ids).loss.backward()
+    ours(ids, labels=ids).loss.backward()
+    hf_grads = hf_state_dict_to_ours({n: p.grad for n, p in hf.named_parameters()})
+    for name, p in ours.named_parameters():  # experts' gradients cut out of the stacked ones
+        assert (p.grad - hf_grads[name]).abs().max().item() < 1e-10, name
+    assert ours.moe_layers()[0].gate.weight.grad.abs().max() > 1e-3
+
+
+def test_routing_presets_are_the_transformers_configs_defaults():
+    ds = transformers.DeepseekV3Config()
+    assert (DEEPSEEK_V3.scoring, DEEPSEEK_V3.norm_topk_prob, DEEPSEEK_V3.n_group,
+            DEEPSEEK_V3.topk_group, DEEPSEEK_V3.routed_scaling_factor) == (
+        "sigmoid", ds.norm_topk_prob, ds.n_group, ds.topk_group, ds.routed_scaling_factor)
+    assert QWEN2_MOE.norm_topk_prob == transformers.Qwen2MoeConfig().norm_topk_prob
+    assert MIXTRAL.norm_topk_prob and MIXTRAL.scoring == QWEN2_MOE.scoring == "softmax"
 
 
 def test_mixtral_logits_equal_unpatched_transformers_in_float32():
@@ -303,7 +319,7 @@ def test_moe_llama_loss_adds_coef_times_summed_aux_and_backward_reaches_router_a
 
 def test_meta_then_to_empty_then_init_weights_zeroes_the_balancing_bias():
     with torch.device("meta"):
-        model = MoELlama(MIXTRAL_SHAPE, DEEPSEEK_V3.__class__("sigmoid"))
+        model = MoELlama(MIXTRAL_SHAPE, Routing("sigmoid"))
     model.to_empty(device="cpu")
     model.init_weights()
     assert all((m.gate.e_score_correction_bias == 0).all() for m in model.moe_layers())
@@ -374,3 +390,32 @@ def test_expert_is_a_swiglu_without_biases():
 def test_bad_arguments_raise_value_error_naming_the_argument(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+def test_full_recomputation_gives_the_same_loss_gradients_and_aux_loss():
+    from llmtrain.model import recompute
+
+    torch.manual_seed(0)
+    shape = _shape(num_layers=3, first_dense_layers=1)
+    plain = MoELlama(shape, Routing(aux_loss_coef=0.01)).double()
+    again = MoELlama(shape, Routing(aux_loss_coef=0.01)).double()
+    again.load_state_dict(plain.state_dict())
+    recompute.apply(again, "full")
+    ids = _ids(shape)
+    a, b = plain(ids, labels=ids).loss, again(ids, labels=ids).loss
+    assert abs(a.item() - b.item()) < 1e-12
+    a.backward()
+    b.backward()
+    for (name, p), q in zip(plain.named_parameters(), again.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert (p.grad - q.grad).abs().max().item() < 1e-12, name
+
+
+def test_the_training_loop_trains_a_moe_llama():
+    from llmtrain.recipes.train import train
+
+    torch.manual_seed(0)
+    model = MoELlama(_shape(vocab_size=256), Routing(aux_loss_coef=0.01))
+    hist = train(model, steps=4, batch_size=2, seq_len=16, peak_lr=1e-2)
+    assert hist.loss[-1] < hist.loss[0]
