@@ -189,6 +189,17 @@ SOURCES: tuple[Source, ...] = (
            "MTP module), README_WEIGHTS.md (main model 671B, 36.7B activated including 0.9B "
            "embedding and 0.9B head; MTP 11.5B unique) and inference/configs/config_671B.json",
            (), ("README_WEIGHTS.md", "config_671B.json")),
+    Source("Liu et al. 2023", "Ring Attention with Blockwise Transformers for Near-Infinite Context",
+           "ICLR 2024, arXiv 2310.01889",
+           "cited without a place: the method as public summaries of the paper describe it "
+           "(queries stay, key/value blocks pass around a ring of devices, each transfer "
+           "overlapped with a block's computation); notebook 14 §2 runs our own implementation",
+           (), ("arXiv 2310.01889", "Ring Attention")),
+    Source("Jacobs et al. 2023", "DeepSpeed Ulysses: System Optimizations for Enabling Training of "
+           "Extreme Long Sequence Transformer Models", "arXiv 2309.14509",
+           "cited without a place: the method (all-to-all from sequence shards to head shards "
+           "and back around attention), as notebook 14 §2 implements it",
+           (), ("arXiv 2309.14509", "DeepSpeed-Ulysses")),
 )
 
 
