@@ -87,6 +87,18 @@ def deepseek_like():  # sigmoid scores, 2 groups of 2 experts, 1 group kept, sca
                                           routed_scaling_factor=2.5))
 
 
+def all_to_rank0():  # a biased router: every token picks experts 0 and 1, rank 1 gets no rows
+    moe = TinyMoE(experts=4).to(F64)
+    moe.gate = nn.Linear(8, 4, bias=True).to(F64)
+    with torch.no_grad():
+        moe.gate.weight.mul_(1e-3)
+        moe.gate.bias.copy_(torch.tensor([10.0, 9.0, 0.0, 0.0]))
+    return moe
+
+
+# DeepSeek-V3's routing with the bias moving (γ = 0.001): its update must see the whole batch's load
+BIASED = Routing("sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                 bias_update_speed=0.001)
 CAPS = (None, 0.5)  # no limit; half the even share: some rows must drop
 MOE_LAYERS = {"mixtral": demo.moe_layer, "qwen-gated": qwen_gated, "deepseek": deepseek_like}
 
@@ -101,7 +113,9 @@ def everything(world: int) -> dict:
     out = {"tiny": demo.ep_layer(tiny4 if world == 2 else tiny8, TOKENS, CAPS)}
     for name, make in MOE_LAYERS.items():
         out[name] = demo.ep_layer(make, TOKENS)
-    out["llama"] = demo.llama_step(demo.moe_llama(4), world, 2)
+    if world == 2:
+        out["skewed"] = demo.ep_layer(all_to_rank0, TOKENS)
+    out["llama"] = demo.llama_step(demo.moe_llama(4), world, 2, routing=BIASED)
     return out
 
 
@@ -126,10 +140,12 @@ def _check_equal_to_one_process(ranks, make):
             if name.startswith("experts."):
                 assert int(name.split(".")[1]) in r["experts"]  # a rank holds only its experts
                 owners[name] = g
-    expert_names = {n for n in ref["grads"] if n.startswith("experts.")}
+    full = dict(demo.build(make).named_parameters())
+    expert_names = {n for n in full if n.startswith("experts.")}
     assert owners.keys() == expert_names  # every expert has exactly one owner
-    for name in expert_names:
-        assert _maxdiff(owners[name], ref["grads"][name]) < 1e-12, name
+    for name in expert_names:  # an expert no token chose: no gradient in one process, zeros here
+        want = ref["grads"].get(name, torch.zeros_like(full[name]))
+        assert _maxdiff(owners[name], want) < 1e-12, name
     for name, g in ref["grads"].items():
         if not name.startswith("experts."):  # router and shared expert: summed over the ranks
             assert _maxdiff(sum(r["grads"][name] for r in runs), g) < 1e-12, name
@@ -190,11 +206,13 @@ def _check_drops(ranks, make):
 
 def _check_llama(ranks):
     world = len(ranks)
-    ref = demo.llama_one_process(demo.moe_llama(4), world)
+    ref = demo.llama_one_process(demo.moe_llama(4), world, routing=BIASED)
     runs = [r["llama"] for r in ranks]
+    for r in runs:  # the load summed over dp, so every rank's biases move as one process's
+        assert torch.equal(r["load"], ref["load"])
+        assert _maxdiff(r["bias"], ref["bias"]) == 0 and ref["bias"].abs().sum() > 0
     # equal batches per rank: the mean of the ranks' mean losses is the one-process mean
     assert abs(sum(r["loss"] for r in runs) / world - ref["loss"]) < 1e-12
-    assert torch.equal(sum(r["load"] for r in runs), ref["load"])
     held = set()
     for r in runs:
         for name, g in r["grads"].items():
@@ -219,7 +237,16 @@ def test_llmtrain_moe_layers_on_two_ep_ranks_equal_one_process(two, name):
     _check_bytes(_split(two, name), caps=1)
 
 
-def test_a_moe_llama_step_on_dp2_ep2_equals_one_process_loss_load_and_every_gradient(two):
+def test_a_rank_whose_experts_get_no_rows_still_equals_one_process(two):
+    runs = _split(two, "skewed")
+    assert [r[0]["routed"] for r in runs] == [[TOKENS, TOKENS, 0, 0]] * 2
+    assert [r[0]["received"] for r in runs] == [[[TOKENS, TOKENS], [TOKENS, TOKENS]], [[0, 0], [0, 0]]]
+    _check_equal_to_one_process(runs, all_to_rank0)
+    _check_bytes(runs, caps=1)
+    assert moe_comm.load_imbalance([sum(map(sum, r[0]["received"])) for r in runs]) == 2
+
+
+def test_a_moe_llama_step_on_dp2_ep2_equals_one_process_loss_load_bias_and_every_gradient(two):
     _check_llama(two)
 
 
@@ -318,6 +345,12 @@ def test_deepseek_v3_dispatch_per_token_at_most_four_nodes_instead_of_eight_expe
     (lambda: ep_mod.ExpertParallel(nn.Linear(2, 2)), "moe"),
     (lambda: ep_mod.ExpertParallel(TinyMoE(), capacity_factor=0), "capacity_factor"),
     (lambda: demo.batch(0, 8, 2), "tokens"),
+    (lambda: demo.build(3), "make"),
+    (lambda: ep_mod.apply(nn.Linear(2, 2)), "model"),
+    (lambda: ep_mod.apply([nn.Linear(2, 2)]), "model"),
+    (lambda: ep_mod.expert_parameter(3), "name"),
+    (lambda: ep_mod.reduce_gradients("model"), "model"),
+    (lambda: ep_mod.sum_loads(None), "model"),
 ])
 def test_bad_arguments_raise_valueerror_naming_the_argument(call, name):
     with pytest.raises(ValueError, match="^" + re.escape(name) + " must"):

@@ -47,7 +47,7 @@ from . import comm
 
 __all__ = ["COUNTS", "DISPATCH", "COMBINE", "ExpertParallel", "Dispatch", "keep_mask",
            "all_to_all_rows", "dispatch", "combine", "shard", "apply", "is_moe_layer",
-           "expert_parameter", "reduce_gradients"]
+           "expert_parameter", "reduce_gradients", "sum_loads"]
 
 COUNTS, DISPATCH, COMBINE = "counts", "dispatch", "combine"  # comm tags; backward: "<tag>-backward"
 
@@ -137,7 +137,11 @@ class ExpertParallel:
     (the others become ``nn.Identity``). ``capacity_factor`` c limits each expert to
     ⌈c·k·n/E⌉ rows of a rank's n tokens (None: no limit, nothing dropped). ``last`` holds the
     ``Dispatch`` of the latest forward; the layer's ``last_load`` (this rank's routed rows per
-    expert) and ``last_aux_loss`` (on this rank's tokens) are set as its own forward sets them."""
+    expert; ``sum_loads`` makes it the whole batch's) and ``last_aux_loss`` (on this rank's
+    tokens: a different number from one process's on all tokens, as E·Σ f_i·P_i is not linear
+    in the tokens) are set as its own forward sets them. Every local expert runs, on zero rows
+    if no token chose it, so each rank has a gradient for each of its experts (zeros) and the
+    edp all-reduce of ``reduce_gradients`` never waits for a missing one."""
 
     def __init__(self, moe: nn.Module, group=None, capacity_factor: float | None = None):
         check.module("moe", moe)
@@ -261,3 +265,14 @@ def reduce_gradients(model: nn.Module, dp_group=None, edp_group=None, tag: str =
             p.grad.div_(dp)
         else:
             comm.all_reduce(p.grad, "avg", group=dp_group, tag=tag)
+
+
+def sum_loads(model: nn.Module, group=None) -> None:
+    """Every MoE layer's ``last_load`` summed over ``group`` (dp) in place: the load of the
+    whole batch, which DeepSeek-V3's bias update reads (its §2.1.2 monitors "the expert load on
+    the whole batch of each training step"); then ``update_bias`` moves every rank's biases as
+    one process would (tests/test_expert_parallel.py)."""
+    check.module("model", model)
+    for m in model.modules():
+        if is_moe_layer(m) and getattr(m, "last_load", None) is not None:
+            comm.all_reduce(m.last_load, "sum", group=group, tag="load")

@@ -126,39 +126,45 @@ def _ids(shape: ModelShape, rows: int, seq: int, seed: int) -> torch.Tensor:
     return torch.randint(0, shape.vocab_size, (rows, seq), generator=g)
 
 
-def _llama(shape: ModelShape, seed: int) -> MoELlama:
+def _llama(shape: ModelShape, seed: int, routing: Routing = MIXTRAL) -> MoELlama:
     torch.manual_seed(seed)
-    return MoELlama(shape).double()
+    return MoELlama(shape, routing).double()
 
 
 def llama_one_process(shape: ModelShape, dp: int, batch: int = 2, seq: int = 16,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, routing: Routing = MIXTRAL) -> dict:
     """One process: the whole MoE LLaMA on the dp ranks' batches concatenated (dp·batch rows):
-    loss, every gradient, the load per MoE layer."""
-    model = _llama(shape, seed)
+    loss, every gradient, the load per MoE layer, the balancing biases after ``update_bias``."""
+    model = _llama(shape, seed, routing)
     loss = model(_ids(shape, dp * batch, seq, seed), labels=_ids(shape, dp * batch, seq, seed)).loss
     loss.backward()
+    model.update_bias()
     return {"loss": loss.detach(), "load": model.load(),
-            "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+            "bias": torch.stack([m.gate.e_score_correction_bias for m in model.moe_layers()])}
 
 
 def llama_step(shape: ModelShape, dp: int, ep: int, batch: int = 2, seq: int = 16,
-               seed: int = 0) -> dict:
+               seed: int = 0, routing: Routing = MIXTRAL) -> dict:
     """On every rank of ``ParallelDims(dp=dp, ep=ep)`` (world dp; ep carved out of dp): the
     same MoE LLaMA, experts sharded over the ep group, this dp rank's ``batch`` rows; one
-    forward + backward, then ``reduce_gradients`` (dp; experts: edp). Returns the local loss,
-    every gradient this rank holds, its experts, the load and the comm records by axis."""
+    forward + backward, then ``reduce_gradients`` (dp; experts: edp), ``sum_loads`` over dp and
+    ``update_bias``. Returns the local loss, every gradient this rank holds, its experts, the
+    whole batch's load, the balancing biases and the comm records by axis."""
     dims = ParallelDims(dp=dp, ep=ep)
     g = groups.build(dims)
     place = dims.place(dist.get_rank())
-    model = _llama(shape, seed)
+    model = _llama(shape, seed, routing)
     layers = expert_parallel.apply(model, g.ep)
     ids = _ids(shape, dp * batch, seq, seed)[place.dp * batch:(place.dp + 1) * batch]
     with comm.counting() as log:
         loss = model(ids, labels=ids).loss
         loss.backward()
         expert_parallel.reduce_gradients(model, g.dp, g.edp)
+        expert_parallel.sum_loads(model, g.dp)
+    model.update_bias()
     return {"loss": loss.detach(), "load": model.load(), "experts": list(layers[0].local_experts()),
+            "bias": torch.stack([m.gate.e_score_correction_bias for m in model.moe_layers()]),
             "place": tuple(place), "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
             "summary": log.summary(by=("op", "tag", "axis"))}
 
