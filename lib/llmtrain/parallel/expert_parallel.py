@@ -2,11 +2,9 @@
 tokens dispatched to them and combined back with counted all-to-alls.
 
 Rank r of the ep group keeps experts [r·E/ep, (r+1)·E/ep) (``cost.moe_comm.expert_range``; the
-others' weights are dropped) and every non-expert weight (router, shared expert).
-``shard(moe, group, capacity_factor)`` does it to one layer in place, ``apply(model, ...)`` to
-every MoE layer of a model; ``reduce_gradients`` averages the gradients over dp (experts: edp). Its forward on
-its own tokens x (n × H), as GShard (Lepikhin et al. 2020, arXiv 2006.16668) and Megatron-Core's
-all-to-all token dispatcher do it:
+others' weights are dropped) and every non-expert weight (router, shared expert). Its forward
+on its own tokens x (n × H), the scheme of GShard (Lepikhin et al. 2020, arXiv 2006.16668) and
+of Megatron-Core's all-to-all token dispatcher:
 
     route      weights, experts = moe.route(x)                   n × k each (top-k)
     capacity   keep the first ⌈c·k·n/E⌉ rows of each expert (token order), drop the rest
@@ -18,6 +16,14 @@ all-to-all token dispatcher do it:
     sum        out[t] = Σ_slots weight · expert output (+ shared expert(x), computed here)
 
 A dropped row contributes 0: its token keeps only the residual (and the shared expert).
+
+``shard(moe, group, capacity_factor)`` makes one layer expert parallel in place, ``apply(model,
+group, ...)`` every MoE layer of a model; after backward ``reduce_gradients`` averages the
+gradients over dp (an expert's over edp, see there) and ``sum_loads`` gives every rank the whole
+batch's load for DeepSeek-V3's bias update. With ``ParallelDims(dp=…, ep=…)``:
+
+    g = groups.build(dims); expert_parallel.apply(model, g.ep)
+    loss.backward(); expert_parallel.reduce_gradients(model, g.dp, g.edp)
 
 ``dispatch`` and ``combine`` are autograd Functions whose backward is the reverse all-to-all
 of the gradient (forward and backward side by side, as ``tp_comm``'s f and g), so the expert
@@ -145,8 +151,7 @@ class ExpertParallel:
 
     def __init__(self, moe: nn.Module, group=None, capacity_factor: float | None = None):
         check.module("moe", moe)
-        if not (callable(getattr(moe, "route", None))
-                and isinstance(getattr(moe, "experts", None), nn.ModuleList)):
+        if not is_moe_layer(moe):
             check.fail("moe", "a MoE layer with route() and an experts ModuleList", moe)
         if isinstance(moe.__dict__.get("forward"), ExpertParallel):
             check.fail("moe", "a MoE layer not sharded yet", moe)
