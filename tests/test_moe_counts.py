@@ -66,6 +66,24 @@ def test_released_configs_read_as_the_presets_and_count_as_transformers(name):
     assert params.count(shape) == hf_numel(_transformers_config(RELEASED[name]))  # exact
 
 
+# DeepSeek-V2 (236B total, 21B activated: the DeepSeek-V3 README's comparison table), from
+# inference/configs/config_236B.json @9b4e978 of the DeepSeek-V3 repository in HF key names.
+DEEPSEEK_V2 = dict(
+    model_type="deepseek_v2", vocab_size=102400, hidden_size=5120, intermediate_size=12288,
+    moe_intermediate_size=1536, num_hidden_layers=60, first_k_dense_replace=1,
+    num_attention_heads=128, num_key_value_heads=128, n_routed_experts=160, n_shared_experts=2,
+    num_experts_per_tok=6, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+    qk_rope_head_dim=64, v_head_dim=128)
+
+
+def test_deepseek_v2_config_counts_as_transformers_and_its_published_size():
+    shape = ModelShape.from_hf_config(DEEPSEEK_V2)
+    assert shape.shared_expert_size == 2 * 1536 and shape.moe_layers == 59
+    total = params.count(shape)
+    assert total == hf_numel(_transformers_config(DEEPSEEK_V2)) == 235_741_434_880
+    assert (round(total / 1e9), round(params.active(shape) / 1e9)) == (236, 21)
+
+
 def test_deepseek_v3_breakdown_by_hand():
     H, V, L, dense, moe_layers = 7168, 129280, 61, 3, 58
     mla = (H * 1536 + 1536 + 1536 * 128 * (128 + 64)  # W^DQ, its norm, W^UQ and W^QR
@@ -159,6 +177,48 @@ def test_transformers_moe_flops_equal_counter(name):
         counted_as = "eager" if shape.is_mla else attention
         assert measured.measured_flops(model, ids) == \
             flops.training_flops(shape, 2, 7, attention=counted_as)
+
+
+@st.composite
+def moe_shapes(draw):
+    """Small MoE shapes of the three kinds transformers builds: Mixtral, Qwen2-MoE, DeepSeek."""
+    kind = draw(st.sampled_from(["mixtral", "qwen2_moe", "deepseek_v3"]))
+    heads, L = draw(st.sampled_from([1, 2, 4])), draw(st.integers(1, 3))
+    E = draw(st.integers(2 if kind == "deepseek_v3" else 1, 6))  # its router scores a group by
+    # the sum of its two best experts: transformers' DeepSeek needs E >= 2
+    common = dict(vocab_size=draw(st.integers(8, 40)), hidden_size=draw(st.sampled_from([8, 12, 16])),
+                  num_layers=L, num_heads=heads, intermediate_size=draw(st.integers(1, 20)),
+                  max_seq_len=16, num_experts=E, experts_per_token=draw(st.integers(1, E)))
+    if kind == "mixtral":
+        kv = draw(st.sampled_from([d for d in (1, 2, 4) if heads % d == 0]))
+        return ModelShape(**common, num_kv_heads=kv, head_dim=2 * draw(st.integers(1, 4)),
+                          moe_intermediate_size=common["intermediate_size"])
+    Hm = draw(st.integers(1, 12))
+    if kind == "qwen2_moe":
+        return ModelShape(**common, num_kv_heads=heads, head_dim=2 * draw(st.integers(1, 4)),
+                          attention_bias=draw(st.booleans()), moe_intermediate_size=Hm,
+                          shared_expert_size=draw(st.integers(1, 16)), shared_expert_gate=True)
+    rope = 2 * draw(st.integers(1, 3))
+    return ModelShape(**common, num_kv_heads=heads, head_dim=rope + 2 * draw(st.integers(1, 3)),
+                      qk_rope_head_dim=rope, v_head_dim=draw(st.integers(1, 8)),
+                      kv_lora_rank=draw(st.integers(1, 8)),
+                      q_lora_rank=draw(st.one_of(st.none(), st.integers(1, 8))),
+                      moe_intermediate_size=Hm, shared_expert_size=Hm * draw(st.integers(0, 2)),
+                      first_dense_layers=draw(st.integers(0, L)))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # DeepSeek, no shared
+@settings(max_examples=12, deadline=None)
+@given(shape=moe_shapes(), batch=st.integers(1, 2), seq=st.integers(1, 6))
+def test_any_moe_shape_counts_and_flops_as_transformers(shape, batch, seq):
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(shape.to_hf_config(
+        attn_implementation="eager", experts_implementation="eager"))
+    assert sum(p.numel() for p in model.parameters()) == params.count(shape)
+    ids = torch.randint(0, shape.vocab_size, (batch, seq))
+    assert measured.measured_flops(model, ids) == flops.training_flops(shape, batch, seq)
 
 
 def test_moe_llama_flops_and_params_equal_counter():

@@ -3,7 +3,7 @@ dict) into the integers that fix the model, and build the matching transformers 
 
 Read: dense Llama, Mistral, Qwen2; mixtures of experts Mixtral (``num_local_experts``,
 ``num_experts_per_tok``), Qwen2-MoE (``num_experts``, ``moe_intermediate_size``,
-``shared_expert_intermediate_size``: its shared expert and its sigmoid gate) and DeepSeek-V3
+``shared_expert_intermediate_size``: its shared expert and its sigmoid gate) and DeepSeek-V2/V3
 (``n_routed_experts``, ``n_shared_experts``, ``first_k_dense_replace`` and its multi-head latent
 attention: ``q_lora_rank``, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``,
 ``v_head_dim``). What a ``ModelShape`` cannot hold is refused, naming the key (Qwen2-MoE's
@@ -24,12 +24,12 @@ from .. import check
 __all__ = ["HF_TYPES", "MOE_TYPES", "MOE_KEYS", "config_as_dict", "shape_from_hf_config",
            "hf_config_of"]
 
-MOE_TYPES = ("mixtral", "qwen2_moe", "deepseek_v3")
+MOE_TYPES = ("mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3")
 HF_TYPES = ("llama", "mistral", "qwen2", *MOE_TYPES)
 # keys that make a config a mixture of experts (Mixtral, Qwen2-MoE, DeepSeek)
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 _EXPERTS_KEY = {"mixtral": "num_local_experts", "qwen2_moe": "num_experts",
-                "deepseek_v3": "n_routed_experts"}
+                "deepseek_v2": "n_routed_experts", "deepseek_v3": "n_routed_experts"}
 
 
 def config_as_dict(config: Any) -> dict:
@@ -77,7 +77,7 @@ def _int(cfg: dict, key: str, default: Any = "required", minimum: int = 1) -> An
 
 
 def _moe_fields(cfg: dict, model_type: str) -> dict:
-    """ModelShape's MoE and MLA fields from a Mixtral, Qwen2-MoE or DeepSeek-V3 config."""
+    """ModelShape's MoE and MLA fields from a Mixtral, Qwen2-MoE or DeepSeek-V2/V3 config."""
     E = _int(cfg, _EXPERTS_KEY[model_type])
     k = _int(cfg, "num_experts_per_tok")
     if k > E:
@@ -99,6 +99,8 @@ def _moe_fields(cfg: dict, model_type: str) -> dict:
     if freq != 1:
         raise ValueError(f"config['moe_layer_freq']={freq} is not modelled (only 1: every layer "
                          "from first_k_dense_replace on is a MoE layer)")
+    if cfg.get("mlp_bias"):
+        raise ValueError("config['mlp_bias']=True is not modelled (biases on the dense MLP)")
     if cfg.get("attention_bias"):
         raise ValueError("config['attention_bias']=True is not modelled with multi-head latent "
                          "attention (DeepSeek-V3 has none)")
