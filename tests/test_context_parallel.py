@@ -21,9 +21,10 @@ import torch.distributed as dist
 
 from llmtrain.cost import context as C
 from llmtrain.cost import params as P
+from llmtrain.cost.layout import ParallelDims
 from llmtrain.model.shapes import ModelShape, get
 from llmtrain.parallel import context_parallel as cp_
-from llmtrain.parallel import launch
+from llmtrain.parallel import groups, launch
 from llmtrain.parallel.demos import context_parallel as demo
 
 F64 = torch.float64
@@ -48,6 +49,28 @@ def _error(fn, *args) -> str:
     return "no error"
 
 
+def on_dims(dims: ParallelDims) -> dict:
+    """Each method/layout over the cp groups of ``dims`` (other axes replicate the run): max
+    |Δ| of gathered logits, loss and gradients from one process, on this rank."""
+    g = groups.build(dims)
+    n, r = dist.get_world_size(g.cp), dist.get_rank(g.cp)
+    ref = demo.reference(WIDE_KV, 2, 16)
+    ids = demo._tokens(WIDE_KV, 2, 16, 0)
+    out = {}
+    for method, layout in demo.CONFIGS:
+        model = cp_.apply(demo._model(WIDE_KV, 0, F64), g.cp, method, layout)
+        x, y = cp_.split(ids, ids, n, r, layout)
+        o = model(x, labels=y)
+        o.loss.backward()
+        cp_.sum_grads(model, g.cp)
+        grads = dict(model.named_parameters())
+        out[(method, layout)] = max(
+            (cp_.gather(o.logits, g.cp, layout) - ref["logits"]).abs().max().item(),
+            (o.loss - ref["loss"]).abs().item(),
+            max((grads[k].grad - v).abs().max().item() for k, v in ref["grads"].items()))
+    return out
+
+
 def everything(n: int) -> dict:
     """Every rank-side check on n ranks: equality runs, saved bytes, refusals, torch's CP."""
     out = {"runs": [demo.llama_cp(s, b, t, configs=demo.CONFIGS, dtype=F64, saved=False)
@@ -64,6 +87,8 @@ def everything(n: int) -> dict:
         "twice": _error(cp_.apply, cp_.apply(demo._model(TINY, 0, F64)), None),
     }
     out["torch"] = demo.torch_cp()
+    if n == 4:  # cp groups {0, 1} and {2, 3} inside dp = 2 (rank = dp_index·cp + cp_index)
+        out["dims"] = on_dims(ParallelDims(dp=2, cp=2))
     return out
 
 
@@ -143,6 +168,8 @@ def test_four_ranks():
                 assert rank["saved"][name][(method, layout)]["saved"] == C.cp_saved_bytes(
                     shape, b, t, 4, method=method, layout=layout, dtype=name)
     assert "num_kv_heads=2" in ranks[0]["errors"]["ulysses kv"]
+    for rank in ranks:  # cp = 2 subgroups of ParallelDims(dp=2, cp=2): peers are global ranks
+        assert all(diff < EQUAL for diff in rank["dims"].values()), rank["dims"]
 
 
 # ------------------------------------------------------------ closed forms, no processes

@@ -157,10 +157,11 @@ def sent_per_layer(shape, batch: int, seq: int, cp: int, *, method: str = "ring"
                    dtype: Any = "bf16") -> dict[str, Fraction]:
     """{"forward", "backward"}: bytes one rank sends for one decoder layer's attention.
 
-    ring (Liu et al. 2023, §3; our backward: ``parallel.context_parallel``'s): kv = B·(T/cp)·
-    N_kv·d; forward 2(cp−1)·kv·b; backward 2(cp−1)·kv·b + 2cp·kv·g (g = 4 for 16-bit models,
-    else b); 0 for cp = 1. ulysses (Jacobs et al. 2023, §3.1): (cp−1)/cp · B·(T/cp)·d·(2N +
-    2N_kv)·b each way. Counted: tests/test_context_parallel.py::test_counted_bytes_equal_the_formulas.
+    ring (Liu et al. 2023; the backward of ``parallel.context_parallel.RingAttention``):
+    kv = B·(T/cp)·N_kv·d; forward 2(cp−1)·kv·b; backward 2(cp−1)·kv·b + 2cp·kv·g (g = 4 for
+    16-bit models, else b); 0 for cp = 1. ulysses (Jacobs et al. 2023): (cp−1)/cp ·
+    B·(T/cp)·d·(2N + 2N_kv)·b each way. Counted:
+    tests/test_context_parallel.py::test_counted_bytes_equal_the_formulas.
     """
     shape, b = _sizes(shape, batch, seq, cp, method, dtype)
     t, d, n, nkv = seq // cp, shape.d_head, shape.num_heads, shape.num_kv_heads

@@ -14,7 +14,10 @@ position. Attention needs every earlier token, so it communicates, one of two wa
   the K/V blocks around again with gradient buffers riding along, which arrive home after
   one last shift. (Letting autograd differentiate through the loop would be shorter, but
   every rank would keep all cp K/V blocks for backward: the memory context parallelism is
-  meant to split. Megatron-Core/TransformerEngine and torchtitan do the same as here.)
+  meant to split. PyTorch's own ring, ``torch.distributed.tensor.experimental``'s
+  ``_templated_ring_attention_backward`` in torch 2.13, also rotates K/V again in backward,
+  their gradients with them.) Each shift here is waited for before the block is computed;
+  Liu et al. hide it behind the computation of the previous block.
 - ``ulysses_attention`` (Jacobs et al. 2023, arXiv 2309.14509): an all-to-all turns the
   sequence shards of q, k, v into head shards of the whole sequence; attention runs as on
   one process on N/cp heads; an all-to-all turns the output back. Needs cp | N_kv (whole
@@ -39,7 +42,8 @@ from ..cost.context import LAYOUTS, METHODS, positions
 from ..model.llama import Attention, Llama, Output, upcast
 from . import comm
 
-__all__ = ["FORWARD", "BACKWARD", "LOSS", "GRADS", "GATHER", "ring_pass", "ring_attention",
+__all__ = ["FORWARD", "BACKWARD", "LOSS", "GRADS", "GATHER", "ring_pass", "RingAttention",
+           "ring_attention",
            "ulysses_attention", "seq_to_heads", "heads_to_seq", "apply", "ContextParallelLlama",
            "split", "gather", "sum_grads", "cp_loss", "LAYOUTS", "METHODS"]
 
@@ -83,7 +87,7 @@ def _fold(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(B, N // groups, groups, T, d).sum(2)
 
 
-class _RingAttention(torch.autograd.Function):
+class RingAttention(torch.autograd.Function):
     """softmax(QKᵀ/√d + causal mask by global positions) V with K/V passed around the ring."""
 
     @staticmethod
@@ -155,7 +159,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: list[
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"num_kv_heads={k.shape[1]} must divide num_heads={q.shape[1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _RingAttention.apply(q, k, v, pos, group, scale)
+    return RingAttention.apply(q, k, v, pos, group, scale)
 
 
 # --- Ulysses: sequence shards <-> head shards --------------------------------------------------

@@ -4,6 +4,10 @@
   apply``) from the same seed, for each (method, layout) asked: the largest |difference| of the
   gathered logits, the loss and every gradient (after ``sum_grads``), the bytes this rank sent
   by ``comm`` tag, and the bytes it saved for backward (``measure.activations``).
+- ``saved_cp``: the bytes this rank saves for backward in one forward (``measure.activations``)
+  of each (method, layout), nothing else (the closed forms take 32- and 16-bit models).
+- ``section``: notebook 14 §2's one launch: ``llama_cp`` in float64 (equality, bytes),
+  ``saved_cp`` in fp32, ``torch_cp``.
 - ``torch_cp``: PyTorch's own ``torch.distributed.tensor.experimental.context_parallel`` on
   this rank's devices: what it returns, or the exception it raises.
 """
@@ -23,7 +27,7 @@ from ...model.shapes import resolve
 from .. import comm
 from .. import context_parallel as cp_
 
-__all__ = ["CONFIGS", "reference", "llama_cp", "torch_cp"]
+__all__ = ["CONFIGS", "reference", "llama_cp", "saved_cp", "torch_cp", "section"]
 
 CONFIGS = tuple((m, lay) for m in METHODS for lay in LAYOUTS)
 
@@ -103,3 +107,25 @@ def torch_cp(seq: int = 64, heads: int = 4, d: int = 16) -> dict[str, Any]:
         return {"ok": True, "shape": tuple(y.shape), "full": full.cpu(), "local": y.cpu()}
     except Exception as e:  # noqa: BLE001 - the error is the result
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+
+
+def saved_cp(shape: Any = "tiny", batch: int = 2, seq: int = 64, seed: int = 0,
+             configs: tuple = CONFIGS, dtype: torch.dtype = torch.float32) -> dict[tuple, int]:
+    """{(method, layout): bytes this rank's ``model(ids, labels)`` saves for backward}."""
+    shape = resolve(shape, "shape")
+    n, r = dist.get_world_size(), dist.get_rank()
+    ids = _tokens(shape, batch, seq, seed)
+    out = {}
+    for method, layout in configs:
+        model = cp_.apply(_model(shape, seed, dtype), None, method, layout)
+        x, y = cp_.split(ids, ids, n, r, layout)
+        out[(method, layout)] = measure(model, x, labels=y).total_bytes
+    return out
+
+
+def section(shape: Any = "tiny", batch: int = 2, seq: int = 64) -> dict[str, Any]:
+    """{"f64": ``llama_cp`` in float64 without the saved-bytes pass, "fp32": ``saved_cp`` in
+    fp32, "torch": ``torch_cp()``} on this rank: everything notebook 14 §2 prints."""
+    return {"f64": llama_cp(shape, batch, seq, saved=False),
+            "fp32": saved_cp(shape, batch, seq, dtype=torch.float32),
+            "torch": torch_cp()}
