@@ -64,6 +64,15 @@ def test_cp_divides_activations_as_stated(cp):
     assert af.korthikanti_bytes(shape, B, s, recompute="none", tp=t, cp=cp) == round(none)
 
 
+def test_cp_reference_is_context_parallels_measured_count():
+    """impl='reference' with cp > 1: the bytes ``parallel.context_parallel``'s ranks save
+    (``context.cp_saved_bytes``, measured in tests/test_context_parallel.py)."""
+    from llmtrain.cost import context
+    for cp in (2, 4):
+        assert memory.activation_bytes("tiny", 2, 64, cp=cp, impl="reference", dtype="fp32") == \
+            context.cp_saved_bytes("tiny", 2, 64, cp, dtype="fp32")
+
+
 def test_cp_adds_the_next_kv_block_and_shards_zero_over_dp_cp():
     """cp ranks hold the same weights: ZeRO-3 over dp = 2, cp = 4 is ZeRO-3 over 8 ranks; the
     activations are those of seq/cp; "ring K/V in flight" = 2·b·B·(s/cp)·kv/tp."""
@@ -175,8 +184,10 @@ def test_bad_cp_and_ep_are_named():
         memory.estimate("tiny", ParallelDims(cp=3), 1, 100)
     with pytest.raises(ValueError, match="cp must be a positive integer"):
         memory.activation_bytes("tiny", 1, 64, cp=0)
-    with pytest.raises(ValueError, match="cp > 1 is counted by impl='textbook' or 'korthikanti'"):
-        memory.activation_bytes("tiny", 1, 64, cp=2, impl="reference")
+    with pytest.raises(ValueError, match="cp > 1 is counted by impl='textbook', 'korthikanti'"):
+        memory.activation_bytes("tiny", 1, 64, cp=2, impl="hf-sdpa")
+    with pytest.raises(ValueError, match="impl='reference' with cp > 1 is counted for"):
+        memory.activation_bytes("tiny", 1, 64, cp=2, impl="reference", recompute="full")
     with pytest.raises(ValueError, match="ep must divide dp=4"):
         ParallelDims(dp=4, ep=3)
     with pytest.raises(ValueError, match="ep=2 shards experts: the model has none"):

@@ -32,6 +32,7 @@ from ..model.recompute import MODELLED
 from ..model.shapes import ATTN_IMPLS, ModelShape
 from ..units import GB, GIB, dtype_bytes
 from . import activations as _af
+from . import context as _ctx
 from . import methods as _ms
 from . import pp_schedule as _pp
 from . import step_peak as _step_peak
@@ -70,7 +71,8 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
       LlamaForCausalLM at the pinned release. tp must be 1.
     recompute: one of ``recompute.MODELLED`` ("none", "full", "selective"); None means the
     impl's own default. tp: the tensor-parallel degree, sp: sequence parallel. cp: context
-    parallelism, seq/cp tokens of each sequence per rank ("textbook" and "korthikanti" only).
+    parallelism, seq/cp tokens of each sequence per rank ("textbook", "korthikanti", and
+    "reference" as ``parallel.context_parallel`` runs it: ``context.cp_saved_bytes``, ring).
     A MoE shape is counted by "textbook" only (each layer's input: the FFN's kind does not
     matter there).
     """
@@ -86,9 +88,9 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
     if impl != "textbook" and (shape.is_moe or shape.is_mla):
         raise ValueError(f"impl={impl!r} counts a dense LLaMA/GPT layer: a MoE or MLA shape "
                          f"({shape.name!r}) needs impl='textbook'")
-    if cp > 1 and impl not in ("textbook", "korthikanti"):
-        raise ValueError(f"cp > 1 is counted by impl='textbook' or 'korthikanti', got "
-                         f"impl={impl!r} (the reference model's cp count: cost.context)")
+    if cp > 1 and impl not in ("textbook", "korthikanti", "reference"):
+        raise ValueError(f"cp > 1 is counted by impl='textbook', 'korthikanti' or 'reference', "
+                         f"got impl={impl!r}")
     if recompute is None:
         recompute = "full" if impl == "textbook" else "none"
     check.one_of("recompute", recompute, MODELLED)
@@ -103,6 +105,12 @@ def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "b
         return _af.korthikanti_bytes(shape, batch, seq, recompute=recompute, tp=tp, sp=sp, cp=cp)
     if tp != 1 or sp:
         raise ValueError(f"impl={impl!r} is exact for one device: tp must be 1 and sp False")
+    if cp > 1:  # the reference LLaMA under parallel.context_parallel (ring, zigzag), measured
+        if recompute != "none" or attention != "sdpa":
+            raise ValueError("impl='reference' with cp > 1 is counted for recompute='none' and "
+                             f"attention='sdpa', got recompute={recompute!r}, "
+                             f"attention={attention!r}")
+        return _ctx.cp_saved_bytes(shape, batch, seq, cp, dtype=dtype)
     kw = {"attention": attention} if impl == "reference" else {}
     return _af.saved_bytes(shape, batch, seq, dtype=dtype, impl=impl, recompute=recompute, **kw)
 

@@ -25,6 +25,11 @@ adjacent stages 2·tp·dp (``layout.ParallelDims``' rank order); within ``gpus_p
 otherwise the network. Every assumption is a field of ``Assumptions``; ``FRAMEWORKS`` holds
 those of the frameworks the published runs used, ``FRAMEWORK_OPTIONS`` what each could run.
 The runs themselves, and the planner's error on each, are ``llmtrain.cost.published_runs``.
+
+Beyond 3D: the planner ranks dp × tp × pp layouts only (cp = ep = 1). Its step time has no
+context-parallel K/V passing and no expert all-to-all, and it counts a MoE shape's time as
+``step_time`` counts a dense one; the memory of a layout with cp or ep is
+``memory.estimate(shape, ParallelDims(..., cp=, ep=))`` (notebook 14 §5).
 """
 
 from __future__ import annotations
