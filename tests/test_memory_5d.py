@@ -9,6 +9,7 @@ to transformers' models on the meta device) and the published layouts' own numbe
 import math
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from llmtrain.cost import activations as af
 from llmtrain.cost import experts, memory, params, plan, states
@@ -123,6 +124,56 @@ def test_ep_divides_the_experts(ep):
     assert st == {"weights": 2 * (ne + ex), "gradients": 2 * (ne + ex),
                   "master": math.ceil(4 * ne / 256) + math.ceil(4 * ex / (256 // ep)),
                   "optimizer": math.ceil(8 * ne / 256) + math.ceil(8 * ex / (256 // ep))}
+
+
+@pytest.mark.parametrize("moe", [
+    dict(num_experts=8, experts_per_token=2, moe_intermediate_size=32),
+    dict(num_experts=8, experts_per_token=2, moe_intermediate_size=32, shared_expert_size=48,
+         first_dense_layers=1),
+    dict(num_experts=4, experts_per_token=1, moe_intermediate_size=16, shared_expert_size=32,
+         shared_expert_gate=True)])
+@pytest.mark.parametrize("ep", [1, 2, 4])
+def test_held_params_are_the_moe_llamas(moe, ep):
+    """Oracle: the real ``model.moe.MoELlama`` (meta device): its routed-expert parameters
+    (``expert_parallel.expert_parameter``, what ``expert_parallel.shard`` splits over ep) and
+    all the others, which every ep rank keeps."""
+    import torch
+
+    from llmtrain.model.moe import MoELlama
+    from llmtrain.parallel.expert_parallel import expert_parameter
+    shape = shapes.get("tiny").replace(num_layers=3, **moe)
+    with torch.device("meta"):
+        model = MoELlama(shape)
+    routed = sum(p.numel() for n, p in model.named_parameters() if expert_parameter(n))
+    rest = sum(p.numel() for n, p in model.named_parameters() if not expert_parameter(n))
+    assert states.held_params(shape, ParallelDims(dp=4, ep=ep)) == {
+        "non-expert": rest, "experts": routed // ep}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4]),
+       st.integers(1, 4), st.sampled_from([0, 1, 2, 3]), st.integers(0, 2))
+def test_every_expert_parameter_is_held_dp_cp_over_ep_times(layers, E, ep, cp, zero, dense):
+    """Over all ranks of a layout, each routed-expert parameter sits on dp·cp/ep GPUs (its edp
+    copies times cp) and each non-expert one on dp·cp; ZeRO splits each over exactly those."""
+    if E % ep or dense > layers:
+        return
+    shape = shapes.get("tiny").replace(num_layers=layers, num_experts=E, experts_per_token=1,
+                                       moe_intermediate_size=8, first_dense_layers=dense)
+    pp = min(layers, 2)
+    d = ParallelDims(dp=4, pp=pp, cp=cp, ep=ep)
+    held = [states.held_params(shape, d, r) for r in range(d.world_size)]
+    p = experts.layer_params(shape)
+    assert sum(h["experts"] for h in held) == shape.moe_layers * p["routed experts"] * 4 * cp // ep
+    assert sum(h["non-expert"] for h in held) == 4 * cp * (params.count(shape) - shape.moe_layers
+                                                          * p["routed experts"])
+    st_ = states.model_state_bytes(shape, dims=d, zero=zero, rank=0)
+    h0, (g_dense, g_exp) = held[0], states.zero_groups(d)
+    assert (g_dense, g_exp) == (4 * cp, 4 * cp // ep)
+    shard = zero >= 1
+    assert st_["optimizer"] == (math.ceil(8 * h0["non-expert"] / g_dense) if shard else
+                                8 * h0["non-expert"]) + (math.ceil(8 * h0["experts"] / g_exp)
+                                                         if shard else 8 * h0["experts"])
 
 
 # --- the published layouts ----------------------------------------------------------------------
