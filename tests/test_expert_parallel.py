@@ -96,9 +96,10 @@ def all_to_rank0():  # a biased router: every token picks experts 0 and 1, rank 
     return moe
 
 
-# DeepSeek-V3's routing with the bias moving (γ = 0.001): its update must see the whole batch's load
+# DeepSeek-V3's routing with the bias moving (γ = 0.001) and a balancing loss (α = 0.01): both
+# must see the whole batch's load (balance_group = dp) to equal one process
 BIASED = Routing("sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.5,
-                 bias_update_speed=0.001)
+                 bias_update_speed=0.001, aux_loss_coef=0.01)
 CAPS = (None, 0.5)  # no limit; half the even share: some rows must drop
 MOE_LAYERS = {"mixtral": demo.moe_layer, "qwen-gated": qwen_gated, "deepseek": deepseek_like}
 
@@ -208,7 +209,8 @@ def _check_llama(ranks):
     world = len(ranks)
     ref = demo.llama_one_process(demo.moe_llama(4), world, routing=BIASED)
     runs = [r["llama"] for r in ranks]
-    for r in runs:  # the load summed over dp, so every rank's biases move as one process's
+    for r in runs:  # the load summed over dp: every rank's biases move as one process's, and
+        # the mean of the ranks' losses (LM + α·balancing) is one process's (checked below)
         assert torch.equal(r["load"], ref["load"])
         assert _maxdiff(r["bias"], ref["bias"]) == 0 and ref["bias"].abs().sum() > 0
     # equal batches per rank: the mean of the ranks' mean losses is the one-process mean
@@ -282,6 +284,16 @@ def test_a_moe_llama_step_on_dp4_ep2_averages_experts_over_edp_and_equals_one_pr
 
 # ------------------------------------------------------------------ closed forms, one process
 
+def test_balancing_loss_with_the_ranks_own_load_is_the_moe_layers_aux_loss():
+    from llmtrain.model.moe import aux_loss
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(10, 6, generator=g, dtype=F64)
+    indices = scores.topk(2, dim=-1).indices
+    load = torch.bincount(indices.flatten(), minlength=6)
+    assert abs(ep_mod.balancing_loss(scores, load, 2) - aux_loss(scores, indices)) < 1e-15
+
+
 def test_keep_mask_keeps_each_experts_first_rows_in_token_order():
     idx = torch.tensor([[0, 1], [0, 2], [1, 0], [0, 1]])  # expert 0: tokens 0,1,2,3; 1: 0,2,3
     keep = ep_mod.keep_mask(idx, 3, 2)
@@ -350,7 +362,8 @@ def test_deepseek_v3_dispatch_per_token_at_most_four_nodes_instead_of_eight_expe
     (lambda: ep_mod.apply([nn.Linear(2, 2)]), "model"),
     (lambda: ep_mod.expert_parameter(3), "name"),
     (lambda: ep_mod.reduce_gradients("model"), "model"),
-    (lambda: ep_mod.sum_loads(None), "model"),
+    (lambda: ep_mod.balancing_loss(torch.ones(3, 4), torch.ones(4), 0), "k"),
+    (lambda: ep_mod.balancing_loss(torch.ones(3, 4), [1, 1, 1, 1], 2), "load"),
 ])
 def test_bad_arguments_raise_valueerror_naming_the_argument(call, name):
     with pytest.raises(ValueError, match="^" + re.escape(name) + " must"):

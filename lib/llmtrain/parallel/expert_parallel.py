@@ -19,10 +19,11 @@ A dropped row contributes 0: its token keeps only the residual (and the shared e
 
 ``shard(moe, group, capacity_factor)`` makes one layer expert parallel in place, ``apply(model,
 group, ...)`` every MoE layer of a model; after backward ``reduce_gradients`` averages the
-gradients over dp (an expert's over edp, see there) and ``sum_loads`` gives every rank the whole
-batch's load for DeepSeek-V3's bias update. With ``ParallelDims(dp=…, ep=…)``:
+gradients over dp (an expert's over edp, see there). ``balance_group`` (dp) makes the load
+statistics the whole batch's: the load DeepSeek-V3's bias update reads and the f_i of the
+balancing loss. With ``ParallelDims(dp=…, ep=…)``:
 
-    g = groups.build(dims); expert_parallel.apply(model, g.ep)
+    g = groups.build(dims); expert_parallel.apply(model, g.ep, balance_group=g.dp)
     loss.backward(); expert_parallel.reduce_gradients(model, g.dp, g.edp)
 
 ``dispatch`` and ``combine`` are autograd Functions whose backward is the reverse all-to-all
@@ -48,14 +49,14 @@ from torch import nn
 from .. import check
 from ..cost.moe_comm import capacity as capacity_of
 from ..cost.moe_comm import expert_range
-from ..model.moe import aux_loss
 from . import comm
 
 __all__ = ["COUNTS", "DISPATCH", "COMBINE", "ExpertParallel", "Dispatch", "keep_mask",
            "all_to_all_rows", "dispatch", "combine", "shard", "apply", "is_moe_layer",
-           "expert_parameter", "reduce_gradients", "sum_loads"]
+           "expert_parameter", "reduce_gradients", "balancing_loss", "LOAD"]
 
 COUNTS, DISPATCH, COMBINE = "counts", "dispatch", "combine"  # comm tags; backward: "<tag>-backward"
+LOAD = "load"  # the tag of the load's all-reduce over balance_group
 
 
 def all_to_all_rows(x: torch.Tensor, output_splits: list[int], input_splits: list[int],
@@ -142,14 +143,18 @@ class ExpertParallel:
     ``MoELlama.moe_layers``, unchanged) and only its experts [start, stop) keep their weights
     (the others become ``nn.Identity``). ``capacity_factor`` c limits each expert to
     ⌈c·k·n/E⌉ rows of a rank's n tokens (None: no limit, nothing dropped). ``last`` holds the
-    ``Dispatch`` of the latest forward; the layer's ``last_load`` (this rank's routed rows per
-    expert; ``sum_loads`` makes it the whole batch's) and ``last_aux_loss`` (on this rank's
-    tokens: a different number from one process's on all tokens, as E·Σ f_i·P_i is not linear
-    in the tokens) are set as its own forward sets them. Every local expert runs, on zero rows
+    ``Dispatch`` of the latest forward; the layer's ``last_load`` and ``last_aux_loss`` are set
+    as its own forward sets them, over this rank's tokens, or with ``balance_group`` (the dp
+    group: the ranks whose tokens make one batch) over the whole batch: the routed counts are
+    all-reduced (summed) over it in forward, and the balancing loss E·Σ f_i·P_i takes the
+    batch's f_i (not differentiable) with this rank's P_i, so the mean over the group of the
+    ranks' losses is one process's (Megatron-Core's global-batch balancing,
+    ``switch_load_balancing_loss_func``: loss = Σ_j E·Σ_i f_i·P_ij). Every local expert runs, on zero rows
     if no token chose it, so each rank has a gradient for each of its experts (zeros) and the
     edp all-reduce of ``reduce_gradients`` never waits for a missing one."""
 
-    def __init__(self, moe: nn.Module, group=None, capacity_factor: float | None = None):
+    def __init__(self, moe: nn.Module, group=None, capacity_factor: float | None = None,
+                 balance_group=None):
         check.module("moe", moe)
         if not is_moe_layer(moe):
             check.fail("moe", "a MoE layer with route() and an experts ModuleList", moe)
@@ -160,6 +165,7 @@ class ExpertParallel:
             raise RuntimeError("ExpertParallel must be built inside a rank: torch.distributed "
                                "is not initialised (use llmtrain.parallel.launch or torchrun)")
         self.moe, self.group, self.capacity_factor = moe, group, capacity_factor
+        self.balance_group = balance_group
         self.num_experts = len(moe.experts)
         self.ep, self.ep_rank = dist.get_world_size(group), dist.get_rank(group)
         self.start, self.stop = expert_range(self.num_experts, self.ep, self.ep_rank)
@@ -213,9 +219,12 @@ class ExpertParallel:
             if getattr(moe, "shared_gate", None) is not None:  # Qwen2-MoE's sigmoid gate
                 shared = torch.sigmoid(moe.shared_gate(x2)) * shared
             out = out + shared
-        moe.last_load = routed.detach()
+        load = routed.detach().clone()
+        if self.balance_group is not None:  # the whole batch's load
+            comm.all_reduce(load, "sum", group=self.balance_group, tag=LOAD)
+        moe.last_load = load
         if scores is not None:
-            moe.last_aux_loss = aux_loss(scores, indices)
+            moe.last_aux_loss = balancing_loss(scores, load, k)
         self.last = Dispatch(cap, routed.tolist(), kept.tolist(), received.tolist(), ~keep,
                              indices.detach(), weights.detach())
         return out.view(shape)
@@ -227,21 +236,36 @@ def is_moe_layer(module: nn.Module) -> bool:
         getattr(module, "experts", None), nn.ModuleList)
 
 
-def shard(moe: nn.Module, group=None, capacity_factor: float | None = None) -> ExpertParallel:
+def balancing_loss(scores: torch.Tensor, load: torch.Tensor, k: int) -> torch.Tensor:
+    """E·Σ_i f_i·P_i with f_i = load_i / tokens (tokens = Σ load / k: the load may be the whole
+    batch's) and P_i this rank's mean normalised score: ``model.moe.aux_loss`` when ``load`` is
+    this rank's own (tests/test_expert_parallel.py)."""
+    check.tensor("scores", scores, dim=2, floating=True)
+    check.tensor("load", load, dim=1)
+    check.positive_int("k", k)
+    E = scores.shape[1]
+    f = load.to(scores.dtype) / (load.sum().to(scores.dtype) / k)
+    P = (scores / scores.sum(-1, keepdim=True)).mean(0)
+    return E * (f * P).sum()
+
+
+def shard(moe: nn.Module, group=None, capacity_factor: float | None = None,
+          balance_group=None) -> ExpertParallel:
     """Make ``moe`` expert parallel on ``group`` in place (every rank builds the same full layer,
     e.g. from one seed, then calls this): its forward becomes ``ExpertParallel``'s."""
-    ep = ExpertParallel(moe, group, capacity_factor)
+    ep = ExpertParallel(moe, group, capacity_factor, balance_group)
     moe.forward = ep  # a plain attribute: the module tree and state_dict keys stay as they were
     return ep
 
 
-def apply(model: nn.Module, group=None, capacity_factor: float | None = None) -> list[ExpertParallel]:
+def apply(model: nn.Module, group=None, capacity_factor: float | None = None,
+          balance_group=None) -> list[ExpertParallel]:
     """``shard`` every MoE layer of ``model`` (``is_moe_layer``) on ``group``; returns them."""
     check.module("model", model)
     layers = [m for m in model.modules() if is_moe_layer(m)]
     if not layers:
         check.fail("model", "a model with at least one MoE layer (route() and experts)", model)
-    return [shard(m, group, capacity_factor) for m in layers]
+    return [shard(m, group, capacity_factor, balance_group) for m in layers]
 
 
 def expert_parameter(name: str) -> bool:
@@ -271,13 +295,3 @@ def reduce_gradients(model: nn.Module, dp_group=None, edp_group=None, tag: str =
         else:
             comm.all_reduce(p.grad, "avg", group=dp_group, tag=tag)
 
-
-def sum_loads(model: nn.Module, group=None) -> None:
-    """Every MoE layer's ``last_load`` summed over ``group`` (dp) in place: the load of the
-    whole batch, which DeepSeek-V3's bias update reads (its §2.1.2 monitors "the expert load on
-    the whole batch of each training step"); then ``update_bias`` moves every rank's biases as
-    one process would (tests/test_expert_parallel.py)."""
-    check.module("model", model)
-    for m in model.modules():
-        if is_moe_layer(m) and getattr(m, "last_load", None) is not None:
-            comm.all_reduce(m.last_load, "sum", group=group, tag="load")

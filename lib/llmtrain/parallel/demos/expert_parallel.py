@@ -32,7 +32,7 @@ from ...model.moe import MIXTRAL, MoE, MoELlama, Routing
 from ...model.shapes import ModelShape
 from .. import expert_parallel, groups
 
-__all__ = ["batch", "build", "moe_layer", "ep_layer", "one_process", "moe_llama", "llama_step",
+__all__ = ["AUX", "batch", "build", "moe_layer", "ep_layer", "one_process", "moe_llama", "llama_step",
            "llama_one_process", "section"]
 
 
@@ -45,6 +45,10 @@ def batch(tokens: int, hidden: int, world: int, seed: int = 0) -> tuple[torch.Te
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(world * tokens, hidden, generator=g, dtype=torch.float64)
     return x, torch.randn(world * tokens, hidden, generator=g, dtype=torch.float64)
+
+
+# Mixtral's routing with the Switch balancing loss added to the LM loss (α = 0.01): notebook 14 §4
+AUX = Routing("softmax", norm_topk_prob=True, aux_loss_coef=0.01)
 
 
 def moe_layer(hidden: int = 8, experts: int = 4, top_k: int = 2, expert_size: int = 6,
@@ -148,20 +152,19 @@ def llama_step(shape: ModelShape, dp: int, ep: int, batch: int = 2, seq: int = 1
                seed: int = 0, routing: Routing = MIXTRAL) -> dict:
     """On every rank of ``ParallelDims(dp=dp, ep=ep)`` (world dp; ep carved out of dp): the
     same MoE LLaMA, experts sharded over the ep group, this dp rank's ``batch`` rows; one
-    forward + backward, then ``reduce_gradients`` (dp; experts: edp), ``sum_loads`` over dp and
-    ``update_bias``. Returns the local loss, every gradient this rank holds, its experts, the
+    forward + backward (the load statistics over the whole batch: ``balance_group`` dp), then
+    ``reduce_gradients`` (dp; experts: edp) and ``update_bias``. Returns the local loss, every gradient this rank holds, its experts, the
     whole batch's load, the balancing biases and the comm records by axis."""
     dims = ParallelDims(dp=dp, ep=ep)
     g = groups.build(dims)
     place = dims.place(dist.get_rank())
     model = _llama(shape, seed, routing)
-    layers = expert_parallel.apply(model, g.ep)
+    layers = expert_parallel.apply(model, g.ep, balance_group=g.dp)
     ids = _ids(shape, dp * batch, seq, seed)[place.dp * batch:(place.dp + 1) * batch]
     with comm.counting() as log:
         loss = model(ids, labels=ids).loss
         loss.backward()
         expert_parallel.reduce_gradients(model, g.dp, g.edp)
-        expert_parallel.sum_loads(model, g.dp)
     model.update_bias()
     return {"loss": loss.detach(), "load": model.load(), "experts": list(layers[0].local_experts()),
             "bias": torch.stack([m.gate.e_score_correction_bias for m in model.moe_layers()]),
@@ -171,7 +174,8 @@ def llama_step(shape: ModelShape, dp: int, ep: int, batch: int = 2, seq: int = 1
 
 def section(tokens: int = 12, capacity_factor: float = 1.0, seed: int = 0) -> dict:
     """Notebook 14 §4 in one launch on 2 ranks: ``ep_layer`` of ``moe_layer`` without capacity
-    and with ``capacity_factor``, and ``llama_step`` of ``moe_llama()`` on dp=2, ep=2."""
+    and with ``capacity_factor``, and ``llama_step`` of ``moe_llama()`` (routing ``AUX``) on
+    dp=2, ep=2."""
     return {"layer": ep_layer(moe_layer, tokens, (None, capacity_factor), seed),
             "llama": llama_step(moe_llama(), dist.get_world_size(), dist.get_world_size(),
-                                seed=seed)}
+                                seed=seed, routing=AUX)}
