@@ -49,6 +49,38 @@ def _error(fn, *args) -> str:
     return "no error"
 
 
+# (B, N, N_kv, T, d) for the attention cores alone: one-token zig-zag chunks, 3 query heads per
+# key/value head, no GQA, odd head width
+CORES = [(1, 3, 1, 4, 2), (2, 4, 4, 12, 6), (1, 6, 2, 20, 5)]
+
+
+def cores() -> dict:
+    """ring_attention and ulysses_attention alone vs causal SDPA on one process: max |Δ| of the
+    output and of the q, k, v gradients (gathered in position order), float64."""
+    n, r = dist.get_world_size(), dist.get_rank()
+    out = {}
+    for B, N, Nkv, T, d in CORES:
+        g = torch.Generator().manual_seed(T)
+        q, k, v, dy = (torch.randn(B, h, T, d, generator=g, dtype=F64) for h in (N, Nkv, Nkv, N))
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            leaves[0], *(x.repeat_interleave(N // Nkv, 1) for x in leaves[1:]), is_causal=True)
+        ref.backward(dy)
+        for method, layout in demo.CONFIGS:
+            if method == "ulysses" and Nkv % n or T % (2 * n if layout == "zigzag" else n):
+                continue
+            pos = [torch.tensor(C.positions(T, n, j, layout)) for j in range(n)]
+            mine = [x.index_select(2, pos[r]).requires_grad_() for x in (q, k, v)]
+            fn = cp_.ring_attention if method == "ring" else cp_.ulysses_attention
+            y = fn(*mine, pos, None)
+            y.backward(dy.index_select(2, pos[r]))
+            diffs = [(cp_.gather(y, None, layout, 2) - ref).abs().max().item()]
+            diffs += [(cp_.gather(m.grad, None, layout, 2) - x.grad).abs().max().item()
+                      for m, x in zip(mine, leaves)]
+            out[(B, N, Nkv, T, d, method, layout)] = max(diffs)
+    return out
+
+
 def on_dims(dims: ParallelDims) -> dict:
     """Each method/layout over the cp groups of ``dims`` (other axes replicate the run): max
     |Δ| of gathered logits, loss and gradients from one process, on this rank."""
@@ -76,8 +108,7 @@ def everything(n: int) -> dict:
     out = {"runs": [demo.llama_cp(s, b, t, configs=demo.CONFIGS, dtype=F64, saved=False)
                     for s, b, t in RUNS[n]]}
     shape, b, t = RUNS[n][0]
-    out["saved"] = {name: demo.llama_cp(shape, b, t, configs=demo.CONFIGS, dtype=dt, saved=True)
-                    for name, dt in SAVED[n]}
+    out["saved"] = {name: demo.saved_cp(shape, b, t, dtype=dt) for name, dt in SAVED[n]}
     ids = torch.zeros(1, 2 * n + 1, dtype=torch.long)
     out["errors"] = {
         "ulysses kv": _error(cp_.apply, demo._model(ONE_KV, 0, F64) if n == 2 else
@@ -87,6 +118,7 @@ def everything(n: int) -> dict:
         "twice": _error(cp_.apply, cp_.apply(demo._model(TINY, 0, F64)), None),
     }
     out["torch"] = demo.torch_cp()
+    out["cores"] = cores()
     if n == 4:  # cp groups {0, 1} and {2, 3} inside dp = 2 (rank = dp_index·cp + cp_index)
         out["dims"] = on_dims(ParallelDims(dp=2, cp=2))
     return out
@@ -119,6 +151,12 @@ def test_ring_and_ulysses_equal_one_process_on_two_ranks(two):
     _check_equal_and_counted(two, 2)
 
 
+def test_attention_cores_alone_equal_sdpa_on_odd_shapes(two):
+    for rank in two:
+        assert len(rank["cores"]) == 10  # Ulysses skips N_kv = 1 on 2 ranks
+        assert all(diff < EQUAL for diff in rank["cores"].values()), rank["cores"]
+
+
 def test_counted_bytes_equal_the_formulas(two):
     # tiny, B = 2, T = 16, cp = 2, float64: kv = 2·8·2·16 = 512 elements of K (or V)
     res = two[0]["runs"][0]
@@ -132,7 +170,7 @@ def test_saved_activations_equal_cp_saved_bytes(two):
     for rank in two:
         for name, _ in SAVED[2]:
             for method, layout in demo.CONFIGS:
-                got = rank["saved"][name][(method, layout)]["saved"]
+                got = rank["saved"][name][(method, layout)]
                 assert got == C.cp_saved_bytes(shape, b, t, 2, method=method, layout=layout,
                                                dtype=name), (name, method, layout)
 
@@ -165,7 +203,7 @@ def test_four_ranks():
     for rank in ranks:
         for name, _ in SAVED[4]:
             for method, layout in demo.CONFIGS:
-                assert rank["saved"][name][(method, layout)]["saved"] == C.cp_saved_bytes(
+                assert rank["saved"][name][(method, layout)] == C.cp_saved_bytes(
                     shape, b, t, 4, method=method, layout=layout, dtype=name)
     assert "num_kv_heads=2" in ranks[0]["errors"]["ulysses kv"]
     for rank in ranks:  # cp = 2 subgroups of ParallelDims(dp=2, cp=2): peers are global ranks
