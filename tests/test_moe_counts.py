@@ -285,6 +285,17 @@ def test_deepseek_v3_config_refusals(changes, message):
         ModelShape.from_hf_config({**RELEASED["deepseek-v3"], **changes})
 
 
+def test_hf_config_helpers_name_their_bad_argument():
+    from llmtrain.model import hf_config
+
+    with pytest.raises(ValueError, match="shape must be a ModelShape"):
+        hf_config.hf_config_of("nope")
+    with pytest.raises(ValueError, match="config must be a dict, a path or a transformers config"):
+        hf_config.config_as_dict(3)
+    with pytest.raises(ValueError, match="shape must be a ModelShape"):
+        params.active(3)
+
+
 def test_moe_config_without_model_type_is_refused():
     cfg = {k: v for k, v in RELEASED["mixtral-8x7b"].items() if k != "model_type"}
     with pytest.raises(ValueError, match="model_type missing; MoE configs \\(num_local_experts\\)"):

@@ -12,6 +12,13 @@ value projections are H × (N_kv·d) with d = H/N, so the attention term becomes
 2H² + 2H²·N_kv/N. Tied embeddings drop one VH; Qwen2's q/k/v biases add H + 2d·N_kv per
 layer. ``count`` is the integer truth for any ``ModelShape``; ``formula`` is the same thing
 as a SymPy expression built term by term; tests check both against transformers' models.
+
+A mixture of experts (``shape.is_moe``) holds E routed experts per MoE layer but sends each
+token to k of them: ``count`` is the total (every expert), ``active`` what one token uses (k
+routed experts, the router, the shared expert, and everything outside the MoE blocks), as
+DeepSeek-V3's "671B total, 37B activated" counts. Multi-head latent attention (DeepSeek-V2/V3)
+is counted by its low-rank factors (``attention_matmul_params``). Checked against transformers'
+Mixtral, Qwen2-MoE and DeepSeek-V2/V3 models: tests/test_moe_counts.py.
 """
 
 from __future__ import annotations

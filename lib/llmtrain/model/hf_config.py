@@ -178,6 +178,8 @@ def hf_config_of(shape: Any, **overrides: Any):
     ``ModelShape.to_hf_config``. Checked: tests/test_shapes.py, tests/test_moe_counts.py."""
     import transformers
 
+    if not hasattr(shape, "is_moe") or not hasattr(shape, "d_head"):  # shapes imports this module
+        check.fail("shape", "a ModelShape (ModelShape.to_hf_config calls this)", shape)
     common = dict(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size, num_hidden_layers=shape.num_layers,
