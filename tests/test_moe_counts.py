@@ -117,6 +117,23 @@ def test_published_totals_and_active():
     assert [round(n / 1e9, 1) for n in qwen] == [14.3, 2.7]
 
 
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v3"])
+def test_moe_terms_equal_breakdown(name):
+    shape = shapes.resolve(name)
+    values = params.moe_subs(shape)
+    for active, parts in ((False, params.breakdown(shape)), (True, params.active_breakdown(shape))):
+        terms = params.moe_terms(active=active, gated=shape.shared_expert_gate)
+        assert {k: int(v.subs(values)) for k, v in terms.items()} == \
+            {k: parts[k] for k in ("router", "shared", "experts")}
+    m, H = params.moe_symbols(), params.symbols()["H"]
+    gap = sum(params.moe_terms().values()) - sum(params.moe_terms(active=True).values())
+    assert (gap - m["L_moe"] * (m["E"] - m["k"]) * 3 * H * m["H_e"]).expand() == 0
+    with pytest.raises(ValueError, match="shape must be a mixture of experts"):
+        params.moe_subs("tiny")
+    with pytest.raises(ValueError, match="active must be True or False"):
+        params.moe_terms(active=1)
+
+
 @settings(max_examples=30, deadline=None)
 @given(E=st.integers(1, 16), data=st.data(), first=st.integers(0, 3), shared=st.integers(0, 40))
 def test_active_is_count_less_the_experts_not_chosen(E, data, first, shared):

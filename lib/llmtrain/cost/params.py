@@ -28,8 +28,8 @@ from ..model.shapes import ModelShape
 from ..model.shapes import resolve
 
 __all__ = ["count", "active", "breakdown", "active_breakdown", "attention_matmul_params",
-           "describe", "terms", "formula", "symbols", "subs", "slides_count", "COMPONENTS",
-           "MOE_COMPONENTS"]
+           "describe", "terms", "formula", "symbols", "subs", "slides_count", "moe_symbols",
+           "moe_terms", "moe_subs", "COMPONENTS", "MOE_COMPONENTS"]
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "lm_head")
 # a mixture of experts' breakdown: "mlp" is then the dense layers' FFN (first_dense_layers)
@@ -218,3 +218,41 @@ def subs(shape: ModelShape) -> dict:
     values = {"V": shape.vocab_size, "H": shape.hidden_size, "Hp": shape.intermediate_size,
               "L": shape.num_layers, "N": shape.num_heads, "N_kv": shape.num_kv_heads}
     return {s[k]: v for k, v in values.items()}
+
+
+def moe_symbols() -> dict:
+    """A mixture of experts' symbols as SymPy positive integers: E, k, H_e, H_s, L_moe (MoE
+    layers), with H the hidden size as in ``symbols``."""
+    import sympy as sp
+
+    names = {"E": "E", "k": "k", "H_e": "H_e", "H_s": "H_s", "L_moe": "L_moe"}
+    return {k: sp.Symbol(v, positive=True, integer=True) for k, v in names.items()}
+
+
+def moe_terms(*, active: bool = False, gated: bool = False) -> dict:
+    """The MoE blocks' SymPy terms: router L_moe·E·H, shared L_moe·(3H·H_s [+ H if gated]),
+    experts L_moe·E·3H·H_e, or with ``active`` L_moe·k·3H·H_e (what one token uses).
+    Source: the DeepSeekMoE layer of the DeepSeek-V3 report §2.1.2 (shared + routed experts);
+    checked: tests/test_moe_counts.py::test_moe_terms_equal_breakdown."""
+    check.boolean("active", active)
+    check.boolean("gated", gated)
+    s, m = symbols(), moe_symbols()
+    H, E, Lm = s["H"], m["E"], m["L_moe"]
+    return {"router": Lm * E * H,
+            "shared": Lm * (3 * H * m["H_s"] + (H if gated else 0)),
+            "experts": Lm * (m["k"] if active else E) * 3 * H * m["H_e"]}
+
+
+def moe_subs(shape: ModelShape) -> dict:
+    """``subs(shape)`` plus the MoE symbols' values, for ``moe_terms(...)``.
+
+    Checked: tests/test_moe_counts.py::test_moe_terms_equal_breakdown."""
+    shape = resolve(shape, "shape")
+    if not shape.is_moe:
+        raise ValueError(f"shape must be a mixture of experts (num_experts > 0), got "
+                         f"{shape.name!r} with num_experts=0")
+    m = moe_symbols()
+    values = {"E": shape.num_experts, "k": shape.experts_per_token,
+              "H_e": shape.moe_intermediate_size, "H_s": shape.shared_expert_size,
+              "L_moe": shape.moe_layers}
+    return {**subs(shape), **{m[k]: v for k, v in values.items()}}
