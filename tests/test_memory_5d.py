@@ -293,3 +293,41 @@ def test_cli_bad_cp_and_ep_are_one_line_exit_2(capsys, argv, message):
     assert cli.main(["memory", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+# --- the planner with cp ------------------------------------------------------------------------
+
+def test_plan_with_cp_is_the_estimate_and_a_cp_share_of_the_work():
+    """plan.memory_parts with cp = memory.estimate's parts; each cp rank computes 1/cp of a
+    micro-batch (the cp = 1 layout's compute / cp, exact: cp is a power of 2); with tp = pp = 1
+    the comm part is ring attention's bytes (context.sent_per_layer × L) on the cp group's link."""
+    from llmtrain.cost import context, stage, step_time
+    shape, seq, a = shapes.get("llama3-8b"), 8192, plan.Assumptions()
+    for cp in (2, 4):
+        lay = plan.layout(shape, 8 * cp, 64 * seq, seq, tp=2, pp=2, cp=cp, zero=1)
+        assert lay.dims == ParallelDims(dp=2, tp=2, pp=2, cp=cp) and "cp" in lay.label()
+        est = memory.estimate(shape, lay.dims, 1, seq, zero=1, recompute="selective",
+                              impl="korthikanti", microbatches=lay.microbatches)
+        assert plan.memory_parts(shape, lay, seq, a) == est.parts
+        one = plan.evaluate(shape, "h100-80g", plan.layout(shape, 8, 64 * seq, seq, tp=2, pp=2,
+                                                           zero=1), seq)
+        mine = plan.evaluate(shape, "h100-80g", lay, seq)
+        assert mine.time_parts["compute"] == one.time_parts["compute"] / cp
+        assert mine.gpus == 8 * cp and mine.tokens == one.tokens
+    lay = plan.layout(shape, 4, 4 * seq, seq, cp=4, zero=0)  # dp = 1, tp = pp = 1: CP comm only
+    p, c = plan.evaluate(shape, "h100-80g", lay, seq), plan.cluster("h100-80g")
+    per = context.sent_per_layer(shape, 1, seq, 4)
+    sent = shape.num_layers * (per["forward"] + per["backward"])
+    link = stage.link_bandwidth(c, 4, a.kernels_of(c))
+    assert p.time_parts["TP + CP comm"] == lay.microbatches * step_time.link_seconds(sent, *link)
+
+
+def test_plan_refuses_ep_and_bad_cp():
+    shape = shapes.get("llama3-8b")
+    with pytest.raises(ValueError, match="ep must be 1: the planner has no expert parallelism"):
+        plan.layout(shape, 8, 8 * 4096, 4096, ep=2)
+    with pytest.raises(ValueError, match="cp must divide seq=4100"):
+        plan.layout(shape, 8, 8 * 4100, 4100, cp=8)
+    lay = plan.layout(shape, 8, 8 * 4096, 4096, cp=2, recompute="none")
+    with pytest.raises(ValueError, match="cp > 1 is planned with attention_kernel='flash'"):
+        plan.memory_parts(shape, lay, 4096, plan.Assumptions(attention_kernel="materialized"))

@@ -26,10 +26,12 @@ otherwise the network. Every assumption is a field of ``Assumptions``; ``FRAMEWO
 those of the frameworks the published runs used, ``FRAMEWORK_OPTIONS`` what each could run.
 The runs themselves, and the planner's error on each, are ``llmtrain.cost.published_runs``.
 
-Beyond 3D: the planner ranks dp × tp × pp layouts only (cp = ep = 1). Its step time has no
-context-parallel K/V passing and no expert all-to-all, and it counts a MoE shape's time as
-``step_time`` counts a dense one; the memory of a layout with cp or ep is
-``memory.estimate(shape, ParallelDims(..., cp=, ep=))`` (notebook 14 §5).
+Beyond 3D: ``layout(..., cp=)`` and ``evaluate`` take context parallelism (``search`` keeps
+cp = 1): a cp rank does 1/cp of every micro-batch (each term at the full sequence /cp: zigzag
+balances causal attention), holds ``memory.estimate``'s bytes with cp, sends ring attention's
+K/V (``context.sent_per_layer``, in "TP + CP comm", not overlapped), and DP reduces over dp·cp.
+No expert parallelism (ep = 1, no all-to-all in the step time): a layout with ep is counted by
+``memory.estimate(shape, ParallelDims(..., ep=))`` only (notebook 14 §5).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple
@@ -46,38 +47,21 @@ from .. import check
 from ..model import shapes
 from ..model.shapes import ModelShape
 from ..units import GIB
-from . import memory, pp_schedule, step_time
+from . import context, memory, pp_schedule, step_time
 from . import stage as _stage
 from .assumptions import FRAMEWORK_OPTIONS, FRAMEWORKS, Assumptions, framework_assumptions
 from .clusters import CLUSTERS, Cluster, cluster
 from .layout import ParallelDims
+from .activations import check_cp
 from .stage import stage_layers
+from .tokens import LARGE_BATCH_TOKENS, MI, parse_tokens
 
-# The planner's parts have their own modules (``clusters``, ``assumptions``, ``stage``); their
-# public names are re-exported here, where a reader of ``plan.search`` looks for them.
+# The planner's parts have their own modules (``clusters``, ``assumptions``, ``stage``,
+# ``tokens``); their public names are re-exported here, where readers of ``plan`` look.
 __all__ = ["GIB", "MI", "Cluster", "CLUSTERS", "cluster", "parse_tokens", "Assumptions",
            "FRAMEWORKS", "framework_assumptions", "FRAMEWORK_OPTIONS", "Layout", "Plan", "layout",
            "stage_layers", "memory_parts", "evaluate", "search", "no_layout_reason", "rank_of",
            "LARGE_BATCH_TOKENS"]
-
-# Above this many tokens per step the CLI reminds that --batch-tokens is one step's global batch
-# (a student may type the total training tokens): 2³⁰, 64× the 16M of Llama 3 405B
-# (published_runs). The search itself takes the same time for any count.
-LARGE_BATCH_TOKENS = 2**30
-MI = 2**20  # "4M tokens": 4·2²⁰ (Llama 3's 16M = 16 seqs × 8,192 × DP 128 = 2²⁴; BLOOM's
-#             "4.2M tokens" = 2,048 × 2,048 = 4·2²⁰)
-
-
-def parse_tokens(batch_tokens: str | int) -> int:
-    """"4M" = 4·2²⁰, "512K" = 512·2¹⁰, "1G" = 2³⁰, "32768" = 32768 (binary prefixes: see MI).
-
-    Checked: tests/test_plan.py::test_parse_tokens."""
-    if isinstance(batch_tokens, int) and not isinstance(batch_tokens, bool):
-        return check.positive_int("batch_tokens", batch_tokens)
-    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", str(batch_tokens), re.IGNORECASE)
-    if not m or int(m.group(1)) == 0:
-        check.fail("batch_tokens", "a positive count of tokens like 4M, 512K or 32768", batch_tokens)
-    return int(m.group(1)) * 2 ** (10 * " KMG".index(m.group(2).upper() or " "))
 
 
 class Layout(NamedTuple):
@@ -98,7 +82,8 @@ class Layout(NamedTuple):
     def label(self) -> str:
         d = self.dims
         v = f" v{self.virtual}" if self.virtual > 1 else ""
-        return (f"tp{d.tp}{'+sp' if self.sp else ''} pp{d.pp}{v} dp{d.dp} ZeRO-{self.zero} "
+        cp = f" cp{d.cp}" if d.cp > 1 else ""
+        return (f"tp{d.tp}{'+sp' if self.sp else ''}{cp} pp{d.pp}{v} dp{d.dp} ZeRO-{self.zero} "
                 f"{self.recompute} b{self.micro_batch}")
 
 
@@ -146,20 +131,26 @@ class Plan:
 
 def layout(shape, gpus: int, batch_tokens: int, seq: int, *, tp: int = 1, pp: int = 1,
            zero: int = 1, recompute: str = "selective", micro_batch: int = 1,
-           virtual: int = 1, sp: bool = False) -> Layout:
-    """A checked Layout: gpus = dp·tp·pp, the global batch batch_tokens/seq sequences split into
-    dp × m micro-batches of micro_batch; ``dims.check(shape)`` (tp | heads, pp ≤ L).
+           virtual: int = 1, sp: bool = False, cp: int = 1, ep: int = 1) -> Layout:
+    """A checked Layout: gpus = dp·cp·tp·pp, the global batch batch_tokens/seq sequences split
+    into dp × m micro-batches of micro_batch, each sequence over cp ranks (cp | seq);
+    ``dims.check(shape)`` (tp | heads, pp ≤ L). ep must be 1 (the planner has no expert
+    parallelism).
 
     Checked: tests/test_plan.py::test_time_parts_are_the_terms (dp, m) and
     tests/test_plan.py::test_bad_input_names_the_field."""
+    check.positive_int("ep", ep)
+    if ep != 1:
+        raise ValueError(f"ep must be 1: the planner has no expert parallelism (its step time "
+                         f"has no all-to-all; memory.estimate counts ep), got ep={ep}")
     return _layout(shapes.resolve(shape, "shape"), gpus, batch_tokens, seq, tp, pp, zero,
-                   recompute, micro_batch, virtual, sp)
+                   recompute, micro_batch, virtual, sp, cp)
 
 
 def _layout(shape: ModelShape, gpus, batch_tokens, seq, tp, pp, zero, recompute, micro_batch,
-            virtual, sp) -> Layout:
+            virtual, sp, cp=1) -> Layout:
     """``layout`` of a resolved shape (``search`` resolves it once, checks each layout here)."""
-    dims = ParallelDims.from_gpus(gpus, tp, pp).check(shape)
+    dims = ParallelDims.from_gpus(gpus, tp, pp, cp).check(shape)
     check.one_of("zero", zero, (0, 1, 2, 3))
     check.one_of("recompute", recompute, ("none", "selective", "full"))
     check.positive_int("micro_batch", micro_batch)
@@ -174,7 +165,9 @@ def _layout(shape: ModelShape, gpus, batch_tokens, seq, tp, pp, zero, recompute,
         if dims.pp == 1 or math.ceil(shape.num_layers / pp) < virtual:
             raise ValueError(f"virtual must be at most the {math.ceil(shape.num_layers / pp)} "
                              f"layers of a stage (and pp > 1), got virtual={virtual}")
-    if check.boolean("sp", sp) and (tp == 1 or seq % tp):
+    if cp > 1:
+        check_cp(cp, seq)
+    if check.boolean("sp", sp) and (tp == 1 or seq // cp % tp):
         raise ValueError(f"sp needs tp > 1 dividing seq={seq}, got tp={tp}")
     return Layout(dims, zero, recompute, micro_batch, m, virtual, sp)
 
@@ -203,16 +196,21 @@ def _memory_parts(shape: ModelShape, lay: Layout, seq: int, a: Assumptions) -> d
     # selective recomputation saves (the 34·sbh of a layer, not its 5·as²b)
     flash = a.attention_kernel == "flash"
     saved = "selective" if lay.recompute == "none" and flash else lay.recompute
+    if d.cp > 1 and saved == "none":
+        raise ValueError("cp > 1 is planned with attention_kernel='flash' (ring attention keeps no "
+                         "scores) or with recomputation, got 'materialized' without it")
     # the count in flight stops growing once m covers the warm-up (below 2·pp, a multiple of
     # pp as interleaving needs): the cache then serves every larger m
     m = lay.microbatches if lay.microbatches < 2 * d.pp else 2 * d.pp
-    act, in_flight = _stage.stage_activations(shape, d.pp, d.tp, b, seq, saved, lay.sp, a.impl, m,
-                                        lay.virtual)
+    act, in_flight = _stage.stage_activations(shape, d.pp, d.tp, b, seq // d.cp, saved, lay.sp,
+                                              a.impl, m, lay.virtual)
     parts = {"model states": _stage.stage_states(shape, d, lay.zero, fw.name)[0], "activations": act}
     if d.pp > 1:
         parts["in-flight activations"] = in_flight
+    if d.cp > 1:  # as memory.estimate: the next K/V block of ring attention
+        parts["ring K/V in flight"] = 2 * 2 * b * (seq // d.cp) * (shape.kv_size // d.tp)
     if fw.softmax_extra:
-        parts["softmax extra"] = fw.softmax_extra * b * seq * shape.vocab_size // d.tp
+        parts["softmax extra"] = fw.softmax_extra * b * (seq // d.cp) * shape.vocab_size // d.tp
     if a.overheads:
         parts["framework"] = fw.framework_bytes
         if lay.zero and fw.zero_runtime_bytes:
@@ -238,11 +236,19 @@ def _evaluate(shape: ModelShape, c: Cluster, lay: Layout, seq: int, a: Assumptio
     _, middle, last = _stage.stage_layers(shape.num_layers, d.pp)
 
     def stage(n: int, head: bool):  # one micro-batch through a stage: (compute parts, TP time)
-        mb = step_time.micro_batch(shape, n, head, d.tp, lay.sp, b, seq, lay.recompute,
-                                   a.attention_kernel, k, c.peak_flops, c.hbm_bytes_per_s)
-        tpb = _stage.tp_bytes(shape, d.tp, lay.sp, b, seq, n, lay.recompute, d.pp > 1, head)
+        mb = _per_cp_rank(step_time.micro_batch(shape, n, head, d.tp, lay.sp, b, seq,
+                                                lay.recompute, a.attention_kernel, k,
+                                                c.peak_flops, c.hbm_bytes_per_s), d.cp)
+        tpb = _stage.tp_bytes(shape, d.tp, lay.sp, b, seq // d.cp, n, lay.recompute, d.pp > 1,
+                              head)
         t = step_time.link_seconds(tpb, *_stage.link_bandwidth(c, d.tp, k))
-        return mb, tpb, step_time.exposed(t, a.overlap.tp * mb["GEMMs"], a.overlap.tp > 0)
+        t = step_time.exposed(t, a.overlap.tp * mb["GEMMs"], a.overlap.tp > 0)
+        if d.cp > 1:  # ring K/V (and their gradients) around the cp group, not overlapped
+            per = context.sent_per_layer(shape, b, seq, d.cp)
+            again = 2 if lay.recompute == "full" else 1
+            cpb = n * (again * per["forward"] + per["backward"])
+            t += step_time.link_seconds(cpb, *_stage.link_bandwidth(c, d.tp * d.cp, k))
+        return mb, tpb, t
 
     # the busiest stage: the last (its layers, the output layer, the loss) or a middle one
     stages = [stage(last, True)] + ([stage(middle, False)] if middle > last else [])
@@ -252,10 +258,11 @@ def _evaluate(shape: ModelShape, c: Cluster, lay: Layout, seq: int, a: Assumptio
     bubble = pp_schedule.bubble_formula(d.pp, m, v)
     pipeline = m * slot / (1 - float(bubble))
     params, dp_time, dp_bytes = _stage.stage_states(shape, d, lay.zero)[1], 0.0, Fraction(0)
-    if d.dp > 1:  # one ring reduce-scatter (r_g) or all-gather (r_w) of this GPU's stage
-        r_g = Fraction((d.dp - 1) * params * a.grad_bytes, d.dp)
-        r_w = Fraction((d.dp - 1) * params * 2, d.dp)
-        bw, ov = _stage.link_bandwidth(c, d.tp * d.dp, k), a.overlap.dp
+    dcp = d.dp * d.cp  # cp ranks hold the same weights: gradients reduce over dp·cp
+    if dcp > 1:  # one ring reduce-scatter (r_g) or all-gather (r_w) of this GPU's stage
+        r_g = Fraction((dcp - 1) * params * a.grad_bytes, dcp)
+        r_w = Fraction((dcp - 1) * params * 2, dcp)
+        bw, ov = _stage.link_bandwidth(c, d.tp * dcp, k), a.overlap.dp
         ov = d.pp == 1 if ov == "pp1" else ov
         sec = lambda nbytes: step_time.link_seconds(nbytes, *bw)  # noqa: E731
         bwd, fwd = mb.backward_s, compute - mb.backward_s
@@ -275,26 +282,36 @@ def _evaluate(shape: ModelShape, c: Cluster, lay: Layout, seq: int, a: Assumptio
     pp_time, pp_bytes = 0.0, Fraction(0)
     if d.pp > 1:
         split = d.tp if (a.scatter_gather or lay.sp) else 1
-        msg = Fraction(b * seq * H * 2, split)
+        msg = Fraction(b * seq * H * 2, split * d.cp)
         msgs = 2 * (v * m + d.pp - 1)
         pp_bytes = msgs * msg
-        pp_time = step_time.link_seconds(pp_bytes, *_stage.link_bandwidth(c, 2 * d.tp * d.dp, k))
+        pp_time = step_time.link_seconds(pp_bytes, *_stage.link_bandwidth(c, 2 * d.tp * dcp, k))
         if split > 1 and not lay.sp:  # the receiver all-gathers the t pieces on NVLink
             pp_time += step_time.link_seconds(msgs * msg * (d.tp - 1),
                                               *_stage.link_bandwidth(c, d.tp, k))
         pp_time *= 1 - a.overlap.pp
-    updated = params // d.dp if lay.zero else params
+    updated = params // dcp if lay.zero else params
     opt_time = step_time.optimizer_seconds(updated, c.hbm_bytes_per_s, k)
     seqs = m * b * d.dp
     model_f = _stage.stage_flops(shape, seqs, seq, "none", a.attention)
     hw_f = _stage.stage_flops(shape, seqs, seq, lay.recompute, a.attention)
-    times = {"compute": m * compute, "TP comm": m * tp_time, "bubble": pipeline - m * slot,
+    times = {"compute": m * compute, ("TP + CP comm" if d.cp > 1 else "TP comm"): m * tp_time,
+             "bubble": pipeline - m * slot,
              "DP comm": dp_time, "PP p2p": pp_time, "optimizer": opt_time}
     return Plan(lay, _memory_parts(shape, lay, seq, a), c.memory_bytes, times, model_f, hw_f,
                 d.world_size, c.peak_flops, seqs * seq,
                 {"bubble_fraction": bubble, "in_flight": _stage.in_flight(d.pp, m, v) if d.pp > 1
                  else 1, "tp_bytes": tp_bytes, "dp_bytes": dp_bytes, "pp_bytes": pp_bytes,
                  "compute_parts": {key: m * t for key, t in mb.items()}})
+
+
+def _per_cp_rank(mb: step_time.MicroBatch, cp: int) -> step_time.MicroBatch:
+    """One cp rank's share of a micro-batch: every term /cp (zigzag's causal balance)."""
+    if cp == 1:
+        return mb
+    out = step_time.MicroBatch({key: t / cp for key, t in mb.items()})
+    out.flops, out.backward_s = mb.flops // cp, mb.backward_s / cp
+    return out
 
 
 def _divisors(n: int) -> list[int]:
