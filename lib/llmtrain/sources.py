@@ -53,7 +53,9 @@ SOURCES: tuple[Source, ...] = (
     Source("Llama 3",
            "The Llama 3 Herd of Models", "arXiv 2407.21783",
            "transcriptions of v3 (Nov 2024, p. 10; shared/reviews/chapter-review.md §A) and of "
-           "a copy dated July 23, 2024 (§3.3.1, Table 3, Table 4, §3.3.2)",
+           "a copy dated July 23, 2024 (§3.3.1, Table 3, Table 4, §3.3.2); §3.3.2's context "
+           "parallelism paragraph (2 × CP chunks, rank i holding i and 2CP − 1 − i; K and V "
+           "all-gathered, not passed in a ring) in several transcriptions",
            ("§3.3.1", "§3.3.2", "Table 3", "Table 4", "Fig. 5"), ("arXiv 2407.21783",)),
     Source("DeepSeek-V3",
            "DeepSeek-V3 Technical Report", "arXiv 2412.19437",
