@@ -194,9 +194,10 @@ def test_llama3_cp16_fits_128k():
         assert est.parts["activations"] == act == 5_155_848_192
         assert est.parts["in-flight activations"] == 15 * 8 * 34 * s * h // t
         assert est.details["in_flight"] == 16  # 16 sequences per DP group, 1F1B on 16 stages
-    assert long_.parts["ring K/V in flight"] == 2 * 2 * s * 1024 // t
+    # Llama 3's CP all-gathers K and V (§3.3.2): the whole 128K sequence's, while a layer attends
+    assert long_.parts["gathered K/V"] == 2 * 2 * 131072 * 1024 // t == 67_108_864
     card = plan.cluster("h100-80g").memory_bytes
-    assert long_.total == 80_889_730_816 <= card == 80 * 2**30
+    assert long_.total == 80_885_536_512 + 67_108_864 <= card == 80 * 2**30
     no_cp = pr.per_gpu_memory(pr.LLAMA3_405B_LONG_CONTEXT, cp=1)  # 128K on one rank
     # one 128K micro-batch alone: 16× the 8K one (the scores are not kept: no s² term)
     assert no_cp.parts["activations"] == 82_493_571_072 == 16 * act
@@ -255,6 +256,8 @@ def test_bad_cp_and_ep_are_named():
     with pytest.raises(ValueError, match=r"bytes_per_param\['master'\] must be a finite number"):
         memory.estimate("tiny", 1, 1, 64, bytes_per_param=dict(
             weights=2, gradients=4, master=-1, optimizer=4))
+    with pytest.raises(ValueError, match="cp_method must be one of"):
+        memory.estimate("tiny", ParallelDims(cp=2), 1, 64, cp_method="ulysses")
     with pytest.raises(ValueError, match="layout key must be one of"):
         pr.per_gpu_memory(pr.DEEPSEEK_V3, zero=3)
 

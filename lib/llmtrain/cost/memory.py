@@ -47,7 +47,7 @@ from ..model.shapes import resolve
 # because ``memory.estimate``'s readers look for them here): model states in ``states``, whose
 # bytes in ``frameworks``; the slides' and LLMBox's formulas in ``slides``; measuring in
 # ``llmtrain.measure.tracker``.
-__all__ = ["GB", "GIB", "activation_bytes", "Estimate", "estimate", "step_peak",
+__all__ = ["GB", "GIB", "CP_METHODS", "activation_bytes", "Estimate", "estimate", "step_peak",
            "pipeline_schedule", "in_flight_microbatches", "pipeline_activation_bytes",
            "state_bytes_per_param", "parallel_dims", "params_per_gpu", "param_numels",
            "model_state_bytes", "PRECISIONS", "OPTIMIZERS", "PER_TENSOR", "NO_STEP_PEAK",
@@ -55,6 +55,8 @@ __all__ = ["GB", "GIB", "activation_bytes", "Estimate", "estimate", "step_peak",
 
 
 # --- activations ------------------------------------------------------------------------
+
+CP_METHODS = ("ring", "all-gather")  # how a cp rank gets the other ranks' K and V
 
 def activation_bytes(shape: ModelShape, batch: int, seq: int, *, dtype: Any = "bf16",
                      impl: str = "textbook", recompute: str | None = None, tp: int = 1,
@@ -246,7 +248,7 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
              optimizer_impl: str = "single-tensor", galore_rank: int | None = None,
              microbatches: int | None = None, virtual: int = 1,
              framework: str | Framework = "slides",
-             bytes_per_param: dict[str, float] | None = None) -> Estimate:
+             bytes_per_param: dict[str, float] | None = None, cp_method: str = "ring") -> Estimate:
     """Per-GPU training memory: model states + activations + other.
 
     ``dims``: the layout, a ``ParallelDims(dp, tp, pp)`` (``parallel_dims(gpus, tp, pp)``
@@ -273,7 +275,8 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     softmax extra) are counted at seq/cp, and with cp > 1 "ring K/V in flight" adds the next
     K and V block a rank receives while it attends to the current one (ring attention: one
     block of B·(seq/cp)·kv/tp each, 2·b·B·(seq/cp)·kv/tp bytes; the rank's own K/V are among
-    the saved activations); ``dims.ep`` shards a MoE shape's routed experts; the model states
+    the saved activations), or with ``cp_method="all-gather"`` (Llama 3's CP, §3.3.2) "gathered
+    K/V": the whole sequence's K and V while a layer attends, 2·b·B·seq·kv/tp; ``dims.ep`` shards a MoE shape's routed experts; the model states
     hold TOTAL parameters (``states.held_params``), ZeRO divides the non-expert states by dp·cp
     and the expert states by dp·cp/ep (``states.zero_groups``). ``bytes_per_param``: see
     ``model_state_bytes``. Checked: tests/test_memory_5d.py.
@@ -298,9 +301,11 @@ def estimate(shape: ModelShape, dims: ParallelDims | int = ParallelDims(), batch
     parts = {"model states": sum(states.values()), "activations": act}
     if pp > 1:
         parts["in-flight activations"] = in_flight
+    check.one_of("cp_method", cp_method, CP_METHODS)
     if dims.cp > 1:
-        parts["ring K/V in flight"] = 2 * dtype_bytes(dtype) * batch * (seq // dims.cp) * (
-            shape.kv_size // tp)
+        tokens = seq // dims.cp if cp_method == "ring" else seq
+        name = "ring K/V in flight" if cp_method == "ring" else "gathered K/V"
+        parts[name] = 2 * dtype_bytes(dtype) * batch * tokens * (shape.kv_size // tp)
     if softmax_extra and fw.softmax_extra:
         parts["softmax extra"] = (fw.softmax_extra * batch * (seq // dims.cp) * shape.vocab_size
                                   // tp)

@@ -85,11 +85,14 @@ DEEPSEEK_V3 = dict(model="deepseek-v3", gpu="h800", gpus=2048, tp=1, cp=1, pp=16
 # What the sources leave open, for ``per_gpu_memory`` (our assumptions, not theirs): one sequence
 # per micro-batch; Llama 3: FlashAttention (no scores kept: Korthikanti et al.'s selective count,
 # as ``plan`` counts it), sequence parallelism in the TP group, 1F1B with the micro-batches of
-# Table 4's "Batch size/DP"; DeepSeek-V3: each layer's input only (the slides' count, a lower
+# Table 4's "Batch size/DP", and its all-gather CP (§3.3.2: K and V gathered, not passed around a
+# ring); DeepSeek-V3: each layer's input only (the slides' count, a lower
 # bound: it recomputes only RMSNorm and the MLA up-projections, §3.2.3), the large-m 1F1B count.
 MEMORY_ASSUMPTIONS = {
-    "llama3-405b": dict(micro_batch=1, impl="korthikanti", recompute="selective", sp=True),
-    "deepseek-v3": dict(micro_batch=1, impl="textbook", recompute="full", sp=False),
+    "llama3-405b": dict(micro_batch=1, impl="korthikanti", recompute="selective", sp=True,
+                        cp_method="all-gather"),
+    "deepseek-v3": dict(micro_batch=1, impl="textbook", recompute="full", sp=False,
+                        cp_method="ring"),
 }
 
 
@@ -110,7 +113,7 @@ def per_gpu_memory(run: dict, **layout):
     return memory.estimate(run["model"], dims, a["micro_batch"], run["seq"], zero=run["zero"],
                            recompute=a["recompute"], impl=a["impl"], sp=a["sp"],
                            microbatches=m or None, overheads=False, softmax_extra=False,
-                           bytes_per_param=run.get("bytes_per_param"))
+                           bytes_per_param=run.get("bytes_per_param"), cp_method=a["cp_method"])
 
 
 # --- every run as one record, and the planner's prediction of it ------------------------------
