@@ -98,6 +98,9 @@ def _build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--sp", action="store_true", help="sequence parallel (with --tp > 1)")
     pm.add_argument("--cp", type=_int_flag("cp"), default=1,
                     help="context-parallel degree: each GPU holds seq/cp of every sequence")
+    pm.add_argument("--cp-method", default="ring", choices=("ring", "all-gather"),
+                    help="how a --cp rank gets the others' K and V: ring (default: the next "
+                         "block in flight) or all-gather (Llama 3: the whole sequence's)")
     pm.add_argument("--ep", type=_int_flag("ep"), default=1,
                     help="expert-parallel degree (a MoE model): the routed experts over ep of "
                          "the dp ranks; must divide dp")
@@ -302,7 +305,8 @@ def _memory_cmd(args) -> str:
                           sp=args.sp, attention=args.attention or "sdpa",
                           overheads=not args.no_overheads,
                           galore_rank=args.galore_rank, microbatches=args.microbatches,
-                          virtual=args.virtual, framework=args.framework)
+                          virtual=args.virtual, framework=args.framework,
+                          cp_method=args.cp_method)
     d, count = est.details, est.details["in_flight"]
     if args.json:
         return json.dumps({"parts": est.parts, "total": est.total, "gb": est.gb, "gib": est.gib,
