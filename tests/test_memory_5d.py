@@ -280,6 +280,9 @@ def test_cli_memory_takes_cp_and_ep(capsys):
                      "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["parts"]["ring K/V in flight"] == 2 * 2 * 2048 * 1024 and out["dp"] == 2
+    assert cli.main(["memory", "llama3-8b", "--gpus", "8", "--cp", "4", "--seq", "8192",
+                     "--cp-method", "all-gather", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parts"]["gathered K/V"] == 2 * 2 * 8192 * 1024
 
 
 @pytest.mark.parametrize("argv, message", [
