@@ -65,8 +65,9 @@ LLAMA3_405B = (
 )
 # Table 4's third row, the long-context stage: context parallelism CP 16 with seq 131,072 on
 # 16,384 GPUs. v3 lists DP 8 (8 · 16 · 16 · 8 = 16,384; some renderings, e.g. an arxiv.org
-# HTML transcription, show DP 4, which would make 8,192). ``llmtrain.plan`` has no context parallelism, so this row
-# is data only (notebook 08 §7 prints its product), not a planner check.
+# HTML transcription, show DP 4, which would make 8,192). Not a planner check (``plan.search``
+# keeps cp = 1; notebook 08 §7 prints its product); ``per_gpu_memory`` counts what a GPU holds.
+# FSDP as ZeRO-2, as the 8K rows.
 LLAMA3_405B_LONG_CONTEXT = dict(model="llama3-405b", gpu="h100-80g", gpus=16384, tp=8, cp=16,
                                 pp=16, dp=8, batch_tokens=16 * MI, seq=131072, zero=2)
 
