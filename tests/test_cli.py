@@ -248,7 +248,6 @@ MIXTRAL = {"architectures": ["MixtralForCausalLM"], "vocab_size": 32000, "hidden
 @pytest.mark.parametrize("cfg, needle", [
     (MIXTRAL, "model_type missing; MoE configs (num_local_experts) are not supported"),
     ({**MIXTRAL, "model_type": "mistral"}, "MoE configs (num_local_experts) are not supported"),
-    ({**MIXTRAL, "model_type": "mixtral"}, "model_type='mixtral' is not supported"),
 ])
 def test_moe_config_is_not_counted_as_dense(tmp_path, cfg, needle):
     path = tmp_path / "config.json"  # without model_type it was a dense 7.24 B "llama"
@@ -256,6 +255,17 @@ def test_moe_config_is_not_counted_as_dense(tmp_path, cfg, needle):
     r = run("params", "--hf-config", str(path))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and r.stdout == "" and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_a_mixtral_config_is_counted_as_a_mixture_of_experts(tmp_path):
+    """With its model_type, a Mixtral config is read as MoE: total and active parameters, the
+    published 46.7B / 12.9B of Mixtral 8x7B (tests/test_moe_counts.py checks them exactly)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**MIXTRAL, "model_type": "mixtral"}))
+    r = run("params", "--hf-config", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert round(out["total"] / 1e9, 1) == 46.7 and round(out["active"] / 1e9, 1) == 12.9, out
 
 
 @pytest.mark.parametrize("args, needle", [
