@@ -31,7 +31,7 @@
 # %% [markdown]
 # > **导读**
 # > 这是《大语言模型》教材“预训练之训练技术”一章的配套笔记本的总览。
-# > 本笔记本先给出章节地图：课件的每一节由哪个笔记本讲解，下面的表格显示 13 个笔记本全部已完成，其中 13 号笔记本是表格之外的延伸。
+# > 本笔记本先给出章节地图：课件的每一节由哪个笔记本讲解，下面的表格显示 14 个笔记本全部已完成，其中 13、14 号笔记本是课件之外的延伸。
 # > 术语表把课件中的中文术语对应到笔记本使用的英文术语，并注明出现在哪个笔记本；记号对照表把课件的 B、T、H、N、P 对应到论文中的 b、s、h、a、Ψ。
 # > 另一张表列出正文常用、课件里没有的英文术语及其中文译法；代码打印的文字和图中的标签一律用英文。
 # > 最后说明如何在笔记本电脑、GPU 服务器或 Colab 上运行全部笔记本，以及本机将使用的设备。
@@ -89,7 +89,7 @@ print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their noteboo
 # | 权重衰减 | weight decay | 01, 13 |
 # | 梯度裁剪 | gradient clipping (max global norm) | 01, 13 |
 # | 混合精度训练 | mixed-precision training | 04 |
-# | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08 |
+# | 3D 并行训练 | 3D parallelism (data × tensor × pipeline) | 08, 14 |
 # | 数据并行 | data parallelism (DP) | 05 |
 # | 零冗余优化器 (ZeRO) | Zero Redundancy Optimizer (ZeRO-1/2/3, FSDP) | 05 |
 # | 张量并行 | tensor parallelism (TP, Megatron-style) | 06, 08 |
@@ -144,7 +144,12 @@ print(f"\n{len(ready)} of {len(chapter.CHAPTER_MAP)} sections have their noteboo
 # | all-reduce | 全归约 | 05–08, 12 |
 # | reduce-scatter | 归约散射 | 05, 06, 08 |
 # | all-gather | 全收集 | 05, 06, 08 |
+# | all-to-all | 全对全通信 | 14 |
 # | sequence parallelism | 序列并行 | 06, 08 |
+# | context parallelism (CP), ring attention | 上下文并行、环形注意力 | 14 |
+# | mixture of experts (MoE), router, expert | 混合专家、路由器、专家 | 14 |
+# | expert parallelism (EP) | 专家并行 | 14 |
+# | total / active parameters | 总参数量 / 激活参数量 | 14 |
 # | master weights | 主权重 | 04, 05, 11, 12 |
 # | loss scaling | 损失缩放 | 04 |
 # | subnormal, flush to zero | 次正规数、下溢为零 | 04 |
@@ -251,7 +256,7 @@ else:
 # %% [markdown]
 # ## 要点 · Key points
 #
-# - 课件 11 节共对应 12 个笔记本（“训练显存估计”一节对应 11、12 两个），另有 13 号笔记本解释表格中设置的来由，全部已完成；章节地图随 `llmtrain` 软件包安装，在 Colab 上同样正确。
+# - 课件 11 节共对应 12 个笔记本（“训练显存估计”一节对应 11、12 两个），另有 13 号笔记本解释表格中设置的来由、14 号笔记本讲解 3D 之外的上下文并行与专家并行，全部已完成；章节地图随 `llmtrain` 软件包安装，在 Colab 上同样正确。
 # - 术语表给出课件术语的英文和正文术语的中文；记号对照表说明课件的 B、T、H、N、P 就是论文中的 b、s、h、a、Ψ。单位一律区分 GB（10⁹ 字节）和 GiB（2³⁰ 字节）。
 # - 笔记本运行的代码都在 `llmtrain` 软件包中并有测试，笔记本用 `llmtrain.show` 展示源码：例如 `params.count` 算出 LLaMA-7B 的参数量为 6,738,415,616。
 # - `make run` 执行全部笔记本，`make test` 运行全部测试；`make test-portable` 再在 AVX2、SSE4 两种指令集的计算内核下各跑一遍 nbval，检验存储的输出在不同 CPU 上是否一致。

@@ -18,4 +18,5 @@ NOTEBOOKS: tuple[str, ...] = (
     "11_memory_estimation",
     "12_memory_saving",
     "13_why_these_settings",
+    "14_context_expert_parallel",
 )

@@ -27,6 +27,8 @@ CHAPTER_MAP: tuple[tuple[str, str, str], ...] = (
     ("12_memory_saving", "训练显存估计 · 显存优化方法", "memory-saving methods: the six headlines checked"),
     ("13_why_these_settings", "现有大语言模型的预训练优化设置（延伸）",
      "why those settings: optimizer, weight decay, clipping, batch and lr at scale, μP"),
+    ("14_context_expert_parallel", "3D 并行训练（延伸）",
+     "beyond 3D: context parallelism, mixture of experts, expert parallelism"),
 )
 
 

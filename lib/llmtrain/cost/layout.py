@@ -40,7 +40,10 @@ Two axes beyond 3D (notebook 14):
   carved out of dp (ep does not multiply the world; ep must divide dp). dp_index =
   edp_index · ep + ep_index: an ep group is ep consecutive dp ranks, each holding E/ep experts;
   the edp group ("expert data parallel") is the dp/ep ranks holding the same experts, which
-  average those experts' gradients (dense weights average over all of dp).
+  average those experts' gradients (dense weights average over all of dp). With cp > 1 the cp
+  ranks of an edp group hold the same experts as well: expert gradients then reduce over edp × cp
+  (Megatron-Core's expert data-parallel group, dp·cp/ep ranks; ``cost.states.zero_groups`` shards
+  expert states over it). ``parallel.expert_parallel`` composes ep with dp only.
 
     >>> d = ParallelDims(dp=4, cp=2, ep=2)
     >>> d.place(5)

@@ -1,7 +1,7 @@
 """Distributed training by hand on ``torch.distributed`` (3D 并行训练: 数据并行, ZeRO, 张量并行, 流水线并行).
 
 - ``launch``        start N ranks (gloo on CPU, NCCL on GPUs), run a function, return results
-- ``groups``        the dp, tp and pp process groups of a ``cost.layout.ParallelDims``, built
+- ``groups``        the pp, dp, cp, tp, ep and edp groups of a ``cost.layout.ParallelDims``, built
                     inside every rank (``groups.build(dims)``)
 - ``comm``          collectives and point-to-point messages on an explicit group, each counted:
                     op, axis, buffer bytes, bytes sent per rank (``cost.comm``'s ring model)
@@ -17,6 +17,11 @@
 - ``parallelize``   3D parallelism: ``parallelize(model, dims, zero=, recompute=)`` composes the
                     above on one ``ParallelDims`` (pipeline split → tensor parallel →
                     recomputation → data parallel / ZeRO)
+- ``context_parallel`` context parallelism (notebook 14): the sequence split over a cp group,
+                    ring attention (K/V around the ring, online softmax, zig-zag) and
+                    DeepSpeed-Ulysses (all-to-all heads ↔ sequence) on the reference LLaMA
+- ``expert_parallel`` expert parallelism (notebook 14): a MoE layer's experts over an ep group,
+                    counted dispatch/combine all-to-alls, capacity and dropped tokens
 - ``torch_parallelize`` the same from PyTorch's engines (DTensor, ``fully_shard``,
                     ``torch.distributed.pipelining``): ``parallelize(..., engine="torch")``
 - ``demos/``        what the ranks run in the notebooks, the tests and under torchrun, and the

@@ -209,7 +209,8 @@ class ExpertParallel:
         mine = torch.arange(per).repeat(ep).repeat_interleave(received.flatten())
         order = torch.argsort(mine, stable=True)
         blocks = inputs[order].split(received.sum(0).tolist())
-        outputs = torch.cat([moe.experts[self.start + j](b) for j, b in enumerate(blocks)])
+        local = moe.experts[self.start:self.start + len(blocks)]  # this rank's experts, in order
+        outputs = torch.cat([expert(rows) for expert, rows in zip(local, blocks)])
         outputs = outputs[torch.argsort(order)]  # back to arrival order
         back = combine(outputs, send, recv, self.group)
         w = weights.flatten()[rows].to(back.dtype).unsqueeze(1)

@@ -14,6 +14,9 @@ lives in a module, here:
 - ``pipeline_parallel``   notebook 07: one step by every schedule (ours, torch's, one process),
                           padded timelines, live bytes per operation; a command line
 - ``three_d``             notebook 08: 3D parallelism against one process, the groups
+- ``context_parallel``    notebook 14 §§1–2: ring attention and Ulysses against one process,
+                          bytes, saved activations, torch's own context parallelism
+- ``expert_parallel``     notebook 14 §4: a MoE layer and a MoE LLaMA step over ep ranks
 
 The command lines (each ``--help`` lists its flags; under torchrun each process is one rank):
 
