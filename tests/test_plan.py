@@ -424,3 +424,15 @@ def test_virtual_flag_bad(text, capsys):
                      "--batch-tokens", "4M", "--virtual", text]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "virtual must be positive counts like 1,2,4" in err[0], err
+
+
+def test_search_refuses_moe_and_mla_models_and_the_planner_widget_offers_none():
+    """plan.search has no expert parallelism and no MLA step time: a MoE model is refused by name
+    (not planned as if every GPU held all experts), and the planner widget lists dense models."""
+    from llmtrain.widgets.planner_explorer import dense_names
+
+    for name in ("mixtral-8x7b", "deepseek-v3", "qwen1.5-moe-a2.7b"):
+        with pytest.raises(ValueError, match=f"plan searches dense models, '{name}' is MoE"):
+            plan.search(name, "h100-80g", 64, 4 * 2**20)
+        assert name not in dense_names()
+    assert {"llama-7b", "llama3-405b", "bloom-176b"} <= set(dense_names())

@@ -325,15 +325,15 @@ def search(shape, gpu: str | Cluster, gpus: int, batch_tokens: int, seq: int | N
            micro_batches=(1, 2, 4), virtuals=(1,), sps=(False, True), tps=None, pps=None,
            stages: str = "any", assumptions: Assumptions = Assumptions(),
            feasible_only: bool = True) -> list[Plan]:
-    """Every layout of ``gpus`` GPUs (tp | heads and kv heads, pp ≤ L, dp = gpus/(tp·pp),
-    m = batch/(dp·b) whole; ``tps``, ``pps``: only these tp, pp), evaluated, the fitting ones
-    (all with ``feasible_only=False``) sorted by step time, then memory. gpus: a multiple of a
-    node, or a divisor of one. ``virtuals``: chunks per rank to try (a v > 1 must divide the
-    ⌈L/pp⌉ layers of a stage), or "divisors": every divisor of them. ``stages``: "any" pp,
-    "even" (pp divides L, as Megatron-LM asks) or "balanced" (``stage_layers``: the first and
-    last stages short by at most a layer each, as BLOOM and Llama 3 split)."""
+    """Every 3D layout of a dense model on ``gpus`` GPUs (tp | heads and kv heads, pp ≤ L, dp =
+    gpus/(tp·pp), m = batch/(dp·b) whole; ``tps``, ``pps``: only these), evaluated, the fitting
+    ones (all with ``feasible_only=False``) by step time, then memory. gpus: a multiple of a node,
+    or a divisor of one. ``virtuals``: chunks per rank (a v > 1 divides a stage's ⌈L/pp⌉ layers),
+    or "divisors". ``stages``: "any", "even" (pp | L: Megatron-LM) or "balanced" (BLOOM, Llama 3)."""
     check.one_of("stages", stages, ("any", "even", "balanced"))
     shape, c = shapes.resolve(shape, "shape"), cluster(gpu)
+    if shape.is_moe or shape.is_mla:  # no ep in the search, no MLA in its step time
+        raise ValueError(f"shape: plan searches dense models, {shape.name!r} is MoE or MLA")
     check.positive_int("gpus", gpus)
     if gpus % c.gpus_per_node and c.gpus_per_node % gpus:
         raise ValueError(f"gpus must be a multiple of the {c.gpus_per_node} GPUs of a node "

@@ -14,6 +14,13 @@ __all__ = ["PlannerExplorer"]
 
 
 @functools.lru_cache(maxsize=64)
+def dense_names() -> list[str]:
+    """The models the planner searches: every name ``shapes.resolve`` knows but MoE and MLA ones
+    (``plan.search`` has no expert parallelism)."""
+    return [n for n in shapes.all_names()
+            if not shapes.resolve(n).is_moe and not shapes.resolve(n).is_mla]
+
+
 def _planner_search(model, gpu, gpus, batch_tokens, seq) -> tuple:
     """``plan.search`` kept for the last settings: moving ``top`` searches nothing again.
     Interleaving with up to 8 chunks per rank is searched, as the CLI does."""
@@ -37,7 +44,7 @@ class PlannerExplorer(Explorer):
     ERROR_PREFIX = "invalid setup"
 
     def compute(self, *, model, gpus, gpu, batch_tokens, seq, top) -> dict:
-        check.one_of("model", model, shapes.all_names())
+        check.one_of("model", model, dense_names())
         check.integer("top", top, 1, self.ROWS)
         plans = _planner_search(model, gpu, gpus, batch_tokens, seq)
         if not plans:
@@ -92,7 +99,7 @@ class PlannerExplorer(Explorer):
         return "\n".join(rows)
 
     def _controls(self, w) -> dict:
-        return dict(model=w.Dropdown(options=shapes.all_names(), description="model"),
+        return dict(model=w.Dropdown(options=dense_names(), description="model"),
                     gpus=w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
                                     description="GPUs"),
                     gpu=w.Dropdown(options=list(plan.CLUSTERS), description="GPU"),
