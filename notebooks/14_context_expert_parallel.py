@@ -38,8 +38,9 @@
 #   (`llmtrain.cost.memory` with `ParallelDims(cp=…, ep=…)`).
 #
 # `ParallelDims` gains the two axes: cp sits between tp and dp in the rank order (Megatron-Core's
-# tp-cp-ep-dp-pp), ep is carved out of the dp ranks; the groups equal PyTorch's `init_device_mesh`
-# (tests/test_layout_5d.py).
+# tp-cp-dp-pp for the dense layers), ep is carved out of the dp ranks (Megatron-Core's newer
+# layouts may also let an ep group span cp ranks; the group sizes agree); the groups equal
+# PyTorch's `init_device_mesh` (tests/test_layout_5d.py).
 
 # %% [markdown]
 # > **导读**
@@ -107,7 +108,8 @@ show(cp_formulas.long_context_bytes)
 # Every term of a layer with a fused attention kernel is proportional to T (norm inputs,
 # projections, SwiGLU, q/k/v, the log-sum-exp): one layer keeps a·T bytes. The explicit softmax
 # adds the scores: an fp32 softmax output of B·N·T² and, for 16-bit models, its cast copy and the
-# T×T causal mask. SymPy reads the two lines off the exact formula.
+# T×T causal mask. The two polynomials below are checked against the exact formula at 1K, 8K and
+# 128K tokens (three points fix a quadratic).
 
 # %%
 SHAPE_405B = shapes.resolve("llama3-405b")
@@ -132,7 +134,7 @@ for key in ("layer (flash)", "layer (eager)", "model (flash)"):
 ratio_flash = rows["128K"]["layer (flash)"] / rows["8K"]["layer (flash)"]
 ratio_scores = rows["128K"]["scores (eager)"] / rows["8K"]["scores (eager)"]
 assert ratio_flash == 16 and ratio_scores == 256  # 16× the tokens: 16× the bytes, 256× the scores
-assert rows["128K"]["layer (flash)"] > 80 * 10**9  # one layer alone exceeds an 80 GB GPU
+assert rows["128K"]["layer (flash)"] > 80 * 2**30  # one layer alone exceeds an 80 GiB GPU
 print(f"16× the tokens: {ratio_flash:.0f}× a fused layer's bytes, {ratio_scores:.0f}× the scores")
 
 # %% [markdown]
@@ -161,7 +163,7 @@ for key, label in (("layer (flash)", "fused attention (SDPA): ∝ T"),
                    ("layer (eager)", "explicit softmax: ∝ T²")):
     ax.plot(lengths, [cp_formulas.long_context_bytes(SHAPE_405B, t)[key] / 1e9 for t in lengths],
             marker="o", label=label)
-ax.axhline(80, color="grey", linestyle="--", label="80 GB (one H100)")
+ax.axhline(80 * 2**30 / 1e9, color="grey", linestyle="--", label="80 GiB (one H100)")
 for name, t in LENGTHS.items():
     ax.axvline(t, color="grey", linewidth=0.8)
     ax.text(t, 3e5, f"{name} ", color="grey", ha="right")
@@ -173,10 +175,12 @@ plots.save(fig, "14_long_context_bytes")
 plt.show()
 
 # %% [markdown]
-# *Reading the figure.* Both lines are one layer of one sequence. Read the x-axis as tokens **per
-# rank**: context parallelism moves a run left along the line, by a factor cp. Fused kernels
-# (flash attention) remove the quadratic line, not the linear one: a fused kernel is
-# why 128K is possible at all, context parallelism is what makes it fit.
+# *Reading the figure.* Both lines are one layer of one sequence. For the fused line, read the
+# x-axis as tokens **per rank**: context parallelism moves a run left along it, by a factor cp.
+# Not so for the explicit softmax: a rank's T/cp queries still meet all T keys, so it keeps
+# (T/cp)·T scores, cp times less, not cp² times. Fused kernels (flash attention) remove the
+# quadratic line, not the linear one: a fused kernel is why 128K is possible at all, context
+# parallelism is what makes it fit.
 
 # %% [markdown]
 # ## 2. Ring attention and all-to-all · 环形注意力与全对全
@@ -184,12 +188,16 @@ plt.show()
 # Everything in a decoder layer except attention works token by token: norms, projections,
 # SwiGLU and the loss run on a rank's own tokens unchanged. RoPE needs each token's *global*
 # position, which the rank knows. Attention is the one place where a token needs the others:
-# a query attends to every earlier key. Two ways to bring the keys:
+# a query attends to every earlier key. Three ways to bring the keys (the notebook builds the
+# first and the last):
 #
 # - **Ring attention** (Liu et al. 2023, arXiv 2310.01889): queries stay; K/V blocks travel
 #   around a ring of the cp ranks, one block per step; each step computes one block of scores
-#   and folds it into the output by the online softmax. PyTorch's own context parallelism
-#   (section 2.6 below) is a ring as well.
+#   and folds it into the output by the online softmax.
+# - **All-gather**: every rank gathers all K/V blocks at once, then attends its own queries. Llama
+#   3 does this (Llama 3, §3.3.2), and it is the default of PyTorch's own context parallelism
+#   (section 2.6): the same bytes as the ring's forward, but in one collective whose time is not
+#   hidden behind computation, and the whole sequence's K/V held for a moment.
 # - **All-to-all** (DeepSpeed-Ulysses, Jacobs et al. 2023, arXiv 2309.14509): one all-to-all
 #   turns "my tokens, all heads" into "all tokens, my heads"; attention runs as on one GPU on
 #   N/cp heads; one all-to-all turns the output back.
@@ -337,10 +345,11 @@ for method in cp_formulas.METHODS:
 # ### 2.4 What each rank keeps · 每个进程保存的激活值
 #
 # Each rank keeps the activations of T/cp tokens: the single process's closed form at T/cp
-# (notebook 09), except attention and the loss. Ring attention keeps q, k, v as they arrive —
-# k and v with N_kv heads, not repeated to N as SDPA gets them — and an fp32 log-sum-exp; Ulysses
-# keeps what SDPA keeps, plus its output twice (head-sharded for SDPA, sequence-sharded for
-# o_proj); the loss keeps all T/cp rows (one process drops each sequence's last position).
+# (notebook 09), except attention and the loss. Ring attention keeps its own q, k, v (the blocks
+# that arrive are not kept) — k and v with N_kv heads, not repeated to N as SDPA gets them — and
+# an fp32 log-sum-exp; Ulysses keeps what SDPA keeps, plus its output twice (head-sharded for
+# SDPA, sequence-sharded for o_proj), and in the zig-zag layout two int64 index vectors that
+# reorder the gathered tokens (the 2,048 bytes between its two rows below); the loss keeps all T/cp rows (one process drops each sequence's last position).
 # `cp_saved_bytes` writes these differences out; the ranks measured them (fp32, saved-tensor hooks).
 
 # %%
@@ -361,8 +370,9 @@ for cfg in cp_demo.CONFIGS:
 # B·T·N_kv·d. Ulysses sends (cp − 1)/cp of q, k, v and the output of T/cp tokens: its bytes fall
 # as 1/cp. With GQA, K and V are small (Llama 3 405B: 8 key/value heads for 128
 # query heads), so the ring sends less at small cp; the two cross near cp = 8, and Ulysses can
-# not go further: it needs whole key/value heads per rank (less still once tensor parallelism
-# has split the heads). What the byte count leaves out: the ring's messages can hide behind the
+# not go further without repeating key/value heads: it needs whole key/value heads per rank.
+# These numbers are for TP 1; under Llama 3's TP 8 each rank has a single key/value head left,
+# and Ulysses cannot split it at all. What the byte count leaves out: the ring's messages can hide behind the
 # computation of each block (Liu et al. 2023; this implementation simply waits for each one),
 # an all-to-all's cannot hide behind attention, which needs its result.
 
@@ -385,12 +395,14 @@ assert ring_totals == sorted(ring_totals) and totals[2][1] > totals[4][1] > tota
 # %% [markdown]
 # ### 2.6 PyTorch's own context parallelism · PyTorch 自带的上下文并行
 #
-# PyTorch ships ring attention as `torch.distributed.tensor.experimental.context_parallel`: it
-# shards the sequence of the buffers it is given and replaces SDPA by a ring inside the block.
+# PyTorch ships context parallelism as `torch.distributed.tensor.experimental.context_parallel`:
+# it shards the sequence of the buffers it is given and replaces SDPA inside the block by a
+# blockwise attention whose K/V are all-gathered by default (`set_rotate_method("alltoall")`
+# passes them around instead). The message below is torch 2.13's.
 # The same launch tried it on the CPU ranks. It does not run there: torch registers its ring for
 # the CUDA attention kernels (flash, efficient, cuDNN) only, and CPU SDPA is another operator.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 print("torch.distributed.tensor.experimental.context_parallel on gloo/CPU:",
       ranks[0]["torch"].get("error", "ran"))
 assert not ranks[0]["torch"]["ok"]
@@ -515,7 +527,7 @@ tiny_moe = shapes.get("tiny").replace(num_experts=8, experts_per_token=2, moe_in
 hf_mixtral, our_mixtral, ids = same_as_hf(tiny_moe, transformers.MixtralForCausalLM, moe.MIXTRAL)
 tiny_qwen = tiny_moe.replace(moe_intermediate_size=48, shared_expert_size=96,
                              shared_expert_gate=True, attention_bias=True)
-same_as_hf(tiny_qwen, transformers.Qwen2MoeForCausalLM, moe.QWEN2_MOE)
+_ = same_as_hf(tiny_qwen, transformers.Qwen2MoeForCausalLM, moe.QWEN2_MOE)
 
 # %% [markdown]
 # ### 3.3 Shared and fine-grained experts · 共享专家与细粒度专家
@@ -524,7 +536,8 @@ same_as_hf(tiny_qwen, transformers.Qwen2MoeForCausalLM, moe.QWEN2_MOE)
 # goes through, and uses many *fine-grained* experts: 256 routed experts of width 2048, 8 per
 # token, plus 1 shared (§4.2). Its router differs from Mixtral's (Eqs. 13-16): sigmoid
 # affinities instead of a softmax, the chosen ones normalised to sum 1, and a balancing bias
-# (3.5). `transformers`' `DeepseekV3Config` defaults add two things: the weights scaled by 2.5
+# (3.5). DeepSeek's released configuration (`config_671B.json`, copied by `transformers`'
+# `DeepseekV3Config` defaults) adds two things: the weights scaled by 2.5
 # (`routed_scaling_factor`), and the choice limited to the experts of 4 of 8 groups, like the
 # paper's node-limited routing (each token goes to at most 4 nodes, §4.2). Our layer with that
 # routing against `transformers`' `DeepseekV3MoE`, one MoE block with a non-zero bias:
@@ -714,14 +727,18 @@ print(f"one more expert per token: {per_expert:,}; top-4: {params.active(qwen):,
 #   when picking the top k, but weight the outputs with the unbiased scores; after each step
 #   lower $b_i$ by γ if expert i was overloaded, raise it by γ if underloaded (γ = 0.001 for most of
 #   the training, then 0; §4.2). No gradient, so nothing competes with the language-model loss.
+#   DeepSeek-V3 keeps only a tiny sequence-wise balance loss beside it (§2.1.2, α = 0.0001, §4.2).
 
 # %%
 show(moe.aux_loss)
+
+# %%
 show(moe.MoE.update_bias)
 
 # %% [markdown]
 # The aux loss at its two extremes, with k = 2 of E = 8 (our $f_i$ counts each of a token's k
-# choices, as `transformers` does, so uniform routing gives k rather than 1):
+# choices, as `transformers` does, so uniform routing gives k rather than 1; a definition that
+# divides by k gives 1, and its α is then k times ours for the same pull):
 
 # %%
 n, E, k = 64, 8, 2
@@ -805,7 +822,7 @@ plt.show()
 
 # %% [markdown]
 # The bias balances within a few steps and leaves the router's weights, and so the gating values
-# the model learns from, untouched; the aux loss gets there more slowly and only by moving the
+# the model learns from, untouched; the aux loss narrows the gap only partly, and only by moving the
 # router's weights. In training, that gradient competes with the language-model loss's: "too large
 # an auxiliary loss will impair the model performance" (DeepSeek-V3, §2.1.2). Perfect balance (a ratio of 1) is never
 # reached: with a sign rule every expert keeps oscillating around the mean.
@@ -872,7 +889,7 @@ show(expert_parallel._AllToAll)
 # One MoE layer (`ep_demo.moe_layer`: 4 experts of width 6, top-2, one shared expert, hidden 8,
 # float64) on 2 ranks, 12 tokens each; the loss weights every output row by its own random
 # number, so every row gets its own gradient. The oracle is one process running the whole layer
-# on all 24 tokens. The same launch also trains one step of a MoE LLaMA (the tiny LLaMA with 4
+# on all 24 tokens. The same launch also computes one training step's loss and gradients of a MoE LLaMA (the tiny LLaMA with 4
 # experts per layer, the balancing loss added with α = 0.01) on `ParallelDims(dp=2, ep=2)`: the
 # ep group is the 2 dp ranks.
 
@@ -1003,7 +1020,7 @@ print(f"per expert: {one['load'].tolist()}, max/mean = "
       f"{moe_comm.load_imbalance(one['load'].tolist())}")
 
 # %% [markdown]
-# ### 4.5 Capacity and dropped tokens · 容量与丢弃的 token
+# ### 4.5 Capacity and dropped tokens · 容量与被丢弃的词元
 #
 # To bound the busiest rank, Switch Transformer (Fedus et al. 2022) gives each expert a
 # capacity: at most $\lceil c\cdot k\cdot n/E\rceil$ rows from a rank's $n$ tokens (capacity
@@ -1118,7 +1135,8 @@ for name, r in (("Llama 3 405B, 8K", L3_8K), ("Llama 3 405B, 128K", L3_128K),
                 ("DeepSeek-V3", DSV3)):
     d = ParallelDims(dp=r["dp"], tp=r["tp"], pp=r["pp"], cp=r.get("cp", 1), ep=r.get("ep", 1))
     assert d.world_size == r["gpus"]
-    print(f"{name:<19} TP {d.tp} · CP {d.cp} · PP {d.pp} · DP {d.dp:>3} (EP {d.ep}, EDP {d.edp:>3}) "
+    ep_note = f" (EP {d.ep}, EDP {d.edp})" if d.ep > 1 else ""
+    print(f"{name:<19} TP {d.tp} · CP {d.cp} · PP {d.pp} · DP {d.dp:>3}{ep_note} "
           f"= {d.world_size:,} GPUs, seq {r['seq']:,}, ZeRO-{r['zero']}")
 
 # %% [markdown]
@@ -1131,7 +1149,8 @@ for name, r in (("Llama 3 405B, 8K", L3_8K), ("Llama 3 405B, 128K", L3_128K),
 #   activations); Llama 3's CP instead all-gathers K and V (Llama 3, §3.3.2), so while a layer
 #   attends a rank briefly holds the whole sequence's K and V (`cp_method="all-gather"`). The cp
 #   ranks hold the same weights and reduce their gradients together with dp, so ZeRO
-#   (Megatron-Core's distributed optimizer too) shards the states over dp·cp.
+#   (Megatron-Core's distributed optimizer too) shards the states over dp·cp (for Llama 3 our
+#   assumption: its paper does not say whether FSDP shards across CP).
 # - **ep** gives each rank E/ep of the routed experts of every MoE layer of its stage; attention,
 #   norms, router, shared expert and embeddings stay whole. The expert states are then sharded
 #   over the dp·cp/ep ranks holding the same experts, as Megatron-Core's expert optimizer group.
@@ -1176,7 +1195,7 @@ for i, p in enumerate(parts):
 ax.axhline(card / GB, color="black", linestyle="--", linewidth=1)
 ax.text(2.45, card / GB + 1, "80 GiB (H100)", ha="right", va="bottom", fontsize=9)
 ax.set_ylabel("GB per GPU (10⁹ bytes)")
-ax.set_title("What one GPU of the first pipeline stage holds")
+ax.set_title("One first-stage GPU: a lower bound (DualPipe doubles DeepSeek-V3's weights)")
 ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.92))
 plots.save(fig, "14_layouts")
 plt.show()
@@ -1242,10 +1261,13 @@ print(f"EP 64, first stage: FP32 gradients {dsv3['gradients'] / GB:.2f} GB (ZeRO
 #
 # <details><summary>Answer · 答案</summary>
 #
-# It fits, barely: each rank keeps 16,384 tokens of each sequence, twice the activations of one
-# micro-batch under CP 16, but with 16 DP groups each gets 8 sequences per step instead of 16, so
-# the first stage holds 8 micro-batches, not 16. The price is the pipeline: 1F1B's bubble
-# (p − 1)/(m + p − 1) grows from 15/31 to 15/23 of the step. EP 128 halves the routed experts a GPU
+# The activations in flight do not change: each rank keeps 16,384 tokens of each sequence, twice
+# the activations of one micro-batch under CP 16, but with 16 DP groups each gets 8 sequences per
+# step instead of 16, so the first stage holds 8 micro-batches, not 16 (8 × 2 = 16 × 1). Under
+# these assumptions it fits, by a margin smaller than what they leave out (the CUDA context,
+# communication buffers, fragmentation): call it a draw. The price is the pipeline: 1F1B's bubble
+# (p − 1)/(m + p − 1) grows from 15/31 to 15/23 of the step (Llama 3 ran an interleaved schedule,
+# whose bubble is smaller; the ratio is the point). EP 128 halves the routed experts a GPU
 # holds, but the first stage has one MoE layer and three dense ones: the saving is small (below).
 # </details>
 
@@ -1272,4 +1294,4 @@ print(f"EP 128: {(runs['DeepSeek-V3, EP 64'].total - ep128.total) / GB:.2f} GB l
 # - 混合专家层由路由器选出 top-k 个专家并按权重求和；我们的 MoE LLaMA 与 Hugging Face 的 Mixtral、Qwen2-MoE 以及 DeepSeek-V3 的 MoE 块输出相同。DeepSeek-V3 总参数量 671,026,404,352，每个词元只激活 37,552,282,624（报告中的 671B / 37B），其中路由专家占 97%；Mixtral 8x7B 为 46.7B / 12.9B。
 # - 负载均衡：辅助损失要改变路由器的权重，与语言模型损失相互竞争；DeepSeek-V3 的偏置只影响选择、不改变权重，几步之内就让负载接近均衡。
 # - 专家并行用两次全对全通信把词元送到持有专家的进程并取回结果；在 2 个进程上与单进程完全相等，每次通信的字节数等于公式。设置容量后超出的行被丢弃，结果只在这些词元上与单进程不同。DeepSeek-V3 每个词元每个 MoE 层若给每个专家各发一份需 114,688 字节，限定至多 4 个节点后经 InfiniBand 至多 57,344 字节。
-# - 五维布局：Llama 3 在 128K 阶段用 TP 8 × CP 16 × PP 16 × DP 8，每张 GPU 约 80.95 GB，放得进 80 GiB；不用 CP 时一个微批次的激活值就要 82.49 GB。DeepSeek-V3 用 PP 16、EP 64、ZeRO-1 DP、不用 TP，每张 GPU 约 25.28 GB；不用 EP 时第 5 级的 16 位权重就要 92.06 GB。
+# - 五维布局：Llama 3 在 128K 阶段用 TP 8 × CP 16 × PP 16 × DP 8，每张 GPU 约 80.95 GB，在这些假设下刚好放得进 80 GiB；不用 CP 时一个微批次的激活值就要 82.49 GB。DeepSeek-V3 用 PP 16、EP 64、ZeRO-1 DP、不用 TP，第一级的一张 GPU 至少约 25.28 GB（下界：DualPipe 让每张 GPU 持有两份流水级的参数，这里没有计入）；不用 EP 时第 5 级的 16 位权重就要 92.06 GB。
