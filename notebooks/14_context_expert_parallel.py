@@ -403,9 +403,10 @@ assert ring_totals == sorted(ring_totals) and totals[2][1] > totals[4][1] > tota
 # the CUDA attention kernels (flash, efficient, cuDNN) only, and CPU SDPA is another operator.
 
 # %% tags=["nbval-ignore-output"]
-print("torch.distributed.tensor.experimental.context_parallel on gloo/CPU:",
-      ranks[0]["torch"].get("error", "ran"))
-assert not ranks[0]["torch"]["ok"]
+torch_cp = ranks[0]["torch"]
+print("torch.distributed.tensor.experimental.context_parallel on these ranks:",
+      torch_cp.get("error", "ran"))
+assert torch_cp["ok"] or "cpu" in torch_cp["error"].lower()  # CPU ranks: refused; GPUs may run it
 
 # %% [markdown]
 # **Exercise · 练习.** Llama 3's long-context stage uses CP = 16 on 131,072-token sequences. With the contiguous
@@ -638,9 +639,7 @@ print(f"active {active:,} = {active / 1e9:.2f} B per token (the report: 37B)")
 # multi-token-prediction module is not built, and the 671B leaves it out too (the DeepSeek-V3
 # README: the Hugging Face checkpoint adds a 14B MTP module to the 671B of the main model).
 
-# %% tags=["nbval-ignore-output"]
-import transformers
-
+# %%
 with torch.device("meta"):
     hf = transformers.DeepseekV3ForCausalLM(shape.to_hf_config())
 hf_total = sum(p.numel() for p in hf.parameters())
@@ -1216,8 +1215,11 @@ assert no_cp.parts["activations"] == 16 * runs["Llama 3 8K"].parts["activations"
 assert no_cp.parts["model states"] + no_cp.parts["activations"] > card
 print(f"128K, CP 16: one micro-batch's activations {runs['Llama 3 128K, CP 16'].parts['activations']:,} "
       f"bytes (= the 8K stage's: {same}); total {runs['Llama 3 128K, CP 16'].total / GB:.2f} GB, fits")
-print(f"128K, CP 16: K and V all-gathered for one layer {runs['Llama 3 128K, CP 16'].parts['gathered K/V']:,} "
-      f"bytes (2 · 2 bytes · 131,072 tokens · 1,024 K/V width / TP 8: small, thanks to GQA)")
+kv_width = SHAPE_405B.num_kv_heads * SHAPE_405B.d_head  # GQA: 8 key/value heads
+gathered = runs['Llama 3 128K, CP 16'].parts['gathered K/V']
+assert gathered == 2 * 2 * L3_128K["seq"] * kv_width // L3_128K["tp"]
+print(f"128K, CP 16: K and V all-gathered for one layer {gathered:,} bytes (2 · 2 bytes · "
+      f"{L3_128K['seq']:,} tokens · {kv_width:,} K/V width / TP {L3_128K['tp']}: small, thanks to GQA)")
 print(f"128K, CP 1:  one micro-batch's activations {no_cp.parts['activations']:,} bytes "
       f"({no_cp.parts['activations'] / GB:.2f} GB, 16×); with the pipeline's 15 others in flight "
       f"{no_cp.total / GB:,.0f} GB")
